@@ -1,0 +1,18 @@
+//! keyfan: a batch processor for LLM APIs that fans a job of prompts across
+//! many API keys in many accounts, inside every account's quotas.
+//!
+//! Data flows one way: [`job`] → [`run`] (scheduler) → [`pool`] (lease) →
+//! [`provider`] → [`store`] → [`report`]. The [`sim`] module is a local
+//! simulator of the real APIs for rehearsals and tests.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod job;
+pub mod pool;
+pub mod price;
+pub mod provider;
+pub mod report;
+pub mod run;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,63 @@
+//! The error classes of DESIGN §3 and the typed API error that carries one.
+
+use std::time::Duration;
+
+/// Which quota a 429 says was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaScope {
+    /// Requests per minute (Gemini `...RequestsPerMinute...`, OpenAI `requests`).
+    MinuteRequests,
+    /// Input tokens per minute (Gemini `...InputTokens...PerMinute...`, OpenAI `tokens`).
+    MinuteTokens,
+    /// Requests per day: exhausted until the next midnight US/Pacific,
+    /// whatever the body's retry delay says.
+    Day,
+    /// A 429 that names no quota (a bare `RESOURCE_EXHAUSTED`): treated as
+    /// per-minute with a default cool-down.
+    Unknown,
+}
+
+/// What the scheduler should do about a failure (DESIGN §3).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErrorClass {
+    /// 429: cool or exhaust the account for the model, retry elsewhere.
+    RateLimited {
+        /// Which quota was hit.
+        scope: QuotaScope,
+        /// `RetryInfo.retryDelay`, `retry-after-ms` or `retry-after`, when sent.
+        retry_after: Option<Duration>,
+        /// The quota's value (`quotaValue`), when the API says it.
+        limit: Option<u64>,
+    },
+    /// The key is unusable (invalid, API disabled, billing): disable it for the run.
+    KeyInvalid {
+        /// Machine-readable reason, e.g. `API_KEY_INVALID`, `SERVICE_DISABLED`,
+        /// `invalid_api_key`, `insufficient_quota`.
+        reason: String,
+    },
+    /// 5xx, timeout, reset, truncated body, 200 without usable output:
+    /// retry with backoff, preferably on another key.
+    Transient,
+    /// The request itself is wrong (400 about the request, 404 model,
+    /// MAX_TOKENS with empty output): fail the item now, no retry.
+    ItemInvalid,
+    /// The API refused the prompt or the output on safety grounds: the item
+    /// is `blocked`, not retried.
+    Blocked {
+        /// `promptFeedback.blockReason` or the candidate's `finishReason`.
+        reason: String,
+    },
+}
+
+/// A failed call: its class, the HTTP status when there was one, and the
+/// API's own message (never containing the key).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// What to do about it.
+    pub class: ErrorClass,
+    /// HTTP status, `None` for transport failures.
+    pub status: Option<u16>,
+    /// The API's message, or a description of the transport failure.
+    pub message: String,
+}

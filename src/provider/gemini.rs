@@ -1,0 +1,22 @@
+//! Gemini Developer API adapter.
+
+use super::{ApiError, Reply, Request};
+use crate::pool::ApiKey;
+
+pub(super) async fn generate(
+    _http: &reqwest::Client,
+    _base_url: &str,
+    _key: &ApiKey,
+    _req: &Request<'_>,
+) -> Result<Reply, ApiError> {
+    unimplemented!("gemini adapter")
+}
+
+pub(super) async fn count_tokens(
+    _http: &reqwest::Client,
+    _base_url: &str,
+    _key: &ApiKey,
+    _req: &Request<'_>,
+) -> Result<u64, ApiError> {
+    unimplemented!("gemini adapter")
+}

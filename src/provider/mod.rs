@@ -1,0 +1,126 @@
+//! One adapter per API: request building, response parsing and error
+//! classification. A provider never chooses keys; it is handed one.
+//!
+//! Every failure is classified once, into an [`ErrorClass`], and the scheduler
+//! acts by class (DESIGN §3).
+
+mod error;
+mod gemini;
+mod openai;
+
+pub use error::{ApiError, ErrorClass, QuotaScope};
+
+use crate::pool::ApiKey;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Which wire protocol an endpoint speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Google Gemini Developer API (`/v1beta/models/{model}:generateContent`).
+    Gemini,
+    /// OpenAI chat completions (`/v1/chat/completions`) and compatible servers.
+    Openai,
+}
+
+/// One prompt, as the provider needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request<'a> {
+    /// Model id without the `models/` prefix, e.g. `gemini-2.5-flash`.
+    pub model: &'a str,
+    /// The user text.
+    pub prompt: &'a str,
+    /// Optional system instruction.
+    pub system: Option<&'a str>,
+    /// Cap on output tokens (for Gemini this includes thinking tokens).
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+}
+
+/// Token counts of one successful call, normalised across providers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens, cached ones included.
+    pub input_tokens: u64,
+    /// Of `input_tokens`, how many were served from a cache.
+    pub cached_tokens: u64,
+    /// Visible output tokens plus thinking tokens (what is billed as output).
+    pub output_tokens: u64,
+    /// Of `output_tokens`, how many were thinking.
+    pub thinking_tokens: u64,
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The visible text (thought parts excluded).
+    pub text: String,
+    /// Token usage as reported by the API.
+    pub usage: Usage,
+    /// The concrete model version the API says it used, when it says one.
+    pub model_version: Option<String>,
+}
+
+/// An HTTP client bound to one endpoint (and, through `reqwest`, to one
+/// optional egress proxy). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    kind: ProviderKind,
+    base_url: String,
+}
+
+impl Client {
+    /// Builds a client for `kind` at `base_url` (no trailing slash needed),
+    /// with a per-request `timeout` and an optional egress `proxy` URL.
+    pub fn new(
+        kind: ProviderKind,
+        base_url: &str,
+        timeout: Duration,
+        proxy: Option<&str>,
+    ) -> Result<Self, reqwest::Error> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("keyfan/", env!("CARGO_PKG_VERSION")));
+        if let Some(proxy) = proxy {
+            builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+        }
+        Ok(Client {
+            http: builder.build()?,
+            kind,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Which protocol this client speaks.
+    pub fn kind(&self) -> ProviderKind {
+        self.kind
+    }
+
+    /// Sends one prompt and returns the reply or a classified error.
+    pub async fn generate(&self, key: &ApiKey, req: &Request<'_>) -> Result<Reply, ApiError> {
+        match self.kind {
+            ProviderKind::Gemini => gemini::generate(&self.http, &self.base_url, key, req).await,
+            ProviderKind::Openai => openai::generate(&self.http, &self.base_url, key, req).await,
+        }
+    }
+
+    /// Counts the prompt's input tokens without generating (Gemini's free
+    /// `countTokens`). OpenAI has no such endpoint: `Ok(None)`.
+    pub async fn count_tokens(
+        &self,
+        key: &ApiKey,
+        req: &Request<'_>,
+    ) -> Result<Option<u64>, ApiError> {
+        match self.kind {
+            ProviderKind::Gemini => gemini::count_tokens(&self.http, &self.base_url, key, req)
+                .await
+                .map(Some),
+            ProviderKind::Openai => Ok(None),
+        }
+    }
+}
