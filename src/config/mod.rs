@@ -5,10 +5,25 @@
 //!
 //! serde_yaml is confined to this module and `job`, so a later swap of YAML
 //! crate touches only them.
+//!
+//! Loading runs in two stages. [`raw`] deserializes the file as written,
+//! rejecting unknown fields and checking each field on its own inside serde,
+//! so those errors carry serde_yaml's field path, line and column. Then
+//! [`Config::parse`] expands keys and checks what spans fields (duplicate
+//! names and keys), naming the field path.
+//!
+//! No error ever contains a key: keys are named by their field path and, for
+//! duplicates, by [`ApiKey::fingerprint`].
+
+mod env;
+mod raw;
+#[cfg(test)]
+mod tests;
 
 use crate::pool::ApiKey;
 use crate::provider::ProviderKind;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A validated config.
@@ -81,4 +96,237 @@ pub enum MissingEnv {
     /// Substitute a placeholder key `sim-<account>-<n>` (rehearsals against
     /// the simulator, which need no real key).
     Placeholder,
+}
+
+/// Why a config could not be loaded. Every message starts with the file's
+/// path; none contains a key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read config {}", path.display())]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not YAML, or not the config's shape (unknown field, wrong type, a
+    /// field-local check failed). The message is serde_yaml's, with its field
+    /// path, line and column; quoted string values are redacted from it,
+    /// because a misplaced key would otherwise be echoed.
+    #[error("{}: {message}", path.display())]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// serde_yaml's message, redacted.
+        message: String,
+    },
+    /// Well-formed, but a check across fields failed.
+    #[error("{}: {field}: {reason}", path.display())]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// Field path, e.g. `accounts[0].keys[1]`.
+        field: String,
+        /// What is wrong, as a lowercase fragment.
+        reason: String,
+    },
+}
+
+/// Defaults for fields the file may omit.
+const DEFAULT_MODEL: &str = "gemini-2.5-flash";
+const DEFAULT_CONCURRENCY: usize = 8;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_RETRIES: u32 = 5;
+const DEFAULT_GROUP: &str = "default";
+
+/// Every provider, so each gets a `providers` entry. Adding a variant to
+/// [`ProviderKind`] breaks the exhaustive match in [`default_base_url`], which
+/// is the reminder to list it here too.
+const ALL_PROVIDERS: [ProviderKind; 2] = [ProviderKind::Gemini, ProviderKind::Openai];
+
+/// The public endpoint of each provider.
+fn default_base_url(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+        ProviderKind::Openai => "https://api.openai.com",
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`; `env` looks up environment variables
+    /// (inject `|k| std::env::var(k).ok()` in production, a map in tests).
+    pub fn load(
+        path: &Path,
+        env: impl Fn(&str) -> Option<String>,
+        missing: MissingEnv,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path, env, missing)
+    }
+
+    /// Validates config `text`; `origin` is the path named in errors.
+    pub fn parse(
+        text: &str,
+        origin: &Path,
+        env: impl Fn(&str) -> Option<String>,
+        missing: MissingEnv,
+    ) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig =
+            serde_yaml::from_str(text).map_err(|err| ConfigError::Syntax {
+                path: origin.to_owned(),
+                message: redact_strings(&err.to_string()),
+            })?;
+        let invalid = |field: String, reason: String| ConfigError::Invalid {
+            path: origin.to_owned(),
+            field,
+            reason,
+        };
+
+        let mut providers = raw.providers;
+        let providers = ALL_PROVIDERS
+            .into_iter()
+            .map(|kind| {
+                let base_url = providers
+                    .remove(&kind)
+                    .map_or_else(|| default_base_url(kind).to_owned(), |p| p.base_url.0);
+                (kind, ProviderConfig { base_url })
+            })
+            .collect();
+
+        if raw.accounts.is_empty() {
+            return Err(invalid(
+                "accounts".to_owned(),
+                "at least one account is required".to_owned(),
+            ));
+        }
+        // Account name and key → where first seen, to name both places.
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut seen_keys: HashMap<ApiKey, String> = HashMap::new();
+        let mut accounts = Vec::with_capacity(raw.accounts.len());
+        for (a, account) in raw.accounts.into_iter().enumerate() {
+            let name = account.name.0;
+            if let Some(first) = names.insert(name.clone(), a) {
+                return Err(invalid(
+                    format!("accounts[{a}].name"),
+                    format!("duplicate account name `{name}`, also used by accounts[{first}]"),
+                ));
+            }
+            if account.keys.is_empty() {
+                return Err(invalid(
+                    format!("accounts[{a}].keys"),
+                    "at least one key is required".to_owned(),
+                ));
+            }
+            let mut keys = Vec::with_capacity(account.keys.len());
+            for (k, raw_key) in account.keys.into_iter().enumerate() {
+                let field = format!("accounts[{a}].keys[{k}]");
+                let secret = match env::expand(&raw_key.template, &env) {
+                    Ok(secret) => secret,
+                    Err(env::ExpandError::Missing(_)) if missing == MissingEnv::Placeholder => {
+                        format!("sim-{name}-{}", k + 1)
+                    }
+                    Err(env::ExpandError::Missing(var)) => {
+                        return Err(invalid(
+                            field,
+                            format!("environment variable {var} is not set"),
+                        ))
+                    }
+                    Err(env::ExpandError::Syntax(reason)) => {
+                        return Err(invalid(field, reason.to_owned()))
+                    }
+                };
+                // A stray newline from `$(cat keyfile)` would make a valid key
+                // fail as API_KEY_INVALID far from its cause.
+                let secret = secret.trim();
+                if secret.is_empty() {
+                    return Err(invalid(field, empty_key_reason(&raw_key.template)));
+                }
+                let key = ApiKey::new(secret);
+                if let Some(first) = seen_keys.get(&key) {
+                    return Err(invalid(
+                        field,
+                        format!("key {key} is already listed at {first}"),
+                    ));
+                }
+                seen_keys.insert(key.clone(), field);
+                keys.push(KeyConfig {
+                    key,
+                    weight: raw_key.weight.0,
+                    group: raw_key.group.0,
+                });
+            }
+            accounts.push(AccountConfig {
+                name,
+                provider: account.provider.unwrap_or(ProviderKind::Gemini),
+                keys,
+                limits: account
+                    .limits
+                    .into_iter()
+                    .map(|(model, l)| {
+                        let limits = Limits {
+                            rpm: l.rpm.map(|v| v.0),
+                            tpm: l.tpm.map(|v| v.0),
+                            rpd: l.rpd.map(|v| v.0),
+                        };
+                        (model, limits)
+                    })
+                    .collect(),
+                proxy: account.proxy.map(|p| p.0),
+            });
+        }
+
+        Ok(Config {
+            providers,
+            accounts,
+            model: raw.model.map_or_else(|| DEFAULT_MODEL.to_owned(), |m| m.0),
+            concurrency: raw.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0),
+            timeout: raw.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
+            max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+        })
+    }
+}
+
+/// Says whether the key was empty as written or became empty through a
+/// variable, which is the case worth pointing at (`export KEY=` in a cron
+/// environment).
+fn empty_key_reason(template: &str) -> String {
+    if template.contains("${") {
+        "key is empty after expanding environment variables".to_owned()
+    } else {
+        "key is empty".to_owned()
+    }
+}
+
+/// Replaces every `string "…"` in a serde message (serde's wording for an
+/// unexpected string value) with `a string`. A key pasted where a list or a
+/// number was expected would otherwise end up in the error, and errors end up
+/// in cron mail and CI logs.
+fn redact_strings(message: &str) -> String {
+    const MARK: &str = "string \"";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(MARK) {
+        out.push_str(&rest[..start]);
+        out.push_str("a string");
+        // serde quotes with `{:?}`, so the value ends at the first `"` that
+        // is not escaped.
+        let value = &rest[start + MARK.len()..];
+        let mut escaped = false;
+        let end = value
+            .char_indices()
+            .find(|&(_, c)| {
+                let closes = c == '"' && !escaped;
+                escaped = c == '\\' && !escaped;
+                closes
+            })
+            .map_or(value.len(), |(i, _)| i + 1);
+        rest = &value[end..];
+    }
+    out.push_str(rest);
+    out
 }
