@@ -6,7 +6,7 @@
 //! serde_yaml is confined to this module and `job`, so a later swap of YAML
 //! crate touches only them.
 //!
-//! Loading runs in two stages. [`raw`] deserializes the file as written,
+//! Loading runs in two stages. `raw` deserializes the file as written,
 //! rejecting unknown fields and checking each field on its own inside serde,
 //! so those errors carry serde_yaml's field path, line and column. Then
 //! [`Config::parse`] expands keys and checks what spans fields (duplicate

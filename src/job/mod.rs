@@ -1,7 +1,26 @@
 //! Job files: JSONL (one object per line) or CSV (a header row), read as a
 //! stream of [`Item`]s. Every problem names the file, the line and the field.
+//!
+//! Both formats accept the same fields with the same checks (`fields`):
+//! `id` (string or integer, required), `prompt` (required), `model`,
+//! `system`, `max_output_tokens` (integer >= 1) and `temperature` (0.0–2.0).
+//! Unknown fields are errors, to catch typos such as `promt`.
+//!
+//! Files are streamed: a million-line job is never held in memory, neither by
+//! [`JobReader`] nor by [`validate`].
 
-use std::path::PathBuf;
+mod csv;
+mod fields;
+mod jsonl;
+#[cfg(test)]
+mod tests;
+
+use sha2::{Digest, Sha256};
+use std::collections::hash_map::{Entry, HashMap};
+use std::fs::File;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
 
 /// One prompt to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,4 +53,226 @@ pub struct ItemError {
     pub field: Option<String>,
     /// What is wrong, as a lowercase fragment.
     pub reason: String,
+}
+
+/// A job file that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The file could not be opened.
+    #[error("failed to open job {}", path.display())]
+    Open {
+        /// The job file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading failed part-way.
+    #[error("failed to read job {}", path.display())]
+    Read {
+        /// The job file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The extension names no supported format.
+    #[error(
+        "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv",
+        path.display()
+    )]
+    UnsupportedFormat {
+        /// The job file.
+        path: PathBuf,
+    },
+}
+
+/// Streams a job file: the file is read incrementally (a 1,000,000-line job
+/// must not be held in memory). Yields each item or what is wrong with it,
+/// and goes on after an item error. A read failure part-way is yielded as an
+/// item error on the line reached, and ends the stream.
+pub struct JobReader {
+    path: PathBuf,
+    format: Format,
+    /// Set when reading failed; the stream has then ended.
+    failure: Option<io::Error>,
+}
+
+/// The format readers, over the file. The file's bytes are hashed as they
+/// are read so that [`validate`] gets the content hash in the same pass.
+/// Both readers keep answering "end" once at the end.
+enum Format {
+    Jsonl(jsonl::Lines<Hashing<File>>),
+    Csv(csv::Rows<Hashing<File>>),
+}
+
+impl JobReader {
+    /// Opens `path`, choosing the format by extension (case-insensitive):
+    /// `.jsonl` / `.ndjson` or `.csv`.
+    pub fn open(path: &Path) -> Result<JobReader, JobError> {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let jsonl = match extension.as_deref() {
+            Some("jsonl" | "ndjson") => true,
+            Some("csv") => false,
+            _ => {
+                return Err(JobError::UnsupportedFormat {
+                    path: path.to_owned(),
+                })
+            }
+        };
+        let file = File::open(path).map_err(|source| JobError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file = Hashing {
+            inner: file,
+            hasher: Sha256::new(),
+        };
+        let format = if jsonl {
+            Format::Jsonl(jsonl::Lines::new(file))
+        } else {
+            Format::Csv(csv::Rows::new(file))
+        };
+        Ok(JobReader {
+            path: path.to_owned(),
+            format,
+            failure: None,
+        })
+    }
+
+    /// The sha256 (hex) of the bytes read so far: of the whole file once
+    /// iteration has ended without a read failure.
+    fn content_hash(&self) -> String {
+        let hasher = match &self.format {
+            Format::Jsonl(lines) => &lines.get_ref().hasher,
+            Format::Csv(rows) => &rows.get_ref().hasher,
+        };
+        hex::encode(hasher.clone().finalize())
+    }
+}
+
+impl Iterator for JobReader {
+    type Item = Result<Item, ItemError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failure.is_some() {
+            return None;
+        }
+        let (next, line) = match &mut self.format {
+            Format::Jsonl(lines) => (lines.next(&self.path), lines.line()),
+            Format::Csv(rows) => (rows.next(&self.path), rows.line()),
+        };
+        match next {
+            Ok(item) => item,
+            Err(err) => {
+                let reason = format!("failed to read the file: {err}");
+                self.failure = Some(err);
+                Some(Err(ItemError {
+                    path: self.path.clone(),
+                    line,
+                    field: None,
+                    reason,
+                }))
+            }
+        }
+    }
+}
+
+/// What [`validate`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validation {
+    /// Records that parsed into an item (an item with a duplicate id counts,
+    /// and also has an error).
+    pub items: u64,
+    /// The first [`MAX_ERRORS`] errors, in file order.
+    pub errors: Vec<ItemError>,
+    /// All errors, also those beyond the list.
+    pub error_count: u64,
+    /// sha256 of the file's bytes (lowercase hex), to match a resumed run to
+    /// the job it started from.
+    pub content_hash: String,
+}
+
+/// How many errors [`validate`] keeps; a broken million-line file must not
+/// fill memory or the terminal.
+pub const MAX_ERRORS: usize = 1000;
+
+/// Validates a whole job in one streaming pass: counts items, collects item
+/// errors, detects duplicate ids (an error on the later line, naming the
+/// first) and computes the content hash.
+///
+/// Duplicates are found by a 64-bit hash of each id, not the id itself, to
+/// bound memory to 16 bytes per item; two different ids collide with
+/// probability about n²/2⁶⁵ (one in 37 million for a million items), and a
+/// collision only yields a spurious duplicate error, never a missed one.
+pub fn validate(path: &Path) -> Result<Validation, JobError> {
+    let mut reader = JobReader::open(path)?;
+    let mut validation = Validation {
+        items: 0,
+        errors: Vec::new(),
+        error_count: 0,
+        content_hash: String::new(),
+    };
+    let mut first_lines: HashMap<u64, u64> = HashMap::new();
+    for result in &mut reader {
+        let error = match result {
+            Ok(item) => {
+                validation.items += 1;
+                match first_lines.entry(id_hash(&item.id)) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(item.line);
+                        continue;
+                    }
+                    Entry::Occupied(entry) => ItemError {
+                        path: path.to_owned(),
+                        line: item.line,
+                        field: Some("id".to_owned()),
+                        reason: format!(
+                            "duplicate id `{}`, first used on line {}",
+                            item.id,
+                            entry.get()
+                        ),
+                    },
+                }
+            }
+            Err(error) => error,
+        };
+        validation.error_count += 1;
+        if validation.errors.len() < MAX_ERRORS {
+            validation.errors.push(error);
+        }
+    }
+    if let Some(source) = reader.failure.take() {
+        return Err(JobError::Read {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    validation.content_hash = reader.content_hash();
+    Ok(validation)
+}
+
+/// A 64-bit hash of an id; only compared within one pass, so the
+/// unspecified-but-deterministic `DefaultHasher` is enough.
+fn id_hash(id: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Passes reads through, hashing every byte.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }

@@ -1,0 +1,130 @@
+//! CSV: a header row naming the columns, then one item per record (RFC 4180
+//! quoting; a quoted field may span lines). One record is in memory at a
+//! time.
+
+use super::fields::{invalid_utf8, Field, Problem, Raw, Values};
+use super::{Item, ItemError};
+use std::io::{self, Read};
+use std::path::Path;
+
+/// Reads items record by record.
+pub(super) struct Rows<R> {
+    reader: ::csv::Reader<R>,
+    header: Header,
+    /// The current record, reused across records.
+    record: ::csv::ByteRecord,
+}
+
+/// Where reading the header stands.
+enum Header {
+    Unread,
+    /// The field of each column.
+    Accepted(Vec<Field>),
+    /// Empty file, or a header that was refused: no rows can be read.
+    Ended,
+}
+
+impl<R: Read> Rows<R> {
+    pub(super) fn new(reader: R) -> Self {
+        Rows {
+            // Not flexible: a row with a different number of cells than the
+            // header is a quoting mistake, reported on its line.
+            reader: ::csv::ReaderBuilder::new()
+                .has_headers(true)
+                .from_reader(reader),
+            header: Header::Unread,
+            record: ::csv::ByteRecord::new(),
+        }
+    }
+
+    /// The underlying reader.
+    pub(super) fn get_ref(&self) -> &R {
+        self.reader.get_ref()
+    }
+
+    /// The line the reader has reached, for placing a read failure.
+    pub(super) fn line(&self) -> u64 {
+        self.reader.position().line()
+    }
+
+    /// The next record as an item or an item error; `None` at the end. A bad
+    /// header is reported once, on its line, and ends the file: no row can be
+    /// read without knowing its columns.
+    pub(super) fn next(&mut self, path: &Path) -> io::Result<Option<Result<Item, ItemError>>> {
+        if let Header::Unread = self.header {
+            let header = self.reader.byte_headers()?;
+            let line = header.position().map_or(1, |p| p.line());
+            self.header = Header::Ended;
+            if header.is_empty() {
+                return Ok(None);
+            }
+            match columns(header) {
+                Ok(columns) => self.header = Header::Accepted(columns),
+                Err(problem) => return Ok(Some(Err(problem.at(path, line)))),
+            }
+        }
+        let Header::Accepted(columns) = &self.header else {
+            return Ok(None);
+        };
+        match self.reader.read_byte_record(&mut self.record) {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                // `position` is where the record starts, which is the line
+                // to show even when a quoted cell spans several lines.
+                let line = self.record.position().map_or(0, |p| p.line());
+                Ok(Some(
+                    row(columns, &self.record, line).map_err(|p| p.at(path, line)),
+                ))
+            }
+            Err(err) => match err.kind() {
+                ::csv::ErrorKind::UnequalLengths {
+                    pos,
+                    expected_len,
+                    len,
+                } => {
+                    let line = pos.as_ref().map_or(0, |p| p.line());
+                    let reason = format!("row has {len} cells, the header has {expected_len}");
+                    Ok(Some(Err(Problem::record(reason).at(path, line))))
+                }
+                _ => Err(err.into()),
+            },
+        }
+    }
+}
+
+/// Maps header cells to fields: every column known, none twice, the
+/// required ones present. Surrounding spaces in names are ignored.
+fn columns(header: &::csv::ByteRecord) -> Result<Vec<Field>, Problem> {
+    let mut columns = Vec::with_capacity(header.len());
+    for cell in header {
+        let name = std::str::from_utf8(cell)
+            .map_err(|_| Problem::record("invalid UTF-8 in the header"))?
+            .trim();
+        let field = Field::parse(name, "column")?;
+        if columns.contains(&field) {
+            return Err(Problem::field(name, "column appears twice in the header"));
+        }
+        columns.push(field);
+    }
+    if let Some(missing) = Field::ALL
+        .into_iter()
+        .find(|f| f.is_required() && !columns.contains(f))
+    {
+        return Err(Problem::field(
+            missing.name(),
+            "required column is missing from the header",
+        ));
+    }
+    Ok(columns)
+}
+
+/// Builds the item of one record.
+fn row(columns: &[Field], record: &::csv::ByteRecord, line: u64) -> Result<Item, Problem> {
+    let mut values = Values::default();
+    for (&field, cell) in columns.iter().zip(record) {
+        let text = std::str::from_utf8(cell)
+            .map_err(|e| Problem::field(field.name(), invalid_utf8(&e)))?;
+        values.set(field, Raw::Text(text));
+    }
+    values.into_item(line)
+}
