@@ -108,15 +108,17 @@ pub(super) fn parse_error(body: &[u8]) -> Option<ErrorBody> {
     struct Envelope {
         error: ErrorBody,
     }
+    // `List` must come first: serde also reads a struct from a sequence, so
+    // `[{"error":{..}}]` would parse as `One` with an empty error.
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Wire {
-        One(Envelope),
         List(Vec<Envelope>),
+        One(Envelope),
     }
     match serde_json::from_slice::<Wire>(body).ok()? {
-        Wire::One(envelope) => Some(envelope.error),
         Wire::List(list) => list.into_iter().next().map(|e| e.error),
+        Wire::One(envelope) => Some(envelope.error),
     }
 }
 
