@@ -3,6 +3,18 @@
 //!
 //! Every failure is classified once, into an [`ErrorClass`], and the scheduler
 //! acts by class (DESIGN §3).
+//!
+//! - `gemini`: `generateContent` / `countTokens` under `{base_url}/v1beta/models/`.
+//! - `openai`: `chat/completions`; `base_url` is the server root
+//!   (`https://api.openai.com`, `/v1` is added) or a base that already has a
+//!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
+//! - `common`: error envelopes (Google's, OpenAI's, array-wrapped), the
+//!   status fallback and the wait/limit hints in messages.
+//! - `transport`: one POST; transport failures become `Transient` with
+//!   messages that name no URL.
+//!
+//! Classification is pure (status, headers, body → [`ApiError`]) so that it is
+//! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
 
 mod common;
 mod error;
