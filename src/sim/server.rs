@@ -453,7 +453,8 @@ fn cut_off<W: Wire>(answer: Answer, keep: usize) -> Response {
     response
 }
 
-/// An answer aborted by shutdown: the connection closes before any of it.
+/// An answer aborted by shutdown: at most the status line goes out, then
+/// the connection closes with none of the body.
 fn abort<W: Wire>(answer: Answer) -> Response {
     cut_off::<W>(answer, 0)
 }
