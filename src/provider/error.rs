@@ -1,5 +1,6 @@
 //! The error classes of DESIGN §3 and the typed API error that carries one.
 
+use crate::pool::ApiKey;
 use std::time::Duration;
 
 /// Which quota a 429 says was hit.
@@ -60,4 +61,17 @@ pub struct ApiError {
     pub status: Option<u16>,
     /// The API's message, or a description of the transport failure.
     pub message: String,
+}
+
+impl ApiError {
+    /// Replaces every occurrence of the secret key in the message with its
+    /// fingerprint: APIs and proxies may echo the key back, and the message
+    /// goes to the store, the report and the terminal.
+    pub(super) fn scrub(mut self, key: &ApiKey) -> Self {
+        // An empty secret would "occur" between every two characters.
+        if !key.expose().is_empty() && self.message.contains(key.expose()) {
+            self.message = self.message.replace(key.expose(), key.fingerprint());
+        }
+        self
+    }
 }

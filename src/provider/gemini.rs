@@ -1,22 +1,549 @@
-//! Gemini Developer API adapter.
+//! Gemini Developer API adapter (FACTS §1, §2, §6).
+//!
+//! - `generate`: `POST {base_url}/v1beta/models/{model}:generateContent`
+//! - `count_tokens`: `POST {base_url}/v1beta/models/{model}:countTokens`
+//!
+//! The key travels in the `x-goog-api-key` header, never as `?key=`: URLs end
+//! up in `reqwest` error messages, proxy logs and traces.
+//!
+//! Gemini sends no rate-limit headers and no `Retry-After` (FACTS §1.1): all it
+//! says about a 429 is in the body, so [`classify`] reads only status and body.
 
-use super::{ApiError, Reply, Request};
+use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
+use super::transport::post_json;
+use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::pool::ApiKey;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
+/// Sends one prompt to `generateContent`.
 pub(super) async fn generate(
-    _http: &reqwest::Client,
-    _base_url: &str,
-    _key: &ApiKey,
-    _req: &Request<'_>,
+    client: &Client,
+    key: &ApiKey,
+    req: &Request<'_>,
 ) -> Result<Reply, ApiError> {
-    unimplemented!("gemini adapter")
+    let url = format!(
+        "{}/v1beta/models/{}:generateContent",
+        client.base_url, req.model
+    );
+    let body = post_json(
+        client,
+        &url,
+        "x-goog-api-key",
+        key.expose(),
+        &GenerateBody::new(req),
+        |status, _, body| classify(status, body),
+    )
+    .await?;
+    parse_generate(&body)
 }
 
+/// Counts the prompt's tokens with the free `countTokens`.
 pub(super) async fn count_tokens(
-    _http: &reqwest::Client,
-    _base_url: &str,
-    _key: &ApiKey,
-    _req: &Request<'_>,
+    client: &Client,
+    key: &ApiKey,
+    req: &Request<'_>,
 ) -> Result<u64, ApiError> {
-    unimplemented!("gemini adapter")
+    let url = format!(
+        "{}/v1beta/models/{}:countTokens",
+        client.base_url, req.model
+    );
+    let body = post_json(
+        client,
+        &url,
+        "x-goog-api-key",
+        key.expose(),
+        &CountBody::new(req),
+        |status, _, body| classify(status, body),
+    )
+    .await?;
+    parse_count(&body)
+}
+
+// ---------------------------------------------------------------------------
+// Request bodies
+
+/// A `generateContent` body. Field names and nesting follow the recorded SDK
+/// requests (fixture `gemini_generateContent_system_instruction_2.5-flash.request.json`):
+/// `systemInstruction` is a sibling of `contents` with role `user`, and
+/// `generationConfig` is always sent, empty when nothing is set, as the SDK does.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct GenerateBody<'a> {
+    contents: [Content<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<Content<'a>>,
+    generation_config: GenerationConfig,
+}
+
+/// A `countTokens` body: only `contents`, because the Developer API rejects
+/// a system instruction or a generation config there (FACTS §6).
+#[derive(Debug, Serialize)]
+pub(super) struct CountBody<'a> {
+    contents: [Content<'a>; 1],
+}
+
+/// One turn of text.
+#[derive(Debug, Serialize)]
+struct Content<'a> {
+    parts: [TextPart<'a>; 1],
+    role: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct TextPart<'a> {
+    text: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerationConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_output_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+impl<'a> Content<'a> {
+    fn user(text: &'a str) -> Self {
+        Content {
+            parts: [TextPart { text }],
+            role: "user",
+        }
+    }
+}
+
+impl<'a> GenerateBody<'a> {
+    /// The body for `req`, absent settings omitted.
+    pub(super) fn new(req: &Request<'a>) -> Self {
+        GenerateBody {
+            contents: [Content::user(req.prompt)],
+            system_instruction: req.system.map(Content::user),
+            generation_config: GenerationConfig {
+                max_output_tokens: req.max_output_tokens,
+                temperature: req.temperature,
+            },
+        }
+    }
+}
+
+impl<'a> CountBody<'a> {
+    /// The body for `req`: its prompt only.
+    pub(super) fn new(req: &Request<'a>) -> Self {
+        CountBody {
+            contents: [Content::user(req.prompt)],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Responses
+
+/// A `GenerateContentResponse`, only the fields keyfan reads; unknown fields
+/// (`turnToken`, `responseId`, `safetyRatings`, ...) are ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenerateResponse {
+    #[serde(default)]
+    candidates: Vec<Candidate>,
+    #[serde(default)]
+    prompt_feedback: Option<PromptFeedback>,
+    #[serde(default)]
+    usage_metadata: UsageMetadata,
+    #[serde(default)]
+    model_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate {
+    #[serde(default)]
+    content: Option<CandidateContent>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+    #[serde(default)]
+    finish_message: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CandidateContent {
+    /// Absent when nothing was produced (`{"role":"model"}` or `{}`).
+    #[serde(default)]
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(default)]
+    text: Option<String>,
+    /// Thought summaries (`includeThoughts`) are parts with `thought: true`.
+    #[serde(default)]
+    thought: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback {
+    #[serde(default)]
+    block_reason: Option<String>,
+    #[serde(default)]
+    block_reason_message: Option<String>,
+}
+
+/// `usageMetadata`; any count may be absent (`candidatesTokenCount` is when
+/// nothing visible was produced), which means 0.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageMetadata {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    cached_content_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: u64,
+}
+
+impl UsageMetadata {
+    /// Normalised usage: thinking is billed as output but not counted in
+    /// `candidatesTokenCount` (FACTS §1.3), so output is their sum.
+    fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_token_count,
+            cached_tokens: self.cached_content_token_count,
+            output_tokens: self.candidates_token_count + self.thoughts_token_count,
+            thinking_tokens: self.thoughts_token_count,
+        }
+    }
+}
+
+/// Finish reasons that mean the output was withheld on policy grounds
+/// (`FinishReason` enum, FACTS §1.3). The image variants are included for
+/// completeness: they mean the same for image output.
+const BLOCKING_FINISH_REASONS: &[&str] = &[
+    "SAFETY",
+    "RECITATION",
+    "PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "SPII",
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "IMAGE_RECITATION",
+];
+
+/// Turns a 2xx `generateContent` body into a reply, or into the error a 200
+/// can still be (FACTS §2.2): a blocked prompt or output, no output at all, or
+/// an output cap used up before any visible text.
+pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
+    let response: GenerateResponse =
+        serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
+    let usage = response.usage_metadata.usage();
+    let Some(candidate) = response.candidates.first() else {
+        // No candidate: either the prompt was blocked, or the API failed
+        // without saying why.
+        let feedback = response.prompt_feedback.as_ref();
+        return Err(match feedback.and_then(|f| f.block_reason.as_deref()) {
+            Some(reason) => blocked(
+                "the prompt",
+                reason,
+                feedback.and_then(|f| f.block_reason_message.as_deref()),
+            ),
+            None => no_output("no candidates and no block reason"),
+        });
+    };
+    let finish = candidate.finish_reason.as_deref().unwrap_or("");
+    if BLOCKING_FINISH_REASONS.contains(&finish) {
+        // Even with partial text: what was produced before the block is not
+        // an answer to hand on.
+        return Err(blocked(
+            "the output",
+            finish,
+            candidate.finish_message.as_deref(),
+        ));
+    }
+    let text: String = candidate
+        .content
+        .iter()
+        .flat_map(|c| &c.parts)
+        .filter(|p| !p.thought)
+        .filter_map(|p| p.text.as_deref())
+        .collect();
+    if !text.is_empty() {
+        // MAX_TOKENS with text is a success: truncated output is still output.
+        return Ok(Reply {
+            text,
+            usage,
+            // `modelVersion` sometimes carries the resource prefix
+            // (`models/gemini-2.5-pro`); `Request::model` never does.
+            model_version: response
+                .model_version
+                .map(|v| v.strip_prefix("models/").map(str::to_owned).unwrap_or(v)),
+        });
+    }
+    if finish == "MAX_TOKENS" {
+        // Thinking counts against maxOutputTokens (FACTS §1.2).
+        return Err(common::cap_used_up("maxOutputTokens", &usage));
+    }
+    let why = match (finish, candidate.finish_message.as_deref()) {
+        ("", _) => "a candidate without text or finish reason".to_owned(),
+        (finish, None) => format!("finishReason {finish}"),
+        (finish, Some(message)) => format!("finishReason {finish}: {message}"),
+    };
+    Err(no_output(&why))
+}
+
+/// Parses a 2xx `countTokens` body: `totalTokens`.
+pub(super) fn parse_count(body: &[u8]) -> Result<u64, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct CountResponse {
+        total_tokens: u64,
+    }
+    serde_json::from_slice::<CountResponse>(body)
+        .map(|r| r.total_tokens)
+        .map_err(|e| common::undecodable(&e))
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Classifies a non-2xx Gemini response from its status and body.
+pub(super) fn classify(status: u16, body: &[u8]) -> ApiError {
+    classify_parsed(status, body, common::parse_error(body).as_ref())
+}
+
+/// [`classify`] for a body already parsed (Gemini's OpenAI-compatible
+/// endpoint answers OpenAI clients with these Google-style errors).
+pub(super) fn classify_parsed(status: u16, body: &[u8], parsed: Option<&ErrorBody>) -> ApiError {
+    let message = common::error_message(status, body, parsed);
+    let empty = ErrorBody::default();
+    let error = parsed.unwrap_or(&empty);
+    let key_invalid = |reason: &str| ErrorClass::KeyInvalid {
+        reason: reason.to_owned(),
+    };
+    let class = match status {
+        429 => rate_limited(error),
+        400 => match error.error_info_reason() {
+            Some(reason @ "API_KEY_INVALID") => key_invalid(reason),
+            // "User location is not supported for the API use." and "free
+            // tier is not available in your country": the key's project or
+            // egress, not the item (e.g. poenl/gemini-api#4).
+            _ if error.status.as_deref() == Some("FAILED_PRECONDITION") => {
+                key_invalid("FAILED_PRECONDITION")
+            }
+            _ => ErrorClass::ItemInvalid,
+        },
+        401 => key_invalid(
+            error
+                .error_info_reason()
+                .or(error.status.as_deref())
+                .unwrap_or("UNAUTHENTICATED"),
+        ),
+        // A file uploaded under another project's key: the item could succeed
+        // after a re-upload with this key, which keyfan does not do yet, so
+        // for now the item fails (FACTS §10.4).
+        403 if message.contains("permission to access the File") => ErrorClass::ItemInvalid,
+        // SERVICE_DISABLED and friends carry an ErrorInfo reason; "The caller
+        // does not have permission" carries none.
+        403 => key_invalid(error.error_info_reason().unwrap_or("PERMISSION_DENIED")),
+        _ => class_by_status(status),
+    };
+    api_error(class, Some(status), message)
+}
+
+/// A 429's scope, wait and limit (FACTS §2.1).
+fn rate_limited(error: &ErrorBody) -> ErrorClass {
+    // Quota ids with their values: `QuotaFailure` violations, and the 2024
+    // shape that named the quota in `ErrorInfo.metadata.quota_limit`.
+    let violations = error.details_of("QuotaFailure").flat_map(|d| {
+        d.violations
+            .iter()
+            .filter_map(|v| Some((v.quota_id.as_deref()?, v.quota_value.as_ref())))
+    });
+    let error_infos = error.details_of("ErrorInfo").filter_map(|d| {
+        let id = d.metadata.get("quota_limit")?.as_str()?;
+        Some((id, d.metadata.get("quota_limit_value")))
+    });
+    // The widest scope wins: a per-day violation next to a per-minute one
+    // means waiting a minute will not help.
+    let (scope, value) = violations
+        .chain(error_infos)
+        .map(|(id, value)| (scope_of(id), value))
+        .max_by_key(|(scope, _)| breadth(*scope))
+        .unwrap_or((QuotaScope::Unknown, None));
+    let message = error.message();
+    let retry_after = error
+        .details_of("RetryInfo")
+        .find_map(|d| common::parse_duration(d.retry_delay.as_deref()?))
+        .or_else(|| common::duration_after(message, "Please retry in "));
+    let limit = value
+        .and_then(quota_value)
+        .or_else(|| common::number_after(message, &["limit: "]));
+    ErrorClass::RateLimited {
+        scope,
+        retry_after,
+        limit,
+    }
+}
+
+/// Which quota a `quotaId` names, e.g. `GenerateRequestsPerDayPerProjectPerModel-FreeTier`.
+fn scope_of(quota_id: &str) -> QuotaScope {
+    if quota_id.contains("PerDay") || quota_id.contains("Daily") {
+        QuotaScope::Day
+    } else if quota_id.contains("Token") && quota_id.contains("PerMinute") {
+        QuotaScope::MinuteTokens
+    } else if quota_id.contains("PerMinute") || quota_id.contains("Requests") {
+        QuotaScope::MinuteRequests
+    } else {
+        QuotaScope::Unknown
+    }
+}
+
+/// How long a scope's exhaustion lasts, to pick the widest of several.
+fn breadth(scope: QuotaScope) -> u8 {
+    match scope {
+        QuotaScope::Unknown => 0,
+        QuotaScope::MinuteRequests => 1,
+        QuotaScope::MinuteTokens => 2,
+        QuotaScope::Day => 3,
+    }
+}
+
+/// `quotaValue` is a string on the wire ("250000"); accept a number too.
+fn quota_value(value: &Value) -> Option<u64> {
+    match value {
+        Value::String(s) => s.parse().ok(),
+        other => other.as_u64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_ids_map_to_scopes() {
+        let cases = [
+            (
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                QuotaScope::Day,
+            ),
+            (
+                "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                QuotaScope::MinuteRequests,
+            ),
+            (
+                "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+                QuotaScope::MinuteTokens,
+            ),
+            ("GenerateContentPaidTierDailyRequests", QuotaScope::Day),
+            (
+                "GenerateContentRequestsPerMinutePerProjectPerRegion",
+                QuotaScope::MinuteRequests,
+            ),
+            ("SomethingElse", QuotaScope::Unknown),
+        ];
+        for (id, want) in cases {
+            assert_eq!(scope_of(id), want, "{id}");
+        }
+    }
+
+    #[test]
+    fn older_error_info_quota_limit_and_fractional_retry_delay() {
+        // The 2024 shape (FACTS §2.1): ErrorInfo RATE_LIMIT_EXCEEDED naming
+        // the quota in its metadata; and a fractional protobuf Duration.
+        let body = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED","details":[
+            {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"0.847655010s"},
+            {"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"RATE_LIMIT_EXCEEDED","domain":"googleapis.com",
+             "metadata":{"quota_limit":"GenerateContentRequestsPerMinutePerProjectPerRegion","quota_limit_value":"15","service":"generativelanguage.googleapis.com"}}]}}"#;
+        assert_eq!(
+            classify(429, body).class,
+            ErrorClass::RateLimited {
+                scope: QuotaScope::MinuteRequests,
+                retry_after: Some(std::time::Duration::from_nanos(847_655_010)),
+                limit: Some(15),
+            }
+        );
+    }
+
+    #[test]
+    fn retry_hint_in_milliseconds_when_no_retry_info() {
+        let body = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED",
+            "message":"* Quota exceeded for metric: x, limit: 10\nPlease retry in 856.559356ms."}}"#;
+        assert_eq!(
+            classify(429, body).class,
+            ErrorClass::RateLimited {
+                scope: QuotaScope::Unknown,
+                retry_after: Some(std::time::Duration::from_nanos(856_559_356)),
+                limit: Some(10),
+            }
+        );
+    }
+
+    #[test]
+    fn location_not_supported_disables_the_key() {
+        let body = br#"{"error":{"code":400,"message":"User location is not supported for the API use.","status":"FAILED_PRECONDITION"}}"#;
+        let error = classify(400, body);
+        assert_eq!(
+            error.class,
+            ErrorClass::KeyInvalid {
+                reason: "FAILED_PRECONDITION".into()
+            }
+        );
+        assert_eq!(
+            error.message,
+            "User location is not supported for the API use."
+        );
+    }
+
+    #[test]
+    fn other_statuses_without_a_body() {
+        for (status, want) in [
+            (408, ErrorClass::Transient),
+            (409, ErrorClass::Transient),
+            (413, ErrorClass::ItemInvalid),
+            (422, ErrorClass::ItemInvalid),
+            (502, ErrorClass::Transient),
+            (504, ErrorClass::Transient),
+            (529, ErrorClass::Transient),
+            (
+                429,
+                ErrorClass::RateLimited {
+                    scope: QuotaScope::Unknown,
+                    retry_after: None,
+                    limit: None,
+                },
+            ),
+        ] {
+            let error = classify(status, b"");
+            assert_eq!(error.class, want, "{status}");
+            assert_eq!(error.status, Some(status));
+            assert!(error.message.starts_with(&format!("HTTP {status}")));
+        }
+    }
+
+    #[test]
+    fn stop_without_text_is_transient() {
+        let body = br#"{"candidates":[{"content":{"role":"model"},"finishReason":"STOP"}]}"#;
+        let error = parse_generate(body).unwrap_err();
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert_eq!(
+            error.message,
+            "the API returned no output (finishReason STOP)"
+        );
+    }
+
+    #[test]
+    fn truncated_200_body_is_transient() {
+        let error =
+            parse_generate(br#"{"candidates":[{"content":{"parts":[{"text":"hal"#).unwrap_err();
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert_eq!(error.status, Some(200));
+        assert!(
+            error.message.starts_with("response body truncated"),
+            "{}",
+            error.message
+        );
+    }
 }

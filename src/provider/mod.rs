@@ -3,10 +3,26 @@
 //!
 //! Every failure is classified once, into an [`ErrorClass`], and the scheduler
 //! acts by class (DESIGN §3).
+//!
+//! - `gemini`: `generateContent` / `countTokens` under `{base_url}/v1beta/models/`.
+//! - `openai`: `chat/completions`; `base_url` is the server root
+//!   (`https://api.openai.com`, `/v1` is added) or a base that already has a
+//!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
+//! - `common`: error envelopes (Google's, OpenAI's, array-wrapped), the
+//!   status fallback and the wait/limit hints in messages.
+//! - `transport`: one POST; transport failures become `Transient` with
+//!   messages that name no URL.
+//!
+//! Classification is pure (status, headers, body → [`ApiError`]) so that it is
+//! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
 
+mod common;
 mod error;
 mod gemini;
 mod openai;
+#[cfg(test)]
+mod tests;
+mod transport;
 
 pub use error::{ApiError, ErrorClass, QuotaScope};
 
@@ -70,6 +86,8 @@ pub struct Client {
     http: reqwest::Client,
     kind: ProviderKind,
     base_url: String,
+    /// Kept to name it in "timed out" messages; `http` enforces it.
+    timeout: Duration,
 }
 
 impl Client {
@@ -93,6 +111,7 @@ impl Client {
             http: builder.build()?,
             kind,
             base_url: base_url.trim_end_matches('/').to_owned(),
+            timeout,
         })
     }
 
@@ -102,24 +121,32 @@ impl Client {
     }
 
     /// Sends one prompt and returns the reply or a classified error.
+    ///
+    /// The error's message never contains the key: it is scrubbed here, the
+    /// one place every adapter's error passes through.
     pub async fn generate(&self, key: &ApiKey, req: &Request<'_>) -> Result<Reply, ApiError> {
-        match self.kind {
-            ProviderKind::Gemini => gemini::generate(&self.http, &self.base_url, key, req).await,
-            ProviderKind::Openai => openai::generate(&self.http, &self.base_url, key, req).await,
-        }
+        let result = match self.kind {
+            ProviderKind::Gemini => gemini::generate(self, key, req).await,
+            ProviderKind::Openai => openai::generate(self, key, req).await,
+        };
+        result.map_err(|e| e.scrub(key))
     }
 
     /// Counts the prompt's input tokens without generating (Gemini's free
     /// `countTokens`). OpenAI has no such endpoint: `Ok(None)`.
+    ///
+    /// Gemini's Developer API rejects a system instruction in `countTokens`
+    /// (FACTS §6), so the count covers the user prompt only.
     pub async fn count_tokens(
         &self,
         key: &ApiKey,
         req: &Request<'_>,
     ) -> Result<Option<u64>, ApiError> {
         match self.kind {
-            ProviderKind::Gemini => gemini::count_tokens(&self.http, &self.base_url, key, req)
+            ProviderKind::Gemini => gemini::count_tokens(self, key, req)
                 .await
-                .map(Some),
+                .map(Some)
+                .map_err(|e| e.scrub(key)),
             ProviderKind::Openai => Ok(None),
         }
     }

@@ -1,13 +1,567 @@
-//! OpenAI chat completions adapter.
+//! OpenAI chat completions adapter (FACTS §8), for OpenAI itself and for
+//! OpenAI-compatible servers, Gemini's compatibility endpoint included.
+//!
+//! **`base_url` convention.** The configured base is the server's root, and
+//! `/v1/chat/completions` is appended: `https://api.openai.com` →
+//! `https://api.openai.com/v1/chat/completions`. When the base already
+//! contains a version segment (`v1`, `v1beta`, `v2alpha`, ...), only
+//! `/chat/completions` is appended, so the bases that providers document
+//! work as given: `https://generativelanguage.googleapis.com/v1beta/openai`,
+//! `https://openrouter.ai/api/v1`.
+//!
+//! The key travels as `Authorization: Bearer <key>`. Gemini's compatibility
+//! endpoint answers with Google-style errors (possibly array-wrapped); those
+//! are classified by the Gemini rules.
 
-use super::{ApiError, Reply, Request};
+use super::common::{
+    self, api_error, blocked, class_by_status, duration_after, no_output, number_after, ErrorBody,
+};
+use super::transport::post_json;
+use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::pool::ApiKey;
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
+/// Sends one prompt to `chat/completions`.
 pub(super) async fn generate(
-    _http: &reqwest::Client,
-    _base_url: &str,
-    _key: &ApiKey,
-    _req: &Request<'_>,
+    client: &Client,
+    key: &ApiKey,
+    req: &Request<'_>,
 ) -> Result<Reply, ApiError> {
-    unimplemented!("openai adapter")
+    let body = post_json(
+        client,
+        &chat_url(&client.base_url),
+        "authorization",
+        &format!("Bearer {}", key.expose()),
+        &ChatBody::new(req),
+        classify,
+    )
+    .await?;
+    parse_chat(&body)
+}
+
+/// The chat completions URL for `base_url` (see the module docs).
+pub(super) fn chat_url(base_url: &str) -> String {
+    let path = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest);
+    // The first segment is the host.
+    if path.split('/').skip(1).any(is_version_segment) {
+        format!("{base_url}/chat/completions")
+    } else {
+        format!("{base_url}/v1/chat/completions")
+    }
+}
+
+/// `v1`, `v2`, `v1beta`, `v1alpha2`: a `v`, a digit, then letters or digits.
+fn is_version_segment(segment: &str) -> bool {
+    let mut chars = segment.chars();
+    chars.next() == Some('v')
+        && chars.next().is_some_and(|c| c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_alphanumeric())
+}
+
+// ---------------------------------------------------------------------------
+// Request body
+
+/// A chat completions body: the system message (if any), then the user's.
+///
+/// The cap is sent as `max_tokens`, not OpenAI's newer
+/// `max_completion_tokens`: every OpenAI-compatible server (vLLM, Ollama,
+/// llama.cpp, OpenRouter, Gemini's compatibility endpoint) accepts
+/// `max_tokens`, while many ignore or reject the newer name. The cost is that
+/// OpenAI's o-series reasoning models reject `max_tokens` with a 400, which
+/// fails the item with OpenAI's own message saying so.
+#[derive(Debug, Serialize)]
+pub(super) struct ChatBody<'a> {
+    model: &'a str,
+    messages: Vec<ChatMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Debug, Serialize)]
+struct ChatMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+impl<'a> ChatBody<'a> {
+    /// The body for `req`, absent settings omitted.
+    pub(super) fn new(req: &Request<'a>) -> Self {
+        let system = req.system.map(|content| ChatMessage {
+            role: "system",
+            content,
+        });
+        let user = ChatMessage {
+            role: "user",
+            content: req.prompt,
+        };
+        ChatBody {
+            model: req.model,
+            messages: system.into_iter().chain([user]).collect(),
+            max_tokens: req.max_output_tokens,
+            temperature: req.temperature,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Response
+
+/// A chat completion, only the fields keyfan reads. Counts are `Option`
+/// because compatible servers send `null` for what they do not track.
+#[derive(Debug, Deserialize)]
+struct ChatResponse {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Choice {
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Option<String>,
+    /// Set instead of `content` when the model declines (structured outputs).
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl ChatUsage {
+    /// Normalised usage: `completion_tokens` already includes reasoning
+    /// tokens (FACTS §8.1), and `prompt_tokens` the cached ones.
+    fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.prompt_tokens.unwrap_or(0),
+            cached_tokens: self
+                .prompt_tokens_details
+                .as_ref()
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+            output_tokens: self.completion_tokens.unwrap_or(0),
+            thinking_tokens: self
+                .completion_tokens_details
+                .as_ref()
+                .and_then(|d| d.reasoning_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Turns a 2xx chat completions body into a reply, or into the error a 200
+/// can still be: filtered, refused, capped before any text, or empty.
+pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
+    let response: ChatResponse =
+        serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
+    let usage = response.usage.unwrap_or_default().usage();
+    let Some(choice) = response.choices.first() else {
+        return Err(no_output("no choices"));
+    };
+    let finish = choice.finish_reason.as_deref().unwrap_or("");
+    // As with Gemini's SAFETY, partial text cut off by the filter is not an
+    // answer to hand on.
+    if finish == "content_filter" {
+        return Err(blocked("the output", finish, None));
+    }
+    let message = choice.message.as_ref();
+    let text = message.and_then(|m| m.content.as_deref()).unwrap_or("");
+    if !text.is_empty() {
+        return Ok(Reply {
+            text: text.to_owned(),
+            usage,
+            model_version: response.model,
+        });
+    }
+    if let Some(refusal) = message
+        .and_then(|m| m.refusal.as_deref())
+        .filter(|r| !r.is_empty())
+    {
+        return Err(blocked("the output", "refusal", Some(refusal)));
+    }
+    if finish == "length" {
+        return Err(common::cap_used_up("max_tokens", &usage));
+    }
+    Err(no_output(&format!(
+        "finish_reason {}",
+        if finish.is_empty() { "absent" } else { finish }
+    )))
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// Classifies a non-2xx response from its status, headers and body.
+pub(super) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
+    let parsed = common::parse_error(body);
+    if let Some(google) = parsed.as_ref().filter(|e| e.is_google()) {
+        let mut error = gemini::classify_parsed(status, body, Some(google));
+        // Google sends no Retry-After (FACTS §8.4), but a gateway in front
+        // of it may: use it when the body had no wait.
+        if let ErrorClass::RateLimited { retry_after, .. } = &mut error.class {
+            if retry_after.is_none() {
+                *retry_after = retry_after_header(headers, Utc::now());
+            }
+        }
+        return error;
+    }
+    let message = common::error_message(status, body, parsed.as_ref());
+    let empty = ErrorBody::default();
+    let error = parsed.as_ref().unwrap_or(&empty);
+    let code = error.code_str();
+    let kind = error.kind.as_deref();
+    let reason = |fallback: &str| code.or(kind).unwrap_or(fallback).to_owned();
+    let class = match status {
+        // Same status as rate limiting, but billing: retrying never helps.
+        429 if code == Some("insufficient_quota") || kind == Some("insufficient_quota") => {
+            ErrorClass::KeyInvalid {
+                reason: "insufficient_quota".into(),
+            }
+        }
+        // A single request larger than the per-minute token limit (same
+        // code as rate limiting) can never succeed.
+        429 if message.contains("Request too large") => ErrorClass::ItemInvalid,
+        429 => rate_limited(kind, headers, &message),
+        401 => ErrorClass::KeyInvalid {
+            reason: reason("unauthorized"),
+        },
+        // e.g. `unsupported_country_region_territory`: the key or its egress.
+        403 => ErrorClass::KeyInvalid {
+            reason: reason("forbidden"),
+        },
+        _ => class_by_status(status),
+    };
+    api_error(class, Some(status), message)
+}
+
+/// A `rate_limit_exceeded` 429: the scope from `error.type`, the wait from the
+/// headers or the message, the limit from the headers or the message.
+fn rate_limited(kind: Option<&str>, headers: &HeaderMap, message: &str) -> ErrorClass {
+    let (scope, limit_header) = match kind {
+        Some("tokens") => (QuotaScope::MinuteTokens, Some("x-ratelimit-limit-tokens")),
+        Some("requests") => (
+            QuotaScope::MinuteRequests,
+            Some("x-ratelimit-limit-requests"),
+        ),
+        _ => (QuotaScope::Unknown, None),
+    };
+    let retry_after = retry_after_header(headers, Utc::now())
+        .or_else(|| duration_after(message, "Please try again in "));
+    let limit = limit_header
+        .and_then(|name| header(headers, name)?.parse().ok())
+        .or_else(|| number_after(message, &["Limit: ", "Limit "]));
+    ErrorClass::RateLimited {
+        scope,
+        retry_after,
+        limit,
+    }
+}
+
+/// The server's wait: `retry-after-ms` (OpenAI's, fractional milliseconds),
+/// else `retry-after` in seconds or as an HTTP date (relative to `now`). Zero
+/// and negative values count as absent: Azure sends `0` and `-1` to mean
+/// nothing (FACTS §8.3).
+pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let positive = |seconds: f64| {
+        Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+    };
+    let from_ms = header(headers, "retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| positive(ms / 1000.0));
+    from_ms.or_else(|| {
+        let value = header(headers, "retry-after")?;
+        match value.parse::<f64>() {
+            Ok(seconds) => positive(seconds),
+            Err(_) => {
+                let at = DateTime::parse_from_rfc2822(value).ok()?;
+                (at.with_timezone(&Utc) - now)
+                    .to_std()
+                    .ok()
+                    .filter(|d| !d.is_zero())
+            }
+        }
+    })
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok().map(str::trim)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (*name, HeaderValue::from_str(value).unwrap()))
+            .map(|(name, value)| (reqwest::header::HeaderName::from_static(name), value))
+            .collect()
+    }
+
+    #[test]
+    fn urls_follow_the_base_url_convention() {
+        let cases = [
+            (
+                "https://api.openai.com",
+                "https://api.openai.com/v1/chat/completions",
+            ),
+            (
+                "http://127.0.0.1:8080",
+                "http://127.0.0.1:8080/v1/chat/completions",
+            ),
+            (
+                "https://generativelanguage.googleapis.com/v1beta/openai",
+                "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+            ),
+            (
+                "https://openrouter.ai/api/v1",
+                "https://openrouter.ai/api/v1/chat/completions",
+            ),
+            (
+                "https://proxy.example/vault/openai",
+                "https://proxy.example/vault/openai/v1/chat/completions",
+            ),
+        ];
+        for (base, want) in cases {
+            assert_eq!(chat_url(base), want);
+        }
+    }
+
+    #[test]
+    fn retry_after_headers_in_order_of_precedence() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        type Headers<'a> = &'a [(&'static str, &'a str)];
+        let cases: [(Headers, Option<Duration>); 7] = [
+            (
+                &[("retry-after-ms", "1500.5"), ("retry-after", "9")],
+                Some(Duration::from_micros(1_500_500)),
+            ),
+            (&[("retry-after", "16")], Some(Duration::from_secs(16))),
+            (
+                &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")],
+                Some(Duration::from_secs(60)),
+            ),
+            (&[("retry-after", "Wed, 21 Oct 2015 07:20:00 GMT")], None),
+            (&[("retry-after-ms", "0"), ("retry-after", "-1")], None),
+            (
+                &[("retry-after-ms", "soon"), ("retry-after", "2")],
+                Some(Duration::from_secs(2)),
+            ),
+            (&[], None),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(retry_after_header(&headers(pairs), now), want, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn request_too_large_can_never_succeed() {
+        let body = br#"{"error":{"message":"Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, Requested 30601. The input or output tokens must be reduced in order to run successfully.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert_eq!(
+            classify(429, &HeaderMap::new(), body).class,
+            ErrorClass::ItemInvalid
+        );
+    }
+
+    #[test]
+    fn requests_scope_with_limit_and_wait_from_the_message() {
+        let body = br#"{"error":{"message":"Rate limit reached for gpt-3.5-turbo in organization org-x on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit https://platform.openai.com/account/rate-limits to learn more.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert_eq!(
+            classify(429, &HeaderMap::new(), body).class,
+            ErrorClass::RateLimited {
+                scope: QuotaScope::MinuteRequests,
+                retry_after: Some(Duration::from_secs(20)),
+                limit: Some(3),
+            }
+        );
+    }
+
+    #[test]
+    fn other_openai_statuses() {
+        let body = |code: &str| {
+            format!(
+                r#"{{"error":{{"message":"m","type":"invalid_request_error","param":null,"code":"{code}"}}}}"#
+            )
+        };
+        let cases = [
+            (
+                403,
+                body("unsupported_country_region_territory"),
+                ErrorClass::KeyInvalid {
+                    reason: "unsupported_country_region_territory".into(),
+                },
+            ),
+            (
+                400,
+                body("context_length_exceeded"),
+                ErrorClass::ItemInvalid,
+            ),
+            (404, body("model_not_found"), ErrorClass::ItemInvalid),
+            (500, body("server_error"), ErrorClass::Transient),
+            (
+                401,
+                String::new(),
+                ErrorClass::KeyInvalid {
+                    reason: "unauthorized".into(),
+                },
+            ),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(
+                classify(status, &HeaderMap::new(), body.as_bytes()).class,
+                want,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn google_style_body_takes_retry_after_header_when_it_has_no_wait() {
+        let body = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#;
+        assert_eq!(
+            classify(429, &headers(&[("retry-after", "7")]), body).class,
+            ErrorClass::RateLimited {
+                scope: QuotaScope::Unknown,
+                retry_after: Some(Duration::from_secs(7)),
+                limit: None,
+            }
+        );
+    }
+
+    /// The shape of a chat completion per openai-python's
+    /// `types/chat/chat_completion.py` and `types/completion_usage.py`
+    /// (constructed, not recorded: the fixture set has no OpenAI success body).
+    const REASONING_REPLY: &str = r#"{
+      "id": "chatcmpl-abc123", "object": "chat.completion", "created": 1777319815,
+      "model": "o3-mini-2025-01-31", "system_fingerprint": "fp_7a15bf1b39", "service_tier": "default",
+      "choices": [{"index": 0, "logprobs": null, "finish_reason": "stop",
+        "message": {"role": "assistant", "content": "Recursion is ...", "refusal": null, "annotations": []}}],
+      "usage": {"prompt_tokens": 1200, "completion_tokens": 414, "total_tokens": 1614,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 192, "audio_tokens": 0,
+          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    }"#;
+
+    #[test]
+    fn reply_with_reasoning_and_cached_tokens() {
+        let reply = parse_chat(REASONING_REPLY.as_bytes()).unwrap();
+        assert_eq!(reply.text, "Recursion is ...");
+        assert_eq!(reply.model_version.as_deref(), Some("o3-mini-2025-01-31"));
+        assert_eq!(
+            reply.usage,
+            Usage {
+                input_tokens: 1200,
+                cached_tokens: 1024,
+                output_tokens: 414,
+                thinking_tokens: 192,
+            }
+        );
+    }
+
+    #[test]
+    fn replies_without_usable_output() {
+        let with = |choice: &str, usage: &str| {
+            format!(r#"{{"model":"m","choices":[{choice}],"usage":{usage}}}"#)
+        };
+        let usage = r#"{"prompt_tokens":10,"completion_tokens":64,"completion_tokens_details":{"reasoning_tokens":64}}"#;
+        let cases = [
+            (
+                with(r#"{"message":{"role":"assistant","content":null},"finish_reason":"content_filter"}"#, "null"),
+                ErrorClass::Blocked { reason: "content_filter".into() },
+                "the output was blocked: content_filter",
+            ),
+            (
+                with(r#"{"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}"#, "null"),
+                ErrorClass::Blocked { reason: "refusal".into() },
+                "the output was blocked: refusal: I can't help with that.",
+            ),
+            (
+                with(r#"{"message":{"role":"assistant","content":""},"finish_reason":"length"}"#, usage),
+                ErrorClass::ItemInvalid,
+                "the output cap (max_tokens) was used up before any visible text: 64 thinking + 0 visible output tokens for a 10-token prompt",
+            ),
+            (
+                with(r#"{"message":{"role":"assistant","content":null},"finish_reason":"stop"}"#, usage),
+                ErrorClass::Transient,
+                "the API returned no output (finish_reason stop)",
+            ),
+            (r#"{"choices":[]}"#.to_owned(), ErrorClass::Transient, "the API returned no output (no choices)"),
+        ];
+        for (body, class, message) in cases {
+            let error = parse_chat(body.as_bytes()).unwrap_err();
+            assert_eq!(error.class, class, "{body}");
+            assert_eq!(error.status, Some(200));
+            assert!(error.message.starts_with(message), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn bodies_build_system_then_user() {
+        let req = Request {
+            model: "gpt-4o-mini",
+            prompt: "Hi",
+            system: Some("Be brief."),
+            max_output_tokens: Some(50),
+            temperature: Some(0.7),
+        };
+        let json = serde_json::to_string(&ChatBody::new(&req)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":50,"temperature":0.7}"#
+        );
+        let bare = Request {
+            system: None,
+            max_output_tokens: None,
+            temperature: None,
+            ..req
+        };
+        assert_eq!(
+            serde_json::to_string(&ChatBody::new(&bare)).unwrap(),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#
+        );
+    }
 }

@@ -1,1 +1,79 @@
-//! The simulator (to be written).
+//! A local simulator of the Gemini and OpenAI APIs: a real HTTP server
+//! (axum) that speaks their wire formats, enforces per-project quotas like
+//! Google does, and injects faults from a seeded RNG. It serves the README
+//! demo (`keyfan run --simulate`), the test suite (real sockets on
+//! 127.0.0.1, no mocks in the core) and users rehearsing a big job against
+//! their real config ([`SimConfig::rehearsal`]) before spending money.
+//!
+//! It deliberately shares no code with [`crate::provider`]: its bodies come
+//! from the real API fixtures in `tests/fixtures/`, so a parsing bug in the
+//! provider cannot hide behind the same bug in the simulator.
+//!
+//! # Endpoints
+//! - `POST /v1beta/models/{model}:generateContent`, key in header
+//!   `x-goog-api-key` or query `?key=`. Body: `contents`,
+//!   `systemInstruction`, `generationConfig.maxOutputTokens` (camelCase or
+//!   snake_case); other fields are accepted and ignored.
+//! - `POST /v1beta/models/{model}:countTokens`: free (no quota, no faults).
+//! - `POST /v1/chat/completions` (and Gemini's compatible
+//!   `/v1beta/openai/chat/completions`), `Authorization: Bearer KEY`.
+//! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.
+//!
+//! # Order of checks
+//! Key (unknown → 400 `API_KEY_INVALID` / 401 `invalid_api_key`; listed in
+//! `disabled_keys` → 403 `SERVICE_DISABLED` / 429 `insufficient_quota`) →
+//! body (malformed → 400) → model (unknown → 404) → requests per Pacific day
+//! → requests per rolling 60 s → input tokens per rolling 60 s (a refused
+//! request gets 429 and is not counted) → faults → latency → answer.
+//! Gemini 429s carry the delay only in `RetryInfo` (no `Retry-After`, as
+//! the real API); OpenAI 429s carry `retry-after`, `retry-after-ms` and
+//! `x-ratelimit-*`.
+//!
+//! # Answers
+//! The text is deterministic and names the prompt:
+//! `[simulated MODEL] digest:HEX — a few words`, HEX being the first 16 hex
+//! characters of the SHA-256 of the user text (the text parts of the last
+//! user turn). Input tokens ≈ ⌈characters / 4⌉ per text part (system
+//! included) plus 258 per media part, at least 1; output tokens ≈ the
+//! reply's ⌈characters / 4⌉. A smaller `maxOutputTokens` cuts the text
+//! (finishReason `MAX_TOKENS`, OpenAI `length`).
+//!
+//! # Directives (for tests)
+//! A user text containing one of these gets the matching real body (HTTP
+//! 200, counted against quota like any request):
+//! - `[[sim:block]]`: prompt blocked, no candidates (`PROHIBITED_CONTENT`);
+//!   OpenAI: `content_filter`.
+//! - `[[sim:safety]]`: candidate with finishReason `SAFETY`; OpenAI:
+//!   `content_filter`.
+//! - `[[sim:other]]`: finishReason `OTHER`, no content (Gemini only).
+//! - `[[sim:max_tokens]]`: `MAX_TOKENS` with empty content, thinking spent
+//!   the budget; OpenAI: `length` with empty content.
+//!
+//! # Faults
+//! Generate requests are numbered from 1 in arrival order across the
+//! server. `faults.bursts` give requests `after+1 ..= after+count` a status.
+//! Otherwise one draw from a `SmallRng` seeded with `seed ^ number` (so a
+//! request's fate does not depend on concurrency) picks 500, 503, hang
+//! (answer after `hang_ms`) or truncate (a 200 announcing the full
+//! `Content-Length`, cut halfway, connection closed). Faults are decided
+//! after quota and count against it, as a real server counts a 500 it
+//! returns. Latency (uniform `[min_ms, max_ms]`) applies to admitted
+//! requests only; refusals answer at once. Shutdown aborts hangs and
+//! latency waits by closing their connections.
+
+mod config;
+mod gemini;
+mod openai;
+mod quota;
+mod reply;
+mod server;
+mod stats;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+pub use config::{
+    Burst, FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimConfigError,
+};
+pub use server::SimServer;
+pub use stats::{KeyStats, ModelStats, ProjectStats, Stats};

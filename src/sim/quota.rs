@@ -1,0 +1,417 @@
+//! Per-project, per-model quota as Google enforces it: requests and input
+//! tokens over a rolling 60 s window (a sliding log of admissions) and
+//! requests per Pacific day. Pure bookkeeping: the caller passes the time in,
+//! so tests move time without sleeping.
+
+use super::config::ModelLimits;
+use super::stats::{ModelStats, ProjectStats};
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use chrono_tz::America::Los_Angeles;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The rolling window of RPM and TPM.
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+
+/// The simulator's time: the real clock plus a skew that tests (and
+/// [`super::SimServer::advance_clock`]) push forward, so a minute or a day can
+/// pass without sleeping.
+#[derive(Debug, Default)]
+pub(crate) struct Clock {
+    skew_nanos: AtomicU64,
+}
+
+impl Clock {
+    fn skew(&self) -> Duration {
+        Duration::from_nanos(self.skew_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Monotonic now, for the rolling windows.
+    pub(crate) fn now(&self) -> Instant {
+        Instant::now() + self.skew()
+    }
+
+    /// Wall-clock now, for the Pacific day.
+    pub(crate) fn wall(&self) -> DateTime<Utc> {
+        // A skew beyond chrono's range (~262,000 years) saturates.
+        chrono::Duration::from_std(self.skew())
+            .ok()
+            .and_then(|skew| Utc::now().checked_add_signed(skew))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Moves the clock forward by `by`.
+    pub(crate) fn advance(&self, by: Duration) {
+        let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        self.skew_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// The Pacific calendar day of `wall` (RPD resets at midnight there).
+pub(crate) fn pacific_day(wall: DateTime<Utc>) -> NaiveDate {
+    wall.with_timezone(&Los_Angeles).date_naive()
+}
+
+/// Time from `wall` to the next midnight in Los Angeles, DST-aware.
+pub(crate) fn until_pacific_midnight(wall: DateTime<Utc>) -> Duration {
+    let next_day = pacific_day(wall)
+        .checked_add_days(Days::new(1))
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .and_then(|midnight| midnight.and_local_timezone(Los_Angeles).earliest());
+    next_day
+        .and_then(|midnight| (midnight.with_timezone(&Utc) - wall).to_std().ok())
+        .unwrap_or(Duration::from_secs(24 * 3600))
+}
+
+/// Which limit a request hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Requests per Pacific day.
+    RequestsPerDay,
+    /// Requests per rolling minute.
+    RequestsPerMinute,
+    /// Input tokens per rolling minute.
+    TokensPerMinute,
+}
+
+/// Use of one per-minute limit, for OpenAI's `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WindowUse {
+    /// The limit.
+    pub limit: u64,
+    /// Used in the current window.
+    pub used: u64,
+    /// Until the window is empty again.
+    pub reset: Duration,
+}
+
+/// Per-minute use after a request was decided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Headroom {
+    /// Requests, when an RPM is set.
+    pub requests: Option<WindowUse>,
+    /// Input tokens, when a TPM is set.
+    pub tokens: Option<WindowUse>,
+}
+
+/// A request refused with 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rejection {
+    /// The limit it hit.
+    pub scope: Scope,
+    /// That limit's value.
+    pub limit: u64,
+    /// Already used of it.
+    pub used: u64,
+    /// What this request asked for (1 request, or its input tokens).
+    pub requested: u64,
+    /// When it could succeed: the window frees enough, or the day rolls over.
+    pub retry_after: Duration,
+    /// Per-minute use, unchanged by the refused request.
+    pub headroom: Headroom,
+}
+
+/// The quota state of one model in one project.
+#[derive(Debug, Default)]
+struct ModelState {
+    /// Admissions in the last [`WINDOW`]: when, and how many input tokens.
+    log: VecDeque<(Instant, u64)>,
+    /// Sum of the tokens in `log`.
+    window_tokens: u64,
+    /// The Pacific day `day_requests` counts.
+    day: Option<NaiveDate>,
+    day_requests: u64,
+    stats: ModelStats,
+}
+
+impl ModelState {
+    fn prune(&mut self, now: Instant) {
+        while let Some(&(at, tokens)) = self.log.front() {
+            if now.duration_since(at) < WINDOW {
+                break;
+            }
+            self.log.pop_front();
+            self.window_tokens -= tokens;
+        }
+    }
+
+    /// When the entry at `index` leaves the window.
+    fn expiry(&self, index: usize, now: Instant) -> Duration {
+        self.log
+            .get(index)
+            .map_or(Duration::ZERO, |&(at, _)| (at + WINDOW).duration_since(now))
+    }
+
+    /// Until the whole window is empty (OpenAI's `x-ratelimit-reset-*`).
+    fn full_reset(&self, now: Instant) -> Duration {
+        self.log
+            .len()
+            .checked_sub(1)
+            .map_or(Duration::ZERO, |last| self.expiry(last, now))
+    }
+
+    fn headroom(&self, limits: ModelLimits, now: Instant) -> Headroom {
+        let reset = self.full_reset(now);
+        Headroom {
+            requests: limits.rpm.map(|rpm| WindowUse {
+                limit: u64::from(rpm),
+                used: self.log.len() as u64,
+                reset,
+            }),
+            tokens: limits.tpm.map(|tpm| WindowUse {
+                limit: tpm,
+                used: self.window_tokens,
+                reset,
+            }),
+        }
+    }
+
+    /// Until `tokens` more fit under `tpm`; a whole window if they never can.
+    fn tokens_free_in(&self, tpm: u64, tokens: u64, now: Instant) -> Duration {
+        if tokens > tpm {
+            return WINDOW;
+        }
+        let mut in_window = self.window_tokens;
+        for (index, &(_, spent)) in self.log.iter().enumerate() {
+            in_window -= spent;
+            if in_window + tokens <= tpm {
+                return self.expiry(index, now);
+            }
+        }
+        Duration::ZERO
+    }
+
+    /// Checks RPD, then RPM, then TPM; the first one exceeded refuses.
+    fn check(
+        &self,
+        limits: ModelLimits,
+        tokens: u64,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Option<Rejection> {
+        let in_window = self.log.len() as u64;
+        let (scope, limit, used, requested, retry_after) = if let Some(rpd) = limits
+            .rpd
+            .filter(|&rpd| self.day_requests >= u64::from(rpd))
+        {
+            let rpd = u64::from(rpd);
+            let wait = until_pacific_midnight(wall);
+            (Scope::RequestsPerDay, rpd, self.day_requests, 1, wait)
+        } else if let Some(rpm) = limits.rpm.filter(|&rpm| in_window >= u64::from(rpm)) {
+            // The request fits once all but rpm - 1 of the logged ones expired.
+            let wait = match (in_window + 1).checked_sub(u64::from(rpm)) {
+                Some(frees) if rpm > 0 => self.expiry(frees as usize - 1, now),
+                _ => WINDOW,
+            };
+            (Scope::RequestsPerMinute, u64::from(rpm), in_window, 1, wait)
+        } else if let Some(tpm) = limits.tpm.filter(|&tpm| self.window_tokens + tokens > tpm) {
+            let wait = self.tokens_free_in(tpm, tokens, now);
+            (
+                Scope::TokensPerMinute,
+                tpm,
+                self.window_tokens,
+                tokens,
+                wait,
+            )
+        } else {
+            return None;
+        };
+        Some(Rejection {
+            scope,
+            limit,
+            used,
+            requested,
+            retry_after,
+            headroom: self.headroom(limits, now),
+        })
+    }
+}
+
+/// The quota state and counters of one project, behind one mutex.
+#[derive(Debug, Default)]
+pub(crate) struct ProjectState {
+    models: HashMap<String, ModelState>,
+    requests: u64,
+    ok: u64,
+    rate_limited: u64,
+}
+
+impl ProjectState {
+    fn model(&mut self, model: &str) -> &mut ModelState {
+        // Look up before inserting so the common case allocates no key.
+        if !self.models.contains_key(model) {
+            self.models.insert(model.to_owned(), ModelState::default());
+        }
+        self.models.get_mut(model).expect("inserted above")
+    }
+
+    /// Admits one request of `tokens` input tokens to `model` at `now`
+    /// (`wall` for the day), or refuses it without counting it.
+    pub(crate) fn admit(
+        &mut self,
+        model: &str,
+        limits: ModelLimits,
+        tokens: u64,
+        now: Instant,
+        wall: DateTime<Utc>,
+    ) -> Result<Headroom, Rejection> {
+        self.requests += 1;
+        let day = pacific_day(wall);
+        let state = self.model(model);
+        state.stats.requests += 1;
+        state.prune(now);
+        if state.day != Some(day) {
+            state.day = Some(day);
+            state.day_requests = 0;
+        }
+        if let Some(rejection) = state.check(limits, tokens, now, wall) {
+            self.rate_limited += 1;
+            return Err(rejection);
+        }
+        state.log.push_back((now, tokens));
+        state.window_tokens += tokens;
+        state.day_requests += 1;
+        let in_window = state.log.len() as u64;
+        state.stats.max_requests_in_60s = state.stats.max_requests_in_60s.max(in_window);
+        Ok(state.headroom(limits, now))
+    }
+
+    /// Records how an admitted request ended: tokens are billed only for a
+    /// complete answer.
+    pub(crate) fn settle(&mut self, model: &str, ok: bool, input: u64, output: u64) {
+        if !ok {
+            return;
+        }
+        self.ok += 1;
+        let stats = &mut self.model(model).stats;
+        stats.ok += 1;
+        stats.input_tokens += input;
+        stats.output_tokens += output;
+    }
+
+    /// A snapshot for `/__stats`.
+    pub(crate) fn stats(&self) -> ProjectStats {
+        ProjectStats {
+            requests: self.requests,
+            ok: self.ok,
+            rate_limited: self.rate_limited,
+            models: self
+                .models
+                .iter()
+                .map(|(model, state)| (model.clone(), state.stats.clone()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn limits(rpm: Option<u32>, tpm: Option<u64>, rpd: Option<u32>) -> ModelLimits {
+        ModelLimits { rpm, tpm, rpd }
+    }
+
+    #[test]
+    fn rpm_is_a_rolling_window_and_says_when_a_slot_frees() {
+        let mut state = ProjectState::default();
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let l = limits(Some(2), None, None);
+        assert!(state.admit("m", l, 1, t0, wall).is_ok());
+        assert!(state
+            .admit("m", l, 1, t0 + Duration::from_secs(10), wall)
+            .is_ok());
+        let refused = state
+            .admit("m", l, 1, t0 + Duration::from_secs(30), wall)
+            .expect_err("third in a minute");
+        assert_eq!(refused.scope, Scope::RequestsPerMinute);
+        assert_eq!(refused.retry_after, Duration::from_secs(30));
+        // The first admission leaves the window at t0 + 60 s exactly.
+        assert!(state.admit("m", l, 1, t0 + WINDOW, wall).is_ok());
+        let stats = state.stats();
+        assert_eq!((stats.requests, stats.rate_limited), (4, 1));
+        assert_eq!(stats.models["m"].max_requests_in_60s, 2);
+    }
+
+    #[test]
+    fn tpm_counts_input_tokens_and_waits_for_enough_to_expire() {
+        let mut state = ProjectState::default();
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let l = limits(None, Some(100), None);
+        assert!(state.admit("m", l, 60, t0, wall).is_ok());
+        assert!(state
+            .admit("m", l, 30, t0 + Duration::from_secs(5), wall)
+            .is_ok());
+        let refused = state
+            .admit("m", l, 50, t0 + Duration::from_secs(20), wall)
+            .expect_err("over tpm");
+        assert_eq!(refused.scope, Scope::TokensPerMinute);
+        assert_eq!(
+            (refused.limit, refused.used, refused.requested),
+            (100, 90, 50)
+        );
+        assert_eq!(refused.retry_after, Duration::from_secs(40));
+        let too_big = state.admit("m", l, 101, t0 + WINDOW * 5, wall);
+        assert_eq!(too_big.expect_err("never fits").retry_after, WINDOW);
+    }
+
+    #[test]
+    fn rpd_resets_at_pacific_midnight() {
+        let mut state = ProjectState::default();
+        let now = Instant::now();
+        // 23:30 in Los Angeles (PDT, UTC-7) on 2026-07-01.
+        let late = Utc
+            .with_ymd_and_hms(2026, 7, 2, 6, 30, 0)
+            .single()
+            .expect("valid");
+        let l = limits(None, None, Some(1));
+        assert!(state.admit("m", l, 1, now, late).is_ok());
+        let refused = state.admit("m", l, 1, now, late).expect_err("day spent");
+        assert_eq!(refused.scope, Scope::RequestsPerDay);
+        assert_eq!(refused.retry_after, Duration::from_secs(30 * 60));
+        let next_day = late + chrono::Duration::minutes(31);
+        assert!(state.admit("m", l, 1, now, next_day).is_ok());
+    }
+
+    #[test]
+    fn rpd_is_checked_before_rpm_and_refusals_are_not_counted() {
+        let mut state = ProjectState::default();
+        let now = Instant::now();
+        let wall = Utc::now();
+        let l = limits(Some(1), None, Some(1));
+        assert!(state.admit("m", l, 1, now, wall).is_ok());
+        for _ in 0..3 {
+            let refused = state.admit("m", l, 1, now, wall).expect_err("both spent");
+            assert_eq!(refused.scope, Scope::RequestsPerDay);
+        }
+        assert_eq!(state.stats().models["m"].max_requests_in_60s, 1);
+    }
+
+    #[test]
+    fn zero_limits_refuse_everything() {
+        let mut state = ProjectState::default();
+        let refused = state
+            .admit(
+                "m",
+                limits(Some(0), None, None),
+                1,
+                Instant::now(),
+                Utc::now(),
+            )
+            .expect_err("limit 0");
+        assert_eq!(refused.retry_after, WINDOW);
+    }
+
+    #[test]
+    fn the_clock_advances_both_instants_and_days() {
+        let clock = Clock::default();
+        let (before, wall) = (clock.now(), clock.wall());
+        clock.advance(Duration::from_secs(86_400));
+        assert!(clock.now().duration_since(before) >= Duration::from_secs(86_400));
+        assert!(pacific_day(clock.wall()) > pacific_day(wall));
+    }
+}

@@ -1,0 +1,178 @@
+//! What the simulated model "says": deterministic text carrying a digest of
+//! the prompt (so a test can prove each result belongs to its item), token
+//! estimates, response ids, and the test directives. Shared by both wire
+//! formats.
+
+use sha2::{Digest, Sha256};
+
+/// Tokens a non-text part (inline data, file) counts: one small image
+/// (≤384 px) on Gemini 2.x, so media-heavy rehearsals still feel TPM.
+pub(crate) const MEDIA_PART_TOKENS: u64 = 258;
+
+/// Words the reply is made of, picked by the digest.
+const WORDS: [&str; 32] = [
+    "amber", "basalt", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
+    "kestrel", "lagoon", "meadow", "nectar", "orchid", "pebble", "quartz", "river", "saffron",
+    "tundra", "umber", "violet", "willow", "xenon", "yarrow", "zephyr", "aurora", "boulder",
+    "canyon", "dune", "estuary", "fern",
+];
+
+/// A prompt, as the wire formats parse it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Prompt {
+    /// Model id, without `models/`.
+    pub model: String,
+    /// Text of the last user turn: what the digest is taken of.
+    pub user_text: String,
+    /// Estimated input tokens, system instruction included; at least 1.
+    pub input_tokens: u64,
+    /// The request's cap on output tokens, if any (0 counts as none).
+    pub max_output_tokens: Option<u32>,
+}
+
+/// A test directive in a prompt's user text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Directive {
+    /// `[[sim:block]]`: the prompt is blocked (no candidates).
+    Block,
+    /// `[[sim:safety]]`: the candidate stops with SAFETY.
+    Safety,
+    /// `[[sim:other]]`: the candidate stops with OTHER and no content.
+    Other,
+    /// `[[sim:max_tokens]]`: thinking spends the whole output budget.
+    MaxTokens,
+}
+
+impl Prompt {
+    /// The directive in the user text, if any.
+    pub(crate) fn directive(&self) -> Option<Directive> {
+        const TAGS: [(&str, Directive); 4] = [
+            ("[[sim:block]]", Directive::Block),
+            ("[[sim:safety]]", Directive::Safety),
+            ("[[sim:other]]", Directive::Other),
+            ("[[sim:max_tokens]]", Directive::MaxTokens),
+        ];
+        // Most prompts carry none: one scan rules them out.
+        if !self.user_text.contains("[[sim:") {
+            return None;
+        }
+        TAGS.iter()
+            .find(|(tag, _)| self.user_text.contains(tag))
+            .map(|&(_, directive)| directive)
+    }
+
+    /// The output cap, treating 0 as unset.
+    pub(crate) fn output_cap(&self) -> Option<u64> {
+        self.max_output_tokens.filter(|&cap| cap > 0).map(u64::from)
+    }
+}
+
+/// Estimated tokens of a text: one per 4 characters, rounded up.
+pub(crate) fn text_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+/// A reply, possibly cut at the output cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Composed {
+    /// The visible text.
+    pub text: String,
+    /// Its token count.
+    pub tokens: u64,
+    /// Whether the output cap cut it (MAX_TOKENS / `length`).
+    pub cut: bool,
+}
+
+/// The deterministic reply of `model` to `prompt`:
+/// `[simulated MODEL] digest:HEX — word word word`, where HEX is the first 16
+/// hex characters of the SHA-256 of the user text.
+pub(crate) fn compose(prompt: &Prompt) -> Composed {
+    let hash = Sha256::digest(prompt.user_text.as_bytes());
+    let digest = hex::encode(&hash[..8]);
+    let count = 3 + usize::from(hash[8] % 6);
+    let words: Vec<&str> = hash[9..9 + count]
+        .iter()
+        .map(|&b| WORDS[usize::from(b) % WORDS.len()])
+        .collect();
+    let text = format!(
+        "[simulated {}] digest:{digest} — {}",
+        prompt.model,
+        words.join(" ")
+    );
+    let tokens = text_tokens(&text);
+    match prompt.output_cap() {
+        Some(cap) if cap < tokens => Composed {
+            // Keep cap tokens' worth of characters (4 per token).
+            text: text.chars().take((cap * 4) as usize).collect(),
+            tokens: cap,
+            cut: true,
+        },
+        _ => Composed {
+            text,
+            tokens,
+            cut: false,
+        },
+    }
+}
+
+/// A response id shaped like Google's (22 characters of base64url),
+/// deterministic per seed and request number.
+pub(crate) fn response_id(seed: u64, request: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut hasher = Sha256::new();
+    hasher.update(seed.to_le_bytes());
+    hasher.update(request.to_le_bytes());
+    hasher.finalize()[..22]
+        .iter()
+        .map(|&b| char::from(ALPHABET[usize::from(b % 64)]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prompt(text: &str, cap: Option<u32>) -> Prompt {
+        Prompt {
+            model: "gemini-2.5-flash".into(),
+            user_text: text.into(),
+            input_tokens: 1,
+            max_output_tokens: cap,
+        }
+    }
+
+    #[test]
+    fn the_reply_is_deterministic_and_carries_the_digest() {
+        let a = compose(&prompt("Summarise Hamlet", None));
+        assert_eq!(a, compose(&prompt("Summarise Hamlet", None)));
+        assert!(a.text.starts_with("[simulated gemini-2.5-flash] digest:"));
+        let digest = hex::encode(&Sha256::digest(b"Summarise Hamlet")[..8]);
+        assert!(a.text.contains(&format!("digest:{digest} ")));
+        assert_eq!(a.tokens, text_tokens(&a.text));
+        assert!(!a.cut);
+        assert_ne!(a.text, compose(&prompt("Summarise Macbeth", None)).text);
+    }
+
+    #[test]
+    fn a_small_cap_cuts_the_reply() {
+        let cut = compose(&prompt("x", Some(3)));
+        assert!(cut.cut);
+        assert_eq!((cut.tokens, cut.text.chars().count()), (3, 12));
+        assert!(!compose(&prompt("x", Some(0))).cut);
+    }
+
+    #[test]
+    fn directives_and_ids() {
+        assert_eq!(
+            prompt("a [[sim:safety]] b", None).directive(),
+            Some(Directive::Safety)
+        );
+        assert_eq!(prompt("[[sim:nope]]", None).directive(), None);
+        assert_eq!(text_tokens("用一句话"), 1);
+        assert_eq!(text_tokens(""), 0);
+        let id = response_id(1, 2);
+        assert_eq!(id.len(), 22);
+        assert_eq!(id, response_id(1, 2));
+        assert_ne!(id, response_id(1, 3));
+    }
+}

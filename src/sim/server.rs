@@ -1,0 +1,528 @@
+//! The HTTP server: routes, the request pipeline shared by both wire formats
+//! (key → body → model → quota → fault → latency → answer), counters, and
+//! start/shutdown.
+
+use super::config::{FaultConfig, LatencyConfig, ModelLimits, SimConfig};
+use super::gemini::{self, Gemini};
+use super::openai::{self, OpenAi};
+use super::quota::{Clock, ProjectState};
+use super::reply::{self, Prompt};
+use super::stats::{KeyStats, Stats};
+use super::wire::{Answer, Turn, Wire};
+use crate::pool::ApiKey;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted: Gemini's inline-data limit (100 MB since
+/// 2026-01) plus room for the JSON around it.
+const MAX_BODY_BYTES: usize = 110 * 1024 * 1024;
+
+/// Where unknown-key requests with no key at all are counted.
+const NO_KEY: &str = "(none)";
+
+/// A running simulator. Dropping it stops serving (gracefully, in the
+/// background); [`SimServer::shutdown`] waits for that.
+pub struct SimServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl SimServer {
+    /// Binds `addr` (port 0 = an ephemeral port) and starts serving in a
+    /// spawned task. Fails with `InvalidInput` if `config` contradicts
+    /// itself (see [`SimConfig::load`]).
+    pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimServer> {
+        config
+            .validate()
+            .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
+        let shared = Arc::new(Shared::new(&config));
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        // Small JSON answers on keep-alive connections: without NODELAY,
+        // Nagle's algorithm adds delayed-ACK stalls of tens of ms.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let app = Router::new()
+            .route("/v1beta/models/{target}", post(gemini_models))
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1beta/openai/chat/completions", post(chat_completions))
+            .route("/__stats", get(stats))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(Arc::clone(&shared));
+        let stop = shared.shutdown.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+        Ok(SimServer {
+            addr,
+            shared,
+            task: Some(task),
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT` (the loopback address when bound to all
+    /// interfaces), the base URL to give a provider.
+    pub fn base_url(&self) -> String {
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{addr}")
+    }
+
+    /// The counters, as `GET /__stats` serves them.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Moves the simulator's clock forward by `by`, as if that much time had
+    /// passed: rolling windows empty and the Pacific day turns. Lets tests
+    /// (and rehearsals that want to skip a wait) see quotas recover without
+    /// sleeping. Latency and hangs still take real time.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+
+    /// Stops accepting, lets requests in flight finish, aborts the ones
+    /// that hang or wait on latency (their connections close without a
+    /// complete answer), and waits until every connection is closed.
+    pub async fn shutdown(mut self) {
+        self.shared.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("simulator stopped with an error: {e}"),
+                Err(e) => tracing::warn!("simulator task failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Shows the address only: the shared state holds exposed keys.
+impl std::fmt::Debug for SimServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SimServer {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+/// A key the simulator knows.
+#[derive(Debug)]
+struct KeyEntry {
+    fingerprint: String,
+    /// Index into `Shared::projects`; `None` for a disabled key.
+    project: Option<usize>,
+    stats: Mutex<KeyStats>,
+}
+
+#[derive(Debug)]
+struct Project {
+    name: String,
+    limits: HashMap<String, ModelLimits>,
+    state: Mutex<ProjectState>,
+}
+
+/// What every request handler sees. Immutable after start except for the
+/// counters and the per-project state, each behind its own short lock.
+/// Deliberately not `Debug`: `keys` is indexed by the exposed secrets.
+struct Shared {
+    seed: u64,
+    latency: LatencyConfig,
+    faults: FaultConfig,
+    models: HashSet<String>,
+    /// By exposed key string.
+    keys: HashMap<String, KeyEntry>,
+    /// Requests with keys the simulator does not know, by fingerprint.
+    unknown_keys: Mutex<BTreeMap<String, KeyStats>>,
+    projects: Vec<Project>,
+    /// Generate requests so far; each gets the next number.
+    requests: AtomicU64,
+    clock: Clock,
+    shutdown: CancellationToken,
+}
+
+/// Who sent a request.
+enum Caller<'a> {
+    Valid(&'a KeyEntry, &'a Project),
+    Disabled(&'a KeyEntry),
+    Unknown,
+}
+
+/// An injected failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Status(StatusCode),
+    Hang,
+    Truncate,
+}
+
+/// A poisoned lock only means another request panicked mid-update; the
+/// counters are still usable, so keep serving.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    fn new(config: &SimConfig) -> Shared {
+        let mut keys = HashMap::new();
+        let entry = |key: &ApiKey, project| KeyEntry {
+            fingerprint: key.fingerprint().to_owned(),
+            project,
+            stats: Mutex::default(),
+        };
+        for (index, project) in config.projects.iter().enumerate() {
+            for key in &project.keys {
+                keys.insert(key.expose().to_owned(), entry(key, Some(index)));
+            }
+        }
+        // Inserted last: disabled wins over a project listing the same key.
+        for key in &config.disabled_keys {
+            keys.insert(key.expose().to_owned(), entry(key, None));
+        }
+        let projects = config
+            .projects
+            .iter()
+            .map(|p| Project {
+                name: p.name.clone(),
+                limits: p.limits.iter().map(|(m, l)| (m.clone(), *l)).collect(),
+                state: Mutex::default(),
+            })
+            .collect();
+        Shared {
+            seed: config.seed,
+            latency: config.latency,
+            faults: config.faults.clone(),
+            models: config.model_set(),
+            keys,
+            unknown_keys: Mutex::default(),
+            projects,
+            requests: AtomicU64::new(0),
+            clock: Clock::default(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    fn caller(&self, key: Option<&str>) -> Caller<'_> {
+        match key.and_then(|key| self.keys.get(key)) {
+            Some(entry) => match entry.project {
+                Some(index) => Caller::Valid(entry, &self.projects[index]),
+                None => Caller::Disabled(entry),
+            },
+            None => Caller::Unknown,
+        }
+    }
+
+    fn record(&self, caller: &Caller, key: Option<&str>, status: StatusCode, ok: bool) {
+        match caller {
+            Caller::Valid(entry, _) | Caller::Disabled(entry) => {
+                lock(&entry.stats).record(status.as_u16(), ok)
+            }
+            Caller::Unknown => {
+                let name = key.map_or_else(
+                    || NO_KEY.to_owned(),
+                    |k| ApiKey::new(k).fingerprint().to_owned(),
+                );
+                lock(&self.unknown_keys)
+                    .entry(name)
+                    .or_default()
+                    .record(status.as_u16(), ok);
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let mut keys = lock(&self.unknown_keys).clone();
+        keys.extend(
+            self.keys
+                .values()
+                .map(|entry| (entry.fingerprint.clone(), lock(&entry.stats).clone())),
+        );
+        Stats {
+            requests: self.requests.load(Ordering::Relaxed),
+            keys,
+            projects: self
+                .projects
+                .iter()
+                .map(|p| (p.name.clone(), lock(&p.state).stats()))
+                .collect(),
+        }
+    }
+
+    /// Bursts first (deterministic), then one roll against the
+    /// probabilities, in a fixed order so a seed replays.
+    fn fault(&self, request: u64, roll: f64) -> Option<Fault> {
+        let f = &self.faults;
+        if let Some(burst) = f
+            .bursts
+            .iter()
+            .find(|b| request > b.after && request - b.after <= b.count)
+        {
+            // Validated at start to be 400..=599.
+            let status =
+                StatusCode::from_u16(burst.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return Some(Fault::Status(status));
+        }
+        let odds = [
+            (
+                f.error_500,
+                Fault::Status(StatusCode::INTERNAL_SERVER_ERROR),
+            ),
+            (f.error_503, Fault::Status(StatusCode::SERVICE_UNAVAILABLE)),
+            (f.hang, Fault::Hang),
+            (f.truncate, Fault::Truncate),
+        ];
+        let mut edge = 0.0;
+        odds.into_iter().find_map(|(p, fault)| {
+            edge += p;
+            (roll < edge).then_some(fault)
+        })
+    }
+
+    /// Waits `d`, unless the server shuts down first (returns false).
+    async fn wait(&self, d: Duration) -> bool {
+        if d.is_zero() {
+            return true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.shutdown.cancelled() => false,
+        }
+    }
+
+    /// The pipeline of a generate request in format `W`: number it, check
+    /// the key, parse the body, check the model, then [`Shared::admitted`].
+    async fn generate<W: Wire>(
+        &self,
+        key: Option<&str>,
+        parse: impl FnOnce() -> Result<Prompt, String>,
+    ) -> Response {
+        let request = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let caller = self.caller(key);
+        let (response, ok) = match caller {
+            Caller::Unknown => (W::invalid_key(key), false),
+            Caller::Disabled(_) => (W::disabled_key(), false),
+            Caller::Valid(_, project) => match parse() {
+                Err(message) => (W::bad_request(&message), false),
+                Ok(prompt) if !self.models.contains(&prompt.model) => {
+                    (W::model_not_found(&prompt.model), false)
+                }
+                Ok(prompt) => self.admitted::<W>(request, project, &prompt).await,
+            },
+        };
+        self.record(&caller, key, response.status(), ok);
+        response
+    }
+
+    /// Quota (RPD → RPM → TPM), then faults and latency, then the answer.
+    /// Faults count against quota, as a real server counts a 500 it
+    /// returns. Returns the response and whether it is a complete 200.
+    async fn admitted<W: Wire>(
+        &self,
+        request: u64,
+        project: &Project,
+        prompt: &Prompt,
+    ) -> (Response, bool) {
+        let limits = project
+            .limits
+            .get(&prompt.model)
+            .copied()
+            .unwrap_or_default();
+        let (now, wall) = (self.clock.now(), self.clock.wall());
+        let verdict =
+            lock(&project.state).admit(&prompt.model, limits, prompt.input_tokens, now, wall);
+        let headroom = match verdict {
+            Ok(headroom) => headroom,
+            Err(rejection) => return (W::rate_limited(&prompt.model, &rejection), false),
+        };
+        // Seeded per request number, so concurrency cannot reorder draws.
+        let mut rng = SmallRng::seed_from_u64(self.seed ^ request);
+        let fault = self.fault(request, rng.gen());
+        let latency = rng.gen_range(self.latency.min_ms..=self.latency.max_ms);
+        let turn = Turn {
+            prompt,
+            id: reply::response_id(self.seed, request),
+            created: wall.timestamp(),
+            headroom,
+        };
+        let (response, output_tokens) = if !self.wait(Duration::from_millis(latency)).await {
+            (abort::<W>(W::answer(&turn)), None)
+        } else {
+            match fault {
+                Some(Fault::Status(status)) => (W::fault(status, request), None),
+                Some(Fault::Truncate) => {
+                    let answer = W::answer(&turn);
+                    let half = answer.body.len() / 2;
+                    (cut_off::<W>(answer, half), None)
+                }
+                Some(Fault::Hang) => {
+                    let answer = W::answer(&turn);
+                    if self.wait(Duration::from_millis(self.faults.hang_ms)).await {
+                        let tokens = answer.output_tokens;
+                        (complete::<W>(answer), Some(tokens))
+                    } else {
+                        (abort::<W>(answer), None)
+                    }
+                }
+                None => {
+                    let answer = W::answer(&turn);
+                    let tokens = answer.output_tokens;
+                    (complete::<W>(answer), Some(tokens))
+                }
+            }
+        };
+        let ok = output_tokens.is_some();
+        lock(&project.state).settle(
+            &prompt.model,
+            ok,
+            prompt.input_tokens,
+            output_tokens.unwrap_or(0),
+        );
+        (response, ok)
+    }
+}
+
+/// A 200 with the whole answer.
+fn complete<W: Wire>(answer: Answer) -> Response {
+    let mut response = W::json(StatusCode::OK, answer.body);
+    response.headers_mut().extend(answer.headers);
+    response
+}
+
+/// A 200 that announces the whole answer's `Content-Length`, sends its first
+/// `keep` bytes and then fails the body, which makes hyper close the
+/// connection: the client sees a truncated body.
+fn cut_off<W: Wire>(answer: Answer, keep: usize) -> Response {
+    let full = answer.body.len();
+    let head: Bytes = answer.body.slice(..keep);
+    let chunks = futures_util::stream::unfold(0u8, move |step| {
+        let head = head.clone();
+        async move {
+            match step {
+                0 => Some((Ok(head), 1)),
+                1 => {
+                    // Pending once, so hyper flushes the status line and the
+                    // first bytes before the failure closes the connection.
+                    tokio::task::yield_now().await;
+                    let cut = std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "simulated truncated body",
+                    );
+                    Some((Err(cut), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    let mut response = W::json(StatusCode::OK, Body::from_stream(chunks));
+    response.headers_mut().extend(answer.headers);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+    response
+}
+
+/// An answer aborted by shutdown: at most the status line goes out, then
+/// the connection closes with none of the body.
+fn abort<W: Wire>(answer: Answer) -> Response {
+    cut_off::<W>(answer, 0)
+}
+
+/// The key of a Gemini request: header `x-goog-api-key`, else `?key=`.
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: Option<String>,
+}
+
+/// `POST /v1beta/models/{model}:{method}`: axum routes on whole segments,
+/// so the `:method` suffix is split here.
+async fn gemini_models(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or(query.key.as_deref());
+    let (model, method) = target.rsplit_once(':').unwrap_or((target.as_str(), ""));
+    match method {
+        "generateContent" => {
+            shared
+                .generate::<Gemini>(key, || gemini::parse_generate(model, &body))
+                .await
+        }
+        "countTokens" => count_tokens(&shared, key, model, &body),
+        _ => gemini::model_not_found_for(model, method),
+    }
+}
+
+/// `countTokens` is free: no quota, no faults, no latency, not numbered.
+fn count_tokens(shared: &Shared, key: Option<&str>, model: &str, body: &[u8]) -> Response {
+    let caller = shared.caller(key);
+    let response = match caller {
+        Caller::Unknown => Gemini::invalid_key(key),
+        Caller::Disabled(_) => Gemini::disabled_key(),
+        Caller::Valid(..) if !shared.models.contains(model) => {
+            gemini::model_not_found_for(model, "countTokens")
+        }
+        Caller::Valid(..) => gemini::count_tokens(body),
+    };
+    let status = response.status();
+    shared.record(&caller, key, status, status == StatusCode::OK);
+    response
+}
+
+/// `POST /v1/chat/completions` with `Authorization: Bearer KEY`.
+async fn chat_completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    shared
+        .generate::<OpenAi>(key, || openai::parse_chat(&body))
+        .await
+}
+
+/// `GET /__stats`.
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    Json(shared.stats()).into_response()
+}

@@ -1,0 +1,118 @@
+//! What a wire format (Gemini, OpenAI) must render, and the helpers both use
+//! to serve real fixture bodies: parse once, patch a few fields, so every
+//! error body stays the one the real API sent.
+
+use super::quota::{Headroom, Rejection};
+use super::reply::Prompt;
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use serde::Serialize;
+use serde_json::Value;
+
+/// One admitted request about to be answered.
+#[derive(Debug)]
+pub(crate) struct Turn<'a> {
+    /// The parsed prompt.
+    pub prompt: &'a Prompt,
+    /// Response id (deterministic per seed and request number).
+    pub id: String,
+    /// Unix seconds now, for OpenAI's `created`.
+    pub created: i64,
+    /// Per-minute quota use after admission.
+    pub headroom: Headroom,
+}
+
+/// A successful answer, rendered but not sent yet: the server may still send
+/// it whole, cut it off (fault `truncate`) or abort it (shutdown).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// Extra headers (OpenAI's `x-ratelimit-*`).
+    pub headers: HeaderMap,
+    /// The full JSON body.
+    pub body: Bytes,
+    /// Output tokens billed for it (visible and thinking).
+    pub output_tokens: u64,
+}
+
+/// One API's way of saying things. Implemented by unit types so that the
+/// server's pipeline is written once, generic over the format.
+pub(crate) trait Wire {
+    /// `Content-Type` of every body.
+    const CONTENT_TYPE: &'static str;
+    /// The key is missing or unknown.
+    fn invalid_key(key: Option<&str>) -> Response;
+    /// The key's project cannot use the API.
+    fn disabled_key() -> Response;
+    /// The model does not exist.
+    fn model_not_found(model: &str) -> Response;
+    /// The body is malformed; `message` says how, in this API's words.
+    fn bad_request(message: &str) -> Response;
+    /// A quota refused the request.
+    fn rate_limited(model: &str, rejection: &Rejection) -> Response;
+    /// An injected failure with `status`; `request` is the request number
+    /// (picks among equivalent real bodies).
+    fn fault(status: StatusCode, request: u64) -> Response;
+    /// The answer to an admitted request.
+    fn answer(turn: &Turn) -> Answer;
+
+    /// A JSON response in this format.
+    fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+        json_response(status, Self::CONTENT_TYPE, body.into())
+    }
+}
+
+/// A response with `body` as JSON of `content_type`.
+pub(crate) fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Body,
+) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// Parses a fixture embedded with `include_str!`. Fixtures are compile-time
+/// constants checked by the tests, so a failure here is a build defect, never
+/// something a request can cause.
+pub(crate) fn fixture(text: &'static str) -> Value {
+    serde_json::from_str(text).expect("embedded fixture is valid JSON")
+}
+
+/// Sets the value at a JSON pointer, inserting the last segment into its
+/// parent object when missing. A pointer whose parent is absent is skipped:
+/// the body stays the fixture's.
+pub(crate) fn put(body: &mut Value, pointer: &str, value: impl Into<Value>) {
+    let value = value.into();
+    if let Some(slot) = body.pointer_mut(pointer) {
+        *slot = value;
+    } else if let Some((parent, key)) = pointer.rsplit_once('/') {
+        if let Some(object) = body.pointer_mut(parent).and_then(Value::as_object_mut) {
+            object.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// Serializes a body. Our values have string keys only, so this cannot fail.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn put_replaces_inserts_and_skips() {
+        let mut body = json!({"a": {"b": 1}});
+        put(&mut body, "/a/b", 2);
+        put(&mut body, "/a/c", "x");
+        put(&mut body, "/missing/c", 3);
+        assert_eq!(body, json!({"a": {"b": 2, "c": "x"}}));
+    }
+}
