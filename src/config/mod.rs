@@ -20,7 +20,7 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-use crate::pool::ApiKey;
+use crate::pool::{ApiKey, Strategy};
 use crate::provider::ProviderKind;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -42,6 +42,12 @@ pub struct Config {
     pub timeout: Duration,
     /// Retries per item after its first attempt (transient failures).
     pub max_retries: u32,
+    /// How the pool chooses among keys with room.
+    pub strategy: Strategy,
+    /// Key groups in priority order: while any key of the first group has
+    /// room, only its keys are used; when none has, the next group's are.
+    /// Groups not listed come after the listed ones, in order of first use.
+    pub groups: Vec<String>,
 }
 
 /// Where a provider is reached.
@@ -280,13 +286,41 @@ impl Config {
             });
         }
 
+        let mut groups: Vec<String> = Vec::new();
+        for (g, name) in raw.groups.into_iter().enumerate() {
+            let name = name.0;
+            let used = accounts
+                .iter()
+                .any(|a: &AccountConfig| a.keys.iter().any(|k| k.group == name));
+            if !used {
+                return Err(invalid(
+                    format!("groups[{g}]"),
+                    format!("no key is in group `{name}`"),
+                ));
+            }
+            if groups.contains(&name) {
+                return Err(invalid(
+                    format!("groups[{g}]"),
+                    format!("group `{name}` is listed twice"),
+                ));
+            }
+            groups.push(name);
+        }
+        for key in accounts.iter().flat_map(|a| &a.keys) {
+            if !groups.contains(&key.group) {
+                groups.push(key.group.clone());
+            }
+        }
+
         Ok(Config {
+            groups,
             providers,
             accounts,
             model: raw.model.map_or_else(|| DEFAULT_MODEL.to_owned(), |m| m.0),
             concurrency: raw.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0),
             timeout: raw.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
             max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            strategy: raw.strategy.unwrap_or_default(),
         })
     }
 }

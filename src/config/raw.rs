@@ -6,6 +6,7 @@
 //! column to the error. Checks that span fields (duplicates, `${ENV}`
 //! expansion) run afterwards, in the parent module.
 
+use crate::pool::Strategy;
 use crate::provider::ProviderKind;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -25,6 +26,9 @@ pub(super) struct RawConfig {
     pub concurrency: Option<Positive<usize>>,
     pub timeout: Option<HumanDuration>,
     pub max_retries: Option<u32>,
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub groups: Vec<Name>,
 }
 
 /// A `providers.<kind>` entry.

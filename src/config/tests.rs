@@ -448,3 +448,28 @@ fn load_reads_the_file() {
         .to_string()
         .starts_with(&format!("{}: accounts[0].keys[0]", path.display())));
 }
+
+#[test]
+fn the_strategy_defaults_to_hybrid_and_names_its_choices_when_wrong() {
+    assert_eq!(parse(&with("")).unwrap().strategy, Strategy::Hybrid);
+    let config = parse(&with("strategy: least_in_flight\n")).unwrap();
+    assert_eq!(config.strategy, Strategy::LeastInFlight);
+    let message = error(&with("strategy: quickest\n"));
+    assert!(
+        message.contains("strategy") && message.contains("round_robin"),
+        "{message}"
+    );
+}
+
+#[test]
+fn groups_are_ordered_by_the_list_then_by_first_use() {
+    let text = "accounts:\n  - name: a\n    keys: [k1, {key: k2, group: backup}, {key: k3, group: main}]\ngroups: [main]\n";
+    let config = parse(text).unwrap();
+    assert_eq!(config.groups, ["main", "default", "backup"]);
+    let message =
+        error(&format!("{text}groups: [main, nowhere]\n").replace("groups: [main]\n", ""));
+    assert!(
+        message.contains("groups[1]") && message.contains("nowhere"),
+        "{message}"
+    );
+}

@@ -1,5 +1,17 @@
-//! The key pool: accounts, keys, quotas, health and leases.
+//! The key pool: accounts, keys, quotas, health and leases (DESIGN §2).
 
+mod call;
+mod day;
 mod key;
+mod keypool;
+mod retry;
+mod strategy;
+#[cfg(test)]
+mod tests;
+mod window;
 
+pub use call::{Attempt, CallError, RetryPolicy};
+pub use day::{next_reset, pacific_day};
 pub use key::ApiKey;
+pub use keypool::{provider_for, KeyId, Lease, Pool, PoolError, Unavailable};
+pub use strategy::Strategy;

@@ -106,6 +106,10 @@ impl Client {
             .user_agent(concat!("keyfan/", env!("CARGO_PKG_VERSION")));
         if let Some(proxy) = proxy {
             builder = builder.proxy(reqwest::Proxy::all(proxy)?);
+        } else if is_loopback(base_url) {
+            // An HTTP(S)_PROXY in the environment must not capture requests
+            // to a local server (the simulator, a local gateway).
+            builder = builder.no_proxy();
         }
         Ok(Client {
             http: builder.build()?,
@@ -150,4 +154,22 @@ impl Client {
             ProviderKind::Openai => Ok(None),
         }
     }
+}
+
+/// Whether `base_url` names this machine.
+fn is_loopback(base_url: &str) -> bool {
+    let host = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    host == "localhost" || host == "[::1]" || host.starts_with("127.")
 }

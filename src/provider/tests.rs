@@ -675,3 +675,22 @@ async fn loopback_transport_failures_are_transient() {
         assert!(!error.message.contains("http://"), "{}", error.message);
     }
 }
+
+#[test]
+fn only_local_base_urls_bypass_environment_proxies() {
+    for local in [
+        "http://127.0.0.1:8089",
+        "http://localhost",
+        "http://[::1]:9/x",
+        "http://127.0.0.2:1/",
+    ] {
+        assert!(super::is_loopback(local), "{local}");
+    }
+    for remote in [
+        "https://generativelanguage.googleapis.com",
+        "https://api.openai.com/v1",
+        "http://10.0.0.1:80",
+    ] {
+        assert!(!super::is_loopback(remote), "{remote}");
+    }
+}

@@ -365,7 +365,7 @@ impl Wire for Gemini {
         match status.as_u16() {
             500 => Self::json(status, INTERNAL),
             // Both wordings are live (2025 and 2026); alternate for coverage.
-            503 if request % 2 == 0 => Self::json(status, HIGH_DEMAND),
+            503 if request.is_multiple_of(2) => Self::json(status, HIGH_DEMAND),
             503 => Self::json(status, OVERLOADED),
             429 => Self::json(status, BARE_429),
             _ => envelope(status, status.canonical_reason().unwrap_or("Error")),

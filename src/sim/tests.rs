@@ -680,6 +680,8 @@ async fn rehearsal_mirrors_the_accounts() {
         concurrency: 4,
         timeout: Duration::from_secs(60),
         max_retries: 3,
+        strategy: crate::pool::Strategy::Hybrid,
+        groups: vec!["default".to_owned()],
     };
     let mut config = SimConfig::rehearsal(&user_config);
     assert_eq!(config.projects.len(), 2);

@@ -1,0 +1,173 @@
+//! `Pool::call`: lease, send, learn, retry and fail over, for any request.
+//!
+//! This is the library face of keyfan (DESIGN §1): a Rust program hands the
+//! pool a closure that makes one request with the client and key it is given,
+//! and gets back the first success or the final failure. Every failure is
+//! acted on by its class (DESIGN §3):
+//!
+//! | class | action |
+//! |---|---|
+//! | `RateLimited` | the account is cooled or exhausted; retry at once on a key with room (no backoff: the pool waits exactly as long as the quota needs) |
+//! | `KeyInvalid` | the key is disabled for the run; retry at once on another |
+//! | `Transient` | retry after exponential backoff with full jitter, on another key if one has room |
+//! | `ItemInvalid`, `Blocked` | final: retrying cannot help |
+
+use super::retry::Backoff;
+use super::{ApiKey, Pool, Unavailable};
+use crate::provider::{self, ApiError, ErrorClass};
+use rand::{rngs::SmallRng, SeedableRng};
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How hard [`Pool::call`] tries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after transient failures (5xx, timeouts, empty answers).
+    pub max_retries: u32,
+    /// Retries after 429s. With correct limits there are none; with learned
+    /// limits, a few per account while the pool learns them.
+    pub max_rate_limited: u32,
+    /// First backoff ceiling.
+    pub backoff_base: Duration,
+    /// Largest backoff ceiling.
+    pub backoff_cap: Duration,
+    /// Give up (with the last error) once this much time has passed since
+    /// the first attempt, whatever the counts say.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_retries: 5,
+            max_rate_limited: 20,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            deadline: None,
+        }
+    }
+}
+
+/// Why [`Pool::call`] gave up.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// No key could be leased (none usable, day quotas spent, too large).
+    #[error(transparent)]
+    Unavailable(#[from] Unavailable),
+    /// The last attempt's error: final by class, or retries used up.
+    #[error("{0}")]
+    Api(ApiError),
+}
+
+/// One request [`Pool::call`] made, shown to its observer.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    /// 1-based number within the call.
+    pub number: u32,
+    /// The key used.
+    pub key: &'a ApiKey,
+    /// The key's account.
+    pub account: &'a str,
+    /// Time from sending to the answer.
+    pub latency: Duration,
+    /// The error, when it failed.
+    pub error: Option<&'a ApiError>,
+}
+
+impl Pool {
+    /// Makes one logical request of `model` (about `tokens` input tokens)
+    /// with lease, retry and failover. `request` is called once per attempt
+    /// with the client and key to use; `observe` sees every attempt, with the
+    /// value when it succeeded.
+    ///
+    /// ```no_run
+    /// use keyfan::config::{Config, MissingEnv};
+    /// use keyfan::pool::{Pool, RetryPolicy, Strategy};
+    /// use keyfan::provider::Request;
+    ///
+    /// # async fn demo() -> anyhow::Result<()> {
+    /// let config = Config::load("config.yaml".as_ref(), |v| std::env::var(v).ok(), MissingEnv::Error)?;
+    /// let pool = Pool::new(&config, Strategy::Hybrid, None)?;
+    /// let request = Request {
+    ///     model: "gemini-2.5-flash",
+    ///     prompt: "Why is the sky blue?",
+    ///     system: None,
+    ///     max_output_tokens: Some(200),
+    ///     temperature: None,
+    /// };
+    /// let reply = pool
+    ///     .call(
+    ///         request.model,
+    ///         10,
+    ///         &RetryPolicy::default(),
+    ///         |client, key| {
+    ///             let request = request.clone();
+    ///             async move { client.generate(&key, &request).await }
+    ///         },
+    ///         |_attempt, _reply| {},
+    ///     )
+    ///     .await?;
+    /// println!("{}", reply.text);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn call<T, F, Fut>(
+        &self,
+        model: &str,
+        tokens: u64,
+        policy: &RetryPolicy,
+        mut request: F,
+        mut observe: impl FnMut(&Attempt<'_>, Option<&T>),
+    ) -> Result<T, CallError>
+    where
+        F: FnMut(provider::Client, ApiKey) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(policy.backoff_base, policy.backoff_cap);
+        let mut rng = SmallRng::from_entropy();
+        let (mut transient, mut rate_limited) = (0, 0);
+        let mut avoid = None;
+        for number in 1.. {
+            let lease = self.lease(model, tokens, avoid).await?;
+            let sent = Instant::now();
+            let result = request(lease.client().clone(), lease.key().clone()).await;
+            let error = result.as_ref().err();
+            observe(
+                &Attempt {
+                    number,
+                    key: lease.key(),
+                    account: lease.account(),
+                    latency: sent.elapsed(),
+                    error,
+                },
+                result.as_ref().ok(),
+            );
+            avoid = Some(lease.key_id());
+            self.settle(lease, error.map(|e| &e.class));
+            let error = match result {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            let past_deadline = policy.deadline.is_some_and(|d| started.elapsed() >= d);
+            let wait = match error.class {
+                ErrorClass::ItemInvalid | ErrorClass::Blocked { .. } => None,
+                ErrorClass::KeyInvalid { .. } => Some(Duration::ZERO),
+                ErrorClass::RateLimited { .. } => {
+                    rate_limited += 1;
+                    (rate_limited <= policy.max_rate_limited).then_some(Duration::ZERO)
+                }
+                ErrorClass::Transient => {
+                    transient += 1;
+                    (transient <= policy.max_retries).then(|| backoff.next_delay(&mut rng))
+                }
+            };
+            match wait {
+                Some(wait) if !past_deadline => tokio::time::sleep(wait).await,
+                _ => return Err(CallError::Api(error)),
+            }
+        }
+        unreachable!("the attempt loop only ends by returning")
+    }
+}

@@ -1,0 +1,151 @@
+//! The per-minute limiter: a sliding-window log of the requests and input
+//! tokens admitted in the last 60 s.
+//!
+//! Google does not say how it counts "per minute". A log of admissions is the
+//! one limiter that is safe under both a rolling window and fixed calendar
+//! minutes, and it still lets a fresh account burst its whole minute at once.
+//! A GCRA or token bucket with a burst of the full limit is not safe under a
+//! rolling window (it admits L at t=0 and then one more every 60/L s), and one
+//! with a small burst wastes the first minute (DESIGN §2).
+
+use std::collections::VecDeque;
+use tokio::time::{Duration, Instant};
+
+/// The length of the window Google counts RPM and TPM over.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// Whether a request fits the window now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It fits now.
+    Now,
+    /// It fits from this instant on, if nothing else is admitted before.
+    At(Instant),
+    /// It can never fit: it alone needs more tokens than the limit.
+    Never,
+}
+
+/// A log of admissions over the last [`WINDOW`] plus a safety margin.
+#[derive(Debug, Clone, Default)]
+pub struct SlidingWindow {
+    entries: VecDeque<(Instant, u64)>,
+    tokens: u64,
+}
+
+impl SlidingWindow {
+    /// Forgets admissions older than the window plus `margin` at `now`.
+    fn prune(&mut self, now: Instant, margin: Duration) {
+        while let Some(&(at, tokens)) = self.entries.front() {
+            if at + WINDOW + margin > now {
+                break;
+            }
+            self.entries.pop_front();
+            self.tokens -= tokens;
+        }
+    }
+
+    /// Whether one more request of `tokens` input tokens fits under `rpm`
+    /// and `tpm` at `now`. An entry keeps counting until `WINDOW + margin`
+    /// after its admission, so clock skew with the server cannot bite.
+    pub fn check(
+        &mut self,
+        now: Instant,
+        margin: Duration,
+        rpm: Option<u32>,
+        tpm: Option<u64>,
+        tokens: u64,
+    ) -> Admission {
+        self.prune(now, margin);
+        if tpm.is_some_and(|tpm| tokens > tpm) || rpm == Some(0) {
+            return Admission::Never;
+        }
+        // How many of the oldest entries must expire before the request fits.
+        let mut expire = 0;
+        if let Some(rpm) = rpm {
+            expire = (self.entries.len() + 1).saturating_sub(rpm as usize);
+        }
+        if let Some(tpm) = tpm {
+            let mut total = self.tokens;
+            let mut k = 0;
+            while total + tokens > tpm {
+                total -= self.entries[k].1;
+                k += 1;
+            }
+            expire = expire.max(k);
+        }
+        match expire {
+            0 => Admission::Now,
+            k => Admission::At(self.entries[k - 1].0 + WINDOW + margin),
+        }
+    }
+
+    /// Records an admission of `tokens` input tokens at `now`.
+    pub fn record(&mut self, now: Instant, tokens: u64) {
+        self.entries.push_back((now, tokens));
+        self.tokens += tokens;
+    }
+
+    /// Requests admitted in the window (as of the last check).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Input tokens admitted in the window (as of the last check).
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: Duration = Duration::from_millis(250);
+
+    #[test]
+    fn a_fresh_window_admits_a_whole_minute_at_once() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        for _ in 0..10 {
+            assert_eq!(w.check(t0, M, Some(10), None, 1), Admission::Now);
+            w.record(t0, 1);
+        }
+        assert_eq!(
+            w.check(t0, M, Some(10), None, 1),
+            Admission::At(t0 + WINDOW + M)
+        );
+    }
+
+    #[test]
+    fn the_wait_is_until_the_oldest_needed_entry_leaves() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        for i in 0..3 {
+            w.record(t0 + Duration::from_secs(i * 10), 1);
+        }
+        let now = t0 + Duration::from_secs(30);
+        assert_eq!(
+            w.check(now, M, Some(2), None, 1),
+            Admission::At(t0 + Duration::from_secs(10) + WINDOW + M)
+        );
+        // After the first two expire, it fits.
+        let later = t0 + Duration::from_secs(10) + WINDOW + M;
+        assert_eq!(w.check(later, M, Some(2), None, 1), Admission::Now);
+        assert_eq!(w.entries.len(), 1);
+    }
+
+    #[test]
+    fn tokens_per_minute_wait_for_enough_tokens_to_leave() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        w.record(t0, 600);
+        w.record(t0 + Duration::from_secs(5), 300);
+        assert_eq!(w.check(t0, M, None, Some(1000), 100), Admission::Now);
+        assert_eq!(
+            w.check(t0 + Duration::from_secs(6), M, None, Some(1000), 200),
+            Admission::At(t0 + WINDOW + M)
+        );
+        assert_eq!(w.check(t0, M, None, Some(1000), 1001), Admission::Never);
+        assert_eq!(w.tokens, 900);
+    }
+}
