@@ -15,4 +15,5 @@ pub mod provider;
 pub mod report;
 pub mod run;
 pub mod sim;
+pub mod sink;
 pub mod store;

@@ -1,1 +1,144 @@
-//! price (to be written).
+//! The model price table: USD per 1M tokens, built in and overridable.
+//!
+//! Prices are the paid-tier Standard prices of `../shared/api/FACTS.md` §4.
+//! Thinking tokens are billed as output; prompts above 200k tokens switch the
+//! whole request to the higher tier where the model has one.
+
+use crate::provider::Usage;
+
+/// Prices of one model in USD per 1M tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Price {
+    /// Uncached input.
+    pub input: f64,
+    /// Output, thinking included.
+    pub output: f64,
+    /// Cached input (context cache reads).
+    pub cached_input: f64,
+    /// Prompt size above which the `long` prices apply, with those prices.
+    pub long: Option<(u64, LongPrice)>,
+}
+
+/// Prices for prompts above a model's long-context threshold.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LongPrice {
+    /// Uncached input.
+    pub input: f64,
+    /// Output, thinking included.
+    pub output: f64,
+    /// Cached input.
+    pub cached_input: f64,
+}
+
+const fn flat(input: f64, output: f64, cached_input: f64) -> Price {
+    Price {
+        input,
+        output,
+        cached_input,
+        long: None,
+    }
+}
+
+/// Built-in prices, matched by the longest model-name prefix.
+const TABLE: &[(&str, Price)] = &[
+    (
+        "gemini-2.5-pro",
+        Price {
+            input: 1.25,
+            output: 10.0,
+            cached_input: 0.125,
+            long: Some((
+                200_000,
+                LongPrice {
+                    input: 2.5,
+                    output: 15.0,
+                    cached_input: 0.25,
+                },
+            )),
+        },
+    ),
+    ("gemini-2.5-flash-lite", flat(0.10, 0.40, 0.01)),
+    ("gemini-2.5-flash", flat(0.30, 2.50, 0.03)),
+    ("gemini-2.0-flash", flat(0.10, 0.40, 0.025)),
+    (
+        "gemini-3.1-pro",
+        Price {
+            input: 2.0,
+            output: 12.0,
+            cached_input: 0.20,
+            long: Some((
+                200_000,
+                LongPrice {
+                    input: 4.0,
+                    output: 18.0,
+                    cached_input: 0.40,
+                },
+            )),
+        },
+    ),
+];
+
+/// The built-in price of `model`, if keyfan knows it.
+pub fn lookup(model: &str) -> Option<Price> {
+    TABLE
+        .iter()
+        .filter(|(prefix, _)| model.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, price)| *price)
+}
+
+impl Price {
+    /// The cost in USD of one call's usage.
+    pub fn cost(&self, usage: &Usage) -> f64 {
+        let (input, output, cached) = match self.long {
+            Some((threshold, long)) if usage.input_tokens > threshold => {
+                (long.input, long.output, long.cached_input)
+            }
+            _ => (self.input, self.output, self.cached_input),
+        };
+        let uncached = usage.input_tokens.saturating_sub(usage.cached_tokens);
+        (uncached as f64 * input
+            + usage.cached_tokens as f64 * cached
+            + usage.output_tokens as f64 * output)
+            / 1_000_000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(input: u64, cached: u64, output: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            cached_tokens: cached,
+            output_tokens: output,
+            thinking_tokens: 0,
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        assert_eq!(lookup("gemini-2.5-flash-lite").unwrap().input, 0.10);
+        assert_eq!(lookup("gemini-2.5-flash").unwrap().input, 0.30);
+        assert_eq!(
+            lookup("gemini-2.5-flash-preview-09-2025").unwrap().input,
+            0.30
+        );
+        assert!(lookup("gpt-unknown").is_none());
+    }
+
+    #[test]
+    fn cached_tokens_are_billed_at_the_cache_rate() {
+        let price = lookup("gemini-2.5-flash").unwrap();
+        let cost = price.cost(&usage(1_000_000, 400_000, 1_000_000));
+        assert!((cost - (0.6 * 0.30 + 0.4 * 0.03 + 2.50)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn long_prompts_switch_the_whole_request_to_the_long_tier() {
+        let price = lookup("gemini-2.5-pro").unwrap();
+        let cost = price.cost(&usage(300_000, 0, 0));
+        assert!((cost - 0.3 * 2.5).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,92 @@
+//! The Markdown rendering of a report.
+
+use super::{Report, Usage};
+use std::fmt::Write;
+
+pub(super) fn render(r: &Report) -> String {
+    let mut md = String::new();
+    let label = if r.simulated { " (SIMULATED)" } else { "" };
+    let _ = writeln!(md, "# keyfan report: run {}{label}\n", r.run.id.0);
+    if r.simulated {
+        let _ = writeln!(
+            md,
+            "> **SIMULATED.** Every request went to keyfan's local simulator, not to a real API. \
+             Outputs, latencies and costs are illustrative.\n"
+        );
+    }
+    let _ = writeln!(md, "- job: `{}`", r.run.job_path);
+    let _ = writeln!(md, "- started: {}", r.run.started_at);
+    let _ = writeln!(
+        md,
+        "- finished: {} ({})",
+        r.run.finished_at.as_deref().unwrap_or("not finished"),
+        r.run.status
+    );
+    let _ = writeln!(md, "- elapsed: {:.1} s\n", r.elapsed_s);
+
+    let _ = writeln!(md, "## Items\n");
+    let _ = writeln!(md, "| status | items |\n|---|---:|");
+    for (status, n) in &r.totals.status {
+        let _ = writeln!(md, "| {status} | {n} |");
+    }
+    let _ = writeln!(md, "| **total** | **{}** |\n", r.totals.items);
+
+    let _ = writeln!(md, "## Requests\n");
+    table(
+        &mut md,
+        "scope",
+        std::slice::from_ref(&r.totals.usage),
+        |_| "all".into(),
+    );
+    let _ = writeln!(md, "\n## Per account\n");
+    table(&mut md, "account", &r.accounts, |u| u.name.clone());
+    let _ = writeln!(md, "\n## Per key\n");
+    table(&mut md, "key", &r.keys, |u| {
+        format!("`{}` ({})", u.name, u.account.as_deref().unwrap_or(""))
+    });
+
+    let _ = writeln!(md, "\n## Quota ledger today (US/Pacific day, all runs)\n");
+    let _ = writeln!(
+        md,
+        "| account | model | day | requests | ok | input tokens | output tokens | cost (USD) |\n|---|---|---|---:|---:|---:|---:|---:|"
+    );
+    for l in &r.ledger {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.4} |",
+            l.account,
+            l.model,
+            l.day,
+            l.requests,
+            l.ok,
+            l.input_tokens,
+            l.output_tokens,
+            l.cost_usd
+        );
+    }
+    md
+}
+
+fn table(md: &mut String, first: &str, rows: &[Usage], name: impl Fn(&Usage) -> String) {
+    let _ = writeln!(
+        md,
+        "| {first} | requests | ok | failed | 429s | input tokens | output tokens | cost (USD) | p50 ms | p95 ms | ok/min |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for u in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {:.4} | {} | {} | {:.1} |",
+            name(u),
+            u.requests,
+            u.ok,
+            u.failed,
+            u.rate_limited,
+            u.input_tokens,
+            u.output_tokens,
+            u.cost_usd,
+            u.latency_p50_ms,
+            u.latency_p95_ms,
+            u.ok_per_minute
+        );
+    }
+}

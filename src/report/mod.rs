@@ -1,0 +1,238 @@
+//! The cost and quota report of a run, built from the state file alone, and
+//! its Markdown and JSON renderings.
+
+mod markdown;
+
+use crate::store::{
+    AttemptClass, AttemptRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// A run's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Whether the run went to the simulator rather than a real API.
+    pub simulated: bool,
+    /// The run.
+    pub run: RunRow,
+    /// Wall time of the run in seconds (to now if it is unfinished).
+    pub elapsed_s: f64,
+    /// Totals over all items and attempts.
+    pub totals: Totals,
+    /// One row per key (by fingerprint), in order of first use.
+    pub keys: Vec<Usage>,
+    /// One row per account.
+    pub accounts: Vec<Usage>,
+    /// Today's quota ledger (all runs of the state file).
+    pub ledger: Vec<LedgerRow>,
+}
+
+/// Item totals of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Items recorded.
+    pub items: u64,
+    /// Items per status.
+    pub status: BTreeMap<&'static str, u64>,
+    /// Requests, ok ones, 429s, tokens, cost and latency over all attempts.
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// What one key, one account or the whole run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    /// The key's fingerprint or the account's name (empty for totals).
+    pub name: String,
+    /// The key's account (keys only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests answered with output.
+    pub ok: u64,
+    /// Requests that failed (any class but ok).
+    pub failed: u64,
+    /// Of the failed, 429s.
+    pub rate_limited: u64,
+    /// Of the failed, refusals of the key itself.
+    pub key_invalid: u64,
+    /// Input tokens billed.
+    pub input_tokens: u64,
+    /// Output tokens billed (thinking included).
+    pub output_tokens: u64,
+    /// Cost in USD.
+    pub cost_usd: f64,
+    /// Median request latency.
+    pub latency_p50_ms: u64,
+    /// 95th-percentile request latency.
+    pub latency_p95_ms: u64,
+    /// Successful requests per minute of run time.
+    pub ok_per_minute: f64,
+}
+
+impl Report {
+    /// Builds the report of `run` from the store, streaming its attempts
+    /// (only their latencies are held, for the percentiles).
+    pub fn build(store: &Store, run: RunId) -> Result<Report, StoreError> {
+        let run_row = store.run(run)?.expect("the run exists in its own store");
+        let elapsed_s = elapsed_seconds(&run_row);
+        let mut totals = Totals::default();
+        for status in [ItemStatus::Ok, ItemStatus::Failed] {
+            totals.status.insert(status.as_str(), 0);
+        }
+        for (status, n) in store.status_counts(run)? {
+            totals.items += n;
+            *totals
+                .status
+                .entry(ItemStatus::parse(&status).as_str())
+                .or_default() += n;
+        }
+        let mut all = Tally::default();
+        let mut keys = Groups::default();
+        let mut accounts = Groups::default();
+        store.for_each_attempt(run, |a| {
+            all.push(&a);
+            keys.get(&a.key, Some(&a.account)).push(&a);
+            accounts.get(&a.account, None).push(&a);
+        })?;
+        let today = crate::pool::pacific_day(chrono::Utc::now()).to_string();
+        Ok(Report {
+            simulated: run_row.simulated,
+            run: run_row,
+            elapsed_s,
+            totals: Totals {
+                usage: all.finish(String::new(), None, elapsed_s),
+                ..totals
+            },
+            keys: keys.finish(elapsed_s),
+            accounts: accounts.finish(elapsed_s),
+            ledger: store.ledger(&today)?,
+        })
+    }
+
+    /// The report as Markdown.
+    pub fn to_markdown(&self) -> String {
+        markdown::render(self)
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serialises")
+    }
+}
+
+/// Running sums of one key, account or run.
+#[derive(Debug, Default)]
+struct Tally {
+    usage: Usage,
+    latencies: Vec<u64>,
+}
+
+impl Tally {
+    fn push(&mut self, a: &AttemptRow) {
+        let u = &mut self.usage;
+        u.requests += 1;
+        match a.class {
+            AttemptClass::Ok => u.ok += 1,
+            AttemptClass::RateLimited => u.rate_limited += 1,
+            AttemptClass::KeyInvalid => u.key_invalid += 1,
+            _ => {}
+        }
+        u.input_tokens += a.input_tokens;
+        u.output_tokens += a.output_tokens;
+        u.cost_usd += a.cost_usd;
+        self.latencies.push(a.latency_ms);
+    }
+
+    fn finish(mut self, name: String, account: Option<String>, elapsed_s: f64) -> Usage {
+        self.latencies.sort_unstable();
+        let u = self.usage;
+        Usage {
+            name,
+            account,
+            failed: u.requests - u.ok,
+            latency_p50_ms: percentile(&self.latencies, 0.50),
+            latency_p95_ms: percentile(&self.latencies, 0.95),
+            ok_per_minute: if elapsed_s > 0.0 {
+                u.ok as f64 * 60.0 / elapsed_s
+            } else {
+                0.0
+            },
+            ..u
+        }
+    }
+}
+
+/// Tallies by name, in order of first appearance.
+#[derive(Debug, Default)]
+struct Groups {
+    index: HashMap<String, usize>,
+    tallies: Vec<(String, Option<String>, Tally)>,
+}
+
+impl Groups {
+    fn get(&mut self, name: &str, account: Option<&str>) -> &mut Tally {
+        let at = match self.index.get(name) {
+            Some(&at) => at,
+            None => {
+                self.tallies.push((
+                    name.to_owned(),
+                    account.map(str::to_owned),
+                    Tally::default(),
+                ));
+                self.index.insert(name.to_owned(), self.tallies.len() - 1);
+                self.tallies.len() - 1
+            }
+        };
+        &mut self.tallies[at].2
+    }
+
+    fn finish(self, elapsed_s: f64) -> Vec<Usage> {
+        self.tallies
+            .into_iter()
+            .map(|(name, account, tally)| tally.finish(name, account, elapsed_s))
+            .collect()
+    }
+}
+
+/// Nearest-rank percentile of sorted values (0 when there are none).
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn elapsed_seconds(run: &RunRow) -> f64 {
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
+    let start = parse(&run.started_at);
+    let end = run
+        .finished_at
+        .as_deref()
+        .and_then(parse)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(chrono::Utc::now);
+    start.map_or(0.0, |s| {
+        (end - s.with_timezone(&chrono::Utc))
+            .num_milliseconds()
+            .max(0) as f64
+            / 1000.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 50);
+        assert_eq!(percentile(&v, 0.95), 95);
+        assert_eq!(percentile(&[7], 0.95), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}

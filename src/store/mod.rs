@@ -1,0 +1,378 @@
+//! Durable state in SQLite: runs, items, attempts and the per-day quota
+//! ledger. The store is the source of truth: an item's outcome is committed
+//! here before it is written to any results file, and reports are built from
+//! here, not from memory.
+
+mod lock;
+mod rows;
+mod schema;
+#[cfg(test)]
+mod tests;
+
+pub use lock::{LockError, RunLock};
+pub use rows::{AttemptClass, AttemptRow, ItemRow, ItemStatus, KeyRow, LedgerRow, RunId, RunRow};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+/// A failure of the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused an operation on the state file.
+    #[error("state file {path}: {source}")]
+    Sqlite {
+        /// The state file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The state file was written by a newer keyfan.
+    #[error("state file {path} has schema version {found}, newer than this keyfan's {supported}: upgrade keyfan")]
+    TooNew {
+        /// The state file.
+        path: PathBuf,
+        /// Its schema version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
+}
+
+/// An open state file.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the state file at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let wrap = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(wrap)?;
+        schema::migrate(&mut conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    fn wrap(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Starts a run of the job at `job_path` whose bytes hash to `job_hash`.
+    pub fn create_run(
+        &self,
+        job_path: &str,
+        job_hash: &str,
+        simulated: bool,
+    ) -> Result<RunId, StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (job_path, job_hash, simulated, started_at, status)
+                 VALUES (?1, ?2, ?3, ?4, 'running')",
+                params![job_path, job_hash, simulated, now()],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(RunId(self.conn.last_insert_rowid()))
+    }
+
+    /// The newest run of the job at `job_path` whose bytes hashed to
+    /// `job_hash`: the run a new invocation resumes.
+    pub fn find_run(&self, job_path: &str, job_hash: &str) -> Result<Option<RunId>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id FROM runs WHERE job_path = ?1 AND job_hash = ?2 ORDER BY id DESC LIMIT 1",
+                params![job_path, job_hash],
+                |row| row.get(0).map(RunId),
+            )
+            .optional()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Every run, newest first.
+    pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status
+                 FROM runs ORDER BY id DESC",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([], RunRow::from_row)
+            .map_err(|e| self.wrap(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+    }
+
+    /// Items of a run per status.
+    pub fn status_counts(&self, run: RunId) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT status, count(*) FROM items WHERE run_id = ?1 GROUP BY status ORDER BY status")
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([run.0], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(|e| self.wrap(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+    }
+
+    /// Marks a run as running again (a resume).
+    pub fn reopen_run(&self, run: RunId) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = NULL, status = 'running' WHERE id = ?1",
+                [run.0],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// Marks a run finished with `status` (e.g. `done`, `interrupted`).
+    pub fn finish_run(&self, run: RunId, status: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, status = ?3 WHERE id = ?1",
+                params![run.0, now(), status],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// A run's record.
+    pub fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status
+                 FROM runs WHERE id = ?1",
+                [run.0],
+                RunRow::from_row,
+            )
+            .optional()
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Commits a batch in one transaction: every attempt with its ledger
+    /// increment, and every finished item. After this returns the batch
+    /// survives a crash; before, none of it is visible.
+    pub fn commit(
+        &mut self,
+        run: RunId,
+        attempts: &[AttemptRow],
+        items: &[ItemRow],
+    ) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        {
+            let mut insert_attempt = tx
+                .prepare_cached(
+                    "INSERT INTO attempts (run_id, item_id, attempt, key, account, model, class,
+                     http_status, latency_ms, input_tokens, output_tokens, cost_usd, error, at, day)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                )
+                .map_err(wrap)?;
+            let mut upsert_key = tx
+                .prepare_cached(
+                    "INSERT INTO keys (key, account, state, reason, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (key) DO UPDATE SET account = excluded.account,
+                       state = excluded.state, reason = excluded.reason,
+                       updated_at = excluded.updated_at",
+                )
+                .map_err(wrap)?;
+            let mut bump_ledger = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (account, model, day) DO UPDATE SET
+                       requests = requests + 1, ok = ok + excluded.ok,
+                       input_tokens = input_tokens + excluded.input_tokens,
+                       output_tokens = output_tokens + excluded.output_tokens,
+                       cost_usd = cost_usd + excluded.cost_usd",
+                )
+                .map_err(wrap)?;
+            for a in attempts {
+                insert_attempt
+                    .execute(params![
+                        run.0,
+                        a.item_id,
+                        a.attempt,
+                        a.key,
+                        a.account,
+                        a.model,
+                        a.class.as_str(),
+                        a.http_status,
+                        a.latency_ms,
+                        a.input_tokens,
+                        a.output_tokens,
+                        a.cost_usd,
+                        a.error,
+                        a.at,
+                        a.day,
+                    ])
+                    .map_err(wrap)?;
+                // A key's last word is kept across runs for `keys status`:
+                // refused (with the API's reason), or answering.
+                let key_state = match a.class {
+                    AttemptClass::KeyInvalid => Some("disabled"),
+                    AttemptClass::Ok => Some("ok"),
+                    _ => None,
+                };
+                if let Some(state) = key_state {
+                    upsert_key
+                        .execute(params![a.key, a.account, state, a.error, a.at])
+                        .map_err(wrap)?;
+                }
+                if a.class.counts_against_quota() {
+                    bump_ledger
+                        .execute(params![
+                            a.account,
+                            a.model,
+                            a.day,
+                            a.class == AttemptClass::Ok,
+                            a.input_tokens,
+                            a.output_tokens,
+                            a.cost_usd,
+                        ])
+                        .map_err(wrap)?;
+                }
+            }
+            let mut upsert_item = tx
+                .prepare_cached(
+                    "INSERT INTO items (run_id, item_id, line, status, model, output, input_tokens,
+                     output_tokens, latency_ms, attempts, key, account, error, cost_usd, finished_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT (run_id, item_id) DO UPDATE SET
+                       status = excluded.status, model = excluded.model, output = excluded.output,
+                       input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
+                       latency_ms = excluded.latency_ms, attempts = excluded.attempts,
+                       key = excluded.key, account = excluded.account, error = excluded.error,
+                       cost_usd = excluded.cost_usd, finished_at = excluded.finished_at",
+                )
+                .map_err(wrap)?;
+            for i in items {
+                upsert_item
+                    .execute(params![
+                        run.0,
+                        i.id,
+                        i.line,
+                        i.status.as_str(),
+                        i.model,
+                        i.output,
+                        i.input_tokens,
+                        i.output_tokens,
+                        i.latency_ms,
+                        i.attempts,
+                        i.key,
+                        i.account,
+                        i.error,
+                        i.cost_usd,
+                        now(),
+                    ])
+                    .map_err(wrap)?;
+            }
+        }
+        tx.commit().map_err(wrap)
+    }
+
+    /// Calls `each` with every finished item of a run, in job-file order,
+    /// one row in memory at a time (a run may hold millions).
+    pub fn for_each_item<E>(
+        &self,
+        run: RunId,
+        mut each: impl FnMut(ItemRow) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT item_id, line, status, model, output, input_tokens, output_tokens,
+                        latency_ms, attempts, key, account, error, cost_usd
+                 FROM items WHERE run_id = ?1 ORDER BY line",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([run.0], ItemRow::from_row)
+            .map_err(|e| self.wrap(e))?;
+        for row in rows {
+            if let Err(e) = each(row.map_err(|e| self.wrap(e))?) {
+                return Ok(Err(e));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// Calls `each` with every attempt of a run, in the order they were
+    /// committed, one row in memory at a time.
+    pub fn for_each_attempt(
+        &self,
+        run: RunId,
+        mut each: impl FnMut(AttemptRow),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT item_id, attempt, key, account, model, class, http_status, latency_ms,
+                        input_tokens, output_tokens, cost_usd, error, at, day
+                 FROM attempts WHERE run_id = ?1 ORDER BY rowid",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([run.0], AttemptRow::from_row)
+            .map_err(|e| self.wrap(e))?;
+        for row in rows {
+            each(row.map_err(|e| self.wrap(e))?);
+        }
+        Ok(())
+    }
+
+    /// The last known state of every key that has been used.
+    pub fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key, account, state, reason, updated_at FROM keys ORDER BY account, key",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([], KeyRow::from_row)
+            .map_err(|e| self.wrap(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+    }
+
+    /// The ledger rows of one Pacific day.
+    pub fn ledger(&self, day: &str) -> Result<Vec<LedgerRow>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd
+                 FROM ledger WHERE day = ?1 ORDER BY account, model",
+            )
+            .map_err(|e| self.wrap(e))?;
+        let rows = stmt
+            .query_map([day], LedgerRow::from_row)
+            .map_err(|e| self.wrap(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+    }
+}
+
+/// Now, as stored: RFC 3339 UTC with milliseconds.
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

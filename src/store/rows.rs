@@ -1,0 +1,316 @@
+//! The rows the store reads and writes: the vocabulary shared by the
+//! scheduler (which produces them) and the report (which reads them).
+
+use crate::provider::ErrorClass;
+use rusqlite::Row;
+use serde::Serialize;
+
+/// A run's id in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct RunId(pub i64);
+
+/// How an item ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemStatus {
+    /// The API answered with output.
+    Ok,
+    /// It failed for good (invalid request, retries used up, no key left).
+    Failed,
+    /// The API refused the prompt or its output on safety grounds.
+    Blocked,
+    /// Its job line was invalid and `--skip-invalid` skipped it.
+    Skipped,
+    /// Every account's daily quota was spent: left for a later run.
+    Deferred,
+}
+
+impl ItemStatus {
+    /// The status as written in results, reports and the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemStatus::Ok => "ok",
+            ItemStatus::Failed => "failed",
+            ItemStatus::Blocked => "blocked",
+            ItemStatus::Skipped => "skipped",
+            ItemStatus::Deferred => "deferred",
+        }
+    }
+
+    /// The status of its stored name (unknown names read as `failed`).
+    pub fn parse(s: &str) -> ItemStatus {
+        match s {
+            "ok" => ItemStatus::Ok,
+            "blocked" => ItemStatus::Blocked,
+            "skipped" => ItemStatus::Skipped,
+            "deferred" => ItemStatus::Deferred,
+            _ => ItemStatus::Failed,
+        }
+    }
+}
+
+/// How one attempt (one HTTP request) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptClass {
+    /// Output received.
+    Ok,
+    /// 429.
+    RateLimited,
+    /// The key was refused.
+    KeyInvalid,
+    /// 5xx, timeout, transport failure, empty 200.
+    Transient,
+    /// The request was refused as invalid.
+    ItemInvalid,
+    /// Safety block.
+    Blocked,
+}
+
+impl AttemptClass {
+    /// The class of an attempt's outcome.
+    pub fn of(error: Option<&ErrorClass>) -> AttemptClass {
+        match error {
+            None => AttemptClass::Ok,
+            Some(ErrorClass::RateLimited { .. }) => AttemptClass::RateLimited,
+            Some(ErrorClass::KeyInvalid { .. }) => AttemptClass::KeyInvalid,
+            Some(ErrorClass::Transient) => AttemptClass::Transient,
+            Some(ErrorClass::ItemInvalid) => AttemptClass::ItemInvalid,
+            Some(ErrorClass::Blocked { .. }) => AttemptClass::Blocked,
+        }
+    }
+
+    /// The class as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptClass::Ok => "ok",
+            AttemptClass::RateLimited => "rate_limited",
+            AttemptClass::KeyInvalid => "key_invalid",
+            AttemptClass::Transient => "transient",
+            AttemptClass::ItemInvalid => "item_invalid",
+            AttemptClass::Blocked => "blocked",
+        }
+    }
+
+    fn parse(s: &str) -> AttemptClass {
+        match s {
+            "ok" => AttemptClass::Ok,
+            "rate_limited" => AttemptClass::RateLimited,
+            "key_invalid" => AttemptClass::KeyInvalid,
+            "item_invalid" => AttemptClass::ItemInvalid,
+            "blocked" => AttemptClass::Blocked,
+            _ => AttemptClass::Transient,
+        }
+    }
+
+    /// Whether the provider counts such a request against the account's
+    /// quota: everything it accepted for processing. A 429 or a refused key
+    /// is not counted.
+    pub fn counts_against_quota(self) -> bool {
+        !matches!(self, AttemptClass::RateLimited | AttemptClass::KeyInvalid)
+    }
+}
+
+/// One attempt: one request sent with one key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRow {
+    /// The item's id.
+    pub item_id: String,
+    /// 1-based attempt number within the item.
+    pub attempt: u32,
+    /// The key's fingerprint (never the key).
+    pub key: String,
+    /// The key's account.
+    pub account: String,
+    /// The model asked for.
+    pub model: String,
+    /// How it ended.
+    pub class: AttemptClass,
+    /// HTTP status, if a response came.
+    pub http_status: Option<u16>,
+    /// Wall time of the request.
+    pub latency_ms: u64,
+    /// Input tokens billed.
+    pub input_tokens: u64,
+    /// Output tokens billed (thinking included).
+    pub output_tokens: u64,
+    /// Cost of the attempt.
+    pub cost_usd: f64,
+    /// The API's message, when it failed.
+    pub error: Option<String>,
+    /// When it finished (RFC 3339 UTC).
+    pub at: String,
+    /// The Pacific quota day it counts against (`YYYY-MM-DD`).
+    pub day: String,
+}
+
+impl AttemptRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRow> {
+        Ok(AttemptRow {
+            item_id: row.get(0)?,
+            attempt: row.get(1)?,
+            key: row.get(2)?,
+            account: row.get(3)?,
+            model: row.get(4)?,
+            class: AttemptClass::parse(&row.get::<_, String>(5)?),
+            http_status: row.get(6)?,
+            latency_ms: row.get(7)?,
+            input_tokens: row.get(8)?,
+            output_tokens: row.get(9)?,
+            cost_usd: row.get(10)?,
+            error: row.get(11)?,
+            at: row.get(12)?,
+            day: row.get(13)?,
+        })
+    }
+}
+
+/// A finished item, as it goes to the results file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemRow {
+    /// The item's id from the job.
+    pub id: String,
+    /// Its line in the job file.
+    #[serde(skip)]
+    pub line: u64,
+    /// How it ended.
+    pub status: ItemStatus,
+    /// The model's text, for `ok` items.
+    pub output: Option<String>,
+    /// The model asked for.
+    pub model: Option<String>,
+    /// Input tokens of the final attempt.
+    pub input_tokens: u64,
+    /// Output tokens of the final attempt (thinking included).
+    pub output_tokens: u64,
+    /// Wall time of the final attempt.
+    pub latency_ms: u64,
+    /// Requests sent for the item.
+    pub attempts: u32,
+    /// Fingerprint of the key of the final attempt.
+    pub key: Option<String>,
+    /// Account of the final attempt.
+    #[serde(skip)]
+    pub account: Option<String>,
+    /// The API's own message (or keyfan's, when no request could be sent).
+    pub error: Option<String>,
+    /// Cost of all the item's attempts.
+    #[serde(skip)]
+    pub cost_usd: f64,
+}
+
+impl ItemRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<ItemRow> {
+        Ok(ItemRow {
+            id: row.get(0)?,
+            line: row.get(1)?,
+            status: ItemStatus::parse(&row.get::<_, String>(2)?),
+            model: row.get(3)?,
+            output: row.get(4)?,
+            input_tokens: row.get(5)?,
+            output_tokens: row.get(6)?,
+            latency_ms: row.get(7)?,
+            attempts: row.get(8)?,
+            key: row.get(9)?,
+            account: row.get(10)?,
+            error: row.get(11)?,
+            cost_usd: row.get(12)?,
+        })
+    }
+}
+
+/// A run's record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRow {
+    /// Its id.
+    pub id: RunId,
+    /// The job file as given.
+    pub job_path: String,
+    /// sha256 of the job file's bytes.
+    pub job_hash: String,
+    /// Whether it ran against the simulator.
+    pub simulated: bool,
+    /// Start (RFC 3339 UTC).
+    pub started_at: String,
+    /// End, once finished.
+    pub finished_at: Option<String>,
+    /// `running`, `done`, `interrupted`, …
+    pub status: String,
+}
+
+impl RunRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<RunRow> {
+        Ok(RunRow {
+            id: RunId(row.get(0)?),
+            job_path: row.get(1)?,
+            job_hash: row.get(2)?,
+            simulated: row.get(3)?,
+            started_at: row.get(4)?,
+            finished_at: row.get(5)?,
+            status: row.get(6)?,
+        })
+    }
+}
+
+/// One (account, model, day) of the quota ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerRow {
+    /// The account.
+    pub account: String,
+    /// The model.
+    pub model: String,
+    /// The Pacific day.
+    pub day: String,
+    /// Requests counted against the quota.
+    pub requests: u64,
+    /// Of which answered with output.
+    pub ok: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Cost.
+    pub cost_usd: f64,
+}
+
+impl LedgerRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<LedgerRow> {
+        Ok(LedgerRow {
+            account: row.get(0)?,
+            model: row.get(1)?,
+            day: row.get(2)?,
+            requests: row.get(3)?,
+            ok: row.get(4)?,
+            input_tokens: row.get(5)?,
+            output_tokens: row.get(6)?,
+            cost_usd: row.get(7)?,
+        })
+    }
+}
+
+/// The last known state of a key, kept across runs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyRow {
+    /// The key's fingerprint.
+    pub key: String,
+    /// Its account.
+    pub account: String,
+    /// `disabled` (the API refused the key) or `ok`.
+    pub state: String,
+    /// The API's reason, for a disabled key.
+    pub reason: Option<String>,
+    /// When this was last seen.
+    pub updated_at: String,
+}
+
+impl KeyRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
+        Ok(KeyRow {
+            key: row.get(0)?,
+            account: row.get(1)?,
+            state: row.get(2)?,
+            reason: row.get(3)?,
+            updated_at: row.get(4)?,
+        })
+    }
+}

@@ -1,0 +1,107 @@
+//! The schema and its migrations, keyed on `PRAGMA user_version`.
+
+use super::StoreError;
+use rusqlite::Connection;
+use std::path::Path;
+
+/// Each entry migrates from version `index` to `index + 1`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY,
+        job_path    TEXT NOT NULL,
+        job_hash    TEXT NOT NULL,
+        simulated   INTEGER NOT NULL,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT,
+        status      TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        run_id        INTEGER NOT NULL REFERENCES runs (id),
+        item_id       TEXT NOT NULL,
+        line          INTEGER NOT NULL,
+        status        TEXT NOT NULL,
+        model         TEXT,
+        output        TEXT,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        latency_ms    INTEGER NOT NULL,
+        attempts      INTEGER NOT NULL,
+        key           TEXT,
+        account       TEXT,
+        error         TEXT,
+        cost_usd      REAL NOT NULL,
+        finished_at   TEXT NOT NULL,
+        PRIMARY KEY (run_id, item_id)
+    );
+    CREATE TABLE attempts (
+        run_id        INTEGER NOT NULL REFERENCES runs (id),
+        item_id       TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        key           TEXT NOT NULL,
+        account       TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        class         TEXT NOT NULL,
+        http_status   INTEGER,
+        latency_ms    INTEGER NOT NULL,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd      REAL NOT NULL,
+        error         TEXT,
+        at            TEXT NOT NULL,
+        day           TEXT NOT NULL
+    );
+    CREATE INDEX attempts_by_run ON attempts (run_id);
+    CREATE TABLE ledger (
+        account       TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        day           TEXT NOT NULL,
+        requests      INTEGER NOT NULL,
+        ok            INTEGER NOT NULL,
+        input_tokens  INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cost_usd      REAL NOT NULL,
+        PRIMARY KEY (account, model, day)
+    );
+    CREATE TABLE keys (
+        key        TEXT PRIMARY KEY,
+        account    TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        reason     TEXT,
+        updated_at TEXT NOT NULL
+    );
+"];
+
+/// Brings the database at `path` to the newest schema, in WAL mode.
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let wrap = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    // WAL lets readers (reports, `keys status`) run beside a writing run;
+    // NORMAL sync in WAL mode still survives a process crash.
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(wrap)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(wrap)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(wrap)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(wrap)?;
+    let supported = MIGRATIONS.len() as i64;
+    if version > supported {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            supported,
+        });
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction().map_err(wrap)?;
+        tx.execute_batch(sql).map_err(wrap)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)
+            .map_err(wrap)?;
+        tx.commit().map_err(wrap)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The state file: one transaction per batch, the ledger, resume lookups.
+
+use super::*;
+
+fn attempt(item: &str, n: u32, class: AttemptClass) -> AttemptRow {
+    AttemptRow {
+        item_id: item.to_owned(),
+        attempt: n,
+        key: "#0badf00d".to_owned(),
+        account: "proj-a".to_owned(),
+        model: "gemini-2.5-flash".to_owned(),
+        class,
+        http_status: Some(if class == AttemptClass::Ok { 200 } else { 503 }),
+        latency_ms: 10,
+        input_tokens: if class == AttemptClass::Ok { 5 } else { 0 },
+        output_tokens: if class == AttemptClass::Ok { 7 } else { 0 },
+        cost_usd: 0.001,
+        error: (class != AttemptClass::Ok).then(|| "overloaded".to_owned()),
+        at: "2026-11-21T10:00:00.000Z".to_owned(),
+        day: "2026-11-21".to_owned(),
+    }
+}
+
+fn item(id: &str, line: u64, status: ItemStatus) -> ItemRow {
+    ItemRow {
+        id: id.to_owned(),
+        line,
+        status,
+        output: (status == ItemStatus::Ok).then(|| format!("reply to {id}")),
+        model: Some("gemini-2.5-flash".to_owned()),
+        input_tokens: 5,
+        output_tokens: 7,
+        latency_ms: 10,
+        attempts: 1,
+        key: Some("#0badf00d".to_owned()),
+        account: Some("proj-a".to_owned()),
+        error: None,
+        cost_usd: 0.001,
+    }
+}
+
+fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    store
+        .commit(
+            run,
+            &[
+                attempt("b", 1, AttemptClass::Transient),
+                attempt("b", 2, AttemptClass::Ok),
+                attempt("a", 1, AttemptClass::RateLimited),
+                attempt("a", 2, AttemptClass::Ok),
+            ],
+            &[item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)],
+        )
+        .unwrap();
+    let mut ids = Vec::new();
+    store
+        .for_each_item(run, |row| {
+            ids.push(row.id);
+            Ok::<_, ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids, ["a", "b"], "in job-file order");
+    let ledger = store.ledger("2026-11-21").unwrap();
+    assert_eq!(ledger.len(), 1);
+    // The 429 is not counted against the quota; the 503 is.
+    assert_eq!((ledger[0].requests, ledger[0].ok), (3, 2));
+    assert_eq!(ledger[0].input_tokens, 10);
+    let keys = store.keys().unwrap();
+    assert_eq!(keys[0].state, "ok");
+    let mut classes = Vec::new();
+    store
+        .for_each_attempt(run, |a| classes.push(a.class))
+        .unwrap();
+    assert_eq!(classes.len(), 4);
+    assert_eq!(store.status_counts(run).unwrap(), [("ok".to_owned(), 2)]);
+}
+
+#[test]
+fn a_later_outcome_of_an_item_replaces_the_earlier_one() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    store
+        .commit(run, &[], &[item("a", 1, ItemStatus::Deferred)])
+        .unwrap();
+    store
+        .commit(run, &[], &[item("a", 1, ItemStatus::Ok)])
+        .unwrap();
+    assert_eq!(store.status_counts(run).unwrap(), [("ok".to_owned(), 1)]);
+}
+
+#[test]
+fn a_refused_key_is_remembered_with_the_apis_reason() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    let mut refused = attempt("a", 1, AttemptClass::KeyInvalid);
+    refused.error = Some("API key not valid. Please pass a valid API key.".to_owned());
+    store.commit(run, &[refused], &[]).unwrap();
+    let keys = store.keys().unwrap();
+    assert_eq!(keys[0].state, "disabled");
+    assert_eq!(
+        keys[0].reason.as_deref(),
+        Some("API key not valid. Please pass a valid API key.")
+    );
+    assert!(
+        store.ledger("2026-11-21").unwrap().is_empty(),
+        "a refused key uses no quota"
+    );
+}
+
+#[test]
+fn runs_are_found_by_job_path_and_content_hash() {
+    let (dir, store) = open();
+    let first = store.create_run("job.jsonl", "abc", false).unwrap();
+    let second = store.create_run("job.jsonl", "abc", false).unwrap();
+    store.create_run("job.jsonl", "def", false).unwrap();
+    assert_eq!(store.find_run("job.jsonl", "abc").unwrap(), Some(second));
+    assert_eq!(store.find_run("other.jsonl", "abc").unwrap(), None);
+    store.finish_run(first, "done").unwrap();
+    assert_eq!(store.run(first).unwrap().unwrap().status, "done");
+    assert_eq!(store.runs().unwrap().len(), 3);
+    drop(store);
+    // Reopening migrates nothing and keeps everything.
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    assert_eq!(store.runs().unwrap().len(), 3);
+}
+
+#[test]
+fn a_state_file_from_a_newer_keyfan_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let err = Store::open(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("schema version 99") && err.contains("upgrade keyfan"),
+        "{err}"
+    );
+}
