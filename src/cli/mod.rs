@@ -1,0 +1,278 @@
+//! The command line: clap definitions, dispatch and exit codes. No business
+//! logic lives here; each command wires the library's parts together.
+
+mod keys_cmd;
+mod progress;
+mod run_cmd;
+mod sim_cmd;
+mod state_cmd;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Documented exit codes (also in the README and `--help`).
+pub mod exit {
+    /// Every item ended `ok` (or `blocked` by the API's safety filters).
+    pub const OK: u8 = 0;
+    /// keyfan itself failed: state file, results file, I/O, internal error.
+    pub const ERROR: u8 = 1;
+    /// The command line, the config or the job file is invalid; nothing was sent.
+    pub const USAGE: u8 = 2;
+    /// The run finished but some items failed.
+    pub const ITEMS_FAILED: u8 = 3;
+    /// Every account's daily quota ran out; the rest of the items are deferred.
+    pub const DEFERRED: u8 = 4;
+    /// Interrupted by Ctrl-C or SIGTERM; finished items are kept.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    every item ok (or blocked by the API's safety filters)
+  1    keyfan failed (state file, results file, I/O)
+  2    invalid command line, config or job file: nothing was sent
+  3    finished, but some items failed
+  4    daily quotas ran out: remaining items deferred to a later run
+  130  interrupted (Ctrl-C / SIGTERM): finished items are kept";
+
+/// Fan a job of LLM prompts across many API keys and projects, within every
+/// project's quotas.
+#[derive(Debug, Parser)]
+#[command(name = "keyfan", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Print less: no progress, only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Print more: one line per request (keys shown as fingerprints).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a job: send every item, write results and a report.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Check keys, or show today's quota use and key health.
+    Keys(KeysArgs),
+    /// List the runs recorded in a state file.
+    Runs(RunsArgs),
+    /// Rebuild a run's report from its state file alone (sends nothing).
+    Report(ReportArgs),
+    /// Start the local simulator of the Gemini and OpenAI APIs.
+    #[command(after_help = SIM_EXAMPLES)]
+    Sim(SimArgs),
+}
+
+/// `keyfan keys`.
+#[derive(Debug, Args)]
+struct KeysArgs {
+    /// The config file whose keys to look at.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "KEYFAN_CONFIG",
+        default_value = "config.yaml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Send one free request (Gemini countTokens) per key and tell which work.
+    Check {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show today's usage per account against its limits, and each key's
+    /// last known state, from a state file.
+    Status {
+        /// The SQLite state file of your runs.
+        #[arg(long)]
+        state: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keyfan runs`.
+#[derive(Debug, Args)]
+struct RunsArgs {
+    /// The SQLite state file.
+    #[arg(long)]
+    state: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `keyfan report`.
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// The run to report on. [default: the newest]
+    run: Option<i64>,
+    /// The SQLite state file.
+    #[arg(long)]
+    state: PathBuf,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    json: bool,
+}
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  # Rehearse against the built-in simulator (no key, no network):
+  keyfan run jobs/demo.jsonl --config config.example.yaml --simulate
+
+  # Real run; keys come from the environment as the config says:
+  GEMINI_API_KEY_1=... GEMINI_API_KEY_2=... keyfan run prompts.jsonl --config config.yaml
+
+  # Results to stdout for a pipe, CSV job, 32 requests in flight:
+  keyfan run prompts.csv --config config.yaml --out - --concurrency 32 | jq .status
+
+Exit codes:
+  0 all ok · 1 keyfan failed · 2 invalid config/job (nothing sent) · 3 some items failed
+  4 deferred by daily quota · 130 interrupted";
+
+const SIM_EXAMPLES: &str = "\
+Examples:
+  keyfan sim --port 8089                      # defaults: any model of the built-in list, no limits
+  keyfan sim --config sim.yaml --port 8089    # projects, keys, limits, latency and faults from a file";
+
+/// `keyfan run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header row).
+    job: PathBuf,
+    /// The config file (providers, accounts, keys, limits).
+    #[arg(short, long, env = "KEYFAN_CONFIG", default_value = "config.yaml")]
+    config: PathBuf,
+    /// Results file; `.csv` for CSV, `-` for JSONL on standard output.
+    /// [default: <job>.results.jsonl beside the job]
+    #[arg(short, long)]
+    out: Option<String>,
+    /// SQLite state file. [default: <job>.keyfan.db beside the job,
+    /// or <job>.simulated.db with --simulate]
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Requests in flight at most. [default: the config's `concurrency`]
+    #[arg(short = 'j', long)]
+    concurrency: Option<usize>,
+    /// Use the keys of this group first; the other groups are fallbacks in
+    /// the config's `groups` order.
+    #[arg(long)]
+    group: Option<String>,
+    /// How to choose among keys with room. [default: the config's `strategy`]
+    #[arg(long, value_enum)]
+    strategy: Option<crate::pool::Strategy>,
+    /// Run against the built-in simulator on a loopback port instead of the
+    /// real APIs: no key and no network needed; all output is labelled SIMULATED.
+    #[arg(long)]
+    simulate: bool,
+    /// Run the valid items of a job that has invalid lines (they are recorded
+    /// as `skipped`), instead of refusing to send anything.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// Print a JSON summary on standard output when done (for scripts).
+    #[arg(long)]
+    json: bool,
+    /// Start a fresh run even if the state file has a run of this same job
+    /// (by default keyfan resumes it: finished items are not sent again).
+    #[arg(long)]
+    new_run: bool,
+    /// When resuming, send the items that failed last time again.
+    #[arg(long)]
+    retry_failed: bool,
+}
+
+/// `keyfan sim`.
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// Simulator config (projects, keys, limits, latency, faults).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(short, long, default_value_t = 8089)]
+    port: u16,
+}
+
+/// How much the CLI prints on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verbosity {
+    Quiet,
+    Normal,
+    Verbose,
+}
+
+impl Cli {
+    fn verbosity(&self) -> Verbosity {
+        match (self.quiet, self.verbose) {
+            (true, _) => Verbosity::Quiet,
+            (_, true) => Verbosity::Verbose,
+            _ => Verbosity::Normal,
+        }
+    }
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn usage(error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code: exit::USAGE,
+            error: error.into(),
+        }
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Failure {
+        Failure {
+            code: exit::ERROR,
+            error: error.into(),
+        }
+    }
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub async fn main(cli: Cli) -> ExitCode {
+    let verbosity = cli.verbosity();
+    let result = match cli.command {
+        Command::Run(args) => run_cmd::run(args, verbosity).await,
+        Command::Keys(args) => keys_cmd::run(args, verbosity).await,
+        Command::Runs(args) => state_cmd::runs(args),
+        Command::Report(args) => state_cmd::report(args),
+        Command::Sim(args) => sim_cmd::run(args, verbosity).await,
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure { code, error }) => {
+            eprintln!("keyfan: error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,91 @@
+//! `keyfan runs` and `keyfan report`: read a state file, send nothing.
+
+use super::{exit, Failure, ReportArgs, RunsArgs};
+use crate::report::Report;
+use crate::store::{RunId, Store};
+use anyhow::{anyhow, Context};
+use std::path::Path;
+
+fn open(state: &Path) -> Result<Store, Failure> {
+    if !state.exists() {
+        return Err(Failure::usage(anyhow!(
+            "state file {} does not exist",
+            state.display()
+        )));
+    }
+    Ok(Store::open(state)?)
+}
+
+pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
+    let store = open(&args.state)?;
+    let runs = store.runs()?;
+    if args.json {
+        let mut out = Vec::new();
+        for run in &runs {
+            let counts: std::collections::BTreeMap<String, u64> =
+                store.status_counts(run.id)?.into_iter().collect();
+            out.push(serde_json::json!({ "run": run, "items": counts }));
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).context("serialise")?
+        );
+        return Ok(exit::OK);
+    }
+    println!(
+        "{:>4}  {:<11} {:<24} {:<24} job / items",
+        "run", "status", "started", "finished"
+    );
+    for run in &runs {
+        let counts = store
+            .status_counts(run.id)?
+            .into_iter()
+            .map(|(status, n)| format!("{n} {status}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "{:>4}  {:<11} {:<24} {:<24} {}{} / {}",
+            run.id.0,
+            run.status,
+            run.started_at,
+            run.finished_at.as_deref().unwrap_or("-"),
+            run.job_path,
+            if run.simulated { " (SIMULATED)" } else { "" },
+            if counts.is_empty() {
+                "no items".into()
+            } else {
+                counts
+            },
+        );
+    }
+    Ok(exit::OK)
+}
+
+pub(super) fn report(args: ReportArgs) -> Result<u8, Failure> {
+    let store = open(&args.state)?;
+    let run = match args.run {
+        Some(id) => RunId(id),
+        None => store
+            .runs()?
+            .first()
+            .map(|r| r.id)
+            .ok_or_else(|| Failure::usage(anyhow!("{} holds no run", args.state.display())))?,
+    };
+    if store.run(run)?.is_none() {
+        return Err(Failure::usage(anyhow!(
+            "{} has no run {}",
+            args.state.display(),
+            run.0
+        )));
+    }
+    let report = Report::build(&store, run)?;
+    println!(
+        "{}",
+        if args.json {
+            report.to_json()
+        } else {
+            report.to_markdown()
+        }
+    );
+    Ok(exit::OK)
+}

@@ -1,0 +1,236 @@
+//! The scheduler: a bounded pool of workers that take items from the job,
+//! lease a key for each attempt, call the provider, retry by error class,
+//! and hand every outcome to one recorder thread that commits it to the
+//! store, appends it to the results file and tells the observer.
+//!
+//! Workers never print or write files: they emit [`Event`]s.
+
+mod recorder;
+mod worker;
+
+pub use recorder::{Observer, Progress};
+pub use worker::estimate_tokens;
+
+use crate::job::{Item, ItemError, JobReader};
+use crate::pool::{Pool, RetryPolicy};
+use crate::sink::Sink;
+use crate::store::{AttemptRow, ItemRow, ItemStatus, RunId, Store};
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The job file.
+    pub job: PathBuf,
+    /// Number of items in the job (from validation), for progress.
+    pub total: u64,
+    /// Workers, hence requests in flight at most.
+    pub concurrency: usize,
+    /// How hard to retry each item.
+    pub policy: RetryPolicy,
+    /// Model for items that name none.
+    pub default_model: String,
+    /// Ids (as [`id_hash`]es) of items a resumed run already finished.
+    pub done: Arc<HashSet<u64>>,
+}
+
+/// A compact, stable-within-a-process digest of an item id, so the set of
+/// finished ids of a million-item run stays small.
+pub fn id_hash(id: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Something a worker reports.
+#[derive(Debug)]
+pub enum Event {
+    /// A request was answered (or failed). Sent before its item's
+    /// `Finished`, so it is committed no later than the outcome.
+    Attempt(AttemptRow),
+    /// An item is finished.
+    Finished {
+        /// The outcome.
+        item: ItemRow,
+    },
+}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The run in the state file.
+    pub run: RunId,
+    /// Whether Ctrl-C stopped it before the job was done.
+    pub interrupted: bool,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// A failure that stops a run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job file could not be read.
+    #[error(transparent)]
+    Job(#[from] crate::job::JobError),
+    /// The state file failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The results file failed.
+    #[error("failed to write results: {0}")]
+    Sink(#[source] std::io::Error),
+}
+
+/// Where a run's outcomes go: all owned by the recorder thread.
+pub struct Recording {
+    /// The state file, where every outcome is committed first.
+    pub store: Store,
+    /// The run the outcomes belong to.
+    pub run: RunId,
+    /// The results file, appended after each commit.
+    pub sink: Sink,
+    /// The display.
+    pub observer: Box<dyn Observer>,
+}
+
+/// How a run is stopped early.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// Stop dispatching; let requests in flight finish.
+    pub graceful: CancellationToken,
+    /// Abandon the requests in flight too (their items stay pending).
+    pub abort: CancellationToken,
+}
+
+/// Runs the job: returns when every item is finished, or when `stop` is
+/// triggered (gracefully: once the requests in flight have finished).
+pub async fn execute(
+    options: &Options,
+    pool: Arc<Pool>,
+    recording: Recording,
+    stop: &Stop,
+) -> Result<(Summary, Store), RunError> {
+    let started = std::time::Instant::now();
+    let run = recording.run;
+    let cancel = &stop.graceful;
+    // Unbounded: workers must never block on recording, and at most a few
+    // events per request in flight can be waiting.
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
+
+    // The job is streamed: a bounded channel between the reader thread and
+    // the workers keeps memory flat whatever the job's size.
+    let (item_tx, item_rx) = mpsc::channel::<Item>(options.concurrency * 2);
+    let reader = JobReader::open(&options.job)?;
+    let feeder = {
+        let cancel = cancel.clone();
+        let events = event_tx.clone();
+        let done = Arc::clone(&options.done);
+        tokio::task::spawn_blocking(move || feed(reader, &done, item_tx, events, cancel))
+    };
+
+    let item_rx = Arc::new(Mutex::new(item_rx));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..options.concurrency {
+        let worker = worker::Worker {
+            pool: Arc::clone(&pool),
+            events: event_tx.clone(),
+            default_model: options.default_model.clone(),
+            policy: options.policy.clone(),
+        };
+        let item_rx = Arc::clone(&item_rx);
+        let cancel = cancel.clone();
+        workers.spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => break,
+                    item = async { item_rx.lock().await.recv().await } => item,
+                };
+                let Some(item) = item else { break };
+                worker.process(item).await;
+            }
+        });
+    }
+    drop(event_tx);
+
+    tokio::select! {
+        _ = async { while workers.join_next().await.is_some() {} } => {}
+        _ = stop.abort.cancelled() => workers.abort_all(),
+    }
+    // Dropping the workers drops their event senders; the recorder then
+    // drains what was sent and returns the store.
+    drop(workers);
+    // The feeder ends once the workers' receiver is gone or it is cancelled.
+    drop(item_rx);
+    // A panicked feeder has already stopped feeding; the recorder's counts
+    // show the items it never sent as missing.
+    let _ = feeder.await;
+    let store = recorder.join().await?;
+    Ok((
+        Summary {
+            run,
+            interrupted: cancel.is_cancelled(),
+            elapsed: started.elapsed(),
+        },
+        store,
+    ))
+}
+
+/// Reads the job into the workers' channel; invalid lines (only present
+/// when the user chose `--skip-invalid`) become `skipped` outcomes.
+fn feed(
+    reader: JobReader,
+    done: &HashSet<u64>,
+    items: mpsc::Sender<Item>,
+    events: mpsc::UnboundedSender<Event>,
+    cancel: CancellationToken,
+) {
+    for entry in reader {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let sent = match entry {
+            Ok(item) if done.contains(&id_hash(&item.id)) => true,
+            Ok(item) => items.blocking_send(item).is_ok(),
+            Err(error) if done.contains(&id_hash(&skipped_id(&error))) => true,
+            Err(error) => events
+                .send(Event::Finished {
+                    item: skipped(&error),
+                })
+                .is_ok(),
+        };
+        if !sent {
+            break;
+        }
+    }
+}
+
+fn skipped_id(error: &ItemError) -> String {
+    format!("line:{}", error.line)
+}
+
+/// The outcome of a job line that failed validation: its id is not
+/// trustworthy, so the row is named after its line.
+fn skipped(error: &ItemError) -> ItemRow {
+    ItemRow {
+        id: skipped_id(error),
+        line: error.line,
+        status: ItemStatus::Skipped,
+        output: None,
+        model: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        latency_ms: 0,
+        attempts: 0,
+        key: None,
+        account: None,
+        error: Some(error.to_string()),
+        cost_usd: 0.0,
+    }
+}

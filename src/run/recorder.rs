@@ -1,0 +1,154 @@
+//! The recorder: the one owner of the state file, the results file and the
+//! observer. It commits each batch of events in one transaction, then
+//! appends the committed outcomes to the results file and flushes it, so a
+//! crash can lose an outcome's row only together with its commit.
+
+use super::{Event, Recording, RunError};
+use crate::sink::Sink;
+use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, RunId, Store};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Largest batch committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// Counters of a run in progress.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Items in the job.
+    pub total: u64,
+    /// Items finished, per status.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Attempts that failed (most are retried).
+    pub retries: u64,
+    /// Of those, 429s.
+    pub rate_limited: u64,
+    /// When the run started.
+    pub started: Instant,
+}
+
+impl Progress {
+    /// Items finished, whatever their status.
+    pub fn done(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Items finished with `status`.
+    pub fn count(&self, status: ItemStatus) -> u64 {
+        self.counts.get(status.as_str()).copied().unwrap_or(0)
+    }
+}
+
+/// Whoever shows the run to a person: called by the recorder after each
+/// committed batch, never by workers.
+pub trait Observer: Send {
+    /// A request was answered or failed.
+    fn attempt(&mut self, attempt: &AttemptRow);
+    /// An item finished (its outcome is committed and written).
+    fn finished(&mut self, item: &ItemRow);
+    /// A batch was committed; `progress` is up to date.
+    fn progress(&mut self, progress: &Progress);
+}
+
+pub(super) struct Recorder {
+    handle: tokio::task::JoinHandle<Result<Store, RunError>>,
+}
+
+impl Recorder {
+    /// Waits for the recorder to drain its channel and returns the store.
+    pub(super) async fn join(self) -> Result<Store, RunError> {
+        self.handle
+            .await
+            .expect("the recorder thread does not panic")
+    }
+}
+
+/// Starts the recorder on a blocking thread. If it fails (the disk is full,
+/// the results file vanished), it cancels the run: nothing more may be sent
+/// whose outcome could not be kept.
+pub(super) fn spawn(
+    Recording {
+        mut store,
+        run,
+        mut sink,
+        mut observer,
+    }: Recording,
+    total: u64,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    cancel: CancellationToken,
+) -> Recorder {
+    let handle = tokio::task::spawn_blocking(move || {
+        let mut progress = Progress {
+            total,
+            counts: BTreeMap::new(),
+            retries: 0,
+            rate_limited: 0,
+            started: Instant::now(),
+        };
+        let result = (|| {
+            while let Some(first) = events.blocking_recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match events.try_recv() {
+                        Ok(event) => batch.push(event),
+                        Err(_) => break,
+                    }
+                }
+                record(
+                    &mut store,
+                    run,
+                    &mut sink,
+                    &mut *observer,
+                    &mut progress,
+                    batch,
+                )?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            cancel.cancel();
+        }
+        result.map(|()| store)
+    });
+    Recorder { handle }
+}
+
+fn record(
+    store: &mut Store,
+    run: RunId,
+    sink: &mut Sink,
+    observer: &mut dyn Observer,
+    progress: &mut Progress,
+    batch: Vec<Event>,
+) -> Result<(), RunError> {
+    let mut attempts = Vec::new();
+    let mut items = Vec::new();
+    for event in batch {
+        match event {
+            Event::Attempt(row) => attempts.push(row),
+            Event::Finished { item } => items.push(item),
+        }
+    }
+    store.commit(run, &attempts, &items)?;
+    for item in &items {
+        sink.write(item).map_err(RunError::Sink)?;
+    }
+    sink.flush().map_err(RunError::Sink)?;
+    for row in &attempts {
+        if row.class != AttemptClass::Ok {
+            progress.retries += 1;
+        }
+        if row.class == AttemptClass::RateLimited {
+            progress.rate_limited += 1;
+        }
+        observer.attempt(row);
+    }
+    for item in &items {
+        *progress.counts.entry(item.status.as_str()).or_default() += 1;
+        observer.finished(item);
+    }
+    observer.progress(progress);
+    Ok(())
+}

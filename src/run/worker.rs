@@ -1,0 +1,147 @@
+//! One worker: takes an item through the pool's call to its outcome, and
+//! reports every attempt and the outcome as events.
+
+use super::Event;
+use crate::job::Item;
+use crate::pool::{pacific_day, Attempt, CallError, Pool, RetryPolicy, Unavailable};
+use crate::price::{self, Price};
+use crate::provider::{ErrorClass, Reply, Request};
+use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A worker's fixed context.
+pub(super) struct Worker {
+    pub(super) pool: Arc<Pool>,
+    pub(super) events: mpsc::UnboundedSender<Event>,
+    pub(super) default_model: String,
+    pub(super) policy: RetryPolicy,
+}
+
+/// An estimate of a text's tokens, for admission before sending: about four
+/// characters per token for ASCII, one per other character (CJK).
+pub fn estimate_tokens(text: &str) -> u64 {
+    let ascii = text.chars().filter(char::is_ascii).count() as u64;
+    let other = text.chars().count() as u64 - ascii;
+    (ascii.div_ceil(4) + other).max(1)
+}
+
+impl Worker {
+    /// Runs `item` to its end.
+    pub(super) async fn process(&self, item: Item) {
+        let model = item.model.as_deref().unwrap_or(&self.default_model);
+        let request = Request {
+            model,
+            prompt: &item.prompt,
+            system: item.system.as_deref(),
+            max_output_tokens: item.max_output_tokens,
+            temperature: item.temperature,
+        };
+        let tokens =
+            estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
+        let price = price::lookup(model);
+        let mut last: Option<AttemptRow> = None;
+        let mut cost = 0.0;
+        let result = self
+            .pool
+            .call(
+                model,
+                tokens,
+                &self.policy,
+                |client, key| {
+                    let request = request.clone();
+                    async move { client.generate(&key, &request).await }
+                },
+                |attempt, reply| {
+                    let row = attempt_row(&item.id, model, price, attempt, reply);
+                    cost += row.cost_usd;
+                    // Sent at once, so the ledger learns of every request
+                    // even if the run dies before the item is finished.
+                    let _ = self.events.send(Event::Attempt(row.clone()));
+                    last = Some(row);
+                },
+            )
+            .await;
+        let mut outcome = ItemRow {
+            id: item.id.clone(),
+            line: item.line,
+            status: ItemStatus::Ok,
+            output: None,
+            model: Some(model.to_owned()),
+            input_tokens: last.as_ref().map_or(0, |a| a.input_tokens),
+            output_tokens: last.as_ref().map_or(0, |a| a.output_tokens),
+            latency_ms: last.as_ref().map_or(0, |a| a.latency_ms),
+            attempts: last.as_ref().map_or(0, |a| a.attempt),
+            key: last.as_ref().map(|a| a.key.clone()),
+            account: last.as_ref().map(|a| a.account.clone()),
+            error: None,
+            cost_usd: cost,
+        };
+        match result {
+            Ok(reply) => outcome.output = Some(reply.text),
+            Err(CallError::Unavailable(unavailable)) => {
+                outcome.status = match unavailable {
+                    Unavailable::DayExhausted { .. } => ItemStatus::Deferred,
+                    _ => ItemStatus::Failed,
+                };
+                outcome.error = Some(unavailable.to_string());
+            }
+            Err(CallError::Api(error)) => {
+                outcome.status = match &error.class {
+                    ErrorClass::Blocked { .. } => ItemStatus::Blocked,
+                    _ => ItemStatus::Failed,
+                };
+                outcome.error = Some(match &error.class {
+                    ErrorClass::Blocked { reason } => format!("{reason}: {}", error.message),
+                    _ => error.message,
+                });
+            }
+        }
+        // The recorder only goes away when the run is being torn down; the
+        // outcome then stays unrecorded and the item pending.
+        let _ = self.events.send(Event::Finished { item: outcome });
+    }
+}
+
+fn attempt_row(
+    item: &str,
+    model: &str,
+    price: Option<Price>,
+    attempt: &Attempt<'_>,
+    reply: Option<&Reply>,
+) -> AttemptRow {
+    let usage = reply.map(|r| r.usage).unwrap_or_default();
+    let now = chrono::Utc::now();
+    AttemptRow {
+        item_id: item.to_owned(),
+        attempt: attempt.number,
+        key: attempt.key.fingerprint().to_owned(),
+        account: attempt.account.to_owned(),
+        model: model.to_owned(),
+        class: AttemptClass::of(attempt.error.map(|e| &e.class)),
+        http_status: match attempt.error {
+            None => Some(200),
+            Some(e) => e.status,
+        },
+        latency_ms: attempt.latency.as_millis() as u64,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cost_usd: price.map_or(0.0, |p| p.cost(&usage)),
+        error: attempt.error.map(|e| e.message.clone()),
+        at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        day: pacific_day(now).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates_count_cjk_characters_one_each() {
+        assert_eq!(estimate_tokens("abcd"), 1);
+        assert_eq!(estimate_tokens("abcdefgh!"), 3);
+        assert_eq!(estimate_tokens("机器学习"), 4);
+        assert_eq!(estimate_tokens(""), 1);
+    }
+}

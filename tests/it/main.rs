@@ -1,0 +1,14 @@
+//! keyfan's integration tests: one binary, each module a theme. Every test
+//! starts its own simulator on 127.0.0.1:0 and drives the real `keyfan`
+//! binary against it over loopback.
+
+mod support;
+
+/// Failover: invalid keys, 503 bursts, quotas.
+mod failover;
+/// A whole job, end to end: results, report, digests.
+mod run;
+/// No key ever appears in any output.
+mod secrets;
+/// Validation of job and config files: nothing is sent when they are wrong.
+mod validation;

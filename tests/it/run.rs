@@ -1,0 +1,157 @@
+use crate::support::*;
+
+const SIM: &str = "
+seed: 7
+latency: { min_ms: 0, max_ms: 5 }
+projects:
+  - name: proj-a
+    keys: [test-key-a1, test-key-a2]
+  - name: proj-b
+    keys: [test-key-b1]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_item_gets_its_own_reply_and_the_report_counts_them() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(40));
+    work.write(
+        "config.yaml",
+        &config(
+            &sim.base_url(),
+            &[
+                ("proj-a", &["test-key-a1", "test-key-a2"]),
+                ("proj-b", &["test-key-b1"]),
+            ],
+            "",
+        ),
+    );
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.jsonl",
+                "--config",
+                "config.yaml",
+                "--state",
+                "state.db",
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), 40);
+    let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "every item exactly once");
+    for row in &rows {
+        let id = row["id"].as_str().unwrap();
+        let i: usize = id.trim_start_matches("item-").parse().unwrap();
+        assert_eq!(row["status"], "ok", "{row}");
+        let output = row["output"].as_str().unwrap();
+        assert!(
+            output.contains(&digest(&prompt(i))),
+            "{id} got another item's reply: {output}"
+        );
+        assert_eq!(row["attempts"], 1);
+        assert!(row["input_tokens"].as_u64().unwrap() > 0);
+        assert!(row["key"].as_str().unwrap().starts_with('#'));
+    }
+
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json summary");
+    assert_eq!(summary["items"]["ok"], 40);
+    assert_eq!(summary["exit_code"], 0);
+
+    let report: serde_json::Value =
+        serde_json::from_str(&work.read("job.report.json")).expect("report JSON");
+    assert_eq!(report["totals"]["status"]["ok"], 40);
+    assert_eq!(report["totals"]["requests"], 40);
+    let per_key: u64 = report["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_key, 40);
+    assert_eq!(report["accounts"].as_array().unwrap().len(), 2);
+    let md = work.read("job.report.md");
+    assert!(md.contains("## Per key") && md.contains("proj-b"), "{md}");
+
+    let stats = stats(&sim).await;
+    assert_eq!(stats.requests, 40, "one request per item");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_jobs_and_csv_results_work_too() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write(
+        "job.csv",
+        "id,prompt,max_output_tokens\nc1,\"Hello, world\",64\nc2,\"multi\nline\",\n",
+    );
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
+    );
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.csv",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+                "--out",
+                "r.csv",
+                "-q",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert!(
+        out.stderr.is_empty(),
+        "-q prints nothing: {}",
+        explain(&out)
+    );
+    let mut reader = csv::Reader::from_path(work.path("r.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let c2 = rows.iter().find(|r| &r[0] == "c2").unwrap();
+    assert!(c2[2].contains(&digest("multi\nline")), "{:?}", c2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_can_stream_to_stdout() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(5));
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
+    );
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.jsonl",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+                "--out",
+                "-",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 5);
+    assert!(stdout.lines().all(|l| l.contains("\"status\":\"ok\"")));
+}

@@ -1,0 +1,129 @@
+//! Test harness: a scratch directory with a job and a config, a simulator,
+//! and the real binary run against it.
+
+use keyfan::sim::{SimConfig, SimServer, Stats};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A scratch directory holding one test's files.
+pub struct Workdir {
+    dir: tempfile::TempDir,
+}
+
+impl Workdir {
+    pub fn new() -> Workdir {
+        Workdir {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write test file");
+        path
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
+    }
+
+    /// Runs `keyfan` with `args` in this directory, with `env` set, and
+    /// returns its output (never panics on a non-zero exit). It runs on a
+    /// blocking thread so the test's simulator keeps serving meanwhile.
+    pub async fn keyfan(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyfan"));
+        cmd.args(args).current_dir(self.dir.path());
+        cmd.env_remove("KEYFAN_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        tokio::task::spawn_blocking(move || cmd.output().expect("run keyfan"))
+            .await
+            .expect("the command thread does not panic")
+    }
+}
+
+/// Explains a finished command: for assertion messages.
+pub fn explain(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Starts a simulator from YAML.
+pub async fn simulator(yaml: &str) -> SimServer {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sim.yaml");
+    std::fs::write(&path, yaml).expect("write sim.yaml");
+    let config = SimConfig::load(&path).expect("valid sim config");
+    SimServer::start(config, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("simulator starts")
+}
+
+/// A JSONL job of `n` prompts `p0`… with ids `item-0`….
+pub fn jsonl_job(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i)}).to_string() + "\n"
+        })
+        .collect()
+}
+
+/// The prompt of item `i` of [`jsonl_job`].
+pub fn prompt(i: usize) -> String {
+    if i.is_multiple_of(3) {
+        format!("第{i}个问题：用一句话解释机器学习。")
+    } else {
+        format!("Question {i}: explain, in one sentence, why the sky is blue.")
+    }
+}
+
+/// The digest the simulator puts in its reply to `text`.
+pub fn digest(text: &str) -> String {
+    format!(
+        "digest:{}",
+        &hex::encode(Sha256::digest(text.as_bytes()))[..16]
+    )
+}
+
+/// A config with one Gemini account per `(name, keys)` pointed at `base_url`.
+pub fn config(base_url: &str, accounts: &[(&str, &[&str])], extra: &str) -> String {
+    let mut yaml = format!(
+        "providers:\n  gemini:\n    base_url: {base_url}\nmodel: gemini-2.5-flash\nconcurrency: 8\ntimeout: 5s\nmax_retries: 5\n{extra}accounts:\n"
+    );
+    for (name, keys) in accounts {
+        yaml.push_str(&format!("  - name: {name}\n    keys:\n"));
+        for key in *keys {
+            yaml.push_str(&format!("      - \"{key}\"\n"));
+        }
+    }
+    yaml
+}
+
+/// Parses a JSONL results file.
+pub fn results(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .expect("results file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON results line"))
+        .collect()
+}
+
+/// The simulator's counters, fetched over HTTP like any client would.
+pub async fn stats(server: &SimServer) -> Stats {
+    reqwest::get(format!("{}/__stats", server.base_url()))
+        .await
+        .expect("GET /__stats")
+        .json()
+        .await
+        .expect("stats JSON")
+}
