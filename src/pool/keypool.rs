@@ -210,7 +210,10 @@ pub struct Lease<'p> {
     pool: &'p Pool,
     key: KeyId,
     model: String,
+    /// When the request was admitted (its entry in the window), and with
+    /// how many estimated input tokens.
     started: Instant,
+    tokens: u64,
 }
 
 impl Lease<'_> {
@@ -344,13 +347,15 @@ impl Pool {
             // Register interest before looking, so a release between the
             // look and the wait is not missed.
             let changed = self.changed.notified();
-            match self.try_lease(model, tokens, avoid, Instant::now())? {
+            let now = Instant::now();
+            match self.try_lease(model, tokens, avoid, now)? {
                 Look::Leased(key) => {
                     return Ok(Lease {
                         pool: self,
                         key,
                         model: model.to_owned(),
-                        started: Instant::now(),
+                        started: now,
+                        tokens,
                     })
                 }
                 Look::Wait(Some(until)) => {
@@ -515,6 +520,10 @@ impl Pool {
                 ks.health = Health::Disabled {
                     reason: reason.clone(),
                 };
+                // A refused key belongs to no project's quota.
+                if let Some(quota) = state.quotas.get_mut(&(account, lease.model.clone())) {
+                    quota.take_back(lease.started, lease.tokens);
+                }
             }
             Some(ErrorClass::RateLimited {
                 scope,
@@ -526,11 +535,13 @@ impl Pool {
                 if ks.health == Health::Probing {
                     ks.health = Health::Healthy;
                 }
-                state
+                let quota = state
                     .quotas
                     .entry((account, lease.model.clone()))
-                    .or_default()
-                    .learn(*scope, *retry_after, *limit, now);
+                    .or_default();
+                // The server did not count what it refused.
+                quota.take_back(lease.started, lease.tokens);
+                quota.learn(*scope, *retry_after, *limit, now);
             }
         }
         drop(guard);
@@ -604,6 +615,12 @@ enum QuotaAdmission {
 }
 
 impl Quota {
+    /// Takes back the admission of a request the server did not count.
+    fn take_back(&mut self, admitted: Instant, tokens: u64) {
+        self.window.forget(admitted, tokens);
+        self.day_used = self.day_used.saturating_sub(1);
+    }
+
     /// The largest share used of any limit: RPM and TPM in the window, RPD
     /// today. 0 where nothing is limited.
     fn used_share(&self, limits: &Limits) -> f64 {

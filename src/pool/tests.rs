@@ -233,3 +233,28 @@ async fn in_flight_is_released_when_a_lease_is_dropped_unsettled() {
     drop(lease);
     assert_eq!(pool.in_flight(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_gives_its_room_back() {
+    let pool = pool(
+        "  - name: a\n    keys: [k1, k2]\n    limits: { gemini-2.5-flash: { rpm: 2, rpd: 2 } }\n",
+        Strategy::RoundRobin,
+        None,
+    );
+    let start = Instant::now();
+    let refused = ErrorClass::RateLimited {
+        scope: QuotaScope::MinuteRequests,
+        retry_after: Some(Duration::ZERO),
+        limit: Some(2),
+    };
+    use_once(&pool, Some(refused)).await;
+    use_once(&pool, Some(ErrorClass::KeyInvalid { reason: "x".into() })).await;
+    // Neither counted: the whole minute and day are still there.
+    use_once(&pool, None).await;
+    use_once(&pool, None).await;
+    assert_eq!(Instant::now(), start, "no wait");
+    assert!(matches!(
+        pool.lease(MODEL, 10, None).await.unwrap_err(),
+        Unavailable::DayExhausted { .. }
+    ));
+}

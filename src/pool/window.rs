@@ -85,6 +85,15 @@ impl SlidingWindow {
         self.tokens += tokens;
     }
 
+    /// Takes back an admission the server did not count (a 429, a refused
+    /// key), so the log matches the server's count.
+    pub fn forget(&mut self, at: Instant, tokens: u64) {
+        if let Some(i) = self.entries.iter().rposition(|&e| e == (at, tokens)) {
+            self.entries.remove(i);
+            self.tokens -= tokens;
+        }
+    }
+
     /// Requests admitted in the window (as of the last check).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -147,5 +156,23 @@ mod tests {
         );
         assert_eq!(w.check(t0, M, None, Some(1000), 1001), Admission::Never);
         assert_eq!(w.tokens, 900);
+    }
+
+    #[test]
+    fn a_forgotten_admission_frees_its_room() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        w.record(t0, 10);
+        w.record(t0, 20);
+        assert_ne!(w.check(t0, M, Some(2), None, 1), Admission::Now);
+        w.forget(t0, 20);
+        assert_eq!(w.check(t0, M, Some(2), None, 1), Admission::Now);
+        assert_eq!(w.tokens, 10);
+        w.forget(t0, 99);
+        assert_eq!(
+            w.len(),
+            1,
+            "forgetting what was never admitted changes nothing"
+        );
     }
 }
