@@ -60,6 +60,17 @@ pub enum CallError {
     Api(ApiError),
 }
 
+/// What one attempt is sent with: handed to [`Pool::call`]'s closure.
+#[derive(Debug, Clone)]
+pub struct Slot {
+    /// The HTTP client of the key's account.
+    pub client: provider::Client,
+    /// The key.
+    pub key: ApiKey,
+    /// The key's account, whose quota the request uses.
+    pub account: String,
+}
+
 /// One request [`Pool::call`] made, shown to its observer.
 #[derive(Debug)]
 pub struct Attempt<'a> {
@@ -78,8 +89,8 @@ pub struct Attempt<'a> {
 impl Pool {
     /// Makes one logical request of `model` (about `tokens` input tokens)
     /// with lease, retry and failover. `request` is called once per attempt
-    /// with the client and key to use; `observe` sees every attempt, with the
-    /// value when it succeeded.
+    /// with the [`Slot`] (client, key, account) to use; `observe` sees every
+    /// attempt, with the value when it succeeded.
     ///
     /// ```no_run
     /// use keyfan::config::{Config, MissingEnv};
@@ -101,9 +112,9 @@ impl Pool {
     ///         request.model,
     ///         10,
     ///         &RetryPolicy::default(),
-    ///         |client, key| {
+    ///         |slot| {
     ///             let request = request.clone();
-    ///             async move { client.generate(&key, &request).await }
+    ///             async move { slot.client.generate(&slot.key, &request).await }
     ///         },
     ///         |_attempt, _reply| {},
     ///     )
@@ -121,7 +132,7 @@ impl Pool {
         mut observe: impl FnMut(&Attempt<'_>, Option<&T>),
     ) -> Result<T, CallError>
     where
-        F: FnMut(provider::Client, ApiKey) -> Fut,
+        F: FnMut(Slot) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let started = Instant::now();
@@ -132,7 +143,12 @@ impl Pool {
         for number in 1.. {
             let lease = self.lease(model, tokens, avoid).await?;
             let sent = Instant::now();
-            let result = request(lease.client().clone(), lease.key().clone()).await;
+            let result = request(Slot {
+                client: lease.client().clone(),
+                key: lease.key().clone(),
+                account: lease.account().to_owned(),
+            })
+            .await;
             let error = result.as_ref().err();
             observe(
                 &Attempt {

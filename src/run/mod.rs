@@ -14,13 +14,13 @@ pub use worker::estimate_tokens;
 use crate::job::{Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
 use crate::sink::Sink;
-use crate::store::{AttemptRow, ItemRow, ItemStatus, RunId, Store};
+use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, Store};
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// What one run does.
@@ -51,14 +51,19 @@ pub fn id_hash(id: &str) -> u64 {
 /// Something a worker reports.
 #[derive(Debug)]
 pub enum Event {
+    /// A request is about to be sent: `committed` is answered once the
+    /// ledger counts it, and only then does the request go out.
+    Reserve {
+        /// What the request will use.
+        reservation: Reservation,
+        /// Answered after the commit.
+        committed: oneshot::Sender<()>,
+    },
     /// A request was answered (or failed). Sent before its item's
     /// `Finished`, so it is committed no later than the outcome.
     Attempt(AttemptRow),
     /// An item is finished.
-    Finished {
-        /// The outcome.
-        item: ItemRow,
-    },
+    Finished(ItemRow),
 }
 
 /// How a run ended.
@@ -199,11 +204,7 @@ fn feed(
             Ok(item) if done.contains(&id_hash(&item.id)) => true,
             Ok(item) => items.blocking_send(item).is_ok(),
             Err(error) if done.contains(&id_hash(&skipped_id(&error))) => true,
-            Err(error) => events
-                .send(Event::Finished {
-                    item: skipped(&error),
-                })
-                .is_ok(),
+            Err(error) => events.send(Event::Finished(skipped(&error))).is_ok(),
         };
         if !sent {
             break;

@@ -5,7 +5,7 @@
 
 use super::{Event, Recording, RunError};
 use crate::sink::Sink;
-use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, RunId, Store};
+use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunId, Store};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -123,19 +123,33 @@ fn record(
     progress: &mut Progress,
     batch: Vec<Event>,
 ) -> Result<(), RunError> {
-    let mut attempts = Vec::new();
-    let mut items = Vec::new();
+    let mut commit = Batch::default();
+    let mut reserved = Vec::new();
     for event in batch {
         match event {
-            Event::Attempt(row) => attempts.push(row),
-            Event::Finished { item } => items.push(item),
+            Event::Reserve {
+                reservation,
+                committed,
+            } => {
+                commit.reservations.push(reservation);
+                reserved.push(committed);
+            }
+            Event::Attempt(row) => commit.attempts.push(row),
+            Event::Finished(item) => commit.items.push(item),
         }
     }
-    store.commit(run, &attempts, &items)?;
-    for item in &items {
+    store.commit(run, &commit)?;
+    // The requests may go out now that the ledger counts them.
+    for committed in reserved {
+        let _ = committed.send(());
+    }
+    for item in &commit.items {
         sink.write(item).map_err(RunError::Sink)?;
     }
     sink.flush().map_err(RunError::Sink)?;
+    let Batch {
+        attempts, items, ..
+    } = commit;
     for row in &attempts {
         if row.class != AttemptClass::Ok {
             progress.retries += 1;

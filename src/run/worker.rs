@@ -5,10 +5,10 @@ use super::Event;
 use crate::job::Item;
 use crate::pool::{pacific_day, Attempt, CallError, Pool, RetryPolicy, Unavailable};
 use crate::price::{self, Price};
-use crate::provider::{ErrorClass, Reply, Request};
-use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus};
+use crate::provider::{ApiError, ErrorClass, Reply, Request};
+use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, Reservation};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// A worker's fixed context.
 pub(super) struct Worker {
@@ -41,6 +41,8 @@ impl Worker {
             estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
         let price = price::lookup(model);
         let mut last: Option<AttemptRow> = None;
+        // The quota day the attempt was reserved against, for its settlement.
+        let day = std::sync::Mutex::new(String::new());
         let mut cost = 0.0;
         let result = self
             .pool
@@ -48,12 +50,18 @@ impl Worker {
                 model,
                 tokens,
                 &self.policy,
-                |client, key| {
+                |slot| {
                     let request = request.clone();
-                    async move { client.generate(&key, &request).await }
+                    let day = &day;
+                    async move {
+                        let reserved = self.reserve(&slot.account, model).await?;
+                        *day.lock().unwrap_or_else(|e| e.into_inner()) = reserved;
+                        slot.client.generate(&slot.key, &request).await
+                    }
                 },
                 |attempt, reply| {
-                    let row = attempt_row(&item.id, model, price, attempt, reply);
+                    let day = day.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    let row = attempt_row(&item.id, model, price, attempt, reply, day);
                     cost += row.cost_usd;
                     // Sent at once, so the ledger learns of every request
                     // even if the run dies before the item is finished.
@@ -99,7 +107,33 @@ impl Worker {
         }
         // The recorder only goes away when the run is being torn down; the
         // outcome then stays unrecorded and the item pending.
-        let _ = self.events.send(Event::Finished { item: outcome });
+        let _ = self.events.send(Event::Finished(outcome));
+    }
+
+    /// Counts a request in the ledger before it is sent, so a run killed
+    /// while the request is in flight has still counted it. Returns the
+    /// Pacific day it was counted against.
+    async fn reserve(&self, account: &str, model: &str) -> Result<String, ApiError> {
+        let day = pacific_day(chrono::Utc::now()).to_string();
+        let (committed, done) = oneshot::channel();
+        let reservation = Reservation {
+            account: account.to_owned(),
+            model: model.to_owned(),
+            day: day.clone(),
+        };
+        let sent = self.events.send(Event::Reserve {
+            reservation,
+            committed,
+        });
+        match (sent, done.await) {
+            (Ok(()), Ok(())) => Ok(day),
+            // Nothing is sent whose use could not be recorded.
+            _ => Err(ApiError {
+                class: ErrorClass::ItemInvalid,
+                status: None,
+                message: "the state file is unavailable; the request was not sent".to_owned(),
+            }),
+        }
     }
 }
 
@@ -109,6 +143,7 @@ fn attempt_row(
     price: Option<Price>,
     attempt: &Attempt<'_>,
     reply: Option<&Reply>,
+    day: String,
 ) -> AttemptRow {
     let usage = reply.map(|r| r.usage).unwrap_or_default();
     let now = chrono::Utc::now();
@@ -129,7 +164,7 @@ fn attempt_row(
         cost_usd: price.map_or(0.0, |p| p.cost(&usage)),
         error: attempt.error.map(|e| e.message.clone()),
         at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        day: pacific_day(now).to_string(),
+        day,
     }
 }
 

@@ -10,7 +10,10 @@ mod schema;
 mod tests;
 
 pub use lock::{LockError, RunLock};
-pub use rows::{AttemptClass, AttemptRow, ItemRow, ItemStatus, KeyRow, LedgerRow, RunId, RunRow};
+pub use rows::{
+    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, Reservation, RunId,
+    RunRow,
+};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -165,15 +168,11 @@ impl Store {
             .map_err(|e| self.wrap(e))
     }
 
-    /// Commits a batch in one transaction: every attempt with its ledger
-    /// increment, and every finished item. After this returns the batch
-    /// survives a crash; before, none of it is visible.
-    pub fn commit(
-        &mut self,
-        run: RunId,
-        attempts: &[AttemptRow],
-        items: &[ItemRow],
-    ) -> Result<(), StoreError> {
+    /// Commits a batch in one transaction: reservations, attempts (with
+    /// their ledger settlements and key states) and finished items. After
+    /// this returns the batch survives a crash; before, none of it is
+    /// visible.
+    pub fn commit(&mut self, run: RunId, batch: &Batch) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -181,6 +180,24 @@ impl Store {
         };
         let tx = self.conn.transaction().map_err(wrap)?;
         {
+            let mut ledger = tx
+                .prepare_cached(
+                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (account, model, day) DO UPDATE SET
+                       requests = requests + excluded.requests, ok = ok + excluded.ok,
+                       input_tokens = input_tokens + excluded.input_tokens,
+                       output_tokens = output_tokens + excluded.output_tokens,
+                       cost_usd = cost_usd + excluded.cost_usd",
+                )
+                .map_err(wrap)?;
+            // A reservation counts the request before it is sent, so a run
+            // killed while it is in flight has still counted it.
+            for r in &batch.reservations {
+                ledger
+                    .execute(params![r.account, r.model, r.day, 1, 0, 0, 0, 0.0])
+                    .map_err(wrap)?;
+            }
             let mut insert_attempt = tx
                 .prepare_cached(
                     "INSERT INTO attempts (run_id, item_id, attempt, key, account, model, class,
@@ -197,18 +214,7 @@ impl Store {
                        updated_at = excluded.updated_at",
                 )
                 .map_err(wrap)?;
-            let mut bump_ledger = tx
-                .prepare_cached(
-                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
-                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (account, model, day) DO UPDATE SET
-                       requests = requests + 1, ok = ok + excluded.ok,
-                       input_tokens = input_tokens + excluded.input_tokens,
-                       output_tokens = output_tokens + excluded.output_tokens,
-                       cost_usd = cost_usd + excluded.cost_usd",
-                )
-                .map_err(wrap)?;
-            for a in attempts {
+            for a in &batch.attempts {
                 insert_attempt
                     .execute(params![
                         run.0,
@@ -228,6 +234,21 @@ impl Store {
                         a.day,
                     ])
                     .map_err(wrap)?;
+                // Settle the reservation: what the request used, and take it
+                // back if the server did not count it (a 429, a refused key).
+                let refund = -i64::from(!a.class.counts_against_quota());
+                ledger
+                    .execute(params![
+                        a.account,
+                        a.model,
+                        a.day,
+                        refund,
+                        a.class == AttemptClass::Ok,
+                        a.input_tokens,
+                        a.output_tokens,
+                        a.cost_usd,
+                    ])
+                    .map_err(wrap)?;
                 // A key's last word is kept across runs for `keys status`:
                 // refused (with the API's reason), or answering.
                 let key_state = match a.class {
@@ -238,19 +259,6 @@ impl Store {
                 if let Some(state) = key_state {
                     upsert_key
                         .execute(params![a.key, a.account, state, a.error, a.at])
-                        .map_err(wrap)?;
-                }
-                if a.class.counts_against_quota() {
-                    bump_ledger
-                        .execute(params![
-                            a.account,
-                            a.model,
-                            a.day,
-                            a.class == AttemptClass::Ok,
-                            a.input_tokens,
-                            a.output_tokens,
-                            a.cost_usd,
-                        ])
                         .map_err(wrap)?;
                 }
             }
@@ -267,7 +275,8 @@ impl Store {
                        cost_usd = excluded.cost_usd, finished_at = excluded.finished_at",
                 )
                 .map_err(wrap)?;
-            for i in items {
+            let finished_at = now();
+            for i in &batch.items {
                 upsert_item
                     .execute(params![
                         run.0,
@@ -284,7 +293,7 @@ impl Store {
                         i.account,
                         i.error,
                         i.cost_usd,
-                        now(),
+                        finished_at,
                     ])
                     .map_err(wrap)?;
             }

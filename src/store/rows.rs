@@ -314,3 +314,25 @@ impl KeyRow {
         })
     }
 }
+
+/// A request about to be sent: counted in the ledger before it goes out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The account whose quota it uses.
+    pub account: String,
+    /// The model.
+    pub model: String,
+    /// The Pacific day it counts against.
+    pub day: String,
+}
+
+/// What one transaction commits.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Requests about to be sent.
+    pub reservations: Vec<Reservation>,
+    /// Requests answered or failed (each settles an earlier reservation).
+    pub attempts: Vec<AttemptRow>,
+    /// Items finished.
+    pub items: Vec<ItemRow>,
+}

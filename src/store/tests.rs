@@ -39,6 +39,21 @@ fn item(id: &str, line: u64, status: ItemStatus) -> ItemRow {
     }
 }
 
+fn reservation(a: &AttemptRow) -> Reservation {
+    Reservation {
+        account: a.account.clone(),
+        model: a.model.clone(),
+        day: a.day.clone(),
+    }
+}
+
+fn items(rows: Vec<ItemRow>) -> Batch {
+    Batch {
+        items: rows,
+        ..Batch::default()
+    }
+}
+
 fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("state.db")).unwrap();
@@ -49,16 +64,20 @@ fn open() -> (tempfile::TempDir, Store) {
 fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
     let (_dir, mut store) = open();
     let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    let attempts = vec![
+        attempt("b", 1, AttemptClass::Transient),
+        attempt("b", 2, AttemptClass::Ok),
+        attempt("a", 1, AttemptClass::RateLimited),
+        attempt("a", 2, AttemptClass::Ok),
+    ];
     store
         .commit(
             run,
-            &[
-                attempt("b", 1, AttemptClass::Transient),
-                attempt("b", 2, AttemptClass::Ok),
-                attempt("a", 1, AttemptClass::RateLimited),
-                attempt("a", 2, AttemptClass::Ok),
-            ],
-            &[item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)],
+            &Batch {
+                reservations: attempts.iter().map(reservation).collect(),
+                attempts,
+                items: vec![item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)],
+            },
         )
         .unwrap();
     let mut ids = Vec::new();
@@ -90,10 +109,10 @@ fn a_later_outcome_of_an_item_replaces_the_earlier_one() {
     let (_dir, mut store) = open();
     let run = store.create_run("job.jsonl", "abc", false).unwrap();
     store
-        .commit(run, &[], &[item("a", 1, ItemStatus::Deferred)])
+        .commit(run, &items(vec![item("a", 1, ItemStatus::Deferred)]))
         .unwrap();
     store
-        .commit(run, &[], &[item("a", 1, ItemStatus::Ok)])
+        .commit(run, &items(vec![item("a", 1, ItemStatus::Ok)]))
         .unwrap();
     assert_eq!(store.status_counts(run).unwrap(), [("ok".to_owned(), 1)]);
 }
@@ -104,15 +123,39 @@ fn a_refused_key_is_remembered_with_the_apis_reason() {
     let run = store.create_run("job.jsonl", "abc", false).unwrap();
     let mut refused = attempt("a", 1, AttemptClass::KeyInvalid);
     refused.error = Some("API key not valid. Please pass a valid API key.".to_owned());
-    store.commit(run, &[refused], &[]).unwrap();
+    let reserved = reservation(&refused);
+    store
+        .commit(
+            run,
+            &Batch {
+                reservations: vec![reserved],
+                ..Batch::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.ledger("2026-11-21").unwrap()[0].requests,
+        1,
+        "reserved before sending"
+    );
+    store
+        .commit(
+            run,
+            &Batch {
+                attempts: vec![refused],
+                ..Batch::default()
+            },
+        )
+        .unwrap();
     let keys = store.keys().unwrap();
     assert_eq!(keys[0].state, "disabled");
     assert_eq!(
         keys[0].reason.as_deref(),
         Some("API key not valid. Please pass a valid API key.")
     );
-    assert!(
-        store.ledger("2026-11-21").unwrap().is_empty(),
+    assert_eq!(
+        store.ledger("2026-11-21").unwrap()[0].requests,
+        0,
         "a refused key uses no quota"
     );
 }
