@@ -23,6 +23,8 @@ pub mod exit {
     pub const ITEMS_FAILED: u8 = 3;
     /// Every account's daily quota ran out; the rest of the items are deferred.
     pub const DEFERRED: u8 = 4;
+    /// Another run holds the state file; nothing was sent (try again later).
+    pub const LOCKED: u8 = 75;
     /// Interrupted by Ctrl-C or SIGTERM; finished items are kept.
     pub const INTERRUPTED: u8 = 130;
 }
@@ -34,6 +36,7 @@ Exit codes:
   2    invalid command line, config or job file: nothing was sent
   3    finished, but some items failed
   4    daily quotas ran out: remaining items deferred to a later run
+  75   another run is using the state file: nothing was sent, try later
   130  interrupted (Ctrl-C / SIGTERM): finished items are kept";
 
 /// Fan a job of LLM prompts across many API keys and projects, within every
@@ -140,7 +143,7 @@ Examples:
 
 Exit codes:
   0 all ok · 1 keyfan failed · 2 invalid config/job (nothing sent) · 3 some items failed
-  4 deferred by daily quota · 130 interrupted";
+  4 deferred by daily quota · 75 state file in use by another run · 130 interrupted";
 
 const SIM_EXAMPLES: &str = "\
 Examples:

@@ -9,7 +9,7 @@ use crate::report::Report;
 use crate::run::{self, Options, Recording, Stop, Summary};
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{Sink, Target};
-use crate::store::{ItemStatus, RunLock, Store};
+use crate::store::{ItemStatus, LockError, RunLock, Store};
 use anyhow::{anyhow, Context};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -91,7 +91,13 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             PoolError::Client { .. } => e.into(),
         },
     )?);
-    let _lock = RunLock::acquire(&state)?;
+    let _lock = RunLock::acquire(&state).map_err(|e| match e {
+        LockError::Held { .. } => Failure {
+            code: exit::LOCKED,
+            error: e.into(),
+        },
+        LockError::Io { .. } => e.into(),
+    })?;
     let store = Store::open(&state)?;
     let job_name = args.job.display().to_string();
     let resumed = match store.find_run(&job_name, &validation.content_hash)? {
@@ -198,6 +204,11 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             summary.elapsed.as_secs_f64(),
             counts(&items)
         );
+        if let Some(reset) = &report.quota_resets_at {
+            eprintln!(
+                "keyfan: daily quotas are spent: deferred items can go after {reset} (midnight US/Pacific)"
+            );
+        }
         eprintln!("keyfan: results: {target}");
         eprintln!(
             "keyfan: report:  {} and {}",

@@ -30,6 +30,13 @@ pub(super) fn render(r: &Report) -> String {
         let _ = writeln!(md, "| {status} | {n} |");
     }
     let _ = writeln!(md, "| **total** | **{}** |\n", r.totals.items);
+    if let Some(reset) = &r.quota_resets_at {
+        let _ = writeln!(
+            md,
+            "**Deferred items**: every account's daily quota was spent. Quotas reset at {reset} \
+             (midnight US/Pacific); run the same command again after that to send them.\n"
+        );
+    }
 
     let _ = writeln!(md, "## Requests\n");
     table(

@@ -26,6 +26,9 @@ pub struct Report {
     pub accounts: Vec<Usage>,
     /// Today's quota ledger (all runs of the state file).
     pub ledger: Vec<LedgerRow>,
+    /// When some items are deferred: when the daily quotas reset (the next
+    /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
+    pub quota_resets_at: Option<String>,
 }
 
 /// Item totals of a run.
@@ -97,8 +100,13 @@ impl Report {
             keys.get(&a.key, Some(&a.account)).push(&a);
             accounts.get(&a.account, None).push(&a);
         })?;
-        let today = crate::pool::pacific_day(chrono::Utc::now()).to_string();
+        let now = chrono::Utc::now();
+        let today = crate::pool::pacific_day(now).to_string();
+        let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
         Ok(Report {
+            quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
+                crate::pool::next_reset(now).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }),
             simulated: run_row.simulated,
             run: run_row,
             elapsed_s,

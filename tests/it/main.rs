@@ -4,6 +4,8 @@
 
 mod support;
 
+/// Crashes, resumes, locks, daily quotas.
+mod durable;
 /// Failover: invalid keys, 503 bursts, quotas.
 mod failover;
 /// A whole job, end to end: results, report, digests.

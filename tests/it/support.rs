@@ -32,6 +32,20 @@ impl Workdir {
         std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
     }
 
+    /// Starts `keyfan` with `args` in this directory without waiting for it;
+    /// its output is discarded.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_keyfan"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("KEYFAN_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start keyfan")
+    }
+
     /// Runs `keyfan` with `args` in this directory, with `env` set, and
     /// returns its output (never panics on a non-zero exit). It runs on a
     /// blocking thread so the test's simulator keeps serving meanwhile.
@@ -126,4 +140,37 @@ pub async fn stats(server: &SimServer) -> Stats {
         .json()
         .await
         .expect("stats JSON")
+}
+
+/// Asserts that the results hold every item of a [`jsonl_job`] of `n`
+/// exactly once, each `ok` with its own prompt's digest.
+pub fn assert_each_item_once_with_its_reply(path: &Path, n: usize) {
+    let rows = results(path);
+    let mut seen = vec![false; n];
+    for row in &rows {
+        let id = row["id"].as_str().expect("an id");
+        let i: usize = id.trim_start_matches("item-").parse().expect("item-N");
+        assert!(!seen[i], "{id} is in the results twice");
+        seen[i] = true;
+        assert_eq!(row["status"], "ok", "{row}");
+        let output = row["output"].as_str().expect("output");
+        assert!(
+            output.contains(&digest(&prompt(i))),
+            "{id} got another item's reply: {output}"
+        );
+    }
+    let missing: Vec<usize> = (0..n).filter(|&i| !seen[i]).collect();
+    assert!(missing.is_empty(), "missing from the results: {missing:?}");
+}
+
+/// Requests the state file's ledger counts on the days around now.
+pub fn ledger_requests(state: &Path) -> u64 {
+    let store = keyfan::store::Store::open(state).expect("state file");
+    let now = chrono::Utc::now();
+    let mut days = vec![keyfan::pool::pacific_day(now)];
+    days.push(days[0].pred_opt().expect("a day before"));
+    days.iter()
+        .flat_map(|day| store.ledger(&day.to_string()).expect("ledger"))
+        .map(|row| row.requests)
+        .sum()
 }

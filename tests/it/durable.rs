@@ -1,0 +1,264 @@
+use crate::support::*;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use std::time::Duration;
+
+const SIM: &str = "
+seed: 11
+latency: { min_ms: 2, max_ms: 10 }
+projects:
+  - name: proj-a
+    keys: [test-key-a1, test-key-a2]
+  - name: proj-b
+    keys: [test-key-b1]
+";
+
+fn two_accounts(base_url: &str, extra: &str) -> String {
+    config(
+        base_url,
+        &[
+            ("proj-a", &["test-key-a1", "test-key-a2"]),
+            ("proj-b", &["test-key-b1"]),
+        ],
+        extra,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
+    const ITEMS: usize = 2000;
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(ITEMS));
+    work.write("config.yaml", &two_accounts(&sim.base_url(), ""));
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        "state.db",
+        "-q",
+    ];
+    let mut rng = SmallRng::seed_from_u64(20261121);
+    let mut kills = 0;
+    for _ in 0..10 {
+        let mut child = work.spawn(&args);
+        let instant = Duration::from_millis(rng.gen_range(30..400));
+        tokio::time::sleep(instant).await;
+        if child.try_wait().expect("wait").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        child.wait().expect("reaped");
+    }
+    assert!(
+        kills >= 5,
+        "most kills must land mid-run to test anything ({kills})"
+    );
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), ITEMS);
+
+    // Every request the simulator counted is in the ledger; the ledger may
+    // count at most one more per kill (reserved, then killed before sending).
+    let seen: u64 = stats(&sim)
+        .await
+        .projects
+        .values()
+        .map(|p| p.requests)
+        .sum();
+    let counted = ledger_requests(&work.path("state.db"));
+    assert!(seen >= ITEMS as u64);
+    assert!(
+        counted >= seen && counted <= seen + kills,
+        "ledger {counted} vs simulator {seen} after {kills} kills"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_what_is_in_flight_and_a_rerun_completes() {
+    let sim = simulator(
+        "latency: { min_ms: 20, max_ms: 40 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n",
+    )
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(300));
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
+    );
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        "state.db",
+        "-q",
+    ];
+    let child = work.spawn(&args);
+    // Interrupt once some items are finished (the run is surely under way).
+    for _ in 0..500 {
+        let written = std::fs::read_to_string(work.path("job.results.jsonl")).unwrap_or_default();
+        if written.lines().count() >= 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    let output = child.wait_with_output().expect("exits");
+    assert_eq!(output.status.code(), Some(130));
+    let partial = results(&work.path("job.results.jsonl"));
+    assert!(
+        !partial.is_empty() && partial.len() < 300,
+        "{}",
+        partial.len()
+    );
+    assert!(
+        work.path("job.report.md").exists(),
+        "the report is written on interrupt"
+    );
+
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 300);
+    // Nothing finished before the interrupt was sent again.
+    assert_eq!(stats(&sim).await.requests, 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_on_the_same_state_file_is_refused_naming_the_first() {
+    let sim = simulator(
+        "latency: { min_ms: 100, max_ms: 100 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n",
+    )
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(40));
+    work.write(
+        "config.yaml",
+        &config(
+            &sim.base_url(),
+            &[("proj-a", &["test-key-a1"])],
+            "concurrency: 2\n",
+        )
+        .replace("concurrency: 8\n", ""),
+    );
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        "state.db",
+        "-q",
+    ];
+    let mut first = work.spawn(&args);
+    // Wait until the first run holds the lock.
+    for _ in 0..100 {
+        if std::fs::read_to_string(work.path("state.db.lock")).is_ok_and(|s| s.contains("pid")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = work.keyfan(&args, &[]).await;
+    assert_eq!(second.status.code(), Some(75), "{}", explain(&second));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    // Once the first is gone, the lock is free.
+    let third = work.keyfan(&args, &[]).await;
+    assert_eq!(third.status.code(), Some(0), "{}", explain(&third));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_daily_limit_defers_the_rest_and_the_next_run_knows_it() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(50));
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], "").replace(
+            "    keys:\n",
+            "    limits: { gemini-2.5-flash: { rpd: 30 } }\n    keys:\n",
+        ),
+    );
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        "state.db",
+        "--json",
+    ];
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["items"]["ok"], 30);
+    assert_eq!(summary["items"]["deferred"], 20);
+    let report: serde_json::Value = serde_json::from_str(&work.read("job.report.json")).unwrap();
+    assert!(
+        report["quota_resets_at"].as_str().is_some(),
+        "the report says when quotas reset"
+    );
+    assert!(work.read("job.report.md").contains("Quotas reset at"));
+    assert_eq!(
+        stats(&sim).await.requests,
+        30,
+        "nothing sent past the limit"
+    );
+
+    // The next run the same day starts from the ledger, not from zero.
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
+    assert_eq!(
+        stats(&sim).await.requests,
+        30,
+        "the ledger says the day is spent"
+    );
+    assert_eq!(
+        results(&work.path("job.results.jsonl")).len(),
+        50,
+        "each item once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_limit_learned_from_a_429_defers_and_a_later_run_continues() {
+    let sim = simulator(
+        "projects:\n  - name: proj-a\n    keys: [test-key-a1]\n    limits: { gemini-2.5-flash: { rpd: 30 } }\n",
+    )
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(50));
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
+    );
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        "state.db",
+    ];
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.iter().filter(|r| r["status"] == "ok").count(), 30);
+    assert_eq!(
+        rows.iter().filter(|r| r["status"] == "deferred").count(),
+        20
+    );
+
+    // The simulator's Pacific day turns; the next run sends the rest.
+    sim.advance_clock(Duration::from_secs(25 * 3600));
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 50);
+}
