@@ -1,0 +1,166 @@
+//! Issue 4's benchmark: a 1,000,000-item job against the simulator (latency
+//! 0, no limits), measuring keyfan's peak RSS, items persisted per second,
+//! and the time a resume of a half-done run takes before its first new
+//! request goes out.
+//!
+//! `cargo bench --bench durable` (set `KEYFAN_BENCH_ITEMS` for another size).
+//! The simulator runs in this process and shares the machine's cores with
+//! keyfan, so the rates are lower bounds.
+
+use keyfan::sim::{SimConfig, SimServer};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const GOAL_RSS_MB: f64 = 150.0;
+const GOAL_ITEMS_PER_S: f64 = 20_000.0;
+const GOAL_RESUME_S: f64 = 3.0;
+
+fn main() {
+    let items: u64 = std::env::var("KEYFAN_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_job(&dir.path().join("job.jsonl"), items);
+    let sim = runtime.block_on(async {
+        let config: SimConfig = serde_yaml::from_str(
+            "projects:\n  - name: p\n    keys: [bench-k1, bench-k2, bench-k3, bench-k4]\n",
+        )
+        .expect("sim config");
+        SimServer::start(config, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("simulator")
+    });
+    std::fs::write(
+        dir.path().join("config.yaml"),
+        format!(
+            "providers:\n  gemini: {{ base_url: \"{}\" }}\naccounts:\n  - name: p\n    keys: [bench-k1, bench-k2, bench-k3, bench-k4]\nconcurrency: 64\n",
+            sim.base_url()
+        ),
+    )
+    .expect("config");
+
+    // 1. The whole job from scratch.
+    let started = Instant::now();
+    let mut child = keyfan(dir.path(), &["--new-run"]);
+    let peak_kb = watch_peak_rss(&mut child);
+    let wall = started.elapsed().as_secs_f64();
+    let rate = items as f64 / wall;
+    let rss_mb = peak_kb as f64 / 1024.0;
+
+    // 2. Half of it again, killed, then resumed. (The first run's results
+    // go first, so the count below is the second run's.)
+    std::fs::remove_file(dir.path().join("job.results.jsonl")).expect("results of run 1");
+    let mut child = keyfan(dir.path(), &["--new-run"]);
+    wait_for_results(dir.path(), items / 2);
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let before = sim.stats().requests;
+    let started = Instant::now();
+    let mut child = keyfan(dir.path(), &[]);
+    while sim.stats().requests == before {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "keyfan exited before sending"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let resume = started.elapsed().as_secs_f64();
+    let status = child.wait().expect("resumed run ends");
+    assert!(status.success(), "the resumed run failed: {status}");
+    let lines = std::fs::read_to_string(dir.path().join("job.results.jsonl"))
+        .expect("results")
+        .lines()
+        .count() as u64;
+    assert_eq!(
+        lines, items,
+        "the resumed run holds every item exactly once"
+    );
+
+    println!("durable benchmark: {items} items, simulator latency 0, no limits, concurrency 64");
+    println!("| measure | value | goal | ratio |\n|---|---:|---:|---:|");
+    println!(
+        "| peak RSS | {rss_mb:.0} MB | < {GOAL_RSS_MB:.0} MB | {:.2} |",
+        GOAL_RSS_MB / rss_mb
+    );
+    println!(
+        "| items persisted per second | {rate:.0} | ≥ {GOAL_ITEMS_PER_S:.0} | {:.2} |",
+        rate / GOAL_ITEMS_PER_S
+    );
+    println!(
+        "| resume of a half-done run to its first new request | {resume:.2} s | < {GOAL_RESUME_S:.0} s | {:.2} |",
+        GOAL_RESUME_S / resume
+    );
+    println!("(ratio ≥ 1 meets the goal)");
+    runtime.block_on(sim.shutdown());
+}
+
+fn write_job(path: &Path, items: u64) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("job file"));
+    for i in 0..items {
+        writeln!(
+            out,
+            "{{\"id\":\"item-{i}\",\"prompt\":\"Question {i}: explain in one sentence why the sky is blue.\"}}"
+        )
+        .expect("write job");
+    }
+    out.flush().expect("flush job");
+}
+
+fn keyfan(dir: &Path, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_keyfan"))
+        .args([
+            "run",
+            "job.jsonl",
+            "--config",
+            "config.yaml",
+            "--state",
+            "state.db",
+            "-q",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start keyfan")
+}
+
+/// Waits for `child` to exit, sampling its peak resident set (VmHWM) on the
+/// way; returns it in KiB.
+fn watch_peak_rss(child: &mut Child) -> u64 {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "keyfan failed: {status}");
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_results(dir: &Path, lines: u64) {
+    let path = dir.join("job.results.jsonl");
+    loop {
+        let count = std::fs::read(&path)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
+            .unwrap_or(0);
+        if count >= lines {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
