@@ -148,3 +148,124 @@ async fn an_unknown_model_fails_its_item_with_the_apis_message() {
         "ok"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_empty_and_capped_answers_are_told_apart() {
+    let sim = simulator("projects:\n  - name: proj-a\n    keys: [test-key-a1]\n").await;
+    let work = Workdir::new();
+    let job: String = [
+        ("blocked", "[[sim:block]] something forbidden"),
+        ("unsafe", "[[sim:safety]] something unsafe"),
+        ("capped", "[[sim:max_tokens]] think hard"),
+        ("empty", "[[sim:other]] nothing comes back"),
+        ("fine", "a normal question"),
+    ]
+    .iter()
+    .map(|(id, prompt)| serde_json::json!({"id": id, "prompt": prompt}).to_string() + "\n")
+    .collect();
+    work.write("job.jsonl", &job);
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], "")
+            .replace("max_retries: 5", "max_retries: 2"),
+    );
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.jsonl",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let rows = results(&work.path("job.results.jsonl"));
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+    // A safety block is an answer, not an error of keyfan: recorded, not retried.
+    for id in ["blocked", "unsafe"] {
+        assert_eq!(row(id)["status"], "blocked", "{}", row(id));
+        assert_eq!(row(id)["attempts"], 1);
+    }
+    assert!(row("blocked")["error"]
+        .as_str()
+        .unwrap()
+        .contains("PROHIBITED_CONTENT"));
+    assert!(row("unsafe")["error"].as_str().unwrap().contains("SAFETY"));
+    // Thinking spent the output cap: failing again would not help.
+    assert_eq!(row("capped")["status"], "failed");
+    assert_eq!(row("capped")["attempts"], 1);
+    assert!(
+        row("capped")["error"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_TOKENS")
+            || row("capped")["error"]
+                .as_str()
+                .unwrap()
+                .to_lowercase()
+                .contains("cap"),
+        "{}",
+        row("capped")
+    );
+    // A 200 without output is transient: retried, then failed.
+    assert_eq!(row("empty")["status"], "failed");
+    assert_eq!(row("empty")["attempts"], 3, "first try and max_retries: 2");
+    assert_eq!(row("fine")["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_with_a_proxy_sends_through_it() {
+    // A plain HTTP proxy receives the request in absolute form; the
+    // simulator answers such requests itself, so a second simulator stands
+    // in for the proxy and its counters show what went through it.
+    let direct = simulator("projects:\n  - name: proj-a\n    keys: [test-key-a1]\n  - name: proj-b\n    keys: [test-key-b1]\n").await;
+    let proxy = simulator("projects:\n  - name: proj-b\n    keys: [test-key-b1]\n").await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(20));
+    let yaml = config(
+        &direct.base_url(),
+        &[("proj-a", &["test-key-a1"]), ("proj-b", &["test-key-b1"])],
+        "",
+    )
+    .replace(
+        "  - name: proj-b\n",
+        &format!("  - name: proj-b\n    proxy: {}\n", proxy.base_url()),
+    );
+    work.write("config.yaml", &yaml);
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.jsonl",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let b = keyfan::pool::ApiKey::new("test-key-b1");
+    let a = keyfan::pool::ApiKey::new("test-key-a1");
+    let via_proxy = stats(&proxy).await;
+    let straight = stats(&direct).await;
+    let (through, around) = (
+        via_proxy.keys[b.fingerprint()].requests,
+        straight.keys[a.fingerprint()].requests,
+    );
+    assert!(
+        through > 0 && around > 0,
+        "both accounts served: {through} + {around}"
+    );
+    assert_eq!(through + around, 20);
+    let requests = |s: &keyfan::sim::Stats, k: &keyfan::pool::ApiKey| {
+        s.keys.get(k.fingerprint()).map_or(0, |k| k.requests)
+    };
+    assert_eq!(requests(&via_proxy, &a), 0, "proj-a never went through it");
+    assert_eq!(requests(&straight, &b), 0, "proj-b never went direct");
+}

@@ -8,6 +8,8 @@ mod support;
 mod durable;
 /// Failover: invalid keys, 503 bursts, quotas.
 mod failover;
+/// `keys check`, `keys status`, `runs`, `report`.
+mod keys;
 /// A whole job, end to end: results, report, digests.
 mod run;
 /// No key ever appears in any output.

@@ -1,0 +1,124 @@
+use crate::support::*;
+
+const SIM: &str = "
+projects:
+  - name: proj-a
+    keys: [test-key-a1, test-key-a2]
+disabled_keys: [test-key-off]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_tells_working_invalid_and_disabled_keys_apart() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write(
+        "config.yaml",
+        &config(
+            &sim.base_url(),
+            &[("proj-a", &["test-key-a1", "test-key-bogus", "test-key-off"])],
+            "",
+        ),
+    );
+    let out = work
+        .keyfan(&["keys", "check", "--config", "config.yaml", "--json"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = |key: &str| {
+        let fp = keyfan::pool::ApiKey::new(key);
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == fp.fingerprint())
+            .map(|r| r["status"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(status("test-key-a1"), "ok");
+    assert_eq!(status("test-key-bogus"), "invalid");
+    assert_eq!(status("test-key-off"), "no access");
+    assert_eq!(
+        stats(&sim).await.requests,
+        0,
+        "countTokens is free: no generate request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_status_shows_todays_use_and_why_a_key_was_disabled() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(6));
+    work.write(
+        "config.yaml",
+        &config(
+            &sim.base_url(),
+            &[("proj-a", &["test-key-a1", "test-key-bogus"])],
+            "",
+        )
+        .replace(
+            "    keys:\n",
+            "    limits: { gemini-2.5-flash: { rpd: 500 } }\n    keys:\n",
+        ),
+    );
+    let run = work
+        .keyfan(
+            &[
+                "run",
+                "job.jsonl",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(run.status.code(), Some(0), "{}", explain(&run));
+    let out = work
+        .keyfan(
+            &[
+                "keys",
+                "status",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let usage = &status["usage"][0];
+    assert_eq!(usage["account"], "proj-a");
+    assert_eq!(usage["requests"], 6, "the refused request is not counted");
+    assert_eq!(usage["rpd"], 500);
+    let bogus = keyfan::pool::ApiKey::new("test-key-bogus");
+    let key = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == bogus.fingerprint())
+        .unwrap();
+    assert_eq!(key["state"], "disabled");
+    assert!(
+        key["reason"]
+            .as_str()
+            .unwrap()
+            .contains("API key not valid"),
+        "{key}"
+    );
+
+    let runs = work.keyfan(&["runs", "--state", "s.db"], &[]).await;
+    assert!(
+        String::from_utf8_lossy(&runs.stdout).contains("6 ok"),
+        "{}",
+        explain(&runs)
+    );
+    let report = work
+        .keyfan(&["report", "--state", "s.db", "--json"], &[])
+        .await;
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["totals"]["status"]["ok"], 6);
+}
