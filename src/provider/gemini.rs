@@ -22,17 +22,12 @@ pub(super) async fn generate(
     key: &ApiKey,
     req: &Request<'_>,
 ) -> Result<Reply, ApiError> {
-    let url = format!(
-        "{}/v1beta/models/{}:generateContent",
-        client.base_url, req.model
-    );
-    let body = post_json(
+    let body = call(
         client,
-        &url,
-        "x-goog-api-key",
-        key.expose(),
+        key,
+        req.model,
+        "generateContent",
         &GenerateBody::new(req),
-        |status, _, body| classify(status, body),
     )
     .await?;
     parse_generate(&body)
@@ -44,20 +39,28 @@ pub(super) async fn count_tokens(
     key: &ApiKey,
     req: &Request<'_>,
 ) -> Result<u64, ApiError> {
-    let url = format!(
-        "{}/v1beta/models/{}:countTokens",
-        client.base_url, req.model
-    );
-    let body = post_json(
+    let body = call(client, key, req.model, "countTokens", &CountBody::new(req)).await?;
+    parse_count(&body)
+}
+
+/// Posts `body` to the model's `method` with the key in `x-goog-api-key`.
+async fn call(
+    client: &Client,
+    key: &ApiKey,
+    model: &str,
+    method: &str,
+    body: &impl Serialize,
+) -> Result<Vec<u8>, ApiError> {
+    let url = format!("{}/v1beta/models/{model}:{method}", client.base_url);
+    post_json(
         client,
         &url,
         "x-goog-api-key",
         key.expose(),
-        &CountBody::new(req),
+        body,
         |status, _, body| classify(status, body),
     )
-    .await?;
-    parse_count(&body)
+    .await
 }
 
 // ---------------------------------------------------------------------------

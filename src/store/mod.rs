@@ -15,7 +15,7 @@ pub use rows::{
     RunRow,
 };
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use std::path::{Path, PathBuf};
 
 /// A failure of the state file.
@@ -108,29 +108,21 @@ impl Store {
 
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status
-                 FROM runs ORDER BY id DESC",
-            )
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([], RunRow::from_row)
-            .map_err(|e| self.wrap(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+        self.collect(
+            "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status
+             FROM runs ORDER BY id DESC",
+            [],
+            RunRow::from_row,
+        )
     }
 
     /// Items of a run per status.
     pub fn status_counts(&self, run: RunId) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT status, count(*) FROM items WHERE run_id = ?1 GROUP BY status ORDER BY status")
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([run.0], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map_err(|e| self.wrap(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+        self.collect(
+            "SELECT status, count(*) FROM items WHERE run_id = ?1 GROUP BY status ORDER BY status",
+            [run.0],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
     }
 
     /// Marks a run as running again (a resume).
@@ -302,29 +294,26 @@ impl Store {
     }
 
     /// Calls `each` with every finished item of a run, in job-file order,
-    /// one row in memory at a time (a run may hold millions).
+    /// one row in memory at a time (a run may hold millions). Stops at the
+    /// first error `each` returns, and returns it.
     pub fn for_each_item<E>(
         &self,
         run: RunId,
         mut each: impl FnMut(ItemRow) -> Result<(), E>,
     ) -> Result<Result<(), E>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT item_id, line, status, model, output, input_tokens, output_tokens,
-                        latency_ms, attempts, key, account, error, cost_usd
-                 FROM items WHERE run_id = ?1 ORDER BY line",
-            )
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([run.0], ItemRow::from_row)
-            .map_err(|e| self.wrap(e))?;
-        for row in rows {
-            if let Err(e) = each(row.map_err(|e| self.wrap(e))?) {
-                return Ok(Err(e));
-            }
-        }
-        Ok(Ok(()))
+        let mut failed = Ok(());
+        self.each(
+            "SELECT item_id, line, status, model, output, input_tokens, output_tokens,
+                    latency_ms, attempts, key, account, error, cost_usd
+             FROM items WHERE run_id = ?1 ORDER BY line",
+            [run.0],
+            ItemRow::from_row,
+            |row| {
+                failed = each(row);
+                failed.is_ok()
+            },
+        )?;
+        Ok(failed)
     }
 
     /// Calls `each` with every attempt of a run, in the order they were
@@ -334,50 +323,70 @@ impl Store {
         run: RunId,
         mut each: impl FnMut(AttemptRow),
     ) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT item_id, attempt, key, account, model, class, http_status, latency_ms,
-                        input_tokens, output_tokens, cost_usd, error, at, day
-                 FROM attempts WHERE run_id = ?1 ORDER BY rowid",
-            )
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([run.0], AttemptRow::from_row)
-            .map_err(|e| self.wrap(e))?;
-        for row in rows {
-            each(row.map_err(|e| self.wrap(e))?);
-        }
-        Ok(())
+        self.each(
+            "SELECT item_id, attempt, key, account, model, class, http_status, latency_ms,
+                    input_tokens, output_tokens, cost_usd, error, at, day
+             FROM attempts WHERE run_id = ?1 ORDER BY rowid",
+            [run.0],
+            AttemptRow::from_row,
+            |row| {
+                each(row);
+                true
+            },
+        )
     }
 
     /// The last known state of every key that has been used.
     pub fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT key, account, state, reason, updated_at FROM keys ORDER BY account, key",
-            )
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([], KeyRow::from_row)
-            .map_err(|e| self.wrap(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+        self.collect(
+            "SELECT key, account, state, reason, updated_at FROM keys ORDER BY account, key",
+            [],
+            KeyRow::from_row,
+        )
     }
 
     /// The ledger rows of one Pacific day.
     pub fn ledger(&self, day: &str) -> Result<Vec<LedgerRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd
-                 FROM ledger WHERE day = ?1 ORDER BY account, model",
-            )
-            .map_err(|e| self.wrap(e))?;
-        let rows = stmt
-            .query_map([day], LedgerRow::from_row)
-            .map_err(|e| self.wrap(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.wrap(e))
+        self.collect(
+            "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd
+             FROM ledger WHERE day = ?1 ORDER BY account, model",
+            [day],
+            LedgerRow::from_row,
+        )
+    }
+
+    /// Runs a query and hands each row, mapped, to `each` until it says stop
+    /// (returns `false`).
+    fn each<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        mut each: impl FnMut(T) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.wrap(e))?;
+        let rows = stmt.query_map(params, map).map_err(|e| self.wrap(e))?;
+        for row in rows {
+            if !each(row.map_err(|e| self.wrap(e))?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a query and collects its mapped rows.
+    fn collect<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        map: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut all = Vec::new();
+        self.each(sql, params, map, |row| {
+            all.push(row);
+            true
+        })?;
+        Ok(all)
     }
 }
 

@@ -30,15 +30,7 @@ async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
     let work = Workdir::new();
     work.write("job.jsonl", &jsonl_job(ITEMS));
     work.write("config.yaml", &two_accounts(&sim.base_url(), ""));
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "state.db",
-        "-q",
-    ];
+    let args = run_args("state.db", &["-q"]);
     let mut rng = SmallRng::seed_from_u64(20261121);
     let mut kills = 0;
     for _ in 0..10 {
@@ -83,19 +75,8 @@ async fn sigterm_finishes_what_is_in_flight_and_a_rerun_completes() {
     .await;
     let work = Workdir::new();
     work.write("job.jsonl", &jsonl_job(300));
-    work.write(
-        "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
-    );
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "state.db",
-        "-q",
-    ];
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let args = run_args("state.db", &["-q"]);
     let child = work.spawn(&args);
     // Interrupt once some items are finished (the run is surely under way).
     for _ in 0..500 {
@@ -147,15 +128,7 @@ async fn a_second_run_on_the_same_state_file_is_refused_naming_the_first() {
         )
         .replace("concurrency: 8\n", ""),
     );
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "state.db",
-        "-q",
-    ];
+    let args = run_args("state.db", &["-q"]);
     let mut first = work.spawn(&args);
     // Wait until the first run holds the lock.
     for _ in 0..100 {
@@ -181,20 +154,12 @@ async fn a_configured_daily_limit_defers_the_rest_and_the_next_run_knows_it() {
     work.write("job.jsonl", &jsonl_job(50));
     work.write(
         "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], "").replace(
+        &one_account(&sim.base_url()).replace(
             "    keys:\n",
             "    limits: { gemini-2.5-flash: { rpd: 30 } }\n    keys:\n",
         ),
     );
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "state.db",
-        "--json",
-    ];
+    let args = run_args("state.db", &["--json"]);
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -235,18 +200,8 @@ async fn a_daily_limit_learned_from_a_429_defers_and_a_later_run_continues() {
     .await;
     let work = Workdir::new();
     work.write("job.jsonl", &jsonl_job(50));
-    work.write(
-        "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
-    );
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "state.db",
-    ];
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let args = run_args("state.db", &[]);
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));

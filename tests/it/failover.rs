@@ -23,19 +23,7 @@ projects:
             "",
         ),
     );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));
     assert_eq!(rows.len(), 30);
@@ -79,20 +67,7 @@ faults:
             "",
         ),
     );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-                "-v",
-            ],
-            &[],
-        )
-        .await;
+    let out = work.keyfan(&run_args("s.db", &["-v"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{rows:?}");
@@ -117,23 +92,8 @@ async fn an_unknown_model_fails_its_item_with_the_apis_message() {
         "job.jsonl",
         "{\"id\":\"x\",\"prompt\":\"hi\",\"model\":\"gemini-9-imaginary\"}\n{\"id\":\"y\",\"prompt\":\"hi\"}\n",
     );
-    work.write(
-        "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
-    );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));
     let x = rows.iter().find(|r| r["id"] == "x").unwrap();
@@ -166,22 +126,9 @@ async fn blocked_empty_and_capped_answers_are_told_apart() {
     work.write("job.jsonl", &job);
     work.write(
         "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], "")
-            .replace("max_retries: 5", "max_retries: 2"),
+        &one_account(&sim.base_url()).replace("max_retries: 5", "max_retries: 2"),
     );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));
     let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
@@ -236,19 +183,7 @@ async fn an_account_with_a_proxy_sends_through_it() {
         &format!("  - name: proj-b\n    proxy: {}\n", proxy.base_url()),
     );
     work.write("config.yaml", &yaml);
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let b = keyfan::pool::ApiKey::new("test-key-b1");
     let a = keyfan::pool::ApiKey::new("test-key-a1");

@@ -60,19 +60,7 @@ async fn keys_status_shows_todays_use_and_why_a_key_was_disabled() {
             "    limits: { gemini-2.5-flash: { rpd: 500 } }\n    keys:\n",
         ),
     );
-    let run = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
+    let run = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(run.status.code(), Some(0), "{}", explain(&run));
     let out = work
         .keyfan(

@@ -26,20 +26,7 @@ async fn every_item_gets_its_own_reply_and_the_report_counts_them() {
             "",
         ),
     );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "state.db",
-                "--json",
-            ],
-            &[],
-        )
-        .await;
+    let out = work.keyfan(&run_args("state.db", &["--json"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
 
     let rows = results(&work.path("job.results.jsonl"));
@@ -93,10 +80,7 @@ async fn csv_jobs_and_csv_results_work_too() {
         "job.csv",
         "id,prompt,max_output_tokens\nc1,\"Hello, world\",64\nc2,\"multi\nline\",\n",
     );
-    work.write(
-        "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
-    );
+    work.write("config.yaml", &one_account(&sim.base_url()));
     let out = work
         .keyfan(
             &[
@@ -131,25 +115,8 @@ async fn results_can_stream_to_stdout() {
     let sim = simulator(SIM).await;
     let work = Workdir::new();
     work.write("job.jsonl", &jsonl_job(5));
-    work.write(
-        "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
-    );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-                "--out",
-                "-",
-            ],
-            &[],
-        )
-        .await;
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let out = work.keyfan(&run_args("s.db", &["--out", "-"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 5);

@@ -44,19 +44,7 @@ faults:
         ("REVOKED", REVOKED),
     ];
     let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "state.db",
-                "-v",
-                "--json",
-            ],
-            &env,
-        )
+        .keyfan(&run_args("state.db", &["-v", "--json"]), &env)
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
 

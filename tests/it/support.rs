@@ -123,6 +123,25 @@ pub fn config(base_url: &str, accounts: &[(&str, &[&str])], extra: &str) -> Stri
     yaml
 }
 
+/// `run job.jsonl --config config.yaml --state STATE`, then `extra`.
+pub fn run_args<'a>(state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        state,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// A config with one account, `proj-a`, holding the key `test-key-a1`.
+pub fn one_account(base_url: &str) -> String {
+    config(base_url, &[("proj-a", &["test-key-a1"])], "")
+}
+
 /// Parses a JSONL results file.
 pub fn results(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

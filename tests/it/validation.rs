@@ -14,18 +14,8 @@ async fn a_bad_job_line_is_named_and_nothing_is_sent() {
         "job.jsonl",
         "{\"id\": \"a\", \"prompt\": \"fine\"}\n{\"id\": \"b\", \"promt\": \"typo\"}\n{\"id\": \"c\", \"prompt\": \"fine too\"}\n",
     );
-    work.write(
-        "config.yaml",
-        &config(&sim.base_url(), &[("proj-a", &["test-key-a1"])], ""),
-    );
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "s.db",
-    ];
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let args = run_args("s.db", &[]);
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -65,19 +55,7 @@ async fn a_missing_environment_variable_is_named() {
         "config.yaml",
         "accounts:\n  - name: proj-a\n    keys: [\"${KEYFAN_TEST_UNSET_KEY}\"]\n",
     );
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("KEYFAN_TEST_UNSET_KEY"), "{stderr}");
