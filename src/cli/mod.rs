@@ -23,6 +23,8 @@ pub mod exit {
     pub const ITEMS_FAILED: u8 = 3;
     /// Every account's daily quota ran out; the rest of the items are deferred.
     pub const DEFERRED: u8 = 4;
+    /// `--max-cost` was reached; the rest of the items were not sent.
+    pub const BUDGET: u8 = 5;
     /// Another run holds the state file; nothing was sent (try again later).
     pub const LOCKED: u8 = 75;
     /// Interrupted by Ctrl-C or SIGTERM; finished items are kept.
@@ -36,6 +38,7 @@ Exit codes:
   2    invalid command line, config or job file: nothing was sent
   3    finished, but some items failed
   4    daily quotas ran out: remaining items deferred to a later run
+  5    --max-cost reached: remaining items not sent (a rerun resumes them)
   75   another run is using the state file: nothing was sent, try later
   130  interrupted (Ctrl-C / SIGTERM): finished items are kept";
 
@@ -143,7 +146,8 @@ Examples:
 
 Exit codes:
   0 all ok · 1 keyfan failed · 2 invalid config/job (nothing sent) · 3 some items failed
-  4 deferred by daily quota · 75 state file in use by another run · 130 interrupted";
+  4 deferred by daily quota · 5 --max-cost reached · 75 state file in use by another run
+  130 interrupted";
 
 const SIM_EXAMPLES: &str = "\
 Examples:
@@ -194,6 +198,19 @@ struct RunArgs {
     /// When resuming, send the items that failed last time again.
     #[arg(long)]
     retry_failed: bool,
+    /// Stop sending before this run's cost (USD) could pass this cap. Each
+    /// item's worst case (estimated input + its output cap, at the model's
+    /// price) is reserved before it is sent; items without
+    /// `max_output_tokens` are capped at 8192 output tokens.
+    #[arg(long, value_name = "USD", value_parser = positive_usd)]
+    max_cost: Option<f64>,
+}
+
+fn positive_usd(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive amount in USD")),
+    }
 }
 
 /// `keyfan sim`.

@@ -6,7 +6,7 @@ use crate::config::{Config, MissingEnv};
 use crate::job;
 use crate::pool::{pacific_day, Pool, PoolError, RetryPolicy};
 use crate::report::Report;
-use crate::run::{self, Options, Recording, Stop, Summary};
+use crate::run::{self, Budget, Options, Recording, Stop, Summary};
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{Sink, Target};
 use crate::store::{ItemStatus, LockError, RunLock, Store};
@@ -15,6 +15,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Output cap sent under `--max-cost` with items that set none.
+const BUDGET_OUTPUT_CAP: u32 = 8192;
 
 /// Item errors printed before the rest are only counted.
 const SHOWN_ITEM_ERRORS: usize = 20;
@@ -159,6 +162,8 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         },
         default_model: config.model.clone(),
         done: Arc::new(done),
+        budget: args.max_cost.map(|cap| Arc::new(Budget::new(cap))),
+        budget_output_cap: BUDGET_OUTPUT_CAP,
     };
     let recording = Recording {
         store,
@@ -168,14 +173,14 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     };
     let (summary, store) = run::execute(&options, pool, recording, &stop).await?;
     signals.abort();
-    store.finish_run(
-        run_id,
-        if summary.interrupted {
-            "interrupted"
-        } else {
-            "done"
-        },
-    )?;
+    let status = if summary.interrupted {
+        "interrupted"
+    } else if summary.budget_reached {
+        "stopped at --max-cost"
+    } else {
+        "done"
+    };
+    store.finish_run(run_id, status)?;
 
     let report = Report::build(&store, run_id)?;
     let report_md = beside(&args.job, "report.md");
@@ -193,14 +198,9 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     let code = exit_code(&summary, &items);
     if verbosity != Verbosity::Quiet {
         eprintln!(
-            "keyfan: {}run {} {} in {:.1}s: {}",
+            "keyfan: {}run {} {status} in {:.1}s: {}",
             if args.simulate { "SIMULATED " } else { "" },
             run_id.0,
-            if summary.interrupted {
-                "interrupted"
-            } else {
-                "finished"
-            },
             summary.elapsed.as_secs_f64(),
             counts(&items)
         );
@@ -220,7 +220,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         let json = serde_json::json!({
             "run": run_id.0,
             "simulated": args.simulate,
-            "interrupted": summary.interrupted,
+            "status": status,
             "elapsed_s": summary.elapsed.as_secs_f64(),
             "items": items,
             "results": target.to_string(),
@@ -253,6 +253,8 @@ fn exit_code(summary: &Summary, items: &BTreeMap<String, u64>) -> u8 {
     let count = |status: ItemStatus| items.get(status.as_str()).copied().unwrap_or(0);
     if summary.interrupted {
         exit::INTERRUPTED
+    } else if summary.budget_reached {
+        exit::BUDGET
     } else if count(ItemStatus::Deferred) > 0 {
         exit::DEFERRED
     } else if count(ItemStatus::Failed) > 0 || count(ItemStatus::Skipped) > 0 {

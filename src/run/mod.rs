@@ -5,9 +5,11 @@
 //!
 //! Workers never print or write files: they emit [`Event`]s.
 
+mod budget;
 mod recorder;
 mod worker;
 
+pub use budget::Budget;
 pub use recorder::{Observer, Progress};
 pub use worker::estimate_tokens;
 
@@ -38,6 +40,11 @@ pub struct Options {
     pub default_model: String,
     /// Ids (as [`id_hash`]es) of items a resumed run already finished.
     pub done: Arc<HashSet<u64>>,
+    /// The spending cap, if any (`--max-cost`).
+    pub budget: Option<Arc<Budget>>,
+    /// Output cap sent with items that set none while a budget is in force,
+    /// so every request's worst case is known.
+    pub budget_output_cap: u32,
 }
 
 /// A compact, stable-within-a-process digest of an item id, so the set of
@@ -73,6 +80,8 @@ pub struct Summary {
     pub run: RunId,
     /// Whether Ctrl-C stopped it before the job was done.
     pub interrupted: bool,
+    /// Whether the budget stopped it before the job was done.
+    pub budget_reached: bool,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -147,6 +156,9 @@ pub async fn execute(
             events: event_tx.clone(),
             default_model: options.default_model.clone(),
             policy: options.policy.clone(),
+            budget: options.budget.clone(),
+            budget_output_cap: options.budget_output_cap,
+            stop: cancel.clone(),
         };
         let item_rx = Arc::clone(&item_rx);
         let cancel = cancel.clone();
@@ -180,7 +192,9 @@ pub async fn execute(
     Ok((
         Summary {
             run,
-            interrupted: cancel.is_cancelled(),
+            budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
+            interrupted: cancel.is_cancelled()
+                && !options.budget.as_ref().is_some_and(|b| b.reached()),
             elapsed: started.elapsed(),
         },
         store,
@@ -220,18 +234,27 @@ fn skipped_id(error: &ItemError) -> String {
 /// trustworthy, so the row is named after its line.
 fn skipped(error: &ItemError) -> ItemRow {
     ItemRow {
-        id: skipped_id(error),
-        line: error.line,
-        status: ItemStatus::Skipped,
+        error: Some(error.to_string()),
+        ..unsent(skipped_id(error), error.line, ItemStatus::Skipped, None)
+    }
+}
+
+/// The row of an item for which nothing was sent (yet); callers fill in
+/// what they know.
+fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> ItemRow {
+    ItemRow {
+        id,
+        line,
+        status,
         output: None,
-        model: None,
+        model: model.map(str::to_owned),
         input_tokens: 0,
         output_tokens: 0,
         latency_ms: 0,
         attempts: 0,
         key: None,
         account: None,
-        error: Some(error.to_string()),
+        error: None,
         cost_usd: 0.0,
     }
 }

@@ -1,14 +1,15 @@
 //! One worker: takes an item through the pool's call to its outcome, and
 //! reports every attempt and the outcome as events.
 
-use super::Event;
+use super::{unsent, Budget, Event};
 use crate::job::Item;
 use crate::pool::{pacific_day, Attempt, CallError, Pool, RetryPolicy, Unavailable};
 use crate::price::{self, Price};
-use crate::provider::{ApiError, ErrorClass, Reply, Request};
+use crate::provider::{ApiError, ErrorClass, Reply, Request, Usage};
 use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, Reservation};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 /// A worker's fixed context.
 pub(super) struct Worker {
@@ -16,6 +17,10 @@ pub(super) struct Worker {
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) default_model: String,
     pub(super) policy: RetryPolicy,
+    pub(super) budget: Option<Arc<Budget>>,
+    pub(super) budget_output_cap: u32,
+    /// Cancelled when the budget is reached: no more items are taken.
+    pub(super) stop: CancellationToken,
 }
 
 /// An estimate of a text's tokens, for admission before sending: about four
@@ -27,19 +32,49 @@ pub fn estimate_tokens(text: &str) -> u64 {
 }
 
 impl Worker {
-    /// Runs `item` to its end.
+    /// Runs `item` to its end, or leaves it pending if the budget cannot
+    /// cover its worst case.
     pub(super) async fn process(&self, item: Item) {
         let model = item.model.as_deref().unwrap_or(&self.default_model);
+        let tokens =
+            estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
+        let price = price::lookup(model);
+        // Under a budget every request carries an output cap, so its worst
+        // case is known before it is sent.
+        let max_output_tokens = match &self.budget {
+            Some(_) => Some(item.max_output_tokens.unwrap_or(self.budget_output_cap)),
+            None => item.max_output_tokens,
+        };
+        let worst = price.map_or(0.0, |p| {
+            p.cost(&Usage {
+                input_tokens: tokens,
+                output_tokens: u64::from(max_output_tokens.unwrap_or(0)),
+                ..Usage::default()
+            })
+        });
+        if let Some(budget) = &self.budget {
+            if price.is_none() {
+                let outcome = ItemRow {
+                    error: Some(format!(
+                        "no price is known for model {model}, so it cannot be sent under --max-cost"
+                    )),
+                    ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
+                };
+                let _ = self.events.send(Event::Finished(outcome));
+                return;
+            }
+            if !budget.reserve(worst) {
+                self.stop.cancel();
+                return;
+            }
+        }
         let request = Request {
             model,
             prompt: &item.prompt,
             system: item.system.as_deref(),
-            max_output_tokens: item.max_output_tokens,
+            max_output_tokens,
             temperature: item.temperature,
         };
-        let tokens =
-            estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
-        let price = price::lookup(model);
         let mut last: Option<AttemptRow> = None;
         // The quota day the attempt was reserved against, for its settlement.
         let day = std::sync::Mutex::new(String::new());
@@ -71,19 +106,15 @@ impl Worker {
             )
             .await;
         let mut outcome = ItemRow {
-            id: item.id.clone(),
-            line: item.line,
             status: ItemStatus::Ok,
-            output: None,
-            model: Some(model.to_owned()),
             input_tokens: last.as_ref().map_or(0, |a| a.input_tokens),
             output_tokens: last.as_ref().map_or(0, |a| a.output_tokens),
             latency_ms: last.as_ref().map_or(0, |a| a.latency_ms),
             attempts: last.as_ref().map_or(0, |a| a.attempt),
             key: last.as_ref().map(|a| a.key.clone()),
             account: last.as_ref().map(|a| a.account.clone()),
-            error: None,
             cost_usd: cost,
+            ..unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
         };
         match result {
             Ok(reply) => outcome.output = Some(reply.text),
@@ -104,6 +135,9 @@ impl Worker {
                     _ => error.message,
                 });
             }
+        }
+        if let Some(budget) = &self.budget {
+            budget.settle(worst, outcome.cost_usd);
         }
         // The recorder only goes away when the run is being torn down; the
         // outcome then stays unrecorded and the item pending.

@@ -217,3 +217,41 @@ async fn a_daily_limit_learned_from_a_429_defers_and_a_later_run_continues() {
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 50);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_cost_stops_before_the_cap_and_a_rerun_resumes() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    let job: String = (0..20)
+        .map(|i| {
+            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "max_output_tokens": 100})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    work.write("job.jsonl", &job);
+    work.write("config.yaml", &two_accounts(&sim.base_url(), ""));
+    // Each item's worst case is about $0.00026 (100 output tokens at $2.50/M).
+    let out = work
+        .keyfan(
+            &run_args("state.db", &["--max-cost", "0.002", "--json"]),
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = summary["items"]["ok"].as_u64().unwrap();
+    assert!(
+        (1..20).contains(&ok),
+        "some but not all items were sent: {ok}"
+    );
+    assert_eq!(stats(&sim).await.requests, ok, "nothing sent past the cap");
+    let report: serde_json::Value = serde_json::from_str(&work.read("job.report.json")).unwrap();
+    assert!(report["totals"]["cost_usd"].as_f64().unwrap() <= 0.002);
+
+    let out = work
+        .keyfan(&run_args("state.db", &["--max-cost", "1"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 20);
+}

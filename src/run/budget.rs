@@ -1,0 +1,85 @@
+//! The budget guard (`--max-cost`): before an item is sent, the worst case of
+//! its billed request is reserved against the cap; when it is answered, the
+//! reservation is replaced by the real cost. However many requests are in
+//! flight, spent plus reserved never exceeds the cap.
+//!
+//! One reservation per item suffices: APIs bill the request that answers
+//! (and a safety block), not the 429s, 5xx and timeouts before it.
+
+use std::sync::Mutex;
+
+/// A spending cap in USD, shared by all workers.
+#[derive(Debug)]
+pub struct Budget {
+    cap: f64,
+    state: Mutex<Spend>,
+}
+
+#[derive(Debug, Default)]
+struct Spend {
+    /// Cost of finished items plus the worst case of those in flight.
+    committed: f64,
+    /// Set once a reservation was refused: the run stops dispatching.
+    reached: bool,
+}
+
+impl Budget {
+    /// A budget of `cap` USD.
+    pub fn new(cap: f64) -> Budget {
+        Budget {
+            cap,
+            state: Mutex::new(Spend::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spend> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves `worst` USD, or refuses (and marks the budget reached) if
+    /// that could take spending past the cap.
+    pub fn reserve(&self, worst: f64) -> bool {
+        let mut spend = self.lock();
+        if spend.reached || spend.committed + worst > self.cap {
+            spend.reached = true;
+            return false;
+        }
+        spend.committed += worst;
+        true
+    }
+
+    /// Replaces a reservation of `worst` by the `actual` cost.
+    pub fn settle(&self, worst: f64, actual: f64) {
+        let mut spend = self.lock();
+        spend.committed += actual - worst;
+    }
+
+    /// Whether a reservation was refused.
+    pub fn reached(&self) -> bool {
+        self.lock().reached
+    }
+
+    /// Spent and reserved so far.
+    pub fn committed(&self) -> f64 {
+        self.lock().committed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_never_take_spending_past_the_cap() {
+        let budget = Budget::new(1.0);
+        assert!(budget.reserve(0.4));
+        assert!(budget.reserve(0.4));
+        assert!(!budget.reserve(0.4), "0.8 + 0.4 would pass 1.0");
+        assert!(budget.reached());
+        // Once reached, nothing more is sent even if room comes back.
+        budget.settle(0.4, 0.1);
+        assert!(!budget.reserve(0.1));
+        budget.settle(0.4, 0.2);
+        assert!((budget.committed() - 0.3).abs() < 1e-12);
+    }
+}
