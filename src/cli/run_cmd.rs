@@ -158,6 +158,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         concurrency: args.concurrency.unwrap_or(config.concurrency).max(1),
         policy: RetryPolicy {
             max_retries: config.max_retries,
+            deadline: config.item_deadline,
             ..RetryPolicy::default()
         },
         default_model: config.model.clone(),

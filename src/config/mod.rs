@@ -42,6 +42,8 @@ pub struct Config {
     pub timeout: Duration,
     /// Retries per item after its first attempt (transient failures).
     pub max_retries: u32,
+    /// Give up on an item this long after its first attempt.
+    pub item_deadline: Option<Duration>,
     /// How the pool chooses among keys with room.
     pub strategy: Strategy,
     /// Key groups in priority order: while any key of the first group has
@@ -320,6 +322,7 @@ impl Config {
             concurrency: raw.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0),
             timeout: raw.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
             max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            item_deadline: raw.item_deadline.map(|d| d.0),
             strategy: raw.strategy.unwrap_or_default(),
         })
     }

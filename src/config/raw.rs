@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     pub strategy: Option<Strategy>,
     #[serde(default)]
     pub groups: Vec<Name>,
+    pub item_deadline: Option<HumanDuration>,
 }
 
 /// A `providers.<kind>` entry.

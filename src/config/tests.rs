@@ -473,3 +473,11 @@ fn groups_are_ordered_by_the_list_then_by_first_use() {
         "{message}"
     );
 }
+
+#[test]
+fn an_item_deadline_is_a_duration() {
+    assert_eq!(parse(&with("")).unwrap().item_deadline, None);
+    let config = parse(&with("item_deadline: 10m\n")).unwrap();
+    assert_eq!(config.item_deadline, Some(Duration::from_secs(600)));
+    assert!(error(&with("item_deadline: soon\n")).contains("item_deadline"));
+}

@@ -92,13 +92,25 @@ impl Pool {
     /// with the [`Slot`] (client, key, account) to use; `observe` sees every
     /// attempt, with the value when it succeeded.
     ///
-    /// ```no_run
+    /// ```
     /// use keyfan::config::{Config, MissingEnv};
     /// use keyfan::pool::{Pool, RetryPolicy, Strategy};
     /// use keyfan::provider::Request;
+    /// use keyfan::sim::{SimConfig, SimServer};
+    /// use std::path::Path;
     ///
-    /// # async fn demo() -> anyhow::Result<()> {
-    /// let config = Config::load("config.yaml".as_ref(), |v| std::env::var(v).ok(), MissingEnv::Error)?;
+    /// # #[tokio::main]
+    /// # async fn main() -> anyhow::Result<()> {
+    /// // With GEMINI_API_KEY unset, Placeholder gives a key the simulator
+    /// // rehearsing this config accepts; a real program uses MissingEnv::Error
+    /// // and keeps the public base URL.
+    /// let yaml = "accounts:\n  - name: proj-a\n    keys: [\"${GEMINI_API_KEY}\"]\n";
+    /// let mut config = Config::parse(yaml, Path::new("inline"), |_| None, MissingEnv::Placeholder)?;
+    /// let sim = SimServer::start(SimConfig::rehearsal(&config), ([127, 0, 0, 1], 0).into()).await?;
+    /// for provider in config.providers.values_mut() {
+    ///     provider.base_url = sim.base_url();
+    /// }
+    ///
     /// let pool = Pool::new(&config, Strategy::Hybrid, None)?;
     /// let request = Request {
     ///     model: "gemini-2.5-flash",
@@ -119,7 +131,8 @@ impl Pool {
     ///         |_attempt, _reply| {},
     ///     )
     ///     .await?;
-    /// println!("{}", reply.text);
+    /// assert!(reply.text.contains("digest:"));
+    /// # sim.shutdown().await;
     /// # Ok(())
     /// # }
     /// ```

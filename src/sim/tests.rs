@@ -680,6 +680,7 @@ async fn rehearsal_mirrors_the_accounts() {
         concurrency: 4,
         timeout: Duration::from_secs(60),
         max_retries: 3,
+        item_deadline: None,
         strategy: crate::pool::Strategy::Hybrid,
         groups: vec!["default".to_owned()],
     };

@@ -122,3 +122,39 @@ async fn results_can_stream_to_stdout() {
     assert_eq!(stdout.lines().count(), 5);
     assert!(stdout.lines().all(|l| l.contains("\"status\":\"ok\"")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyfan_sim_serves_on_the_port_it_prints() {
+    use std::io::BufRead;
+    let work = Workdir::new();
+    let sim_yaml = work.write(
+        "sim.yaml",
+        "projects:\n  - name: proj-a\n    keys: [test-key-a1]\n",
+    );
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_keyfan"))
+        .args(["sim", "--port", "0", "-q", "--config"])
+        .arg(&sim_yaml)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start keyfan sim");
+    let mut url = String::new();
+    std::io::BufReader::new(sim.stdout.take().unwrap())
+        .read_line(&mut url)
+        .expect("the simulator prints its URL");
+    let url = url.trim().to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+
+    work.write("job.jsonl", &jsonl_job(3));
+    work.write("config.yaml", &one_account(&url));
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    let stats: keyfan::sim::Stats = reqwest::get(format!("{url}/__stats"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stats.projects["proj-a"].models["gemini-2.5-flash"].ok, 3);
+}
