@@ -69,8 +69,10 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                 ),
                 Err(e) => {
                     let status = match &e.class {
+                        // The key itself is wrong, as opposed to a valid key
+                        // without access (API disabled, no permission, billing).
                         ErrorClass::KeyInvalid { reason }
-                            if reason.contains("INVALID") || reason.contains("invalid") =>
+                            if matches!(reason.as_str(), "API_KEY_INVALID" | "invalid_api_key") =>
                         {
                             "invalid"
                         }
