@@ -1,0 +1,65 @@
+//! Shared by the `cargo bench` targets under `tests/bench/` (each is its
+//! own crate with `harness = false`; not every crate uses every helper).
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+
+/// Whether the binary was started by `cargo bench` (which passes `--bench`).
+/// Without it (`cargo test --benches`, `cargo test --all-targets`) a bench
+/// runs a short smoke version that checks correctness, not speed.
+pub fn bench_mode() -> bool {
+    std::env::args().skip(1).any(|a| a == "--bench")
+}
+
+/// A positive integer from the environment, or `default`. A value that does
+/// not parse is an error, so a typo does not silently run the default.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .replace('_', "")
+            .parse()
+            .unwrap_or_else(|_| fail(&format!("{name}={v:?} is not a positive integer"))),
+        _ => default,
+    }
+}
+
+/// A comma-separated list from the environment, if set and not empty.
+pub fn env_list(name: &str) -> Option<Vec<String>> {
+    let v = std::env::var(name).ok()?;
+    let items: Vec<String> = v
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!items.is_empty()).then_some(items)
+}
+
+/// Exits with a usage error.
+pub fn fail(message: &str) -> ! {
+    eprintln!("bench: {message}");
+    std::process::exit(2)
+}
+
+/// The multi-threaded runtime the CLI uses (one worker per core), shared by
+/// the simulator and the client under test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The digest the simulator puts in its reply to `text`: `digest:` and the
+/// first 16 hex digits of its SHA-256.
+pub fn digest(text: &str) -> String {
+    format!(
+        "digest:{}",
+        &hex::encode(Sha256::digest(text.as_bytes()))[..16]
+    )
+}
+
+/// Logical cores, for the report.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
