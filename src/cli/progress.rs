@@ -93,8 +93,10 @@ impl Observer for Display {
             Some(bar) => {
                 bar.set_position(p.done());
                 bar.set_message(format!(
-                    "ok {} failed {failed} in flight {in_flight}",
-                    p.count(ItemStatus::Ok)
+                    "ok {} failed {failed} in flight {in_flight} retries {} (429s {})",
+                    p.count(ItemStatus::Ok),
+                    p.retries,
+                    p.rate_limited
                 ));
                 if p.done() >= p.total {
                     bar.finish_and_clear();
@@ -112,10 +114,12 @@ impl Observer for Display {
                     "?".into()
                 };
                 eprintln!(
-                    "keyfan: {}/{} done (ok {}, failed {failed}), {in_flight} in flight, {rate:.1}/s, ETA {eta}",
+                    "keyfan: {}/{} done (ok {}, failed {failed}), {in_flight} in flight, {} retries ({} 429s), {rate:.1}/s, ETA {eta}",
                     p.done(),
                     p.total,
                     p.count(ItemStatus::Ok),
+                    p.retries,
+                    p.rate_limited,
                 );
             }
             None => {}

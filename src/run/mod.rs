@@ -76,8 +76,6 @@ pub enum Event {
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// The run in the state file.
-    pub run: RunId,
     /// Whether Ctrl-C stopped it before the job was done.
     pub interrupted: bool,
     /// Whether the budget stopped it before the job was done.
@@ -130,7 +128,6 @@ pub async fn execute(
     stop: &Stop,
 ) -> Result<(Summary, Store), RunError> {
     let started = std::time::Instant::now();
-    let run = recording.run;
     let cancel = &stop.graceful;
     // Unbounded: workers must never block on recording, and at most a few
     // events per request in flight can be waiting.
@@ -191,7 +188,6 @@ pub async fn execute(
     let store = recorder.join().await?;
     Ok((
         Summary {
-            run,
             budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
             interrupted: cancel.is_cancelled()
                 && !options.budget.as_ref().is_some_and(|b| b.reached()),

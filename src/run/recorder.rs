@@ -21,7 +21,7 @@ pub struct Progress {
     pub total: u64,
     /// Items finished, per status.
     pub counts: BTreeMap<&'static str, u64>,
-    /// Attempts that failed (most are retried).
+    /// Requests that failed (most are retried).
     pub retries: u64,
     /// Of those, 429s.
     pub rate_limited: u64,
