@@ -397,8 +397,9 @@ mod tests {
     #[test]
     fn keys_are_masked_never_echoed() {
         assert_eq!(
-            mask("sk-VKMIsabcdefghijklmnopqrstuvwxyz0123456789wjh3"),
-            format!("sk-VK{}wjh3", "*".repeat(39))
+            // A dot keeps this fake from looking like a real key to scanners.
+            mask("sk-VKMIs.abcdefghijklmnopqrstuvwxyz0123456789wjh3"),
+            format!("sk-VK{}wjh3", "*".repeat(40))
         );
         assert_eq!(mask("sim-key-1"), "*********");
         assert_eq!(mask("abcdefghijkl"), "abcde***ijkl");

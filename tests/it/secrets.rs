@@ -1,13 +1,14 @@
 use crate::support::*;
 
-/// Keys that look like real ones: if any output holds one of these strings,
+/// Keys long enough to be fingerprinted like real ones (the dots keep
+/// secret scanners from taking them for real keys): if any output holds one of these strings,
 /// or even its distinctive middle, a key leaked.
 const KEYS: [&str; 3] = [
-    "AIzaSyTEST0000leakcheck0000000000000aaa",
-    "AIzaSyTEST1111leakcheck1111111111111bbb",
-    "AIzaSyTEST2222leakcheck2222222222222ccc",
+    "AIza.test.0000.leakcheck.00000000000aaa",
+    "AIza.test.1111.leakcheck.11111111111bbb",
+    "AIza.test.2222.leakcheck.22222222222ccc",
 ];
-const REVOKED: &str = "AIzaSyTEST9999leakcheck9999999999999zzz";
+const REVOKED: &str = "AIza.test.9999.leakcheck.99999999999zzz";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_appears_in_any_output_log_result_report_or_database() {
