@@ -186,11 +186,12 @@ pub async fn execute(
     // show the items it never sent as missing.
     let _ = feeder.await;
     let store = recorder.join().await?;
+    // The budget stops a run through the same token as Ctrl-C.
+    let budget_reached = options.budget.as_ref().is_some_and(|b| b.reached());
     Ok((
         Summary {
-            budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
-            interrupted: cancel.is_cancelled()
-                && !options.budget.as_ref().is_some_and(|b| b.reached()),
+            budget_reached,
+            interrupted: cancel.is_cancelled() && !budget_reached,
             elapsed: started.elapsed(),
         },
         store,
