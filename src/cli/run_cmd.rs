@@ -172,7 +172,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         sink,
         observer: Box::new(display),
     };
-    let (summary, store) = run::execute(&options, pool, recording, &stop).await?;
+    let (summary, store) = run::execute(&options, Arc::clone(&pool), recording, &stop).await?;
     signals.abort();
     let status = if summary.interrupted {
         "interrupted"
@@ -205,6 +205,9 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             summary.elapsed.as_secs_f64(),
             counts(&items)
         );
+        for (key, account, reason) in pool.disabled() {
+            eprintln!("keyfan: key {key} ({account}) was disabled for this run: {reason}");
+        }
         if let Some(reset) = &report.quota_resets_at {
             eprintln!(
                 "keyfan: daily quotas are spent: deferred items can go after {reset} (midnight US/Pacific)"

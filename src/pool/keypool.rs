@@ -326,13 +326,6 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every key with its account name, in config order.
-    pub fn keys(&self) -> impl Iterator<Item = (&ApiKey, &str)> {
-        self.keys
-            .iter()
-            .map(|k| (&k.key, self.accounts[k.account].name.as_str()))
-    }
-
     /// Leases a key for one request of `model` with an estimated `tokens`
     /// input tokens, preferring a key other than `avoid` (the one that just
     /// failed this item). Waits, without polling, until some account has

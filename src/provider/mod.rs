@@ -119,11 +119,6 @@ impl Client {
         })
     }
 
-    /// Which protocol this client speaks.
-    pub fn kind(&self) -> ProviderKind {
-        self.kind
-    }
-
     /// Sends one prompt and returns the reply or a classified error.
     ///
     /// The error's message never contains the key: it is scrubbed here, the

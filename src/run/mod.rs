@@ -11,7 +11,6 @@ mod worker;
 
 pub use budget::Budget;
 pub use recorder::{Observer, Progress};
-pub use worker::estimate_tokens;
 
 use crate::job::{Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};

@@ -25,7 +25,7 @@ pub(super) struct Worker {
 
 /// An estimate of a text's tokens, for admission before sending: about four
 /// characters per token for ASCII, one per other character (CJK).
-pub fn estimate_tokens(text: &str) -> u64 {
+fn estimate_tokens(text: &str) -> u64 {
     let ascii = text.chars().filter(char::is_ascii).count() as u64;
     let other = text.chars().count() as u64 - ascii;
     (ascii.div_ceil(4) + other).max(1)

@@ -80,11 +80,6 @@ impl SimServer {
         })
     }
 
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     /// `http://127.0.0.1:PORT` (the loopback address when bound to all
     /// interfaces), the base URL to give a provider.
     pub fn base_url(&self) -> String {

@@ -43,6 +43,14 @@ projects:
         .find(|k| k["name"] == revoked.fingerprint())
         .expect("the invalid key has a report row");
     assert_eq!(row["key_invalid"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "key {} (proj-a) was disabled for this run: API_KEY_INVALID",
+            revoked.fingerprint()
+        )),
+        "the summary names the disabled key and why: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
