@@ -3,7 +3,7 @@
 use super::{exit, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::pool::{pacific_day, provider_for};
-use crate::provider::{self, ErrorClass, ProviderKind, Request};
+use crate::provider::{self, ErrorClass, ProviderKind};
 use crate::store::Store;
 use anyhow::Context;
 use serde::Serialize;
@@ -15,7 +15,7 @@ struct Check {
     key: String,
     account: String,
     status: &'static str,
-    latency_ms: Option<u64>,
+    latency_ms: u64,
     detail: Option<String>,
 }
 
@@ -32,20 +32,13 @@ pub(super) async fn run(args: KeysArgs, _verbosity: Verbosity) -> Result<u8, Fai
     }
 }
 
-/// One countTokens per key: free, and it proves the key, the API and the
-/// project's access to the model.
+/// One free request per key (Gemini's countTokens on the default model,
+/// OpenAI's model list): it proves the key, the API and the account's access.
 async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
-    let model = if provider_for(&config.model) == ProviderKind::Gemini {
+    let gemini_model = if provider_for(&config.model) == ProviderKind::Gemini {
         config.model.as_str()
     } else {
         "gemini-2.5-flash"
-    };
-    let request = Request {
-        model,
-        prompt: "ping",
-        system: None,
-        max_output_tokens: None,
-        temperature: None,
     };
     let mut checks = Vec::new();
     for account in &config.accounts {
@@ -58,15 +51,10 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
         .context("failed to build the HTTP client")?;
         for key in &account.keys {
             let started = Instant::now();
-            let result = client.count_tokens(&key.key, &request).await;
-            let latency_ms = Some(started.elapsed().as_millis() as u64);
-            let (status, latency_ms, detail) = match result {
-                Ok(Some(_)) => ("ok", latency_ms, None),
-                Ok(None) => (
-                    "unchecked",
-                    None,
-                    Some("this provider has no free endpoint to check a key with".to_owned()),
-                ),
+            let result = client.check(&key.key, gemini_model).await;
+            let latency_ms = started.elapsed().as_millis() as u64;
+            let (status, detail) = match result {
+                Ok(()) => ("ok", None),
                 Err(e) => {
                     let status = match &e.class {
                         // The key itself is wrong, as opposed to a valid key
@@ -80,7 +68,7 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                         ErrorClass::RateLimited { .. } => "rate limited",
                         _ => "error",
                     };
-                    (status, latency_ms, Some(e.message))
+                    (status, Some(e.message))
                 }
             };
             checks.push(Check {
@@ -108,7 +96,7 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                 c.key,
                 c.account,
                 c.status,
-                c.latency_ms.map_or("-".into(), |ms| ms.to_string()),
+                c.latency_ms,
                 c.detail.as_deref().unwrap_or("")
             );
         }

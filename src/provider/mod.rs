@@ -131,23 +131,23 @@ impl Client {
         result.map_err(|e| e.scrub(key))
     }
 
-    /// Counts the prompt's input tokens without generating (Gemini's free
-    /// `countTokens`). OpenAI has no such endpoint: `Ok(None)`.
-    ///
-    /// Gemini's Developer API rejects a system instruction in `countTokens`
-    /// (FACTS §6), so the count covers the user prompt only.
-    pub async fn count_tokens(
-        &self,
-        key: &ApiKey,
-        req: &Request<'_>,
-    ) -> Result<Option<u64>, ApiError> {
-        match self.kind {
-            ProviderKind::Gemini => gemini::count_tokens(self, key, req)
-                .await
-                .map(Some)
-                .map_err(|e| e.scrub(key)),
-            ProviderKind::Openai => Ok(None),
-        }
+    /// Checks that the API accepts `key`, with a request that costs
+    /// nothing: Gemini's `countTokens` on `model`, OpenAI's model list.
+    pub async fn check(&self, key: &ApiKey, model: &str) -> Result<(), ApiError> {
+        let result = match self.kind {
+            ProviderKind::Gemini => {
+                let ping = Request {
+                    model,
+                    prompt: "ping",
+                    system: None,
+                    max_output_tokens: None,
+                    temperature: None,
+                };
+                gemini::count_tokens(self, key, &ping).await.map(drop)
+            }
+            ProviderKind::Openai => openai::list_models(self, key).await,
+        };
+        result.map_err(|e| e.scrub(key))
     }
 }
 

@@ -16,7 +16,7 @@
 use super::common::{
     self, api_error, blocked, class_by_status, duration_after, no_output, number_after, ErrorBody,
 };
-use super::transport::post_json;
+use super::transport::{get, post_json};
 use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::pool::ApiKey;
 use chrono::{DateTime, Utc};
@@ -42,16 +42,31 @@ pub(super) async fn generate(
     parse_chat(&body)
 }
 
+/// Lists the models the key may use: free, so it is how a key is checked.
+pub(super) async fn list_models(client: &Client, key: &ApiKey) -> Result<(), ApiError> {
+    let url = api_url(&client.base_url, "models");
+    let auth = format!("Bearer {}", key.expose());
+    get(client, &url, "authorization", &auth, classify)
+        .await
+        .map(drop)
+}
+
 /// The chat completions URL for `base_url` (see the module docs).
 pub(super) fn chat_url(base_url: &str) -> String {
+    api_url(base_url, "chat/completions")
+}
+
+/// `endpoint` under `base_url`'s API version, adding `/v1` when the base
+/// names no version (see the module docs).
+fn api_url(base_url: &str, endpoint: &str) -> String {
     let path = base_url
         .split_once("://")
         .map_or(base_url, |(_, rest)| rest);
     // The first segment is the host.
     if path.split('/').skip(1).any(is_version_segment) {
-        format!("{base_url}/chat/completions")
+        format!("{base_url}/{endpoint}")
     } else {
-        format!("{base_url}/v1/chat/completions")
+        format!("{base_url}/v1/{endpoint}")
     }
 }
 

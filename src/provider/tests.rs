@@ -527,7 +527,11 @@ async fn loopback_wire_format_and_key_scrubbing() {
                 path: uri.path().to_owned(),
                 query: uri.query().map(str::to_owned),
                 headers,
-                body: json(&body),
+                body: if body.is_empty() {
+                    Value::Null
+                } else {
+                    json(&body)
+                },
             });
             (StatusCode::from_u16(status).unwrap(), reply)
         }
@@ -551,13 +555,15 @@ async fn loopback_wire_format_and_key_scrubbing() {
 
     let reply = gemini.generate(&key, &req).await.unwrap();
     assert_eq!(reply.text, "Mountain View");
-    let error = gemini.count_tokens(&key, &req).await.unwrap_err();
+    let error = gemini.check(&key, req.model).await.unwrap_err();
     assert_eq!(error.class, key_invalid("API_KEY_INVALID"));
     assert_eq!(error.message, "API key not valid: AIza…k3Qf");
     let error = openai.generate(&key, &req).await.unwrap_err();
     assert_eq!(error.class, key_invalid("invalid_api_key"));
     assert_eq!(error.message, "Incorrect API key provided: AIza…k3Qf.");
-    assert_eq!(openai.count_tokens(&key, &req).await, Ok(None));
+    let error = openai.check(&key, req.model).await.unwrap_err();
+    assert_eq!(error.class, key_invalid("invalid_api_key"));
+    assert_eq!(error.message, "Incorrect API key provided: AIza…k3Qf.");
 
     let seen = seen.lock().unwrap();
     let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
@@ -567,6 +573,7 @@ async fn loopback_wire_format_and_key_scrubbing() {
             "/v1beta/models/gemini-2.5-flash:generateContent",
             "/v1beta/models/gemini-2.5-flash:countTokens",
             "/v1/chat/completions",
+            "/v1/models",
         ]
     );
     assert!(
@@ -582,9 +589,22 @@ async fn loopback_wire_format_and_key_scrubbing() {
         format!("Bearer {}", key.expose()).as_str()
     );
     assert!(!seen[2].headers.contains_key("x-goog-api-key"));
+    assert_eq!(
+        seen[3].headers["authorization"],
+        seen[2].headers["authorization"]
+    );
     assert_eq!(seen[0].body, wire(&GenerateBody::new(&req)));
-    assert_eq!(seen[1].body, wire(&CountBody::new(&req)));
+    // A key check counts a one-word prompt: the cheapest real request.
+    let ping = Request {
+        prompt: "ping",
+        system: None,
+        max_output_tokens: None,
+        temperature: None,
+        ..req
+    };
+    assert_eq!(seen[1].body, wire(&CountBody::new(&ping)));
     assert_eq!(seen[2].body, wire(&ChatBody::new(&req)));
+    assert_eq!(seen[3].body, Value::Null, "a GET has no body");
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
-//! One HTTP exchange: POST a JSON body with the key in a header, hand back the
-//! body of a 2xx, classify anything else. Transport failures become
-//! [`ErrorClass::Transient`] with a message that names no URL.
+//! One HTTP exchange: POST a JSON body (or GET) with the key in a header,
+//! hand back the body of a 2xx, classify anything else. Transport failures
+//! become [`ErrorClass::Transient`] with a message that names no URL.
 
 use super::common::api_error;
 use super::{ApiError, Client, ErrorClass};
@@ -18,6 +18,29 @@ pub(super) async fn post_json(
     body: &impl Serialize,
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
+    let request = client.http.post(url).json(body);
+    send(client, request, auth_name, auth_value, classify).await
+}
+
+/// Gets `url` with the auth header, as [`post_json`] does.
+pub(super) async fn get(
+    client: &Client,
+    url: &str,
+    auth_name: &'static str,
+    auth_value: &str,
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
+    let request = client.http.get(url);
+    send(client, request, auth_name, auth_value, classify).await
+}
+
+async fn send(
+    client: &Client,
+    request: reqwest::RequestBuilder,
+    auth_name: &'static str,
+    auth_value: &str,
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
     let mut auth = HeaderValue::from_str(auth_value).map_err(|_| {
         api_error(
             ErrorClass::KeyInvalid {
@@ -29,11 +52,8 @@ pub(super) async fn post_json(
     })?;
     // Keeps the key out of any Debug output of the request.
     auth.set_sensitive(true);
-    let response = client
-        .http
-        .post(url)
+    let response = request
         .header(auth_name, auth)
-        .json(body)
         .send()
         .await
         .map_err(|e| transport_error(client, e))?;

@@ -17,6 +17,7 @@
 //! - `POST /v1beta/models/{model}:countTokens`: free (no quota, no faults).
 //! - `POST /v1/chat/completions` (and Gemini's compatible
 //!   `/v1beta/openai/chat/completions`), `Authorization: Bearer KEY`.
+//! - `GET /v1/models`: free like `countTokens`; how OpenAI keys are checked.
 //! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.
 //!
 //! # Order of checks

@@ -84,6 +84,21 @@ impl MessageContent {
 
 /// Parses a chat completion body, or says why not in OpenAI's words
 /// (rendered by [`Wire::bad_request`]).
+/// The answer to `GET /v1/models`: OpenAI's list shape, one entry per model
+/// the simulator serves, sorted.
+pub(crate) fn model_list<'a>(models: impl IntoIterator<Item = &'a String>) -> Response {
+    let mut ids: Vec<&String> = models.into_iter().collect();
+    ids.sort();
+    let data: Vec<Value> = ids
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 1_686_935_002, "owned_by": "system"}))
+        .collect();
+    OpenAi::json(
+        StatusCode::OK,
+        encode(&json!({"object": "list", "data": data})),
+    )
+}
+
 pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
     let request: ChatRequest = serde_json::from_slice(body)
         .map_err(|e| format!("We could not parse the JSON body of your request: {e}"))?;

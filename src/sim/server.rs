@@ -63,6 +63,7 @@ impl SimServer {
         let app = Router::new()
             .route("/v1beta/models/{target}", post(gemini_models))
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(list_models))
             .route("/v1beta/openai/chat/completions", post(chat_completions))
             .route("/__stats", get(stats))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -501,20 +502,39 @@ fn count_tokens(shared: &Shared, key: Option<&str>, model: &str, body: &[u8]) ->
     response
 }
 
-/// `POST /v1/chat/completions` with `Authorization: Bearer KEY`.
+/// The key of an OpenAI request: `Authorization: Bearer KEY`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// `POST /v1/chat/completions`.
 async fn chat_completions(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
     shared
-        .generate::<OpenAi>(key, || openai::parse_chat(&body))
+        .generate::<OpenAi>(bearer(&headers), || openai::parse_chat(&body))
         .await
+}
+
+/// `GET /v1/models`: free like `countTokens` (no quota, no faults, not
+/// numbered); OpenAI's cheapest way to check a key.
+async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let key = bearer(&headers);
+    let caller = shared.caller(key);
+    let response = match caller {
+        Caller::Unknown => OpenAi::invalid_key(key),
+        Caller::Disabled(_) => OpenAi::disabled_key(),
+        Caller::Valid(..) => openai::model_list(&shared.models),
+    };
+    let status = response.status();
+    shared.record(&caller, key, status, status == StatusCode::OK);
+    response
 }
 
 /// `GET /__stats`.

@@ -614,6 +614,29 @@ async fn count_tokens_is_free_and_agrees_with_generate() {
 }
 
 #[tokio::test]
+async fn the_openai_model_list_is_free_and_checks_the_key() {
+    let server = start(one_project(limits(Some(1), None, None))).await;
+    let url = format!("{}/v1/models", server.base_url());
+    let client = reqwest::Client::new();
+    let list = |key: &'static str| client.get(&url).bearer_auth(key).send();
+    for _ in 0..3 {
+        let response = list("sim-key-a1").await.expect("sent");
+        assert_eq!(response.status(), 200);
+        let body = json_of(response).await;
+        assert_eq!(body["object"], "list");
+        assert!(body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == FLASH));
+    }
+    let refused = list("not-a-key").await.expect("sent");
+    assert_eq!(refused.status(), 401);
+    assert_eq!(json_of(refused).await["error"]["code"], "invalid_api_key");
+    assert_eq!(server.stats().requests, 0, "not numbered, no quota");
+}
+
+#[tokio::test]
 async fn shutdown_aborts_hung_requests() {
     let mut config = one_project(ModelLimits::default());
     config.faults.hang = 1.0;
