@@ -91,7 +91,8 @@ struct KeysArgs {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
-    /// Send one free request (Gemini countTokens) per key and tell which work.
+    /// Send one free request per key (Gemini countTokens, OpenAI model list)
+    /// and tell which keys work.
     Check {
         /// Print JSON instead of a table.
         #[arg(long)]
