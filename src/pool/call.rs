@@ -14,7 +14,7 @@
 
 use super::retry::Backoff;
 use super::{ApiKey, Pool, Unavailable};
-use crate::provider::{self, ApiError, ErrorClass};
+use crate::provider::{self, ApiError, ErrorClass, Reply};
 use rand::{rngs::SmallRng, SeedableRng};
 use std::future::Future;
 use std::time::Duration;
@@ -60,6 +60,20 @@ pub enum CallError {
     Api(ApiError),
 }
 
+/// A successful answer that may say how many input tokens the server
+/// counted, so the pool's TPM accounting can use the real count instead of
+/// its estimate.
+pub trait Metered {
+    /// Input tokens the server counted, if it said.
+    fn input_tokens(&self) -> Option<u64>;
+}
+
+impl Metered for Reply {
+    fn input_tokens(&self) -> Option<u64> {
+        Some(self.usage.input_tokens)
+    }
+}
+
 /// What one attempt is sent with: handed to [`Pool::call`]'s closure.
 #[derive(Debug, Clone)]
 pub struct Slot {
@@ -90,7 +104,8 @@ impl Pool {
     /// Makes one logical request of `model` (about `tokens` input tokens)
     /// with lease, retry and failover. `request` is called once per attempt
     /// with the [`Slot`] (client, key, account) to use; `observe` sees every
-    /// attempt, with the value when it succeeded.
+    /// attempt, with the value when it succeeded. The value tells the pool
+    /// the input tokens the server counted ([`Metered`]; `Reply` does).
     ///
     /// ```
     /// use keyfan::config::{Config, MissingEnv};
@@ -145,6 +160,7 @@ impl Pool {
         mut observe: impl FnMut(&Attempt<'_>, Option<&T>),
     ) -> Result<T, CallError>
     where
+        T: Metered,
         F: FnMut(Slot) -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
@@ -174,7 +190,8 @@ impl Pool {
                 result.as_ref().ok(),
             );
             avoid = Some(lease.key_id());
-            self.settle(lease, error.map(|e| &e.class));
+            let counted = result.as_ref().ok().and_then(Metered::input_tokens);
+            self.settle(lease, error.map(|e| &e.class), counted);
             let error = match result {
                 Ok(value) => return Ok(value),
                 Err(error) => error,

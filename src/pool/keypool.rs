@@ -494,15 +494,21 @@ impl Pool {
         }
     }
 
-    /// Records what a request taught the pool (`None`: it succeeded) and
-    /// releases the lease.
-    pub fn settle(&self, lease: Lease<'_>, error: Option<&ErrorClass>) {
+    /// Records what a request taught the pool and releases the lease:
+    /// `error` is `None` when it succeeded, `input_tokens` the prompt tokens
+    /// the server reported, when it did.
+    pub fn settle(&self, lease: Lease<'_>, error: Option<&ErrorClass>, input_tokens: Option<u64>) {
         let now = Instant::now();
         let account = self.keys[lease.key].account;
         let mut guard = self.lock();
         let state = &mut *guard;
         let ks = &mut state.keys[lease.key];
         let latency = now - lease.started;
+        if let Some(actual) = input_tokens {
+            if let Some(quota) = state.quotas.get_mut(&(account, lease.model.clone())) {
+                quota.window.correct(lease.started, lease.tokens, actual);
+            }
+        }
         match error {
             // The key answered: whatever the item's fate, the key is fine.
             None | Some(ErrorClass::ItemInvalid) | Some(ErrorClass::Blocked { .. }) => {

@@ -10,7 +10,7 @@ mod strategy;
 mod tests;
 mod window;
 
-pub use call::{Attempt, CallError, RetryPolicy, Slot};
+pub use call::{Attempt, CallError, Metered, RetryPolicy, Slot};
 pub use day::{next_reset, pacific_day};
 pub use key::ApiKey;
 pub use keypool::{provider_for, KeyId, Lease, Pool, PoolError, Unavailable};

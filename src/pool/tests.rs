@@ -21,7 +21,7 @@ fn pool(accounts: &str, strategy: Strategy, group: Option<&str>) -> Pool {
 async fn use_once(pool: &Pool, error: Option<ErrorClass>) -> KeyId {
     let lease = pool.lease(MODEL, 10, None).await.expect("a key");
     let id = lease.key_id();
-    pool.settle(lease, error.as_ref());
+    pool.settle(lease, error.as_ref(), None);
     id
 }
 
@@ -178,7 +178,7 @@ async fn repeated_transient_failures_open_the_circuit_then_one_probe_decides() {
         let lease = pool.lease(MODEL, 10, None).await.unwrap();
         let error = (lease.key_id() == 0).then_some(ErrorClass::Transient);
         failures += usize::from(error.is_some());
-        pool.settle(lease, error.as_ref());
+        pool.settle(lease, error.as_ref(), None);
     }
     for _ in 0..10 {
         assert_eq!(use_once(&pool, None).await, 1, "key 0 rests");
@@ -257,4 +257,21 @@ async fn a_refused_request_gives_its_room_back() {
         pool.lease(MODEL, 10, None).await.unwrap_err(),
         Unavailable::DayExhausted { .. }
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_window_counts_the_tokens_the_server_reported() {
+    let pool = pool(
+        "  - name: a\n    keys: [k1]\n    limits: { gemini-2.5-flash: { tpm: 100 } }\n",
+        Strategy::RoundRobin,
+        None,
+    );
+    // Estimated 10, but the server counted 90: only 10 are left this minute.
+    let lease = pool.lease(MODEL, 10, None).await.unwrap();
+    pool.settle(lease, None, Some(90));
+    assert!(now_or_never(pool.lease(MODEL, 20, None)).is_none());
+    let lease = now_or_never(pool.lease(MODEL, 10, None))
+        .expect("10 fit")
+        .unwrap();
+    drop(lease);
 }

@@ -94,6 +94,20 @@ impl SlidingWindow {
         }
     }
 
+    /// Replaces an admission's estimated input tokens by the count the
+    /// server reported, so TPM admission tracks what the server counts.
+    pub fn correct(&mut self, at: Instant, estimated: u64, actual: u64) {
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|e| **e == (at, estimated))
+        {
+            entry.1 = actual;
+            self.tokens = self.tokens - estimated + actual;
+        }
+    }
+
     /// Requests admitted in the window (as of the last check).
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -156,6 +170,18 @@ mod tests {
         );
         assert_eq!(w.check(t0, M, None, Some(1000), 1001), Admission::Never);
         assert_eq!(w.tokens, 900);
+    }
+
+    #[test]
+    fn a_corrected_admission_counts_the_real_tokens() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        w.record(t0, 10);
+        w.correct(t0, 10, 90);
+        assert_eq!(w.tokens, 90);
+        assert_ne!(w.check(t0, M, None, Some(100), 20), Admission::Now);
+        w.correct(t0, 90, 5);
+        assert_eq!(w.check(t0, M, None, Some(100), 20), Admission::Now);
     }
 
     #[test]
