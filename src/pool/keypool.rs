@@ -32,6 +32,9 @@ const BREAKER_COOL_DOWN: Duration = Duration::from_secs(15);
 const BREAKER_ERROR_RATE: f64 = 0.5;
 /// Outcomes a key needs before its failure rate can open its circuit.
 const BREAKER_MIN_SAMPLES: u32 = 10;
+/// Admissions remembered for an (account, model) with no known per-minute
+/// limit: more than any real RPM, far less than a minute at full speed.
+const UNLIMITED_HISTORY: usize = 100_000;
 /// Weight of the newest observation in the latency and reliability averages.
 const EWMA_ALPHA: f64 = 0.2;
 
@@ -456,6 +459,12 @@ impl Pool {
                 .get_mut(&(key.account, model.to_owned()))
                 .expect("quota looked at above");
             quota.window.record(now, tokens);
+            let limits = self.accounts[key.account].limits(model, quota);
+            if limits.rpm.is_none() && limits.tpm.is_none() {
+                // Nothing to enforce yet: keep only enough history for a
+                // limit learned later, not a minute of a fast run.
+                quota.window.keep_last(UNLIMITED_HISTORY);
+            }
             quota.day_used += 1;
             return Ok(Look::Leased(id));
         }

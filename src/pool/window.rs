@@ -94,6 +94,15 @@ impl SlidingWindow {
         }
     }
 
+    /// Forgets all but the `n` most recent admissions.
+    pub fn keep_last(&mut self, n: usize) {
+        while self.entries.len() > n {
+            if let Some((_, tokens)) = self.entries.pop_front() {
+                self.tokens -= tokens;
+            }
+        }
+    }
+
     /// Replaces an admission's estimated input tokens by the count the
     /// server reported, so TPM admission tracks what the server counts.
     pub fn correct(&mut self, at: Instant, estimated: u64, actual: u64) {
@@ -170,6 +179,18 @@ mod tests {
         );
         assert_eq!(w.check(t0, M, None, Some(1000), 1001), Admission::Never);
         assert_eq!(w.tokens, 900);
+    }
+
+    #[test]
+    fn keep_last_bounds_the_log() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        for i in 0..10 {
+            w.record(t0, i);
+        }
+        w.keep_last(3);
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.tokens, 7 + 8 + 9);
     }
 
     #[test]
