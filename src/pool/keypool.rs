@@ -381,6 +381,7 @@ impl Pool {
         let mut day_reset: Option<chrono::DateTime<Utc>> = None;
         let mut never_fits = false;
         let mut busy = false;
+        let mut busy_rank: Option<usize> = None;
         let mut usable = 0;
         for (id, key) in self.keys.iter().enumerate() {
             let account = &self.accounts[key.account];
@@ -398,7 +399,6 @@ impl Pool {
                 Health::Healthy if !ks.proven && ks.in_flight > 0 => None,
                 Health::Healthy | Health::Open { .. } => Some(now),
             };
-            busy |= key_ready.is_none();
             usable += 1;
             let quota = state
                 .quotas
@@ -406,14 +406,23 @@ impl Pool {
                 .or_default();
             let limits = account.limits(model, quota);
             let admission = quota.admission(now, &limits, tokens);
+            if key_ready.is_none() {
+                match admission {
+                    // Room, once its request in flight answers: a group
+                    // whose key is only that busy is not unavailable.
+                    QuotaAdmission::Now => {
+                        busy = true;
+                        busy_rank = Some(busy_rank.map_or(key.rank, |r: usize| r.min(key.rank)));
+                    }
+                    QuotaAdmission::At(_) => busy = true,
+                    QuotaAdmission::DayExhausted(_) | QuotaAdmission::Never => {}
+                }
+            }
             let at = match admission {
                 QuotaAdmission::Now => key_ready,
-                QuotaAdmission::At(at) => {
-                    // A key blocked by both waits for the later; an answer
-                    // wakes the pool anyway.
-                    busy |= key_ready.is_none();
-                    key_ready.map(|k| k.max(at))
-                }
+                // A key blocked by both waits for the later; an answer wakes
+                // the pool anyway.
+                QuotaAdmission::At(at) => key_ready.map(|k| k.max(at)),
                 QuotaAdmission::DayExhausted(reset) => {
                     day_reset = Some(day_reset.map_or(reset, |d| d.min(reset)));
                     None
@@ -436,9 +445,14 @@ impl Pool {
                 None => {}
             }
         }
-        // Only the most preferred group with room is used.
+        // Only the most preferred group with room is used, and a group falls
+        // over only when it is unavailable, not while a key of a preferred
+        // group waits for its first answer or its probe.
         if let Some(best) = ready.iter().map(|c| self.keys[c.id].rank).min() {
             ready.retain(|c| self.keys[c.id].rank == best);
+            if busy_rank.is_some_and(|waiting| waiting < best) {
+                ready.clear();
+            }
         }
         // A retry goes to another key when there is one.
         if ready.len() > 1 {
@@ -615,6 +629,7 @@ enum Look {
     Wait(Option<Instant>),
 }
 
+#[derive(Clone, Copy)]
 enum QuotaAdmission {
     Now,
     At(Instant),

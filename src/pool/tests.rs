@@ -275,3 +275,22 @@ async fn the_window_counts_the_tokens_the_server_reported() {
         .unwrap();
     drop(lease);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_group_does_not_fall_over_while_its_key_awaits_its_first_answer() {
+    let accounts = "  - name: a\n    keys: [{key: k1, group: main}]\n  - name: b\n    keys: [{key: k2, group: backup}]\n";
+    let pool = pool(accounts, Strategy::Hybrid, Some("main"));
+    let first = pool.lease(MODEL, 10, None).await.unwrap();
+    assert_eq!(first.key_id(), 0);
+    // k1 has never answered: one request at a time, and backup waits too.
+    assert!(now_or_never(pool.lease(MODEL, 10, None)).is_none());
+    pool.settle(first, None, None);
+    let second = now_or_never(pool.lease(MODEL, 10, None))
+        .expect("main again")
+        .unwrap();
+    assert_eq!(second.key_id(), 0);
+    let third = now_or_never(pool.lease(MODEL, 10, None))
+        .expect("proven: concurrent")
+        .unwrap();
+    assert_eq!(third.key_id(), 0);
+}

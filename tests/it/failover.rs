@@ -212,3 +212,66 @@ async fn an_account_with_a_proxy_sends_through_it() {
     assert_eq!(requests(&via_proxy, &a), 0, "proj-a never went through it");
     assert_eq!(requests(&straight, &b), 0, "proj-b never went direct");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_and_strategy_flags_steer_the_keys() {
+    let sim = simulator(
+        "projects:\n  - name: proj-a\n    keys: [test-key-a1]\n  - name: proj-b\n    keys: [test-key-b1]\n",
+    )
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(12));
+    work.write(
+        "config.yaml",
+        &config(
+            &sim.base_url(),
+            &[("proj-a", &["test-key-a1"]), ("proj-b", &["test-key-b1"])],
+            "groups: [main]\n",
+        )
+        .replace(
+            "      - \"test-key-a1\"",
+            "      - { key: \"test-key-a1\", group: main }",
+        )
+        .replace(
+            "      - \"test-key-b1\"",
+            "      - { key: \"test-key-b1\", group: backup }",
+        ),
+    );
+    // By the config's order, main has room for everything: backup idles.
+    let out = work.keyfan(&run_args("s1.db", &[]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let requests = |project: &str, stats: &keyfan::sim::Stats| {
+        stats.projects.get(project).map_or(0, |p| p.requests)
+    };
+    let after_first = stats(&sim).await;
+    assert_eq!(
+        (
+            requests("proj-a", &after_first),
+            requests("proj-b", &after_first)
+        ),
+        (12, 0)
+    );
+    // --group backup puts backup first; --strategy is accepted by name.
+    let out = work
+        .keyfan(
+            &run_args(
+                "s2.db",
+                &["--group", "backup", "--strategy", "least_in_flight"],
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let after_second = stats(&sim).await;
+    assert_eq!(requests("proj-b", &after_second), 12);
+    // An unknown group is a usage error that names the groups there are.
+    let out = work
+        .keyfan(&run_args("s3.db", &["--group", "gold"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("main, backup"),
+        "{}",
+        explain(&out)
+    );
+}
