@@ -4,14 +4,14 @@ use super::progress::Display;
 use super::{exit, Failure, RunArgs, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::job;
-use crate::pool::{pacific_day, Pool, PoolError, RetryPolicy};
+use crate::pool::{Pool, PoolError, RetryPolicy};
 use crate::report::Report;
-use crate::run::{self, Budget, Options, Recording, Stop, Summary};
+use crate::run::{self, Budget, Options, Recording, ResumePolicy, Start, Stop, Summary};
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{Sink, Target};
 use crate::store::{ItemStatus, LockError, RunLock, Store};
 use anyhow::{anyhow, Context};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,45 +102,25 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         LockError::Io { .. } => e.into(),
     })?;
     let store = Store::open(&state)?;
-    let job_name = args.job.display().to_string();
-    let resumed = match store.find_run(&job_name, &validation.content_hash)? {
-        Some(run) if !args.new_run => Some(run),
-        _ => None,
-    };
-    let run_id = match resumed {
-        Some(run) => {
-            store.reopen_run(run)?;
-            run
-        }
-        None => store.create_run(&job_name, &validation.content_hash, args.simulate)?,
-    };
-    let today = pacific_day(chrono::Utc::now()).to_string();
-    let ledger = store.ledger(&today)?;
-    pool.seed_day_usage(
-        ledger
-            .iter()
-            .map(|l| (l.account.as_str(), l.model.as_str(), l.requests)),
-    );
-
-    // The results file is rebuilt from the store: the items this run keeps
-    // are written once now, the rest as they finish. A crash between a
-    // commit and its row costs nothing: the next run rewrites it.
+    run::seed_from_ledger(&pool, &store)?;
     let mut sink = Sink::create(&target).with_context(|| format!("failed to create {target}"))?;
-    let mut done = HashSet::new();
-    store
-        .for_each_item(run_id, |row| {
-            let again = row.status == ItemStatus::Deferred
-                || (row.status == ItemStatus::Failed && args.retry_failed);
-            if again {
-                return Ok(());
-            }
-            done.insert(run::id_hash(&row.id));
-            sink.write(&row)
-        })?
-        .and_then(|()| sink.flush())
-        .with_context(|| format!("failed to write {target}"))?;
+    let Start {
+        run: run_id,
+        resumed,
+        done,
+    } = run::start(
+        &store,
+        &mut sink,
+        &args.job.display().to_string(),
+        &validation.content_hash,
+        args.simulate,
+        ResumePolicy {
+            new_run: args.new_run,
+            retry_failed: args.retry_failed,
+        },
+    )?;
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
-    if resumed.is_some() && verbosity != Verbosity::Quiet {
+    if resumed && verbosity != Verbosity::Quiet {
         eprintln!(
             "keyfan: resuming run {} of {}: {} item(s) already finished, {to_do} to go (--new-run starts afresh)",
             run_id.0,

@@ -7,10 +7,12 @@
 
 mod budget;
 mod recorder;
+mod resume;
 mod worker;
 
 pub use budget::Budget;
 pub use recorder::{Observer, Progress};
+pub use resume::{seed_from_ledger, start, ResumePolicy, Start};
 
 use crate::job::{Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};

@@ -1,0 +1,84 @@
+//! Where a run starts: the run of the same job that the state file already
+//! holds (resumed), or a new one; what it already finished; and what today's
+//! ledger says the accounts have spent.
+
+use super::{id_hash, RunError};
+use crate::pool::{pacific_day, Pool};
+use crate::sink::Sink;
+use crate::store::{ItemStatus, RunId, Store, StoreError};
+use std::collections::HashSet;
+
+/// How to pick the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResumePolicy {
+    /// Start a fresh run even if one of the same job exists.
+    pub new_run: bool,
+    /// Send again the items that failed last time.
+    pub retry_failed: bool,
+}
+
+/// The run to execute and what it already holds.
+#[derive(Debug)]
+pub struct Start {
+    /// The run.
+    pub run: RunId,
+    /// Whether it is an earlier run taken up again.
+    pub resumed: bool,
+    /// Ids (as [`id_hash`]es) of the items it keeps and will not send again.
+    pub done: HashSet<u64>,
+}
+
+/// Finds the run of the job at `job_path` with content `job_hash` (unless
+/// `policy.new_run`), or creates one, and writes the outcomes it keeps to
+/// `sink`: the results file is rebuilt from the store, so an outcome whose
+/// row a crash lost is written again, and none twice.
+pub fn start(
+    store: &Store,
+    sink: &mut Sink,
+    job_path: &str,
+    job_hash: &str,
+    simulated: bool,
+    policy: ResumePolicy,
+) -> Result<Start, RunError> {
+    let earlier = match store.find_run(job_path, job_hash)? {
+        Some(run) if !policy.new_run => Some(run),
+        _ => None,
+    };
+    let run = match earlier {
+        Some(run) => {
+            store.reopen_run(run)?;
+            run
+        }
+        None => store.create_run(job_path, job_hash, simulated)?,
+    };
+    let mut done = HashSet::new();
+    store
+        .for_each_item(run, |row| {
+            let again = row.status == ItemStatus::Deferred
+                || (row.status == ItemStatus::Failed && policy.retry_failed);
+            if again {
+                return Ok(());
+            }
+            done.insert(id_hash(&row.id));
+            sink.write(&row)
+        })?
+        .and_then(|()| sink.flush())
+        .map_err(RunError::Sink)?;
+    Ok(Start {
+        run,
+        resumed: earlier.is_some(),
+        done,
+    })
+}
+
+/// Starts the pool's day counters from today's ledger, so a second run on
+/// the same day knows what the first one spent.
+pub fn seed_from_ledger(pool: &Pool, store: &Store) -> Result<(), StoreError> {
+    let ledger = store.ledger(&pacific_day(chrono::Utc::now()).to_string())?;
+    pool.seed_day_usage(
+        ledger
+            .iter()
+            .map(|l| (l.account.as_str(), l.model.as_str(), l.requests)),
+    );
+    Ok(())
+}
