@@ -129,7 +129,9 @@ pub async fn execute(
     stop: &Stop,
 ) -> Result<(Summary, Store), RunError> {
     let started = std::time::Instant::now();
-    let cancel = &stop.graceful;
+    // Dispatch stops on Ctrl-C (the parent token) and also, on its own, when
+    // the budget is reached or the recorder fails: neither is an interrupt.
+    let cancel = &stop.graceful.child_token();
     // Unbounded: workers must never block on recording, and at most a few
     // events per request in flight can be waiting.
     let (event_tx, event_rx) = mpsc::unbounded_channel();
@@ -187,12 +189,10 @@ pub async fn execute(
     // show the items it never sent as missing.
     let _ = feeder.await;
     let store = recorder.join().await?;
-    // The budget stops a run through the same token as Ctrl-C.
-    let budget_reached = options.budget.as_ref().is_some_and(|b| b.reached());
     Ok((
         Summary {
-            budget_reached,
-            interrupted: cancel.is_cancelled() && !budget_reached,
+            budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
+            interrupted: stop.graceful.is_cancelled(),
             elapsed: started.elapsed(),
         },
         store,
