@@ -1,10 +1,9 @@
 //! `keyfan keys check` and `keyfan keys status`.
 
-use super::{exit, Failure, KeysArgs, KeysCommand, Verbosity};
+use super::{exit, open_state, print_json, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::pool::{pacific_day, provider_for};
 use crate::provider::{self, ErrorClass, ProviderKind};
-use crate::store::Store;
 use anyhow::Context;
 use serde::Serialize;
 use std::time::Instant;
@@ -81,10 +80,7 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&checks).context("serialise")?
-        );
+        print_json(&checks)?;
     } else {
         println!(
             "{:<14} {:<16} {:<12} {:>8}  detail",
@@ -131,13 +127,7 @@ struct KeyStatus {
 /// Today's usage per account and model against the configured limits, and
 /// each key's last known state, from the state file.
 fn status(config: &Config, state: &std::path::Path, json: bool) -> Result<u8, Failure> {
-    if !state.exists() {
-        return Err(Failure::usage(anyhow::anyhow!(
-            "state file {} does not exist (run a job with --state first)",
-            state.display()
-        )));
-    }
-    let store = Store::open(state)?;
+    let store = open_state(state)?;
     let day = pacific_day(chrono::Utc::now()).to_string();
     let ledger = store.ledger(&day)?;
     let known = store.keys()?;
@@ -179,11 +169,7 @@ fn status(config: &Config, state: &std::path::Path, json: bool) -> Result<u8, Fa
         })
         .collect();
     if json {
-        let out = serde_json::json!({"day": day, "usage": usage, "keys": keys});
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("serialise")?
-        );
+        print_json(&serde_json::json!({"day": day, "usage": usage, "keys": keys}))?;
         return Ok(exit::OK);
     }
     println!("Usage on {day} (US/Pacific day):");

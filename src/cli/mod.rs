@@ -268,6 +268,25 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// Opens an existing state file for reading commands; a missing one is a
+/// usage error (those commands must not create it).
+fn open_state(state: &std::path::Path) -> Result<crate::store::Store, Failure> {
+    if !state.exists() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "state file {} does not exist (run a job with --state first)",
+            state.display()
+        )));
+    }
+    Ok(crate::store::Store::open(state)?)
+}
+
+/// Prints `value` as pretty JSON on standard output, for `--json`.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
+    println!("{text}");
+    Ok(())
+}
+
 /// Runs the parsed command line and returns the process exit code.
 pub async fn main(cli: Cli) -> ExitCode {
     let verbosity = cli.verbosity();

@@ -1,23 +1,12 @@
 //! `keyfan runs` and `keyfan report`: read a state file, send nothing.
 
-use super::{exit, Failure, ReportArgs, RunsArgs};
+use super::{exit, open_state, print_json, Failure, ReportArgs, RunsArgs};
 use crate::report::Report;
-use crate::store::{RunId, Store};
-use anyhow::{anyhow, Context};
-use std::path::Path;
-
-fn open(state: &Path) -> Result<Store, Failure> {
-    if !state.exists() {
-        return Err(Failure::usage(anyhow!(
-            "state file {} does not exist",
-            state.display()
-        )));
-    }
-    Ok(Store::open(state)?)
-}
+use crate::store::RunId;
+use anyhow::anyhow;
 
 pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
-    let store = open(&args.state)?;
+    let store = open_state(&args.state)?;
     let runs = store.runs()?;
     if args.json {
         let mut out = Vec::new();
@@ -26,10 +15,7 @@ pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
                 store.status_counts(run.id)?.into_iter().collect();
             out.push(serde_json::json!({ "run": run, "items": counts }));
         }
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).context("serialise")?
-        );
+        print_json(&out)?;
         return Ok(exit::OK);
     }
     println!(
@@ -62,7 +48,7 @@ pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
 }
 
 pub(super) fn report(args: ReportArgs) -> Result<u8, Failure> {
-    let store = open(&args.state)?;
+    let store = open_state(&args.state)?;
     let run = match args.run {
         Some(id) => RunId(id),
         None => store
