@@ -255,9 +255,11 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
     Ok(validation)
 }
 
-/// A 64-bit hash of an id; only compared within one pass, so the
-/// unspecified-but-deterministic `DefaultHasher` is enough.
-fn id_hash(id: &str) -> u64 {
+/// A 64-bit hash of an item id, so sets of a million ids stay small (the
+/// duplicate check here, the finished items of a resumed run). Only compared
+/// within one process, so the unspecified-but-deterministic `DefaultHasher`
+/// is enough.
+pub fn id_hash(id: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     id.hash(&mut hasher);
     hasher.finish()

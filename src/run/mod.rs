@@ -14,12 +14,11 @@ pub use budget::Budget;
 pub use recorder::{Observer, Progress};
 pub use resume::{seed_from_ledger, start, ResumePolicy, Start};
 
-use crate::job::{Item, ItemError, JobReader};
+use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
 use crate::sink::Sink;
 use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, Store};
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,21 +38,13 @@ pub struct Options {
     pub policy: RetryPolicy,
     /// Model for items that name none.
     pub default_model: String,
-    /// Ids (as [`id_hash`]es) of items a resumed run already finished.
+    /// Ids (as [`crate::job::id_hash`]es) of items a resumed run already finished.
     pub done: Arc<HashSet<u64>>,
     /// The spending cap, if any (`--max-cost`).
     pub budget: Option<Arc<Budget>>,
     /// Output cap sent with items that set none while a budget is in force,
     /// so every request's worst case is known.
     pub budget_output_cap: u32,
-}
-
-/// A compact, stable-within-a-process digest of an item id, so the set of
-/// finished ids of a million-item run stays small.
-pub fn id_hash(id: &str) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    id.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// Something a worker reports.

@@ -2,7 +2,8 @@
 //! holds (resumed), or a new one; what it already finished; and what today's
 //! ledger says the accounts have spent.
 
-use super::{id_hash, RunError};
+use super::RunError;
+use crate::job::id_hash;
 use crate::pool::{pacific_day, Pool};
 use crate::sink::Sink;
 use crate::store::{ItemStatus, RunId, Store, StoreError};
