@@ -2,16 +2,6 @@ use crate::support::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::time::Duration;
 
-const SIM: &str = "
-seed: 11
-latency: { min_ms: 2, max_ms: 10 }
-projects:
-  - name: proj-a
-    keys: [test-key-a1, test-key-a2]
-  - name: proj-b
-    keys: [test-key-b1]
-";
-
 fn two_accounts(base_url: &str, extra: &str) -> String {
     config(
         base_url,
@@ -26,10 +16,7 @@ fn two_accounts(base_url: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
     const ITEMS: usize = 2000;
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(ITEMS));
-    work.write("config.yaml", &two_accounts(&sim.base_url(), ""));
+    let (sim, work) = scenario(&two_projects(2, 10), ITEMS, |url| two_accounts(url, "")).await;
     let args = run_args("state.db", &["-q"]);
     let mut rng = SmallRng::seed_from_u64(20261121);
     let mut kills = 0;
@@ -69,13 +56,7 @@ async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_what_is_in_flight_and_a_rerun_completes() {
-    let sim = simulator(
-        "latency: { min_ms: 20, max_ms: 40 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n",
-    )
-    .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(300));
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = scenario("latency: { min_ms: 20, max_ms: 40 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n", 300, one_account).await;
     let args = run_args("state.db", &["-q"]);
     let child = work.spawn(&args);
     // Interrupt once some items are finished (the run is surely under way).
@@ -149,7 +130,7 @@ async fn a_second_run_on_the_same_state_file_is_refused_naming_the_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_daily_limit_defers_the_rest_and_the_next_run_knows_it() {
-    let sim = simulator(SIM).await;
+    let sim = simulator(&two_projects(2, 10)).await;
     let work = Workdir::new();
     work.write("job.jsonl", &jsonl_job(50));
     work.write(
@@ -194,13 +175,7 @@ async fn a_configured_daily_limit_defers_the_rest_and_the_next_run_knows_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daily_limit_learned_from_a_429_defers_and_a_later_run_continues() {
-    let sim = simulator(
-        "projects:\n  - name: proj-a\n    keys: [test-key-a1]\n    limits: { gemini-2.5-flash: { rpd: 30 } }\n",
-    )
-    .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(50));
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = scenario("projects:\n  - name: proj-a\n    keys: [test-key-a1]\n    limits: { gemini-2.5-flash: { rpd: 30 } }\n", 50, one_account).await;
     let args = run_args("state.db", &[]);
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
@@ -220,7 +195,7 @@ async fn a_daily_limit_learned_from_a_429_defers_and_a_later_run_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_cost_stops_before_the_cap_and_a_rerun_resumes() {
-    let sim = simulator(SIM).await;
+    let sim = simulator(&two_projects(2, 10)).await;
     let work = Workdir::new();
     let job: String = (0..20)
         .map(|i| {

@@ -2,27 +2,25 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_of_an_invalid_key_succeed_on_the_others() {
-    let sim = simulator(
+    let (sim, work) = scenario(
         "
 projects:
   - name: proj-a
     keys: [test-key-a1, test-key-a2]
 ",
+        30,
+        |url| {
+            config(
+                url,
+                &[(
+                    "proj-a",
+                    &["test-key-a1", "test-key-revoked", "test-key-a2"],
+                )],
+                "",
+            )
+        },
     )
     .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(30));
-    work.write(
-        "config.yaml",
-        &config(
-            &sim.base_url(),
-            &[(
-                "proj-a",
-                &["test-key-a1", "test-key-revoked", "test-key-a2"],
-            )],
-            "",
-        ),
-    );
     let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));
@@ -55,7 +53,7 @@ projects:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_503s_is_retried_until_every_item_is_ok() {
-    let sim = simulator(
+    let (sim, work) = scenario(
         "
 projects:
   - name: proj-a
@@ -63,18 +61,10 @@ projects:
 faults:
   bursts: [{ after: 3, count: 8, status: 503 }]
 ",
+        20,
+        |url| config(url, &[("proj-a", &["test-key-a1", "test-key-a2"])], ""),
     )
     .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(20));
-    work.write(
-        "config.yaml",
-        &config(
-            &sim.base_url(),
-            &[("proj-a", &["test-key-a1", "test-key-a2"])],
-            "",
-        ),
-    );
     let out = work.keyfan(&run_args("s.db", &["-v"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let rows = results(&work.path("job.results.jsonl"));

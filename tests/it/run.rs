@@ -1,31 +1,18 @@
 use crate::support::*;
 
-const SIM: &str = "
-seed: 7
-latency: { min_ms: 0, max_ms: 5 }
-projects:
-  - name: proj-a
-    keys: [test-key-a1, test-key-a2]
-  - name: proj-b
-    keys: [test-key-b1]
-";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_item_gets_its_own_reply_and_the_report_counts_them() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(40));
-    work.write(
-        "config.yaml",
-        &config(
-            &sim.base_url(),
+    let (sim, work) = scenario(&two_projects(0, 5), 40, |url| {
+        config(
+            url,
             &[
                 ("proj-a", &["test-key-a1", "test-key-a2"]),
                 ("proj-b", &["test-key-b1"]),
             ],
             "",
-        ),
-    );
+        )
+    })
+    .await;
     let out = work.keyfan(&run_args("state.db", &["--json"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
 
@@ -74,7 +61,7 @@ async fn every_item_gets_its_own_reply_and_the_report_counts_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_jobs_and_csv_results_work_too() {
-    let sim = simulator(SIM).await;
+    let sim = simulator(&two_projects(0, 5)).await;
     let work = Workdir::new();
     work.write(
         "job.csv",
@@ -112,10 +99,7 @@ async fn csv_jobs_and_csv_results_work_too() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_can_stream_to_stdout() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(5));
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (_sim, work) = scenario(&two_projects(0, 5), 5, one_account).await;
     let out = work.keyfan(&run_args("s.db", &["--out", "-"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let stdout = String::from_utf8(out.stdout).unwrap();

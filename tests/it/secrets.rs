@@ -12,8 +12,9 @@ const REVOKED: &str = "AIza.test.9999.leakcheck.99999999999zzz";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_appears_in_any_output_log_result_report_or_database() {
-    let sim = simulator(&format!(
-        "
+    let (_sim, work) = scenario(
+        &format!(
+            "
 projects:
   - name: proj-a
     keys: [{}, {}]
@@ -22,22 +23,21 @@ projects:
 faults:
   bursts: [{{ after: 2, count: 3, status: 503 }}]
 ",
-        KEYS[0], KEYS[1], KEYS[2]
-    ))
-    .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(25));
-    work.write(
-        "config.yaml",
-        &config(
-            &sim.base_url(),
-            &[
-                ("proj-a", &["${K0}", "${K1}", "${REVOKED}"]),
-                ("proj-b", &["${K2}"]),
-            ],
-            "",
+            KEYS[0], KEYS[1], KEYS[2]
         ),
-    );
+        25,
+        |url| {
+            config(
+                url,
+                &[
+                    ("proj-a", &["${K0}", "${K1}", "${REVOKED}"]),
+                    ("proj-b", &["${K2}"]),
+                ],
+                "",
+            )
+        },
+    )
+    .await;
     let env = [
         ("K0", KEYS[0]),
         ("K1", KEYS[1]),

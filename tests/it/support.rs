@@ -83,6 +83,30 @@ pub async fn simulator(yaml: &str) -> SimServer {
         .expect("simulator starts")
 }
 
+/// A simulator config: project `proj-a` with keys `test-key-a1` and
+/// `test-key-a2`, project `proj-b` with `test-key-b1`, and a latency
+/// uniform in `[min_ms, max_ms]`.
+pub fn two_projects(min_ms: u64, max_ms: u64) -> String {
+    format!(
+        "seed: 7\nlatency: {{ min_ms: {min_ms}, max_ms: {max_ms} }}\nprojects:\n  - name: proj-a\n    keys: [test-key-a1, test-key-a2]\n  - name: proj-b\n    keys: [test-key-b1]\n"
+    )
+}
+
+/// A simulator from `sim_yaml`, and a work directory holding a
+/// [`jsonl_job`] of `items` and the `config.yaml` that `config` writes for
+/// the simulator's base URL.
+pub async fn scenario(
+    sim_yaml: &str,
+    items: usize,
+    config: impl FnOnce(&str) -> String,
+) -> (SimServer, Workdir) {
+    let sim = simulator(sim_yaml).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(items));
+    work.write("config.yaml", &config(&sim.base_url()));
+    (sim, work)
+}
+
 /// A JSONL job of `n` prompts `p0`… with ids `item-0`….
 pub fn jsonl_job(n: usize) -> String {
     (0..n)
