@@ -5,7 +5,7 @@
 
 use super::quota::{Rejection, Scope};
 use super::reply::{self, Directive, Prompt, MEDIA_PART_TOKENS};
-use super::wire::{encode, fixture, put, Answer, Turn, Wire};
+use super::wire::{encode, fixture_json, fixture_text, put, Answer, Turn, Wire};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::de::IgnoredAny;
@@ -15,49 +15,24 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Bodies served verbatim.
-const API_KEY_INVALID: &str = include_str!("../../tests/fixtures/gemini_400_api_key_invalid.json");
-const SERVICE_DISABLED: &str =
-    include_str!("../../tests/fixtures/gemini_403_service_disabled.json");
-const INTERNAL: &str = include_str!("../../tests/fixtures/gemini_500_internal.json");
-const OVERLOADED: &str = include_str!("../../tests/fixtures/gemini_503_overloaded.json");
-const HIGH_DEMAND: &str = include_str!("../../tests/fixtures/gemini_503_high_demand.json");
-const BARE_429: &str = include_str!("../../tests/fixtures/gemini_429_bare_resource_exhausted.json");
-const FINISH_OTHER: &str =
-    include_str!("../../tests/fixtures/gemini_candidate_finish_other_no_content.json");
+const API_KEY_INVALID: &str = fixture_text!("gemini_400_api_key_invalid.json");
+const SERVICE_DISABLED: &str = fixture_text!("gemini_403_service_disabled.json");
+const INTERNAL: &str = fixture_text!("gemini_500_internal.json");
+const OVERLOADED: &str = fixture_text!("gemini_503_overloaded.json");
+const HIGH_DEMAND: &str = fixture_text!("gemini_503_high_demand.json");
+const BARE_429: &str = fixture_text!("gemini_429_bare_resource_exhausted.json");
+const FINISH_OTHER: &str = fixture_text!("gemini_candidate_finish_other_no_content.json");
 
 /// Bodies served patched.
-static NOT_FOUND: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/gemini_404_model_not_found.json"
-    ))
-});
-static REQUESTS_429: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/gemini_429_free_tier_rpd.json"
-    ))
-});
-static TOKENS_429: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/gemini_429_free_tier_input_tpm.json"
-    ))
-});
-static PROMPT_BLOCKED: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/gemini_prompt_blocked_prohibited_content.json"
-    ))
-});
-static FINISH_SAFETY: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/gemini_candidate_finish_safety.json"
-    ))
-});
-static THOUGHTS_SPENT: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/gemini_generateContent_empty_candidate_max_tokens.json"
-    ))
-});
-static COUNT_TOKENS: LazyLock<Value> =
-    LazyLock::new(|| fixture(include_str!("../../tests/fixtures/gemini_countTokens.json")));
+static NOT_FOUND: LazyLock<Value> = fixture_json!("gemini_404_model_not_found.json");
+static REQUESTS_429: LazyLock<Value> = fixture_json!("gemini_429_free_tier_rpd.json");
+static TOKENS_429: LazyLock<Value> = fixture_json!("gemini_429_free_tier_input_tpm.json");
+static PROMPT_BLOCKED: LazyLock<Value> =
+    fixture_json!("gemini_prompt_blocked_prohibited_content.json");
+static FINISH_SAFETY: LazyLock<Value> = fixture_json!("gemini_candidate_finish_safety.json");
+static THOUGHTS_SPENT: LazyLock<Value> =
+    fixture_json!("gemini_generateContent_empty_candidate_max_tokens.json");
+static COUNT_TOKENS: LazyLock<Value> = fixture_json!("gemini_countTokens.json");
 
 /// Where the 429 fixtures keep what is patched.
 const QUOTA_METRIC: &str = "/error/details/0/violations/0/quotaMetric";
@@ -436,6 +411,7 @@ impl Wire for Gemini {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::wire::fixture;
 
     #[test]
     fn every_fixture_parses() {

@@ -5,7 +5,7 @@
 
 use super::quota::{Headroom, Rejection, Scope};
 use super::reply::{self, Directive, Prompt, MEDIA_PART_TOKENS};
-use super::wire::{encode, fixture, put, Answer, Turn, Wire};
+use super::wire::{encode, fixture, fixture_json, fixture_text, put, Answer, Turn, Wire};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -14,16 +14,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 /// Served verbatim: a disabled key's account has no quota left to buy.
-const INSUFFICIENT_QUOTA: &str =
-    include_str!("../../tests/fixtures/openai_429_insufficient_quota.json");
+const INSUFFICIENT_QUOTA: &str = fixture_text!("openai_429_insufficient_quota.json");
 /// Served verbatim for a burst of 429s (no limit to name).
-const RATE_LIMIT: &str = include_str!("../../tests/fixtures/openai_429_rate_limit_tokens.json");
+const RATE_LIMIT: &str = fixture_text!("openai_429_rate_limit_tokens.json");
 
-static INVALID_KEY: LazyLock<Value> = LazyLock::new(|| {
-    fixture(include_str!(
-        "../../tests/fixtures/openai_401_invalid_api_key.json"
-    ))
-});
+static INVALID_KEY: LazyLock<Value> = fixture_json!("openai_401_invalid_api_key.json");
 static RATE_LIMITED: LazyLock<Value> = LazyLock::new(|| fixture(RATE_LIMIT));
 
 /// OpenAI chat completions.

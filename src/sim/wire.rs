@@ -76,6 +76,23 @@ pub(crate) fn json_response(
     response
 }
 
+/// The text of `tests/fixtures/NAME`, embedded at compile time: the bodies
+/// the simulator serves are the real APIs' recorded ones.
+macro_rules! fixture_text {
+    ($name:literal) => {
+        include_str!(concat!("../../tests/fixtures/", $name))
+    };
+}
+
+/// A fixture parsed once, on first use, to be served patched.
+macro_rules! fixture_json {
+    ($name:literal) => {
+        std::sync::LazyLock::new(|| $crate::sim::wire::fixture(fixture_text!($name)))
+    };
+}
+
+pub(crate) use {fixture_json, fixture_text};
+
 /// Parses a fixture embedded with `include_str!`. Fixtures are compile-time
 /// constants checked by the tests, so a failure here is a build defect, never
 /// something a request can cause.
