@@ -17,3 +17,4 @@ pub mod run;
 pub mod sim;
 pub mod sink;
 pub mod store;
+pub mod types;

@@ -2,8 +2,9 @@
 
 use super::{exit, open_state, print_json, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
-use crate::pool::{pacific_day, provider_for};
+use crate::pool::provider_for;
 use crate::provider::{self, ErrorClass, ProviderKind};
+use crate::types::QuotaDay;
 use anyhow::Context;
 use serde::Serialize;
 use std::time::Instant;
@@ -128,8 +129,8 @@ struct KeyStatus {
 /// each key's last known state, from the state file.
 fn status(config: &Config, state: &std::path::Path, json: bool) -> Result<u8, Failure> {
     let store = open_state(state)?;
-    let day = pacific_day(chrono::Utc::now()).to_string();
-    let ledger = store.ledger(&day)?;
+    let day = QuotaDay::today();
+    let ledger = store.ledger(day)?;
     let known = store.keys()?;
     let mut usage = Vec::new();
     for account in &config.accounts {

@@ -20,8 +20,9 @@ mod raw;
 #[cfg(test)]
 mod tests;
 
-use crate::pool::{ApiKey, Strategy};
-use crate::provider::ProviderKind;
+use crate::pool::Strategy;
+pub use crate::types::Limits;
+use crate::types::{ApiKey, ProviderKind};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -83,17 +84,6 @@ pub struct KeyConfig {
     pub weight: u32,
     /// Optional group name (default `default`).
     pub group: String,
-}
-
-/// Per-model quota of one account. `None` means not configured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
-    /// Requests per minute.
-    pub rpm: Option<u32>,
-    /// Input tokens per minute.
-    pub tpm: Option<u64>,
-    /// Requests per day (reset at midnight US/Pacific).
-    pub rpd: Option<u32>,
 }
 
 /// What to do with a `${VAR}` that is not set.

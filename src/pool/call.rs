@@ -13,8 +13,9 @@
 //! | `ItemInvalid`, `Blocked` | final: retrying cannot help |
 
 use super::retry::Backoff;
-use super::{ApiKey, Pool, Unavailable};
+use super::{Pool, Unavailable};
 use crate::provider::{self, ApiError, ErrorClass, Reply};
+use crate::types::ApiKey;
 use rand::{rngs::SmallRng, SeedableRng};
 use std::future::Future;
 use std::time::Duration;

@@ -8,12 +8,11 @@
 //! configured run sees no 429 at all; when nothing has room the caller sleeps
 //! until the earliest instant something will (computed, not polled).
 
-use super::day;
 use super::strategy::{Candidate, Strategy, Turns};
 use super::window::{Admission, SlidingWindow};
-use super::ApiKey;
 use crate::config::{Config, Limits};
 use crate::provider::{self, ErrorClass, ProviderKind, QuotaScope};
+use crate::types::{ApiKey, QuotaDay};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -184,7 +183,7 @@ struct Quota {
     learned: Limits,
     cooled_until: Option<Instant>,
     exhausted_until: Option<(Instant, chrono::DateTime<Utc>)>,
-    day: Option<chrono::NaiveDate>,
+    day: Option<QuotaDay>,
     day_used: u64,
 }
 
@@ -574,7 +573,7 @@ impl Pool {
     /// run on the same day knows what the first one spent: `(account, model,
     /// requests)` for the current Pacific day.
     pub fn seed_day_usage<'a>(&self, used: impl IntoIterator<Item = (&'a str, &'a str, u64)>) {
-        let today = day::pacific_day(Utc::now());
+        let today = QuotaDay::today();
         let mut state = self.lock();
         for (account, model, requests) in used {
             if let Some(index) = self.accounts.iter().position(|a| a.name == account) {
@@ -658,7 +657,7 @@ impl Quota {
 
     fn admission(&mut self, now: Instant, limits: &Limits, tokens: u64) -> QuotaAdmission {
         let wall = Utc::now();
-        let today = day::pacific_day(wall);
+        let today = QuotaDay::of(wall);
         if self.day != Some(today) {
             self.day = Some(today);
             self.day_used = 0;
@@ -673,7 +672,7 @@ impl Quota {
             .rpd
             .is_some_and(|rpd| self.day_used >= u64::from(rpd))
         {
-            return QuotaAdmission::DayExhausted(day::next_reset(wall));
+            return QuotaAdmission::DayExhausted(today.reset());
         }
         let cooled = self.cooled_until.filter(|&t| t > now);
         match (
@@ -701,7 +700,7 @@ impl Quota {
         match scope {
             QuotaScope::Day => {
                 let wall = Utc::now();
-                let reset = day::next_reset(wall);
+                let reset = QuotaDay::of(wall).reset();
                 let wait = (reset - wall).to_std().unwrap_or_default();
                 self.exhausted_until = Some((now + wait, reset));
                 if let Some(limit) = limit {

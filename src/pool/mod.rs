@@ -1,8 +1,6 @@
 //! The key pool: accounts, keys, quotas, health and leases (DESIGN §2).
 
 mod call;
-mod day;
-mod key;
 mod keypool;
 mod retry;
 mod strategy;
@@ -11,7 +9,5 @@ mod tests;
 mod window;
 
 pub use call::{Attempt, CallError, Metered, RetryPolicy, Slot};
-pub use day::{next_reset, pacific_day};
-pub use key::ApiKey;
 pub use keypool::{provider_for, KeyId, Lease, Pool, PoolError, Unavailable};
 pub use strategy::Strategy;

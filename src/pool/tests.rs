@@ -134,7 +134,7 @@ async fn a_per_day_429_exhausts_the_account_until_pacific_midnight() {
     let Unavailable::DayExhausted { until, .. } = err else {
         panic!("expected day exhaustion, got {err}");
     };
-    assert_eq!(until, next_reset(chrono::Utc::now()));
+    assert_eq!(until, crate::types::QuotaDay::today().reset());
 }
 
 #[tokio::test(start_paused = true)]

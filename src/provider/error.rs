@@ -1,22 +1,7 @@
 //! The error classes of DESIGN §3 and the typed API error that carries one.
 
-use crate::pool::ApiKey;
+use crate::types::{ApiKey, QuotaScope};
 use std::time::Duration;
-
-/// Which quota a 429 says was hit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaScope {
-    /// Requests per minute (Gemini `...RequestsPerMinute...`, OpenAI `requests`).
-    MinuteRequests,
-    /// Input tokens per minute (Gemini `...InputTokens...PerMinute...`, OpenAI `tokens`).
-    MinuteTokens,
-    /// Requests per day: exhausted until the next midnight US/Pacific,
-    /// whatever the body's retry delay says.
-    Day,
-    /// A 429 that names no quota (a bare `RESOURCE_EXHAUSTED`): treated as
-    /// per-minute with a default cool-down.
-    Unknown,
-}
 
 /// What the scheduler should do about a failure (DESIGN §3).
 #[derive(Debug, Clone, PartialEq)]

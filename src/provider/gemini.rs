@@ -12,7 +12,7 @@
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
 use super::transport::post_json;
 use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
-use crate::pool::ApiKey;
+use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

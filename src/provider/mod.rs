@@ -24,21 +24,12 @@ mod openai;
 mod tests;
 mod transport;
 
-pub use error::{ApiError, ErrorClass, QuotaScope};
+pub use crate::types::{ProviderKind, QuotaScope};
+pub use error::{ApiError, ErrorClass};
 
-use crate::pool::ApiKey;
+use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-
-/// Which wire protocol an endpoint speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
-    /// Google Gemini Developer API (`/v1beta/models/{model}:generateContent`).
-    Gemini,
-    /// OpenAI chat completions (`/v1/chat/completions`) and compatible servers.
-    Openai,
-}
 
 /// One prompt, as the provider needs it.
 #[derive(Debug, Clone, PartialEq)]

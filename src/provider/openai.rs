@@ -18,7 +18,7 @@ use super::common::{
 };
 use super::transport::{get, post_json};
 use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
-use crate::pool::ApiKey;
+use crate::types::ApiKey;
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};

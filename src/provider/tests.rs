@@ -7,7 +7,7 @@
 use super::gemini::{self, CountBody, GenerateBody};
 use super::openai::{self, ChatBody};
 use super::{ApiError, Client, ErrorClass, ProviderKind, QuotaScope, Reply, Request, Usage};
-use crate::pool::ApiKey;
+use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 use serde_json::Value;

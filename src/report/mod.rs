@@ -6,6 +6,7 @@ mod markdown;
 use crate::store::{
     AttemptClass, AttemptRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
 };
+use crate::types::QuotaDay;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -101,11 +102,13 @@ impl Report {
             accounts.get(&a.account, None).push(&a);
         })?;
         let now = chrono::Utc::now();
-        let today = crate::pool::pacific_day(now).to_string();
+        let today = QuotaDay::of(now);
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
         Ok(Report {
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
-                crate::pool::next_reset(now).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                today
+                    .reset()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             }),
             simulated: run_row.simulated,
             run: run_row,
@@ -116,7 +119,7 @@ impl Report {
             },
             keys: keys.finish(elapsed_s),
             accounts: accounts.finish(elapsed_s),
-            ledger: store.ledger(&today)?,
+            ledger: store.ledger(today)?,
         })
     }
 

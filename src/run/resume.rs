@@ -4,9 +4,10 @@
 
 use super::RunError;
 use crate::job::id_hash;
-use crate::pool::{pacific_day, Pool};
+use crate::pool::Pool;
 use crate::sink::Sink;
 use crate::store::{ItemStatus, RunId, Store, StoreError};
+use crate::types::QuotaDay;
 use std::collections::HashSet;
 
 /// How to pick the run.
@@ -75,7 +76,7 @@ pub fn start(
 /// Starts the pool's day counters from today's ledger, so a second run on
 /// the same day knows what the first one spent.
 pub fn seed_from_ledger(pool: &Pool, store: &Store) -> Result<(), StoreError> {
-    let ledger = store.ledger(&pacific_day(chrono::Utc::now()).to_string())?;
+    let ledger = store.ledger(QuotaDay::today())?;
     pool.seed_day_usage(
         ledger
             .iter()

@@ -3,7 +3,7 @@
 
 use super::{unsent, Budget, Event};
 use crate::job::Item;
-use crate::pool::{pacific_day, Attempt, CallError, Pool, RetryPolicy, Unavailable};
+use crate::pool::{Attempt, CallError, Pool, RetryPolicy, Unavailable};
 use crate::price::{self, Price};
 use crate::provider::{ApiError, ErrorClass, Reply, Request, Usage};
 use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, Reservation};
@@ -148,7 +148,7 @@ impl Worker {
     /// while the request is in flight has still counted it. Returns the
     /// Pacific day it was counted against.
     async fn reserve(&self, account: &str, model: &str) -> Result<String, ApiError> {
-        let day = pacific_day(chrono::Utc::now()).to_string();
+        let day = crate::types::QuotaDay::today().to_string();
         let (committed, done) = oneshot::channel();
         let reservation = Reservation {
             account: account.to_owned(),

@@ -4,7 +4,7 @@
 //! would enforce), which a rehearsal derives from the user's config
 //! ([`SimConfig::rehearsal`]) and a test writes by hand.
 
-use crate::pool::ApiKey;
+use crate::types::ApiKey;
 use serde::{Deserialize, Deserializer};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@ use super::quota::{Clock, ProjectState};
 use super::reply::{self, Prompt};
 use super::stats::{KeyStats, Stats};
 use super::wire::{Answer, Turn, Wire};
-use crate::pool::ApiKey;
+use crate::types::ApiKey;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::config::{AccountConfig, Config, KeyConfig, Limits};
-use crate::pool::ApiKey;
 use crate::provider::ProviderKind;
+use crate::types::ApiKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;

@@ -15,6 +15,7 @@ pub use rows::{
     RunRow,
 };
 
+use crate::types::QuotaDay;
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use std::path::{Path, PathBuf};
 
@@ -345,12 +346,12 @@ impl Store {
         )
     }
 
-    /// The ledger rows of one Pacific day.
-    pub fn ledger(&self, day: &str) -> Result<Vec<LedgerRow>, StoreError> {
+    /// The ledger rows of one quota day.
+    pub fn ledger(&self, day: QuotaDay) -> Result<Vec<LedgerRow>, StoreError> {
         self.collect(
             "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd
              FROM ledger WHERE day = ?1 ORDER BY account, model",
-            [day],
+            [day.to_string()],
             LedgerRow::from_row,
         )
     }

@@ -89,7 +89,7 @@ fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
         .unwrap()
         .unwrap();
     assert_eq!(ids, ["a", "b"], "in job-file order");
-    let ledger = store.ledger("2026-11-21").unwrap();
+    let ledger = store.ledger(day("2026-11-21")).unwrap();
     assert_eq!(ledger.len(), 1);
     // The 429 is not counted against the quota; the 503 is.
     assert_eq!((ledger[0].requests, ledger[0].ok), (3, 2));
@@ -134,7 +134,7 @@ fn a_refused_key_is_remembered_with_the_apis_reason() {
         )
         .unwrap();
     assert_eq!(
-        store.ledger("2026-11-21").unwrap()[0].requests,
+        store.ledger(day("2026-11-21")).unwrap()[0].requests,
         1,
         "reserved before sending"
     );
@@ -154,7 +154,7 @@ fn a_refused_key_is_remembered_with_the_apis_reason() {
         Some("API key not valid. Please pass a valid API key.")
     );
     assert_eq!(
-        store.ledger("2026-11-21").unwrap()[0].requests,
+        store.ledger(day("2026-11-21")).unwrap()[0].requests,
         0,
         "a refused key uses no quota"
     );
@@ -190,4 +190,8 @@ fn a_state_file_from_a_newer_keyfan_is_refused() {
         err.contains("schema version 99") && err.contains("upgrade keyfan"),
         "{err}"
     );
+}
+
+fn day(text: &str) -> crate::types::QuotaDay {
+    text.parse().expect("a YYYY-MM-DD day")
 }

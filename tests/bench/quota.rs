@@ -56,11 +56,12 @@ mod common;
 
 use common::{bench_mode, digest, env_list, fail, runtime};
 use keyfan::config::{Config, MissingEnv};
-use keyfan::pool::{ApiKey, Pool, RetryPolicy};
+use keyfan::pool::{Pool, RetryPolicy};
 use keyfan::run::{self, Observer, Options, Progress, Recording, Stop};
 use keyfan::sim::{FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimServer};
 use keyfan::sink::{Sink, Target};
 use keyfan::store::{AttemptClass, AttemptRow, ItemRow, Store};
+use keyfan::types::ApiKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::Path;

@@ -16,8 +16,8 @@
 mod common;
 
 use common::{bench_mode, cores, digest, env_u64, runtime};
-use keyfan::pool::ApiKey;
 use keyfan::sim::{ProjectConfig, SimConfig, SimServer};
+use keyfan::types::ApiKey;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

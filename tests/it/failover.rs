@@ -26,7 +26,7 @@ projects:
     let rows = results(&work.path("job.results.jsonl"));
     assert_eq!(rows.len(), 30);
     assert!(rows.iter().all(|r| r["status"] == "ok"), "{rows:?}");
-    let revoked = keyfan::pool::ApiKey::new("test-key-revoked");
+    let revoked = keyfan::types::ApiKey::new("test-key-revoked");
     let stats = stats(&sim).await;
     assert_eq!(
         stats.keys[revoked.fingerprint()].requests,
@@ -183,8 +183,8 @@ async fn an_account_with_a_proxy_sends_through_it() {
     work.write("config.yaml", &yaml);
     let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let b = keyfan::pool::ApiKey::new("test-key-b1");
-    let a = keyfan::pool::ApiKey::new("test-key-a1");
+    let b = keyfan::types::ApiKey::new("test-key-b1");
+    let a = keyfan::types::ApiKey::new("test-key-a1");
     let via_proxy = stats(&proxy).await;
     let straight = stats(&direct).await;
     let (through, around) = (
@@ -196,7 +196,7 @@ async fn an_account_with_a_proxy_sends_through_it() {
         "both accounts served: {through} + {around}"
     );
     assert_eq!(through + around, 20);
-    let requests = |s: &keyfan::sim::Stats, k: &keyfan::pool::ApiKey| {
+    let requests = |s: &keyfan::sim::Stats, k: &keyfan::types::ApiKey| {
         s.keys.get(k.fingerprint()).map_or(0, |k| k.requests)
     };
     assert_eq!(requests(&via_proxy, &a), 0, "proj-a never went through it");

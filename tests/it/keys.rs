@@ -25,7 +25,7 @@ async fn keys_check_tells_working_invalid_and_disabled_keys_apart() {
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let status = |key: &str| {
-        let fp = keyfan::pool::ApiKey::new(key);
+        let fp = keyfan::types::ApiKey::new(key);
         rows.as_array()
             .unwrap()
             .iter()
@@ -82,7 +82,7 @@ async fn keys_status_shows_todays_use_and_why_a_key_was_disabled() {
     assert_eq!(usage["account"], "proj-a");
     assert_eq!(usage["requests"], 6, "the refused request is not counted");
     assert_eq!(usage["rpd"], 500);
-    let bogus = keyfan::pool::ApiKey::new("test-key-bogus");
+    let bogus = keyfan::types::ApiKey::new("test-key-bogus");
     let key = status["keys"]
         .as_array()
         .unwrap()

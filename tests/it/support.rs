@@ -209,11 +209,10 @@ pub fn assert_each_item_once_with_its_reply(path: &Path, n: usize) {
 /// Requests the state file's ledger counts on the days around now.
 pub fn ledger_requests(state: &Path) -> u64 {
     let store = keyfan::store::Store::open(state).expect("state file");
-    let now = chrono::Utc::now();
-    let mut days = vec![keyfan::pool::pacific_day(now)];
-    days.push(days[0].pred_opt().expect("a day before"));
+    let today = keyfan::types::QuotaDay::today();
+    let days = [today, today.previous()];
     days.iter()
-        .flat_map(|day| store.ledger(&day.to_string()).expect("ledger"))
+        .flat_map(|day| store.ledger(*day).expect("ledger"))
         .map(|row| row.requests)
         .sum()
 }
