@@ -8,6 +8,8 @@
 mod budget;
 mod recorder;
 mod resume;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use budget::Budget;
