@@ -103,11 +103,12 @@ pub struct Summary {
 pub(crate) struct Faults(std::sync::Mutex<Vec<String>>);
 
 impl Faults {
+    /// Adds `message`, once: every worker may meet the same failure.
     fn push(&self, message: String) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(message);
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains(&message) {
+            all.push(message);
+        }
     }
 
     fn take(&self) -> Vec<String> {

@@ -205,6 +205,14 @@ async fn a_dead_endpoint_stops_the_run_naming_it_and_leaves_the_items_pending() 
     let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
     assert!(stderr.contains(&url), "{}", explain(&out));
     assert!(stderr.contains("connection refused"), "{}", explain(&out));
+    assert_eq!(
+        stderr
+            .matches("no provider endpoint can be reached")
+            .count(),
+        1,
+        "said once: {}",
+        explain(&out)
+    );
     let store = keyfan::store::Store::open(&work.path("s.db")).unwrap();
     let run = &store.runs().unwrap()[0];
     assert_eq!(run.status, "failed");
