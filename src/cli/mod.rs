@@ -37,10 +37,12 @@ Exit codes:
   1    keyfan failed (state file, results file, I/O)
   2    invalid command line, config or job file: nothing was sent
   3    finished, but some items failed
-  4    daily quotas ran out: remaining items deferred to a later run
+  4    daily quotas ran out (or a server asked to wait > 10 min): remaining
+       items deferred to a later run
   5    --max-cost reached: remaining items not sent (a rerun resumes them)
   75   another run is using the state file: nothing was sent, try later
-  130  interrupted (Ctrl-C / SIGTERM): finished items are kept";
+  130  interrupted (Ctrl-C / SIGTERM, or the results pipe closed): finished
+       items are kept";
 
 /// Fan a job of LLM prompts across many API keys and projects, within every
 /// project's quotas.

@@ -108,6 +108,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         run: run_id,
         resumed,
         done,
+        prior_attempts,
     } = run::start(
         &store,
         &mut sink,
@@ -143,6 +144,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         },
         default_model: config.model.clone(),
         done: Arc::new(done),
+        prior_attempts: Arc::new(prior_attempts),
         budget: args.max_cost.map(|cap| Arc::new(Budget::new(cap))),
         budget_output_cap: BUDGET_OUTPUT_CAP,
     };
@@ -154,7 +156,9 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     };
     let (summary, store) = run::execute(&options, Arc::clone(&pool), recording, &stop).await?;
     signals.abort();
-    let status = if summary.interrupted {
+    let status = if !summary.errors.is_empty() {
+        "failed"
+    } else if summary.interrupted || summary.output_closed {
         "interrupted"
     } else if summary.budget_reached {
         "stopped at --max-cost"
@@ -177,12 +181,28 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     // The whole run's items, this invocation's and earlier ones'.
     let items: BTreeMap<String, u64> = store.status_counts(run_id)?.into_iter().collect();
     let code = exit_code(&summary, &items);
+    // Errors are shown even with -q: the items they left pending go out
+    // with the next run.
+    for error in &summary.errors {
+        eprintln!("keyfan: error: {error}");
+    }
+    if !summary.errors.is_empty() {
+        eprintln!("keyfan: the items not finished stay pending: running the same command again sends them");
+    }
+    // The run's active time, as the report gives it: a resumed run's
+    // earlier invocations count, the gaps between them do not.
+    let elapsed_s = report.elapsed_s;
     if verbosity != Verbosity::Quiet {
+        if summary.output_closed {
+            eprintln!(
+                "keyfan: the results output was closed: stopped sending; finished items are kept in {} (running the same command again writes them and sends the rest)",
+                state.display()
+            );
+        }
         eprintln!(
-            "keyfan: {}run {} {status} in {:.1}s: {}",
+            "keyfan: {}run {} {status} in {elapsed_s:.1}s: {}",
             if args.simulate { "SIMULATED " } else { "" },
             run_id.0,
-            summary.elapsed.as_secs_f64(),
             counts(&items)
         );
         for (key, account, reason) in pool.disabled() {
@@ -205,7 +225,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             "run": run_id.0,
             "simulated": args.simulate,
             "status": status,
-            "elapsed_s": summary.elapsed.as_secs_f64(),
+            "elapsed_s": elapsed_s,
             "items": items,
             "results": target.to_string(),
             "report": report_json.display().to_string(),
@@ -235,7 +255,9 @@ fn counts(items: &BTreeMap<String, u64>) -> String {
 
 fn exit_code(summary: &Summary, items: &BTreeMap<String, u64>) -> u8 {
     let count = |status: ItemStatus| items.get(status.as_str()).copied().unwrap_or(0);
-    if summary.interrupted {
+    if !summary.errors.is_empty() {
+        exit::ERROR
+    } else if summary.interrupted || summary.output_closed {
         exit::INTERRUPTED
     } else if summary.budget_reached {
         exit::BUDGET

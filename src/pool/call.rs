@@ -11,8 +11,13 @@
 //! | `KeyInvalid` | the key is disabled for the run; retry at once on another |
 //! | `Transient` | retry after exponential backoff with full jitter, on another key if one has room |
 //! | `ItemInvalid`, `Blocked` | final: retrying cannot help |
+//!
+//! The caller's stop token is looked at before every attempt: once it is
+//! cancelled nothing more is sent, and waits (for room, or a backoff) end
+//! at once.
 
 use super::retry::Backoff;
+use super::window::after;
 use super::{Pool, Unavailable};
 use crate::provider::{self, ApiError, ErrorClass, Reply};
 use crate::types::ApiKey;
@@ -20,6 +25,7 @@ use rand::{rngs::SmallRng, SeedableRng};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How hard [`Pool::call`] tries.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +65,29 @@ pub enum CallError {
     /// The last attempt's error: final by class, or retries used up.
     #[error("{0}")]
     Api(ApiError),
+    /// The stop token was cancelled before the call was done: nothing more
+    /// was sent.
+    #[error("stopped before the request was answered")]
+    Stopped,
+    /// Every endpoint the pool sent to refuses connections and none has
+    /// ever answered: no item can get through, so the run should stop.
+    #[error("no provider endpoint can be reached: {}", describe_unreachable(.0))]
+    Unreachable(Vec<(String, String)>),
+}
+
+fn describe_unreachable(endpoints: &[(String, String)]) -> String {
+    endpoints
+        .iter()
+        .map(|(url, error)| format!("{url} ({error})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `error` is a failure to connect at all (refused, no route, DNS),
+/// as the transport describes it: the request never reached a server.
+fn connect_failure(error: &ApiError) -> Option<&str> {
+    (error.status.is_none() && error.message.starts_with("connection failed"))
+        .then_some(error.message.as_str())
 }
 
 /// A successful answer that may say how many input tokens the server
@@ -103,7 +132,8 @@ pub struct Attempt<'a> {
 
 impl Pool {
     /// Makes one logical request of `model` (about `tokens` input tokens)
-    /// with lease, retry and failover. `request` is called once per attempt
+    /// with lease, retry and failover, until `stop` is cancelled (then
+    /// [`CallError::Stopped`]). `request` is called once per attempt
     /// with the [`Slot`] (client, key, account) to use; `observe` sees every
     /// attempt, with the value when it succeeded. The value tells the pool
     /// the input tokens the server counted ([`Metered`]; `Reply` does).
@@ -128,6 +158,7 @@ impl Pool {
     /// }
     ///
     /// let pool = Pool::new(&config, Strategy::Hybrid, None)?;
+    /// let stop = tokio_util::sync::CancellationToken::new();
     /// let request = Request {
     ///     model: "gemini-2.5-flash",
     ///     prompt: "Why is the sky blue?",
@@ -140,6 +171,7 @@ impl Pool {
     ///         request.model,
     ///         10,
     ///         &RetryPolicy::default(),
+    ///         &stop,
     ///         |slot| {
     ///             let request = request.clone();
     ///             async move { slot.client.generate(&slot.key, &request).await }
@@ -157,6 +189,7 @@ impl Pool {
         model: &str,
         tokens: u64,
         policy: &RetryPolicy,
+        stop: &CancellationToken,
         mut request: F,
         mut observe: impl FnMut(&Attempt<'_>, Option<&T>),
     ) -> Result<T, CallError>
@@ -166,12 +199,29 @@ impl Pool {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let started = Instant::now();
+        let deadline = policy.deadline.map(|d| after(started, d));
         let mut backoff = Backoff::new(policy.backoff_base, policy.backoff_cap);
         let mut rng = SmallRng::from_entropy();
         let (mut transient, mut rate_limited) = (0, 0);
         let mut avoid = None;
+        let mut last_error: Option<ApiError> = None;
         for number in 1.. {
-            let lease = self.lease(model, tokens, avoid).await?;
+            let lease = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Err(CallError::Stopped),
+                lease = self.lease_before(model, tokens, avoid, deadline) => lease,
+            };
+            let lease = match (lease, last_error) {
+                (Ok(lease), _) => lease,
+                // The last key was refused and none is left: the API's own
+                // words say more than "no usable key".
+                (Err(Unavailable::NoKey { .. }), Some(error))
+                    if matches!(error.class, ErrorClass::KeyInvalid { .. }) =>
+                {
+                    return Err(CallError::Api(error))
+                }
+                (Err(unavailable), _) => return Err(unavailable.into()),
+            };
             let sent = Instant::now();
             let result = request(Slot {
                 client: lease.client().clone(),
@@ -191,13 +241,22 @@ impl Pool {
                 result.as_ref().ok(),
             );
             avoid = Some(lease.key_id());
+            let refused = error.and_then(connect_failure);
+            self.observe_endpoint(
+                lease.key_id(),
+                error.is_none_or(|e| e.status.is_some()),
+                refused,
+            );
+            let refused = refused.is_some();
             let counted = result.as_ref().ok().and_then(Metered::input_tokens);
             self.settle(lease, error.map(|e| &e.class), counted);
             let error = match result {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
-            let past_deadline = policy.deadline.is_some_and(|d| started.elapsed() >= d);
+            if refused && self.all_unreachable() {
+                return Err(CallError::Unreachable(self.unreachable()));
+            }
             let wait = match error.class {
                 ErrorClass::ItemInvalid | ErrorClass::Blocked { .. } => None,
                 ErrorClass::KeyInvalid { .. } => Some(Duration::ZERO),
@@ -210,10 +269,17 @@ impl Pool {
                     (transient <= policy.max_retries).then(|| backoff.next_delay(&mut rng))
                 }
             };
+            // A retry that could only start after the deadline is not made.
+            let wait = wait.filter(|&w| deadline.is_none_or(|d| after(Instant::now(), w) < d));
             match wait {
-                Some(wait) if !past_deadline => tokio::time::sleep(wait).await,
-                _ => return Err(CallError::Api(error)),
+                Some(wait) => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Err(CallError::Stopped),
+                    _ = tokio::time::sleep(wait) => {}
+                },
+                None => return Err(CallError::Api(error)),
             }
+            last_error = Some(error);
         }
         unreachable!("the attempt loop only ends by returning")
     }

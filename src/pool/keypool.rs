@@ -9,7 +9,8 @@
 //! until the earliest instant something will (computed, not polled).
 
 use super::strategy::{Candidate, Strategy, Turns};
-use super::window::{Admission, SlidingWindow};
+use super::watch::{self, Endpoint, WaitFor, Waiting};
+use super::window::{after, Admission, SlidingWindow};
 use crate::config::{Config, Limits};
 use crate::provider::{self, ErrorClass, ProviderKind, QuotaScope};
 use crate::types::{ApiKey, QuotaDay};
@@ -21,6 +22,11 @@ use tokio::time::{Duration, Instant};
 
 /// Cool-down after a 429 that says neither which quota nor how long.
 const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(20);
+/// The longest wait for room the pool sits out. A per-minute quota never
+/// needs more than about 60 s, so when a server asks for more than this
+/// and no account has room sooner, the item is deferred instead
+/// ([`Unavailable::ServerDelay`]) rather than stalling the run unseen.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Extra time an admission keeps counting past the window (clock skew).
 const SKEW_MARGIN: Duration = Duration::from_millis(300);
 /// Consecutive transient failures that open a key's circuit.
@@ -60,6 +66,23 @@ pub enum Unavailable {
         /// When the first quota resets (UTC).
         until: chrono::DateTime<Utc>,
     },
+    /// No account has room for longer than [`MAX_WAIT`]: a server asked to
+    /// wait until `until` (a huge `retryDelay` or `Retry-After`).
+    #[error("the server asked to wait until {} before the next request for {model}", .until.format("%Y-%m-%d %H:%M:%S UTC"))]
+    ServerDelay {
+        /// The model asked for.
+        model: String,
+        /// When the first account has room again (UTC).
+        until: chrono::DateTime<Utc>,
+    },
+    /// The next room comes after the item's deadline (`item_deadline`).
+    #[error("the next room for {model} is at {}, after the item's deadline (item_deadline)", .until.format("%Y-%m-%d %H:%M:%S UTC"))]
+    PastDeadline {
+        /// The model asked for.
+        model: String,
+        /// When the first account has room again (UTC).
+        until: chrono::DateTime<Utc>,
+    },
     /// The request needs more input tokens than any account's TPM allows.
     #[error("the request's {tokens} input tokens exceed every account's tokens-per-minute limit for {model}")]
     NeverFits {
@@ -92,6 +115,8 @@ struct Account {
     provider: ProviderKind,
     client: provider::Client,
     limits: HashMap<String, Limits>,
+    /// Index of its base URL in [`Pool::endpoints`].
+    endpoint: usize,
 }
 
 #[derive(Debug)]
@@ -163,7 +188,7 @@ impl KeyState {
                 || (self.samples >= BREAKER_MIN_SAMPLES && self.error_rate > BREAKER_ERROR_RATE);
             if self.health == Health::Probing || tripped {
                 self.health = Health::Open {
-                    until: now + BREAKER_COOL_DOWN,
+                    until: after(now, BREAKER_COOL_DOWN),
                 };
             }
         } else {
@@ -192,12 +217,18 @@ struct State {
     keys: Vec<KeyState>,
     quotas: HashMap<(usize, String), Quota>,
     turns: Turns,
+    /// What the last look that found no room waits for, and until when.
+    waiting: Option<(Instant, Waiting)>,
+    /// Reachability of each of [`Pool::endpoints`].
+    endpoints: Vec<Endpoint>,
 }
 
 /// The key pool. Share it behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
 pub struct Pool {
     accounts: Vec<Account>,
+    /// The distinct base URLs of the accounts.
+    endpoints: Vec<String>,
     keys: Vec<Key>,
     strategy: Strategy,
     state: Mutex<State>,
@@ -279,9 +310,17 @@ impl Pool {
             order.insert(0, preferred);
         }
         let mut accounts = Vec::new();
+        let mut endpoints: Vec<String> = Vec::new();
         let mut keys = Vec::new();
         for (index, account) in config.accounts.iter().enumerate() {
             let base_url = &config.providers[&account.provider].base_url;
+            let endpoint = endpoints
+                .iter()
+                .position(|e| e == base_url)
+                .unwrap_or_else(|| {
+                    endpoints.push(base_url.clone());
+                    endpoints.len() - 1
+                });
             accounts.push(Account {
                 name: account.name.clone(),
                 provider: account.provider,
@@ -296,6 +335,7 @@ impl Pool {
                     source,
                 })?,
                 limits: account.limits.clone().into_iter().collect(),
+                endpoint,
             });
             keys.extend(account.keys.iter().map(|k| {
                 Key {
@@ -311,10 +351,12 @@ impl Pool {
         }
         let state = State {
             keys: keys.iter().map(|_| KeyState::new()).collect(),
+            endpoints: endpoints.iter().map(|_| Endpoint::default()).collect(),
             ..State::default()
         };
         Ok(Pool {
             accounts,
+            endpoints,
             keys,
             strategy,
             state: Mutex::new(state),
@@ -331,12 +373,24 @@ impl Pool {
     /// Leases a key for one request of `model` with an estimated `tokens`
     /// input tokens, preferring a key other than `avoid` (the one that just
     /// failed this item). Waits, without polling, until some account has
-    /// room; fails when none ever will.
+    /// room; fails when none ever will, or not within [`MAX_WAIT`].
     pub async fn lease(
         &self,
         model: &str,
         tokens: u64,
         avoid: Option<KeyId>,
+    ) -> Result<Lease<'_>, Unavailable> {
+        self.lease_before(model, tokens, avoid, None).await
+    }
+
+    /// [`Pool::lease`], failing at once with [`Unavailable::PastDeadline`]
+    /// when the next room comes after `deadline`.
+    pub async fn lease_before(
+        &self,
+        model: &str,
+        tokens: u64,
+        avoid: Option<KeyId>,
+        deadline: Option<Instant>,
     ) -> Result<Lease<'_>, Unavailable> {
         loop {
             // Register interest before looking, so a release between the
@@ -354,6 +408,12 @@ impl Pool {
                     })
                 }
                 Look::Wait(Some(until)) => {
+                    if deadline.is_some_and(|d| until > d) {
+                        return Err(Unavailable::PastDeadline {
+                            model: model.to_owned(),
+                            until: watch::wall(now, until),
+                        });
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => {}
                         _ = changed => {}
@@ -376,7 +436,9 @@ impl Pool {
         let mut state = self.lock();
         let state = &mut *state;
         let mut ready = Vec::new();
-        let mut earliest: Option<Instant> = None;
+        // The first instant some key has room, what holds it back, and
+        // the key's account.
+        let mut earliest: Option<(Instant, WaitFor, usize)> = None;
         let mut day_reset: Option<chrono::DateTime<Utc>> = None;
         let mut never_fits = false;
         let mut busy = false;
@@ -413,15 +475,21 @@ impl Pool {
                         busy = true;
                         busy_rank = Some(busy_rank.map_or(key.rank, |r: usize| r.min(key.rank)));
                     }
-                    QuotaAdmission::At(_) => busy = true,
+                    QuotaAdmission::At(..) => busy = true,
                     QuotaAdmission::DayExhausted(_) | QuotaAdmission::Never => {}
                 }
             }
             let at = match admission {
-                QuotaAdmission::Now => key_ready,
+                QuotaAdmission::Now => key_ready.map(|k| (k, WaitFor::KeyResting)),
                 // A key blocked by both waits for the later; an answer wakes
                 // the pool anyway.
-                QuotaAdmission::At(at) => key_ready.map(|k| k.max(at)),
+                QuotaAdmission::At(at, why) => key_ready.map(|k| {
+                    if k > at {
+                        (k, WaitFor::KeyResting)
+                    } else {
+                        (at, why)
+                    }
+                }),
                 QuotaAdmission::DayExhausted(reset) => {
                     day_reset = Some(day_reset.map_or(reset, |d| d.min(reset)));
                     None
@@ -432,7 +500,7 @@ impl Pool {
                 }
             };
             match at {
-                Some(at) if at <= now => ready.push(Candidate {
+                Some((at, _)) if at <= now => ready.push(Candidate {
                     id,
                     weight: key.weight,
                     in_flight: ks.in_flight,
@@ -440,8 +508,10 @@ impl Pool {
                     latency_ms: ks.latency_ms,
                     reliability: 1.0 - ks.error_rate,
                 }),
-                Some(at) => earliest = Some(earliest.map_or(at, |e| e.min(at))),
-                None => {}
+                Some((at, why)) if earliest.is_none_or(|(e, ..)| at < e) => {
+                    earliest = Some((at, why, key.account));
+                }
+                Some(_) | None => {}
             }
         }
         // Only the most preferred group with room is used, and a group falls
@@ -479,10 +549,36 @@ impl Pool {
                 quota.window.keep_last(UNLIMITED_HISTORY);
             }
             quota.day_used += 1;
+            if state
+                .waiting
+                .as_ref()
+                .is_some_and(|(_, w)| w.model == model)
+            {
+                state.waiting = None;
+            }
             return Ok(Look::Leased(id));
         }
-        if earliest.is_some() || busy {
-            return Ok(Look::Wait(earliest));
+        if let Some((at, limit, account)) = earliest {
+            let until = watch::wall(now, at);
+            // A request in flight may still change the picture: wait for it
+            // before giving up on a far-off room.
+            if !busy && at > after(now, MAX_WAIT) {
+                return Err(Unavailable::ServerDelay {
+                    model: model.to_owned(),
+                    until,
+                });
+            }
+            let waiting = Waiting {
+                account: self.accounts[account].name.clone(),
+                model: model.to_owned(),
+                limit,
+                until,
+            };
+            state.waiting = Some((at, waiting));
+            return Ok(Look::Wait(Some(at)));
+        }
+        if busy {
+            return Ok(Look::Wait(None));
         }
         if usable == 0 {
             return Err(Unavailable::NoKey {
@@ -584,6 +680,43 @@ impl Pool {
         }
     }
 
+    /// What the pool is waiting for, while no key has room for some model.
+    pub fn waiting(&self) -> Option<Waiting> {
+        let state = self.lock();
+        match &state.waiting {
+            Some((until, waiting)) if *until > Instant::now() => Some(waiting.clone()),
+            _ => None,
+        }
+    }
+
+    /// Records what the request sent with `key` met at its endpoint: an
+    /// HTTP answer, a failure to connect (`connect_error`), or neither (a
+    /// timeout, a cut connection).
+    pub(super) fn observe_endpoint(&self, key: KeyId, answered: bool, connect_error: Option<&str>) {
+        let endpoint = self.accounts[self.keys[key].account].endpoint;
+        self.lock().endpoints[endpoint].observe(answered, connect_error);
+    }
+
+    /// Base URLs that failed to connect [`watch::UNREACHABLE_AFTER`] times
+    /// in a row, each with its last connection error.
+    pub fn unreachable(&self) -> Vec<(String, String)> {
+        let state = self.lock();
+        self.endpoints
+            .iter()
+            .zip(&state.endpoints)
+            .filter_map(|(url, e)| Some((url.clone(), e.unreachable()?.to_owned())))
+            .collect()
+    }
+
+    /// Whether the run cannot go on: every endpoint sent to has failed to
+    /// connect [`watch::UNREACHABLE_AFTER`] times in a row, and none has
+    /// ever answered (a wrong port or host, not a passing outage).
+    pub(super) fn all_unreachable(&self) -> bool {
+        let state = self.lock();
+        let tried = || state.endpoints.iter().filter(|e| e.tried());
+        tried().next().is_some() && tried().all(|e| e.unreachable().is_some() && !e.answered())
+    }
+
     /// Requests in flight across all keys.
     pub fn in_flight(&self) -> u32 {
         self.lock().keys.iter().map(|k| k.in_flight).sum()
@@ -631,7 +764,7 @@ enum Look {
 #[derive(Clone, Copy)]
 enum QuotaAdmission {
     Now,
-    At(Instant),
+    At(Instant, WaitFor),
     DayExhausted(chrono::DateTime<Utc>),
     Never,
 }
@@ -682,8 +815,14 @@ impl Quota {
         ) {
             (Admission::Never, _) => QuotaAdmission::Never,
             (Admission::Now, None) => QuotaAdmission::Now,
-            (Admission::Now, Some(t)) => QuotaAdmission::At(t),
-            (Admission::At(at), cooled) => QuotaAdmission::At(cooled.map_or(at, |c| c.max(at))),
+            (Admission::Now, Some(c)) => QuotaAdmission::At(c, WaitFor::ServerDelay),
+            (Admission::At(at), Some(c)) if c >= at => QuotaAdmission::At(c, WaitFor::ServerDelay),
+            (Admission::At(at), _) => {
+                let rpm_full = limits
+                    .rpm
+                    .is_some_and(|rpm| self.window.len() >= rpm as usize);
+                QuotaAdmission::At(at, if rpm_full { WaitFor::Rpm } else { WaitFor::Tpm })
+            }
         }
     }
 
@@ -702,7 +841,7 @@ impl Quota {
                 let wall = Utc::now();
                 let reset = QuotaDay::of(wall).reset();
                 let wait = (reset - wall).to_std().unwrap_or_default();
-                self.exhausted_until = Some((now + wait, reset));
+                self.exhausted_until = Some((after(now, wait), reset));
                 if let Some(limit) = limit {
                     self.learned
                         .rpd
@@ -710,7 +849,7 @@ impl Quota {
                 }
             }
             QuotaScope::MinuteRequests | QuotaScope::MinuteTokens | QuotaScope::Unknown => {
-                let until = now + retry_after.unwrap_or(DEFAULT_COOL_DOWN);
+                let until = after(now, retry_after.unwrap_or(DEFAULT_COOL_DOWN));
                 self.cooled_until = Some(self.cooled_until.map_or(until, |c| c.max(until)));
                 match (scope, limit) {
                     (QuotaScope::MinuteRequests, Some(limit)) => {

@@ -6,8 +6,10 @@ mod retry;
 mod strategy;
 #[cfg(test)]
 mod tests;
+mod watch;
 mod window;
 
 pub use call::{Attempt, CallError, Metered, RetryPolicy, Slot};
-pub use keypool::{provider_for, KeyId, Lease, Pool, PoolError, Unavailable};
+pub use keypool::{provider_for, KeyId, Lease, Pool, PoolError, Unavailable, MAX_WAIT};
 pub use strategy::Strategy;
+pub use watch::{WaitFor, Waiting, UNREACHABLE_AFTER};

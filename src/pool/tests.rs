@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{Config, MissingEnv};
-use crate::provider::{ErrorClass, QuotaScope};
+use crate::provider::{ApiError, ErrorClass, QuotaScope};
 use std::path::Path;
 use std::time::Duration;
 use tokio::time::{advance, Instant};
@@ -293,4 +293,161 @@ async fn a_group_does_not_fall_over_while_its_key_awaits_its_first_answer() {
         .expect("proven: concurrent")
         .unwrap();
     assert_eq!(third.key_id(), 0);
+}
+
+fn per_minute_429(retry_after: Duration) -> ErrorClass {
+    ErrorClass::RateLimited {
+        scope: QuotaScope::MinuteRequests,
+        retry_after: Some(retry_after),
+        limit: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_huge_retry_delay_defers_instead_of_panicking_or_stalling() {
+    for delay in [Duration::MAX, Duration::from_secs(999_999_999)] {
+        let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);
+        use_once(&pool, Some(per_minute_429(delay))).await;
+        let err = pool.lease(MODEL, 10, None).await.unwrap_err();
+        assert!(matches!(err, Unavailable::ServerDelay { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("the server asked to wait until "),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_within_the_cap_is_sat_out_and_one_beyond_it_is_not() {
+    let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);
+    use_once(&pool, Some(per_minute_429(MAX_WAIT))).await;
+    let start = Instant::now();
+    use_once(&pool, None).await;
+    assert_eq!(Instant::now() - start, MAX_WAIT);
+    use_once(&pool, Some(per_minute_429(MAX_WAIT * 2))).await;
+    assert!(pool.lease(MODEL, 10, None).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_past_the_items_deadline_fails_at_once() {
+    let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);
+    use_once(&pool, Some(per_minute_429(Duration::from_secs(30)))).await;
+    let start = Instant::now();
+    let deadline = Some(start + Duration::from_secs(10));
+    let err = pool
+        .lease_before(MODEL, 10, None, deadline)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Unavailable::PastDeadline { .. }), "{err}");
+    assert!(err.to_string().contains("item_deadline"), "{err}");
+    assert_eq!(Instant::now(), start, "failed without waiting");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pool_says_what_it_waits_for_and_until_when() {
+    let pool = pool(
+        "  - name: proj-a\n    keys: [k1]\n    limits: { gemini-2.5-flash: { rpm: 1 } }\n",
+        Strategy::RoundRobin,
+        None,
+    );
+    assert_eq!(pool.waiting(), None);
+    use_once(&pool, None).await;
+    let wall = chrono::Utc::now();
+    assert!(now_or_never(pool.lease(MODEL, 10, None)).is_none());
+    let waiting = pool.waiting().expect("waiting for room");
+    assert_eq!(waiting.account, "proj-a");
+    assert_eq!(waiting.limit, WaitFor::Rpm);
+    let ahead = (waiting.until - wall).num_seconds();
+    assert!((59..=61).contains(&ahead), "{ahead}");
+    assert!(
+        waiting
+            .to_string()
+            .starts_with("waiting for quota: proj-a gemini-2.5-flash RPM, next room at "),
+        "{waiting}"
+    );
+    // Once the room came and was used, nothing is waited for.
+    use_once(&pool, None).await;
+    assert_eq!(pool.waiting(), None);
+}
+
+/// A request that always fails with `class`, counting its calls.
+fn failing(
+    calls: &std::sync::atomic::AtomicU32,
+    class: ErrorClass,
+) -> impl FnMut(Slot) -> std::future::Ready<Result<crate::provider::Reply, ApiError>> + '_ {
+    move |_| {
+        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Err(ApiError {
+            class: class.clone(),
+            status: Some(400),
+            message: "API key not valid. Please pass a valid API key.".into(),
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopped_call_sends_nothing_more_and_ends_its_backoff_at_once() {
+    let pool = pool(
+        "  - name: a\n    keys: [k1, k2]\n",
+        Strategy::RoundRobin,
+        None,
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let policy = RetryPolicy {
+        backoff_base: Duration::from_secs(3600),
+        backoff_cap: Duration::from_secs(3600),
+        ..RetryPolicy::default()
+    };
+    let call = pool.call(
+        MODEL,
+        10,
+        &policy,
+        &stop,
+        failing(&calls, ErrorClass::Transient),
+        |_, _| {},
+    );
+    let mut call = std::pin::pin!(call);
+    assert!(now_or_never(call.as_mut()).is_none(), "in its backoff");
+    let start = Instant::now();
+    stop.cancel();
+    assert_eq!(call.await.unwrap_err(), CallError::Stopped);
+    assert_eq!(Instant::now(), start, "the backoff ended at once");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A call started after the stop sends nothing.
+    let err = pool
+        .call(
+            MODEL,
+            10,
+            &policy,
+            &stop,
+            failing(&calls, ErrorClass::Transient),
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err, CallError::Stopped);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_the_last_key_is_refused_the_apis_message_is_the_error() {
+    let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let refused = ErrorClass::KeyInvalid {
+        reason: "API_KEY_INVALID".into(),
+    };
+    let err = pool
+        .call(
+            MODEL,
+            10,
+            &RetryPolicy::default(),
+            &tokio_util::sync::CancellationToken::new(),
+            failing(&calls, refused),
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("API key not valid"), "{err}");
 }

@@ -14,6 +14,18 @@ use tokio::time::{Duration, Instant};
 /// The length of the window Google counts RPM and TPM over.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
+/// The longest wait the pool ever computes: an instant this far ahead is
+/// "not in this run" (about 30 years, like tokio's own far future).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
+
+/// `at + wait`, never panicking: a wait too long for the clock (a server's
+/// `retryDelay` of 2^64 seconds) becomes a far-future instant.
+pub fn after(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait.min(FAR_FUTURE))
+        .or_else(|| at.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(at)
+}
+
 /// Whether a request fits the window now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -36,7 +48,7 @@ impl SlidingWindow {
     /// Forgets admissions older than the window plus `margin` at `now`.
     fn prune(&mut self, now: Instant, margin: Duration) {
         while let Some(&(at, tokens)) = self.entries.front() {
-            if at + WINDOW + margin > now {
+            if after(at, WINDOW + margin) > now {
                 break;
             }
             self.entries.pop_front();
@@ -75,7 +87,7 @@ impl SlidingWindow {
         }
         match expire {
             0 => Admission::Now,
-            k => Admission::At(self.entries[k - 1].0 + WINDOW + margin),
+            k => Admission::At(after(self.entries[k - 1].0, WINDOW + margin)),
         }
     }
 
@@ -133,6 +145,17 @@ mod tests {
     use super::*;
 
     const M: Duration = Duration::from_millis(250);
+
+    #[test]
+    fn instants_far_in_the_future_do_not_overflow() {
+        let t0 = Instant::now();
+        let far = after(t0, Duration::MAX);
+        assert!(far > after(t0, Duration::from_secs(86_400 * 365)));
+        assert_eq!(
+            after(t0, Duration::from_secs(7)),
+            t0 + Duration::from_secs(7)
+        );
+    }
 
     #[test]
     fn a_fresh_window_admits_a_whole_minute_at_once() {

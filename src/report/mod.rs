@@ -218,20 +218,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 fn elapsed_seconds(run: &RunRow) -> f64 {
-    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).ok();
-    let start = parse(&run.started_at);
-    let end = run
-        .finished_at
-        .as_deref()
-        .and_then(parse)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .unwrap_or_else(chrono::Utc::now);
-    start.map_or(0.0, |s| {
-        (end - s.with_timezone(&chrono::Utc))
-            .num_milliseconds()
-            .max(0) as f64
-            / 1000.0
-    })
+    run.elapsed_s()
 }
 
 #[cfg(test)]

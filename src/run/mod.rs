@@ -8,6 +8,8 @@
 mod budget;
 mod recorder;
 mod resume;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use budget::Budget;
@@ -18,9 +20,14 @@ use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
 use crate::sink::Sink;
 use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, Store};
-use std::collections::HashSet;
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +47,9 @@ pub struct Options {
     pub default_model: String,
     /// Ids (as [`crate::job::id_hash`]es) of items a resumed run already finished.
     pub done: Arc<HashSet<u64>>,
+    /// Requests earlier invocations sent for items still to do, by
+    /// [`crate::job::id_hash`]: their attempt numbers go on from there.
+    pub prior_attempts: Arc<HashMap<u64, u32>>,
     /// The spending cap, if any (`--max-cost`).
     pub budget: Option<Arc<Budget>>,
     /// Output cap sent with items that set none while a budget is in force,
@@ -63,7 +73,12 @@ pub enum Event {
     Attempt(AttemptRow),
     /// An item is finished.
     Finished(ItemRow),
+    /// Nothing happened: a second passed (so the display can refresh).
+    Tick,
 }
+
+/// How often the observer hears from a run even when nothing happens.
+const TICK: Duration = Duration::from_secs(1);
 
 /// How a run ended.
 #[derive(Debug, Clone)]
@@ -72,8 +87,59 @@ pub struct Summary {
     pub interrupted: bool,
     /// Whether the budget stopped it before the job was done.
     pub budget_reached: bool,
-    /// Wall time.
+    /// Whether the results output was closed (a broken pipe): dispatch
+    /// stopped, and outcomes kept being committed to the store only.
+    pub output_closed: bool,
+    /// keyfan's own failures that stopped items or the run (a worker's
+    /// panic, no endpoint reachable): the items involved stay pending.
+    pub errors: Vec<String>,
+    /// Wall time of this invocation.
     pub elapsed: Duration,
+}
+
+/// Failures of keyfan itself that workers report: each makes the run end
+/// as failed (exit 1), with the items involved left pending.
+#[derive(Debug, Default)]
+pub(crate) struct Faults(std::sync::Mutex<Vec<String>>);
+
+impl Faults {
+    /// Adds `message`, once: every worker may meet the same failure.
+    fn push(&self, message: String) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains(&message) {
+            all.push(message);
+        }
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// A future whose panic is caught and returned instead of unwinding
+/// through the task that awaits it.
+struct CatchUnwind<'a>(Pin<Box<dyn Future<Output = ()> + Send + 'a>>);
+
+impl Future for CatchUnwind<'_> {
+    type Output = Result<(), Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// A failure that stops a run.
@@ -86,7 +152,7 @@ pub enum RunError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
     /// The results file failed.
-    #[error("failed to write results: {0}")]
+    #[error("failed to write results")]
     Sink(#[source] std::io::Error),
 }
 
@@ -127,6 +193,20 @@ pub async fn execute(
     // events per request in flight can be waiting.
     let (event_tx, event_rx) = mpsc::unbounded_channel();
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
+    let ticker = {
+        let events = event_tx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if events.send(Event::Tick).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let faults = Arc::new(Faults::default());
 
     // The job is streamed: a bounded channel between the reader thread and
     // the workers keeps memory flat whatever the job's size.
@@ -150,6 +230,8 @@ pub async fn execute(
             budget: options.budget.clone(),
             budget_output_cap: options.budget_output_cap,
             stop: cancel.clone(),
+            prior_attempts: Arc::clone(&options.prior_attempts),
+            faults: Arc::clone(&faults),
         };
         let item_rx = Arc::clone(&item_rx);
         let cancel = cancel.clone();
@@ -161,7 +243,15 @@ pub async fn execute(
                     item = async { item_rx.lock().await.recv().await } => item,
                 };
                 let Some(item) = item else { break };
-                worker.process(item).await;
+                let id = item.id.clone();
+                // The item of a panicking worker stays pending (no outcome
+                // is recorded) and the run is told; the worker goes on.
+                if let Err(panic) = CatchUnwind(Box::pin(worker.process(item))).await {
+                    worker.faults.push(format!(
+                        "internal error: worker panicked on item {id}: {}",
+                        panic_message(&*panic)
+                    ));
+                }
             }
         });
     }
@@ -171,19 +261,23 @@ pub async fn execute(
         _ = async { while workers.join_next().await.is_some() {} } => {}
         _ = stop.abort.cancelled() => workers.abort_all(),
     }
-    // Dropping the workers drops their event senders; the recorder then
-    // drains what was sent and returns the store.
+    // Dropping the workers and the ticker drops their event senders; the
+    // recorder then drains what was sent and returns the store.
     drop(workers);
+    ticker.abort();
+    let _ = ticker.await;
     // The feeder ends once the workers' receiver is gone or it is cancelled.
     drop(item_rx);
     // A panicked feeder has already stopped feeding; the recorder's counts
     // show the items it never sent as missing.
     let _ = feeder.await;
-    let store = recorder.join().await?;
+    let (store, output_closed) = recorder.join().await?;
     Ok((
         Summary {
             budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
             interrupted: stop.graceful.is_cancelled(),
+            output_closed,
+            errors: faults.take(),
             elapsed: started.elapsed(),
         },
         store,
@@ -205,7 +299,7 @@ fn feed(
         }
         let sent = match entry {
             Ok(item) if done.contains(&id_hash(&item.id)) => true,
-            Ok(item) => items.blocking_send(item).is_ok(),
+            Ok(item) => send_unless_cancelled(&items, item, &cancel),
             Err(error) if done.contains(&id_hash(&skipped_id(&error))) => true,
             Err(error) => events.send(Event::Finished(skipped(&error))).is_ok(),
         };
@@ -213,6 +307,23 @@ fn feed(
             break;
         }
     }
+}
+
+/// Sends `item` to the workers, waiting for room unless the run stops
+/// meanwhile (workers that stopped read no more, so a plain blocking send
+/// could wait forever). Whether it was sent.
+fn send_unless_cancelled(
+    items: &mpsc::Sender<Item>,
+    item: Item,
+    cancel: &CancellationToken,
+) -> bool {
+    tokio::runtime::Handle::current().block_on(async {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => false,
+            sent = items.send(item) => sent.is_ok(),
+        }
+    })
 }
 
 fn skipped_id(error: &ItemError) -> String {

@@ -2,6 +2,10 @@
 //! observer. It commits each batch of events in one transaction, then
 //! appends the committed outcomes to the results file and flushes it, so a
 //! crash can lose an outcome's row only together with its commit.
+//!
+//! When the results go to a pipe whose reader went away (`--out - | head`),
+//! the run stops dispatching, and the outcomes still coming in are
+//! committed to the store only: a rerun writes them.
 
 use super::{Event, Recording, RunError};
 use crate::sink::Sink;
@@ -21,7 +25,7 @@ pub struct Progress {
     pub total: u64,
     /// Items finished, per status.
     pub counts: BTreeMap<&'static str, u64>,
-    /// Requests that failed (most are retried).
+    /// Requests that failed and were followed by another attempt.
     pub retries: u64,
     /// Of those, 429s.
     pub rate_limited: u64,
@@ -53,12 +57,13 @@ pub trait Observer: Send {
 }
 
 pub(super) struct Recorder {
-    handle: tokio::task::JoinHandle<Result<Store, RunError>>,
+    handle: tokio::task::JoinHandle<Result<(Store, bool), RunError>>,
 }
 
 impl Recorder {
-    /// Waits for the recorder to drain its channel and returns the store.
-    pub(super) async fn join(self) -> Result<Store, RunError> {
+    /// Waits for the recorder to drain its channel and returns the store,
+    /// and whether the results output was closed under it.
+    pub(super) async fn join(self) -> Result<(Store, bool), RunError> {
         self.handle
             .await
             .expect("the recorder thread does not panic")
@@ -87,6 +92,11 @@ pub(super) fn spawn(
             rate_limited: 0,
             started: Instant::now(),
         };
+        let mut output = Output {
+            sink: &mut sink,
+            closed: false,
+            cancel: &cancel,
+        };
         let result = (|| {
             while let Some(first) = events.blocking_recv() {
                 let mut batch = vec![first];
@@ -99,7 +109,7 @@ pub(super) fn spawn(
                 record(
                     &mut store,
                     run,
-                    &mut sink,
+                    &mut output,
                     &mut *observer,
                     &mut progress,
                     batch,
@@ -110,15 +120,47 @@ pub(super) fn spawn(
         if result.is_err() {
             cancel.cancel();
         }
-        result.map(|()| store)
+        let closed = output.closed;
+        result.map(|()| (store, closed))
     });
     Recorder { handle }
+}
+
+/// The results file, as long as someone reads it.
+struct Output<'a> {
+    sink: &'a mut Sink,
+    /// Set once a write met a closed pipe: nothing more is written.
+    closed: bool,
+    /// Cancelled then, so nothing more is sent.
+    cancel: &'a CancellationToken,
+}
+
+impl Output<'_> {
+    /// Appends `items` and flushes. A closed pipe is not a failure: it
+    /// stops the run, and the items stay in the store.
+    fn write(&mut self, items: &[ItemRow]) -> Result<(), RunError> {
+        if self.closed {
+            return Ok(());
+        }
+        let written = items
+            .iter()
+            .try_for_each(|item| self.sink.write(item))
+            .and_then(|()| self.sink.flush());
+        match written {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                self.cancel.cancel();
+                Ok(())
+            }
+            result => result.map_err(RunError::Sink),
+        }
+    }
 }
 
 fn record(
     store: &mut Store,
     run: RunId,
-    sink: &mut Sink,
+    output: &mut Output<'_>,
     observer: &mut dyn Observer,
     progress: &mut Progress,
     batch: Vec<Event>,
@@ -136,22 +178,27 @@ fn record(
             }
             Event::Attempt(row) => commit.attempts.push(row),
             Event::Finished(item) => commit.items.push(item),
+            Event::Tick => {}
         }
     }
-    store.commit(run, &commit)?;
+    let ticks_only =
+        commit.reservations.is_empty() && commit.attempts.is_empty() && commit.items.is_empty();
+    if !ticks_only {
+        store.commit(run, &commit)?;
+    }
     // The requests may go out now that the ledger counts them.
     for committed in reserved {
         let _ = committed.send(());
     }
-    for item in &commit.items {
-        sink.write(item).map_err(RunError::Sink)?;
+    if !commit.items.is_empty() {
+        output.write(&commit.items)?;
     }
-    sink.flush().map_err(RunError::Sink)?;
     let Batch {
         attempts, items, ..
     } = commit;
     for row in &attempts {
-        if row.class != AttemptClass::Ok {
+        // An attempt after the first means the one before it was retried.
+        if row.attempt > 1 {
             progress.retries += 1;
         }
         if row.class == AttemptClass::RateLimited {

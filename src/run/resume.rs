@@ -8,7 +8,7 @@ use crate::pool::Pool;
 use crate::sink::Sink;
 use crate::store::{ItemStatus, RunId, Store, StoreError};
 use crate::types::QuotaDay;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// How to pick the run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -28,6 +28,9 @@ pub struct Start {
     pub resumed: bool,
     /// Ids (as [`id_hash`]es) of the items it keeps and will not send again.
     pub done: HashSet<u64>,
+    /// Requests already sent for the items it will send (again), by
+    /// [`id_hash`]: an item's `attempts` counts across resumes.
+    pub prior_attempts: HashMap<u64, u32>,
 }
 
 /// Finds the run of the job at `job_path` with content `job_hash` (unless
@@ -66,10 +69,20 @@ pub fn start(
         })?
         .and_then(|()| sink.flush())
         .map_err(RunError::Sink)?;
+    let prior_attempts = match earlier {
+        Some(_) => store
+            .unfinished_attempts(run)?
+            .into_iter()
+            .map(|(id, n)| (id_hash(&id), n))
+            .filter(|(hash, _)| !done.contains(hash))
+            .collect(),
+        None => HashMap::new(),
+    };
     Ok(Start {
         run,
         resumed: earlier.is_some(),
         done,
+        prior_attempts,
     })
 }
 

@@ -1,12 +1,13 @@
 //! One worker: takes an item through the pool's call to its outcome, and
 //! reports every attempt and the outcome as events.
 
-use super::{unsent, Budget, Event};
-use crate::job::Item;
+use super::{unsent, Budget, Event, Faults};
+use crate::job::{id_hash, Item};
 use crate::pool::{Attempt, CallError, Pool, RetryPolicy, Unavailable};
 use crate::price::{self, Price};
 use crate::provider::{ApiError, ErrorClass, Reply, Request, Usage};
 use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, Reservation};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -19,8 +20,14 @@ pub(super) struct Worker {
     pub(super) policy: RetryPolicy,
     pub(super) budget: Option<Arc<Budget>>,
     pub(super) budget_output_cap: u32,
-    /// Cancelled when the budget is reached: no more items are taken.
+    /// Cancelled when the run stops dispatching (Ctrl-C, the budget, a
+    /// fatal failure): nothing more is sent, retries included.
     pub(super) stop: CancellationToken,
+    /// Requests earlier invocations of a resumed run sent per pending item
+    /// (by [`id_hash`]), so attempt numbers go on from there.
+    pub(super) prior_attempts: Arc<HashMap<u64, u32>>,
+    /// Where a failure that must stop the run is told.
+    pub(super) faults: Arc<Faults>,
 }
 
 /// An estimate of a text's tokens, for admission before sending: about four
@@ -35,6 +42,20 @@ impl Worker {
     /// Runs `item` to its end, or leaves it pending if the budget cannot
     /// cover its worst case.
     pub(super) async fn process(&self, item: Item) {
+        // Only tests can reach this: it proves a panicking worker loses no
+        // item silently.
+        #[cfg(test)]
+        if item.prompt.contains("[[test:panic]]") {
+            panic!("a test asked for a panic");
+        }
+        let prior = match self.prior_attempts.is_empty() {
+            true => 0,
+            false => self
+                .prior_attempts
+                .get(&id_hash(&item.id))
+                .copied()
+                .unwrap_or(0),
+        };
         let model = item.model.as_deref().unwrap_or(&self.default_model);
         let tokens =
             estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
@@ -85,6 +106,7 @@ impl Worker {
                 model,
                 tokens,
                 &self.policy,
+                &self.stop,
                 |slot| {
                     let request = request.clone();
                     let day = &day;
@@ -96,7 +118,8 @@ impl Worker {
                 },
                 |attempt, reply| {
                     let day = day.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    let row = attempt_row(&item.id, model, price, attempt, reply, day);
+                    let mut row = attempt_row(&item.id, model, price, attempt, reply, day);
+                    row.attempt = row.attempt.saturating_add(prior);
                     cost += row.cost_usd;
                     // Sent at once, so the ledger learns of every request
                     // even if the run dies before the item is finished.
@@ -110,7 +133,7 @@ impl Worker {
             input_tokens: last.as_ref().map_or(0, |a| a.input_tokens),
             output_tokens: last.as_ref().map_or(0, |a| a.output_tokens),
             latency_ms: last.as_ref().map_or(0, |a| a.latency_ms),
-            attempts: last.as_ref().map_or(0, |a| a.attempt),
+            attempts: last.as_ref().map_or(prior, |a| a.attempt),
             key: last.as_ref().map(|a| a.key.clone()),
             account: last.as_ref().map(|a| a.account.clone()),
             cost_usd: cost,
@@ -120,7 +143,9 @@ impl Worker {
             Ok(reply) => outcome.output = Some(reply.text),
             Err(CallError::Unavailable(unavailable)) => {
                 outcome.status = match unavailable {
-                    Unavailable::DayExhausted { .. } => ItemStatus::Deferred,
+                    Unavailable::DayExhausted { .. } | Unavailable::ServerDelay { .. } => {
+                        ItemStatus::Deferred
+                    }
                     _ => ItemStatus::Failed,
                 };
                 outcome.error = Some(unavailable.to_string());
@@ -135,13 +160,29 @@ impl Worker {
                     _ => error.message,
                 });
             }
+            // Not finished: the item stays pending for the next run.
+            Err(CallError::Stopped) => {
+                self.release_budget(worst, cost);
+                return;
+            }
+            Err(error @ CallError::Unreachable(_)) => {
+                self.faults.push(error.to_string());
+                self.stop.cancel();
+                self.release_budget(worst, cost);
+                return;
+            }
         }
-        if let Some(budget) = &self.budget {
-            budget.settle(worst, outcome.cost_usd);
-        }
+        self.release_budget(worst, outcome.cost_usd);
         // The recorder only goes away when the run is being torn down; the
         // outcome then stays unrecorded and the item pending.
         let _ = self.events.send(Event::Finished(outcome));
+    }
+
+    /// Replaces the item's budget reservation of `worst` by what it cost.
+    fn release_budget(&self, worst: f64, cost: f64) {
+        if let Some(budget) = &self.budget {
+            budget.settle(worst, cost);
+        }
     }
 
     /// Counts a request in the ledger before it is sent, so a run killed

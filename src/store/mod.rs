@@ -86,8 +86,8 @@ impl Store {
     ) -> Result<RunId, StoreError> {
         self.conn
             .execute(
-                "INSERT INTO runs (job_path, job_hash, simulated, started_at, status)
-                 VALUES (?1, ?2, ?3, ?4, 'running')",
+                "INSERT INTO runs (job_path, job_hash, simulated, started_at, status, resumed_at)
+                 VALUES (?1, ?2, ?3, ?4, 'running', ?4)",
                 params![job_path, job_hash, simulated, now()],
             )
             .map_err(|e| self.wrap(e))?;
@@ -110,7 +110,8 @@ impl Store {
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
         self.collect(
-            "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status
+            "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status,
+                    active_ms, resumed_at
              FROM runs ORDER BY id DESC",
             [],
             RunRow::from_row,
@@ -130,18 +131,23 @@ impl Store {
     pub fn reopen_run(&self, run: RunId) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE runs SET finished_at = NULL, status = 'running' WHERE id = ?1",
-                [run.0],
+                "UPDATE runs SET finished_at = NULL, status = 'running', resumed_at = ?2
+                 WHERE id = ?1",
+                params![run.0, now()],
             )
             .map_err(|e| self.wrap(e))?;
         Ok(())
     }
 
-    /// Marks a run finished with `status` (e.g. `done`, `interrupted`).
+    /// Marks a run finished with `status` (e.g. `done`, `interrupted`),
+    /// adding this invocation's duration to its active time.
     pub fn finish_run(&self, run: RunId, status: &str) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE runs SET finished_at = ?2, status = ?3 WHERE id = ?1",
+                "UPDATE runs SET finished_at = ?2, status = ?3, resumed_at = NULL,
+                   active_ms = active_ms + coalesce(max(0, CAST(round(
+                     (julianday(?2) - julianday(resumed_at)) * 86400000) AS INTEGER)), 0)
+                 WHERE id = ?1",
                 params![run.0, now(), status],
             )
             .map_err(|e| self.wrap(e))?;
@@ -152,7 +158,8 @@ impl Store {
     pub fn run(&self, run: RunId) -> Result<Option<RunRow>, StoreError> {
         self.conn
             .query_row(
-                "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status
+                "SELECT id, job_path, job_hash, simulated, started_at, finished_at, status,
+                        active_ms, resumed_at
                  FROM runs WHERE id = ?1",
                 [run.0],
                 RunRow::from_row,
@@ -334,6 +341,20 @@ impl Store {
                 each(row);
                 true
             },
+        )
+    }
+
+    /// Requests sent so far for each item of a run that is not finished
+    /// for good (pending, failed or deferred): `(item id, attempts)`.
+    pub fn unfinished_attempts(&self, run: RunId) -> Result<Vec<(String, u32)>, StoreError> {
+        self.collect(
+            "SELECT a.item_id, count(*) FROM attempts a
+             WHERE a.run_id = ?1 AND NOT EXISTS (
+               SELECT 1 FROM items i WHERE i.run_id = ?1 AND i.item_id = a.item_id
+               AND i.status NOT IN ('failed', 'deferred'))
+             GROUP BY a.item_id",
+            [run.0],
+            |row| Ok((row.get(0)?, row.get(1)?)),
         )
     }
 

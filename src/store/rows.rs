@@ -236,6 +236,11 @@ pub struct RunRow {
     pub finished_at: Option<String>,
     /// `running`, `done`, `interrupted`, …
     pub status: String,
+    /// Time spent running, over all its invocations up to the last one
+    /// that finished.
+    pub active_ms: u64,
+    /// Start of the invocation under way, while it runs (RFC 3339 UTC).
+    pub resumed_at: Option<String>,
 }
 
 impl RunRow {
@@ -248,7 +253,35 @@ impl RunRow {
             started_at: row.get(4)?,
             finished_at: row.get(5)?,
             status: row.get(6)?,
+            active_ms: row.get(7)?,
+            resumed_at: row.get(8)?,
         })
+    }
+
+    /// The run's elapsed time in seconds: its active time (the sum of its
+    /// invocations' durations, the one under way included), not the wall
+    /// time since it started. Runs recorded before keyfan kept active time
+    /// fall back to their wall time.
+    pub fn elapsed_s(&self) -> f64 {
+        let parse = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        let since = |start: Option<chrono::DateTime<chrono::Utc>>,
+                     end: chrono::DateTime<chrono::Utc>| {
+            start.map_or(0, |s| (end - s).num_milliseconds().max(0) as u64)
+        };
+        let now = chrono::Utc::now();
+        let ms = match (&self.resumed_at, self.active_ms) {
+            (Some(resumed), active) => active.saturating_add(since(parse(resumed), now)),
+            (None, 0) => since(
+                parse(&self.started_at),
+                self.finished_at.as_deref().and_then(parse).unwrap_or(now),
+            ),
+            (None, active) => active,
+        };
+        ms as f64 / 1000.0
     }
 }
 

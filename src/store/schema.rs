@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE runs (
         id          INTEGER PRIMARY KEY,
         job_path    TEXT NOT NULL,
@@ -69,7 +70,15 @@ const MIGRATIONS: &[&str] = &["
         reason     TEXT,
         updated_at TEXT NOT NULL
     );
-"];
+",
+    "
+    -- A run's active time: the sum of its invocations' durations, so a
+    -- resumed run's elapsed time leaves out the gaps between invocations.
+    ALTER TABLE runs ADD COLUMN active_ms INTEGER NOT NULL DEFAULT 0;
+    -- When the current invocation started (NULL once the run finished).
+    ALTER TABLE runs ADD COLUMN resumed_at TEXT;
+",
+];
 
 /// Brings the database at `path` to the newest schema, in WAL mode.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

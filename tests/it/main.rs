@@ -6,6 +6,9 @@ mod support;
 
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
+/// The engine under stress: huge delays, closed outputs, dead endpoints,
+/// signals, quota waits, and bookkeeping across resumes.
+mod engine;
 /// Failover: invalid keys, 503 bursts, quotas.
 mod failover;
 /// `keys check`, `keys status`, `runs`, `report`.
