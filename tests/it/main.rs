@@ -4,6 +4,8 @@
 
 mod support;
 
+/// The README's demo.
+mod demo;
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
 /// Failover: invalid keys, 503 bursts, quotas.
