@@ -93,6 +93,7 @@ struct KeysArgs {
 enum KeysCommand {
     /// Send one free request per key (Gemini countTokens, OpenAI model list)
     /// and tell which keys work.
+    #[command(after_help = KEYS_CHECK_EXIT_CODES)]
     Check {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -109,6 +110,13 @@ enum KeysCommand {
         json: bool,
     },
 }
+
+const KEYS_CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0    every key answered ok
+  1    keyfan failed (e.g. an HTTP client could not be built)
+  2    invalid command line or config (a key's variable not set): nothing was sent
+  3    some key is not ok: invalid, no access, rate limited or another error";
 
 /// `keyfan runs`.
 #[derive(Debug, Args)]

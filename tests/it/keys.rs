@@ -110,3 +110,19 @@ async fn keys_status_shows_todays_use_and_why_a_key_was_disabled() {
     let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
     assert_eq!(report["totals"]["status"]["ok"], 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_help_documents_its_exit_codes() {
+    let out = Workdir::new()
+        .keyfan(&["keys", "check", "--help"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "0    every key answered ok",
+        "2    invalid",
+        "3    some key is not ok",
+    ] {
+        assert!(help.contains(line), "`{line}` missing from:\n{help}");
+    }
+}
