@@ -100,11 +100,17 @@ enum KeysCommand {
         json: bool,
     },
     /// Show today's usage per account against its limits, and each key's
-    /// last known state, from a state file.
+    /// last known state, from a state file. Needs no key: the state file
+    /// holds fingerprints; limits come from the config when it exists.
     Status {
         /// The SQLite state file of your runs.
         #[arg(long)]
         state: PathBuf,
+        /// Read a simulated run's state (e.g. jobs/demo.simulated.db): key
+        /// variables that are not set stand for the placeholder keys that
+        /// `run --simulate` used, so its keys show their real state.
+        #[arg(long)]
+        simulate: bool,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,

@@ -126,3 +126,94 @@ async fn keys_check_help_documents_its_exit_codes() {
         assert!(help.contains(line), "`{line}` missing from:\n{help}");
     }
 }
+
+/// `keys status --state S --json` (and `extra`), with `env` set.
+async fn keys_status(work: &Workdir, extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let mut args = vec![
+        "keys",
+        "status",
+        "--config",
+        "config.yaml",
+        "--state",
+        "s.db",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = work.keyfan(&args, env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The state of the key with fingerprint `fp` in a `keys status` answer.
+fn key_state(status: &serde_json::Value, fp: &str) -> String {
+    status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == fp)
+        .unwrap_or_else(|| panic!("{fp} not listed: {status}"))["state"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_status_reads_the_state_file_without_the_keys_in_the_environment() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(4));
+    work.write(
+        "config.yaml",
+        &config(&sim.base_url(), &[("proj-a", &["${KEY_A1}"])], "").replace(
+            "    keys:\n",
+            "    limits: { gemini-2.5-flash: { rpd: 500 } }\n    keys:\n",
+        ),
+    );
+    let run = work
+        .keyfan(&run_args("s.db", &[]), &[("KEY_A1", "test-key-a1")])
+        .await;
+    assert_eq!(run.status.code(), Some(0), "{}", explain(&run));
+
+    // No KEY_A1 now: the state file alone tells the key and its use.
+    let status = keys_status(&work, &[], &[]).await;
+    let usage = &status["usage"][0];
+    assert_eq!(usage["account"], "proj-a");
+    assert_eq!(usage["requests"], 4);
+    assert_eq!(usage["rpd"], 500, "limits still come from the config");
+    let fp = keyfan::pool::ApiKey::new("test-key-a1");
+    assert_eq!(key_state(&status, fp.fingerprint()), "ok");
+    assert_eq!(status["keys"][0]["account"], "proj-a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_status_simulate_shows_a_simulated_runs_keys_as_used() {
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(6));
+    work.write(
+        "config.yaml",
+        "accounts:\n  - name: proj-a\n    keys: [\"${UNSET_KEY_1}\", \"${UNSET_KEY_2}\"]\n",
+    );
+    let run = work
+        .keyfan(&run_args("s.db", &["--simulate", "-j", "1"]), &[])
+        .await;
+    assert_eq!(run.status.code(), Some(0), "{}", explain(&run));
+    let status = keys_status(&work, &["--simulate"], &[]).await;
+    let states: Vec<&str> = status["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.len(), 2, "{status}");
+    assert!(states.contains(&"ok"), "{status}");
+    // The placeholder keys of the run: `sim-<account>-<n>`.
+    let first = keyfan::pool::ApiKey::new("sim-proj-a-1");
+    assert!(
+        status["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["key"] == first.fingerprint()),
+        "{status}"
+    );
+}
