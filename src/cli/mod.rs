@@ -199,6 +199,11 @@ struct RunArgs {
     /// real APIs: no key and no network needed; all output is labelled SIMULATED.
     #[arg(long)]
     simulate: bool,
+    /// Do not check the job's models against the providers' model lists
+    /// before sending (no list request; a list kept in the state file is
+    /// not used either).
+    #[arg(long)]
+    offline: bool,
     /// Run the valid items of a job that has invalid lines (they are recorded
     /// as `skipped`), instead of refusing to send anything.
     #[arg(long)]

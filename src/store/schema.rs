@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use std::path::Path;
 
 /// Each entry migrates from version `index` to `index + 1`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE runs (
         id          INTEGER PRIMARY KEY,
         job_path    TEXT NOT NULL,
@@ -69,7 +70,17 @@ const MIGRATIONS: &[&str] = &["
         reason     TEXT,
         updated_at TEXT NOT NULL
     );
-"];
+",
+    "
+    CREATE TABLE model_lists (
+        provider   TEXT NOT NULL,
+        base_url   TEXT NOT NULL,
+        models     TEXT NOT NULL,
+        fetched_at TEXT NOT NULL,
+        PRIMARY KEY (provider, base_url)
+    );
+",
+];
 
 /// Brings the database at `path` to the newest schema, in WAL mode.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {

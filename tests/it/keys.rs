@@ -217,3 +217,97 @@ async fn keys_status_simulate_shows_a_simulated_runs_keys_as_used() {
         "{status}"
     );
 }
+
+/// A job of one item per model in `models` (`None`: no `model` field).
+fn job_of_models(models: &[Option<&str>]) -> String {
+    models
+        .iter()
+        .enumerate()
+        .map(|(i, model)| {
+            let mut item = serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i)});
+            if let Some(model) = model {
+                item["model"] = (*model).into();
+            }
+            item.to_string() + "\n"
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_model_is_refused_with_the_nearest_name_before_anything_is_sent() {
+    let (sim, work) = scenario(SIM, 0, one_account).await;
+    work.write(
+        "job.jsonl",
+        &job_of_models(&[None, Some("gemini-2.5-flsh"), Some("gemini-2.5-flsh")]),
+    );
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("unknown model `gemini-2.5-flsh` (line 2); did you mean `gemini-2.5-flash`?"),
+        "{stderr}"
+    );
+    let stats = stats(&sim).await;
+    assert_eq!(stats.requests, 0, "nothing was sent");
+    assert_eq!(stats.model_lists, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_list_is_fetched_once_and_kept_in_the_state_file() {
+    let (sim, work) = scenario(SIM, 3, one_account).await;
+    for extra in [&[][..], &["--new-run"][..]] {
+        let out = work.keyfan(&run_args("s.db", extra), &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    }
+    let stats = stats(&sim).await;
+    assert_eq!(stats.model_lists, 1, "the second run used the kept list");
+    assert_eq!(stats.requests, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_skips_the_model_list() {
+    let (sim, work) = scenario(SIM, 0, one_account).await;
+    work.write("job.jsonl", &job_of_models(&[Some("gemini-2.5-flsh")]));
+    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
+    // Sent, and refused by the API itself.
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let stats = stats(&sim).await;
+    assert_eq!(stats.model_lists, 0);
+    assert_eq!(stats.requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_no_account_serves_is_a_validation_error() {
+    let (sim, work) = scenario(SIM, 0, one_account).await;
+    work.write(
+        "job.jsonl",
+        &job_of_models(&[None, None, Some("gpt-4o-mini")]),
+    );
+    // Even offline: routing needs no list.
+    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("model `gpt-4o-mini` (line 3) has no account to serve it"),
+        "{stderr}"
+    );
+    assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_for_the_model_list_is_named_and_the_run_goes_on() {
+    let (sim, work) = scenario(SIM, 3, |url| {
+        config(url, &[("proj-a", &["test-key-bogus", "test-key-a1"])], "")
+    })
+    .await;
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let bogus = keyfan::pool::ApiKey::new("test-key-bogus");
+    assert!(
+        stderr.contains(&format!("key {} (proj-a) was refused", bogus.fingerprint())),
+        "{stderr}"
+    );
+    assert_eq!(stats(&sim).await.model_lists, 1);
+}
