@@ -104,7 +104,12 @@ async fn gemini_models(client: &Client, key: &ApiKey) -> Result<Vec<String>, Api
             _ => return Ok(ids),
         }
     }
-    Ok(ids)
+    // A partial list would refuse the models of the pages not read.
+    Err(api_error(
+        ErrorClass::Transient,
+        Some(200),
+        format!("the model list goes on past {MAX_PAGES} pages"),
+    ))
 }
 
 /// The id of a Gemini model that can `generateContent`.
@@ -150,6 +155,38 @@ mod tests {
         assert_eq!(page.next_page_token.as_deref(), Some("abc"));
         let ids: Vec<String> = page.models.into_iter().filter_map(generating_id).collect();
         assert_eq!(ids, ["gemini-2.5-flash", "gemma-3-27b-it"]);
+    }
+
+    #[tokio::test]
+    async fn a_gemini_list_is_read_to_its_last_page() {
+        use crate::sim::{SimConfig, SimServer};
+        let models: Vec<String> = (0..1001).map(|i| format!("gemini-m{i:04}")).collect();
+        let config = SimConfig {
+            models: Some(models.clone()),
+            projects: vec![crate::sim::ProjectConfig {
+                name: "p".into(),
+                keys: vec![ApiKey::new("k")],
+                limits: Default::default(),
+            }],
+            ..SimConfig::default()
+        };
+        let server = SimServer::start(config, ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        let client = Client::new(
+            ProviderKind::Gemini,
+            &server.base_url(),
+            std::time::Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
+        assert_eq!(client.list_models(&ApiKey::new("k")).await.unwrap(), models);
+        assert_eq!(server.stats().model_lists, 2, "pages of 1000");
+        let refused = client.list_models(&ApiKey::new("nope")).await.unwrap_err();
+        assert!(
+            matches!(refused.class, ErrorClass::KeyInvalid { .. }),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::job::ModelUse;
 use crate::pool::serving_provider;
 use crate::provider::{Client, ErrorClass, ProviderKind};
 use crate::store::{Store, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 /// A model the job asks for, and where it first does.
@@ -73,24 +73,15 @@ pub type Routes = BTreeMap<ProviderKind, Vec<Wanted>>;
 pub fn route(config: &Config, uses: &[ModelUse]) -> Result<Routes, Vec<ModelError>> {
     let mut routes = Routes::new();
     let mut errors = Vec::new();
+    // An item naming the default model and one naming none ask for one model.
+    let mut seen = HashSet::new();
     for used in uses {
         let wanted = Wanted {
             model: used.model.clone().unwrap_or_else(|| config.model.clone()),
             line: used.line,
             default: used.model.is_none(),
         };
-        let wanted_already = |routes: &Routes| {
-            routes
-                .values()
-                .flatten()
-                .any(|w: &Wanted| w.model == wanted.model)
-        };
-        // An item naming the default model and one naming none are one model.
-        if wanted_already(&routes)
-            || errors
-                .iter()
-                .any(|e| matches!(e, ModelError::NoAccount(w) if w.model == wanted.model))
-        {
+        if !seen.insert(wanted.model.clone()) {
             continue;
         }
         match serving_provider(&wanted.model, |p| {
@@ -129,9 +120,16 @@ pub async fn check_listed(
         let name = provider_name(provider);
         let base_url = &config.providers[&provider].base_url;
         let cached = store.model_list(name, base_url)?;
-        let lists_all = |list: &[String]| wanted.iter().all(|w| list.contains(&w.model));
+        let missing = |list: &[String]| {
+            let listed: HashSet<&str> = list.iter().map(String::as_str).collect();
+            wanted
+                .iter()
+                .filter(|w| !listed.contains(w.model.as_str()))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
         let list = match cached {
-            Some(list) if lists_all(&list) => continue,
+            Some(list) if missing(&list).is_empty() => continue,
             // A model added since the list was kept is not refused for it.
             _ => match fetch(config, provider).await {
                 Ok(list) => {
@@ -144,11 +142,11 @@ pub async fn check_listed(
                 }
             },
         };
-        for w in wanted.iter().filter(|w| !list.contains(&w.model)) {
+        for w in missing(&list) {
             checked.errors.push(ModelError::Unknown {
-                wanted: w.clone(),
-                list: format!("{name} model list of {base_url}"),
                 suggestion: nearest(&w.model, &list).map(str::to_owned),
+                wanted: w,
+                list: format!("{name} model list of {base_url}"),
             });
         }
     }
