@@ -95,22 +95,36 @@ struct KeysArgs {
 enum KeysCommand {
     /// Send one free request per key (Gemini countTokens, OpenAI model list)
     /// and tell which keys work.
+    #[command(after_help = KEYS_CHECK_EXIT_CODES)]
     Check {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show today's usage per account against its limits, and each key's
-    /// last known state, from a state file.
+    /// last known state, from a state file. Needs no key: the state file
+    /// holds fingerprints; limits come from the config when it exists.
     Status {
         /// The SQLite state file of your runs.
         #[arg(long)]
         state: PathBuf,
+        /// Read a simulated run's state (e.g. jobs/demo.simulated.db): key
+        /// variables that are not set stand for the placeholder keys that
+        /// `run --simulate` used, so its keys show their real state.
+        #[arg(long)]
+        simulate: bool,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
 }
+
+const KEYS_CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0    every key answered ok
+  1    keyfan failed (e.g. an HTTP client could not be built)
+  2    invalid command line or config (a key's variable not set): nothing was sent
+  3    some key is not ok: invalid, no access, rate limited or another error";
 
 /// `keyfan runs`.
 #[derive(Debug, Args)]
@@ -187,6 +201,11 @@ struct RunArgs {
     /// real APIs: no key and no network needed; all output is labelled SIMULATED.
     #[arg(long)]
     simulate: bool,
+    /// Do not check the job's models against the providers' model lists
+    /// before sending (no list request; a list kept in the state file is
+    /// not used either).
+    #[arg(long)]
+    offline: bool,
     /// Run the valid items of a job that has invalid lines (they are recorded
     /// as `skipped`), instead of refusing to send anything.
     #[arg(long)]

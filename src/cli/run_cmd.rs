@@ -6,7 +6,7 @@ use crate::config::{Config, MissingEnv};
 use crate::job;
 use crate::pool::{Pool, PoolError, RetryPolicy};
 use crate::report::Report;
-use crate::run::{self, Budget, Options, Recording, ResumePolicy, Start, Stop, Summary};
+use crate::run::{self, models, Budget, Options, Recording, ResumePolicy, Start, Stop, Summary};
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{Sink, Target};
 use crate::store::{ItemStatus, LockError, RunLock, Store};
@@ -53,6 +53,9 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             )));
         }
     }
+
+    let routes = models::route(&config, &validation.models)
+        .map_err(|errors| refuse_models(&args.job, &errors))?;
 
     let simulator = if args.simulate {
         let server = SimServer::start(SimConfig::rehearsal(&config), ([127, 0, 0, 1], 0).into())
@@ -103,6 +106,17 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     })?;
     let store = Store::open(&state)?;
     run::seed_from_ledger(&pool, &store)?;
+    if !args.offline {
+        let checked = models::check_listed(&config, &routes, &store).await?;
+        if verbosity != Verbosity::Quiet {
+            for warning in &checked.warnings {
+                eprintln!("keyfan: warning: {warning}");
+            }
+        }
+        if !checked.errors.is_empty() {
+            return Err(refuse_models(&args.job, &checked.errors));
+        }
+    }
     let mut sink = Sink::create(&target).with_context(|| format!("failed to create {target}"))?;
     let Start {
         run: run_id,
@@ -235,6 +249,19 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         println!("{json}");
     }
     Ok(code)
+}
+
+/// Prints each model problem and the usage failure that ends the command
+/// before anything is sent.
+fn refuse_models(job: &Path, errors: &[models::ModelError]) -> Failure {
+    for error in errors {
+        eprintln!("keyfan: {}: {error}", job.display());
+    }
+    Failure::usage(anyhow!(
+        "{} asks for {} model(s) that cannot be used: nothing was sent",
+        job.display(),
+        errors.len()
+    ))
 }
 
 /// `jobs/demo.jsonl` + `results.jsonl` → `jobs/demo.results.jsonl`.

@@ -17,6 +17,7 @@ mod tests;
 
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
@@ -194,7 +195,24 @@ pub struct Validation {
     /// sha256 of the file's bytes (lowercase hex), to match a resumed run to
     /// the job it started from.
     pub content_hash: String,
+    /// The distinct models the valid items ask for, each with the line that
+    /// first asks for it, in file order; at most [`MAX_MODELS`].
+    pub models: Vec<ModelUse>,
 }
+
+/// A model a job asks for, and where it first does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUse {
+    /// The item's `model`; `None` for items that name none (they get the
+    /// config's default model).
+    pub model: Option<String>,
+    /// 1-based line of the first item asking for it.
+    pub line: u64,
+}
+
+/// How many distinct models [`validate`] keeps, so that a job naming a
+/// different model on each of a million lines stays small in memory.
+pub const MAX_MODELS: usize = 1000;
 
 /// How many errors [`validate`] keeps; a broken million-line file must not
 /// fill memory or the terminal.
@@ -202,7 +220,7 @@ pub const MAX_ERRORS: usize = 1000;
 
 /// Validates a whole job in one streaming pass: counts items, collects item
 /// errors, detects duplicate ids (an error on the later line, naming the
-/// first) and computes the content hash.
+/// first), collects the models asked for and computes the content hash.
 ///
 /// Duplicates are found by a 64-bit hash of each id, not the id itself, to
 /// bound memory to 16 bytes per item; two different ids collide with
@@ -215,12 +233,20 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         errors: Vec::new(),
         error_count: 0,
         content_hash: String::new(),
+        models: Vec::new(),
     };
     let mut first_lines: HashMap<u64, u64> = HashMap::new();
+    let mut models = HashSet::new();
     for result in &mut reader {
         let error = match result {
             Ok(item) => {
                 validation.items += 1;
+                if models.len() < MAX_MODELS && models.insert(item.model.clone()) {
+                    validation.models.push(ModelUse {
+                        model: item.model.clone(),
+                        line: item.line,
+                    });
+                }
                 match first_lines.entry(id_hash(&item.id)) {
                     Entry::Vacant(entry) => {
                         entry.insert(item.line);

@@ -336,3 +336,30 @@ fn the_demo_jobs_are_valid() {
         assert!(validation.items >= 8, "{name}");
     }
 }
+
+#[test]
+fn validate_collects_each_model_with_the_line_that_first_asks_for_it() {
+    let (_dir, path) = file(
+        "models.jsonl",
+        concat!(
+            r#"{"id":"a","prompt":"p"}"#,
+            "\n",
+            r#"{"id":"b","prompt":"p","model":"gpt-4o"}"#,
+            "\n",
+            r#"{"id":"c","prompt":"p","model":"gpt-4o"}"#,
+            "\n",
+            r#"{"id":"d","prompt":"p","model":"gemini-2.5-flsh"}"#,
+            "\n",
+        )
+        .as_bytes(),
+    );
+    let models = validate(&path).unwrap().models;
+    let uses: Vec<(Option<&str>, u64)> = models
+        .iter()
+        .map(|m| (m.model.as_deref(), m.line))
+        .collect();
+    assert_eq!(
+        uses,
+        [(None, 1), (Some("gpt-4o"), 2), (Some("gemini-2.5-flsh"), 4)]
+    );
+}

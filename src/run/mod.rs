@@ -6,6 +6,7 @@
 //! Workers never print or write files: they emit [`Event`]s.
 
 mod budget;
+pub mod models;
 mod recorder;
 mod resume;
 #[cfg(test)]

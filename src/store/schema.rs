@@ -78,6 +78,15 @@ const MIGRATIONS: &[&str] = &[
     -- When the current invocation started (NULL once the run finished).
     ALTER TABLE runs ADD COLUMN resumed_at TEXT;
 ",
+    "
+    CREATE TABLE model_lists (
+        provider   TEXT NOT NULL,
+        base_url   TEXT NOT NULL,
+        models     TEXT NOT NULL,
+        fetched_at TEXT NOT NULL,
+        PRIMARY KEY (provider, base_url)
+    );
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode.

@@ -4,6 +4,8 @@
 
 mod support;
 
+/// The README's demo.
+mod demo;
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
 /// The engine under stress: huge delays, closed outputs, dead endpoints,
