@@ -9,7 +9,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use lock::{LockError, RunLock};
+pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
     AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, Reservation, RunId,
     RunRow,
