@@ -158,7 +158,8 @@ Examples:
 /// `keyfan run`.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header row).
+    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header
+    /// row); `-` reads a JSONL job from standard input.
     job: PathBuf,
     /// The config file (providers, accounts, keys, limits).
     #[arg(short, long, env = "KEYFAN_CONFIG", default_value = "config.yaml")]
@@ -167,12 +168,18 @@ struct RunArgs {
     /// [default: <job>.results.jsonl beside the job]
     #[arg(short, long)]
     out: Option<String>,
+    /// Where the report goes: PATH with the extensions `.md` and `.json`.
+    /// [default: <out>.report.md and .json beside --out, or beside the job
+    /// when --out is the default or `-`]
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
     /// SQLite state file. [default: <job>.keyfan.db beside the job,
     /// or <job>.simulated.db with --simulate]
     #[arg(long)]
     state: Option<PathBuf>,
-    /// Requests in flight at most. [default: the config's `concurrency`]
-    #[arg(short = 'j', long)]
+    /// Requests in flight at most, 1 to 10000. [default: the config's
+    /// `concurrency`]
+    #[arg(short = 'j', long, value_parser = concurrency)]
     concurrency: Option<usize>,
     /// Use the keys of this group first; the other groups are fallbacks in
     /// the config's `groups` order.
@@ -205,6 +212,17 @@ struct RunArgs {
     /// `max_output_tokens` are capped at 8192 output tokens.
     #[arg(long, value_name = "USD", value_parser = positive_usd)]
     max_cost: Option<f64>,
+    /// Not a keyfan flag: caught to say what to use instead.
+    #[arg(long, hide = true)]
+    dry_run: bool,
+}
+
+fn concurrency(s: &str) -> Result<usize, String> {
+    let max = crate::config::MAX_CONCURRENCY;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of requests from 1 to {max}")),
+    }
 }
 
 fn positive_usd(s: &str) -> Result<f64, String> {

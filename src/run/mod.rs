@@ -12,7 +12,7 @@ mod worker;
 
 pub use budget::Budget;
 pub use recorder::{Observer, Progress};
-pub use resume::{seed_from_ledger, start, ResumePolicy, Start};
+pub use resume::{earlier, seed_from_ledger, start, Earlier, ResumePolicy, Start};
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};

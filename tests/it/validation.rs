@@ -1,4 +1,5 @@
 use crate::support::*;
+use std::process::Output;
 
 const SIM: &str = "
 projects:
@@ -72,4 +73,118 @@ async fn a_missing_config_file_is_a_usage_error() {
         .await;
     assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_that_is_an_input_is_refused_before_anything_is_written() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    let job = jsonl_job(3);
+    work.write("job.jsonl", &job);
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let refused = |out: &Output, names: &str| {
+        assert_eq!(out.status.code(), Some(2), "{}", explain(out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(names), "{stderr}");
+    };
+    for (flag, path, names) in [
+        ("--out", "job.jsonl", "the job"),
+        ("--out", "./job.jsonl", "the job"),
+        ("--out", "config.yaml", "the config"),
+        ("--out", "s.db", "the state file"),
+        ("--out", "s.db-wal", "journal"),
+        ("--out", "s.db.lock", "lock"),
+        ("--report", "s", "--out"),
+    ] {
+        let mut args = run_args("s.db", &[flag, path]);
+        if flag == "--report" {
+            args.extend(["--out", "s.md"]);
+        }
+        refused(&work.keyfan(&args, &[]).await, names);
+    }
+    refused(
+        &work
+            .keyfan(&run_args("r.json", &["--report", "r"]), &[])
+            .await,
+        "the JSON report r.json is the same file as the state file",
+    );
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("job.jsonl", work.path("link.jsonl")).unwrap();
+        std::fs::hard_link(work.path("job.jsonl"), work.path("hard.jsonl")).unwrap();
+        for alias in ["link.jsonl", "hard.jsonl"] {
+            refused(
+                &work.keyfan(&run_args("s.db", &["--out", alias]), &[]).await,
+                "the job",
+            );
+        }
+    }
+    assert_eq!(work.read("job.jsonl"), job, "the job is intact");
+    for name in ["s.db", "r.json", "s.md"] {
+        assert!(!work.path(name).exists(), "{name} was not created");
+    }
+    assert!(!work.path("job.results.jsonl").exists());
+    assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
+
+    // A state file with a run in it is left untouched, byte for byte.
+    let first = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    assert_eq!(first.status.code(), Some(0), "{}", explain(&first));
+    let state = std::fs::read(work.path("s.db")).unwrap();
+    refused(
+        &work
+            .keyfan(&run_args("s.db", &["--out", "s.db"]), &[])
+            .await,
+        "the state file",
+    );
+    assert_eq!(std::fs::read(work.path("s.db")).unwrap(), state);
+    let runs = work.keyfan(&["runs", "--state", "s.db"], &[]).await;
+    assert_eq!(runs.status.code(), Some(0), "{}", explain(&runs));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_above_the_maximum_is_refused_and_workers_follow_the_items() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(2));
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let out = work
+        .keyfan(&run_args("s.db", &["-j", "4611686018427387904"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--concurrency") && stderr.contains("1 to 10000"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    work.write(
+        "huge.yaml",
+        &one_account(&sim.base_url()).replace("concurrency: 8", "concurrency: 1000000000"),
+    );
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.jsonl",
+                "--config",
+                "huge.yaml",
+                "--state",
+                "s.db",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("huge.yaml: concurrency: 1000000000 is more than the maximum, 10000"),
+        "{stderr}"
+    );
+    assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
+
+    // The maximum on a 2-item job spawns 2 workers, not 10,000.
+    let out = work.keyfan(&run_args("s.db", &["-j", "10000"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 2);
 }
