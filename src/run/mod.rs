@@ -206,7 +206,7 @@ fn feed(
         let sent = match entry {
             Ok(item) if done.contains(&id_hash(&item.id)) => true,
             Ok(item) => items.blocking_send(item).is_ok(),
-            Err(error) if done.contains(&id_hash(&skipped_id(&error))) => true,
+            Err(error) if done.contains(&id_hash(&error.skipped_id())) => true,
             Err(error) => events.send(Event::Finished(skipped(&error))).is_ok(),
         };
         if !sent {
@@ -215,16 +215,12 @@ fn feed(
     }
 }
 
-fn skipped_id(error: &ItemError) -> String {
-    format!("line:{}", error.line)
-}
-
-/// The outcome of a job line that failed validation: its id is not
-/// trustworthy, so the row is named after its line.
+/// The outcome of a job line that failed validation (a duplicate id
+/// included): its id is not trustworthy, so the row is named after its line.
 fn skipped(error: &ItemError) -> ItemRow {
     ItemRow {
         error: Some(error.to_string()),
-        ..unsent(skipped_id(error), error.line, ItemStatus::Skipped, None)
+        ..unsent(error.skipped_id(), error.line, ItemStatus::Skipped, None)
     }
 }
 

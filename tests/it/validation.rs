@@ -44,7 +44,7 @@ async fn a_bad_job_line_is_named_and_nothing_is_sent() {
     };
     assert_eq!(status("a").as_deref(), Some("ok"));
     assert_eq!(status("c").as_deref(), Some("ok"));
-    assert_eq!(status("line:2").as_deref(), Some("skipped"));
+    assert_eq!(status("#line:2").as_deref(), Some("skipped"));
     assert_eq!(stats(&sim).await.requests, 2);
 }
 
@@ -187,4 +187,76 @@ async fn concurrency_above_the_maximum_is_refused_and_workers_follow_the_items()
     let out = work.keyfan(&run_args("s.db", &["-j", "10000"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_invalid_never_sends_a_duplicate_id() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write(
+        "job.jsonl",
+        "{\"id\": \"a\", \"prompt\": \"first\"}\n{\"id\": \"a\", \"prompt\": \"second\"}\n{\"id\": \"b\", \"prompt\": \"third\"}\n",
+    );
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let out = work
+        .keyfan(&run_args("s.db", &["--skip-invalid"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    assert_eq!(stats(&sim).await.requests, 2, "the duplicate was not sent");
+    let mut rows = results(&work.path("job.results.jsonl"));
+    rows.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
+    let summary: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(summary, [("#line:2", "skipped"), ("a", "ok"), ("b", "ok")]);
+    assert!(
+        rows[1]["output"]
+            .as_str()
+            .unwrap()
+            .contains(&digest("first")),
+        "the first `a` is the one sent: {}",
+        rows[1]
+    );
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate id `a`, first used on line 1"),
+        "{}",
+        rows[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipped_row_never_shares_an_id_with_an_item() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    // Line 2 is invalid; line 3 is a real item whose id is `line:2`.
+    work.write(
+        "job.jsonl",
+        "{\"id\": \"a\", \"prompt\": \"x\"}\n{\"id\": \"b\"}\n{\"id\": \"line:2\", \"prompt\": \"y\"}\n",
+    );
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let args = run_args("s.db", &["--skip-invalid"]);
+    for attempt in ["first run", "rerun"] {
+        let out = work.keyfan(&args, &[]).await;
+        assert_eq!(out.status.code(), Some(3), "{attempt}: {}", explain(&out));
+        let mut rows = results(&work.path("job.results.jsonl"));
+        rows.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
+        let summary: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r["id"].as_str().unwrap(), r["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            summary,
+            [("#line:2", "skipped"), ("a", "ok"), ("line:2", "ok")],
+            "{attempt}"
+        );
+        assert_eq!(
+            stats(&sim).await.requests,
+            2,
+            "{attempt}: nothing sent twice"
+        );
+    }
 }
