@@ -250,6 +250,42 @@ fn ids_in_the_skipped_rows_namespace_are_refused() {
 }
 
 #[test]
+fn an_unterminated_csv_quote_is_an_error_on_the_line_it_opened() {
+    let message =
+        "-: a quote opened on this line is never closed: the rest of the file would be one cell";
+    for (content, line) in [
+        ("id,prompt\na,\"oops\nb,x\nc,y", 2),
+        (
+            "id,prompt\na,x\nb,\"ok \"\"quoted\"\" text\"\nc,\"open\r\nd,y\r\n",
+            4,
+        ),
+        ("\"id,prompt\na,x\n", 1),
+    ] {
+        let (_dir, path) = file("job.csv", content.as_bytes());
+        let validation = validate(&path).unwrap();
+        assert_eq!(validation.error_count, 1, "{content:?}");
+        let error = &validation.errors[0];
+        assert_eq!(
+            format!("{}: {}", error.line, error.reason),
+            format!("{line}: {}", &message[3..]),
+            "{content:?}"
+        );
+    }
+    // Quotes that close, or that are literal inside an unquoted cell, are fine.
+    for content in [
+        "id,prompt\na,\"x\"\nb,\"two\nlines\"\n",
+        "id,prompt\na,5\" tall\nb,\"say \"\"hi\"\"\"",
+        "id,prompt\na,\"x\"\"\"\n",
+    ] {
+        assert_eq!(
+            errors("job.csv", content.as_bytes()),
+            Vec::<String>::new(),
+            "{content:?}"
+        );
+    }
+}
+
+#[test]
 fn item_errors_display_path_line_and_field() {
     let (_dir, path) = file(
         "job.jsonl",

@@ -260,3 +260,31 @@ async fn a_skipped_row_never_shares_an_id_with_an_item() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unterminated_csv_quote_sends_nothing() {
+    let sim = simulator(SIM).await;
+    let work = Workdir::new();
+    work.write("job.csv", "id,prompt\na,\"oops\nb,x\nc,y");
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let out = work
+        .keyfan(
+            &[
+                "run",
+                "job.csv",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job.csv:2: a quote opened on this line is never closed"),
+        "{stderr}"
+    );
+    assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
+}
