@@ -30,6 +30,14 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// The file is not a keyfan state file; nothing was written to it.
+    #[error("{} is not a keyfan state file ({what}): check --state", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
     /// The state file was written by a newer keyfan.
     #[error("state file {path} has schema version {found}, newer than this keyfan's {supported}: upgrade keyfan")]
     TooNew {

@@ -288,3 +288,30 @@ async fn an_unterminated_csv_quote_sends_nothing() {
     );
     assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_state_file_is_named_in_one_line_and_left_alone() {
+    let work = Workdir::new();
+    let foreign = work.path("foreign.db");
+    {
+        let db = rusqlite::Connection::open(&foreign).unwrap();
+        db.execute_batch("CREATE TABLE runs (x); CREATE TABLE notes (y);")
+            .unwrap();
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    work.write("garbage.db", &"not a database ".repeat(400));
+    for (name, what) in [
+        ("foreign.db", "an SQLite database of another program"),
+        ("garbage.db", "not an SQLite database"),
+    ] {
+        let out = work.keyfan(&["runs", "--state", name], &[]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr,
+            format!("keyfan: error: {name} is not a keyfan state file ({what}): check --state\n")
+        );
+    }
+    assert_eq!(std::fs::read(&foreign).unwrap(), before, "not migrated");
+    assert!(!work.path("foreign.db-wal").exists(), "not switched to WAL");
+}
