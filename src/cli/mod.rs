@@ -42,10 +42,21 @@ Exit codes:
   75   another run is using the state file: nothing was sent, try later
   130  interrupted (Ctrl-C / SIGTERM): finished items are kept";
 
+/// `keyfan --version`: the package version, the commit and the build date
+/// (set by the build script, `src/build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYFAN_COMMIT"),
+    ", built ",
+    env!("KEYFAN_BUILD_DATE"),
+    ")"
+);
+
 /// Fan a job of LLM prompts across many API keys and projects, within every
 /// project's quotas.
 #[derive(Debug, Parser)]
-#[command(name = "keyfan", version, after_help = EXIT_CODES)]
+#[command(name = "keyfan", version = VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +82,20 @@ enum Command {
     /// Start the local simulator of the Gemini and OpenAI APIs.
     #[command(after_help = SIM_EXAMPLES)]
     Sim(SimArgs),
+    /// Print the shell completion script for SHELL on standard output.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  keyfan completions bash > ~/.local/share/bash-completion/completions/keyfan
+  keyfan completions zsh > ~/.zfunc/_keyfan      # with fpath+=~/.zfunc before compinit
+  keyfan completions fish > ~/.config/fish/completions/keyfan.fish";
 
 /// `keyfan keys`.
 #[derive(Debug, Args)]
@@ -93,6 +117,7 @@ struct KeysArgs {
 enum KeysCommand {
     /// Send one free request per key (Gemini countTokens, OpenAI model list)
     /// and tell which keys work.
+    #[command(after_help = KEYS_CHECK_EXIT_CODES)]
     Check {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -133,6 +158,13 @@ struct ReportArgs {
     #[arg(long)]
     json: bool,
 }
+
+const KEYS_CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0  every key answered ok
+  1  keyfan failed (HTTP client, I/O)
+  2  invalid command line or config: nothing was sent
+  3  some key did not answer ok (invalid, no access, unreachable): see its line";
 
 const RUN_EXAMPLES: &str = "\
 Examples:
@@ -314,6 +346,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Runs(args) => state_cmd::runs(args),
         Command::Report(args) => state_cmd::report(args),
         Command::Sim(args) => sim_cmd::run(args, verbosity).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "keyfan", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

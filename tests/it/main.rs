@@ -4,6 +4,8 @@
 
 mod support;
 
+/// The command line: outputs, standard input, completions, version.
+mod cli;
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
 /// Failover: invalid keys, 503 bursts, quotas.
