@@ -35,8 +35,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    every item ok (or blocked by the API's safety filters)
   1    keyfan failed (state file, results file, I/O)
-  2    invalid command line, config or job file: nothing was sent
-  3    finished, but some items failed
+  2    invalid command line, config or job file (or a job edited since its
+       run, or an output that is an input): nothing was sent
+  3    finished, but some items failed or were skipped (--skip-invalid)
   4    daily quotas ran out: remaining items deferred to a later run
   5    --max-cost reached: remaining items not sent (a rerun resumes them)
   75   another run is using the state file: nothing was sent, try later
