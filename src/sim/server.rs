@@ -113,8 +113,8 @@ impl SimServer {
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("simulator stopped with an error: {e}"),
-                Err(e) => tracing::warn!("simulator task failed: {e}"),
+                Ok(Err(e)) => eprintln!("keyfan: simulator stopped with an error: {e}"),
+                Err(e) => eprintln!("keyfan: simulator task failed: {e}"),
             }
         }
     }

@@ -9,7 +9,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use lock::{LockError, RunLock};
+pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
     AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, Reservation, RunId,
     RunRow,
@@ -29,6 +29,14 @@ pub enum StoreError {
         /// SQLite's error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The file is not a keyfan state file; nothing was written to it.
+    #[error("{} is not a keyfan state file ({what}): check --state", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
     },
     /// The state file was written by a newer keyfan.
     #[error("state file {path} has schema version {found}, newer than this keyfan's {supported}: upgrade keyfan")]

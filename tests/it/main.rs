@@ -4,6 +4,8 @@
 
 mod support;
 
+/// The command line: outputs, standard input, completions, version.
+mod cli;
 /// The README's demo.
 mod demo;
 /// Crashes, resumes, locks, daily quotas.
