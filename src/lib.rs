@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod job;
+pub mod paths;
 pub mod pool;
 pub mod price;
 pub mod provider;

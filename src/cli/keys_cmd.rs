@@ -7,6 +7,9 @@ use crate::provider::{self, ErrorClass, ProviderKind};
 use crate::types::QuotaDay;
 use anyhow::Context;
 use serde::Serialize;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Instant;
 
 /// One row of `keys check`.
@@ -20,15 +23,21 @@ struct Check {
 }
 
 pub(super) async fn run(args: KeysArgs, _verbosity: Verbosity) -> Result<u8, Failure> {
-    let config = Config::load(
-        &args.config,
-        |name| std::env::var(name).ok(),
-        MissingEnv::Error,
-    )
-    .map_err(Failure::usage)?;
     match args.command {
-        KeysCommand::Check { json } => check(&config, json).await,
-        KeysCommand::Status { state, json } => status(&config, &state, json),
+        KeysCommand::Check { json } => {
+            let config = Config::load(
+                &args.config,
+                |name| std::env::var(name).ok(),
+                MissingEnv::Error,
+            )
+            .map_err(Failure::usage)?;
+            check(&config, json).await
+        }
+        KeysCommand::Status {
+            state,
+            simulate,
+            json,
+        } => status(&args.config, simulate, &state, json),
     }
 }
 
@@ -125,50 +134,122 @@ struct KeyStatus {
     since: Option<String>,
 }
 
-/// Today's usage per account and model against the configured limits, and
-/// each key's last known state, from the state file.
-fn status(config: &Config, state: &std::path::Path, json: bool) -> Result<u8, Failure> {
+/// What `keys status` knows of the config: none when the file does not
+/// exist, and each key's fingerprint only when it can be computed (every
+/// key variable set, or placeholders under `--simulate`).
+struct StatusConfig {
+    config: Option<Config>,
+    keys_known: bool,
+}
+
+/// Loads the config for `keys status`, which needs no key: limits come from
+/// it when it exists, and its keys' fingerprints when they are known. Under
+/// `simulate`, unset variables become the placeholders a `run --simulate`
+/// used, so the fingerprints match a simulated run's state file.
+fn status_config(path: &Path, simulate: bool) -> Result<StatusConfig, Failure> {
+    if !path.exists() {
+        eprintln!(
+            "keyfan: {} does not exist: showing the state file alone, without limits",
+            path.display()
+        );
+        return Ok(StatusConfig {
+            config: None,
+            keys_known: false,
+        });
+    }
+    let unset = RefCell::new(BTreeSet::new());
+    let env = |name: &str| {
+        let value = std::env::var(name).ok();
+        if value.is_none() {
+            unset.borrow_mut().insert(name.to_owned());
+        }
+        value
+    };
+    let config = Config::load(path, env, MissingEnv::Placeholder).map_err(Failure::usage)?;
+    let unset = unset.into_inner();
+    let keys_known = simulate || unset.is_empty();
+    if !keys_known {
+        eprintln!(
+            "keyfan: {} not set: listing the keys the state file knows (--simulate for a simulated run's keys)",
+            unset.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(StatusConfig {
+        config: Some(config),
+        keys_known,
+    })
+}
+
+/// Today's usage per account and model (the ledger, with the config's
+/// limits when it loads), and each key's last known state, from the state
+/// file. No key is needed: the state file holds fingerprints.
+fn status(config: &Path, simulate: bool, state: &Path, json: bool) -> Result<u8, Failure> {
     let store = open_state(state)?;
+    let StatusConfig { config, keys_known } = status_config(config, simulate)?;
+    let accounts = config.as_ref().map_or(&[][..], |c| c.accounts.as_slice());
     let day = QuotaDay::today();
     let ledger = store.ledger(day)?;
-    let known = store.keys()?;
-    let mut usage = Vec::new();
-    for account in &config.accounts {
-        let mut models: Vec<&str> = account.limits.keys().map(String::as_str).collect();
-        for l in ledger.iter().filter(|l| l.account == account.name) {
-            if !models.contains(&l.model.as_str()) {
-                models.push(&l.model);
+    // The ledger's rows, then the configured limits nothing used today.
+    let mut pairs: Vec<(&str, &str)> = ledger
+        .iter()
+        .map(|l| (l.account.as_str(), l.model.as_str()))
+        .collect();
+    for account in accounts {
+        for model in account.limits.keys() {
+            if !pairs.contains(&(account.name.as_str(), model.as_str())) {
+                pairs.push((&account.name, model));
             }
         }
-        for model in models {
+    }
+    pairs.sort_unstable();
+    let usage: Vec<ModelUsage> = pairs
+        .into_iter()
+        .map(|(account, model)| {
             let used = ledger
                 .iter()
-                .find(|l| l.account == account.name && l.model == model);
-            usage.push(ModelUsage {
-                account: account.name.clone(),
+                .find(|l| l.account == account && l.model == model);
+            let limits = accounts
+                .iter()
+                .find(|a| a.name == account)
+                .and_then(|a| a.limits.get(model));
+            ModelUsage {
+                account: account.to_owned(),
                 model: model.to_owned(),
                 requests: used.map_or(0, |l| l.requests),
-                rpd: account.limits.get(model).and_then(|l| l.rpd),
+                rpd: limits.and_then(|l| l.rpd),
                 input_tokens: used.map_or(0, |l| l.input_tokens),
                 cost_usd: used.map_or(0.0, |l| l.cost_usd),
-            });
-        }
-    }
-    let keys: Vec<KeyStatus> = config
-        .accounts
-        .iter()
-        .flat_map(|a| a.keys.iter().map(move |k| (a, k)))
-        .map(|(account, key)| {
-            let row = known.iter().find(|r| r.key == key.key.fingerprint());
-            KeyStatus {
-                key: key.key.fingerprint().to_owned(),
-                account: account.name.clone(),
-                state: row.map_or_else(|| "unused".to_owned(), |r| r.state.clone()),
-                reason: row.and_then(|r| r.reason.clone()),
-                since: row.map(|r| r.updated_at.clone()),
             }
         })
         .collect();
+    // Every key the state file knows, then the config's keys it does not.
+    let mut keys: Vec<KeyStatus> = store
+        .keys()?
+        .into_iter()
+        .map(|r| KeyStatus {
+            key: r.key,
+            account: r.account,
+            state: r.state,
+            reason: r.reason,
+            since: Some(r.updated_at),
+        })
+        .collect();
+    if keys_known {
+        for account in accounts {
+            for key in &account.keys {
+                let fingerprint = key.key.fingerprint();
+                if !keys.iter().any(|k| k.key == fingerprint) {
+                    keys.push(KeyStatus {
+                        key: fingerprint.to_owned(),
+                        account: account.name.clone(),
+                        state: "unused".to_owned(),
+                        reason: None,
+                        since: None,
+                    });
+                }
+            }
+        }
+    }
     if json {
         print_json(&serde_json::json!({"day": day, "usage": usage, "keys": keys}))?;
         return Ok(exit::OK);

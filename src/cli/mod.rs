@@ -35,8 +35,9 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    every item ok (or blocked by the API's safety filters)
   1    keyfan failed (state file, results file, I/O)
-  2    invalid command line, config or job file: nothing was sent
-  3    finished, but some items failed
+  2    invalid command line, config or job file (or a job edited since its
+       run, or an output that is an input): nothing was sent
+  3    finished, but some items failed or were skipped (--skip-invalid)
   4    daily quotas ran out (or a server asked to wait > 10 min): remaining
        items deferred to a later run
   5    --max-cost reached: remaining items not sent (a rerun resumes them)
@@ -44,10 +45,21 @@ Exit codes:
   130  interrupted (Ctrl-C / SIGTERM, or the results pipe closed): finished
        items are kept";
 
+/// `keyfan --version`: the package version, the commit and the build date
+/// (set by the build script, `src/build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYFAN_COMMIT"),
+    ", built ",
+    env!("KEYFAN_BUILD_DATE"),
+    ")"
+);
+
 /// Fan a job of LLM prompts across many API keys and projects, within every
 /// project's quotas.
 #[derive(Debug, Parser)]
-#[command(name = "keyfan", version, after_help = EXIT_CODES)]
+#[command(name = "keyfan", version = VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,7 +85,20 @@ enum Command {
     /// Start the local simulator of the Gemini and OpenAI APIs.
     #[command(after_help = SIM_EXAMPLES)]
     Sim(SimArgs),
+    /// Print the shell completion script for SHELL on standard output.
+    #[command(after_help = COMPLETIONS_EXAMPLES)]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
+
+const COMPLETIONS_EXAMPLES: &str = "\
+Examples:
+  keyfan completions bash > ~/.local/share/bash-completion/completions/keyfan
+  keyfan completions zsh > ~/.zfunc/_keyfan      # with fpath+=~/.zfunc before compinit
+  keyfan completions fish > ~/.config/fish/completions/keyfan.fish";
 
 /// `keyfan keys`.
 #[derive(Debug, Args)]
@@ -95,22 +120,36 @@ struct KeysArgs {
 enum KeysCommand {
     /// Send one free request per key (Gemini countTokens, OpenAI model list)
     /// and tell which keys work.
+    #[command(after_help = KEYS_CHECK_EXIT_CODES)]
     Check {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show today's usage per account against its limits, and each key's
-    /// last known state, from a state file.
+    /// last known state, from a state file. Needs no key: the state file
+    /// holds fingerprints; limits come from the config when it exists.
     Status {
         /// The SQLite state file of your runs.
         #[arg(long)]
         state: PathBuf,
+        /// Read a simulated run's state (e.g. jobs/demo.simulated.db): key
+        /// variables that are not set stand for the placeholder keys that
+        /// `run --simulate` used, so its keys show their real state.
+        #[arg(long)]
+        simulate: bool,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
 }
+
+const KEYS_CHECK_EXIT_CODES: &str = "\
+Exit codes:
+  0    every key answered ok
+  1    keyfan failed (e.g. an HTTP client could not be built)
+  2    invalid command line or config (a key's variable not set): nothing was sent
+  3    some key is not ok: invalid, no access, rate limited or another error";
 
 /// `keyfan runs`.
 #[derive(Debug, Args)]
@@ -160,7 +199,8 @@ Examples:
 /// `keyfan run`.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header row).
+    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header
+    /// row); `-` reads a JSONL job from standard input.
     job: PathBuf,
     /// The config file (providers, accounts, keys, limits).
     #[arg(short, long, env = "KEYFAN_CONFIG", default_value = "config.yaml")]
@@ -169,12 +209,18 @@ struct RunArgs {
     /// [default: <job>.results.jsonl beside the job]
     #[arg(short, long)]
     out: Option<String>,
+    /// Where the report goes: PATH with the extensions `.md` and `.json`.
+    /// [default: <out>.report.md and .json beside --out, or beside the job
+    /// when --out is the default or `-`]
+    #[arg(long, value_name = "PATH")]
+    report: Option<PathBuf>,
     /// SQLite state file. [default: <job>.keyfan.db beside the job,
     /// or <job>.simulated.db with --simulate]
     #[arg(long)]
     state: Option<PathBuf>,
-    /// Requests in flight at most. [default: the config's `concurrency`]
-    #[arg(short = 'j', long)]
+    /// Requests in flight at most, 1 to 10000. [default: the config's
+    /// `concurrency`]
+    #[arg(short = 'j', long, value_parser = concurrency)]
     concurrency: Option<usize>,
     /// Use the keys of this group first; the other groups are fallbacks in
     /// the config's `groups` order.
@@ -187,6 +233,11 @@ struct RunArgs {
     /// real APIs: no key and no network needed; all output is labelled SIMULATED.
     #[arg(long)]
     simulate: bool,
+    /// Do not check the job's models against the providers' model lists
+    /// before sending (no list request; a list kept in the state file is
+    /// not used either).
+    #[arg(long)]
+    offline: bool,
     /// Run the valid items of a job that has invalid lines (they are recorded
     /// as `skipped`), instead of refusing to send anything.
     #[arg(long)]
@@ -207,6 +258,17 @@ struct RunArgs {
     /// `max_output_tokens` are capped at 8192 output tokens.
     #[arg(long, value_name = "USD", value_parser = positive_usd)]
     max_cost: Option<f64>,
+    /// Not a keyfan flag: caught to say what to use instead.
+    #[arg(long, hide = true)]
+    dry_run: bool,
+}
+
+fn concurrency(s: &str) -> Result<usize, String> {
+    let max = crate::config::MAX_CONCURRENCY;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("`{s}` is not a number of requests from 1 to {max}")),
+    }
 }
 
 fn positive_usd(s: &str) -> Result<f64, String> {
@@ -298,6 +360,11 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Runs(args) => state_cmd::runs(args),
         Command::Report(args) => state_cmd::report(args),
         Command::Sim(args) => sim_cmd::run(args, verbosity).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "keyfan", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
     };
     match result {
         Ok(code) => ExitCode::from(code),

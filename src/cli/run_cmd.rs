@@ -4,12 +4,15 @@ use super::progress::Display;
 use super::{exit, Failure, RunArgs, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::job;
+use crate::paths;
 use crate::pool::{Pool, PoolError, RetryPolicy};
 use crate::report::Report;
-use crate::run::{self, Budget, Options, Recording, ResumePolicy, Start, Stop, Summary};
+use crate::run::{
+    self, models, Budget, Earlier, Options, Recording, ResumePolicy, Start, Stop, Summary,
+};
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{Sink, Target};
-use crate::store::{ItemStatus, LockError, RunLock, Store};
+use crate::store::{ItemStatus, LockError, RunLock, RunRow, Store};
 use anyhow::{anyhow, Context};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,11 +26,18 @@ const BUDGET_OUTPUT_CAP: u32 = 8192;
 const SHOWN_ITEM_ERRORS: usize = 20;
 
 pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failure> {
+    if args.dry_run {
+        return Err(Failure::usage(anyhow!(
+            "keyfan has no --dry-run: use --simulate to rehearse the job against the built-in \
+             simulator (no key, no network, no cost)"
+        )));
+    }
     if args.json && args.out.as_deref() == Some("-") {
         return Err(Failure::usage(anyhow!(
             "--json and --out - both want standard output: choose one"
         )));
     }
+    let job = Job::new(&args.job)?;
     // A rehearsal needs no real key: unset variables become placeholders.
     let missing = if args.simulate {
         MissingEnv::Placeholder
@@ -36,7 +46,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     };
     let mut config = Config::load(&args.config, |name| std::env::var(name).ok(), missing)
         .map_err(Failure::usage)?;
-    let validation = job::validate(&args.job).map_err(Failure::usage)?;
+    let validation = job::validate(&job.file).map_err(Failure::usage)?;
     if validation.error_count > 0 {
         for error in validation.errors.iter().take(SHOWN_ITEM_ERRORS) {
             eprintln!("keyfan: {error}");
@@ -48,11 +58,23 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         if !args.skip_invalid {
             return Err(Failure::usage(anyhow!(
                 "{} has {} invalid line(s): nothing was sent (fix them, or pass --skip-invalid to run the rest)",
-                args.job.display(),
+                job.label,
                 validation.error_count
             )));
         }
     }
+
+    let routes = models::route(&config, &validation.models)
+        .map_err(|errors| refuse_models(&job.label, &errors))?;
+
+    let outputs = Outputs::new(&args, &job)?;
+    outputs.check_distinct(&job.file, &args.config)?;
+    let Outputs {
+        target,
+        state,
+        report_md,
+        report_json,
+    } = outputs;
 
     let simulator = if args.simulate {
         let server = SimServer::start(SimConfig::rehearsal(&config), ([127, 0, 0, 1], 0).into())
@@ -72,21 +94,6 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         None
     };
 
-    let target = Target::parse(
-        &args
-            .out
-            .unwrap_or_else(|| beside(&args.job, "results.jsonl").display().to_string()),
-    );
-    let state = args.state.unwrap_or_else(|| {
-        beside(
-            &args.job,
-            if args.simulate {
-                "simulated.db"
-            } else {
-                "keyfan.db"
-            },
-        )
-    });
     let strategy = args.strategy.unwrap_or(config.strategy);
     let pool = Arc::new(Pool::new(&config, strategy, args.group.as_deref()).map_err(
         |e| match e {
@@ -101,8 +108,38 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         },
         LockError::Io { .. } => e.into(),
     })?;
-    let store = Store::open(&state)?;
+    // By its canonical path, the one the lock is named after.
+    let store = Store::open(&paths::canonical(&state)?)?;
     run::seed_from_ledger(&pool, &store)?;
+    if !args.offline {
+        let checked = models::check_listed(&config, &routes, &store).await?;
+        if verbosity != Verbosity::Quiet {
+            for warning in &checked.warnings {
+                eprintln!("keyfan: warning: {warning}");
+            }
+        }
+        if !checked.errors.is_empty() {
+            return Err(refuse_models(&job.label, &checked.errors));
+        }
+    }
+    let policy = ResumePolicy {
+        new_run: args.new_run,
+        retry_failed: args.retry_failed,
+    };
+    let earlier = match run::earlier(&store, &job.keys(), &validation.content_hash, policy)? {
+        Earlier::None => None,
+        Earlier::Same(run) => Some(run),
+        // Standard input has no file whose edits could be meant: other
+        // content is another job.
+        Earlier::Changed(_) if job.stdin => None,
+        Earlier::Changed(run) => {
+            return Err(Failure::usage(changed(
+                &job,
+                &run,
+                &validation.content_hash,
+            )))
+        }
+    };
     let mut sink = Sink::create(&target).with_context(|| format!("failed to create {target}"))?;
     let Start {
         run: run_id,
@@ -112,20 +149,18 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     } = run::start(
         &store,
         &mut sink,
-        &args.job.display().to_string(),
+        earlier,
+        &job.key,
         &validation.content_hash,
         args.simulate,
-        ResumePolicy {
-            new_run: args.new_run,
-            retry_failed: args.retry_failed,
-        },
+        policy,
     )?;
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed && verbosity != Verbosity::Quiet {
         eprintln!(
             "keyfan: resuming run {} of {}: {} item(s) already finished, {to_do} to go (--new-run starts afresh)",
             run_id.0,
-            args.job.display(),
+            job.label,
             done.len()
         );
     }
@@ -134,9 +169,14 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     let stop = Stop::default();
     let signals = tokio::spawn(watch_signals(stop.clone(), config.timeout, verbosity));
     let options = Options {
-        job: args.job.clone(),
+        job: job.file.clone(),
         total: to_do,
-        concurrency: args.concurrency.unwrap_or(config.concurrency).max(1),
+        // No more workers than items to send: each costs memory.
+        concurrency: args
+            .concurrency
+            .unwrap_or(config.concurrency)
+            .min(usize::try_from(to_do).unwrap_or(usize::MAX))
+            .max(1),
         policy: RetryPolicy {
             max_retries: config.max_retries,
             deadline: config.item_deadline,
@@ -168,8 +208,6 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     store.finish_run(run_id, status)?;
 
     let report = Report::build(&store, run_id)?;
-    let report_md = beside(&args.job, "report.md");
-    let report_json = beside(&args.job, "report.json");
     std::fs::write(&report_md, report.to_markdown())
         .with_context(|| format!("failed to write {}", report_md.display()))?;
     std::fs::write(&report_json, report.to_json())
@@ -237,9 +275,214 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     Ok(code)
 }
 
+/// Prints each model problem and the usage failure that ends the command
+/// before anything is sent.
+fn refuse_models(job: &str, errors: &[models::ModelError]) -> Failure {
+    for error in errors {
+        eprintln!("keyfan: {job}: {error}");
+    }
+    Failure::usage(anyhow!(
+        "{job} asks for {} model(s) that cannot be used: nothing was sent",
+        errors.len()
+    ))
+}
+
 /// `jobs/demo.jsonl` + `results.jsonl` → `jobs/demo.results.jsonl`.
 fn beside(job: &Path, suffix: &str) -> PathBuf {
     job.with_extension(suffix)
+}
+
+/// The job as the run sees it.
+struct Job {
+    /// The file to read: the job file, or standard input's spool.
+    file: PathBuf,
+    /// What messages call it: the path as typed, or "standard input".
+    label: String,
+    /// Where default outputs go beside: the job file, or `stdin.jsonl` in
+    /// the current directory.
+    base: PathBuf,
+    /// The job's name in the state file: its canonical path, or `-`.
+    key: String,
+    /// The path as typed, under which earlier keyfans stored runs.
+    typed: String,
+    /// Whether the job came from standard input.
+    stdin: bool,
+    /// Removes standard input's spool when the run is over.
+    _spool: Option<Spool>,
+}
+
+impl Job {
+    fn new(path: &Path) -> Result<Job, Failure> {
+        if path == Path::new("-") {
+            let spool =
+                Spool::from_stdin().context("failed to read the job from standard input")?;
+            return Ok(Job {
+                file: spool.file.clone(),
+                label: "standard input".to_owned(),
+                base: PathBuf::from("stdin.jsonl"),
+                key: "-".to_owned(),
+                typed: "-".to_owned(),
+                stdin: true,
+                _spool: Some(spool),
+            });
+        }
+        let typed = path.display().to_string();
+        Ok(Job {
+            file: path.to_owned(),
+            label: typed.clone(),
+            base: path.to_owned(),
+            // A job that cannot be resolved is not found either: validation
+            // says so.
+            key: paths::canonical(path).map_or_else(|_| typed.clone(), |p| p.display().to_string()),
+            typed,
+            stdin: false,
+            _spool: None,
+        })
+    }
+
+    /// The names an earlier run of this job may be stored under.
+    fn keys(&self) -> Vec<&str> {
+        vec![self.key.as_str(), self.typed.as_str()]
+    }
+}
+
+/// A job read from standard input, spooled to a private temporary file so
+/// it can be validated and then read again by the run (its content hash
+/// matches a rerun with the same input to its run). Removed when dropped.
+struct Spool {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl Spool {
+    fn from_stdin() -> std::io::Result<Spool> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("keyfan-stdin-{}-{nanos}", std::process::id()));
+        // `create_dir` fails if the name exists, so the directory is ours.
+        std::fs::create_dir(&dir)?;
+        let spool = Spool {
+            file: dir.join("stdin.jsonl"),
+            dir,
+        };
+        let mut file = std::fs::File::create_new(&spool.file)?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut file)?;
+        Ok(spool)
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Where a run writes: results, state file, report.
+struct Outputs {
+    target: Target,
+    state: PathBuf,
+    report_md: PathBuf,
+    report_json: PathBuf,
+}
+
+impl Outputs {
+    fn new(args: &RunArgs, job: &Job) -> Result<Outputs, Failure> {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| beside(&job.base, "results.jsonl").display().to_string());
+        let target = Target::parse(&out);
+        let state = args.state.clone().unwrap_or_else(|| {
+            beside(
+                &job.base,
+                if args.simulate {
+                    "simulated.db"
+                } else {
+                    "keyfan.db"
+                },
+            )
+        });
+        let (report_md, report_json) = match (&args.report, &args.out, &target) {
+            (Some(path), _, _) => (path.with_extension("md"), path.with_extension("json")),
+            (None, Some(_), Target::File(out)) => {
+                (beside(out, "report.md"), beside(out, "report.json"))
+            }
+            _ => (
+                beside(&job.base, "report.md"),
+                beside(&job.base, "report.json"),
+            ),
+        };
+        Ok(Outputs {
+            target,
+            state,
+            report_md,
+            report_json,
+        })
+    }
+
+    /// Refuses (before anything is written) an output that is the same
+    /// file as the job, the config, the state file or one of its side files
+    /// (SQLite's `-wal` and `-shm`, the run lock), or as another output:
+    /// writing it would destroy that file. Paths are compared by identity
+    /// (see [`paths::same_file`]), so a symlink or hard link is caught.
+    fn check_distinct(&self, job: &Path, config: &Path) -> Result<(), Failure> {
+        let state = paths::canonical(&self.state)
+            .with_context(|| format!("failed to resolve --state {}", self.state.display()))?;
+        let mut inputs: Vec<(&str, PathBuf)> = vec![
+            ("the job", job.to_owned()),
+            ("the config", config.to_owned()),
+            ("the state file", self.state.clone()),
+        ];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            inputs.push((
+                "the state file's journal",
+                paths::with_suffix(&state, suffix),
+            ));
+        }
+        inputs.push(("the state file's lock", crate::store::lock_path(&state)));
+        let mut outputs: Vec<(&str, &Path)> = Vec::new();
+        if let Target::File(out) = &self.target {
+            outputs.push(("--out", out));
+        }
+        outputs.push(("the report", &self.report_md));
+        outputs.push(("the JSON report", &self.report_json));
+        for (i, &(name, output)) in outputs.iter().enumerate() {
+            let earlier = outputs[..i].iter().map(|&(n, p)| (n, p.to_owned()));
+            let clash = inputs
+                .iter()
+                .cloned()
+                .chain(earlier)
+                .find(|(_, other)| paths::same_file(output, other));
+            if let Some((other, path)) = clash {
+                return Err(Failure::usage(anyhow!(
+                    "{name} {} is the same file as {other} ({}): nothing was written; choose another path{}",
+                    output.display(),
+                    path.display(),
+                    if name == "--out" { "" } else { " (--report PATH)" }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The refusal to resume or replace a run whose job file has changed.
+fn changed(job: &Job, run: &RunRow, hash: &str) -> anyhow::Error {
+    let short = |hash: &str| hash.get(..12).unwrap_or(hash).to_owned();
+    anyhow!(
+        "{} has changed since run {} of it (started {}, {}): its sha256 was {}…, it is {}… now. \
+         Nothing was sent. Restore the file to resume run {}, or pass --new-run to start a new \
+         run of the edited job (items that run {} finished would be sent again)",
+        job.label,
+        run.id.0,
+        run.started_at,
+        run.status,
+        short(&run.job_hash),
+        short(hash),
+        run.id.0,
+        run.id.0,
+    )
 }
 
 fn counts(items: &BTreeMap<String, u64>) -> String {

@@ -100,6 +100,16 @@ pub enum MissingEnv {
 /// path; none contains a key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file does not exist.
+    #[error(
+        "config {} does not exist: start from the example (`cp config.example.yaml config.yaml`, \
+         then list your accounts) or pass --config FILE",
+        path.display()
+    )]
+    Missing {
+        /// The config file.
+        path: PathBuf,
+    },
     /// The file could not be read.
     #[error("failed to read config {}", path.display())]
     Read {
@@ -139,6 +149,11 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_MAX_RETRIES: u32 = 5;
 const DEFAULT_GROUP: &str = "default";
 
+/// The most requests in flight a run accepts (`concurrency`, `-j`): far
+/// above what any set of quotas serves, and low enough that the workers and
+/// their buffers stay small.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
 /// Every provider, so each gets a `providers` entry. Adding a variant to
 /// [`ProviderKind`] breaks the exhaustive match in [`default_base_url`], which
 /// is the reminder to list it here too.
@@ -160,9 +175,17 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
         missing: MissingEnv,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                ConfigError::Missing {
+                    path: path.to_owned(),
+                }
+            } else {
+                ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
         })?;
         Config::parse(&text, path, env, missing)
     }
@@ -244,6 +267,12 @@ impl Config {
                 if secret.is_empty() {
                     return Err(invalid(field, empty_key_reason(&raw_key.template)));
                 }
+                if let Some(what) = unsendable(secret) {
+                    return Err(invalid(
+                        field,
+                        format!("key contains {what}, which cannot be sent in an HTTP header"),
+                    ));
+                }
                 let key = ApiKey::new(secret);
                 if let Some(first) = seen_keys.get(&key) {
                     return Err(invalid(
@@ -304,12 +333,20 @@ impl Config {
             }
         }
 
+        let concurrency = raw.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0);
+        if concurrency > MAX_CONCURRENCY {
+            return Err(invalid(
+                "concurrency".to_owned(),
+                format!("{concurrency} is more than the maximum, {MAX_CONCURRENCY}"),
+            ));
+        }
+
         Ok(Config {
             groups,
             providers,
             accounts,
             model: raw.model.map_or_else(|| DEFAULT_MODEL.to_owned(), |m| m.0),
-            concurrency: raw.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0),
+            concurrency,
             timeout: raw.timeout.map_or(DEFAULT_TIMEOUT, |t| t.0),
             max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
             item_deadline: raw.item_deadline.map(|d| d.0),
@@ -327,6 +364,18 @@ fn empty_key_reason(template: &str) -> String {
     } else {
         "key is empty".to_owned()
     }
+}
+
+/// What in a key would make every request fail: a header value takes
+/// visible ASCII only. Names the kind of character, never the key.
+fn unsendable(secret: &str) -> Option<&'static str> {
+    secret.chars().find_map(|c| match c {
+        '\n' | '\r' => Some("a line break"),
+        ' ' | '\t' => Some("a space"),
+        c if c.is_ascii_control() => Some("a control character"),
+        c if !c.is_ascii() => Some("a non-ASCII character"),
+        _ => None,
+    })
 }
 
 /// Replaces every `string "…"` in a serde message (serde's wording for an

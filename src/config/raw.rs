@@ -220,6 +220,9 @@ fn check_url<'a>(url: &'a str, schemes: &[&str]) -> Result<&'a str, String> {
     if rest.trim_end_matches('/').is_empty() {
         return Err("has no host".to_owned());
     }
+    // url's messages ("invalid IPv6 address", "invalid port number") name
+    // the part, not the value.
+    reqwest::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
     Ok(url)
 }
 

@@ -423,17 +423,33 @@ fn redaction_handles_escaped_quotes() {
 
 #[test]
 fn load_names_the_file_it_could_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory: it exists but cannot be read as a file.
+    let err = Config::load(dir.path(), env, MissingEnv::Error).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("failed to read config {}", dir.path().display())
+    );
+    assert!(std::error::Error::source(&err).is_some());
+}
+
+#[test]
+fn a_missing_config_suggests_copying_the_example() {
     let err = Config::load(
-        Path::new("/nonexistent/keyfan.yaml"),
+        Path::new("/nonexistent/config.yaml"),
         env,
         MissingEnv::Error,
     )
     .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "failed to read config /nonexistent/keyfan.yaml"
+    let message = err.to_string();
+    assert!(
+        message.starts_with("config /nonexistent/config.yaml does not exist"),
+        "{message}"
     );
-    assert!(std::error::Error::source(&err).is_some());
+    assert!(
+        message.contains("cp config.example.yaml config.yaml"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -480,4 +496,61 @@ fn an_item_deadline_is_a_duration() {
     let config = parse(&with("item_deadline: 10m\n")).unwrap();
     assert_eq!(config.item_deadline, Some(Duration::from_secs(600)));
     assert!(error(&with("item_deadline: soon\n")).contains("item_deadline"));
+}
+
+#[test]
+fn concurrency_has_a_documented_maximum() {
+    let config = parse(&with(&format!("concurrency: {MAX_CONCURRENCY}\n"))).unwrap();
+    assert_eq!(config.concurrency, MAX_CONCURRENCY);
+    assert_eq!(
+        error(&with("concurrency: 1000000000\n")),
+        "config.yaml: concurrency: 1000000000 is more than the maximum, 10000"
+    );
+}
+
+#[test]
+fn a_base_url_that_does_not_parse_is_named() {
+    for url in ["'https://[::1'", "'http://host:99999'"] {
+        let message = error(&with(&format!(
+            "providers:\n  gemini: {{ base_url: {url} }}\n"
+        )));
+        assert!(
+            message.contains("providers.gemini.base_url: is not a valid URL"),
+            "{url}: {message}"
+        );
+    }
+}
+
+#[test]
+fn a_key_that_cannot_be_a_header_is_named_but_not_shown() {
+    let secret = "AIzaSyD-broken";
+    for (written, what) in [
+        (format!("\"{secret}\\nsecond-line\""), "a line break"),
+        (format!("\"{secret} tail\""), "a space"),
+        (format!("\"{secret}\\u0007\""), "a control character"),
+        (format!("\"{secret}é\""), "a non-ASCII character"),
+    ] {
+        let text = format!("accounts:\n  - name: a\n    keys: [k0, {written}]\n");
+        let message = error(&text);
+        assert_eq!(
+            message,
+            format!(
+                "config.yaml: accounts[0].keys[1]: key contains {what}, which cannot be sent in an HTTP header"
+            )
+        );
+        assert!(!message.contains(secret), "{message}");
+    }
+    // Also when the bad character comes from the environment.
+    let message = Config::parse(
+        "accounts:\n  - name: a\n    keys: ['${K}']\n",
+        Path::new("config.yaml"),
+        |_| Some("abc\ndef".to_owned()),
+        MissingEnv::Error,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        message.contains("accounts[0].keys[0]: key contains a line break"),
+        "{message}"
+    );
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Reads items record by record.
 pub(super) struct Rows<R> {
-    reader: ::csv::Reader<R>,
+    reader: ::csv::Reader<Quotes<R>>,
     header: Header,
     /// The current record, reused across records.
     record: ::csv::ByteRecord,
@@ -31,7 +31,7 @@ impl<R: Read> Rows<R> {
             // header is a quoting mistake, reported on its line.
             reader: ::csv::ReaderBuilder::new()
                 .has_headers(true)
-                .from_reader(reader),
+                .from_reader(Quotes::new(reader)),
             header: Header::Unread,
             record: ::csv::ByteRecord::new(),
         }
@@ -39,7 +39,17 @@ impl<R: Read> Rows<R> {
 
     /// The underlying reader.
     pub(super) fn get_ref(&self) -> &R {
-        self.reader.get_ref()
+        &self.reader.get_ref().inner
+    }
+
+    /// The line where a quote opened that the file never closes, if the
+    /// reader has reached the end of the file and the record just read is
+    /// the one that swallowed the rest of the file.
+    fn unterminated(&self) -> Option<u64> {
+        let quotes = self.reader.get_ref();
+        let at_end = quotes.ended && self.reader.position().byte() == quotes.bytes;
+        let open = matches!(quotes.state, Quoting::Quoted);
+        quotes.open.filter(|_| at_end && open)
     }
 
     /// The line the reader has reached, for placing a read failure.
@@ -54,11 +64,16 @@ impl<R: Read> Rows<R> {
         if let Header::Unread = self.header {
             let header = self.reader.byte_headers()?;
             let line = header.position().map_or(1, |p| p.line());
+            let empty = header.is_empty();
+            let columns = columns(header);
             self.header = Header::Ended;
-            if header.is_empty() {
+            if empty {
                 return Ok(None);
             }
-            match columns(header) {
+            if let Some(line) = self.unterminated() {
+                return Ok(Some(Err(unterminated().at(path, line))));
+            }
+            match columns {
                 Ok(columns) => self.header = Header::Accepted(columns),
                 Err(problem) => return Ok(Some(Err(problem.at(path, line)))),
             }
@@ -69,6 +84,9 @@ impl<R: Read> Rows<R> {
         match self.reader.read_byte_record(&mut self.record) {
             Ok(false) => Ok(None),
             Ok(true) => {
+                if let Some(line) = self.unterminated() {
+                    return Ok(Some(Err(unterminated().at(path, line))));
+                }
                 // `position` is where the record starts, which is the line
                 // to show even when a quoted cell spans several lines.
                 let line = self.record.position().map_or(0, |p| p.line());
@@ -89,6 +107,91 @@ impl<R: Read> Rows<R> {
                 _ => Err(err.into()),
             },
         }
+    }
+}
+
+/// The problem of a quoted cell that the file never closes.
+fn unterminated() -> Problem {
+    Problem::record(
+        "a quote opened on this line is never closed: the rest of the file would be one cell",
+    )
+}
+
+/// Passes reads through to the CSV parser and follows its quoting, byte by
+/// byte, to find a quoted cell still open at the end of the file: the csv
+/// crate takes the rest of the file into that cell without complaint.
+///
+/// The states are those of the csv crate's parser with its defaults (`,`
+/// delimiter, `"` quote, doubled quotes as escapes): a quote opens a cell
+/// only at its start; inside a quoted cell a doubled quote is a literal
+/// quote and a single one closes it; after that, text up to the next comma
+/// or line end belongs to the cell unquoted.
+struct Quotes<R> {
+    inner: R,
+    /// Bytes passed through.
+    bytes: u64,
+    /// 1-based line of the next byte.
+    line: u64,
+    state: Quoting,
+    /// The line where the last quoted cell opened.
+    open: Option<u64>,
+    /// Whether the inner reader has reported the end of the file.
+    ended: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Quoting {
+    /// At the start of a cell.
+    Start,
+    /// In an unquoted cell (or after a quoted cell's closing quote).
+    Unquoted,
+    /// In a quoted cell.
+    Quoted,
+    /// In a quoted cell, just after a quote: it closes the cell unless the
+    /// next byte is a quote too.
+    QuoteInQuoted,
+}
+
+impl<R> Quotes<R> {
+    fn new(inner: R) -> Self {
+        Quotes {
+            inner,
+            bytes: 0,
+            line: 1,
+            state: Quoting::Start,
+            open: None,
+            ended: false,
+        }
+    }
+
+    fn push(&mut self, byte: u8) {
+        let ends_cell = matches!(byte, b',' | b'\n' | b'\r');
+        self.state = match (self.state, byte) {
+            (Quoting::Start, b'"') => {
+                self.open = Some(self.line);
+                Quoting::Quoted
+            }
+            (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+            (Quoting::Quoted, _) => Quoting::Quoted,
+            (Quoting::QuoteInQuoted, b'"') => Quoting::Quoted,
+            (_, _) if ends_cell => Quoting::Start,
+            _ => Quoting::Unquoted,
+        };
+        if byte == b'\n' {
+            self.line += 1;
+        }
+    }
+}
+
+impl<R: Read> Read for Quotes<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ended |= n == 0 && !buf.is_empty();
+        self.bytes += n as u64;
+        for &byte in &buf[..n] {
+            self.push(byte);
+        }
+        Ok(n)
     }
 }
 

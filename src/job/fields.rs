@@ -201,15 +201,31 @@ fn non_empty(field: Field, raw: Raw) -> Result<String, Problem> {
 
 /// An id is a string, or an integer taken as its decimal text (spreadsheet
 /// row numbers exported to JSON).
+///
+/// Ids starting with [`super::SKIPPED_ID_PREFIX`] are refused: that
+/// namespace names the rows of skipped lines, so none can collide with an
+/// item's.
 fn id(raw: Raw) -> Result<String, Problem> {
-    match raw {
-        Raw::Json(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
-        Raw::Json(Value::String(_)) | Raw::Text(_) => non_empty(Field::Id, raw),
-        Raw::Json(v) => Err(Problem::field(
+    let id = match raw {
+        Raw::Json(Value::Number(n)) if n.is_i64() || n.is_u64() => return Ok(n.to_string()),
+        Raw::Json(Value::String(_)) | Raw::Text(_) => non_empty(Field::Id, raw)?,
+        Raw::Json(v) => {
+            return Err(Problem::field(
+                Field::Id.name(),
+                format!("expected a string or an integer, found {}", kind(v)),
+            ))
+        }
+    };
+    if id.starts_with(super::SKIPPED_ID_PREFIX) {
+        return Err(Problem::field(
             Field::Id.name(),
-            format!("expected a string or an integer, found {}", kind(v)),
-        )),
+            format!(
+                "ids starting with `{}` are reserved for the rows of skipped lines",
+                super::SKIPPED_ID_PREFIX
+            ),
+        ));
     }
+    Ok(id)
 }
 
 fn max_output_tokens(raw: Raw) -> Result<u32, Problem> {

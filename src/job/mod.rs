@@ -4,7 +4,8 @@
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
 //! `system`, `max_output_tokens` (integer >= 1) and `temperature` (0.0–2.0).
-//! Unknown fields are errors, to catch typos such as `promt`.
+//! Unknown fields are errors, to catch typos such as `promt`. An id used
+//! twice is an error on its later line, naming the first.
 //!
 //! Files are streamed: a million-line job is never held in memory, neither by
 //! [`JobReader`] nor by [`validate`].
@@ -17,6 +18,7 @@ mod tests;
 
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
+use std::collections::HashSet;
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
@@ -41,6 +43,10 @@ pub struct Item {
     pub temperature: Option<f32>,
 }
 
+/// The start of the id of a skipped line's row: `#line:7`. Job ids may not
+/// start with it, so a skipped row never shares an item's id.
+pub const SKIPPED_ID_PREFIX: &str = "#line:";
+
 /// A problem with one item of a job file.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{path}:{line}: {}{reason}", field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
@@ -53,6 +59,14 @@ pub struct ItemError {
     pub field: Option<String>,
     /// What is wrong, as a lowercase fragment.
     pub reason: String,
+}
+
+impl ItemError {
+    /// The id of the row that records this line as skipped:
+    /// [`SKIPPED_ID_PREFIX`] and the line number.
+    pub fn skipped_id(&self) -> String {
+        format!("{SKIPPED_ID_PREFIX}{}", self.line)
+    }
 }
 
 /// A job file that cannot be read at all.
@@ -91,11 +105,20 @@ pub enum JobError {
 /// must not be held in memory). Yields each item or what is wrong with it,
 /// and goes on after an item error. A read failure part-way is yielded as an
 /// item error on the line reached, and ends the stream.
+///
+/// An item whose id was already used is yielded as an error (naming the
+/// first line), so whoever reads the job, validation or the run, never sees
+/// it as an item. Ids are remembered by a 64-bit hash ([`id_hash`]) with
+/// their first line, 16 bytes per item; two different ids collide with
+/// probability about n²/2⁶⁵ (one in 37 million for a million items), and a
+/// collision only yields a spurious duplicate error, never a missed one.
 pub struct JobReader {
     path: PathBuf,
     format: Format,
     /// Set when reading failed; the stream has then ended.
     failure: Option<io::Error>,
+    /// The line where each id (by [`id_hash`]) was first used.
+    first_lines: HashMap<u64, u64>,
 }
 
 /// The format readers, over the file. The file's bytes are hashed as they
@@ -140,6 +163,7 @@ impl JobReader {
             path: path.to_owned(),
             format,
             failure: None,
+            first_lines: HashMap::new(),
         })
     }
 
@@ -166,7 +190,8 @@ impl Iterator for JobReader {
             Format::Csv(rows) => (rows.next(&self.path), rows.line()),
         };
         match next {
-            Ok(item) => item,
+            Ok(Some(Ok(item))) => Some(self.unique(item)),
+            Ok(other) => other,
             Err(err) => {
                 let reason = format!("failed to read the file: {err}");
                 self.failure = Some(err);
@@ -181,11 +206,32 @@ impl Iterator for JobReader {
     }
 }
 
+impl JobReader {
+    /// `item`, or the error of a duplicate id when its id was seen before.
+    fn unique(&mut self, item: Item) -> Result<Item, ItemError> {
+        match self.first_lines.entry(id_hash(&item.id)) {
+            Entry::Vacant(entry) => {
+                entry.insert(item.line);
+                Ok(item)
+            }
+            Entry::Occupied(entry) => Err(ItemError {
+                path: self.path.clone(),
+                line: item.line,
+                field: Some("id".to_owned()),
+                reason: format!(
+                    "duplicate id `{}`, first used on line {}",
+                    item.id,
+                    entry.get()
+                ),
+            }),
+        }
+    }
+}
+
 /// What [`validate`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
-    /// Records that parsed into an item (an item with a duplicate id counts,
-    /// and also has an error).
+    /// Records that parsed into an item with an id not used before.
     pub items: u64,
     /// The first [`MAX_ERRORS`] errors, in file order.
     pub errors: Vec<ItemError>,
@@ -194,20 +240,32 @@ pub struct Validation {
     /// sha256 of the file's bytes (lowercase hex), to match a resumed run to
     /// the job it started from.
     pub content_hash: String,
+    /// The distinct models the valid items ask for, each with the line that
+    /// first asks for it, in file order; at most [`MAX_MODELS`].
+    pub models: Vec<ModelUse>,
 }
+
+/// A model a job asks for, and where it first does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUse {
+    /// The item's `model`; `None` for items that name none (they get the
+    /// config's default model).
+    pub model: Option<String>,
+    /// 1-based line of the first item asking for it.
+    pub line: u64,
+}
+
+/// How many distinct models [`validate`] keeps, so that a job naming a
+/// different model on each of a million lines stays small in memory.
+pub const MAX_MODELS: usize = 1000;
 
 /// How many errors [`validate`] keeps; a broken million-line file must not
 /// fill memory or the terminal.
 pub const MAX_ERRORS: usize = 1000;
 
 /// Validates a whole job in one streaming pass: counts items, collects item
-/// errors, detects duplicate ids (an error on the later line, naming the
-/// first) and computes the content hash.
-///
-/// Duplicates are found by a 64-bit hash of each id, not the id itself, to
-/// bound memory to 16 bytes per item; two different ids collide with
-/// probability about n²/2⁶⁵ (one in 37 million for a million items), and a
-/// collision only yields a spurious duplicate error, never a missed one.
+/// errors (duplicate ids among them, see [`JobReader`]), collects the
+/// models asked for and computes the content hash.
 pub fn validate(path: &Path) -> Result<Validation, JobError> {
     let mut reader = JobReader::open(path)?;
     let mut validation = Validation {
@@ -215,34 +273,26 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         errors: Vec::new(),
         error_count: 0,
         content_hash: String::new(),
+        models: Vec::new(),
     };
-    let mut first_lines: HashMap<u64, u64> = HashMap::new();
+    let mut models = HashSet::new();
     for result in &mut reader {
-        let error = match result {
+        match result {
             Ok(item) => {
                 validation.items += 1;
-                match first_lines.entry(id_hash(&item.id)) {
-                    Entry::Vacant(entry) => {
-                        entry.insert(item.line);
-                        continue;
-                    }
-                    Entry::Occupied(entry) => ItemError {
-                        path: path.to_owned(),
+                if models.len() < MAX_MODELS && models.insert(item.model.clone()) {
+                    validation.models.push(ModelUse {
+                        model: item.model,
                         line: item.line,
-                        field: Some("id".to_owned()),
-                        reason: format!(
-                            "duplicate id `{}`, first used on line {}",
-                            item.id,
-                            entry.get()
-                        ),
-                    },
+                    });
                 }
             }
-            Err(error) => error,
-        };
-        validation.error_count += 1;
-        if validation.errors.len() < MAX_ERRORS {
-            validation.errors.push(error);
+            Err(error) => {
+                validation.error_count += 1;
+                if validation.errors.len() < MAX_ERRORS {
+                    validation.errors.push(error);
+                }
+            }
         }
     }
     if let Some(source) = reader.failure.take() {
@@ -256,7 +306,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
 }
 
 /// A 64-bit hash of an item id, so sets of a million ids stay small (the
-/// duplicate check here, the finished items of a resumed run). Only compared
+/// duplicate check of [`JobReader`], the finished items of a resumed run). Only compared
 /// within one process, so the unspecified-but-deterministic `DefaultHasher`
 /// is enough.
 pub fn id_hash(id: &str) -> u64 {

@@ -221,6 +221,71 @@ fn duplicate_ids_are_reported_on_the_later_line() {
 }
 
 #[test]
+fn the_reader_never_yields_a_duplicate_as_an_item() {
+    // The run reads the job again after validation: it must see the
+    // duplicate as an error too, or it would send it.
+    let (_dir, path) = file(
+        "job.jsonl",
+        b"{\"id\": \"a\", \"prompt\": \"1\"}\n{\"id\": \"a\", \"prompt\": \"2\"}\n{\"id\": \"b\", \"prompt\": \"3\"}\n",
+    );
+    let read: Vec<Result<String, String>> = JobReader::open(&path)
+        .unwrap()
+        .map(|r| r.map(|item| item.id).map_err(|e| e.skipped_id()))
+        .collect();
+    assert_eq!(
+        read,
+        [Ok("a".into()), Err("#line:2".into()), Ok("b".into())]
+    );
+    let validation = validate(&path).unwrap();
+    assert_eq!((validation.items, validation.error_count), (2, 1));
+}
+
+#[test]
+fn ids_in_the_skipped_rows_namespace_are_refused() {
+    let content = "{\"id\": \"#line:1\", \"prompt\": \"x\"}\n{\"id\": \"line:2\", \"prompt\": \"y\"}\n{\"id\": \"#1\", \"prompt\": \"z\"}\n";
+    assert_eq!(
+        errors("job.jsonl", content.as_bytes()),
+        ["1: id: ids starting with `#line:` are reserved for the rows of skipped lines"]
+    );
+}
+
+#[test]
+fn an_unterminated_csv_quote_is_an_error_on_the_line_it_opened() {
+    let message =
+        "-: a quote opened on this line is never closed: the rest of the file would be one cell";
+    for (content, line) in [
+        ("id,prompt\na,\"oops\nb,x\nc,y", 2),
+        (
+            "id,prompt\na,x\nb,\"ok \"\"quoted\"\" text\"\nc,\"open\r\nd,y\r\n",
+            4,
+        ),
+        ("\"id,prompt\na,x\n", 1),
+    ] {
+        let (_dir, path) = file("job.csv", content.as_bytes());
+        let validation = validate(&path).unwrap();
+        assert_eq!(validation.error_count, 1, "{content:?}");
+        let error = &validation.errors[0];
+        assert_eq!(
+            format!("{}: {}", error.line, error.reason),
+            format!("{line}: {}", &message[3..]),
+            "{content:?}"
+        );
+    }
+    // Quotes that close, or that are literal inside an unquoted cell, are fine.
+    for content in [
+        "id,prompt\na,\"x\"\nb,\"two\nlines\"\n",
+        "id,prompt\na,5\" tall\nb,\"say \"\"hi\"\"\"",
+        "id,prompt\na,\"x\"\"\"\n",
+    ] {
+        assert_eq!(
+            errors("job.csv", content.as_bytes()),
+            Vec::<String>::new(),
+            "{content:?}"
+        );
+    }
+}
+
+#[test]
 fn item_errors_display_path_line_and_field() {
     let (_dir, path) = file(
         "job.jsonl",
@@ -335,4 +400,31 @@ fn the_demo_jobs_are_valid() {
         assert_eq!(validation.errors, [], "{name}");
         assert!(validation.items >= 8, "{name}");
     }
+}
+
+#[test]
+fn validate_collects_each_model_with_the_line_that_first_asks_for_it() {
+    let (_dir, path) = file(
+        "models.jsonl",
+        concat!(
+            r#"{"id":"a","prompt":"p"}"#,
+            "\n",
+            r#"{"id":"b","prompt":"p","model":"gpt-4o"}"#,
+            "\n",
+            r#"{"id":"c","prompt":"p","model":"gpt-4o"}"#,
+            "\n",
+            r#"{"id":"d","prompt":"p","model":"gemini-2.5-flsh"}"#,
+            "\n",
+        )
+        .as_bytes(),
+    );
+    let models = validate(&path).unwrap().models;
+    let uses: Vec<(Option<&str>, u64)> = models
+        .iter()
+        .map(|m| (m.model.as_deref(), m.line))
+        .collect();
+    assert_eq!(
+        uses,
+        [(None, 1), (Some("gpt-4o"), 2), (Some("gemini-2.5-flsh"), 4)]
+    );
 }

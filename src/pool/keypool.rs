@@ -290,6 +290,26 @@ pub fn provider_for(model: &str) -> ProviderKind {
     }
 }
 
+/// The provider whose accounts serve `model`, given which providers have
+/// accounts (`configured`): the one its name implies ([`provider_for`]), or,
+/// for a `gemini*`/`gemma*` model where no Gemini account exists, the
+/// OpenAI-compatible accounts (Gemini's own OpenAI-compatible endpoint or a
+/// gateway serves it). Any other model goes to OpenAI-compatible accounts
+/// only: the Gemini API serves no other model. `None`: no account can.
+pub fn serving_provider(
+    model: &str,
+    configured: impl Fn(ProviderKind) -> bool,
+) -> Option<ProviderKind> {
+    let implied = provider_for(model);
+    if configured(implied) {
+        Some(implied)
+    } else if implied == ProviderKind::Gemini && configured(ProviderKind::Openai) {
+        Some(ProviderKind::Openai)
+    } else {
+        None
+    }
+}
+
 impl Pool {
     /// Builds the pool from a validated config: one HTTP client per account
     /// (its provider's base URL, its proxy, the configured timeout). Keys of
@@ -600,16 +620,11 @@ impl Pool {
         })
     }
 
-    /// The provider whose accounts serve `model`: the one its name implies,
-    /// or, where no account of that provider exists, any configured one
-    /// (e.g. a Gemini model behind an OpenAI-compatible gateway).
+    /// The provider whose accounts serve `model` ([`serving_provider`]);
+    /// when none can, the one its name implies, which has no key.
     fn serving_provider(&self, model: &str) -> ProviderKind {
-        let implied = provider_for(model);
-        if self.accounts.iter().any(|a| a.provider == implied) {
-            implied
-        } else {
-            self.accounts.first().map_or(implied, |a| a.provider)
-        }
+        serving_provider(model, |p| self.accounts.iter().any(|a| a.provider == p))
+            .unwrap_or_else(|| provider_for(model))
     }
 
     /// Records what a request taught the pool and releases the lease:

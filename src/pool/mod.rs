@@ -10,6 +10,8 @@ mod watch;
 mod window;
 
 pub use call::{Attempt, CallError, Metered, RetryPolicy, Slot};
-pub use keypool::{provider_for, KeyId, Lease, Pool, PoolError, Unavailable, MAX_WAIT};
+pub use keypool::{
+    provider_for, serving_provider, KeyId, Lease, Pool, PoolError, Unavailable, MAX_WAIT,
+};
 pub use strategy::Strategy;
 pub use watch::{WaitFor, Waiting, UNREACHABLE_AFTER};

@@ -451,3 +451,24 @@ async fn when_the_last_key_is_refused_the_apis_message_is_the_error() {
         .unwrap_err();
     assert!(err.to_string().starts_with("API key not valid"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_only_another_provider_serves_is_never_leased_to_a_gemini_key() {
+    let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);
+    let err = pool.lease("gpt-4o-mini", 10, None).await.unwrap_err();
+    assert!(matches!(err, Unavailable::NoKey { .. }), "{err}");
+}
+
+#[test]
+fn models_are_routed_as_the_readme_documents() {
+    use crate::provider::ProviderKind::{self, Gemini, Openai};
+    let route =
+        |model, configured: &[ProviderKind]| serving_provider(model, |p| configured.contains(&p));
+    assert_eq!(route("gemini-2.5-flash", &[Gemini, Openai]), Some(Gemini));
+    assert_eq!(route("gemma-3-27b-it", &[Gemini]), Some(Gemini));
+    assert_eq!(route("gpt-4o-mini", &[Gemini, Openai]), Some(Openai));
+    // Gemini's OpenAI-compatible endpoint (or a gateway) serves Gemini models.
+    assert_eq!(route("gemini-2.5-flash", &[Openai]), Some(Openai));
+    // The Gemini API serves no other model.
+    assert_eq!(route("gpt-4o-mini", &[Gemini]), None);
+}

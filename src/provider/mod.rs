@@ -8,6 +8,7 @@
 //! - `openai`: `chat/completions`; `base_url` is the server root
 //!   (`https://api.openai.com`, `/v1` is added) or a base that already has a
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
+//! - `models`: the model lists, to check a job's models before a run.
 //! - `common`: error envelopes (Google's, OpenAI's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
 //! - `transport`: one POST; transport failures become `Transient` with
@@ -19,6 +20,7 @@
 mod common;
 mod error;
 mod gemini;
+mod models;
 mod openai;
 #[cfg(test)]
 mod tests;
@@ -136,7 +138,7 @@ impl Client {
                 };
                 gemini::count_tokens(self, key, &ping).await.map(drop)
             }
-            ProviderKind::Openai => openai::list_models(self, key).await,
+            ProviderKind::Openai => openai::list_models(self, key).await.map(drop),
         };
         result.map_err(|e| e.scrub(key))
     }

@@ -43,12 +43,11 @@ pub(super) async fn generate(
 }
 
 /// Lists the models the key may use: free, so it is how a key is checked.
-pub(super) async fn list_models(client: &Client, key: &ApiKey) -> Result<(), ApiError> {
+/// Returns the body (parsed in `models`).
+pub(super) async fn list_models(client: &Client, key: &ApiKey) -> Result<Vec<u8>, ApiError> {
     let url = api_url(&client.base_url, "models");
     let auth = format!("Bearer {}", key.expose());
-    get(client, &url, "authorization", &auth, classify)
-        .await
-        .map(drop)
+    get(client, &url, "authorization", &auth, classify).await
 }
 
 /// The chat completions URL for `base_url` (see the module docs).

@@ -47,7 +47,9 @@ pub struct Totals {
 /// What one key, one account or the whole run did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
-    /// The key's fingerprint or the account's name (empty for totals).
+    /// The key's fingerprint or the account's name (empty for totals, and
+    /// then left out of the JSON).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// The key's account (keys only).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,9 +130,12 @@ impl Report {
         markdown::render(self)
     }
 
-    /// The report as pretty JSON.
+    /// The report as pretty JSON, costs rounded to 6 decimals (a
+    /// millionth of a dollar; sums of floats carry noise beyond that).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("the report serialises")
+        let mut value = serde_json::to_value(self).expect("the report serialises");
+        round_costs(&mut value);
+        serde_json::to_string_pretty(&value).expect("the report serialises")
     }
 }
 
@@ -208,6 +213,25 @@ impl Groups {
     }
 }
 
+/// Rounds every `cost_usd` in `value` to 6 decimals.
+fn round_costs(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (name, field) in map.iter_mut() {
+                match field.as_f64() {
+                    Some(cost) if name == "cost_usd" => {
+                        *field = Value::from((cost * 1e6).round() / 1e6);
+                    }
+                    _ => round_costs(field),
+                }
+            }
+        }
+        Value::Array(values) => values.iter_mut().for_each(round_costs),
+        _ => {}
+    }
+}
+
 /// Nearest-rank percentile of sorted values (0 when there are none).
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
@@ -224,6 +248,22 @@ fn elapsed_seconds(run: &RunRow) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_costs_have_six_decimals_and_totals_no_name() {
+        let mut value = serde_json::json!({
+            "totals": {"cost_usd": 0.1 + 0.2, "requests": 3},
+            "keys": [{"name": "#1a2b3c4d", "cost_usd": 0.000_000_4}],
+            "ledger": [{"cost_usd": 1.234_567_5}],
+        });
+        round_costs(&mut value);
+        assert_eq!(
+            value.to_string(),
+            r##"{"keys":[{"cost_usd":0.0,"name":"#1a2b3c4d"}],"ledger":[{"cost_usd":1.234568}],"totals":{"cost_usd":0.3,"requests":3}}"##
+        );
+        let totals = serde_json::to_value(Totals::default()).unwrap();
+        assert!(totals.get("name").is_none(), "{totals}");
+    }
 
     #[test]
     fn percentiles_use_the_nearest_rank() {

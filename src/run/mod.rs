@@ -6,6 +6,7 @@
 //! Workers never print or write files: they emit [`Event`]s.
 
 mod budget;
+pub mod models;
 mod recorder;
 mod resume;
 #[cfg(test)]
@@ -14,7 +15,7 @@ mod worker;
 
 pub use budget::Budget;
 pub use recorder::{Observer, Progress};
-pub use resume::{seed_from_ledger, start, ResumePolicy, Start};
+pub use resume::{earlier, seed_from_ledger, start, Earlier, ResumePolicy, Start};
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
@@ -300,7 +301,7 @@ fn feed(
         let sent = match entry {
             Ok(item) if done.contains(&id_hash(&item.id)) => true,
             Ok(item) => send_unless_cancelled(&items, item, &cancel),
-            Err(error) if done.contains(&id_hash(&skipped_id(&error))) => true,
+            Err(error) if done.contains(&id_hash(&error.skipped_id())) => true,
             Err(error) => events.send(Event::Finished(skipped(&error))).is_ok(),
         };
         if !sent {
@@ -326,16 +327,12 @@ fn send_unless_cancelled(
     })
 }
 
-fn skipped_id(error: &ItemError) -> String {
-    format!("line:{}", error.line)
-}
-
-/// The outcome of a job line that failed validation: its id is not
-/// trustworthy, so the row is named after its line.
+/// The outcome of a job line that failed validation (a duplicate id
+/// included): its id is not trustworthy, so the row is named after its line.
 fn skipped(error: &ItemError) -> ItemRow {
     ItemRow {
         error: Some(error.to_string()),
-        ..unsent(skipped_id(error), error.line, ItemStatus::Skipped, None)
+        ..unsent(error.skipped_id(), error.line, ItemStatus::Skipped, None)
     }
 }
 

@@ -6,14 +6,15 @@ use super::RunError;
 use crate::job::id_hash;
 use crate::pool::Pool;
 use crate::sink::Sink;
-use crate::store::{ItemStatus, RunId, Store, StoreError};
+use crate::store::{ItemStatus, RunId, RunRow, Store, StoreError};
 use crate::types::QuotaDay;
 use std::collections::{HashMap, HashSet};
 
 /// How to pick the run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ResumePolicy {
-    /// Start a fresh run even if one of the same job exists.
+    /// Start a fresh run even if one of the same job exists (or one of an
+    /// earlier version of it).
     pub new_run: bool,
     /// Send again the items that failed last time.
     pub retry_failed: bool,
@@ -33,22 +34,59 @@ pub struct Start {
     pub prior_attempts: HashMap<u64, u32>,
 }
 
-/// Finds the run of the job at `job_path` with content `job_hash` (unless
-/// `policy.new_run`), or creates one, and writes the outcomes it keeps to
-/// `sink`: the results file is rebuilt from the store, so an outcome whose
-/// row a crash lost is written again, and none twice.
+/// The earlier run of a job that a new invocation could take up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Earlier {
+    /// None: a new run starts.
+    None,
+    /// The newest run of the same file with the same content: resumed.
+    Same(RunId),
+    /// The newest run of the same file, whose content has changed since:
+    /// neither resumed nor silently replaced (the caller decides).
+    Changed(RunRow),
+}
+
+/// Finds the run a new invocation of the job takes up: the newest run
+/// recorded under any of `job_paths` (the job's canonical path first, then
+/// the spellings older keyfans stored) with content `job_hash`; failing
+/// that, the newest run of the same path with other content. Under
+/// `policy.new_run` there is none.
+pub fn earlier(
+    store: &Store,
+    job_paths: &[&str],
+    job_hash: &str,
+    policy: ResumePolicy,
+) -> Result<Earlier, StoreError> {
+    if policy.new_run {
+        return Ok(Earlier::None);
+    }
+    let runs: Vec<RunRow> = store
+        .runs()?
+        .into_iter()
+        .filter(|run| job_paths.contains(&run.job_path.as_str()))
+        .collect();
+    if let Some(run) = runs.iter().find(|run| run.job_hash == job_hash) {
+        return Ok(Earlier::Same(run.id));
+    }
+    Ok(runs
+        .into_iter()
+        .next()
+        .map_or(Earlier::None, Earlier::Changed))
+}
+
+/// Takes up the `earlier` run (from [`earlier`]), or creates a run of the
+/// job at `job_path` with content `job_hash`, and writes the outcomes it
+/// keeps to `sink`: the results file is rebuilt from the store, so an
+/// outcome whose row a crash lost is written again, and none twice.
 pub fn start(
     store: &Store,
     sink: &mut Sink,
+    earlier: Option<RunId>,
     job_path: &str,
     job_hash: &str,
     simulated: bool,
     policy: ResumePolicy,
 ) -> Result<Start, RunError> {
-    let earlier = match store.find_run(job_path, job_hash)? {
-        Some(run) if !policy.new_run => Some(run),
-        _ => None,
-    };
     let run = match earlier {
         Some(run) => {
             store.reopen_run(run)?;

@@ -154,6 +154,58 @@ pub(crate) fn count_tokens(body: &[u8]) -> Response {
     Gemini::json(StatusCode::OK, encode(&body))
 }
 
+/// Gemini's page size when `pageSize` is absent, and its largest
+/// (https://ai.google.dev/api/models#method:-models.list).
+const LIST_PAGE: (usize, usize) = (50, 1000);
+
+/// A page of `GET /v1beta/models` over `models` (sorted here): the API's
+/// shape, `{"models": [Model...], "nextPageToken": "..."}`, the token absent
+/// on the last page. This simulator's token is the offset of the next page;
+/// one it did not hand out is a 400, as the API answers.
+pub(crate) fn model_page<'a>(
+    models: impl IntoIterator<Item = &'a String>,
+    page_size: Option<usize>,
+    page_token: Option<&str>,
+) -> Response {
+    let mut ids: Vec<&String> = models.into_iter().collect();
+    ids.sort();
+    let size = match page_size {
+        None | Some(0) => LIST_PAGE.0,
+        Some(n) => n.min(LIST_PAGE.1),
+    };
+    let start = match page_token.filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(token) => match token.parse::<usize>() {
+            Ok(offset) if offset < ids.len() => offset,
+            _ => return envelope(StatusCode::BAD_REQUEST, "Invalid page token."),
+        },
+    };
+    let end = (start + size).min(ids.len());
+    let page: Vec<Value> = ids[start..end]
+        .iter()
+        .map(|id| {
+            json!({
+                "name": format!("models/{id}"),
+                "version": "001",
+                "displayName": id,
+                "description": format!("{id}, as served by the keyfan simulator"),
+                "inputTokenLimit": 1_048_576,
+                "outputTokenLimit": 65_536,
+                "supportedGenerationMethods": ["generateContent", "countTokens"],
+                "temperature": 1,
+                "topP": 0.95,
+                "topK": 64,
+                "maxTemperature": 2
+            })
+        })
+        .collect();
+    let mut body = json!({ "models": page });
+    if end < ids.len() {
+        body["nextPageToken"] = json!(end.to_string());
+    }
+    Gemini::json(StatusCode::OK, encode(&body))
+}
+
 /// 404 for `model` on `method`: the fixture with the model, `v1beta` and the
 /// method patched into its message and details.
 pub(crate) fn model_not_found_for(model: &str, method: &str) -> Response {

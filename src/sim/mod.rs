@@ -18,6 +18,8 @@
 //! - `POST /v1/chat/completions` (and Gemini's compatible
 //!   `/v1beta/openai/chat/completions`), `Authorization: Bearer KEY`.
 //! - `GET /v1/models`: free like `countTokens`; how OpenAI keys are checked.
+//! - `GET /v1beta/models` (`pageSize`, `pageToken`): Gemini's model list,
+//!   free, in the API's shape and pagination.
 //! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.
 //!
 //! # Order of checks

@@ -61,6 +61,7 @@ impl SimServer {
             let _ = tcp.set_nodelay(true);
         });
         let app = Router::new()
+            .route("/v1beta/models", get(gemini_list))
             .route("/v1beta/models/{target}", post(gemini_models))
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/models", get(list_models))
@@ -112,8 +113,8 @@ impl SimServer {
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("simulator stopped with an error: {e}"),
-                Err(e) => tracing::warn!("simulator task failed: {e}"),
+                Ok(Err(e)) => eprintln!("keyfan: simulator stopped with an error: {e}"),
+                Err(e) => eprintln!("keyfan: simulator task failed: {e}"),
             }
         }
     }
@@ -165,6 +166,8 @@ struct Shared {
     projects: Vec<Project>,
     /// Generate requests so far; each gets the next number.
     requests: AtomicU64,
+    /// Model list requests so far (`GET /v1beta/models`, `GET /v1/models`).
+    model_lists: AtomicU64,
     clock: Clock,
     shutdown: CancellationToken,
 }
@@ -225,6 +228,7 @@ impl Shared {
             unknown_keys: Mutex::default(),
             projects,
             requests: AtomicU64::new(0),
+            model_lists: AtomicU64::new(0),
             clock: Clock::default(),
             shutdown: CancellationToken::new(),
         }
@@ -267,6 +271,7 @@ impl Shared {
         );
         Stats {
             requests: self.requests.load(Ordering::Relaxed),
+            model_lists: self.model_lists.load(Ordering::Relaxed),
             keys,
             projects: self
                 .projects
@@ -526,15 +531,46 @@ async fn chat_completions(
 /// numbered); OpenAI's cheapest way to check a key.
 async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let key = bearer(&headers);
-    let caller = shared.caller(key);
-    let response = match caller {
-        Caller::Unknown => OpenAi::invalid_key(key),
-        Caller::Disabled(_) => OpenAi::disabled_key(),
-        Caller::Valid(..) => openai::model_list(&shared.models),
-    };
-    let status = response.status();
-    shared.record(&caller, key, status, status == StatusCode::OK);
-    response
+    shared.list::<OpenAi>(key, || openai::model_list(&shared.models))
+}
+
+/// `GET /v1beta/models?pageSize=N&pageToken=T`'s query (`key` too).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    key: Option<String>,
+    page_size: Option<usize>,
+    page_token: Option<String>,
+}
+
+/// `GET /v1beta/models`: Gemini's paginated model list, free like
+/// `countTokens`.
+async fn gemini_list(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or(query.key.as_deref());
+    shared.list::<Gemini>(key, || {
+        gemini::model_page(&shared.models, query.page_size, query.page_token.as_deref())
+    })
+}
+
+impl Shared {
+    /// A model list request, answered by `page` for a valid key. Counted in
+    /// `model_lists` only, not per key: the per-key counts stay those of
+    /// what a run sends for its items.
+    fn list<W: Wire>(&self, key: Option<&str>, page: impl FnOnce() -> Response) -> Response {
+        self.model_lists.fetch_add(1, Ordering::Relaxed);
+        match self.caller(key) {
+            Caller::Unknown => W::invalid_key(key),
+            Caller::Disabled(_) => W::disabled_key(),
+            Caller::Valid(..) => page(),
+        }
+    }
 }
 
 /// `GET /__stats`.

@@ -12,6 +12,10 @@ pub struct Stats {
     /// Generate requests received (`generateContent` and chat completions),
     /// whatever their outcome; they are numbered in this order for bursts.
     pub requests: u64,
+    /// Model list requests (`GET /v1beta/models` pages and `GET /v1/models`),
+    /// with any key.
+    #[serde(default)]
+    pub model_lists: u64,
     /// Per key fingerprint (`ApiKey::fingerprint`), including invalid keys;
     /// a request with no key at all is listed under `(none)`.
     pub keys: BTreeMap<String, KeyStats>,
@@ -22,7 +26,8 @@ pub struct Stats {
 /// What one key sent and got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyStats {
-    /// Requests made with the key (`countTokens` included).
+    /// Requests made with the key (`countTokens` included; model lists are
+    /// counted in [`Stats::model_lists`] only).
     pub requests: u64,
     /// Complete 200 answers. Truncated and aborted answers went out with
     /// status 200 but are not `ok`: they are `statuses[200] - ok`.

@@ -759,3 +759,61 @@ async fn start_refuses_a_contradictory_config() {
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("latency.min_ms"));
 }
+
+#[tokio::test]
+async fn the_gemini_model_list_pages_like_the_api_and_checks_the_key() {
+    let mut config = one_project(ModelLimits::default());
+    config.models = Some(vec![
+        "gemini-a".into(),
+        "gemini-b".into(),
+        "gemini-c".into(),
+    ]);
+    let server = start(config).await;
+    let client = reqwest::Client::new();
+    let page = |key: &'static str, query: &'static str| {
+        client
+            .get(format!("{}/v1beta/models{query}", server.base_url()))
+            .header("x-goog-api-key", key)
+            .send()
+    };
+    let first = json_of(page("sim-key-a1", "?pageSize=3").await.expect("sent")).await;
+    let names: Vec<&str> = first["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    // Sorted; the limits name two more models.
+    assert_eq!(
+        names,
+        [
+            "models/gemini-2.5-flash",
+            "models/gemini-a",
+            "models/gemini-b"
+        ]
+    );
+    assert_eq!(
+        first["models"][0]["supportedGenerationMethods"][0],
+        "generateContent"
+    );
+    assert_eq!(first["nextPageToken"], "3");
+    let last = json_of(
+        page("sim-key-a1", "?pageSize=3&pageToken=3")
+            .await
+            .expect("sent"),
+    )
+    .await;
+    assert_eq!(last["models"].as_array().unwrap().len(), 2);
+    assert!(last.get("nextPageToken").is_none(), "{last}");
+    let bad_token = page("sim-key-a1", "?pageToken=zz").await.expect("sent");
+    assert_eq!(bad_token.status(), 400);
+    let refused = page("not-a-key", "").await.expect("sent");
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        json_of(refused).await["error"]["details"][0]["reason"],
+        "API_KEY_INVALID"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.model_lists, 4);
+    assert_eq!(stats.requests, 0, "not numbered, no quota");
+}

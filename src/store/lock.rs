@@ -4,6 +4,10 @@
 //! pid and start time for the error message. The OS releases it when the
 //! holder dies, however it dies (`kill -9` included), so a stale lock never
 //! needs cleaning up: the next run simply takes it.
+//!
+//! The lock file is named after the state file's canonical path, so a
+//! symlink to the state file, or another spelling of its path, finds the
+//! same lock.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -38,9 +42,13 @@ pub struct RunLock {
 }
 
 impl RunLock {
-    /// Takes the lock of the state file at `state`.
+    /// Takes the lock of the state file at `state` (by its canonical path).
     pub fn acquire(state: &Path) -> Result<RunLock, LockError> {
-        let path = lock_path(state);
+        let canonical = crate::paths::canonical(state).map_err(|source| LockError::Io {
+            path: state.to_owned(),
+            source,
+        })?;
+        let path = lock_path(&canonical);
         let io = |source| LockError::Io {
             path: path.clone(),
             source,
@@ -77,10 +85,9 @@ impl RunLock {
     }
 }
 
-fn lock_path(state: &Path) -> PathBuf {
-    let mut name = state.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+/// `<state>.lock`, for the state file's canonical path.
+pub fn lock_path(state: &Path) -> PathBuf {
+    crate::paths::with_suffix(state, ".lock")
 }
 
 #[cfg(test)]
@@ -100,5 +107,27 @@ mod tests {
         assert!(message.contains("state.db"), "{message}");
         drop(first);
         RunLock::acquire(&state).expect("free again once the holder is gone");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_to_the_state_file_finds_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        let link = dir.path().join("link.db");
+        // Dangling until a run creates the state file: it must work already.
+        std::os::unix::fs::symlink("state.db", &link).unwrap();
+        let first = RunLock::acquire(&state).unwrap();
+        assert!(matches!(
+            RunLock::acquire(&link),
+            Err(LockError::Held { .. })
+        ));
+        drop(first);
+        let through_link = RunLock::acquire(&link).unwrap();
+        assert!(matches!(
+            RunLock::acquire(&state),
+            Err(LockError::Held { .. })
+        ));
+        drop(through_link);
     }
 }

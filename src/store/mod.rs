@@ -9,7 +9,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-pub use lock::{LockError, RunLock};
+pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
     AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, Reservation, RunId,
     RunRow,
@@ -30,6 +30,14 @@ pub enum StoreError {
         /// SQLite's error.
         #[source]
         source: rusqlite::Error,
+    },
+    /// The file is not a keyfan state file; nothing was written to it.
+    #[error("{} is not a keyfan state file ({what}): check --state", path.display())]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
     },
     /// The state file was written by a newer keyfan.
     #[error("state file {path} has schema version {found}, newer than this keyfan's {supported}: upgrade keyfan")]
@@ -377,6 +385,54 @@ impl Store {
         )
     }
 
+    /// The models `base_url` listed for `provider` (`gemini`, `openai`) less
+    /// than [`MODEL_LIST_MAX_AGE`] ago, if it did.
+    pub fn model_list(
+        &self,
+        provider: &str,
+        base_url: &str,
+    ) -> Result<Option<Vec<String>>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT models FROM model_lists
+                 WHERE provider = ?1 AND base_url = ?2 AND fetched_at >= ?3",
+                params![provider, base_url, model_lists_fresh_since()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| self.wrap(e))?;
+        // A list that does not parse is as good as none: it is fetched again.
+        Ok(json.and_then(|json| serde_json::from_str(&json).ok()))
+    }
+
+    /// Keeps the models `base_url` listed for `provider` just now, and
+    /// forgets lists too old to use.
+    pub fn save_model_list(
+        &self,
+        provider: &str,
+        base_url: &str,
+        models: &[String],
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(models).expect("strings serialize");
+        self.conn
+            .execute(
+                "DELETE FROM model_lists WHERE fetched_at < ?1",
+                [model_lists_fresh_since()],
+            )
+            .and_then(|_| {
+                self.conn.execute(
+                    "INSERT INTO model_lists (provider, base_url, models, fetched_at)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (provider, base_url) DO UPDATE SET
+                       models = excluded.models, fetched_at = excluded.fetched_at",
+                    params![provider, base_url, json, now()],
+                )
+            })
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
     /// Runs a query and hands each row, mapped, to `each` until it says stop
     /// (returns `false`).
     fn each<T>(
@@ -412,7 +468,21 @@ impl Store {
     }
 }
 
+/// How long a model list is trusted: providers add models rarely, and a
+/// list a day old still names every model of a run planned today.
+pub const MODEL_LIST_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
 /// Now, as stored: RFC 3339 UTC with milliseconds.
 fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    stored(chrono::Utc::now())
+}
+
+fn stored(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The oldest `fetched_at` of a model list still used, as stored (the
+/// stored form sorts as the time does).
+fn model_lists_fresh_since() -> String {
+    stored(chrono::Utc::now() - MODEL_LIST_MAX_AGE)
 }

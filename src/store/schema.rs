@@ -78,24 +78,50 @@ const MIGRATIONS: &[&str] = &[
     -- When the current invocation started (NULL once the run finished).
     ALTER TABLE runs ADD COLUMN resumed_at TEXT;
 ",
+    "
+    CREATE TABLE model_lists (
+        provider   TEXT NOT NULL,
+        base_url   TEXT NOT NULL,
+        models     TEXT NOT NULL,
+        fetched_at TEXT NOT NULL,
+        PRIMARY KEY (provider, base_url)
+    );
+",
 ];
 
-/// Brings the database at `path` to the newest schema, in WAL mode.
+/// Brings the database at `path` to the newest schema, in WAL mode. A file
+/// that is not a keyfan state file (not SQLite, or a database with tables
+/// of its own) is refused before anything is written to it.
 pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let wrap = |source| StoreError::Sqlite {
         path: path.to_owned(),
         source,
     };
+    let foreign = |what: &'static str| StoreError::Foreign {
+        path: path.to_owned(),
+        what,
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(wrap)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .map_err(|e| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => foreign("not an SQLite database"),
+            _ => wrap(e),
+        })?;
+    if version == 0 {
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+            .map_err(wrap)?;
+        if tables > 0 {
+            return Err(foreign("an SQLite database of another program"));
+        }
+    }
     // WAL lets readers (reports, `keys status`) run beside a writing run;
     // NORMAL sync in WAL mode still survives a process crash.
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(wrap)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(wrap)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(wrap)?;
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(wrap)?;
     let supported = MIGRATIONS.len() as i64;
     if version > supported {

@@ -192,6 +192,35 @@ fn a_state_file_from_a_newer_keyfan_is_refused() {
     );
 }
 
+#[test]
+fn a_model_list_is_kept_for_a_day_per_provider_and_endpoint() {
+    let (_dir, store) = open();
+    let models = vec!["gemini-2.5-flash".to_owned()];
+    assert_eq!(store.model_list("gemini", "http://a").unwrap(), None);
+    store
+        .save_model_list("gemini", "http://a", &models)
+        .unwrap();
+    assert_eq!(
+        store.model_list("gemini", "http://a").unwrap(),
+        Some(models)
+    );
+    assert_eq!(store.model_list("gemini", "http://b").unwrap(), None);
+    assert_eq!(store.model_list("openai", "http://a").unwrap(), None);
+    // A day later it is stale, and the next save forgets it.
+    let old = stored(chrono::Utc::now() - MODEL_LIST_MAX_AGE - chrono::TimeDelta::seconds(1));
+    store
+        .conn
+        .execute("UPDATE model_lists SET fetched_at = ?1", [&old])
+        .unwrap();
+    assert_eq!(store.model_list("gemini", "http://a").unwrap(), None);
+    store.save_model_list("openai", "http://a", &[]).unwrap();
+    let rows: i64 = store
+        .conn
+        .query_row("SELECT COUNT(*) FROM model_lists", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
 fn day(text: &str) -> crate::types::QuotaDay {
     text.parse().expect("a YYYY-MM-DD day")
 }

@@ -230,3 +230,46 @@ async fn max_cost_stops_before_the_cap_and_a_rerun_resumes() {
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_resumed_by_its_canonical_path_and_an_edit_is_refused() {
+    let (sim, work) = scenario(&two_projects(0, 2), 6, one_account).await;
+    let run = |job: String, extra: &'static [&'static str]| {
+        let mut args = vec!["run".to_owned(), job];
+        args.extend(["--config", "config.yaml", "--state", "s.db"].map(String::from));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let work = &work;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            work.keyfan(&args, &[]).await
+        }
+    };
+    let out = run("job.jsonl".into(), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stats(&sim).await.requests, 6);
+    let absolute = work.path("job.jsonl").display().to_string();
+    for job in ["./job.jsonl".to_owned(), absolute] {
+        let out = run(job.clone(), &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{job}: {}", explain(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("resuming run 1"), "{job}: {stderr}");
+        assert_eq!(stats(&sim).await.requests, 6, "{job}: nothing sent again");
+    }
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 6);
+
+    // An edited job is neither resumed nor silently started afresh.
+    let results = work.read("job.results.jsonl");
+    work.write("job.jsonl", &jsonl_job(7));
+    let out = run("job.jsonl".into(), &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job.jsonl has changed since run 1") && stderr.contains("--new-run"),
+        "{stderr}"
+    );
+    assert_eq!(stats(&sim).await.requests, 6, "nothing was sent");
+    assert_eq!(work.read("job.results.jsonl"), results, "results untouched");
+    let out = run("job.jsonl".into(), &["--new-run"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stats(&sim).await.requests, 13);
+}

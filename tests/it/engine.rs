@@ -121,7 +121,8 @@ async fn a_huge_retry_delay_defers_every_item_and_loses_none() {
         &config(&url, &[("proj-a", &["test-key-a1"])], "")
             .replace("concurrency: 8", "concurrency: 4"),
     );
-    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    // Offline: the model list request would take the scripted first answer.
+    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{}", explain(&out));
     assert_eq!(out.status.code(), Some(4), "{}", explain(&out));

@@ -4,6 +4,10 @@
 
 mod support;
 
+/// The command line: outputs, standard input, completions, version.
+mod cli;
+/// The README's demo.
+mod demo;
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
 /// The engine under stress: huge delays, closed outputs, dead endpoints,
