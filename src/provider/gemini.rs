@@ -471,6 +471,31 @@ mod tests {
     }
 
     #[test]
+    fn absurd_retry_delays_are_clamped_to_a_day() {
+        // The body's RetryInfo first, else the hint in the message.
+        for (delay, hint) in [
+            ("18000000000000000000s", "1s"),
+            ("999999999s", "1s"),
+            ("bogus", "18000000000000000000s"),
+        ] {
+            let body = format!(
+                r#"{{"error":{{"code":429,"status":"RESOURCE_EXHAUSTED",
+                "message":"Please retry in {hint}.",
+                "details":[{{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"{delay}"}}]}}}}"#
+            );
+            let class = classify(429, body.as_bytes()).class;
+            assert!(
+                matches!(
+                    class,
+                    ErrorClass::RateLimited { retry_after: Some(d), .. }
+                        if d == common::MAX_SERVER_DELAY
+                ),
+                "{delay}: {class:?}"
+            );
+        }
+    }
+
+    #[test]
     fn retry_hint_in_milliseconds_when_no_retry_info() {
         let body = br#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED",
             "message":"* Quota exceeded for metric: x, limit: 10\nPlease retry in 856.559356ms."}}"#;

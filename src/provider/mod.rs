@@ -24,6 +24,7 @@ mod openai;
 mod tests;
 mod transport;
 
+pub use common::MAX_SERVER_DELAY;
 pub use error::{ApiError, ErrorClass, QuotaScope};
 
 use crate::pool::ApiKey;

@@ -14,7 +14,8 @@
 //! are classified by the Gemini rules.
 
 use super::common::{
-    self, api_error, blocked, class_by_status, duration_after, no_output, number_after, ErrorBody,
+    self, api_error, blocked, class_by_status, duration_after, no_output, number_after,
+    server_delay, ErrorBody,
 };
 use super::transport::{get, post_json};
 use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
@@ -311,15 +312,11 @@ fn rate_limited(kind: Option<&str>, headers: &HeaderMap, message: &str) -> Error
 }
 
 /// The server's wait: `retry-after-ms` (OpenAI's, fractional milliseconds),
-/// else `retry-after` in seconds or as an HTTP date (relative to `now`). Zero
-/// and negative values count as absent: Azure sends `0` and `-1` to mean
-/// nothing (FACTS §8.3).
+/// else `retry-after` in seconds or as an HTTP date (relative to `now`), at
+/// most [`common::MAX_SERVER_DELAY`]. Zero and negative values count as absent: Azure
+/// sends `0` and `-1` to mean nothing (FACTS §8.3).
 pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let positive = |seconds: f64| {
-        Duration::try_from_secs_f64(seconds)
-            .ok()
-            .filter(|d| !d.is_zero())
-    };
+    let positive = |seconds: f64| server_delay(seconds).filter(|d| !d.is_zero());
     let from_ms = header(headers, "retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
         .and_then(|ms| positive(ms / 1000.0));
@@ -329,10 +326,10 @@ pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Opt
             Ok(seconds) => positive(seconds),
             Err(_) => {
                 let at = DateTime::parse_from_rfc2822(value).ok()?;
-                (at.with_timezone(&Utc) - now)
-                    .to_std()
-                    .ok()
-                    .filter(|d| !d.is_zero())
+                let wait = at.with_timezone(&Utc).signed_duration_since(now);
+                // Milliseconds cannot overflow: chrono's dates span less
+                // than i64::MAX ms either way.
+                positive(wait.num_milliseconds() as f64 / 1000.0)
             }
         }
     })
@@ -411,6 +408,45 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(retry_after_header(&headers(pairs), now), want, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn absurd_retry_after_headers_are_clamped_to_a_day() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = common::MAX_SERVER_DELAY;
+        type Headers<'a> = &'a [(&'static str, &'a str)];
+        let cases: [(Headers, Option<Duration>); 7] = [
+            (&[("retry-after", "10000000000000000000")], Some(day)),
+            (&[("retry-after", "1e400")], Some(day)),
+            (&[("retry-after", "inf")], Some(day)),
+            (&[("retry-after", "NaN")], None),
+            (&[("retry-after-ms", "18446744073709551615000")], Some(day)),
+            (
+                &[("retry-after", "Thu, 31 Dec 2099 23:59:59 GMT")],
+                Some(day),
+            ),
+            (
+                &[("retry-after", "Thu, 01 Jan 2026 00:01:30 GMT")],
+                Some(Duration::from_secs(90)),
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(retry_after_header(&headers(pairs), now), want, "{pairs:?}");
+        }
+        // Through the classifier too: the header feeds the 429's wait.
+        let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let class = classify(
+            429,
+            &headers(&[("retry-after", "10000000000000000000")]),
+            body,
+        )
+        .class;
+        assert!(
+            matches!(class, ErrorClass::RateLimited { retry_after: Some(d), .. } if d == day),
+            "{class:?}"
+        );
     }
 
     #[test]
