@@ -11,7 +11,8 @@
 //! - `common`: error envelopes (Google's, OpenAI's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
 //! - `transport`: one POST; transport failures become `Transient` with
-//!   messages that name no URL.
+//!   messages that name no URL; redirects are not followed (the key would
+//!   go with them) but fail with a message naming the target's host.
 //!
 //! Classification is pure (status, headers, body → [`ApiError`]) so that it is
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
@@ -104,6 +105,10 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(256)
+            // A redirect would carry the key to another host (reqwest strips
+            // only `Authorization` across origins, not `x-goog-api-key`),
+            // and the APIs never redirect: a 3xx is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("keyfan/", env!("CARGO_PKG_VERSION")));
         if let Some(proxy) = proxy {
             builder = builder.proxy(reqwest::Proxy::all(proxy)?);

@@ -1,0 +1,129 @@
+//! Answers no real API sends, from the scripted [`Hostile`] server: keyfan
+//! must neither panic, nor lose an item, nor leak a key, nor store nonsense.
+
+use crate::hostile::*;
+use crate::support::*;
+
+/// Asserts that a finished run wrote every item of a [`jsonl_job`] of `n`
+/// once, each `ok`, without any thread panicking.
+fn assert_all_ok_without_panic(work: &Workdir, out: &std::process::Output, n: usize) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{}", explain(out));
+    assert_eq!(out.status.code(), Some(0), "{}", explain(out));
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), n, "{}", explain(out));
+    for row in &rows {
+        assert_eq!(row["status"], "ok", "{row}");
+    }
+}
+
+/// Runs a 6-item job at concurrency 4 against `server` with two accounts of
+/// `provider`, so that one account cooled by the first answer leaves the
+/// other to finish the job.
+async fn run_six_items(server: &Hostile, provider: &str) -> (Workdir, std::process::Output) {
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(6));
+    work.write(
+        "config.yaml",
+        &hostile_config(
+            &server.base_url(),
+            &[
+                ("proj-a", provider, &["hostile-key-a1"]),
+                ("proj-b", provider, &["hostile-key-b1"]),
+            ],
+            "concurrency: 4\nmax_retries: 2\n",
+        ),
+    );
+    let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+    (work, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_gemini_retry_delay_neither_panics_nor_loses_an_item() {
+    let reply = gemini_reply("fine").to_string();
+    let server = Hostile::start(move |seen| match seen.number {
+        0 => Answer::json(429, gemini_429("18000000000000000000s")),
+        _ => Answer::json(200, reply.clone()),
+    })
+    .await;
+    let (work, out) = run_six_items(&server, "gemini").await;
+    assert_all_ok_without_panic(&work, &out, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_openai_retry_after_neither_panics_nor_loses_an_item() {
+    let server = Hostile::start(|seen| match seen.number {
+        0 => Answer::json(429, fixture("openai_429_rate_limit_tokens.json"))
+            .header("retry-after", "10000000000000000000"),
+        _ => Answer::json(200, openai_reply("fine", "stop", 3)),
+    })
+    .await;
+    let (work, out) = run_six_items(&server, "openai").await;
+    assert_all_ok_without_panic(&work, &out, 6);
+}
+
+/// A server that answers every request with a redirect (301, 302, 307 and
+/// 308 in turn) to `target`, with a query that must never be shown.
+async fn redirecting_to(target: &Hostile) -> Hostile {
+    let location = format!("{}/stolen?token=query-secret", target.base_url());
+    Hostile::start(move |seen| {
+        let status = [301, 302, 307, 308][seen.number % 4];
+        Answer::json(status, "{}").header("location", &location)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_the_key_stays_home() {
+    let target = Hostile::start(|_| Answer::json(200, gemini_reply("stolen").to_string())).await;
+    let origin = redirecting_to(&target).await;
+    let target_host = target.base_url().replace("http://", "");
+    let key = "redirect-key-must-stay-home";
+    for provider in ["gemini", "openai"] {
+        let work = Workdir::new();
+        work.write("job.jsonl", &jsonl_job(4));
+        work.write(
+            "config.yaml",
+            &hostile_config(&origin.base_url(), &[("proj-a", provider, &[key])], ""),
+        );
+        let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+        assert_eq!(out.status.code(), Some(3), "{provider}: {}", explain(&out));
+        let rows = results(&work.path("job.results.jsonl"));
+        assert_eq!(rows.len(), 4, "{provider}: {}", explain(&out));
+        for row in &rows {
+            assert_eq!(row["status"], "failed", "{provider}: {row}");
+            assert_eq!(row["attempts"], 1, "{provider}: {row}");
+            let error = row["error"].as_str().expect("an error");
+            assert!(error.contains(&target_host), "{provider}: {error}");
+            assert!(!error.contains("query-secret"), "{provider}: {error}");
+        }
+    }
+    let check = Workdir::new();
+    check.write(
+        "config.yaml",
+        &hostile_config(
+            &origin.base_url(),
+            &[
+                ("g", "gemini", &[key]),
+                ("o", "openai", &[&format!("{key}-o")]),
+            ],
+            "",
+        ),
+    );
+    let out = check
+        .keyfan(&["keys", "check", "--config", "config.yaml"], &[])
+        .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(stdout.matches(&target_host).count(), 2, "{}", explain(&out));
+    // Every request went to the origin, with the key; none reached the target.
+    assert_eq!(origin.requests().len(), 10);
+    for seen in origin.requests() {
+        assert!(seen.path.starts_with("/v1"), "{seen:?}");
+        let auth = seen
+            .header("x-goog-api-key")
+            .or(seen.header("authorization"));
+        assert!(auth.is_some_and(|a| a.contains(key)), "{seen:?}");
+    }
+    assert!(target.requests().is_empty(), "{:?}", target.requests());
+}
