@@ -57,9 +57,16 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                 Err(e) => {
                     let status = match &e.class {
                         // The key itself is wrong, as opposed to a valid key
-                        // without access (API disabled, no permission, billing).
+                        // without access (API disabled, no permission,
+                        // billing). A 401 means the server did not accept the
+                        // credential, whatever its body says: OpenAI-compatible
+                        // servers answer a wrong key with a 401 of any shape.
                         ErrorClass::KeyInvalid { reason }
-                            if matches!(reason.as_str(), "API_KEY_INVALID" | "invalid_api_key") =>
+                            if e.status == Some(401)
+                                || matches!(
+                                    reason.as_str(),
+                                    "API_KEY_INVALID" | "invalid_api_key"
+                                ) =>
                         {
                             "invalid"
                         }

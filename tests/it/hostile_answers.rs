@@ -127,3 +127,32 @@ async fn redirects_are_not_followed_and_the_key_stays_home() {
     }
     assert!(target.requests().is_empty(), "{:?}", target.requests());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_calls_every_401_invalid_whatever_its_body() {
+    // llama.cpp's server, a bare proxy, an empty body, and OpenAI's own.
+    let bodies = [
+        r#"{"error":{"code":401,"message":"Invalid API Key","type":"authentication_error"}}"#
+            .to_owned(),
+        "Unauthorized".to_owned(),
+        String::new(),
+        fixture("openai_401_invalid_api_key.json"),
+    ];
+    let server =
+        Hostile::start(move |seen| Answer::json(401, bodies[seen.number % 4].clone())).await;
+    let work = Workdir::new();
+    let keys = ["wrong-key-0", "wrong-key-1", "wrong-key-2", "wrong-key-3"];
+    work.write(
+        "config.yaml",
+        &hostile_config(&server.base_url(), &[("local", "openai", &keys)], ""),
+    );
+    let out = work
+        .keyfan(&["keys", "check", "--config", "config.yaml", "--json"], &[])
+        .await;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", explain(&out)));
+    assert_eq!(rows.len(), 4, "{}", explain(&out));
+    for row in &rows {
+        assert_eq!(row["status"], "invalid", "{row}");
+    }
+}
