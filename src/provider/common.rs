@@ -203,7 +203,7 @@ pub(super) fn blocked(what: &str, reason: &str, detail: Option<&str>) -> ApiErro
 /// pointless: the APIs' own guidance is to retry.
 pub(super) fn no_output(why: &str) -> ApiError {
     api_error(
-        ErrorClass::Transient,
+        ErrorClass::EmptyAnswer,
         Some(200),
         format!("the API returned no output ({why})"),
     )

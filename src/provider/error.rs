@@ -36,9 +36,14 @@ pub enum ErrorClass {
         /// `invalid_api_key`, `insufficient_quota`.
         reason: String,
     },
-    /// 5xx, timeout, reset, truncated body, 200 without usable output:
-    /// retry with backoff, preferably on another key.
+    /// 5xx, timeout, reset, truncated body: retry with backoff, preferably
+    /// on another key.
     Transient,
+    /// A 200 without usable output that the server did not finish normally
+    /// (Gemini's empty candidate with `finishReason: OTHER`, no candidates at
+    /// all): retried once or twice, without counting against the key, which
+    /// did answer. (An empty answer the server finished normally is a reply.)
+    EmptyAnswer,
     /// The request itself is wrong (400 about the request, 404 model,
     /// MAX_TOKENS with empty output): fail the item now, no retry.
     ItemInvalid,

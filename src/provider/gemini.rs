@@ -272,8 +272,9 @@ pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
         .filter(|p| !p.thought)
         .filter_map(|p| p.text.as_deref())
         .collect();
-    if !text.is_empty() {
-        // MAX_TOKENS with text is a success: truncated output is still output.
+    // MAX_TOKENS with text is a success: truncated output is still output.
+    // STOP without text is the model's whole answer, empty as it is.
+    if !text.is_empty() || finish == "STOP" {
         return Ok(Reply {
             text,
             usage,
@@ -552,14 +553,29 @@ mod tests {
     }
 
     #[test]
-    fn stop_without_text_is_transient() {
-        let body = br#"{"candidates":[{"content":{"role":"model"},"finishReason":"STOP"}]}"#;
-        let error = parse_generate(body).unwrap_err();
-        assert_eq!(error.class, ErrorClass::Transient);
-        assert_eq!(
-            error.message,
-            "the API returned no output (finishReason STOP)"
-        );
+    fn stop_without_text_is_an_empty_reply() {
+        for body in [
+            r#"{"candidates":[{"content":{"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":""}],"role":"model"},"finishReason":"STOP"}]}"#,
+        ] {
+            let reply = parse_generate(body.as_bytes()).unwrap();
+            assert_eq!(reply.text, "", "{body}");
+        }
+    }
+
+    #[test]
+    fn no_text_without_a_normal_finish_is_an_empty_answer() {
+        for (body, why) in [
+            (
+                r#"{"candidates":[{"content":{"role":"model"}}]}"#,
+                "a candidate without text or finish reason",
+            ),
+            (r#"{"candidates":[]}"#, "no candidates and no block reason"),
+        ] {
+            let error = parse_generate(body.as_bytes()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::EmptyAnswer, "{body}");
+            assert_eq!(error.message, format!("the API returned no output ({why})"));
+        }
     }
 
     #[test]

@@ -220,17 +220,19 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
     }
     let message = choice.message.as_ref();
     let text = message.and_then(|m| m.content.as_deref()).unwrap_or("");
-    if !text.is_empty() {
+    let refusal = message
+        .and_then(|m| m.refusal.as_deref())
+        .filter(|r| !r.is_empty());
+    // `stop` without text (and without a refusal) is the model's whole
+    // answer, empty as it is: asking again gets the same.
+    if !text.is_empty() || (finish == "stop" && refusal.is_none()) {
         return Ok(Reply {
             text: text.to_owned(),
             usage,
             model_version: response.model,
         });
     }
-    if let Some(refusal) = message
-        .and_then(|m| m.refusal.as_deref())
-        .filter(|r| !r.is_empty())
-    {
+    if let Some(refusal) = refusal {
         return Err(blocked("the output", "refusal", Some(refusal)));
     }
     if finish == "length" {
@@ -576,11 +578,11 @@ mod tests {
                 "the output cap (max_tokens) was used up before any visible text: 64 thinking + 0 visible output tokens for a 10-token prompt",
             ),
             (
-                with(r#"{"message":{"role":"assistant","content":null},"finish_reason":"stop"}"#, usage),
-                ErrorClass::Transient,
-                "the API returned no output (finish_reason stop)",
+                with(r#"{"message":{"role":"assistant","content":null}}"#, usage),
+                ErrorClass::EmptyAnswer,
+                "the API returned no output (finish_reason absent)",
             ),
-            (r#"{"choices":[]}"#.to_owned(), ErrorClass::Transient, "the API returned no output (no choices)"),
+            (r#"{"choices":[]}"#.to_owned(), ErrorClass::EmptyAnswer, "the API returned no output (no choices)"),
         ];
         for (body, class, message) in cases {
             let error = parse_chat(body.as_bytes()).unwrap_err();
@@ -588,6 +590,19 @@ mod tests {
             assert_eq!(error.status, Some(200));
             assert!(error.message.starts_with(message), "{}", error.message);
         }
+    }
+
+    #[test]
+    fn an_empty_answer_finished_with_stop_is_a_reply() {
+        // llama.cpp's server, for a prompt its model answers with nothing.
+        let body = r#"{"choices":[{"finish_reason":"stop","index":0,"message":{"role":"assistant","content":""}}],
+            "created":1777319815,"model":"qwen","object":"chat.completion",
+            "usage":{"completion_tokens":0,"prompt_tokens":17,"total_tokens":17}}"#;
+        let reply = parse_chat(body.as_bytes()).unwrap();
+        assert_eq!(reply.text, "");
+        assert_eq!(reply.usage.input_tokens, 17);
+        let null = r#"{"choices":[{"finish_reason":"stop","message":{"role":"assistant","content":null}}]}"#;
+        assert_eq!(parse_chat(null.as_bytes()).unwrap().text, "");
     }
 
     #[test]

@@ -142,7 +142,7 @@ fn secs(n: u64) -> Option<Duration> {
 /// One row per response-body fixture: what each adapter must make of it.
 fn fixture_rows() -> Vec<(&'static str, Api, Want)> {
     use Api::{Gemini, Openai};
-    use ErrorClass::{ItemInvalid, Transient};
+    use ErrorClass::{EmptyAnswer, ItemInvalid, Transient};
     use QuotaScope::{Day, MinuteTokens, Unknown};
     vec![
         // Gemini successes.
@@ -154,7 +154,7 @@ fn fixture_rows() -> Vec<(&'static str, Api, Want)> {
         // Gemini 200s without usable output.
         ("gemini_prompt_blocked_prohibited_content.json", Gemini, error(200, blocked("PROHIBITED_CONTENT"), "the prompt was blocked: PROHIBITED_CONTENT")),
         ("gemini_candidate_finish_safety.json", Gemini, error(200, blocked("SAFETY"), "the output was blocked: SAFETY")),
-        ("gemini_candidate_finish_other_no_content.json", Gemini, error(200, Transient, "the API returned no output (finishReason OTHER: Model failed to generate content due to internal error.)")),
+        ("gemini_candidate_finish_other_no_content.json", Gemini, error(200, EmptyAnswer, "the API returned no output (finishReason OTHER: Model failed to generate content due to internal error.)")),
         ("gemini_generateContent_empty_candidate_max_tokens.json", Gemini, error(200, ItemInvalid, "the output cap (maxOutputTokens) was used up before any visible text: 19 thinking + 0 visible output tokens for a 7-token prompt")),
         // Only a thought part, then the cap: nothing visible.
         ("gemini_generateContent_include_thoughts.json", Gemini, error(200, ItemInvalid, "19 thinking + 0 visible output tokens for a 17-token prompt")),

@@ -74,7 +74,7 @@ impl AttemptClass {
             None => AttemptClass::Ok,
             Some(ErrorClass::RateLimited { .. }) => AttemptClass::RateLimited,
             Some(ErrorClass::KeyInvalid { .. }) => AttemptClass::KeyInvalid,
-            Some(ErrorClass::Transient) => AttemptClass::Transient,
+            Some(ErrorClass::Transient | ErrorClass::EmptyAnswer) => AttemptClass::Transient,
             Some(ErrorClass::ItemInvalid) => AttemptClass::ItemInvalid,
             Some(ErrorClass::Blocked { .. }) => AttemptClass::Blocked,
         }

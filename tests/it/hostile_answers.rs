@@ -156,3 +156,65 @@ async fn keys_check_calls_every_401_invalid_whatever_its_body() {
         assert_eq!(row["status"], "invalid", "{row}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_answer_finished_normally_is_the_items_outcome() {
+    // Every other request gets llama.cpp's real answer to a prompt its
+    // model answers with nothing.
+    let server = Hostile::start(|seen| match seen.number % 2 {
+        0 => Answer::json(200, openai_reply("", "stop", 0)),
+        _ => Answer::json(200, openai_reply("fine", "stop", 3)),
+    })
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(12));
+    work.write(
+        "config.yaml",
+        &hostile_config(
+            &server.base_url(),
+            &[("local", "openai", &["local-key"])],
+            "concurrency: 4\n",
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+    assert_all_ok_without_panic(&work, &out, 12);
+    let rows = results(&work.path("job.results.jsonl"));
+    assert!(rows.iter().all(|row| row["attempts"] == 1), "{rows:?}");
+    assert_eq!(rows.iter().filter(|row| row["output"] == "").count(), 6);
+    assert_eq!(server.requests().len(), 12);
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_gemini_candidate_is_retried_twice_without_pausing_the_key() {
+    let other = fixture("gemini_candidate_finish_other_no_content.json");
+    let server = Hostile::start(move |_| Answer::json(200, other.clone())).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(4));
+    work.write(
+        "config.yaml",
+        &hostile_config(
+            &server.base_url(),
+            &[("proj-a", "gemini", &["only-key"])],
+            "concurrency: 4\nmax_retries: 5\n",
+        ),
+    );
+    let started = std::time::Instant::now();
+    let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), 4, "{}", explain(&out));
+    for row in &rows {
+        assert_eq!(row["status"], "failed", "{row}");
+        assert_eq!(row["attempts"], 3, "{row}");
+        assert!(row["error"]
+            .as_str()
+            .unwrap()
+            .contains("finishReason OTHER"));
+    }
+    assert_eq!(server.requests().len(), 12);
+    // 12 failures in a row would open the key's circuit for 15 s if they
+    // counted against it.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
