@@ -183,6 +183,27 @@ pub(super) fn undecodable(error: &serde_json::Error) -> ApiError {
     )
 }
 
+/// The largest token count a reply is believed: 10^12, a hundred thousand
+/// times the largest context windows (about 10^7 tokens), and far below the
+/// 2^63 where sums of counts would overflow the ledger's integers.
+pub const MAX_TOKEN_COUNT: u64 = 1_000_000_000_000;
+
+/// Checks a reply's token counts, `(field as the API names it, count)`: a
+/// count above [`MAX_TOKEN_COUNT`] makes the reply malformed, never stored.
+pub(super) fn believable_counts(counts: &[(&str, u64)]) -> Result<(), ApiError> {
+    match counts.iter().find(|(_, n)| *n > MAX_TOKEN_COUNT) {
+        Some((field, n)) => Err(api_error(
+            ErrorClass::Transient,
+            Some(200),
+            format!(
+                "malformed reply: usage {field} = {n} is not a believable token count \
+                 (more than {MAX_TOKEN_COUNT})"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A 200 whose prompt (`what` = "the prompt") or output was withheld on
 /// policy grounds; `detail` is the API's explanation when it gives one.
 pub(super) fn blocked(what: &str, reason: &str, detail: Option<&str>) -> ApiError {

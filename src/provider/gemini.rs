@@ -210,14 +210,21 @@ struct UsageMetadata {
 
 impl UsageMetadata {
     /// Normalised usage: thinking is billed as output but not counted in
-    /// `candidatesTokenCount` (FACTS §1.3), so output is their sum.
-    fn usage(&self) -> Usage {
-        Usage {
+    /// `candidatesTokenCount` (FACTS §1.3), so output is their sum. Absurd
+    /// counts make the reply malformed.
+    fn usage(&self) -> Result<Usage, ApiError> {
+        common::believable_counts(&[
+            ("promptTokenCount", self.prompt_token_count),
+            ("cachedContentTokenCount", self.cached_content_token_count),
+            ("candidatesTokenCount", self.candidates_token_count),
+            ("thoughtsTokenCount", self.thoughts_token_count),
+        ])?;
+        Ok(Usage {
             input_tokens: self.prompt_token_count,
             cached_tokens: self.cached_content_token_count,
             output_tokens: self.candidates_token_count + self.thoughts_token_count,
             thinking_tokens: self.thoughts_token_count,
-        }
+        })
     }
 }
 
@@ -241,7 +248,7 @@ const BLOCKING_FINISH_REASONS: &[&str] = &[
 pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
     let response: GenerateResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
-    let usage = response.usage_metadata.usage();
+    let usage = response.usage_metadata.usage()?;
     let Some(candidate) = response.candidates.first() else {
         // No candidate: either the prompt was blocked, or the API failed
         // without saying why.
@@ -576,6 +583,30 @@ mod tests {
             assert_eq!(error.class, ErrorClass::EmptyAnswer, "{body}");
             assert_eq!(error.message, format!("the API returned no output ({why})"));
         }
+    }
+
+    #[test]
+    fn absurd_token_counts_make_a_malformed_reply() {
+        for field in [
+            "promptTokenCount",
+            "candidatesTokenCount",
+            "thoughtsTokenCount",
+        ] {
+            let body = format!(
+                r#"{{"candidates":[{{"content":{{"parts":[{{"text":"hi"}}]}},"finishReason":"STOP"}}],
+                "usageMetadata":{{"{field}":18446744073709551615}}}}"#
+            );
+            let error = parse_generate(body.as_bytes()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::Transient);
+            assert_eq!(
+                error.message,
+                format!("malformed reply: usage {field} = 18446744073709551615 is not a believable token count (more than 1000000000000)")
+            );
+        }
+        let body = r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],
+            "usageMetadata":{"promptTokenCount":1000000000000,"candidatesTokenCount":1000000000000,"thoughtsTokenCount":1000000000000}}"#;
+        let usage = parse_generate(body.as_bytes()).unwrap().usage;
+        assert_eq!(usage.output_tokens, 2_000_000_000_000);
     }
 
     #[test]

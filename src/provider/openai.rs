@@ -184,9 +184,10 @@ struct CompletionDetails {
 
 impl ChatUsage {
     /// Normalised usage: `completion_tokens` already includes reasoning
-    /// tokens (FACTS §8.1), and `prompt_tokens` the cached ones.
-    fn usage(&self) -> Usage {
-        Usage {
+    /// tokens (FACTS §8.1), and `prompt_tokens` the cached ones. Absurd
+    /// counts make the reply malformed.
+    fn usage(&self) -> Result<Usage, ApiError> {
+        let usage = Usage {
             input_tokens: self.prompt_tokens.unwrap_or(0),
             cached_tokens: self
                 .prompt_tokens_details
@@ -199,7 +200,14 @@ impl ChatUsage {
                 .as_ref()
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
-        }
+        };
+        common::believable_counts(&[
+            ("prompt_tokens", usage.input_tokens),
+            ("cached_tokens", usage.cached_tokens),
+            ("completion_tokens", usage.output_tokens),
+            ("reasoning_tokens", usage.thinking_tokens),
+        ])?;
+        Ok(usage)
     }
 }
 
@@ -208,7 +216,7 @@ impl ChatUsage {
 pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
     let response: ChatResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
-    let usage = response.usage.unwrap_or_default().usage();
+    let usage = response.usage.unwrap_or_default().usage()?;
     let Some(choice) = response.choices.first() else {
         return Err(no_output("no choices"));
     };
@@ -603,6 +611,32 @@ mod tests {
         assert_eq!(reply.usage.input_tokens, 17);
         let null = r#"{"choices":[{"finish_reason":"stop","message":{"role":"assistant","content":null}}]}"#;
         assert_eq!(parse_chat(null.as_bytes()).unwrap().text, "");
+    }
+
+    #[test]
+    fn absurd_token_counts_make_a_malformed_reply() {
+        let body =
+            openai_like_reply(r#"{"prompt_tokens":12,"completion_tokens":9223372036854775807}"#);
+        let error = parse_chat(body.as_bytes()).unwrap_err();
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert!(
+            error
+                .message
+                .starts_with("malformed reply: usage completion_tokens = 9223372036854775807"),
+            "{}",
+            error.message
+        );
+        let sane = openai_like_reply(r#"{"prompt_tokens":1000000000000,"completion_tokens":3}"#);
+        assert_eq!(
+            parse_chat(sane.as_bytes()).unwrap().usage.input_tokens,
+            1_000_000_000_000
+        );
+    }
+
+    fn openai_like_reply(usage: &str) -> String {
+        format!(
+            r#"{{"model":"m","choices":[{{"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+        )
     }
 
     #[test]

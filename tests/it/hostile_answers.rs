@@ -218,3 +218,51 @@ async fn an_empty_gemini_candidate_is_retried_twice_without_pausing_the_key() {
     // counted against it.
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_token_counts_are_a_malformed_reply_not_a_poisoned_ledger() {
+    let mut absurd = gemini_reply("fine");
+    absurd["usageMetadata"]["promptTokenCount"] = u64::MAX.into();
+    let absurd = absurd.to_string();
+    let fine = gemini_reply("fine").to_string();
+    let server = Hostile::start(move |seen| match seen.number {
+        0 | 1 => Answer::json(200, absurd.clone()),
+        _ => Answer::json(200, fine.clone()),
+    })
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(3));
+    work.write(
+        "config.yaml",
+        &hostile_config(
+            &server.base_url(),
+            &[("proj-a", "gemini", &["usage-key"])],
+            "concurrency: 1\n",
+        ),
+    );
+    let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("out of range"),
+        "{}",
+        explain(&out)
+    );
+    assert_all_ok_without_panic(&work, &out, 3);
+    let rows = results(&work.path("job.results.jsonl"));
+    assert!(rows.iter().all(|row| row["input_tokens"] == 6), "{rows:?}");
+    // The state file reads back for every command that reads it.
+    for args in [
+        &["report", "--state", "state.db"][..],
+        &[
+            "keys",
+            "status",
+            "--config",
+            "config.yaml",
+            "--state",
+            "state.db",
+        ],
+        &run_args("state.db", &[]),
+    ] {
+        let out = work.keyfan(args, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", explain(&out));
+    }
+}
