@@ -1,6 +1,6 @@
 //! `keyfan keys check` and `keyfan keys status`.
 
-use super::{exit, open_state, print_json, Failure, KeysArgs, KeysCommand, Verbosity};
+use super::{exit, open_state, print_json, scrubber, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::pool::{pacific_day, provider_for};
 use crate::provider::{self, ErrorClass, ProviderKind};
@@ -39,6 +39,9 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
     } else {
         "gemini-2.5-flash"
     };
+    // The provider scrubs each key from its own errors; this scrubs every
+    // configured key from every detail.
+    let scrub = scrubber(config);
     let mut checks = Vec::new();
     for account in &config.accounts {
         let client = provider::Client::new(
@@ -74,7 +77,9 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                         ErrorClass::RateLimited { .. } => "rate limited",
                         _ => "error",
                     };
-                    (status, Some(e.message))
+                    let mut detail = e.message;
+                    scrub.clean(&mut detail);
+                    (status, Some(detail))
                 }
             };
             checks.push(Check {

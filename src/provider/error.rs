@@ -1,6 +1,6 @@
 //! The error classes of DESIGN §3 and the typed API error that carries one.
 
-use crate::pool::ApiKey;
+use super::Scrubber;
 use std::time::Duration;
 
 /// Which quota a 429 says was hit.
@@ -69,13 +69,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// Replaces every occurrence of the secret key in the message with its
-    /// fingerprint: APIs and proxies may echo the key back, and the message
-    /// goes to the store, the report and the terminal.
-    pub(super) fn scrub(mut self, key: &ApiKey) -> Self {
-        // An empty secret would "occur" between every two characters.
-        if !key.expose().is_empty() && self.message.contains(key.expose()) {
-            self.message = self.message.replace(key.expose(), key.fingerprint());
+    /// Takes every fragment of the scrubber's keys out of the message and
+    /// the reasons (all come from the server): APIs and proxies may echo the
+    /// key back, and these go to the store, the report and the terminal.
+    pub(super) fn scrub(mut self, scrubber: &Scrubber) -> Self {
+        scrubber.clean(&mut self.message);
+        if let ErrorClass::KeyInvalid { reason } | ErrorClass::Blocked { reason } = &mut self.class
+        {
+            scrubber.clean(reason);
         }
         self
     }

@@ -21,12 +21,14 @@ mod common;
 mod error;
 mod gemini;
 mod openai;
+mod scrub;
 #[cfg(test)]
 mod tests;
 mod transport;
 
 pub use common::MAX_SERVER_DELAY;
 pub use error::{ApiError, ErrorClass, QuotaScope};
+pub use scrub::Scrubber;
 
 use crate::pool::ApiKey;
 use serde::{Deserialize, Serialize};
@@ -127,14 +129,14 @@ impl Client {
 
     /// Sends one prompt and returns the reply or a classified error.
     ///
-    /// The error's message never contains the key: it is scrubbed here, the
-    /// one place every adapter's error passes through.
+    /// The error never contains a fragment of the key: it is scrubbed here,
+    /// the one place every adapter's error passes through.
     pub async fn generate(&self, key: &ApiKey, req: &Request<'_>) -> Result<Reply, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::generate(self, key, req).await,
             ProviderKind::Openai => openai::generate(self, key, req).await,
         };
-        result.map_err(|e| e.scrub(key))
+        result.map_err(|e| e.scrub(&Scrubber::new([key])))
     }
 
     /// Checks that the API accepts `key`, with a request that costs
@@ -153,7 +155,7 @@ impl Client {
             }
             ProviderKind::Openai => openai::list_models(self, key).await,
         };
-        result.map_err(|e| e.scrub(key))
+        result.map_err(|e| e.scrub(&Scrubber::new([key])))
     }
 }
 

@@ -6,7 +6,9 @@
 
 use super::gemini::{self, CountBody, GenerateBody};
 use super::openai::{self, ChatBody};
-use super::{ApiError, Client, ErrorClass, ProviderKind, QuotaScope, Reply, Request, Usage};
+use super::{
+    ApiError, Client, ErrorClass, ProviderKind, QuotaScope, Reply, Request, Scrubber, Usage,
+};
 use crate::pool::ApiKey;
 use reqwest::header::HeaderMap;
 use serde::Serialize;
@@ -460,17 +462,26 @@ fn every_replay_exchange() {
 }
 
 #[test]
-fn the_key_is_scrubbed_from_messages() {
+fn the_key_is_scrubbed_from_messages_and_reasons() {
     let key = ApiKey::new("AIzaSyD-this-is-not-a-real-key-k3Qf");
     let leaky = ApiError {
-        class: ErrorClass::Transient,
+        class: ErrorClass::KeyInvalid {
+            reason: "key-this-is-not".into(),
+        },
         status: None,
         message: format!("{0} and again {0}", key.expose()),
     };
-    assert_eq!(leaky.scrub(&key).message, "AIza…k3Qf and again AIza…k3Qf");
+    let scrubbed = leaky.scrub(&Scrubber::new([&key]));
+    assert_eq!(scrubbed.message, "AIza…k3Qf and again AIza…k3Qf");
+    assert_eq!(
+        scrubbed.class,
+        ErrorClass::KeyInvalid {
+            reason: "keyAIza…k3Qf".into()
+        }
+    );
     let empty = ApiKey::new("");
     let error = gemini::classify(500, &read("gemini_500_internal.json"));
-    assert_eq!(error.clone().scrub(&empty), error);
+    assert_eq!(error.clone().scrub(&Scrubber::new([&empty])), error);
 }
 
 // ---------------------------------------------------------------------------

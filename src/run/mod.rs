@@ -16,6 +16,7 @@ pub use resume::{seed_from_ledger, start, ResumePolicy, Start};
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
+use crate::provider::Scrubber;
 use crate::sink::Sink;
 use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, Store};
 use std::collections::HashSet;
@@ -100,6 +101,9 @@ pub struct Recording {
     pub sink: Sink,
     /// The display.
     pub observer: Box<dyn Observer>,
+    /// Takes every fragment of a configured key out of each outcome and
+    /// error before it is committed, written or shown.
+    pub scrubber: Scrubber,
 }
 
 /// How a run is stopped early.
