@@ -51,7 +51,7 @@ async fn call(
     method: &str,
     body: &impl Serialize,
 ) -> Result<Vec<u8>, ApiError> {
-    let url = format!("{}/v1beta/models/{model}:{method}", client.base_url);
+    let url = method_url(&client.base_url, model, method);
     post_json(
         client,
         &url,
@@ -61,6 +61,23 @@ async fn call(
         |status, _, body| classify(status, body),
     )
     .await
+}
+
+/// `{base_url}/v1beta/models/{model}:{method}`, with the model's id (a
+/// `models/` prefix removed) percent-encoded as one path segment: whatever
+/// the name holds, it cannot reach another path, a query or a fragment.
+pub(super) fn method_url(base_url: &str, model: &str, method: &str) -> String {
+    let id = model.strip_prefix("models/").unwrap_or(model);
+    let mut segment = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        // RFC 3986 unreserved characters stay as they are.
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            segment.push(char::from(byte));
+        } else {
+            segment.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("{base_url}/v1beta/models/{segment}:{method}")
 }
 
 // ---------------------------------------------------------------------------
@@ -432,6 +449,27 @@ fn quota_value(value: &Value) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_ids_are_one_encoded_path_segment() {
+        let base = "https://generativelanguage.googleapis.com";
+        let cases = [
+            ("gemini-2.5-flash", "gemini-2.5-flash"),
+            ("models/gemini-2.0-flash-001", "gemini-2.0-flash-001"),
+            (
+                "gemini-../../../evil?x=1#",
+                "gemini-..%2F..%2F..%2Fevil%3Fx%3D1%23",
+            ),
+            ("a b%2F:c", "a%20b%252F%3Ac"),
+            ("模型", "%E6%A8%A1%E5%9E%8B"),
+        ];
+        for (model, segment) in cases {
+            assert_eq!(
+                method_url(base, model, "generateContent"),
+                format!("{base}/v1beta/models/{segment}:generateContent")
+            );
+        }
+    }
 
     #[test]
     fn quota_ids_map_to_scopes() {

@@ -159,6 +159,42 @@ impl Client {
     }
 }
 
+/// The longest model name accepted.
+const MAX_MODEL_CHARS: usize = 256;
+
+/// Checks that `model` is a model name as the providers spell them, and
+/// says what is wrong when it is not. Gemini's ids (`gemini-2.5-flash`,
+/// optionally as `models/gemini-2.5-flash`), OpenAI's (`gpt-4o-mini`,
+/// `ft:gpt-4o-mini:org:suffix:id`), and those of OpenAI-compatible servers
+/// (`meta-llama/llama-3.1-8b-instruct`, `qwen2.5:0.5b`, Cloudflare's
+/// `@cf/meta/llama-3.1-8b-instruct`) use only ASCII letters and digits and
+/// `. _ : / - @`, with no empty, `.` or `..` path segment. Anything else
+/// (`?`, `#`, `%`, spaces) could only change the URL it goes into.
+pub fn check_model_name(model: &str) -> Result<(), String> {
+    if model.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if model.chars().count() > MAX_MODEL_CHARS {
+        return Err(format!(
+            "is not a model name: longer than {MAX_MODEL_CHARS} characters"
+        ));
+    }
+    if let Some(bad) = model
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:/-@".contains(*c)))
+    {
+        return Err(format!(
+            "is not a model name: {bad:?} is not allowed (letters, digits and . _ : / - @ are)"
+        ));
+    }
+    if model.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return Err(
+            "is not a model name: it has an empty, `.` or `..` part between slashes".to_owned(),
+        );
+    }
+    Ok(())
+}
+
 /// Whether `base_url` names this machine.
 fn is_loopback(base_url: &str) -> bool {
     let host = base_url

@@ -725,3 +725,34 @@ fn only_local_base_urls_bypass_environment_proxies() {
         assert!(!super::is_loopback(remote), "{remote}");
     }
 }
+
+#[test]
+fn model_names_in_the_providers_character_set() {
+    for good in [
+        "gemini-2.5-flash",
+        "models/gemini-2.0-flash-001",
+        "gpt-4o-mini-2024-07-18",
+        "ft:gpt-4o-mini:my-org:custom:abc123",
+        "meta-llama/llama-3.1-8b-instruct",
+        "google/gemini-2.0-flash-exp:free",
+        "qwen2.5:0.5b",
+        "@cf/meta/llama-3.1-8b-instruct",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+    ] {
+        assert_eq!(super::check_model_name(good), Ok(()), "{good}");
+    }
+    for (bad, why) in [
+        ("gemini-../../../evil?x=1#", "'?' is not allowed"),
+        ("gemini 2.5", "' ' is not allowed"),
+        ("gemini%2F", "'%' is not allowed"),
+        ("模型", "'模' is not allowed"),
+        ("../evil", "`..` part"),
+        ("a//b", "empty"),
+        ("/gemini", "empty"),
+        ("models/./x", "`.` or"),
+    ] {
+        let error = super::check_model_name(bad).unwrap_err();
+        assert!(error.contains(why), "{bad}: {error}");
+    }
+    assert!(super::check_model_name(&"a".repeat(257)).is_err());
+}

@@ -266,3 +266,29 @@ async fn absurd_token_counts_are_a_malformed_reply_not_a_poisoned_ledger() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", explain(&out));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_name_that_would_change_the_url_is_refused_before_sending() {
+    let server = Hostile::start(|_| Answer::json(200, gemini_reply("sent").to_string())).await;
+    let work = Workdir::new();
+    work.write(
+        "job.jsonl",
+        "{\"id\": \"a\", \"prompt\": \"hi\"}\n{\"id\": \"b\", \"prompt\": \"hi\", \"model\": \"gemini-../../../evil?x=1#\"}\n",
+    );
+    work.write(
+        "config.yaml",
+        &hostile_config(
+            &server.base_url(),
+            &[("proj-a", "gemini", &["model-key"])],
+            "",
+        ),
+    );
+    let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("job.jsonl:2: field `model`: is not a model name: '?' is not allowed"),
+        "{stderr}"
+    );
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+}
