@@ -1,6 +1,6 @@
 //! `keyfan keys check` and `keyfan keys status`.
 
-use super::{exit, open_state, print_json, Failure, KeysArgs, KeysCommand, Verbosity};
+use super::{exit, open_state, print_json, scrubber, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::pool::provider_for;
 use crate::provider::{self, ErrorClass, ProviderKind};
@@ -49,6 +49,9 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
     } else {
         "gemini-2.5-flash"
     };
+    // The provider scrubs each key from its own errors; this scrubs every
+    // configured key from every detail.
+    let scrub = scrubber(config);
     let mut checks = Vec::new();
     for account in &config.accounts {
         let client = provider::Client::new(
@@ -67,9 +70,16 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                 Err(e) => {
                     let status = match &e.class {
                         // The key itself is wrong, as opposed to a valid key
-                        // without access (API disabled, no permission, billing).
+                        // without access (API disabled, no permission,
+                        // billing). A 401 means the server did not accept the
+                        // credential, whatever its body says: OpenAI-compatible
+                        // servers answer a wrong key with a 401 of any shape.
                         ErrorClass::KeyInvalid { reason }
-                            if matches!(reason.as_str(), "API_KEY_INVALID" | "invalid_api_key") =>
+                            if e.status == Some(401)
+                                || matches!(
+                                    reason.as_str(),
+                                    "API_KEY_INVALID" | "invalid_api_key"
+                                ) =>
                         {
                             "invalid"
                         }
@@ -77,7 +87,9 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                         ErrorClass::RateLimited { .. } => "rate limited",
                         _ => "error",
                     };
-                    (status, Some(e.message))
+                    let mut detail = e.message;
+                    scrub.clean(&mut detail);
+                    (status, Some(detail))
                 }
             };
             checks.push(Check {

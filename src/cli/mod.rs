@@ -344,6 +344,12 @@ fn open_state(state: &std::path::Path) -> Result<crate::store::Store, Failure> {
     Ok(crate::store::Store::open(state)?)
 }
 
+/// The scrubber of every key in `config`: what keyfan writes holds no
+/// fragment of any of them.
+fn scrubber(config: &crate::config::Config) -> crate::provider::Scrubber {
+    crate::provider::Scrubber::new(config.accounts.iter().flat_map(|a| &a.keys).map(|k| &k.key))
+}
+
 /// Prints `value` as pretty JSON on standard output, for `--json`.
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;

@@ -1,7 +1,7 @@
 //! `keyfan run`: validate, (optionally) start the simulator, run, report.
 
 use super::progress::Display;
-use super::{exit, Failure, RunArgs, Verbosity};
+use super::{exit, scrubber, Failure, RunArgs, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::job;
 use crate::paths;
@@ -188,11 +188,13 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         budget: args.max_cost.map(|cap| Arc::new(Budget::new(cap))),
         budget_output_cap: BUDGET_OUTPUT_CAP,
     };
+    let scrub = scrubber(&config);
     let recording = Recording {
         store,
         run: run_id,
         sink,
         observer: Box::new(display),
+        scrubber: scrub.clone(),
     };
     let (summary, store) = run::execute(&options, Arc::clone(&pool), recording, &stop).await?;
     signals.abort();
@@ -243,7 +245,8 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             run_id.0,
             counts(&items)
         );
-        for (key, account, reason) in pool.disabled() {
+        for (key, account, mut reason) in pool.disabled() {
+            scrub.clean(&mut reason);
             eprintln!("keyfan: key {key} ({account}) was disabled for this run: {reason}");
         }
         if let Some(reset) = &report.quota_resets_at {

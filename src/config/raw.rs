@@ -22,7 +22,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub providers: BTreeMap<ProviderKind, RawProvider>,
     pub accounts: Vec<RawAccount>,
-    pub model: Option<Name>,
+    pub model: Option<ModelName>,
     pub concurrency: Option<Positive<usize>>,
     pub timeout: Option<HumanDuration>,
     pub max_retries: Option<u32>,
@@ -176,6 +176,18 @@ impl<'de> Deserialize<'de> for Name {
             } else {
                 Ok(Name(s.to_owned()))
             }
+        })
+    }
+}
+
+/// A model name as the providers spell them (it goes into URLs).
+#[derive(Debug)]
+pub(super) struct ModelName(pub String);
+
+impl<'de> Deserialize<'de> for ModelName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        checked_str(deserializer, "a model name", |s| {
+            crate::provider::check_model_name(s).map(|()| ModelName(s.to_owned()))
         })
     }
 }

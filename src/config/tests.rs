@@ -326,6 +326,10 @@ fn every_field_check_names_its_field_and_line() {
         ),
         ("model: ''\n", "model: must not be empty at line 4"),
         (
+            "model: gemini-../../evil?x=1\n",
+            "model: is not a model name: '?' is not allowed",
+        ),
+        (
             "providers:\n  gemini: { base_url: ftp://x }\n",
             "providers.gemini.base_url: must start with http:// or https:// at line 5",
         ),

@@ -131,10 +131,7 @@ impl<'a> Values<'a> {
     pub(super) fn into_item(self, line: u64) -> Result<Item, Problem> {
         let id = id(self.required(Field::Id)?)?;
         let prompt = non_empty(Field::Prompt, self.required(Field::Prompt)?)?;
-        let model = self
-            .get(Field::Model)
-            .map(|raw| non_empty(Field::Model, raw))
-            .transpose()?;
+        let model = self.get(Field::Model).map(model).transpose()?;
         // An empty system instruction is no instruction (Gemini refuses an
         // empty one), whatever the format.
         let system = self
@@ -197,6 +194,14 @@ fn non_empty(field: Field, raw: Raw) -> Result<String, Problem> {
         return Err(Problem::field(field.name(), "must not be empty"));
     }
     Ok(s)
+}
+
+/// A model name as the providers spell them: it goes into URLs.
+fn model(raw: Raw) -> Result<String, Problem> {
+    let name = non_empty(Field::Model, raw)?;
+    crate::provider::check_model_name(&name)
+        .map_err(|reason| Problem::field(Field::Model.name(), reason))?;
+    Ok(name)
 }
 
 /// An id is a string, or an integer taken as its decimal text (spreadsheet

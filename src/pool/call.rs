@@ -10,6 +10,7 @@
 //! | `RateLimited` | the account is cooled or exhausted; retry at once on a key with room (no backoff: the pool waits exactly as long as the quota needs) |
 //! | `KeyInvalid` | the key is disabled for the run; retry at once on another |
 //! | `Transient` | retry after exponential backoff with full jitter, on another key if one has room |
+//! | `EmptyAnswer` | as `Transient`, but at most twice, and the key's health does not suffer |
 //! | `ItemInvalid`, `Blocked` | final: retrying cannot help |
 //!
 //! The caller's stop token is looked at before every attempt: once it is
@@ -26,6 +27,11 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+/// Retries of an item after 200s without usable output: the APIs say to
+/// retry, but a prompt that keeps getting none will not get one by trying
+/// [`RetryPolicy::max_retries`] times. They count as transient retries too.
+const EMPTY_ANSWER_RETRIES: u32 = 2;
 
 /// How hard [`Pool::call`] tries.
 #[derive(Debug, Clone, PartialEq)]
@@ -202,7 +208,7 @@ impl Pool {
         let deadline = policy.deadline.map(|d| after(started, d));
         let mut backoff = Backoff::new(policy.backoff_base, policy.backoff_cap);
         let mut rng = SmallRng::from_entropy();
-        let (mut transient, mut rate_limited) = (0, 0);
+        let (mut transient, mut empty, mut rate_limited) = (0, 0, 0);
         let mut avoid = None;
         let mut last_error: Option<ApiError> = None;
         for number in 1.. {
@@ -267,6 +273,12 @@ impl Pool {
                 ErrorClass::Transient => {
                     transient += 1;
                     (transient <= policy.max_retries).then(|| backoff.next_delay(&mut rng))
+                }
+                ErrorClass::EmptyAnswer => {
+                    transient += 1;
+                    empty += 1;
+                    (transient <= policy.max_retries && empty <= EMPTY_ANSWER_RETRIES)
+                        .then(|| backoff.next_delay(&mut rng))
                 }
             };
             // A retry that could only start after the deadline is not made.

@@ -644,9 +644,10 @@ impl Pool {
         }
         match error {
             // The key answered: whatever the item's fate, the key is fine.
-            None | Some(ErrorClass::ItemInvalid) | Some(ErrorClass::Blocked { .. }) => {
-                ks.observe(false, latency, now)
-            }
+            None
+            | Some(ErrorClass::ItemInvalid)
+            | Some(ErrorClass::Blocked { .. })
+            | Some(ErrorClass::EmptyAnswer) => ks.observe(false, latency, now),
             Some(ErrorClass::Transient) => ks.observe(true, latency, now),
             Some(ErrorClass::KeyInvalid { reason }) => {
                 ks.health = Health::Disabled {

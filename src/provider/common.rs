@@ -183,6 +183,27 @@ pub(super) fn undecodable(error: &serde_json::Error) -> ApiError {
     )
 }
 
+/// The largest token count a reply is believed: 10^12, a hundred thousand
+/// times the largest context windows (about 10^7 tokens), and far below the
+/// 2^63 where sums of counts would overflow the ledger's integers.
+pub const MAX_TOKEN_COUNT: u64 = 1_000_000_000_000;
+
+/// Checks a reply's token counts, `(field as the API names it, count)`: a
+/// count above [`MAX_TOKEN_COUNT`] makes the reply malformed, never stored.
+pub(super) fn believable_counts(counts: &[(&str, u64)]) -> Result<(), ApiError> {
+    match counts.iter().find(|(_, n)| *n > MAX_TOKEN_COUNT) {
+        Some((field, n)) => Err(api_error(
+            ErrorClass::Transient,
+            Some(200),
+            format!(
+                "malformed reply: usage {field} = {n} is not a believable token count \
+                 (more than {MAX_TOKEN_COUNT})"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A 200 whose prompt (`what` = "the prompt") or output was withheld on
 /// policy grounds; `detail` is the API's explanation when it gives one.
 pub(super) fn blocked(what: &str, reason: &str, detail: Option<&str>) -> ApiError {
@@ -203,7 +224,7 @@ pub(super) fn blocked(what: &str, reason: &str, detail: Option<&str>) -> ApiErro
 /// pointless: the APIs' own guidance is to retry.
 pub(super) fn no_output(why: &str) -> ApiError {
     api_error(
-        ErrorClass::Transient,
+        ErrorClass::EmptyAnswer,
         Some(200),
         format!("the API returned no output ({why})"),
     )
@@ -227,8 +248,28 @@ pub(super) fn cap_used_up(cap: &str, usage: &Usage) -> ApiError {
     )
 }
 
+/// The longest wait a server may ask for. A larger one is taken as this: no
+/// quota the APIs document lasts longer than a day (per-day quotas reset at
+/// midnight US/Pacific), and an absurd value must not overflow the clock
+/// arithmetic that schedules the retry.
+pub const MAX_SERVER_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A wait of `seconds` sent by a server, at most [`MAX_SERVER_DELAY`]; `None`
+/// when it is negative or not a number.
+pub(super) fn server_delay(seconds: f64) -> Option<Duration> {
+    if seconds.is_nan() || seconds < 0.0 {
+        return None;
+    }
+    // Compared as floats first: `inf` and 1e30 do not fit a `Duration`.
+    if seconds >= MAX_SERVER_DELAY.as_secs_f64() {
+        return Some(MAX_SERVER_DELAY);
+    }
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
 /// Parses a Go / protobuf style duration: `26s`, `0.847655010s`, `856.559356ms`,
-/// `1m30.5s`, `6m0s`. `None` for anything else, including an empty string.
+/// `1m30.5s`, `6m0s`, at most [`MAX_SERVER_DELAY`]. `None` for anything else,
+/// including an empty string.
 pub(super) fn parse_duration(text: &str) -> Option<Duration> {
     let is_number = |c: char| c.is_ascii_digit() || c == '.';
     let mut rest = text.trim();
@@ -253,7 +294,7 @@ pub(super) fn parse_duration(text: &str) -> Option<Duration> {
         seconds += value * scale;
         rest = &rest[unit_end..];
     }
-    Duration::try_from_secs_f64(seconds).ok()
+    server_delay(seconds)
 }
 
 /// The wait hint in a message, e.g. `Please retry in 39.006833842s.` (Gemini)
@@ -304,6 +345,28 @@ mod tests {
         for bad in ["", "s", "26", "26 s", "-1s", "1d", "abc"] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn absurd_server_delays_are_clamped_to_a_day() {
+        let day = MAX_SERVER_DELAY;
+        for text in [
+            "18000000000000000000s",
+            "999999999s",
+            "86400.000000001s",
+            "99999999999999999999999999999999999999999h",
+            &format!("{}s", "9".repeat(400)),
+        ] {
+            assert_eq!(parse_duration(text), Some(day), "{text}");
+        }
+        assert_eq!(parse_duration("86399s"), Some(Duration::from_secs(86_399)));
+        assert_eq!(
+            duration_after("Please retry in 18000000000000000000s.", "Please retry in "),
+            Some(day)
+        );
+        assert_eq!(server_delay(f64::INFINITY), Some(day));
+        assert_eq!(server_delay(f64::NAN), None);
+        assert_eq!(server_delay(-1.0), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The error classes of DESIGN §3 and the typed API error that carries one.
 
-use crate::types::{ApiKey, QuotaScope};
+use super::Scrubber;
+use crate::types::QuotaScope;
 use std::time::Duration;
 
 /// What the scheduler should do about a failure (DESIGN §3).
@@ -21,9 +22,14 @@ pub enum ErrorClass {
         /// `invalid_api_key`, `insufficient_quota`.
         reason: String,
     },
-    /// 5xx, timeout, reset, truncated body, 200 without usable output:
-    /// retry with backoff, preferably on another key.
+    /// 5xx, timeout, reset, truncated body: retry with backoff, preferably
+    /// on another key.
     Transient,
+    /// A 200 without usable output that the server did not finish normally
+    /// (Gemini's empty candidate with `finishReason: OTHER`, no candidates at
+    /// all): retried once or twice, without counting against the key, which
+    /// did answer. (An empty answer the server finished normally is a reply.)
+    EmptyAnswer,
     /// The request itself is wrong (400 about the request, 404 model,
     /// MAX_TOKENS with empty output): fail the item now, no retry.
     ItemInvalid,
@@ -49,13 +55,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// Replaces every occurrence of the secret key in the message with its
-    /// fingerprint: APIs and proxies may echo the key back, and the message
-    /// goes to the store, the report and the terminal.
-    pub(super) fn scrub(mut self, key: &ApiKey) -> Self {
-        // An empty secret would "occur" between every two characters.
-        if !key.expose().is_empty() && self.message.contains(key.expose()) {
-            self.message = self.message.replace(key.expose(), key.fingerprint());
+    /// Takes every fragment of the scrubber's keys out of the message and
+    /// the reasons (all come from the server): APIs and proxies may echo the
+    /// key back, and these go to the store, the report and the terminal.
+    pub(super) fn scrub(mut self, scrubber: &Scrubber) -> Self {
+        scrubber.clean(&mut self.message);
+        if let ErrorClass::KeyInvalid { reason } | ErrorClass::Blocked { reason } = &mut self.class
+        {
+            scrubber.clean(reason);
         }
         self
     }

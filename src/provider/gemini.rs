@@ -51,7 +51,7 @@ async fn call(
     method: &str,
     body: &impl Serialize,
 ) -> Result<Vec<u8>, ApiError> {
-    let url = format!("{}/v1beta/models/{model}:{method}", client.base_url);
+    let url = method_url(&client.base_url, model, method);
     post_json(
         client,
         &url,
@@ -61,6 +61,23 @@ async fn call(
         |status, _, body| classify(status, body),
     )
     .await
+}
+
+/// `{base_url}/v1beta/models/{model}:{method}`, with the model's id (a
+/// `models/` prefix removed) percent-encoded as one path segment: whatever
+/// the name holds, it cannot reach another path, a query or a fragment.
+pub(super) fn method_url(base_url: &str, model: &str, method: &str) -> String {
+    let id = model.strip_prefix("models/").unwrap_or(model);
+    let mut segment = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        // RFC 3986 unreserved characters stay as they are.
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            segment.push(char::from(byte));
+        } else {
+            segment.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    format!("{base_url}/v1beta/models/{segment}:{method}")
 }
 
 // ---------------------------------------------------------------------------
@@ -210,14 +227,21 @@ struct UsageMetadata {
 
 impl UsageMetadata {
     /// Normalised usage: thinking is billed as output but not counted in
-    /// `candidatesTokenCount` (FACTS §1.3), so output is their sum.
-    fn usage(&self) -> Usage {
-        Usage {
+    /// `candidatesTokenCount` (FACTS §1.3), so output is their sum. Absurd
+    /// counts make the reply malformed.
+    fn usage(&self) -> Result<Usage, ApiError> {
+        common::believable_counts(&[
+            ("promptTokenCount", self.prompt_token_count),
+            ("cachedContentTokenCount", self.cached_content_token_count),
+            ("candidatesTokenCount", self.candidates_token_count),
+            ("thoughtsTokenCount", self.thoughts_token_count),
+        ])?;
+        Ok(Usage {
             input_tokens: self.prompt_token_count,
             cached_tokens: self.cached_content_token_count,
             output_tokens: self.candidates_token_count + self.thoughts_token_count,
             thinking_tokens: self.thoughts_token_count,
-        }
+        })
     }
 }
 
@@ -241,7 +265,7 @@ const BLOCKING_FINISH_REASONS: &[&str] = &[
 pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
     let response: GenerateResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
-    let usage = response.usage_metadata.usage();
+    let usage = response.usage_metadata.usage()?;
     let Some(candidate) = response.candidates.first() else {
         // No candidate: either the prompt was blocked, or the API failed
         // without saying why.
@@ -272,8 +296,9 @@ pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
         .filter(|p| !p.thought)
         .filter_map(|p| p.text.as_deref())
         .collect();
-    if !text.is_empty() {
-        // MAX_TOKENS with text is a success: truncated output is still output.
+    // MAX_TOKENS with text is a success: truncated output is still output.
+    // STOP without text is the model's whole answer, empty as it is.
+    if !text.is_empty() || finish == "STOP" {
         return Ok(Reply {
             text,
             usage,
@@ -426,6 +451,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn model_ids_are_one_encoded_path_segment() {
+        let base = "https://generativelanguage.googleapis.com";
+        let cases = [
+            ("gemini-2.5-flash", "gemini-2.5-flash"),
+            ("models/gemini-2.0-flash-001", "gemini-2.0-flash-001"),
+            (
+                "gemini-../../../evil?x=1#",
+                "gemini-..%2F..%2F..%2Fevil%3Fx%3D1%23",
+            ),
+            ("a b%2F:c", "a%20b%252F%3Ac"),
+            ("模型", "%E6%A8%A1%E5%9E%8B"),
+        ];
+        for (model, segment) in cases {
+            assert_eq!(
+                method_url(base, model, "generateContent"),
+                format!("{base}/v1beta/models/{segment}:generateContent")
+            );
+        }
+    }
+
+    #[test]
     fn quota_ids_map_to_scopes() {
         let cases = [
             (
@@ -468,6 +514,31 @@ mod tests {
                 limit: Some(15),
             }
         );
+    }
+
+    #[test]
+    fn absurd_retry_delays_are_clamped_to_a_day() {
+        // The body's RetryInfo first, else the hint in the message.
+        for (delay, hint) in [
+            ("18000000000000000000s", "1s"),
+            ("999999999s", "1s"),
+            ("bogus", "18000000000000000000s"),
+        ] {
+            let body = format!(
+                r#"{{"error":{{"code":429,"status":"RESOURCE_EXHAUSTED",
+                "message":"Please retry in {hint}.",
+                "details":[{{"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"{delay}"}}]}}}}"#
+            );
+            let class = classify(429, body.as_bytes()).class;
+            assert!(
+                matches!(
+                    class,
+                    ErrorClass::RateLimited { retry_after: Some(d), .. }
+                        if d == common::MAX_SERVER_DELAY
+                ),
+                "{delay}: {class:?}"
+            );
+        }
     }
 
     #[test]
@@ -527,14 +598,53 @@ mod tests {
     }
 
     #[test]
-    fn stop_without_text_is_transient() {
-        let body = br#"{"candidates":[{"content":{"role":"model"},"finishReason":"STOP"}]}"#;
-        let error = parse_generate(body).unwrap_err();
-        assert_eq!(error.class, ErrorClass::Transient);
-        assert_eq!(
-            error.message,
-            "the API returned no output (finishReason STOP)"
-        );
+    fn stop_without_text_is_an_empty_reply() {
+        for body in [
+            r#"{"candidates":[{"content":{"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":5}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":""}],"role":"model"},"finishReason":"STOP"}]}"#,
+        ] {
+            let reply = parse_generate(body.as_bytes()).unwrap();
+            assert_eq!(reply.text, "", "{body}");
+        }
+    }
+
+    #[test]
+    fn no_text_without_a_normal_finish_is_an_empty_answer() {
+        for (body, why) in [
+            (
+                r#"{"candidates":[{"content":{"role":"model"}}]}"#,
+                "a candidate without text or finish reason",
+            ),
+            (r#"{"candidates":[]}"#, "no candidates and no block reason"),
+        ] {
+            let error = parse_generate(body.as_bytes()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::EmptyAnswer, "{body}");
+            assert_eq!(error.message, format!("the API returned no output ({why})"));
+        }
+    }
+
+    #[test]
+    fn absurd_token_counts_make_a_malformed_reply() {
+        for field in [
+            "promptTokenCount",
+            "candidatesTokenCount",
+            "thoughtsTokenCount",
+        ] {
+            let body = format!(
+                r#"{{"candidates":[{{"content":{{"parts":[{{"text":"hi"}}]}},"finishReason":"STOP"}}],
+                "usageMetadata":{{"{field}":18446744073709551615}}}}"#
+            );
+            let error = parse_generate(body.as_bytes()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::Transient);
+            assert_eq!(
+                error.message,
+                format!("malformed reply: usage {field} = 18446744073709551615 is not a believable token count (more than 1000000000000)")
+            );
+        }
+        let body = r#"{"candidates":[{"content":{"parts":[{"text":"hi"}]},"finishReason":"STOP"}],
+            "usageMetadata":{"promptTokenCount":1000000000000,"candidatesTokenCount":1000000000000,"thoughtsTokenCount":1000000000000}}"#;
+        let usage = parse_generate(body.as_bytes()).unwrap().usage;
+        assert_eq!(usage.output_tokens, 2_000_000_000_000);
     }
 
     #[test]

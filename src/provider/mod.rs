@@ -12,7 +12,8 @@
 //! - `common`: error envelopes (Google's, OpenAI's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
 //! - `transport`: one POST; transport failures become `Transient` with
-//!   messages that name no URL.
+//!   messages that name no URL; redirects are not followed (the key would
+//!   go with them) but fail with a message naming the target's host.
 //!
 //! Classification is pure (status, headers, body → [`ApiError`]) so that it is
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
@@ -22,12 +23,15 @@ mod error;
 mod gemini;
 mod models;
 mod openai;
+mod scrub;
 #[cfg(test)]
 mod tests;
 mod transport;
 
 pub use crate::types::{ProviderKind, QuotaScope};
+pub use common::MAX_SERVER_DELAY;
 pub use error::{ApiError, ErrorClass};
+pub use scrub::Scrubber;
 
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
@@ -96,6 +100,10 @@ impl Client {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(256)
+            // A redirect would carry the key to another host (reqwest strips
+            // only `Authorization` across origins, not `x-goog-api-key`),
+            // and the APIs never redirect: a 3xx is an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("keyfan/", env!("CARGO_PKG_VERSION")));
         if let Some(proxy) = proxy {
             builder = builder.proxy(reqwest::Proxy::all(proxy)?);
@@ -114,14 +122,14 @@ impl Client {
 
     /// Sends one prompt and returns the reply or a classified error.
     ///
-    /// The error's message never contains the key: it is scrubbed here, the
-    /// one place every adapter's error passes through.
+    /// The error never contains a fragment of the key: it is scrubbed here,
+    /// the one place every adapter's error passes through.
     pub async fn generate(&self, key: &ApiKey, req: &Request<'_>) -> Result<Reply, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::generate(self, key, req).await,
             ProviderKind::Openai => openai::generate(self, key, req).await,
         };
-        result.map_err(|e| e.scrub(key))
+        without_key(result, key)
     }
 
     /// Checks that the API accepts `key`, with a request that costs
@@ -140,8 +148,50 @@ impl Client {
             }
             ProviderKind::Openai => openai::list_models(self, key).await.map(drop),
         };
-        result.map_err(|e| e.scrub(key))
+        without_key(result, key)
     }
+}
+
+/// `result` with every fragment of `key` taken out of its error: the one
+/// place every adapter's error passes through on its way out.
+fn without_key<T>(result: Result<T, ApiError>, key: &ApiKey) -> Result<T, ApiError> {
+    result.map_err(|e| e.scrub(&Scrubber::new([key])))
+}
+
+/// The longest model name accepted.
+const MAX_MODEL_CHARS: usize = 256;
+
+/// Checks that `model` is a model name as the providers spell them, and
+/// says what is wrong when it is not. Gemini's ids (`gemini-2.5-flash`,
+/// optionally as `models/gemini-2.5-flash`), OpenAI's (`gpt-4o-mini`,
+/// `ft:gpt-4o-mini:org:suffix:id`), and those of OpenAI-compatible servers
+/// (`meta-llama/llama-3.1-8b-instruct`, `qwen2.5:0.5b`, Cloudflare's
+/// `@cf/meta/llama-3.1-8b-instruct`) use only ASCII letters and digits and
+/// `. _ : / - @`, with no empty, `.` or `..` path segment. Anything else
+/// (`?`, `#`, `%`, spaces) could only change the URL it goes into.
+pub fn check_model_name(model: &str) -> Result<(), String> {
+    if model.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if model.chars().count() > MAX_MODEL_CHARS {
+        return Err(format!(
+            "is not a model name: longer than {MAX_MODEL_CHARS} characters"
+        ));
+    }
+    if let Some(bad) = model
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._:/-@".contains(*c)))
+    {
+        return Err(format!(
+            "is not a model name: {bad:?} is not allowed (letters, digits and . _ : / - @ are)"
+        ));
+    }
+    if model.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return Err(
+            "is not a model name: it has an empty, `.` or `..` part between slashes".to_owned(),
+        );
+    }
+    Ok(())
 }
 
 /// Whether `base_url` names this machine.

@@ -66,7 +66,7 @@ impl Client {
                 .await
                 .and_then(|body| parse_openai(&body)),
         };
-        result.map_err(|e| e.scrub(key))
+        super::without_key(result, key)
     }
 }
 

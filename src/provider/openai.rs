@@ -14,7 +14,8 @@
 //! are classified by the Gemini rules.
 
 use super::common::{
-    self, api_error, blocked, class_by_status, duration_after, no_output, number_after, ErrorBody,
+    self, api_error, blocked, class_by_status, duration_after, no_output, number_after,
+    server_delay, ErrorBody,
 };
 use super::transport::{get, post_json};
 use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
@@ -182,9 +183,10 @@ struct CompletionDetails {
 
 impl ChatUsage {
     /// Normalised usage: `completion_tokens` already includes reasoning
-    /// tokens (FACTS §8.1), and `prompt_tokens` the cached ones.
-    fn usage(&self) -> Usage {
-        Usage {
+    /// tokens (FACTS §8.1), and `prompt_tokens` the cached ones. Absurd
+    /// counts make the reply malformed.
+    fn usage(&self) -> Result<Usage, ApiError> {
+        let usage = Usage {
             input_tokens: self.prompt_tokens.unwrap_or(0),
             cached_tokens: self
                 .prompt_tokens_details
@@ -197,7 +199,14 @@ impl ChatUsage {
                 .as_ref()
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
-        }
+        };
+        common::believable_counts(&[
+            ("prompt_tokens", usage.input_tokens),
+            ("cached_tokens", usage.cached_tokens),
+            ("completion_tokens", usage.output_tokens),
+            ("reasoning_tokens", usage.thinking_tokens),
+        ])?;
+        Ok(usage)
     }
 }
 
@@ -206,7 +215,7 @@ impl ChatUsage {
 pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
     let response: ChatResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
-    let usage = response.usage.unwrap_or_default().usage();
+    let usage = response.usage.unwrap_or_default().usage()?;
     let Some(choice) = response.choices.first() else {
         return Err(no_output("no choices"));
     };
@@ -218,17 +227,19 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
     }
     let message = choice.message.as_ref();
     let text = message.and_then(|m| m.content.as_deref()).unwrap_or("");
-    if !text.is_empty() {
+    let refusal = message
+        .and_then(|m| m.refusal.as_deref())
+        .filter(|r| !r.is_empty());
+    // `stop` without text (and without a refusal) is the model's whole
+    // answer, empty as it is: asking again gets the same.
+    if !text.is_empty() || (finish == "stop" && refusal.is_none()) {
         return Ok(Reply {
             text: text.to_owned(),
             usage,
             model_version: response.model,
         });
     }
-    if let Some(refusal) = message
-        .and_then(|m| m.refusal.as_deref())
-        .filter(|r| !r.is_empty())
-    {
+    if let Some(refusal) = refusal {
         return Err(blocked("the output", "refusal", Some(refusal)));
     }
     if finish == "length" {
@@ -310,15 +321,11 @@ fn rate_limited(kind: Option<&str>, headers: &HeaderMap, message: &str) -> Error
 }
 
 /// The server's wait: `retry-after-ms` (OpenAI's, fractional milliseconds),
-/// else `retry-after` in seconds or as an HTTP date (relative to `now`). Zero
-/// and negative values count as absent: Azure sends `0` and `-1` to mean
-/// nothing (FACTS §8.3).
+/// else `retry-after` in seconds or as an HTTP date (relative to `now`), at
+/// most [`common::MAX_SERVER_DELAY`]. Zero and negative values count as absent: Azure
+/// sends `0` and `-1` to mean nothing (FACTS §8.3).
 pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let positive = |seconds: f64| {
-        Duration::try_from_secs_f64(seconds)
-            .ok()
-            .filter(|d| !d.is_zero())
-    };
+    let positive = |seconds: f64| server_delay(seconds).filter(|d| !d.is_zero());
     let from_ms = header(headers, "retry-after-ms")
         .and_then(|v| v.parse::<f64>().ok())
         .and_then(|ms| positive(ms / 1000.0));
@@ -328,10 +335,10 @@ pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Opt
             Ok(seconds) => positive(seconds),
             Err(_) => {
                 let at = DateTime::parse_from_rfc2822(value).ok()?;
-                (at.with_timezone(&Utc) - now)
-                    .to_std()
-                    .ok()
-                    .filter(|d| !d.is_zero())
+                let wait = at.with_timezone(&Utc).signed_duration_since(now);
+                // Milliseconds cannot overflow: chrono's dates span less
+                // than i64::MAX ms either way.
+                positive(wait.num_milliseconds() as f64 / 1000.0)
             }
         }
     })
@@ -410,6 +417,45 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(retry_after_header(&headers(pairs), now), want, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn absurd_retry_after_headers_are_clamped_to_a_day() {
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = common::MAX_SERVER_DELAY;
+        type Headers<'a> = &'a [(&'static str, &'a str)];
+        let cases: [(Headers, Option<Duration>); 7] = [
+            (&[("retry-after", "10000000000000000000")], Some(day)),
+            (&[("retry-after", "1e400")], Some(day)),
+            (&[("retry-after", "inf")], Some(day)),
+            (&[("retry-after", "NaN")], None),
+            (&[("retry-after-ms", "18446744073709551615000")], Some(day)),
+            (
+                &[("retry-after", "Thu, 31 Dec 2099 23:59:59 GMT")],
+                Some(day),
+            ),
+            (
+                &[("retry-after", "Thu, 01 Jan 2026 00:01:30 GMT")],
+                Some(Duration::from_secs(90)),
+            ),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(retry_after_header(&headers(pairs), now), want, "{pairs:?}");
+        }
+        // Through the classifier too: the header feeds the 429's wait.
+        let body = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        let class = classify(
+            429,
+            &headers(&[("retry-after", "10000000000000000000")]),
+            body,
+        )
+        .class;
+        assert!(
+            matches!(class, ErrorClass::RateLimited { retry_after: Some(d), .. } if d == day),
+            "{class:?}"
+        );
     }
 
     #[test]
@@ -539,11 +585,11 @@ mod tests {
                 "the output cap (max_tokens) was used up before any visible text: 64 thinking + 0 visible output tokens for a 10-token prompt",
             ),
             (
-                with(r#"{"message":{"role":"assistant","content":null},"finish_reason":"stop"}"#, usage),
-                ErrorClass::Transient,
-                "the API returned no output (finish_reason stop)",
+                with(r#"{"message":{"role":"assistant","content":null}}"#, usage),
+                ErrorClass::EmptyAnswer,
+                "the API returned no output (finish_reason absent)",
             ),
-            (r#"{"choices":[]}"#.to_owned(), ErrorClass::Transient, "the API returned no output (no choices)"),
+            (r#"{"choices":[]}"#.to_owned(), ErrorClass::EmptyAnswer, "the API returned no output (no choices)"),
         ];
         for (body, class, message) in cases {
             let error = parse_chat(body.as_bytes()).unwrap_err();
@@ -551,6 +597,45 @@ mod tests {
             assert_eq!(error.status, Some(200));
             assert!(error.message.starts_with(message), "{}", error.message);
         }
+    }
+
+    #[test]
+    fn an_empty_answer_finished_with_stop_is_a_reply() {
+        // llama.cpp's server, for a prompt its model answers with nothing.
+        let body = r#"{"choices":[{"finish_reason":"stop","index":0,"message":{"role":"assistant","content":""}}],
+            "created":1777319815,"model":"qwen","object":"chat.completion",
+            "usage":{"completion_tokens":0,"prompt_tokens":17,"total_tokens":17}}"#;
+        let reply = parse_chat(body.as_bytes()).unwrap();
+        assert_eq!(reply.text, "");
+        assert_eq!(reply.usage.input_tokens, 17);
+        let null = r#"{"choices":[{"finish_reason":"stop","message":{"role":"assistant","content":null}}]}"#;
+        assert_eq!(parse_chat(null.as_bytes()).unwrap().text, "");
+    }
+
+    #[test]
+    fn absurd_token_counts_make_a_malformed_reply() {
+        let body =
+            openai_like_reply(r#"{"prompt_tokens":12,"completion_tokens":9223372036854775807}"#);
+        let error = parse_chat(body.as_bytes()).unwrap_err();
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert!(
+            error
+                .message
+                .starts_with("malformed reply: usage completion_tokens = 9223372036854775807"),
+            "{}",
+            error.message
+        );
+        let sane = openai_like_reply(r#"{"prompt_tokens":1000000000000,"completion_tokens":3}"#);
+        assert_eq!(
+            parse_chat(sane.as_bytes()).unwrap().usage.input_tokens,
+            1_000_000_000_000
+        );
+    }
+
+    fn openai_like_reply(usage: &str) -> String {
+        format!(
+            r#"{{"model":"m","choices":[{{"message":{{"role":"assistant","content":"hi"}},"finish_reason":"stop"}}],"usage":{usage}}}"#
+        )
     }
 
     #[test]

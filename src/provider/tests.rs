@@ -6,7 +6,9 @@
 
 use super::gemini::{self, CountBody, GenerateBody};
 use super::openai::{self, ChatBody};
-use super::{ApiError, Client, ErrorClass, ProviderKind, QuotaScope, Reply, Request, Usage};
+use super::{
+    ApiError, Client, ErrorClass, ProviderKind, QuotaScope, Reply, Request, Scrubber, Usage,
+};
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
 use serde::Serialize;
@@ -142,7 +144,7 @@ fn secs(n: u64) -> Option<Duration> {
 /// One row per response-body fixture: what each adapter must make of it.
 fn fixture_rows() -> Vec<(&'static str, Api, Want)> {
     use Api::{Gemini, Openai};
-    use ErrorClass::{ItemInvalid, Transient};
+    use ErrorClass::{EmptyAnswer, ItemInvalid, Transient};
     use QuotaScope::{Day, MinuteTokens, Unknown};
     vec![
         // Gemini successes.
@@ -154,7 +156,7 @@ fn fixture_rows() -> Vec<(&'static str, Api, Want)> {
         // Gemini 200s without usable output.
         ("gemini_prompt_blocked_prohibited_content.json", Gemini, error(200, blocked("PROHIBITED_CONTENT"), "the prompt was blocked: PROHIBITED_CONTENT")),
         ("gemini_candidate_finish_safety.json", Gemini, error(200, blocked("SAFETY"), "the output was blocked: SAFETY")),
-        ("gemini_candidate_finish_other_no_content.json", Gemini, error(200, Transient, "the API returned no output (finishReason OTHER: Model failed to generate content due to internal error.)")),
+        ("gemini_candidate_finish_other_no_content.json", Gemini, error(200, EmptyAnswer, "the API returned no output (finishReason OTHER: Model failed to generate content due to internal error.)")),
         ("gemini_generateContent_empty_candidate_max_tokens.json", Gemini, error(200, ItemInvalid, "the output cap (maxOutputTokens) was used up before any visible text: 19 thinking + 0 visible output tokens for a 7-token prompt")),
         // Only a thought part, then the cap: nothing visible.
         ("gemini_generateContent_include_thoughts.json", Gemini, error(200, ItemInvalid, "19 thinking + 0 visible output tokens for a 17-token prompt")),
@@ -460,17 +462,26 @@ fn every_replay_exchange() {
 }
 
 #[test]
-fn the_key_is_scrubbed_from_messages() {
+fn the_key_is_scrubbed_from_messages_and_reasons() {
     let key = ApiKey::new("AIzaSyD-this-is-not-a-real-key-k3Qf");
     let leaky = ApiError {
-        class: ErrorClass::Transient,
+        class: ErrorClass::KeyInvalid {
+            reason: "key-this-is-not".into(),
+        },
         status: None,
         message: format!("{0} and again {0}", key.expose()),
     };
-    assert_eq!(leaky.scrub(&key).message, "AIza…k3Qf and again AIza…k3Qf");
+    let scrubbed = leaky.scrub(&Scrubber::new([&key]));
+    assert_eq!(scrubbed.message, "AIza…k3Qf and again AIza…k3Qf");
+    assert_eq!(
+        scrubbed.class,
+        ErrorClass::KeyInvalid {
+            reason: "keyAIza…k3Qf".into()
+        }
+    );
     let empty = ApiKey::new("");
     let error = gemini::classify(500, &read("gemini_500_internal.json"));
-    assert_eq!(error.clone().scrub(&empty), error);
+    assert_eq!(error.clone().scrub(&Scrubber::new([&empty])), error);
 }
 
 // ---------------------------------------------------------------------------
@@ -713,4 +724,35 @@ fn only_local_base_urls_bypass_environment_proxies() {
     ] {
         assert!(!super::is_loopback(remote), "{remote}");
     }
+}
+
+#[test]
+fn model_names_in_the_providers_character_set() {
+    for good in [
+        "gemini-2.5-flash",
+        "models/gemini-2.0-flash-001",
+        "gpt-4o-mini-2024-07-18",
+        "ft:gpt-4o-mini:my-org:custom:abc123",
+        "meta-llama/llama-3.1-8b-instruct",
+        "google/gemini-2.0-flash-exp:free",
+        "qwen2.5:0.5b",
+        "@cf/meta/llama-3.1-8b-instruct",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+    ] {
+        assert_eq!(super::check_model_name(good), Ok(()), "{good}");
+    }
+    for (bad, why) in [
+        ("gemini-../../../evil?x=1#", "'?' is not allowed"),
+        ("gemini 2.5", "' ' is not allowed"),
+        ("gemini%2F", "'%' is not allowed"),
+        ("模型", "'模' is not allowed"),
+        ("../evil", "`..` part"),
+        ("a//b", "empty"),
+        ("/gemini", "empty"),
+        ("models/./x", "`.` or"),
+    ] {
+        let error = super::check_model_name(bad).unwrap_err();
+        assert!(error.contains(why), "{bad}: {error}");
+    }
+    assert!(super::check_model_name(&"a".repeat(257)).is_err());
 }

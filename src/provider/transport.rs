@@ -58,6 +58,9 @@ async fn send(
         .await
         .map_err(|e| transport_error(client, e))?;
     let status = response.status();
+    if status.is_redirection() {
+        return Err(redirect_error(status.as_u16(), &response));
+    }
     let headers = response.headers().clone();
     let bytes = response
         .bytes()
@@ -69,6 +72,33 @@ async fn send(
     } else {
         Err(classify(status.as_u16(), &headers, &bytes))
     }
+}
+
+/// A 3xx: the APIs do not redirect, and the client follows no redirect (it
+/// would carry the key to wherever the `Location` points), so the request
+/// failed. It fails the same way every time, hence [`ErrorClass::ItemInvalid`].
+/// The message names the target's host and port, never its path or query.
+fn redirect_error(status: u16, response: &reqwest::Response) -> ApiError {
+    let target = response
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|location| location.to_str().ok())
+        .and_then(|location| response.url().join(location).ok());
+    let to = match target.as_ref().and_then(|url| Some((url.host_str()?, url))) {
+        Some((host, url)) => match url.port() {
+            Some(port) => format!("a redirect to {host}:{port}"),
+            None => format!("a redirect to {host}"),
+        },
+        None => "a redirect without a usable Location".to_owned(),
+    };
+    api_error(
+        ErrorClass::ItemInvalid,
+        Some(status),
+        format!(
+            "HTTP {status}: the server answered with {to}, which keyfan does not follow \
+             (API calls never follow redirects, so the key is not sent elsewhere); check base_url"
+        ),
+    )
 }
 
 /// Classifies a `reqwest` failure. Every one is worth retrying elsewhere,

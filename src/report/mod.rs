@@ -156,8 +156,9 @@ impl Tally {
             AttemptClass::KeyInvalid => u.key_invalid += 1,
             _ => {}
         }
-        u.input_tokens += a.input_tokens;
-        u.output_tokens += a.output_tokens;
+        // Saturating: a state file may hold absurd counts from an older keyfan.
+        u.input_tokens = u.input_tokens.saturating_add(a.input_tokens);
+        u.output_tokens = u.output_tokens.saturating_add(a.output_tokens);
         u.cost_usd += a.cost_usd;
         self.latencies.push(a.latency_ms);
     }

@@ -19,6 +19,7 @@ pub use resume::{earlier, seed_from_ledger, start, Earlier, ResumePolicy, Start}
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
+use crate::provider::Scrubber;
 use crate::sink::Sink;
 use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, Store};
 use std::any::Any;
@@ -167,6 +168,9 @@ pub struct Recording {
     pub sink: Sink,
     /// The display.
     pub observer: Box<dyn Observer>,
+    /// Takes every fragment of a configured key out of each outcome and
+    /// error before it is committed, written or shown.
+    pub scrubber: Scrubber,
 }
 
 /// How a run is stopped early.

@@ -8,6 +8,7 @@
 //! committed to the store only: a rerun writes them.
 
 use super::{Event, Recording, RunError};
+use crate::provider::Scrubber;
 use crate::sink::Sink;
 use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunId, Store};
 use std::collections::BTreeMap;
@@ -79,6 +80,7 @@ pub(super) fn spawn(
         run,
         mut sink,
         mut observer,
+        scrubber,
     }: Recording,
     total: u64,
     mut events: mpsc::UnboundedReceiver<Event>,
@@ -112,6 +114,7 @@ pub(super) fn spawn(
                     &mut output,
                     &mut *observer,
                     &mut progress,
+                    &scrubber,
                     batch,
                 )?;
             }
@@ -163,6 +166,7 @@ fn record(
     output: &mut Output<'_>,
     observer: &mut dyn Observer,
     progress: &mut Progress,
+    scrubber: &Scrubber,
     batch: Vec<Event>,
 ) -> Result<(), RunError> {
     let mut commit = Batch::default();
@@ -176,8 +180,17 @@ fn record(
                 commit.reservations.push(reservation);
                 reserved.push(committed);
             }
-            Event::Attempt(row) => commit.attempts.push(row),
-            Event::Finished(item) => commit.items.push(item),
+            // Everything leaves the run from here: no fragment of a key
+            // goes to the store, the results, the report or the display.
+            Event::Attempt(mut row) => {
+                scrubber.clean_option(&mut row.error);
+                commit.attempts.push(row);
+            }
+            Event::Finished(mut item) => {
+                scrubber.clean_option(&mut item.output);
+                scrubber.clean_option(&mut item.error);
+                commit.items.push(item);
+            }
             Event::Tick => {}
         }
     }

@@ -61,6 +61,7 @@ async fn a_panicking_worker_leaves_its_item_pending_and_the_run_says_so() {
         run,
         sink,
         observer: Box::new(Silent),
+        scrubber: crate::provider::Scrubber::default(),
     };
     let (summary, store) = execute(&options, pool, recording, &Stop::default())
         .await

@@ -190,12 +190,18 @@ impl Store {
         {
             let mut ledger = tx
                 .prepare_cached(
+                    // Token sums saturate: SQLite turns an overflowing
+                    // integer sum into a REAL, which no count reads back.
                     "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT (account, model, day) DO UPDATE SET
                        requests = requests + excluded.requests, ok = ok + excluded.ok,
-                       input_tokens = input_tokens + excluded.input_tokens,
-                       output_tokens = output_tokens + excluded.output_tokens,
+                       input_tokens = CASE
+                         WHEN excluded.input_tokens > 9223372036854775807 - input_tokens
+                         THEN 9223372036854775807 ELSE input_tokens + excluded.input_tokens END,
+                       output_tokens = CASE
+                         WHEN excluded.output_tokens > 9223372036854775807 - output_tokens
+                         THEN 9223372036854775807 ELSE output_tokens + excluded.output_tokens END,
                        cost_usd = cost_usd + excluded.cost_usd",
                 )
                 .map_err(wrap)?;

@@ -2,6 +2,7 @@
 //! scheduler (which produces them) and the report (which reads them).
 
 use crate::provider::ErrorClass;
+use rusqlite::types::ValueRef;
 use rusqlite::Row;
 use serde::Serialize;
 
@@ -74,7 +75,7 @@ impl AttemptClass {
             None => AttemptClass::Ok,
             Some(ErrorClass::RateLimited { .. }) => AttemptClass::RateLimited,
             Some(ErrorClass::KeyInvalid { .. }) => AttemptClass::KeyInvalid,
-            Some(ErrorClass::Transient) => AttemptClass::Transient,
+            Some(ErrorClass::Transient | ErrorClass::EmptyAnswer) => AttemptClass::Transient,
             Some(ErrorClass::ItemInvalid) => AttemptClass::ItemInvalid,
             Some(ErrorClass::Blocked { .. }) => AttemptClass::Blocked,
         }
@@ -148,16 +149,19 @@ impl AttemptRow {
     pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<AttemptRow> {
         Ok(AttemptRow {
             item_id: row.get(0)?,
-            attempt: row.get(1)?,
+            attempt: small_count(row, 1)?,
             key: row.get(2)?,
             account: row.get(3)?,
             model: row.get(4)?,
             class: AttemptClass::parse(&row.get::<_, String>(5)?),
-            http_status: row.get(6)?,
-            latency_ms: row.get(7)?,
-            input_tokens: row.get(8)?,
-            output_tokens: row.get(9)?,
-            cost_usd: row.get(10)?,
+            http_status: match row.get_ref(6)? {
+                ValueRef::Integer(n) => u16::try_from(n).ok(),
+                _ => None,
+            },
+            latency_ms: count(row, 7)?,
+            input_tokens: count(row, 8)?,
+            output_tokens: count(row, 9)?,
+            cost_usd: amount(row, 10)?,
             error: row.get(11)?,
             at: row.get(12)?,
             day: row.get(13)?,
@@ -203,18 +207,18 @@ impl ItemRow {
     pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<ItemRow> {
         Ok(ItemRow {
             id: row.get(0)?,
-            line: row.get(1)?,
+            line: count(row, 1)?,
             status: ItemStatus::parse(&row.get::<_, String>(2)?),
             model: row.get(3)?,
             output: row.get(4)?,
-            input_tokens: row.get(5)?,
-            output_tokens: row.get(6)?,
-            latency_ms: row.get(7)?,
-            attempts: row.get(8)?,
+            input_tokens: count(row, 5)?,
+            output_tokens: count(row, 6)?,
+            latency_ms: count(row, 7)?,
+            attempts: small_count(row, 8)?,
             key: row.get(9)?,
             account: row.get(10)?,
             error: row.get(11)?,
-            cost_usd: row.get(12)?,
+            cost_usd: amount(row, 12)?,
         })
     }
 }
@@ -312,11 +316,11 @@ impl LedgerRow {
             account: row.get(0)?,
             model: row.get(1)?,
             day: row.get(2)?,
-            requests: row.get(3)?,
-            ok: row.get(4)?,
-            input_tokens: row.get(5)?,
-            output_tokens: row.get(6)?,
-            cost_usd: row.get(7)?,
+            requests: count(row, 3)?,
+            ok: count(row, 4)?,
+            input_tokens: count(row, 5)?,
+            output_tokens: count(row, 6)?,
+            cost_usd: amount(row, 7)?,
         })
     }
 }
@@ -368,4 +372,38 @@ pub struct Batch {
     pub attempts: Vec<AttemptRow>,
     /// Items finished.
     pub items: Vec<ItemRow>,
+}
+
+// Counts and amounts are read defensively: a state file written by an older
+// keyfan (whose ledger sums could overflow into REAL), or edited by hand, must
+// not make `run`, `report` or `keys status` fail. What cannot be a count
+// reads as the nearest one.
+
+/// A non-negative integer column as a `u64`: negatives read as 0, a REAL is
+/// truncated and clamped to `0..=i64::MAX`, and NULL, text or a blob as 0.
+fn count(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    clamped(row, index, i64::MAX).map(|n| n.unsigned_abs())
+}
+
+/// [`count`] for a column read as a `u32`, clamped to `u32::MAX`.
+fn small_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    clamped(row, index, i64::from(u32::MAX)).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+fn clamped(row: &Row<'_>, index: usize, max: i64) -> rusqlite::Result<i64> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Integer(n) => n.clamp(0, max),
+        // `as` saturates, and reads NaN as 0.
+        ValueRef::Real(x) => (x as i64).clamp(0, max),
+        ValueRef::Null | ValueRef::Text(_) | ValueRef::Blob(_) => 0,
+    })
+}
+
+/// A money column: a number reads as itself, NULL, text or a blob as 0.
+fn amount(row: &Row<'_>, index: usize) -> rusqlite::Result<f64> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Integer(n) => n as f64,
+        ValueRef::Real(x) => x,
+        ValueRef::Null | ValueRef::Text(_) | ValueRef::Blob(_) => 0.0,
+    })
 }

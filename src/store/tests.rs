@@ -221,6 +221,120 @@ fn a_model_list_is_kept_for_a_day_per_provider_and_endpoint() {
     assert_eq!(rows, 1);
 }
 
+#[test]
+fn ledger_token_sums_saturate_instead_of_turning_real() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    let huge = AttemptRow {
+        input_tokens: i64::MAX as u64,
+        output_tokens: i64::MAX as u64 - 1,
+        ..attempt("a", 1, AttemptClass::Ok)
+    };
+    for _ in 0..2 {
+        store
+            .commit(
+                run,
+                &Batch {
+                    reservations: vec![reservation(&huge)],
+                    attempts: vec![huge.clone()],
+                    items: vec![],
+                },
+            )
+            .unwrap();
+    }
+    let kinds: (String, String) = store
+        .conn
+        .query_row(
+            "SELECT typeof(input_tokens), typeof(output_tokens) FROM ledger",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(kinds, ("integer".to_owned(), "integer".to_owned()));
+    let ledger = store.ledger(huge.day.parse().unwrap()).unwrap();
+    assert_eq!(ledger[0].input_tokens, i64::MAX as u64);
+    assert_eq!(ledger[0].output_tokens, i64::MAX as u64);
+    assert_eq!(ledger[0].requests, 2);
+}
+
+#[test]
+fn odd_stored_numbers_read_as_the_nearest_count() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    let a = attempt("a", 1, AttemptClass::Ok);
+    store
+        .commit(
+            run,
+            &Batch {
+                reservations: vec![reservation(&a)],
+                attempts: vec![a.clone()],
+                items: vec![item("a", 1, ItemStatus::Ok)],
+            },
+        )
+        .unwrap();
+    // What an older keyfan's overflowed sums, or a hand edit, leave behind.
+    store
+        .conn
+        .execute_batch(
+            "UPDATE ledger SET requests = -3, ok = 1.5e30, input_tokens = 9.3e18,
+                 output_tokens = 'lots', cost_usd = 'free';
+             UPDATE items SET line = 2.5, input_tokens = -1, output_tokens = 1e300,
+                 latency_ms = 'slow', attempts = 99999999999, cost_usd = x'00';
+             UPDATE attempts SET attempt = -7, http_status = 99999, latency_ms = 'slow',
+                 input_tokens = 1.8e19, output_tokens = -2.5, cost_usd = 3;",
+        )
+        .unwrap();
+    let ledger = store.ledger(a.day.parse().unwrap()).unwrap();
+    assert_eq!(
+        (
+            ledger[0].requests,
+            ledger[0].ok,
+            ledger[0].input_tokens,
+            ledger[0].output_tokens,
+            ledger[0].cost_usd
+        ),
+        (0, i64::MAX as u64, i64::MAX as u64, 0, 0.0)
+    );
+    let mut items = Vec::new();
+    store
+        .for_each_item(run, |row| {
+            items.push(row);
+            Ok::<_, ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    let i = &items[0];
+    assert_eq!(
+        (
+            i.line,
+            i.input_tokens,
+            i.output_tokens,
+            i.latency_ms,
+            i.attempts,
+            i.cost_usd
+        ),
+        (2, 0, i64::MAX as u64, 0, u32::MAX, 0.0)
+    );
+    let mut attempts = Vec::new();
+    store
+        .for_each_attempt(run, |row| attempts.push(row))
+        .unwrap();
+    let t = &attempts[0];
+    assert_eq!(
+        (
+            t.attempt,
+            t.http_status,
+            t.latency_ms,
+            t.input_tokens,
+            t.output_tokens,
+            t.cost_usd
+        ),
+        (0, None, 0, i64::MAX as u64, 0, 3.0)
+    );
+    // What `report` reads: it builds, whatever the rows hold.
+    crate::report::Report::build(&store, run).unwrap();
+}
+
 fn day(text: &str) -> crate::types::QuotaDay {
     text.parse().expect("a YYYY-MM-DD day")
 }

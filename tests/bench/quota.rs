@@ -57,6 +57,7 @@ mod common;
 use common::{bench_mode, digest, env_list, fail, runtime};
 use keyfan::config::{Config, MissingEnv};
 use keyfan::pool::{Pool, RetryPolicy};
+use keyfan::provider::Scrubber;
 use keyfan::run::{self, Observer, Options, Progress, Recording, Stop};
 use keyfan::sim::{FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimServer};
 use keyfan::sink::{Sink, Target};
@@ -403,6 +404,8 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         run: run_id,
         sink,
         observer: Box::new(NoDisplay),
+        // The simulator's keys are no secrets.
+        scrubber: Scrubber::default(),
     };
 
     println!(

@@ -15,6 +15,10 @@ mod durable;
 mod engine;
 /// Failover: invalid keys, 503 bursts, quotas.
 mod failover;
+/// A scripted server that answers what no real API does.
+mod hostile;
+/// Hostile answers: absurd waits, redirects, absurd usage, empty answers.
+mod hostile_answers;
 /// `keys check`, `keys status`, `runs`, `report`.
 mod keys;
 /// A whole job, end to end: results, report, digests.

@@ -77,3 +77,103 @@ faults:
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AIza…"), "{stderr}");
 }
+
+/// Every fragment of 8 characters of `key`.
+fn fragments(key: &str) -> Vec<&str> {
+    (0..=key.len() - 8).map(|i| &key[i..i + 8]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_fragment_of_a_key_is_written_even_when_the_server_echoes_it() {
+    use crate::hostile::*;
+    // Two keys without a fragment in common, so each fragment names its key.
+    let [k1, k2] = [
+        "AIza.fragment.Kq8dP2xZ7mW4vT9nA1",
+        "sk-echo-test-Rj5cL0yF3hG6uE1sB2",
+    ];
+    // 12 characters of each key in errors; both keys whole in the answers.
+    let error = |status: u16, code: &str| {
+        let message = format!("rejected {} (and {})", &k1[10..22], &k2[14..26]);
+        Answer::json(
+            status,
+            serde_json::json!({"error": {"code": status, "message": message, "status": code}})
+                .to_string(),
+        )
+    };
+    let echo = gemini_reply(&format!("your keys: {k1} and {k2}")).to_string();
+    let server = Hostile::start(move |seen| {
+        if seen.path.contains(":countTokens") {
+            return error(400, "INVALID_ARGUMENT");
+        }
+        match seen.number {
+            0 => error(400, "INVALID_ARGUMENT"),
+            1 => error(503, "UNAVAILABLE"),
+            _ => Answer::json(200, echo.clone()),
+        }
+    })
+    .await;
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(4));
+    work.write(
+        "config.yaml",
+        &hostile_config(
+            &server.base_url(),
+            &[
+                ("proj-a", "gemini", &["${K1}"]),
+                ("proj-b", "gemini", &["${K2}"]),
+            ],
+            "concurrency: 1\n",
+        ),
+    );
+    let env = [("K1", k1), ("K2", k2)];
+    let run = work
+        .keyfan(&run_args("state.db", &["-v", "--json", "--offline"]), &env)
+        .await;
+    assert_eq!(run.status.code(), Some(3), "{}", explain(&run));
+    let check = work
+        .keyfan(&["keys", "check", "--config", "config.yaml"], &env)
+        .await;
+    assert_eq!(check.status.code(), Some(3), "{}", explain(&check));
+
+    let mut haystacks = vec![
+        ("run stdout", run.stdout),
+        ("run stderr", run.stderr),
+        ("check stdout", check.stdout),
+        ("check stderr", check.stderr),
+    ];
+    for file in [
+        "job.results.jsonl",
+        "job.report.md",
+        "job.report.json",
+        "state.db",
+        "state.db-wal",
+    ] {
+        if let Ok(bytes) = std::fs::read(work.path(file)) {
+            haystacks.push((file, bytes));
+        }
+    }
+    assert!(
+        haystacks.len() >= 8,
+        "a results, report or state file is missing"
+    );
+    for (name, bytes) in &haystacks {
+        let text = String::from_utf8_lossy(bytes);
+        for fragment in fragments(k1).into_iter().chain(fragments(k2)) {
+            assert!(
+                !text.contains(fragment),
+                "{name} leaks {fragment:?}:\n{text}"
+            );
+        }
+    }
+    // What was scrubbed is still there, by fingerprint.
+    let [f1, f2] = [k1, k2].map(|k| keyfan::types::ApiKey::new(k).fingerprint().to_owned());
+    let results = work.read("job.results.jsonl");
+    assert!(
+        results.contains(&format!("rejected {f1} (and {f2})")),
+        "{results}"
+    );
+    assert!(
+        results.contains(&format!("your keys: {f1} and {f2}")),
+        "{results}"
+    );
+}
