@@ -2,7 +2,6 @@
 
 use super::{exit, open_state, print_json, scrubber, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
-use crate::pool::provider_for;
 use crate::provider::{self, ErrorClass, ProviderKind};
 use crate::types::QuotaDay;
 use anyhow::Context;
@@ -44,7 +43,7 @@ pub(super) async fn run(args: KeysArgs, _verbosity: Verbosity) -> Result<u8, Fai
 /// One free request per key (Gemini's countTokens on the default model,
 /// OpenAI's model list): it proves the key, the API and the account's access.
 async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
-    let gemini_model = if provider_for(&config.model) == ProviderKind::Gemini {
+    let gemini_model = if ProviderKind::implied_by(&config.model) == ProviderKind::Gemini {
         config.model.as_str()
     } else {
         "gemini-2.5-flash"

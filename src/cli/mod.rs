@@ -25,6 +25,9 @@ pub mod exit {
     pub const DEFERRED: u8 = 4;
     /// `--max-cost` was reached; the rest of the items were not sent.
     pub const BUDGET: u8 = 5;
+    /// Every key that can serve a model was refused (invalid, disabled):
+    /// the run stopped, and the remaining items stay pending.
+    pub const KEYS_REFUSED: u8 = 6;
     /// Another run holds the state file; nothing was sent (try again later).
     pub const LOCKED: u8 = 75;
     /// Interrupted by Ctrl-C or SIGTERM; finished items are kept.
@@ -41,6 +44,7 @@ Exit codes:
   4    daily quotas ran out (or a server asked to wait > 10 min): remaining
        items deferred to a later run
   5    --max-cost reached: remaining items not sent (a rerun resumes them)
+  6    every key that can serve a model was refused: remaining items pending
   75   another run is using the state file: nothing was sent, try later
   130  interrupted (Ctrl-C / SIGTERM, or the results pipe closed): finished
        items are kept";
@@ -188,7 +192,8 @@ Examples:
 
 Exit codes:
   0 all ok · 1 keyfan failed · 2 invalid config/job (nothing sent) · 3 some items failed
-  4 deferred by daily quota · 5 --max-cost reached · 75 state file in use by another run
+  4 deferred by daily quota · 5 --max-cost reached · 6 every key refused
+  75 state file in use by another run
   130 interrupted";
 
 const SIM_EXAMPLES: &str = "\
@@ -227,7 +232,7 @@ struct RunArgs {
     #[arg(long)]
     group: Option<String>,
     /// How to choose among keys with room. [default: the config's `strategy`]
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = strategy_names())]
     strategy: Option<crate::pool::Strategy>,
     /// Run against the built-in simulator on a loopback port instead of the
     /// real APIs: no key and no network needed; all output is labelled SIMULATED.
@@ -269,6 +274,14 @@ fn concurrency(s: &str) -> Result<usize, String> {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
         _ => Err(format!("`{s}` is not a number of requests from 1 to {max}")),
     }
+}
+
+/// The strategies by name, for `--strategy`'s parser and its help.
+fn strategy_names() -> impl clap::builder::TypedValueParser<Value = crate::pool::Strategy> {
+    use crate::pool::Strategy;
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Strategy::ALL.map(Strategy::name))
+        .map(|name| name.parse::<Strategy>().expect("a listed strategy name"))
 }
 
 fn positive_usd(s: &str) -> Result<f64, String> {

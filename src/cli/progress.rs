@@ -6,6 +6,7 @@
 
 use super::Verbosity;
 use crate::pool::Pool;
+use crate::run::Clients;
 use crate::run::{Observer, Progress};
 use crate::store::{AttemptRow, ItemRow, ItemStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -21,6 +22,7 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 pub(super) struct Display {
     verbosity: Verbosity,
     pool: Arc<Pool>,
+    clients: Arc<Clients>,
     bar: Option<ProgressBar>,
     last_line: Instant,
     /// Endpoints already named as unreachable.
@@ -28,7 +30,12 @@ pub(super) struct Display {
 }
 
 impl Display {
-    pub(super) fn new(verbosity: Verbosity, total: u64, pool: Arc<Pool>) -> Display {
+    pub(super) fn new(
+        verbosity: Verbosity,
+        total: u64,
+        pool: Arc<Pool>,
+        clients: Arc<Clients>,
+    ) -> Display {
         let bar = (verbosity != Verbosity::Quiet && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -42,6 +49,7 @@ impl Display {
         Display {
             verbosity,
             pool,
+            clients,
             bar,
             last_line: Instant::now(),
             unreachable: HashSet::new(),
@@ -53,11 +61,11 @@ impl Display {
         if self.verbosity == Verbosity::Quiet {
             return;
         }
-        for (url, error) in self.pool.unreachable() {
+        for (url, error) in self.clients.unreachable() {
             if self.unreachable.insert(url.clone()) {
                 self.say(&format!(
                     "keyfan: cannot connect to {url}: {error} ({} failures in a row)",
-                    crate::pool::UNREACHABLE_AFTER
+                    crate::run::UNREACHABLE_AFTER
                 ));
             }
         }

@@ -5,7 +5,7 @@ use super::{exit, scrubber, Failure, RunArgs, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::job;
 use crate::paths;
-use crate::pool::{Pool, PoolError, RetryPolicy};
+use crate::pool::Pool;
 use crate::report::Report;
 use crate::run::{
     self, models, Budget, Earlier, Options, Recording, ResumePolicy, Start, Stop, Summary,
@@ -95,12 +95,9 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     };
 
     let strategy = args.strategy.unwrap_or(config.strategy);
-    let pool = Arc::new(Pool::new(&config, strategy, args.group.as_deref()).map_err(
-        |e| match e {
-            PoolError::UnknownGroup(..) => Failure::usage(e),
-            PoolError::Client { .. } => e.into(),
-        },
-    )?);
+    let pool =
+        Arc::new(Pool::new(&config, strategy, args.group.as_deref()).map_err(Failure::usage)?);
+    let clients = Arc::new(run::Clients::new(&config)?);
     let _lock = RunLock::acquire(&state).map_err(|e| match e {
         LockError::Held { .. } => Failure {
             code: exit::LOCKED,
@@ -110,7 +107,6 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     })?;
     // By its canonical path, the one the lock is named after.
     let store = Store::open(&paths::canonical(&state)?)?;
-    run::seed_from_ledger(&pool, &store)?;
     if !args.offline {
         let checked = models::check_listed(&config, &routes, &store).await?;
         if verbosity != Verbosity::Quiet {
@@ -164,7 +160,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             done.len()
         );
     }
-    let display = Display::new(verbosity, to_do, Arc::clone(&pool));
+    let display = Display::new(verbosity, to_do, Arc::clone(&pool), Arc::clone(&clients));
 
     let stop = Stop::default();
     let signals = tokio::spawn(watch_signals(stop.clone(), config.timeout, verbosity));
@@ -177,10 +173,10 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             .unwrap_or(config.concurrency)
             .min(usize::try_from(to_do).unwrap_or(usize::MAX))
             .max(1),
-        policy: RetryPolicy {
+        policy: run::RetryPolicy {
             max_retries: config.max_retries,
             deadline: config.item_deadline,
-            ..RetryPolicy::default()
+            ..run::RetryPolicy::default()
         },
         default_model: config.model.clone(),
         done: Arc::new(done),
@@ -196,10 +192,13 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         observer: Box::new(display),
         scrubber: scrub.clone(),
     };
-    let (summary, store) = run::execute(&options, Arc::clone(&pool), recording, &stop).await?;
+    let (summary, store) =
+        run::execute(&options, Arc::clone(&pool), clients, recording, &stop).await?;
     signals.abort();
     let status = if !summary.errors.is_empty() {
         "failed"
+    } else if !summary.keys_refused.is_empty() {
+        "keys refused"
     } else if summary.interrupted || summary.output_closed {
         "interrupted"
     } else if summary.budget_reached {
@@ -226,7 +225,18 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     for error in &summary.errors {
         eprintln!("keyfan: error: {error}");
     }
-    if !summary.errors.is_empty() {
+    // So are keys that left a model with none: every key is named, with
+    // the API's reason, below.
+    for model in &summary.keys_refused {
+        eprintln!("keyfan: error: every key that can serve {model} was refused: stopped sending");
+    }
+    if verbosity != Verbosity::Quiet || !summary.keys_refused.is_empty() {
+        for (key, account, mut reason) in pool.disabled() {
+            scrub.clean(&mut reason);
+            eprintln!("keyfan: key {key} ({account}) was disabled for this run: {reason}");
+        }
+    }
+    if !summary.errors.is_empty() || !summary.keys_refused.is_empty() {
         eprintln!("keyfan: the items not finished stay pending: running the same command again sends them");
     }
     // The run's active time, as the report gives it: a resumed run's
@@ -245,10 +255,6 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             run_id.0,
             counts(&items)
         );
-        for (key, account, mut reason) in pool.disabled() {
-            scrub.clean(&mut reason);
-            eprintln!("keyfan: key {key} ({account}) was disabled for this run: {reason}");
-        }
         if let Some(reset) = &report.quota_resets_at {
             eprintln!(
                 "keyfan: daily quotas are spent: deferred items can go after {reset} (midnight US/Pacific)"
@@ -503,6 +509,8 @@ fn exit_code(summary: &Summary, items: &BTreeMap<String, u64>) -> u8 {
     let count = |status: ItemStatus| items.get(status.as_str()).copied().unwrap_or(0);
     if !summary.errors.is_empty() {
         exit::ERROR
+    } else if !summary.keys_refused.is_empty() {
+        exit::KEYS_REFUSED
     } else if summary.interrupted || summary.output_closed {
         exit::INTERRUPTED
     } else if summary.budget_reached {

@@ -2,18 +2,21 @@
 //! teaches it.
 //!
 //! Quota belongs to the account, not the key: every account keeps, per model,
-//! a [`SlidingWindow`] for RPM/TPM, a day counter for RPD, and the cool-down
-//! or exhaustion a 429 imposed. Keys keep their own health. A lease is only
+//! a [`SlidingWindow`] for RPM/TPM and the cool-down or exhaustion a 429 (or
+//! the day's ledger) imposed. Keys keep their own health. A lease is only
 //! handed out when the account has room for it now, so a correctly
 //! configured run sees no 429 at all; when nothing has room the caller sleeps
 //! until the earliest instant something will (computed, not polled).
+//!
+//! The pool never sends a request, holds no HTTP client and does not count
+//! the day's requests: the caller sends, the store's quota ledger counts the
+//! day, and [`Pool::settle`] tells the pool what came of each lease.
 
 use super::strategy::{Candidate, Strategy, Turns};
-use super::watch::{self, Endpoint, WaitFor, Waiting};
+use super::watch::{self, WaitFor, Waiting};
 use super::window::{after, Admission, SlidingWindow};
-use crate::config::{Config, Limits};
-use crate::provider::{self, ErrorClass, ProviderKind, QuotaScope};
-use crate::types::{ApiKey, QuotaDay};
+use crate::config::Config;
+use crate::types::{AccountId, ApiKey, KeyId, Limits, ProviderKind, QuotaDay, QuotaScope};
 use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -43,14 +46,11 @@ const UNLIMITED_HISTORY: usize = 100_000;
 /// Weight of the newest observation in the latency and reliability averages.
 const EWMA_ALPHA: f64 = 0.2;
 
-/// An index into the pool's keys.
-pub type KeyId = usize;
-
 /// Why no lease can be had, now or later.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Unavailable {
     /// No key can serve the model at all (none configured for its provider,
-    /// or every one disabled).
+    /// or every one disabled): a run can do nothing more for the model.
     #[error("no usable key for model {model}: {why}")]
     NoKey {
         /// The model asked for.
@@ -113,10 +113,7 @@ enum Health {
 struct Account {
     name: String,
     provider: ProviderKind,
-    client: provider::Client,
     limits: HashMap<String, Limits>,
-    /// Index of its base URL in [`Pool::endpoints`].
-    endpoint: usize,
 }
 
 #[derive(Debug)]
@@ -131,15 +128,6 @@ struct Key {
 /// Why a pool could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    /// An account's HTTP client could not be built (e.g. a bad proxy URL).
-    #[error("failed to build the HTTP client of account {account}")]
-    Client {
-        /// The account.
-        account: String,
-        /// reqwest's error.
-        #[source]
-        source: reqwest::Error,
-    },
     /// The group asked for has no key.
     #[error("no key is in group `{0}`; the config's groups are: {1}")]
     UnknownGroup(String, String),
@@ -207,9 +195,9 @@ struct Quota {
     /// Limits learned from 429s where the config gave none.
     learned: Limits,
     cooled_until: Option<Instant>,
+    /// The day's quota is spent (a 429 said so, or the ledger refused):
+    /// until this instant of the pool's clock, which is `reset` on the wall.
     exhausted_until: Option<(Instant, chrono::DateTime<Utc>)>,
-    day: Option<QuotaDay>,
-    day_used: u64,
 }
 
 #[derive(Debug, Default)]
@@ -219,20 +207,99 @@ struct State {
     turns: Turns,
     /// What the last look that found no room waits for, and until when.
     waiting: Option<(Instant, Waiting)>,
-    /// Reachability of each of [`Pool::endpoints`].
-    endpoints: Vec<Endpoint>,
 }
 
 /// The key pool. Share it behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
 pub struct Pool {
     accounts: Vec<Account>,
-    /// The distinct base URLs of the accounts.
-    endpoints: Vec<String>,
     keys: Vec<Key>,
     strategy: Strategy,
     state: Mutex<State>,
     changed: Notify,
+}
+
+/// What a request needs from the pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Need<'a> {
+    /// The model it asks for.
+    pub model: &'a str,
+    /// Its estimated input tokens, admitted against TPM.
+    pub tokens: u64,
+    /// The only account whose keys may serve it (a file uploaded under one
+    /// project is visible to that project's keys only).
+    pub pin: Option<AccountId>,
+    /// A key not to use when another has room (the one that just failed).
+    pub avoid: Option<KeyId>,
+    /// Fail with [`Unavailable::PastDeadline`] rather than wait past this.
+    pub deadline: Option<Instant>,
+}
+
+impl<'a> Need<'a> {
+    /// A request of `model` with about `tokens` input tokens, any account.
+    pub fn new(model: &'a str, tokens: u64) -> Need<'a> {
+        Need {
+            model,
+            tokens,
+            pin: None,
+            avoid: None,
+            deadline: None,
+        }
+    }
+
+    /// The same need, served by `account`'s keys only.
+    pub fn pinned(self, account: AccountId) -> Need<'a> {
+        Need {
+            pin: Some(account),
+            ..self
+        }
+    }
+}
+
+/// What came of a leased request, as far as the pool cares: whether the key
+/// and the account's quota are fine. Built by the caller from the
+/// provider's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Nothing was sent (the day's ledger refused it, or the caller
+    /// stopped): the admission is taken back.
+    NotSent,
+    /// The server answered. Whatever the item's fate (ok, blocked, invalid,
+    /// empty), the key works. `input_tokens`: what the server counted, when
+    /// it said.
+    Answered {
+        /// Input tokens the server counted.
+        input_tokens: Option<u64>,
+    },
+    /// The key failed for a passing reason (5xx, timeout, reset): counts
+    /// against its health.
+    Failed,
+    /// The API refused the key: it is disabled for the run.
+    Refused {
+        /// The API's reason, e.g. `API_KEY_INVALID`.
+        reason: String,
+    },
+    /// The account's quota is full (429).
+    RateLimited {
+        /// Which quota.
+        scope: QuotaScope,
+        /// How long the server asked to wait.
+        retry_after: Option<Duration>,
+        /// The quota's value, when the server said it.
+        limit: Option<u64>,
+    },
+}
+
+impl Outcome {
+    /// Whether the provider counted the request against the account's
+    /// quota: everything it accepted for processing. A request not sent, a
+    /// 429 and a refused key are not counted.
+    pub fn counted(&self) -> bool {
+        !matches!(
+            self,
+            Outcome::NotSent | Outcome::Refused { .. } | Outcome::RateLimited { .. }
+        )
+    }
 }
 
 /// A key leased for one request. Dropping it releases the key's in-flight
@@ -241,7 +308,7 @@ pub struct Pool {
 #[derive(Debug)]
 pub struct Lease<'p> {
     pool: &'p Pool,
-    key: KeyId,
+    key: usize,
     model: String,
     /// When the request was admitted (its entry in the window), and with
     /// how many estimated input tokens.
@@ -257,17 +324,28 @@ impl Lease<'_> {
 
     /// Which key of the pool this is.
     pub fn key_id(&self) -> KeyId {
-        self.key
+        KeyId(self.key)
     }
 
-    /// The account (project) the key belongs to.
-    pub fn account(&self) -> &str {
-        &self.pool.accounts[self.pool.keys[self.key].account].name
+    /// The account (project) the key belongs to, whose quota the request
+    /// uses.
+    pub fn account(&self) -> AccountId {
+        AccountId(self.pool.keys[self.key].account)
     }
 
-    /// The HTTP client for the key's account (its provider, base URL, proxy).
-    pub fn client(&self) -> &provider::Client {
-        &self.pool.accounts[self.pool.keys[self.key].account].client
+    /// The account's name.
+    pub fn account_name(&self) -> &str {
+        self.pool.account_name(self.account())
+    }
+
+    /// The account's requests-per-day limit for the leased model, configured
+    /// or learned, for the day's ledger.
+    pub fn day_limit(&self) -> Option<u64> {
+        let state = self.pool.lock();
+        let account = self.pool.keys[self.key].account;
+        let quota = state.quotas.get(&(account, self.model.clone()));
+        let limits = self.pool.accounts[account].limits(&self.model, quota);
+        limits.rpd.map(u64::from)
     }
 }
 
@@ -280,41 +358,10 @@ impl Drop for Lease<'_> {
     }
 }
 
-/// The provider that serves `model`: Gemini for `gemini-*`/`gemma-*`,
-/// OpenAI-compatible for everything else.
-pub fn provider_for(model: &str) -> ProviderKind {
-    if model.starts_with("gemini") || model.starts_with("gemma") {
-        ProviderKind::Gemini
-    } else {
-        ProviderKind::Openai
-    }
-}
-
-/// The provider whose accounts serve `model`, given which providers have
-/// accounts (`configured`): the one its name implies ([`provider_for`]), or,
-/// for a `gemini*`/`gemma*` model where no Gemini account exists, the
-/// OpenAI-compatible accounts (Gemini's own OpenAI-compatible endpoint or a
-/// gateway serves it). Any other model goes to OpenAI-compatible accounts
-/// only: the Gemini API serves no other model. `None`: no account can.
-pub fn serving_provider(
-    model: &str,
-    configured: impl Fn(ProviderKind) -> bool,
-) -> Option<ProviderKind> {
-    let implied = provider_for(model);
-    if configured(implied) {
-        Some(implied)
-    } else if implied == ProviderKind::Gemini && configured(ProviderKind::Openai) {
-        Some(ProviderKind::Openai)
-    } else {
-        None
-    }
-}
-
 impl Pool {
-    /// Builds the pool from a validated config: one HTTP client per account
-    /// (its provider's base URL, its proxy, the configured timeout). Keys of
-    /// `group` are preferred over all others; then the config's group order
-    /// holds.
+    /// Builds the pool from a validated config: its accounts (in file order,
+    /// numbered by [`AccountId`]), their keys and limits. Keys of `group` are
+    /// preferred over all others; then the config's group order holds.
     pub fn new(
         config: &Config,
         strategy: Strategy,
@@ -330,32 +377,12 @@ impl Pool {
             order.insert(0, preferred);
         }
         let mut accounts = Vec::new();
-        let mut endpoints: Vec<String> = Vec::new();
         let mut keys = Vec::new();
         for (index, account) in config.accounts.iter().enumerate() {
-            let base_url = &config.providers[&account.provider].base_url;
-            let endpoint = endpoints
-                .iter()
-                .position(|e| e == base_url)
-                .unwrap_or_else(|| {
-                    endpoints.push(base_url.clone());
-                    endpoints.len() - 1
-                });
             accounts.push(Account {
                 name: account.name.clone(),
                 provider: account.provider,
-                client: provider::Client::new(
-                    account.provider,
-                    base_url,
-                    config.timeout,
-                    account.proxy.as_deref(),
-                )
-                .map_err(|source| PoolError::Client {
-                    account: account.name.clone(),
-                    source,
-                })?,
                 limits: account.limits.clone().into_iter().collect(),
-                endpoint,
             });
             keys.extend(account.keys.iter().map(|k| {
                 Key {
@@ -371,12 +398,10 @@ impl Pool {
         }
         let state = State {
             keys: keys.iter().map(|_| KeyState::new()).collect(),
-            endpoints: endpoints.iter().map(|_| Endpoint::default()).collect(),
             ..State::default()
         };
         Ok(Pool {
             accounts,
-            endpoints,
             keys,
             strategy,
             state: Mutex::new(state),
@@ -390,47 +415,35 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Leases a key for one request of `model` with an estimated `tokens`
-    /// input tokens, preferring a key other than `avoid` (the one that just
-    /// failed this item). Waits, without polling, until some account has
-    /// room; fails when none ever will, or not within [`MAX_WAIT`].
-    pub async fn lease(
-        &self,
-        model: &str,
-        tokens: u64,
-        avoid: Option<KeyId>,
-    ) -> Result<Lease<'_>, Unavailable> {
-        self.lease_before(model, tokens, avoid, None).await
+    /// The name of `account`.
+    pub fn account_name(&self, account: AccountId) -> &str {
+        &self.accounts[account.0].name
     }
 
-    /// [`Pool::lease`], failing at once with [`Unavailable::PastDeadline`]
-    /// when the next room comes after `deadline`.
-    pub async fn lease_before(
-        &self,
-        model: &str,
-        tokens: u64,
-        avoid: Option<KeyId>,
-        deadline: Option<Instant>,
-    ) -> Result<Lease<'_>, Unavailable> {
+    /// Leases a key for one request that needs `need`: a key of the pinned
+    /// account if there is one, preferring a key other than `need.avoid`.
+    /// Waits, without polling, until some account has room; fails when none
+    /// ever will, not within [`MAX_WAIT`], or not before `need.deadline`.
+    pub async fn lease(&self, need: Need<'_>) -> Result<Lease<'_>, Unavailable> {
         loop {
             // Register interest before looking, so a release between the
             // look and the wait is not missed.
             let changed = self.changed.notified();
             let now = Instant::now();
-            match self.try_lease(model, tokens, avoid, now)? {
+            match self.try_lease(&need, now)? {
                 Look::Leased(key) => {
                     return Ok(Lease {
                         pool: self,
                         key,
-                        model: model.to_owned(),
+                        model: need.model.to_owned(),
                         started: now,
-                        tokens,
+                        tokens: need.tokens,
                     })
                 }
                 Look::Wait(Some(until)) => {
-                    if deadline.is_some_and(|d| until > d) {
+                    if need.deadline.is_some_and(|d| until > d) {
                         return Err(Unavailable::PastDeadline {
-                            model: model.to_owned(),
+                            model: need.model.to_owned(),
                             until: watch::wall(now, until),
                         });
                     }
@@ -445,13 +458,8 @@ impl Pool {
     }
 
     /// One look at the pool: a lease, a wait, or `Err` for never.
-    fn try_lease(
-        &self,
-        model: &str,
-        tokens: u64,
-        avoid: Option<KeyId>,
-        now: Instant,
-    ) -> Result<Look, Unavailable> {
+    fn try_lease(&self, need: &Need<'_>, now: Instant) -> Result<Look, Unavailable> {
+        let (model, tokens) = (need.model, need.tokens);
         let provider = self.serving_provider(model);
         let mut state = self.lock();
         let state = &mut *state;
@@ -466,7 +474,7 @@ impl Pool {
         let mut usable = 0;
         for (id, key) in self.keys.iter().enumerate() {
             let account = &self.accounts[key.account];
-            if account.provider != provider {
+            if account.provider != provider || need.pin.is_some_and(|p| p.0 != key.account) {
                 continue;
             }
             let ks = &mut state.keys[id];
@@ -485,7 +493,7 @@ impl Pool {
                 .quotas
                 .entry((key.account, model.to_owned()))
                 .or_default();
-            let limits = account.limits(model, quota);
+            let limits = account.limits(model, Some(quota));
             let admission = quota.admission(now, &limits, tokens);
             if key_ready.is_none() {
                 match admission {
@@ -545,7 +553,7 @@ impl Pool {
         }
         // A retry goes to another key when there is one.
         if ready.len() > 1 {
-            ready.retain(|c| Some(c.id) != avoid);
+            ready.retain(|c| Some(KeyId(c.id)) != need.avoid);
         }
         if !ready.is_empty() {
             let id = self
@@ -562,13 +570,12 @@ impl Pool {
                 .get_mut(&(key.account, model.to_owned()))
                 .expect("quota looked at above");
             quota.window.record(now, tokens);
-            let limits = self.accounts[key.account].limits(model, quota);
+            let limits = self.accounts[key.account].limits(model, Some(quota));
             if limits.rpm.is_none() && limits.tpm.is_none() {
                 // Nothing to enforce yet: keep only enough history for a
                 // limit learned later, not a minute of a fast run.
                 quota.window.keep_last(UNLIMITED_HISTORY);
             }
-            quota.day_used += 1;
             if state
                 .waiting
                 .as_ref()
@@ -620,80 +627,71 @@ impl Pool {
         })
     }
 
-    /// The provider whose accounts serve `model` ([`serving_provider`]);
+    /// The provider whose accounts serve `model` ([`ProviderKind::serving`]);
     /// when none can, the one its name implies, which has no key.
     fn serving_provider(&self, model: &str) -> ProviderKind {
-        serving_provider(model, |p| self.accounts.iter().any(|a| a.provider == p))
-            .unwrap_or_else(|| provider_for(model))
+        ProviderKind::serving(model, |p| self.accounts.iter().any(|a| a.provider == p))
+            .unwrap_or_else(|| ProviderKind::implied_by(model))
     }
 
-    /// Records what a request taught the pool and releases the lease:
-    /// `error` is `None` when it succeeded, `input_tokens` the prompt tokens
-    /// the server reported, when it did.
-    pub fn settle(&self, lease: Lease<'_>, error: Option<&ErrorClass>, input_tokens: Option<u64>) {
+    /// Records what came of a leased request and releases the lease.
+    pub fn settle(&self, lease: Lease<'_>, outcome: Outcome) {
         let now = Instant::now();
         let account = self.keys[lease.key].account;
         let mut guard = self.lock();
         let state = &mut *guard;
         let ks = &mut state.keys[lease.key];
         let latency = now - lease.started;
-        if let Some(actual) = input_tokens {
-            if let Some(quota) = state.quotas.get_mut(&(account, lease.model.clone())) {
-                quota.window.correct(lease.started, lease.tokens, actual);
-            }
-        }
-        match error {
+        let quota = state
+            .quotas
+            .entry((account, lease.model.clone()))
+            .or_default();
+        match outcome {
+            Outcome::NotSent => quota.window.forget(lease.started, lease.tokens),
             // The key answered: whatever the item's fate, the key is fine.
-            None
-            | Some(ErrorClass::ItemInvalid)
-            | Some(ErrorClass::Blocked { .. })
-            | Some(ErrorClass::EmptyAnswer) => ks.observe(false, latency, now),
-            Some(ErrorClass::Transient) => ks.observe(true, latency, now),
-            Some(ErrorClass::KeyInvalid { reason }) => {
-                ks.health = Health::Disabled {
-                    reason: reason.clone(),
-                };
-                // A refused key belongs to no project's quota.
-                if let Some(quota) = state.quotas.get_mut(&(account, lease.model.clone())) {
-                    quota.take_back(lease.started, lease.tokens);
+            Outcome::Answered { input_tokens } => {
+                if let Some(actual) = input_tokens {
+                    quota.window.correct(lease.started, lease.tokens, actual);
                 }
+                ks.observe(false, latency, now);
             }
-            Some(ErrorClass::RateLimited {
+            Outcome::Failed => ks.observe(true, latency, now),
+            Outcome::Refused { reason } => {
+                ks.health = Health::Disabled { reason };
+                // A refused key belongs to no project's quota.
+                quota.window.forget(lease.started, lease.tokens);
+            }
+            Outcome::RateLimited {
                 scope,
                 retry_after,
                 limit,
-            }) => {
+            } => {
                 // A 429 says the key works: it is the account that is full.
                 ks.proven = true;
                 if ks.health == Health::Probing {
                     ks.health = Health::Healthy;
                 }
-                let quota = state
-                    .quotas
-                    .entry((account, lease.model.clone()))
-                    .or_default();
                 // The server did not count what it refused.
-                quota.take_back(lease.started, lease.tokens);
-                quota.learn(*scope, *retry_after, *limit, now);
+                quota.window.forget(lease.started, lease.tokens);
+                quota.learn(scope, retry_after, limit, now);
             }
         }
         drop(guard);
         drop(lease);
     }
 
-    /// Starts today's day counters from the persisted ledger, so a second
-    /// run on the same day knows what the first one spent: `(account, model,
-    /// requests)` for the current Pacific day.
-    pub fn seed_day_usage<'a>(&self, used: impl IntoIterator<Item = (&'a str, &'a str, u64)>) {
-        let today = QuotaDay::today();
+    /// Marks `account`'s day quota for `model` spent until `reset` (the
+    /// ledger refused a reservation): its keys serve no request of the model
+    /// before then.
+    pub fn exhaust(&self, account: AccountId, model: &str, reset: chrono::DateTime<Utc>) {
         let mut state = self.lock();
-        for (account, model, requests) in used {
-            if let Some(index) = self.accounts.iter().position(|a| a.name == account) {
-                let quota = state.quotas.entry((index, model.to_owned())).or_default();
-                quota.day = Some(today);
-                quota.day_used = requests;
-            }
-        }
+        let quota = state
+            .quotas
+            .entry((account.0, model.to_owned()))
+            .or_default();
+        quota.exhaust_until(Instant::now(), reset);
+        drop(state);
+        self.changed.notify_waiters();
     }
 
     /// What the pool is waiting for, while no key has room for some model.
@@ -703,34 +701,6 @@ impl Pool {
             Some((until, waiting)) if *until > Instant::now() => Some(waiting.clone()),
             _ => None,
         }
-    }
-
-    /// Records what the request sent with `key` met at its endpoint: an
-    /// HTTP answer, a failure to connect (`connect_error`), or neither (a
-    /// timeout, a cut connection).
-    pub(super) fn observe_endpoint(&self, key: KeyId, answered: bool, connect_error: Option<&str>) {
-        let endpoint = self.accounts[self.keys[key].account].endpoint;
-        self.lock().endpoints[endpoint].observe(answered, connect_error);
-    }
-
-    /// Base URLs that failed to connect [`watch::UNREACHABLE_AFTER`] times
-    /// in a row, each with its last connection error.
-    pub fn unreachable(&self) -> Vec<(String, String)> {
-        let state = self.lock();
-        self.endpoints
-            .iter()
-            .zip(&state.endpoints)
-            .filter_map(|(url, e)| Some((url.clone(), e.unreachable()?.to_owned())))
-            .collect()
-    }
-
-    /// Whether the run cannot go on: every endpoint sent to has failed to
-    /// connect [`watch::UNREACHABLE_AFTER`] times in a row, and none has
-    /// ever answered (a wrong port or host, not a passing outage).
-    pub(super) fn all_unreachable(&self) -> bool {
-        let state = self.lock();
-        let tried = || state.endpoints.iter().filter(|e| e.tried());
-        tried().next().is_some() && tried().all(|e| e.unreachable().is_some() && !e.answered())
     }
 
     /// Requests in flight across all keys.
@@ -758,12 +728,13 @@ impl Pool {
 
 impl Account {
     /// The account's limits for `model`: configured ones, else learned ones.
-    fn limits(&self, model: &str, quota: &Quota) -> Limits {
+    fn limits(&self, model: &str, quota: Option<&Quota>) -> Limits {
         let configured = self.limits.get(model).copied().unwrap_or_default();
+        let learned = quota.map(|q| q.learned).unwrap_or_default();
         Limits {
-            rpm: configured.rpm.or(quota.learned.rpm),
-            tpm: configured.tpm.or(quota.learned.tpm),
-            rpd: configured.rpd.or(quota.learned.rpd),
+            rpm: configured.rpm.or(learned.rpm),
+            tpm: configured.tpm.or(learned.tpm),
+            rpd: configured.rpd.or(learned.rpd),
         }
     }
 }
@@ -771,7 +742,7 @@ impl Account {
 /// The outcome of one look at the pool.
 enum Look {
     /// This key is leased.
-    Leased(KeyId),
+    Leased(usize),
     /// Nothing now: look again at this instant, or when a request answers
     /// (`None`: only then).
     Wait(Option<Instant>),
@@ -786,42 +757,28 @@ enum QuotaAdmission {
 }
 
 impl Quota {
-    /// Takes back the admission of a request the server did not count.
-    fn take_back(&mut self, admitted: Instant, tokens: u64) {
-        self.window.forget(admitted, tokens);
-        self.day_used = self.day_used.saturating_sub(1);
-    }
-
-    /// The largest share used of any limit: RPM and TPM in the window, RPD
-    /// today. 0 where nothing is limited.
+    /// The largest share used of any per-minute limit (RPM, TPM) in the
+    /// window. 0 where nothing is limited.
     fn used_share(&self, limits: &Limits) -> f64 {
         let share = |used: f64, limit: Option<f64>| limit.map_or(0.0, |l| used / l.max(1.0));
-        share(self.window.len() as f64, limits.rpm.map(f64::from))
-            .max(share(
-                self.window.tokens() as f64,
-                limits.tpm.map(|t| t as f64),
-            ))
-            .max(share(self.day_used as f64, limits.rpd.map(f64::from)))
+        share(self.window.len() as f64, limits.rpm.map(f64::from)).max(share(
+            self.window.tokens() as f64,
+            limits.tpm.map(|t| t as f64),
+        ))
+    }
+
+    /// Marks the day's quota spent until `reset` (a wall-clock instant).
+    fn exhaust_until(&mut self, now: Instant, reset: chrono::DateTime<Utc>) {
+        let wait = (reset - Utc::now()).to_std().unwrap_or_default();
+        self.exhausted_until = Some((after(now, wait), reset));
     }
 
     fn admission(&mut self, now: Instant, limits: &Limits, tokens: u64) -> QuotaAdmission {
-        let wall = Utc::now();
-        let today = QuotaDay::of(wall);
-        if self.day != Some(today) {
-            self.day = Some(today);
-            self.day_used = 0;
-            self.exhausted_until = None;
-        }
         if let Some((until, reset)) = self.exhausted_until {
             if until > now {
                 return QuotaAdmission::DayExhausted(reset);
             }
-        }
-        if limits
-            .rpd
-            .is_some_and(|rpd| self.day_used >= u64::from(rpd))
-        {
-            return QuotaAdmission::DayExhausted(today.reset());
+            self.exhausted_until = None;
         }
         let cooled = self.cooled_until.filter(|&t| t > now);
         match (
@@ -854,10 +811,7 @@ impl Quota {
     ) {
         match scope {
             QuotaScope::Day => {
-                let wall = Utc::now();
-                let reset = QuotaDay::of(wall).reset();
-                let wait = (reset - wall).to_std().unwrap_or_default();
-                self.exhausted_until = Some((after(now, wait), reset));
+                self.exhaust_until(now, QuotaDay::today().reset());
                 if let Some(limit) = limit {
                     self.learned
                         .rpd

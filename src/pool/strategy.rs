@@ -8,9 +8,8 @@ use serde::Deserialize;
 use std::str::FromStr;
 
 /// How to choose among keys that can take a request now.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum Strategy {
     /// Each key in turn.
     RoundRobin,
@@ -27,11 +26,41 @@ pub enum Strategy {
     Hybrid,
 }
 
+impl Strategy {
+    /// Every strategy, in the order the help lists them.
+    pub const ALL: [Strategy; 6] = [
+        Strategy::RoundRobin,
+        Strategy::Weighted,
+        Strategy::LeastInFlight,
+        Strategy::LeastQuotaUsed,
+        Strategy::Fastest,
+        Strategy::Hybrid,
+    ];
+
+    /// The strategy's name in the config and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::RoundRobin => "round_robin",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastInFlight => "least_in_flight",
+            Strategy::LeastQuotaUsed => "least_quota_used",
+            Strategy::Fastest => "fastest",
+            Strategy::Hybrid => "hybrid",
+        }
+    }
+}
+
 impl FromStr for Strategy {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Strategy, String> {
-        <Strategy as clap::ValueEnum>::from_str(s, true)
+        Strategy::ALL
+            .into_iter()
+            .find(|strategy| strategy.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<&str> = Strategy::ALL.iter().map(|s| s.name()).collect();
+                format!("unknown strategy `{s}`; one of: {}", names.join(", "))
+            })
     }
 }
 

@@ -1,13 +1,9 @@
 //! What the pool tells whoever watches a run: what it is waiting for and
-//! until when, and which endpoints cannot be reached at all.
+//! until when.
 
 use chrono::{DateTime, Utc};
 use std::fmt;
 use tokio::time::Instant;
-
-/// Connection failures in a row after which an endpoint is called
-/// unreachable (and, when every endpoint is, the run stops).
-pub const UNREACHABLE_AFTER: u32 = 5;
 
 /// Which limit holds the next request back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,70 +63,4 @@ pub(super) fn wall(now: Instant, at: Instant) -> DateTime<Utc> {
     Utc::now()
         .checked_add_signed(ahead)
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
-
-/// What the pool knows of one base URL's reachability.
-#[derive(Debug, Default)]
-pub(super) struct Endpoint {
-    /// Connection failures in a row.
-    refused: u32,
-    /// Whether it was ever sent to.
-    tried: bool,
-    /// Whether it ever answered (with any HTTP status).
-    answered: bool,
-    /// The last connection failure, for the user.
-    last_error: String,
-}
-
-impl Endpoint {
-    /// Records one request's fate: `connect_error` when the connection
-    /// failed, else whether an HTTP answer came.
-    pub(super) fn observe(&mut self, answered: bool, connect_error: Option<&str>) {
-        self.tried = true;
-        match connect_error {
-            Some(error) => {
-                self.refused = self.refused.saturating_add(1);
-                error.clone_into(&mut self.last_error);
-            }
-            None => {
-                self.refused = 0;
-                self.answered |= answered;
-            }
-        }
-    }
-
-    /// The last connection failure, once there were enough in a row.
-    pub(super) fn unreachable(&self) -> Option<&str> {
-        (self.refused >= UNREACHABLE_AFTER).then_some(self.last_error.as_str())
-    }
-
-    /// Whether it was ever sent to.
-    pub(super) fn tried(&self) -> bool {
-        self.tried
-    }
-
-    /// Whether it ever answered.
-    pub(super) fn answered(&self) -> bool {
-        self.answered
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_endpoint_is_unreachable_after_failures_in_a_row_only() {
-        let mut e = Endpoint::default();
-        for _ in 0..UNREACHABLE_AFTER - 1 {
-            e.observe(false, Some("connection refused"));
-        }
-        assert_eq!(e.unreachable(), None);
-        e.observe(true, None);
-        for _ in 0..UNREACHABLE_AFTER {
-            e.observe(false, Some("connection refused"));
-        }
-        assert_eq!(e.unreachable(), Some("connection refused"));
-        assert!(e.answered() && e.tried());
-    }
 }

@@ -120,6 +120,11 @@ impl Client {
         })
     }
 
+    /// The endpoint's base URL, as configured (without a trailing `/`).
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// Sends one prompt and returns the reply or a classified error.
     ///
     /// The error never contains a fragment of the key: it is scrubbed here,

@@ -1,27 +1,36 @@
-//! The scheduler: a bounded pool of workers that take items from the job,
-//! lease a key for each attempt, call the provider, retry by error class,
-//! and hand every outcome to one recorder thread that commits it to the
-//! store, appends it to the results file and tells the observer.
+//! The run: a bounded pool of workers that take items from the job and take
+//! each through the attempt loop ([`Caller`]: lease, the day's ledger, the
+//! provider, settle, retry), and one recorder thread that commits every
+//! outcome to the store, appends it to the results file and tells the
+//! observer.
 //!
-//! Workers never print or write files: they emit [`Event`]s.
+//! The run owns the HTTP clients (one per account), retries and backoff,
+//! the budget guard and cancellation. Workers never print or write files:
+//! they emit [`Event`]s. The run parses no format and prints nothing.
 
 mod budget;
+mod call;
+mod clients;
 pub mod models;
 mod recorder;
 mod resume;
+mod retry;
 #[cfg(test)]
 mod tests;
 mod worker;
 
 pub use budget::Budget;
+pub use call::{Attempt, CallError, Caller, CallerError, Metered};
+pub use clients::{ClientError, Clients, UNREACHABLE_AFTER};
 pub use recorder::{Observer, Progress};
-pub use resume::{earlier, seed_from_ledger, start, Earlier, ResumePolicy, Start};
+pub use resume::{earlier, start, Earlier, ResumePolicy, Start};
+pub use retry::{Decision, Retries, RetryPolicy};
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
-use crate::pool::{Pool, RetryPolicy};
+use crate::pool::Pool;
 use crate::provider::Scrubber;
 use crate::sink::Sink;
-use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, Store};
+use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, Reserved, RunId, Store};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -62,14 +71,18 @@ pub struct Options {
 /// Something a worker reports.
 #[derive(Debug)]
 pub enum Event {
-    /// A request is about to be sent: `committed` is answered once the
-    /// ledger counts it, and only then does the request go out.
+    /// A request is about to be sent: a command, answered once the day's
+    /// ledger has counted it (durably) or refused it. Only a counted
+    /// request goes out.
     Reserve {
-        /// What the request will use.
+        /// The request's account, model and day.
         reservation: Reservation,
-        /// Answered after the commit.
-        committed: oneshot::Sender<()>,
+        /// The ledger's answer.
+        reply: oneshot::Sender<Reserved>,
     },
+    /// A reserved request the server did not count (a 429, a refused key):
+    /// given back to the day's ledger.
+    Release(Reservation),
     /// A request was answered (or failed). Sent before its item's
     /// `Finished`, so it is committed no later than the outcome.
     Attempt(AttemptRow),
@@ -95,26 +108,43 @@ pub struct Summary {
     /// keyfan's own failures that stopped items or the run (a worker's
     /// panic, no endpoint reachable): the items involved stay pending.
     pub errors: Vec<String>,
+    /// Models for which every key was refused (invalid, disabled): the run
+    /// stopped dispatching, and the remaining items stay pending.
+    pub keys_refused: Vec<String>,
     /// Wall time of this invocation.
     pub elapsed: Duration,
 }
 
-/// Failures of keyfan itself that workers report: each makes the run end
-/// as failed (exit 1), with the items involved left pending.
+/// Failures that stop a run, as workers meet them: keyfan's own (each makes
+/// the run end as failed), and models no key can serve any more. The items
+/// involved are left pending.
 #[derive(Debug, Default)]
-pub(crate) struct Faults(std::sync::Mutex<Vec<String>>);
+pub(crate) struct Faults {
+    errors: std::sync::Mutex<Vec<String>>,
+    keys_refused: std::sync::Mutex<Vec<String>>,
+}
+
+/// Adds `value` to `list`, once: every worker may meet the same failure.
+fn add_once(list: &std::sync::Mutex<Vec<String>>, value: String) {
+    let mut all = list.lock().unwrap_or_else(|e| e.into_inner());
+    if !all.contains(&value) {
+        all.push(value);
+    }
+}
+
+fn take_all(list: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+    std::mem::take(&mut *list.lock().unwrap_or_else(|e| e.into_inner()))
+}
 
 impl Faults {
-    /// Adds `message`, once: every worker may meet the same failure.
+    /// Adds a failure of keyfan itself.
     fn push(&self, message: String) {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if !all.contains(&message) {
-            all.push(message);
-        }
+        add_once(&self.errors, message);
     }
 
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    /// Adds a model for which every key was refused.
+    fn refuse_keys(&self, model: String) {
+        add_once(&self.keys_refused, model);
     }
 }
 
@@ -182,11 +212,13 @@ pub struct Stop {
     pub abort: CancellationToken,
 }
 
-/// Runs the job: returns when every item is finished, or when `stop` is
+/// Runs the job with the keys of `pool` and the HTTP clients of its
+/// accounts: returns when every item is finished, or when `stop` is
 /// triggered (gracefully: once the requests in flight have finished).
 pub async fn execute(
     options: &Options,
     pool: Arc<Pool>,
+    clients: Arc<Clients>,
     recording: Recording,
     stop: &Stop,
 ) -> Result<(Summary, Store), RunError> {
@@ -212,6 +244,14 @@ pub async fn execute(
         })
     };
     let faults = Arc::new(Faults::default());
+    // The day's ledger is reached through the recorder, which owns the
+    // state file.
+    let caller = Arc::new(Caller::with(
+        pool,
+        clients,
+        call::Gate::Recorder(event_tx.clone()),
+        options.policy.clone(),
+    ));
 
     // The job is streamed: a bounded channel between the reader thread and
     // the workers keeps memory flat whatever the job's size.
@@ -228,10 +268,9 @@ pub async fn execute(
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..options.concurrency {
         let worker = worker::Worker {
-            pool: Arc::clone(&pool),
+            caller: Arc::clone(&caller),
             events: event_tx.clone(),
             default_model: options.default_model.clone(),
-            policy: options.policy.clone(),
             budget: options.budget.clone(),
             budget_output_cap: options.budget_output_cap,
             stop: cancel.clone(),
@@ -261,6 +300,7 @@ pub async fn execute(
         });
     }
     drop(event_tx);
+    drop(caller);
 
     tokio::select! {
         _ = async { while workers.join_next().await.is_some() {} } => {}
@@ -282,7 +322,8 @@ pub async fn execute(
             budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
             interrupted: stop.graceful.is_cancelled(),
             output_closed,
-            errors: faults.take(),
+            errors: take_all(&faults.errors),
+            keys_refused: take_all(&faults.keys_refused),
             elapsed: started.elapsed(),
         },
         store,

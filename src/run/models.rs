@@ -1,7 +1,7 @@
 //! A job's models, checked before anything is sent.
 //!
 //! 1. [`route`]: each model must have an account to serve it, routed as the
-//!    README documents ([`serving_provider`]): a model no account can serve
+//!    README documents ([`ProviderKind::serving`]): a model no account can serve
 //!    is a validation error.
 //! 2. [`check_listed`]: each model must be in its provider's model list
 //!    (one free request per provider the job uses, with one of its keys,
@@ -12,7 +12,6 @@
 
 use crate::config::Config;
 use crate::job::ModelUse;
-use crate::pool::serving_provider;
 use crate::provider::{Client, ErrorClass, ProviderKind};
 use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, HashSet};
@@ -84,7 +83,7 @@ pub fn route(config: &Config, uses: &[ModelUse]) -> Result<Routes, Vec<ModelErro
         if !seen.insert(wanted.model.clone()) {
             continue;
         }
-        match serving_provider(&wanted.model, |p| {
+        match ProviderKind::serving(&wanted.model, |p| {
             config.accounts.iter().any(|a| a.provider == p)
         }) {
             Some(provider) => routes.entry(provider).or_default().push(wanted),

@@ -10,7 +10,9 @@
 use super::{Event, Recording, RunError};
 use crate::provider::Scrubber;
 use crate::sink::Sink;
-use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunId, Store};
+use crate::store::{
+    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, QuotaLedger, RunId, Store,
+};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -170,16 +172,14 @@ fn record(
     batch: Vec<Event>,
 ) -> Result<(), RunError> {
     let mut commit = Batch::default();
-    let mut reserved = Vec::new();
+    let (mut reservations, mut replies, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     for event in batch {
         match event {
-            Event::Reserve {
-                reservation,
-                committed,
-            } => {
-                commit.reservations.push(reservation);
-                reserved.push(committed);
+            Event::Reserve { reservation, reply } => {
+                reservations.push(reservation);
+                replies.push(reply);
             }
+            Event::Release(reservation) => releases.push(reservation),
             // Everything leaves the run from here: no fragment of a key
             // goes to the store, the results, the report or the display.
             Event::Attempt(mut row) => {
@@ -194,14 +194,20 @@ fn record(
             Event::Tick => {}
         }
     }
-    let ticks_only =
-        commit.reservations.is_empty() && commit.attempts.is_empty() && commit.items.is_empty();
-    if !ticks_only {
-        store.commit(run, &commit)?;
+    // Releases first: a request given back makes room for one reserved in
+    // the same batch.
+    if !releases.is_empty() {
+        store.release(&releases)?;
     }
-    // The requests may go out now that the ledger counts them.
-    for committed in reserved {
-        let _ = committed.send(());
+    if !reservations.is_empty() {
+        let verdicts = store.reserve(&reservations)?;
+        // A counted request may go out now: the count is durable.
+        for (reply, verdict) in replies.into_iter().zip(verdicts) {
+            let _ = reply.send(verdict);
+        }
+    }
+    if !commit.attempts.is_empty() || !commit.items.is_empty() {
+        store.commit(run, &commit)?;
     }
     if !commit.items.is_empty() {
         output.write(&commit.items)?;

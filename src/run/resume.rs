@@ -4,10 +4,8 @@
 
 use super::RunError;
 use crate::job::id_hash;
-use crate::pool::Pool;
 use crate::sink::Sink;
 use crate::store::{ItemStatus, RunId, RunRow, Store, StoreError};
-use crate::types::QuotaDay;
 use std::collections::{HashMap, HashSet};
 
 /// How to pick the run.
@@ -122,16 +120,4 @@ pub fn start(
         done,
         prior_attempts,
     })
-}
-
-/// Starts the pool's day counters from today's ledger, so a second run on
-/// the same day knows what the first one spent.
-pub fn seed_from_ledger(pool: &Pool, store: &Store) -> Result<(), StoreError> {
-    let ledger = store.ledger(QuotaDay::today())?;
-    pool.seed_day_usage(
-        ledger
-            .iter()
-            .map(|l| (l.account.as_str(), l.model.as_str(), l.requests)),
-    );
-    Ok(())
 }

@@ -40,6 +40,7 @@ async fn a_panicking_worker_leaves_its_item_pending_and_the_run_says_so() {
         provider.base_url = sim.base_url();
     }
     let pool = Arc::new(Pool::new(&config, Strategy::RoundRobin, None).unwrap());
+    let clients = Arc::new(Clients::new(&config).unwrap());
     let store = Store::open(&dir.path().join("state.db")).unwrap();
     let run = store.create_run("job.jsonl", "hash", true).unwrap();
     let results = dir.path().join("results.jsonl");
@@ -63,7 +64,7 @@ async fn a_panicking_worker_leaves_its_item_pending_and_the_run_says_so() {
         observer: Box::new(Silent),
         scrubber: crate::provider::Scrubber::default(),
     };
-    let (summary, store) = execute(&options, pool, recording, &Stop::default())
+    let (summary, store) = execute(&options, pool, clients, recording, &Stop::default())
         .await
         .unwrap();
     sim.shutdown().await;

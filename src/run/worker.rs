@@ -1,23 +1,23 @@
-//! One worker: takes an item through the pool's call to its outcome, and
-//! reports every attempt and the outcome as events.
+//! One worker: takes an item through the attempt loop ([`Caller::call`])
+//! to its outcome, and reports every attempt and the outcome as events.
 
+use super::call::{estimate_tokens, Attempt, CallError, Caller};
 use super::{unsent, Budget, Event, Faults};
 use crate::job::{id_hash, Item};
-use crate::pool::{Attempt, CallError, Pool, RetryPolicy, Unavailable};
+use crate::pool::{Need, Unavailable};
 use crate::price::{self, Price};
 use crate::provider::{ApiError, ErrorClass, Reply, Request, Usage};
-use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus, Reservation};
+use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// A worker's fixed context.
 pub(super) struct Worker {
-    pub(super) pool: Arc<Pool>,
+    pub(super) caller: Arc<Caller>,
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) default_model: String,
-    pub(super) policy: RetryPolicy,
     pub(super) budget: Option<Arc<Budget>>,
     pub(super) budget_output_cap: u32,
     /// Cancelled when the run stops dispatching (Ctrl-C, the budget, a
@@ -28,14 +28,6 @@ pub(super) struct Worker {
     pub(super) prior_attempts: Arc<HashMap<u64, u32>>,
     /// Where a failure that must stop the run is told.
     pub(super) faults: Arc<Faults>,
-}
-
-/// An estimate of a text's tokens, for admission before sending: about four
-/// characters per token for ASCII, one per other character (CJK).
-fn estimate_tokens(text: &str) -> u64 {
-    let ascii = text.chars().filter(char::is_ascii).count() as u64;
-    let other = text.chars().count() as u64 - ascii;
-    (ascii.div_ceil(4) + other).max(1)
 }
 
 impl Worker {
@@ -97,31 +89,21 @@ impl Worker {
             temperature: item.temperature,
         };
         let mut last: Option<AttemptRow> = None;
-        // The quota day the attempt was reserved against, for its settlement.
-        let day = std::sync::Mutex::new(String::new());
         let mut cost = 0.0;
         let result = self
-            .pool
+            .caller
             .call(
-                model,
-                tokens,
-                &self.policy,
+                Need::new(model, tokens),
                 &self.stop,
-                |slot| {
+                |client, key| {
                     let request = request.clone();
-                    let day = &day;
-                    async move {
-                        let reserved = self.reserve(&slot.account, model).await?;
-                        *day.lock().unwrap_or_else(|e| e.into_inner()) = reserved;
-                        slot.client.generate(&slot.key, &request).await
-                    }
+                    async move { client.generate(&key, &request).await }
                 },
                 |attempt, reply| {
-                    let day = day.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    let mut row = attempt_row(&item.id, model, price, attempt, reply, day);
+                    let mut row = attempt_row(&item.id, model, price, attempt, reply);
                     row.attempt = row.attempt.saturating_add(prior);
                     cost += row.cost_usd;
-                    // Sent at once, so the ledger learns of every request
+                    // Sent at once, so the store learns of every request
                     // even if the run dies before the item is finished.
                     let _ = self.events.send(Event::Attempt(row.clone()));
                     last = Some(row);
@@ -141,6 +123,14 @@ impl Worker {
         };
         match result {
             Ok(reply) => outcome.output = Some(reply.text),
+            // Nothing more can be sent for the model: the run stops, and
+            // the item stays pending like the rest.
+            Err(CallError::Unavailable(Unavailable::NoKey { model, .. })) => {
+                self.faults.refuse_keys(model);
+                self.stop.cancel();
+                self.release_budget(worst, cost);
+                return;
+            }
             Err(CallError::Unavailable(unavailable)) => {
                 outcome.status = match unavailable {
                     Unavailable::DayExhausted { .. } | Unavailable::ServerDelay { .. } => {
@@ -161,7 +151,7 @@ impl Worker {
                 });
             }
             // Not finished: the item stays pending for the next run.
-            Err(CallError::Stopped) => {
+            Err(CallError::Stopped | CallError::Ledger) => {
                 self.release_budget(worst, cost);
                 return;
             }
@@ -184,32 +174,6 @@ impl Worker {
             budget.settle(worst, cost);
         }
     }
-
-    /// Counts a request in the ledger before it is sent, so a run killed
-    /// while the request is in flight has still counted it. Returns the
-    /// Pacific day it was counted against.
-    async fn reserve(&self, account: &str, model: &str) -> Result<String, ApiError> {
-        let day = crate::types::QuotaDay::today().to_string();
-        let (committed, done) = oneshot::channel();
-        let reservation = Reservation {
-            account: account.to_owned(),
-            model: model.to_owned(),
-            day: day.clone(),
-        };
-        let sent = self.events.send(Event::Reserve {
-            reservation,
-            committed,
-        });
-        match (sent, done.await) {
-            (Ok(()), Ok(())) => Ok(day),
-            // Nothing is sent whose use could not be recorded.
-            _ => Err(ApiError {
-                class: ErrorClass::ItemInvalid,
-                status: None,
-                message: "the state file is unavailable; the request was not sent".to_owned(),
-            }),
-        }
-    }
 }
 
 fn attempt_row(
@@ -218,7 +182,6 @@ fn attempt_row(
     price: Option<Price>,
     attempt: &Attempt<'_>,
     reply: Option<&Reply>,
-    day: String,
 ) -> AttemptRow {
     let usage = reply.map(|r| r.usage).unwrap_or_default();
     let now = chrono::Utc::now();
@@ -228,7 +191,7 @@ fn attempt_row(
         key: attempt.key.fingerprint().to_owned(),
         account: attempt.account.to_owned(),
         model: model.to_owned(),
-        class: AttemptClass::of(attempt.error.map(|e| &e.class)),
+        class: attempt_class(attempt.error),
         http_status: match attempt.error {
             None => Some(200),
             Some(e) => e.status,
@@ -239,19 +202,19 @@ fn attempt_row(
         cost_usd: price.map_or(0.0, |p| p.cost(&usage)),
         error: attempt.error.map(|e| e.message.clone()),
         at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        day,
+        day: attempt.day.to_string(),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_estimates_count_cjk_characters_one_each() {
-        assert_eq!(estimate_tokens("abcd"), 1);
-        assert_eq!(estimate_tokens("abcdefgh!"), 3);
-        assert_eq!(estimate_tokens("机器学习"), 4);
-        assert_eq!(estimate_tokens(""), 1);
+/// How an attempt ended, as stored: the one mapping from the provider's
+/// error classes.
+fn attempt_class(error: Option<&ApiError>) -> AttemptClass {
+    match error.map(|e| &e.class) {
+        None => AttemptClass::Ok,
+        Some(ErrorClass::RateLimited { .. }) => AttemptClass::RateLimited,
+        Some(ErrorClass::KeyInvalid { .. }) => AttemptClass::KeyInvalid,
+        Some(ErrorClass::Transient | ErrorClass::EmptyAnswer) => AttemptClass::Transient,
+        Some(ErrorClass::ItemInvalid) => AttemptClass::ItemInvalid,
+        Some(ErrorClass::Blocked { .. }) => AttemptClass::Blocked,
     }
 }

@@ -3,16 +3,17 @@
 //! here before it is written to any results file, and reports are built from
 //! here, not from memory.
 
+mod ledger;
 mod lock;
 mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
 
+pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
-    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, Reservation, RunId,
-    RunRow,
+    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, RunId, RunRow,
 };
 
 use crate::types::QuotaDay;
@@ -176,10 +177,31 @@ impl Store {
             .map_err(|e| self.wrap(e))
     }
 
-    /// Commits a batch in one transaction: reservations, attempts (with
-    /// their ledger settlements and key states) and finished items. After
-    /// this returns the batch survives a crash; before, none of it is
-    /// visible.
+    /// Runs `body` in one immediate transaction (it takes the write lock at
+    /// once, so two processes on one file wait for each other instead of
+    /// failing), committed when `body` succeeds.
+    fn in_transaction<T>(
+        &mut self,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite { path, source };
+        (|| {
+            let tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let value = body(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })()
+        .map_err(wrap)
+    }
+
+    /// Commits a batch in one transaction: attempts (with what they used in
+    /// the ledger, and key states) and finished items. After this returns
+    /// the batch survives a crash; before, none of it is visible. The
+    /// requests themselves are counted by [`QuotaLedger::reserve`] before
+    /// they are sent.
     pub fn commit(&mut self, run: RunId, batch: &Batch) -> Result<(), StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
@@ -205,13 +227,6 @@ impl Store {
                        cost_usd = cost_usd + excluded.cost_usd",
                 )
                 .map_err(wrap)?;
-            // A reservation counts the request before it is sent, so a run
-            // killed while it is in flight has still counted it.
-            for r in &batch.reservations {
-                ledger
-                    .execute(params![r.account, r.model, r.day, 1, 0, 0, 0, 0.0])
-                    .map_err(wrap)?;
-            }
             let mut insert_attempt = tx
                 .prepare_cached(
                     "INSERT INTO attempts (run_id, item_id, attempt, key, account, model, class,
@@ -248,15 +263,13 @@ impl Store {
                         a.day,
                     ])
                     .map_err(wrap)?;
-                // Settle the reservation: what the request used, and take it
-                // back if the server did not count it (a 429, a refused key).
-                let refund = -i64::from(!a.class.counts_against_quota());
+                // What the request used; its reservation is settled apart.
                 ledger
                     .execute(params![
                         a.account,
                         a.model,
                         a.day,
-                        refund,
+                        0,
                         a.class == AttemptClass::Ok,
                         a.input_tokens,
                         a.output_tokens,

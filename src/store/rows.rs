@@ -1,7 +1,6 @@
 //! The rows the store reads and writes: the vocabulary shared by the
 //! scheduler (which produces them) and the report (which reads them).
 
-use crate::provider::ErrorClass;
 use rusqlite::types::ValueRef;
 use rusqlite::Row;
 use serde::Serialize;
@@ -69,18 +68,6 @@ pub enum AttemptClass {
 }
 
 impl AttemptClass {
-    /// The class of an attempt's outcome.
-    pub fn of(error: Option<&ErrorClass>) -> AttemptClass {
-        match error {
-            None => AttemptClass::Ok,
-            Some(ErrorClass::RateLimited { .. }) => AttemptClass::RateLimited,
-            Some(ErrorClass::KeyInvalid { .. }) => AttemptClass::KeyInvalid,
-            Some(ErrorClass::Transient | ErrorClass::EmptyAnswer) => AttemptClass::Transient,
-            Some(ErrorClass::ItemInvalid) => AttemptClass::ItemInvalid,
-            Some(ErrorClass::Blocked { .. }) => AttemptClass::Blocked,
-        }
-    }
-
     /// The class as stored.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,13 +89,6 @@ impl AttemptClass {
             "blocked" => AttemptClass::Blocked,
             _ => AttemptClass::Transient,
         }
-    }
-
-    /// Whether the provider counts such a request against the account's
-    /// quota: everything it accepted for processing. A 429 or a refused key
-    /// is not counted.
-    pub fn counts_against_quota(self) -> bool {
-        !matches!(self, AttemptClass::RateLimited | AttemptClass::KeyInvalid)
     }
 }
 
@@ -352,22 +332,9 @@ impl KeyRow {
     }
 }
 
-/// A request about to be sent: counted in the ledger before it goes out.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    /// The account whose quota it uses.
-    pub account: String,
-    /// The model.
-    pub model: String,
-    /// The Pacific day it counts against.
-    pub day: String,
-}
-
 /// What one transaction commits.
 #[derive(Debug, Default)]
 pub struct Batch {
-    /// Requests about to be sent.
-    pub reservations: Vec<Reservation>,
     /// Requests answered or failed (each settles an earlier reservation).
     pub attempts: Vec<AttemptRow>,
     /// Items finished.

@@ -43,7 +43,8 @@ fn reservation(a: &AttemptRow) -> Reservation {
     Reservation {
         account: a.account.clone(),
         model: a.model.clone(),
-        day: a.day.clone(),
+        day: day(&a.day),
+        limit: None,
     }
 }
 
@@ -70,11 +71,15 @@ fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
         attempt("a", 1, AttemptClass::RateLimited),
         attempt("a", 2, AttemptClass::Ok),
     ];
+    let reserved: Vec<Reservation> = attempts.iter().map(reservation).collect();
+    let verdicts = store.reserve(&reserved).unwrap();
+    assert!(verdicts.iter().all(|v| *v == Reserved::Reserved));
+    // The 429 is given back, as the run does for what the server refused.
+    store.release(&reserved[2..3]).unwrap();
     store
         .commit(
             run,
             &Batch {
-                reservations: attempts.iter().map(reservation).collect(),
                 attempts,
                 items: vec![item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)],
             },
@@ -124,15 +129,7 @@ fn a_refused_key_is_remembered_with_the_apis_reason() {
     let mut refused = attempt("a", 1, AttemptClass::KeyInvalid);
     refused.error = Some("API key not valid. Please pass a valid API key.".to_owned());
     let reserved = reservation(&refused);
-    store
-        .commit(
-            run,
-            &Batch {
-                reservations: vec![reserved],
-                ..Batch::default()
-            },
-        )
-        .unwrap();
+    let _ = store.reserve(std::slice::from_ref(&reserved)).unwrap();
     assert_eq!(
         store.ledger(day("2026-11-21")).unwrap()[0].requests,
         1,
@@ -147,6 +144,7 @@ fn a_refused_key_is_remembered_with_the_apis_reason() {
             },
         )
         .unwrap();
+    store.release(&[reserved]).unwrap();
     let keys = store.keys().unwrap();
     assert_eq!(keys[0].state, "disabled");
     assert_eq!(
@@ -231,11 +229,11 @@ fn ledger_token_sums_saturate_instead_of_turning_real() {
         ..attempt("a", 1, AttemptClass::Ok)
     };
     for _ in 0..2 {
+        let _ = store.reserve(&[reservation(&huge)]).unwrap();
         store
             .commit(
                 run,
                 &Batch {
-                    reservations: vec![reservation(&huge)],
                     attempts: vec![huge.clone()],
                     items: vec![],
                 },
@@ -251,7 +249,7 @@ fn ledger_token_sums_saturate_instead_of_turning_real() {
         )
         .unwrap();
     assert_eq!(kinds, ("integer".to_owned(), "integer".to_owned()));
-    let ledger = store.ledger(huge.day.parse().unwrap()).unwrap();
+    let ledger = store.ledger(day(&huge.day)).unwrap();
     assert_eq!(ledger[0].input_tokens, i64::MAX as u64);
     assert_eq!(ledger[0].output_tokens, i64::MAX as u64);
     assert_eq!(ledger[0].requests, 2);
@@ -266,7 +264,6 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
         .commit(
             run,
             &Batch {
-                reservations: vec![reservation(&a)],
                 attempts: vec![a.clone()],
                 items: vec![item("a", 1, ItemStatus::Ok)],
             },
@@ -284,7 +281,7 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
                  input_tokens = 1.8e19, output_tokens = -2.5, cost_usd = 3;",
         )
         .unwrap();
-    let ledger = store.ledger(a.day.parse().unwrap()).unwrap();
+    let ledger = store.ledger(day(&a.day)).unwrap();
     assert_eq!(
         (
             ledger[0].requests,

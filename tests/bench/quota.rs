@@ -56,8 +56,9 @@ mod common;
 
 use common::{bench_mode, digest, env_list, fail, runtime};
 use keyfan::config::{Config, MissingEnv};
-use keyfan::pool::{Pool, RetryPolicy};
+use keyfan::pool::Pool;
 use keyfan::provider::Scrubber;
+use keyfan::run::RetryPolicy;
 use keyfan::run::{self, Observer, Options, Progress, Recording, Stop};
 use keyfan::sim::{FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimServer};
 use keyfan::sink::{Sink, Target};
@@ -379,6 +380,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
     )
     .expect("valid keyfan config");
     let pool = Arc::new(Pool::new(&config, config.strategy, None).expect("pool"));
+    let clients = Arc::new(run::Clients::new(&config).expect("clients"));
     let store = Store::open(&dir.path().join("state.db")).expect("store");
     let run_id = store
         .create_run(&job.display().to_string(), "bench", true)
@@ -415,7 +417,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
     );
     let wall_start = chrono::Utc::now();
     let started = Instant::now();
-    let (summary, store) = run::execute(&options, pool, recording, &Stop::default())
+    let (summary, store) = run::execute(&options, pool, clients, recording, &Stop::default())
         .await
         .expect("the run completes");
     let achieved = started.elapsed();

@@ -291,17 +291,32 @@ async fn retries_count_only_attempts_that_were_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_item_refused_for_its_last_key_keeps_the_apis_message() {
-    let (_sim, work) = scenario(&two_projects(0, 2), 1, |url| {
+async fn every_key_refused_stops_the_run_and_leaves_the_items_pending() {
+    let (sim, work) = scenario(&two_projects(0, 2), 5, |url| {
         config(url, &[("proj-a", &["not-a-key-of-the-simulator"])], "")
     })
     .await;
-    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
-    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let rows = results(&work.path("job.results.jsonl"));
-    assert_eq!(rows[0]["status"], "failed");
-    let error = rows[0]["error"].as_str().unwrap();
-    assert!(error.starts_with("API key not valid"), "{error}");
+    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
+    assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was disabled for this run: API_KEY_INVALID: API key not valid"),
+        "each key is named with the API's reason: {stderr}"
+    );
+    assert!(
+        stderr.contains("every key that can serve gemini-2.5-flash was refused"),
+        "{stderr}"
+    );
+    assert!(
+        results(&work.path("job.results.jsonl")).is_empty(),
+        "no item ended"
+    );
+    assert_eq!(stats(&sim).await.requests, 1, "one request for the one key");
+    // With a key that works, the next run sends every item.
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 5);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
