@@ -13,7 +13,8 @@
 //!   status fallback and the wait/limit hints in messages.
 //! - `transport`: one POST; transport failures become `Transient` with
 //!   messages that name no URL; redirects are not followed (the key would
-//!   go with them) but fail with a message naming the target's host.
+//!   go with them) but fail with a message naming the target's host. Over
+//!   `reqwest`, or in process to an axum `Router` for paused-time tests.
 //!
 //! Classification is pure (status, headers, body → [`ApiError`]) so that it is
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
@@ -32,6 +33,8 @@ pub use crate::types::{ProviderKind, QuotaScope};
 pub use common::MAX_SERVER_DELAY;
 pub use error::{ApiError, ErrorClass};
 pub use scrub::Scrubber;
+
+use transport::Transport;
 
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
@@ -77,15 +80,21 @@ pub struct Reply {
 }
 
 /// An HTTP client bound to one endpoint (and, through `reqwest`, to one
-/// optional egress proxy). Cheap to clone.
+/// optional egress proxy), or to an in-process server
+/// ([`Client::in_memory`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    transport: Transport,
     kind: ProviderKind,
     base_url: String,
-    /// Kept to name it in "timed out" messages; `http` enforces it.
+    /// Per request. `reqwest` enforces it over HTTP, the transport in
+    /// memory; kept to name it in "timed out" messages.
     timeout: Duration,
 }
+
+/// The base URL of an in-memory client: only its path reaches the server,
+/// and `.invalid` can never resolve, so no request could leave the process.
+const IN_MEMORY_BASE_URL: &str = "http://in-memory.invalid";
 
 impl Client {
     /// Builds a client for `kind` at `base_url` (no trailing slash needed),
@@ -113,11 +122,25 @@ impl Client {
             builder = builder.no_proxy();
         }
         Ok(Client {
-            http: builder.build()?,
+            transport: Transport::Http(builder.build()?),
             kind,
             base_url: base_url.trim_end_matches('/').to_owned(),
             timeout,
         })
+    }
+
+    /// Builds a client for `kind` whose requests go to `router` in this
+    /// process (the simulator's, [`crate::sim::Simulator::router`]) instead
+    /// of over a socket, each within `timeout` on tokio's clock. Statuses are
+    /// classified exactly as over HTTP. Lets a whole run go under tokio's
+    /// paused time, which cannot drive real sockets.
+    pub fn in_memory(kind: ProviderKind, router: axum::Router, timeout: Duration) -> Client {
+        Client {
+            transport: Transport::Memory(router),
+            kind,
+            base_url: IN_MEMORY_BASE_URL.to_owned(),
+            timeout,
+        }
     }
 
     /// The endpoint's base URL, as configured (without a trailing `/`).

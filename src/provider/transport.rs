@@ -1,11 +1,38 @@
 //! One HTTP exchange: POST a JSON body (or GET) with the key in a header,
 //! hand back the body of a 2xx, classify anything else. Transport failures
 //! become [`ErrorClass::Transient`] with a message that names no URL.
+//!
+//! The exchange goes over `reqwest`, or in process to an axum `Router`
+//! ([`Client::in_memory`]); the adapters cannot tell which: both answer
+//! through the same redirect check and `classify`, under the same timeout.
 
 use super::common::api_error;
 use super::{ApiError, Client, ErrorClass};
-use reqwest::header::{HeaderMap, HeaderValue};
+use axum::body::Body;
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// How a [`Client`] reaches its server.
+#[derive(Debug, Clone)]
+pub(super) enum Transport {
+    /// HTTP(S) through `reqwest`: the real APIs, or a server on a socket.
+    Http(reqwest::Client),
+    /// In process: each request is handed to an axum `Router` (the
+    /// simulator's) with no socket in between, so that a whole run can go
+    /// under tokio's paused time (an idle runtime would jump a paused clock
+    /// while a socket read is pending).
+    Memory(axum::Router),
+}
+
+/// A response's status, headers and whole body.
+struct Exchange {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
 
 /// Posts `body` as JSON to `url` with the auth header `auth_name: auth_value`.
 /// A 2xx returns the body bytes; any other status goes to `classify` with its
@@ -18,8 +45,9 @@ pub(super) async fn post_json(
     body: &impl Serialize,
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
-    let request = client.http.post(url).json(body);
-    send(client, request, auth_name, auth_value, classify).await
+    let body = serde_json::to_vec(body).map_err(|e| unbuildable(&e))?;
+    let auth = (auth_name, auth_value);
+    send(client, Method::POST, url, Some(body), auth, classify).await
 }
 
 /// Gets `url` with the auth header, as [`post_json`] does.
@@ -30,15 +58,26 @@ pub(super) async fn get(
     auth_value: &str,
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
-    let request = client.http.get(url);
-    send(client, request, auth_name, auth_value, classify).await
+    send(
+        client,
+        Method::GET,
+        url,
+        None,
+        (auth_name, auth_value),
+        classify,
+    )
+    .await
 }
 
+/// One exchange over the client's transport; both transports answer alike
+/// (a redirect is an error, a 2xx gives the body, anything else goes to
+/// `classify`).
 async fn send(
     client: &Client,
-    request: reqwest::RequestBuilder,
-    auth_name: &'static str,
-    auth_value: &str,
+    method: Method,
+    url: &str,
+    json: Option<Vec<u8>>,
+    (auth_name, auth_value): (&'static str, &str),
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
     let mut auth = HeaderValue::from_str(auth_value).map_err(|_| {
@@ -52,38 +91,121 @@ async fn send(
     })?;
     // Keeps the key out of any Debug output of the request.
     auth.set_sensitive(true);
+    let exchange = match &client.transport {
+        Transport::Http(http) => {
+            let mut request = http.request(method, url).header(auth_name, auth);
+            if let Some(json) = json {
+                request = request.header(CONTENT_TYPE, "application/json").body(json);
+            }
+            over_http(client, request).await?
+        }
+        Transport::Memory(router) => {
+            let mut request = axum::http::Request::builder()
+                .method(method)
+                .uri(url)
+                .header(auth_name, auth);
+            if json.is_some() {
+                request = request.header(CONTENT_TYPE, "application/json");
+            }
+            let request = request
+                .body(Body::from(json.unwrap_or_default()))
+                .map_err(|e| unbuildable(&e))?;
+            in_memory(router, request, client.timeout).await?
+        }
+    };
+    let Exchange {
+        status,
+        headers,
+        body,
+    } = exchange;
+    if status.is_redirection() {
+        Err(redirect_error(status.as_u16(), &headers, url))
+    } else if status.is_success() {
+        Ok(body)
+    } else {
+        Err(classify(status.as_u16(), &headers, &body))
+    }
+}
+
+/// Sends `request` with `reqwest` (which enforces the client's timeout).
+async fn over_http(
+    client: &Client,
+    request: reqwest::RequestBuilder,
+) -> Result<Exchange, ApiError> {
     let response = request
-        .header(auth_name, auth)
         .send()
         .await
         .map_err(|e| transport_error(client, e))?;
     let status = response.status();
-    if status.is_redirection() {
-        return Err(redirect_error(status.as_u16(), &response));
-    }
     let headers = response.headers().clone();
-    let bytes = response
+    let body = response
         .bytes()
         .await
         .map_err(|e| transport_error(client, e))?;
-    if status.is_success() {
-        // `Bytes` → `Vec` reuses the buffer; no direct `bytes` dependency needed.
-        Ok(bytes.into())
-    } else {
-        Err(classify(status.as_u16(), &headers, &bytes))
-    }
+    // `Bytes` → `Vec` reuses the buffer; no direct `bytes` dependency needed.
+    Ok(Exchange {
+        status,
+        headers,
+        body: body.into(),
+    })
+}
+
+/// Hands `request` to `router` and reads the whole answer, within `timeout`
+/// (on tokio's clock, so paused time drives it). A body that fails midway
+/// is a truncated body, as on a socket.
+async fn in_memory(
+    router: &axum::Router,
+    request: axum::http::Request<Body>,
+    timeout: Duration,
+) -> Result<Exchange, ApiError> {
+    let exchange = async {
+        let Ok(response) = router.clone().oneshot(request).await;
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| {
+            api_error(
+                ErrorClass::Transient,
+                None,
+                format!("response body truncated: {e}"),
+            )
+        })?;
+        Ok(Exchange {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.into(),
+        })
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(timeout)))
+}
+
+/// The request could not be built: it would fail the same way every time.
+fn unbuildable(error: &dyn std::fmt::Display) -> ApiError {
+    api_error(
+        ErrorClass::ItemInvalid,
+        None,
+        format!("could not build the request: {error}"),
+    )
+}
+
+/// No complete answer within `timeout`: worth retrying elsewhere.
+fn timed_out(timeout: Duration) -> ApiError {
+    api_error(
+        ErrorClass::Transient,
+        None,
+        format!("request timed out after {timeout:?}"),
+    )
 }
 
 /// A 3xx: the APIs do not redirect, and the client follows no redirect (it
 /// would carry the key to wherever the `Location` points), so the request
 /// failed. It fails the same way every time, hence [`ErrorClass::ItemInvalid`].
 /// The message names the target's host and port, never its path or query.
-fn redirect_error(status: u16, response: &reqwest::Response) -> ApiError {
-    let target = response
-        .headers()
+fn redirect_error(status: u16, headers: &HeaderMap, url: &str) -> ApiError {
+    let target = headers
         .get(reqwest::header::LOCATION)
         .and_then(|location| location.to_str().ok())
-        .and_then(|location| response.url().join(location).ok());
+        .and_then(|location| Url::parse(url).ok()?.join(location).ok());
     let to = match target.as_ref().and_then(|url| Some((url.host_str()?, url))) {
         Some((host, url)) => match url.port() {
             Some(port) => format!("a redirect to {host}:{port}"),
@@ -105,33 +227,20 @@ fn redirect_error(status: u16, response: &reqwest::Response) -> ApiError {
 /// except a request that could not even be built (a bad `base_url`), which
 /// fails the same way every time.
 fn transport_error(client: &Client, error: reqwest::Error) -> ApiError {
-    let (class, message) = if error.is_timeout() {
-        (
-            ErrorClass::Transient,
-            format!("request timed out after {:?}", client.timeout),
-        )
-    } else if error.is_connect() {
-        (
-            ErrorClass::Transient,
-            format!("connection failed: {}", describe(error)),
-        )
+    if error.is_timeout() {
+        return timed_out(client.timeout);
+    }
+    if error.is_builder() {
+        return unbuildable(&describe(error));
+    }
+    let message = if error.is_connect() {
+        format!("connection failed: {}", describe(error))
     } else if error.is_body() || error.is_decode() {
-        (
-            ErrorClass::Transient,
-            format!("response body truncated: {}", describe(error)),
-        )
-    } else if error.is_builder() {
-        (
-            ErrorClass::ItemInvalid,
-            format!("could not build the request: {}", describe(error)),
-        )
+        format!("response body truncated: {}", describe(error))
     } else {
-        (
-            ErrorClass::Transient,
-            format!("request failed: {}", describe(error)),
-        )
+        format!("request failed: {}", describe(error))
     };
-    api_error(class, None, message)
+    api_error(ErrorClass::Transient, None, message)
 }
 
 /// The error and its chain of causes on one line, without the URL (which
@@ -150,4 +259,180 @@ fn describe(error: reqwest::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Client, ErrorClass, ProviderKind, Request};
+    use crate::sim::{FaultConfig, ModelLimits, ProjectConfig, SimConfig, SimServer, Simulator};
+    use crate::types::ApiKey;
+    use axum::http::{header, StatusCode};
+    use std::fmt::Debug;
+    use std::time::Duration;
+
+    const FLASH: &str = "gemini-2.5-flash";
+    const MINI: &str = "gpt-4o-mini";
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    /// One project with key `mem-key-a1`, one request a minute per model,
+    /// and a disabled key `mem-key-off`.
+    fn config(faults: FaultConfig) -> SimConfig {
+        let rpm = ModelLimits {
+            rpm: Some(1),
+            tpm: None,
+            rpd: None,
+        };
+        SimConfig {
+            projects: vec![ProjectConfig {
+                name: "proj-a".to_owned(),
+                keys: vec![ApiKey::new("mem-key-a1")],
+                limits: [(FLASH.to_owned(), rpm), (MINI.to_owned(), rpm)].into(),
+            }],
+            disabled_keys: vec![ApiKey::new("mem-key-off")],
+            faults,
+            ..SimConfig::default()
+        }
+    }
+
+    fn request(model: &str) -> Request<'_> {
+        Request {
+            model,
+            prompt: "Why is the sky blue?",
+            system: Some("One sentence."),
+            max_output_tokens: Some(64),
+            temperature: None,
+        }
+    }
+
+    /// An outcome as text; a 429 without its wait, which depends on when
+    /// each simulator started.
+    fn show<T: Debug>(result: Result<T, super::ApiError>) -> String {
+        match result {
+            Err(e) => match e.class {
+                ErrorClass::RateLimited { scope, limit, .. } => {
+                    format!("429 {:?} {scope:?} {limit:?}", e.status)
+                }
+                _ => format!("{e:?}"),
+            },
+            Ok(value) => format!("{value:?}"),
+        }
+    }
+
+    /// Every kind of answer both adapters get: replies, a 429, invalid,
+    /// disabled and unknown-model errors, key checks, a model list.
+    async fn script(gemini: &Client, openai: &Client) -> Vec<String> {
+        let ok = ApiKey::new("mem-key-a1");
+        let off = ApiKey::new("mem-key-off");
+        let unknown = ApiKey::new("mem-key-unknown");
+        vec![
+            show(gemini.generate(&ok, &request(FLASH)).await),
+            show(gemini.generate(&ok, &request(FLASH)).await),
+            show(gemini.generate(&unknown, &request(FLASH)).await),
+            show(gemini.generate(&off, &request(FLASH)).await),
+            show(gemini.generate(&ok, &request("gemini-0-none")).await),
+            show(gemini.check(&ok, FLASH).await),
+            show(gemini.list_models(&ok).await),
+            show(openai.generate(&ok, &request(MINI)).await),
+            show(openai.generate(&ok, &request(MINI)).await),
+            show(openai.generate(&unknown, &request(MINI)).await),
+            show(openai.check(&off, MINI).await),
+            show(openai.list_models(&ok).await),
+        ]
+    }
+
+    #[tokio::test]
+    async fn both_adapters_get_the_same_answers_in_memory_as_over_http() {
+        let server = SimServer::start(config(FaultConfig::default()), ([127, 0, 0, 1], 0).into())
+            .await
+            .unwrap();
+        let over_http = |kind| Client::new(kind, &server.base_url(), TIMEOUT, None).unwrap();
+        let expected = script(
+            &over_http(ProviderKind::Gemini),
+            &over_http(ProviderKind::Openai),
+        )
+        .await;
+        server.shutdown().await;
+
+        let sim = Simulator::new(&config(FaultConfig::default())).unwrap();
+        let in_memory = |kind| Client::in_memory(kind, sim.router(), TIMEOUT);
+        let got = script(
+            &in_memory(ProviderKind::Gemini),
+            &in_memory(ProviderKind::Openai),
+        )
+        .await;
+        assert_eq!(got, expected);
+        // The script covers what it claims: both replies and a 429 each.
+        assert!(got[0].starts_with("Reply") && got[7].starts_with("Reply"));
+        assert!(got[1].starts_with("429") && got[8].starts_with("429"));
+        let stats = sim.stats();
+        assert_eq!((stats.projects["proj-a"].ok, stats.requests), (2, 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_memory_requests_time_out_on_tokios_clock() {
+        let sim = Simulator::new(&config(FaultConfig {
+            hang: 1.0,
+            hang_ms: 60_000,
+            ..FaultConfig::default()
+        }))
+        .unwrap();
+        let client = Client::in_memory(ProviderKind::Gemini, sim.router(), TIMEOUT);
+        let started = tokio::time::Instant::now();
+        let error = client
+            .generate(&ApiKey::new("mem-key-a1"), &request(FLASH))
+            .await
+            .unwrap_err();
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert_eq!(error.message, "request timed out after 3s");
+        assert_eq!(started.elapsed(), TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn in_memory_truncated_bodies_are_transient() {
+        let sim = Simulator::new(&config(FaultConfig {
+            truncate: 1.0,
+            ..FaultConfig::default()
+        }))
+        .unwrap();
+        let client = Client::in_memory(ProviderKind::Openai, sim.router(), TIMEOUT);
+        let error = client
+            .generate(&ApiKey::new("mem-key-a1"), &request(MINI))
+            .await
+            .unwrap_err();
+        assert_eq!(error.class, ErrorClass::Transient);
+        assert!(
+            error.message.starts_with("response body truncated: "),
+            "{}",
+            error.message
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_redirects_are_not_followed() {
+        let router = axum::Router::new().fallback(|| async {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(
+                    header::LOCATION,
+                    "https://elsewhere.example:8443/steal?key=1",
+                )],
+            )
+        });
+        let client = Client::in_memory(ProviderKind::Gemini, router, TIMEOUT);
+        let error = client
+            .generate(&ApiKey::new("mem-key-a1"), &request(FLASH))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (error.class, error.status),
+            (ErrorClass::ItemInvalid, Some(307))
+        );
+        assert!(
+            error
+                .message
+                .contains("a redirect to elsewhere.example:8443,"),
+            "{}",
+            error.message
+        );
+    }
 }

@@ -198,9 +198,15 @@ impl Caller {
         policy: RetryPolicy,
     ) -> Result<Caller, CallerError> {
         let pool = Arc::new(Pool::new(config, strategy, None)?);
-        let clients = Arc::new(Clients::new(config)?);
+        Ok(Caller::with_clients(pool, Clients::new(config)?, policy))
+    }
+
+    /// A caller over `pool` with `clients` built elsewhere (one per account
+    /// in the pool's order, e.g. on the in-memory transport), the day's
+    /// quota counted in memory.
+    pub fn with_clients(pool: Arc<Pool>, clients: Clients, policy: RetryPolicy) -> Caller {
         let gate = Gate::Memory(Mutex::default());
-        Ok(Caller::with(pool, clients, gate, policy))
+        Caller::with(pool, Arc::new(clients), gate, policy)
     }
 
     /// A caller from its parts.

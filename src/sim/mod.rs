@@ -4,6 +4,10 @@
 //! demo (`keyfan run --simulate`), the test suite (real sockets on
 //! 127.0.0.1, no mocks in the core) and users rehearsing a big job against
 //! their real config ([`SimConfig::rehearsal`]) before spending money.
+//! [`Simulator`] is the same simulator without a socket: its
+//! [`Simulator::router`] is handed to an in-memory provider client, so that
+//! tests can run under tokio's paused time (its windows, latency and day run
+//! on tokio's clock).
 //!
 //! It deliberately shares no code with [`crate::provider`]: its bodies come
 //! from the real API fixtures in `tests/fixtures/`, so a parsing bug in the
@@ -60,9 +64,9 @@
 //! (answer after `hang_ms`) or truncate (a 200 announcing the full
 //! `Content-Length`, cut halfway, connection closed). Faults are decided
 //! after quota and count against it, as a real server counts a 500 it
-//! returns. Latency (uniform `[min_ms, max_ms]`) applies to admitted
-//! requests only; refusals answer at once. Shutdown aborts hangs and
-//! latency waits by closing their connections.
+//! returns. Latency (uniform `[min_ms, max_ms]`, drawn from the same
+//! seeded RNG) applies to admitted requests only; refusals answer at once.
+//! Shutdown aborts hangs and latency waits by closing their connections.
 
 mod config;
 mod gemini;
@@ -78,5 +82,5 @@ mod wire;
 pub use config::{
     Burst, FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimConfigError,
 };
-pub use server::SimServer;
+pub use server::{SimServer, Simulator};
 pub use stats::{KeyStats, ModelStats, ProjectStats, Stats};

@@ -9,20 +9,33 @@ use chrono::{DateTime, Days, NaiveDate, Utc};
 use chrono_tz::America::Los_Angeles;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The rolling window of RPM and TPM.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
-/// The simulator's time: the real clock plus a skew that tests (and
-/// [`super::SimServer::advance_clock`]) push forward, so a minute or a day can
-/// pass without sleeping.
-#[derive(Debug, Default)]
+/// The simulator's time: tokio's clock (real, or paused and advanced in
+/// tests) plus a skew that [`super::Simulator::advance_clock`] pushes
+/// forward, so a minute or a day can pass without waiting. The wall clock
+/// is read once, at the start, and then follows the monotonic one: paused
+/// time turns the Pacific day too.
+#[derive(Debug)]
 pub(crate) struct Clock {
+    /// The start, on tokio's clock and on the wall.
+    origin: (Instant, DateTime<Utc>),
     skew_nanos: AtomicU64,
 }
 
 impl Clock {
+    /// A clock starting at the current time.
+    pub(crate) fn new() -> Clock {
+        Clock {
+            origin: (Instant::now(), Utc::now()),
+            skew_nanos: AtomicU64::new(0),
+        }
+    }
+
     fn skew(&self) -> Duration {
         Duration::from_nanos(self.skew_nanos.load(Ordering::Relaxed))
     }
@@ -34,10 +47,11 @@ impl Clock {
 
     /// Wall-clock now, for the Pacific day.
     pub(crate) fn wall(&self) -> DateTime<Utc> {
+        let (start, start_wall) = self.origin;
         // A skew beyond chrono's range (~262,000 years) saturates.
-        chrono::Duration::from_std(self.skew())
+        chrono::Duration::from_std(self.now() - start)
             .ok()
-            .and_then(|skew| Utc::now().checked_add_signed(skew))
+            .and_then(|since| start_wall.checked_add_signed(since))
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
@@ -408,10 +422,19 @@ mod tests {
 
     #[test]
     fn the_clock_advances_both_instants_and_days() {
-        let clock = Clock::default();
+        let clock = Clock::new();
         let (before, wall) = (clock.now(), clock.wall());
         clock.advance(Duration::from_secs(86_400));
         assert!(clock.now().duration_since(before) >= Duration::from_secs(86_400));
         assert!(pacific_day(clock.wall()) > pacific_day(wall));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_time_drives_the_windows_and_the_day() {
+        let clock = Clock::new();
+        let (before, wall) = (clock.now(), clock.wall());
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert_eq!(clock.now() - before, Duration::from_secs(86_400));
+        assert_eq!(clock.wall() - wall, chrono::Duration::days(1));
     }
 }

@@ -36,11 +36,69 @@ const MAX_BODY_BYTES: usize = 110 * 1024 * 1024;
 /// Where unknown-key requests with no key at all are counted.
 const NO_KEY: &str = "(none)";
 
-/// A running simulator. Dropping it stops serving (gracefully, in the
-/// background); [`SimServer::shutdown`] waits for that.
+/// The simulator without a socket: its state and its routes. [`SimServer`]
+/// serves it on a socket; [`Simulator::router`] hands the same routes to an
+/// in-memory client ([`crate::provider::Client::in_memory`]), so that a test
+/// can run under tokio's paused time: the rolling windows, latency and hangs
+/// run on tokio's clock, and the Pacific day follows it. Cheap to clone (one
+/// shared state).
+#[derive(Clone)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+}
+
+impl Simulator {
+    /// A simulator for `config`, serving nothing yet. Its clock starts now.
+    /// Fails with `InvalidInput` if `config` contradicts itself (see
+    /// [`SimConfig::load`]).
+    pub fn new(config: &SimConfig) -> std::io::Result<Simulator> {
+        config
+            .validate()
+            .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
+        Ok(Simulator {
+            shared: Arc::new(Shared::new(config)),
+        })
+    }
+
+    /// The routes (see the module docs), bound to this simulator's state.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1beta/models", get(gemini_list))
+            .route("/v1beta/models/{target}", post(gemini_models))
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/models", get(list_models))
+            .route("/v1beta/openai/chat/completions", post(chat_completions))
+            .route("/__stats", get(stats))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .with_state(Arc::clone(&self.shared))
+    }
+
+    /// The counters, as `GET /__stats` serves them.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Moves the simulator's clock forward by `by`, as if that much time had
+    /// passed: rolling windows empty and the Pacific day turns. Lets tests
+    /// (and rehearsals that want to skip a wait) see quotas recover without
+    /// sleeping. Latency and hangs still take tokio's time.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.clock.advance(by);
+    }
+}
+
+/// Shows nothing: the shared state holds exposed keys.
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").finish_non_exhaustive()
+    }
+}
+
+/// A running simulator on a socket. Dropping it stops serving (gracefully,
+/// in the background); [`SimServer::shutdown`] waits for that.
 pub struct SimServer {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    sim: Simulator,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
@@ -49,10 +107,7 @@ impl SimServer {
     /// spawned task. Fails with `InvalidInput` if `config` contradicts
     /// itself (see [`SimConfig::load`]).
     pub async fn start(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimServer> {
-        config
-            .validate()
-            .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
-        let shared = Arc::new(Shared::new(&config));
+        let sim = Simulator::new(&config)?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         // Small JSON answers on keep-alive connections: without NODELAY,
@@ -60,16 +115,8 @@ impl SimServer {
         let listener = listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let app = Router::new()
-            .route("/v1beta/models", get(gemini_list))
-            .route("/v1beta/models/{target}", post(gemini_models))
-            .route("/v1/chat/completions", post(chat_completions))
-            .route("/v1/models", get(list_models))
-            .route("/v1beta/openai/chat/completions", post(chat_completions))
-            .route("/__stats", get(stats))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-            .with_state(Arc::clone(&shared));
-        let stop = shared.shutdown.clone();
+        let app = sim.router();
+        let stop = sim.shared.shutdown.clone();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
@@ -77,7 +124,7 @@ impl SimServer {
         });
         Ok(SimServer {
             addr,
-            shared,
+            sim,
             task: Some(task),
         })
     }
@@ -94,22 +141,20 @@ impl SimServer {
 
     /// The counters, as `GET /__stats` serves them.
     pub fn stats(&self) -> Stats {
-        self.shared.stats()
+        self.sim.stats()
     }
 
-    /// Moves the simulator's clock forward by `by`, as if that much time had
-    /// passed: rolling windows empty and the Pacific day turns. Lets tests
-    /// (and rehearsals that want to skip a wait) see quotas recover without
-    /// sleeping. Latency and hangs still take real time.
+    /// Moves the simulator's clock forward by `by` (see
+    /// [`Simulator::advance_clock`]).
     pub fn advance_clock(&self, by: Duration) {
-        self.shared.clock.advance(by);
+        self.sim.advance_clock(by);
     }
 
     /// Stops accepting, lets requests in flight finish, aborts the ones
     /// that hang or wait on latency (their connections close without a
     /// complete answer), and waits until every connection is closed.
     pub async fn shutdown(mut self) {
-        self.shared.shutdown.cancel();
+        self.sim.shared.shutdown.cancel();
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(())) => {}
@@ -131,7 +176,7 @@ impl std::fmt::Debug for SimServer {
 
 impl Drop for SimServer {
     fn drop(&mut self) {
-        self.shared.shutdown.cancel();
+        self.sim.shared.shutdown.cancel();
     }
 }
 
@@ -229,7 +274,7 @@ impl Shared {
             projects,
             requests: AtomicU64::new(0),
             model_lists: AtomicU64::new(0),
-            clock: Clock::default(),
+            clock: Clock::new(),
             shutdown: CancellationToken::new(),
         }
     }

@@ -54,13 +54,17 @@
 
 mod common;
 
+use common::pacing::{
+    ideal, keyfan_config, max_in_60s, prompt, sim_config, Scenario, CONCURRENCY, INVALID_KEY,
+    LATENCY_MAX_MS, MODEL, PROJECTS, RPM,
+};
 use common::{bench_mode, digest, env_list, fail, runtime};
 use keyfan::config::{Config, MissingEnv};
 use keyfan::pool::Pool;
 use keyfan::provider::Scrubber;
 use keyfan::run::RetryPolicy;
 use keyfan::run::{self, Observer, Options, Progress, Recording, Stop};
-use keyfan::sim::{FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimServer};
+use keyfan::sim::SimServer;
 use keyfan::sink::{Sink, Target};
 use keyfan::store::{AttemptClass, AttemptRow, ItemRow, Store};
 use keyfan::types::ApiKey;
@@ -71,34 +75,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const MODEL: &str = "gemini-2.5-flash";
-const RPM: u32 = 120;
-const WINDOW_S: f64 = 60.0;
-const LATENCY_MAX_MS: u64 = 50;
-const CONCURRENCY: usize = 32;
-const PROJECTS: [(&str, [&str; 2]); 2] = [
-    ("proj-a", ["bench-key-a1", "bench-key-a2"]),
-    ("proj-b", ["bench-key-b1", "bench-key-b2"]),
-];
-/// Known to keyfan's config only: the simulator answers 400 API_KEY_INVALID.
-const INVALID_KEY: &str = "bench-key-not-known-to-the-server";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scenario {
-    Configured,
-    Learned,
-    Faults,
-}
-
 impl Scenario {
-    fn name(self) -> &'static str {
-        match self {
-            Scenario::Configured => "configured",
-            Scenario::Learned => "learned",
-            Scenario::Faults => "faults",
-        }
-    }
-
     fn parse(s: &str) -> Scenario {
         match s {
             "configured" => Scenario::Configured,
@@ -107,22 +84,6 @@ impl Scenario {
             _ => fail(&format!(
                 "KEYFAN_BENCH_SCENARIOS: unknown scenario {s:?} (configured, learned, faults)"
             )),
-        }
-    }
-
-    fn default_items(self) -> Vec<u64> {
-        match self {
-            Scenario::Configured | Scenario::Learned => vec![480, 960],
-            Scenario::Faults => vec![480],
-        }
-    }
-
-    /// The ratio goal, if the scenario has one.
-    fn ratio_goal(self) -> Option<f64> {
-        match self {
-            Scenario::Configured => Some(0.95),
-            Scenario::Learned => Some(0.85),
-            Scenario::Faults => None,
         }
     }
 }
@@ -210,88 +171,6 @@ fn main() -> ExitCode {
         println!("\nall goals PASS");
         ExitCode::SUCCESS
     }
-}
-
-/// The schedule of a perfect client (see the module docs).
-fn ideal(items: u64) -> Duration {
-    let per_window = PROJECTS.len() as u64 * u64::from(RPM);
-    let batches = items.div_ceil(per_window).max(1);
-    Duration::from_secs_f64((batches - 1) as f64 * WINDOW_S) + Duration::from_millis(LATENCY_MAX_MS)
-}
-
-/// The prompt of item `i`: all different, a third of them in Chinese (so
-/// token estimates differ too).
-fn prompt(i: u64) -> String {
-    if i.is_multiple_of(3) {
-        format!("问题 {i}：用一句话解释为什么天空是蓝色的。")
-    } else {
-        format!("question {i}: in one sentence, why is the sky blue?")
-    }
-}
-
-fn sim_config(scenario: Scenario) -> SimConfig {
-    let limits: BTreeMap<String, ModelLimits> = [(
-        MODEL.to_owned(),
-        ModelLimits {
-            rpm: Some(RPM),
-            tpm: None,
-            rpd: None,
-        },
-    )]
-    .into();
-    SimConfig {
-        seed: 3,
-        latency: LatencyConfig {
-            min_ms: 0,
-            max_ms: LATENCY_MAX_MS,
-        },
-        models: None,
-        projects: PROJECTS
-            .iter()
-            .map(|(name, keys)| ProjectConfig {
-                name: (*name).to_owned(),
-                keys: keys.iter().map(|k| ApiKey::new(*k)).collect(),
-                limits: limits.clone(),
-            })
-            .collect(),
-        disabled_keys: Vec::new(),
-        faults: match scenario {
-            Scenario::Faults => FaultConfig {
-                error_503: 0.05,
-                error_500: 0.02,
-                hang: 0.01,
-                hang_ms: 30_000,
-                truncate: 0.01,
-                bursts: Vec::new(),
-            },
-            _ => FaultConfig::default(),
-        },
-    }
-}
-
-/// keyfan's config, as a user would write it.
-fn keyfan_config(scenario: Scenario, base_url: &str) -> String {
-    let (timeout, retries) = match scenario {
-        Scenario::Faults => ("3s", 8),
-        _ => ("30s", 5),
-    };
-    let mut yaml = format!(
-        "providers:\n  gemini:\n    base_url: {base_url}\nmodel: {MODEL}\n\
-         concurrency: {CONCURRENCY}\ntimeout: {timeout}\nmax_retries: {retries}\naccounts:\n"
-    );
-    for (index, (name, keys)) in PROJECTS.iter().enumerate() {
-        yaml.push_str(&format!("  - name: {name}\n    keys:\n"));
-        for key in keys {
-            yaml.push_str(&format!("      - \"{key}\"\n"));
-        }
-        if scenario == Scenario::Faults && index == 0 {
-            yaml.push_str(&format!("      - \"{INVALID_KEY}\"\n"));
-        }
-        if scenario != Scenario::Learned {
-            yaml.push_str(&format!("    limits:\n      {MODEL}: {{ rpm: {RPM} }}\n"));
-        }
-    }
-    yaml
 }
 
 /// Sees nothing: the benchmark reads the store and the results afterwards.
@@ -466,17 +345,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
 
     let rate_limited: u64 = stats.projects.values().map(|p| p.rate_limited).sum();
     let requests = stats.requests;
-    let max_in_60s: Vec<(String, u64)> = PROJECTS
-        .iter()
-        .map(|(name, _)| {
-            let max = stats
-                .projects
-                .get(*name)
-                .and_then(|p| p.models.get(MODEL))
-                .map_or(0, |m| m.max_requests_in_60s);
-            ((*name).to_owned(), max)
-        })
-        .collect();
+    let max_in_60s = max_in_60s(&stats);
     let invalid_requests = stats
         .keys
         .get(ApiKey::new(INVALID_KEY).fingerprint())

@@ -1,6 +1,7 @@
 //! keyfan's integration tests: one binary, each module a theme. Every test
 //! starts its own simulator on 127.0.0.1:0 and drives the real `keyfan`
-//! binary against it over loopback.
+//! binary against it over loopback, except the pacing scenarios, which run
+//! the library against an in-process simulator under paused time.
 
 mod support;
 
@@ -21,6 +22,8 @@ mod hostile;
 mod hostile_answers;
 /// `keys check`, `keys status`, `runs`, `report`.
 mod keys;
+/// The quota bench's pacing scenarios under paused time, in process.
+mod pacing;
 /// A whole job, end to end: results, report, digests.
 mod run;
 /// No key ever appears in any output.

@@ -2,6 +2,8 @@
 //! own crate with `harness = false`; not every crate uses every helper).
 #![allow(dead_code)]
 
+pub mod pacing;
+
 use sha2::{Digest, Sha256};
 
 /// Whether the binary was started by `cargo bench` (which passes `--bench`).
