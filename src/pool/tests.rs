@@ -184,7 +184,18 @@ async fn repeated_transient_failures_open_the_circuit_then_one_probe_decides() {
         assert_eq!(use_once(&pool, None).await, 1, "key 0 rests");
     }
     advance(Duration::from_secs(16)).await;
-    // The rest is over: one probe to key 0, and its success closes it.
+    // The rest is over: exactly one probe goes to key 0, however many leases
+    // are taken while it is out.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(pool.lease(MODEL, 10, None).await.unwrap());
+    }
+    let probes = held.iter().filter(|lease| lease.key_id() == 0).count();
+    assert_eq!(probes, 1, "one probe while the circuit is half open");
+    // Its success closes the circuit.
+    for lease in held {
+        pool.settle(lease, None, None);
+    }
     let mut seen = Vec::new();
     for _ in 0..4 {
         seen.push(use_once(&pool, None).await);
