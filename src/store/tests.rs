@@ -47,6 +47,15 @@ fn reservation(a: &AttemptRow) -> Reservation {
     }
 }
 
+/// A batch of `attempts`, each reserved before it was sent, and `items`.
+fn sent(attempts: Vec<AttemptRow>, items: Vec<ItemRow>) -> Batch {
+    Batch {
+        reservations: attempts.iter().map(reservation).collect(),
+        attempts,
+        items,
+    }
+}
+
 fn items(rows: Vec<ItemRow>) -> Batch {
     Batch {
         items: rows,
@@ -70,16 +79,8 @@ fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
         attempt("a", 1, AttemptClass::RateLimited),
         attempt("a", 2, AttemptClass::Ok),
     ];
-    store
-        .commit(
-            run,
-            &Batch {
-                reservations: attempts.iter().map(reservation).collect(),
-                attempts,
-                items: vec![item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)],
-            },
-        )
-        .unwrap();
+    let items = vec![item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)];
+    store.commit(run, &sent(attempts, items)).unwrap();
     let mut ids = Vec::new();
     store
         .for_each_item(run, |row| {
@@ -232,14 +233,7 @@ fn ledger_token_sums_saturate_instead_of_turning_real() {
     };
     for _ in 0..2 {
         store
-            .commit(
-                run,
-                &Batch {
-                    reservations: vec![reservation(&huge)],
-                    attempts: vec![huge.clone()],
-                    items: vec![],
-                },
-            )
+            .commit(run, &sent(vec![huge.clone()], vec![]))
             .unwrap();
     }
     let kinds: (String, String) = store
@@ -262,16 +256,8 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
     let (_dir, mut store) = open();
     let run = store.create_run("job.jsonl", "abc", false).unwrap();
     let a = attempt("a", 1, AttemptClass::Ok);
-    store
-        .commit(
-            run,
-            &Batch {
-                reservations: vec![reservation(&a)],
-                attempts: vec![a.clone()],
-                items: vec![item("a", 1, ItemStatus::Ok)],
-            },
-        )
-        .unwrap();
+    let items = vec![item("a", 1, ItemStatus::Ok)];
+    store.commit(run, &sent(vec![a.clone()], items)).unwrap();
     // What an older keyfan's overflowed sums, or a hand edit, leave behind.
     store
         .conn
