@@ -2,7 +2,9 @@
 //! classification. A provider never chooses keys; it is handed one.
 //!
 //! Every failure is classified once, into an [`ErrorClass`], and the scheduler
-//! acts by class (DESIGN §3).
+//! acts by class: a 429 cools or exhausts the account, an invalid key is
+//! disabled, a transient failure is retried with backoff, a wrong request
+//! fails its item at once.
 //!
 //! - `gemini`: `generateContent` / `countTokens` under `{base_url}/v1beta/models/`.
 //! - `openai`: `chat/completions`; `base_url` is the server root
