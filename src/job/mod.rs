@@ -1,6 +1,10 @@
 //! Job files: JSONL (one object per line) or CSV (a header row), read as a
 //! stream of [`Item`]s. Every problem names the file, the line and the field.
 //!
+//! Owns: the job formats, the per-field checks, ids and the duplicate check,
+//! and the content hash of what was read. Never: the network, the store or
+//! the terminal; it does not decide what is sent, skipped or resumed.
+//!
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
 //! `system`, `max_output_tokens` (integer >= 1) and `temperature` (0.0–2.0).

@@ -5,7 +5,7 @@
 //!
 //! Google: `{"error":{"code":429,"message":..,"status":"RESOURCE_EXHAUSTED","details":[..]}}`,
 //! sometimes wrapped in a one-element array (Gemini's OpenAI-compatible
-//! endpoint, https://github.com/n4ze3m/page-assist/issues/406). OpenAI:
+//! endpoint, <https://github.com/n4ze3m/page-assist/issues/406>). OpenAI:
 //! `{"error":{"message":..,"type":..,"param":..,"code":"..."}}`.
 
 use super::{ApiError, ErrorClass, Usage};

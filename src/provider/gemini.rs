@@ -1,4 +1,4 @@
-//! Gemini Developer API adapter (https://ai.google.dev/api).
+//! Gemini Developer API adapter (<https://ai.google.dev/api>).
 //!
 //! - `generate`: `POST {base_url}/v1beta/models/{model}:generateContent`
 //! - `count_tokens`: `POST {base_url}/v1beta/models/{model}:countTokens`
@@ -8,7 +8,7 @@
 //!
 //! Gemini sends no rate-limit headers and no `Retry-After` (the recorded
 //! exchanges in googleapis/js-genai `test/system/recordings/`;
-//! https://github.com/dcdpr/jp/pull/1061): all it
+//! <https://github.com/dcdpr/jp/pull/1061>): all it
 //! says about a 429 is in the body, so [`classify`] reads only status and body.
 
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
@@ -392,7 +392,7 @@ pub(super) fn classify_parsed(status: u16, body: &[u8], parsed: Option<&ErrorBod
 }
 
 /// A 429's scope, wait and limit, from its `QuotaFailure` and `RetryInfo`
-/// details (https://ai.google.dev/gemini-api/docs/rate-limits; real bodies in
+/// details (<https://ai.google.dev/gemini-api/docs/rate-limits>; real bodies in
 /// `tests/fixtures/gemini_429_*.json`).
 fn rate_limited(error: &ErrorBody) -> ErrorClass {
     // Quota ids with their values: `QuotaFailure` violations, and the 2024

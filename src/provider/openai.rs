@@ -1,5 +1,5 @@
 //! OpenAI chat completions adapter (`POST /v1/chat/completions`,
-//! https://platform.openai.com/docs/api-reference/chat), for OpenAI itself and for
+//! <https://platform.openai.com/docs/api-reference/chat>), for OpenAI itself and for
 //! OpenAI-compatible servers, Gemini's compatibility endpoint included.
 //!
 //! **`base_url` convention.** The configured base is the server's root, and
@@ -328,7 +328,7 @@ fn rate_limited(kind: Option<&str>, headers: &HeaderMap, message: &str) -> Error
 /// else `retry-after` in seconds or as an HTTP date (relative to `now`), at
 /// most [`common::MAX_SERVER_DELAY`]. Zero and negative values count as absent: Azure
 /// sends `0` and `-1` to mean nothing
-/// (https://github.com/openai/openai-dotnet/issues/838).
+/// (<https://github.com/openai/openai-dotnet/issues/838>).
 pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let positive = |seconds: f64| server_delay(seconds).filter(|d| !d.is_zero());
     let from_ms = header(headers, "retry-after-ms")

@@ -5,6 +5,9 @@
 //! 127.0.0.1, no mocks in the core) and users rehearsing a big job against
 //! their real config ([`SimConfig::rehearsal`]) before spending money.
 //!
+//! Owns: the simulated APIs, their quotas, faults and counters. Never: code
+//! shared with [`crate::provider`], or any traffic beyond its own socket.
+//!
 //! It deliberately shares no code with [`crate::provider`]: its bodies come
 //! from the real API fixtures in `tests/fixtures/`, so a parsing bug in the
 //! provider cannot hide behind the same bug in the simulator.
