@@ -46,21 +46,22 @@ impl Workdir {
     /// Starts `keyfan` with `args` in this directory without waiting for it;
     /// its output is discarded.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start keyfan")
+        self.start(args, Stdio::null)
     }
 
     /// Starts `keyfan` with `args` in this directory, its stdout and stderr
     /// piped.
     pub fn spawn_piped(&self, args: &[&str]) -> Child {
+        self.start(args, Stdio::piped)
+    }
+
+    /// Starts `keyfan` with no standard input and `output()` as its stdout
+    /// and stderr.
+    fn start(&self, args: &[&str], output: fn() -> Stdio) -> Child {
         self.command(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(output())
+            .stderr(output())
             .spawn()
             .expect("start keyfan")
     }
