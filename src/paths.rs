@@ -1,6 +1,9 @@
 //! File identity: which paths name the same file, whatever way they are
 //! written (`job.jsonl`, `./job.jsonl`, an absolute path, a symlink, or on
 //! unix a hard link).
+//!
+//! Owns: canonical paths, derived file names and file identity. Never:
+//! creating, writing or removing a file.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,10 @@
 //! The model price table: USD per 1M tokens, built in and overridable.
 //!
-//! Prices are the paid-tier Standard prices of `../shared/api/FACTS.md` §4.
+//! Owns: the built-in prices and the cost of a reply's usage. Never: I/O of
+//! any kind.
+//!
+//! Prices are the paid-tier Standard prices of
+//! <https://ai.google.dev/gemini-api/docs/pricing> (2025–26).
 //! Thinking tokens are billed as output; prompts above 200k tokens switch the
 //! whole request to the higher tier where the model has one.
 

@@ -1,5 +1,8 @@
 //! Results files: one row per finished item, JSONL or CSV, appended from
 //! rows the store has already committed and flushed after every batch.
+//!
+//! Owns: the results formats and where they go (a file or standard output).
+//! Never: deciding an outcome, or writing a row the store has not committed.
 
 use crate::store::ItemRow;
 use std::fs::File;

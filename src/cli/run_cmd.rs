@@ -166,6 +166,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     let signals = tokio::spawn(watch_signals(stop.clone(), config.timeout, verbosity));
     let options = Options {
         job: job.file.clone(),
+        job_hash: validation.content_hash.clone(),
         total: to_do,
         // No more workers than items to send: each costs memory.
         concurrency: args

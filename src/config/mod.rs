@@ -3,6 +3,10 @@
 //! and validates everything, naming the file and the field path of each
 //! mistake (`accounts[1].keys[0]`).
 //!
+//! Owns: the config schema, `${ENV_VAR}` expansion and validation. Never: I/O
+//! beyond reading the one file and the variables it names, the network, or
+//! a key in any message.
+//!
 //! serde_yaml is confined to this module and `job`, so a later swap of YAML
 //! crate touches only them.
 //!

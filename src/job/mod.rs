@@ -1,6 +1,10 @@
 //! Job files: JSONL (one object per line) or CSV (a header row), read as a
 //! stream of [`Item`]s. Every problem names the file, the line and the field.
 //!
+//! Owns: the job formats, the per-field checks, ids and the duplicate check,
+//! and the content hash of what was read. Never: the network, the store or
+//! the terminal; it does not decide what is sent, skipped or resumed.
+//!
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
 //! `system`, `max_output_tokens` (integer >= 1) and `temperature` (0.0–2.0).
@@ -90,6 +94,20 @@ pub enum JobError {
         #[source]
         source: io::Error,
     },
+    /// The file read during a run is not the file that was validated: it was
+    /// edited, appended to or replaced in between.
+    #[error(
+        "{} changed while the run was reading it (sha256 {}… when validated, {}… when read)",
+        path.display(), short(validated), short(read)
+    )]
+    Changed {
+        /// The job file.
+        path: PathBuf,
+        /// The content hash [`validate`] computed.
+        validated: String,
+        /// The content hash of the bytes the run read.
+        read: String,
+    },
     /// The extension names no supported format.
     #[error(
         "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv",
@@ -117,6 +135,8 @@ pub struct JobReader {
     format: Format,
     /// Set when reading failed; the stream has then ended.
     failure: Option<io::Error>,
+    /// Set when the whole file has been read without a failure.
+    ended: bool,
     /// The line where each id (by [`id_hash`]) was first used.
     first_lines: HashMap<u64, u64>,
 }
@@ -163,13 +183,36 @@ impl JobReader {
             path: path.to_owned(),
             format,
             failure: None,
+            ended: false,
             first_lines: HashMap::new(),
         })
     }
 
-    /// The sha256 (hex) of the bytes read so far: of the whole file once
-    /// iteration has ended without a read failure.
-    fn content_hash(&self) -> String {
+    /// The sha256 (lowercase hex) of the whole file, the same hash as
+    /// [`Validation::content_hash`], once iteration has reached the end of
+    /// the file without a read failure; `None` before that.
+    pub fn content_hash(&self) -> Option<String> {
+        self.ended.then(|| self.hash_so_far())
+    }
+
+    /// Checks, once the reader has been read to the end, that the file read
+    /// is the file validated (`validated` is its [`Validation::content_hash`]).
+    /// [`JobError::Changed`] when it is not; `Ok` when it is, and also when
+    /// the reader stopped before the end (a cancelled run), since part of a
+    /// file cannot be compared with the whole.
+    pub fn verify(&self, validated: &str) -> Result<(), JobError> {
+        match self.content_hash() {
+            Some(read) if read != validated => Err(JobError::Changed {
+                path: self.path.clone(),
+                validated: validated.to_owned(),
+                read,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The sha256 (hex) of the bytes read so far.
+    fn hash_so_far(&self) -> String {
         let hasher = match &self.format {
             Format::Jsonl(lines) => &lines.get_ref().hasher,
             Format::Csv(rows) => &rows.get_ref().hasher,
@@ -191,6 +234,10 @@ impl Iterator for JobReader {
         };
         match next {
             Ok(Some(Ok(item))) => Some(self.unique(item)),
+            Ok(None) => {
+                self.ended = true;
+                None
+            }
             Ok(other) => other,
             Err(err) => {
                 let reason = format!("failed to read the file: {err}");
@@ -301,7 +348,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
             source,
         });
     }
-    validation.content_hash = reader.content_hash();
+    validation.content_hash = reader.hash_so_far();
     Ok(validation)
 }
 
@@ -313,6 +360,11 @@ pub fn id_hash(id: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     id.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The first 12 characters of a hex hash, for messages.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// Passes reads through, hashing every byte.

@@ -342,6 +342,7 @@ fn a_read_failure_ends_the_stream_and_fails_validation() {
         "{error}"
     );
     assert!(reader.next().is_none());
+    assert_eq!(reader.content_hash(), None, "a failed read has no hash");
     let err = validate(&path).unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -368,6 +369,52 @@ fn the_content_hash_is_the_sha256_of_the_bytes() {
     assert_eq!(validate(&path).unwrap().content_hash, first.content_hash);
     std::fs::write(&path, b"{\"id\": \"a\", \"prompt\": \"y\"}\n\n").unwrap();
     assert_ne!(validate(&path).unwrap().content_hash, first.content_hash);
+}
+
+#[test]
+fn the_reader_tells_whether_it_read_the_file_that_was_validated() {
+    for (name, content, appended) in [
+        (
+            "job.jsonl",
+            "{\"id\": \"a\", \"prompt\": \"x\"}\n{\"id\": \"b\", \"prompt\": \"y\"}\n",
+            "{\"id\": \"c\", \"prompt\": \"z\"}\n",
+        ),
+        ("job.csv", "id,prompt\na,x\nb,y\n", "c,z\n"),
+    ] {
+        let (_dir, path) = file(name, content.as_bytes());
+        let validated = validate(&path).unwrap().content_hash;
+        // Read to the end, unchanged: the same hash as validation's.
+        let mut reader = JobReader::open(&path).unwrap();
+        assert!(reader.next().is_some());
+        assert_eq!(reader.content_hash(), None, "{name}: not at the end yet");
+        reader
+            .verify(&validated)
+            .expect("part of a file is not compared");
+        assert_eq!(reader.by_ref().count(), 1, "{name}");
+        assert_eq!(reader.content_hash().as_deref(), Some(validated.as_str()));
+        reader.verify(&validated).expect("unchanged");
+
+        // Appended to between validation and the run.
+        let mut job = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        job.write_all(appended.as_bytes()).unwrap();
+        let mut reader = JobReader::open(&path).unwrap();
+        assert_eq!(reader.by_ref().count(), 3, "{name}");
+        let read = hex::encode(Sha256::digest(std::fs::read(&path).unwrap()));
+        assert_eq!(reader.content_hash().as_deref(), Some(read.as_str()));
+        let err = reader.verify(&validated).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} changed while the run was reading it (sha256 {}… when validated, {}… when read)",
+                path.display(),
+                &validated[..12],
+                &read[..12]
+            )
+        );
+    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! minutes, and it still lets a fresh account burst its whole minute at once.
 //! A GCRA or token bucket with a burst of the full limit is not safe under a
 //! rolling window (it admits L at t=0 and then one more every 60/L s), and one
-//! with a small burst wastes the first minute (DESIGN §2).
+//! with a small burst wastes the first minute.
 
 use std::collections::VecDeque;
 use tokio::time::{Duration, Instant};

@@ -5,7 +5,8 @@
 //!
 //! Google: `{"error":{"code":429,"message":..,"status":"RESOURCE_EXHAUSTED","details":[..]}}`,
 //! sometimes wrapped in a one-element array (Gemini's OpenAI-compatible
-//! endpoint, FACTS §8.4). OpenAI: `{"error":{"message":..,"type":..,"param":..,"code":"..."}}`.
+//! endpoint, <https://github.com/n4ze3m/page-assist/issues/406>). OpenAI:
+//! `{"error":{"message":..,"type":..,"param":..,"code":"..."}}`.
 
 use super::{ApiError, ErrorClass, Usage};
 use serde::Deserialize;

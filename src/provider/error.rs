@@ -1,10 +1,11 @@
-//! The error classes of DESIGN §3 and the typed API error that carries one.
+//! The error classes a failure is sorted into, once, and the typed API error
+//! that carries one.
 
 use super::Scrubber;
 use crate::types::QuotaScope;
 use std::time::Duration;
 
-/// What the scheduler should do about a failure (DESIGN §3).
+/// What the scheduler should do about a failure: each class names its action.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ErrorClass {
     /// 429: cool or exhaust the account for the model, retry elsewhere.

@@ -1,4 +1,4 @@
-//! Gemini Developer API adapter (FACTS §1, §2, §6).
+//! Gemini Developer API adapter (<https://ai.google.dev/api>).
 //!
 //! - `generate`: `POST {base_url}/v1beta/models/{model}:generateContent`
 //! - `count_tokens`: `POST {base_url}/v1beta/models/{model}:countTokens`
@@ -6,7 +6,9 @@
 //! The key travels in the `x-goog-api-key` header, never as `?key=`: URLs end
 //! up in `reqwest` error messages, proxy logs and traces.
 //!
-//! Gemini sends no rate-limit headers and no `Retry-After` (FACTS §1.1): all it
+//! Gemini sends no rate-limit headers and no `Retry-After` (the recorded
+//! exchanges in googleapis/js-genai `test/system/recordings/`;
+//! <https://github.com/dcdpr/jp/pull/1061>): all it
 //! says about a 429 is in the body, so [`classify`] reads only status and body.
 
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
@@ -97,7 +99,8 @@ pub(super) struct GenerateBody<'a> {
 }
 
 /// A `countTokens` body: only `contents`, because the Developer API rejects
-/// a system instruction or a generation config there (FACTS §6).
+/// a system instruction or a generation config there (googleapis/python-genai
+/// `models.py`, `_CountTokensConfig_to_mldev`).
 #[derive(Debug, Serialize)]
 pub(super) struct CountBody<'a> {
     contents: [Content<'a>; 1],
@@ -227,7 +230,9 @@ struct UsageMetadata {
 
 impl UsageMetadata {
     /// Normalised usage: thinking is billed as output but not counted in
-    /// `candidatesTokenCount` (FACTS §1.3), so output is their sum. Absurd
+    /// `candidatesTokenCount` (googleapis/python-genai `types.py`,
+    /// `GenerateContentResponseUsageMetadata`; the pricing page's "Output
+    /// price (including thinking tokens)"), so output is their sum. Absurd
     /// counts make the reply malformed.
     fn usage(&self) -> Result<Usage, ApiError> {
         common::believable_counts(&[
@@ -246,8 +251,9 @@ impl UsageMetadata {
 }
 
 /// Finish reasons that mean the output was withheld on policy grounds
-/// (`FinishReason` enum, FACTS §1.3). The image variants are included for
-/// completeness: they mean the same for image output.
+/// (the `FinishReason` enum of googleapis/python-genai `types.py`). The
+/// image variants are included for completeness: they mean the same for
+/// image output.
 const BLOCKING_FINISH_REASONS: &[&str] = &[
     "SAFETY",
     "RECITATION",
@@ -260,8 +266,10 @@ const BLOCKING_FINISH_REASONS: &[&str] = &[
 ];
 
 /// Turns a 2xx `generateContent` body into a reply, or into the error a 200
-/// can still be (FACTS §2.2): a blocked prompt or output, no output at all, or
-/// an output cap used up before any visible text.
+/// can still be: a blocked prompt or output, no output at all, or an output
+/// cap used up before any visible text (each recorded in `tests/fixtures/`:
+/// `gemini_prompt_blocked_*`, `gemini_candidate_finish_*`,
+/// `gemini_generateContent_empty_candidate_max_tokens.json`).
 pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
     let response: GenerateResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
@@ -310,7 +318,9 @@ pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
         });
     }
     if finish == "MAX_TOKENS" {
-        // Thinking counts against maxOutputTokens (FACTS §1.2).
+        // Thinking counts against maxOutputTokens (observed in
+        // `tests/fixtures/gemini_generateContent_empty_candidate_max_tokens.json`:
+        // 19 thought tokens under a cap of 20, and no text).
         return Err(common::cap_used_up("maxOutputTokens", &usage));
     }
     let why = match (finish, candidate.finish_message.as_deref()) {
@@ -370,7 +380,8 @@ pub(super) fn classify_parsed(status: u16, body: &[u8], parsed: Option<&ErrorBod
         ),
         // A file uploaded under another project's key: the item could succeed
         // after a re-upload with this key, which keyfan does not do yet, so
-        // for now the item fails (FACTS §10.4).
+        // for now the item fails. (Files belong to the project of the key
+        // that uploaded them: https://github.com/snailyp/gemini-balance/issues/401.)
         403 if message.contains("permission to access the File") => ErrorClass::ItemInvalid,
         // SERVICE_DISABLED and friends carry an ErrorInfo reason; "The caller
         // does not have permission" carries none.
@@ -380,7 +391,9 @@ pub(super) fn classify_parsed(status: u16, body: &[u8], parsed: Option<&ErrorBod
     api_error(class, Some(status), message)
 }
 
-/// A 429's scope, wait and limit (FACTS §2.1).
+/// A 429's scope, wait and limit, from its `QuotaFailure` and `RetryInfo`
+/// details (<https://ai.google.dev/gemini-api/docs/rate-limits>; real bodies in
+/// `tests/fixtures/gemini_429_*.json`).
 fn rate_limited(error: &ErrorBody) -> ErrorClass {
     // Quota ids with their values: `QuotaFailure` violations, and the 2024
     // shape that named the quota in `ErrorInfo.metadata.quota_limit`.
@@ -500,7 +513,8 @@ mod tests {
 
     #[test]
     fn older_error_info_quota_limit_and_fractional_retry_delay() {
-        // The 2024 shape (FACTS §2.1): ErrorInfo RATE_LIMIT_EXCEEDED naming
+        // The 2024 shape (https://github.com/tech-shrimp/gemini-playground/issues/10):
+        // ErrorInfo RATE_LIMIT_EXCEEDED naming
         // the quota in its metadata; and a fractional protobuf Duration.
         let body = br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED","details":[
             {"@type":"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"0.847655010s"},

@@ -1,8 +1,14 @@
 //! One adapter per API: request building, response parsing and error
 //! classification. A provider never chooses keys; it is handed one.
 //!
+//! Owns: each API's wire format, its error classes and the scrubbing of keys
+//! from what comes back. Never: choosing keys, retrying, waiting or counting
+//! quota: one call is one request, and its outcome is returned as is.
+//!
 //! Every failure is classified once, into an [`ErrorClass`], and the scheduler
-//! acts by class (DESIGN §3).
+//! acts by class: a 429 cools or exhausts the account, an invalid key is
+//! disabled, a transient failure is retried with backoff, a wrong request
+//! fails its item at once.
 //!
 //! - `gemini`: `generateContent` / `countTokens` under `{base_url}/v1beta/models/`.
 //! - `openai`: `chat/completions`; `base_url` is the server root

@@ -6,11 +6,11 @@
 //!   "supportedGenerationMethods": ["generateContent", ...], ...}],
 //!   "nextPageToken": "..."}`; the token is passed back as `pageToken`, and
 //!   its absence marks the last page; `pageSize` is at most 1000
-//!   (https://ai.google.dev/api/models#method:-models.list).
+//!   (<https://ai.google.dev/api/models#method:-models.list>).
 //! - OpenAI: `GET {base_url}/v1/models` (the base URL convention of the
 //!   adapter), `Authorization: Bearer KEY`. The answer is `{"object":
 //!   "list", "data": [{"id": "gpt-4o-mini", "object": "model", ...}]}`
-//!   (https://platform.openai.com/docs/api-reference/models/list).
+//!   (<https://platform.openai.com/docs/api-reference/models/list>).
 
 use super::common::api_error;
 use super::transport::get;

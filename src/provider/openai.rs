@@ -1,4 +1,5 @@
-//! OpenAI chat completions adapter (FACTS §8), for OpenAI itself and for
+//! OpenAI chat completions adapter (`POST /v1/chat/completions`,
+//! <https://platform.openai.com/docs/api-reference/chat>), for OpenAI itself and for
 //! OpenAI-compatible servers, Gemini's compatibility endpoint included.
 //!
 //! **`base_url` convention.** The configured base is the server's root, and
@@ -183,7 +184,9 @@ struct CompletionDetails {
 
 impl ChatUsage {
     /// Normalised usage: `completion_tokens` already includes reasoning
-    /// tokens (FACTS §8.1), and `prompt_tokens` the cached ones. Absurd
+    /// tokens (openai/openai-python `types/completion_usage.py`: they "are
+    /// still counted in the total completion tokens"), and `prompt_tokens`
+    /// the cached ones. Absurd
     /// counts make the reply malformed.
     fn usage(&self) -> Result<Usage, ApiError> {
         let usage = Usage {
@@ -259,7 +262,8 @@ pub(super) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiErro
     let parsed = common::parse_error(body);
     if let Some(google) = parsed.as_ref().filter(|e| e.is_google()) {
         let mut error = gemini::classify_parsed(status, body, Some(google));
-        // Google sends no Retry-After (FACTS §8.4), but a gateway in front
+        // Google sends no Retry-After, only `RetryInfo` in the body
+        // (https://github.com/AtomicBot-ai/atomic-agent/pull/271), but a gateway in front
         // of it may: use it when the body had no wait.
         if let ErrorClass::RateLimited { retry_after, .. } = &mut error.class {
             if retry_after.is_none() {
@@ -323,7 +327,8 @@ fn rate_limited(kind: Option<&str>, headers: &HeaderMap, message: &str) -> Error
 /// The server's wait: `retry-after-ms` (OpenAI's, fractional milliseconds),
 /// else `retry-after` in seconds or as an HTTP date (relative to `now`), at
 /// most [`common::MAX_SERVER_DELAY`]. Zero and negative values count as absent: Azure
-/// sends `0` and `-1` to mean nothing (FACTS §8.3).
+/// sends `0` and `-1` to mean nothing
+/// (<https://github.com/openai/openai-dotnet/issues/838>).
 pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let positive = |seconds: f64| server_delay(seconds).filter(|d| !d.is_zero());
     let from_ms = header(headers, "retry-after-ms")

@@ -445,7 +445,8 @@ fn every_replay_exchange() {
                 let usage = usage_of(response);
                 assert_eq!(reply.usage, usage, "{name}");
                 // Independent check of the output rule: the API's total is
-                // prompt + candidates + thoughts (FACTS §1.3).
+                // prompt + candidates + thoughts (the `total_token_count`
+                // docstring of googleapis/python-genai `types.py`).
                 let total = response["usageMetadata"]["totalTokenCount"]
                     .as_u64()
                     .unwrap();

@@ -1,5 +1,9 @@
 //! The cost and quota report of a run, built from the state file alone, and
 //! its Markdown and JSON renderings.
+//!
+//! Owns: the report's figures and their renderings. Never: the network, a
+//! run's in-memory state (everything comes from the store), or writing files
+//! (its caller does).
 
 mod markdown;
 

@@ -48,6 +48,9 @@ use tokio_util::sync::CancellationToken;
 pub struct Options {
     /// The job file.
     pub job: PathBuf,
+    /// The sha256 of the job file as validated: the run says so if the
+    /// file it reads differs.
+    pub job_hash: String,
     /// Number of items in the job (from validation), for progress.
     pub total: u64,
     /// Workers, hence requests in flight at most.
@@ -261,7 +264,16 @@ pub async fn execute(
         let cancel = cancel.clone();
         let events = event_tx.clone();
         let done = Arc::clone(&options.done);
-        tokio::task::spawn_blocking(move || feed(reader, &done, item_tx, events, cancel))
+        let validated = options.job_hash.clone();
+        let faults = Arc::clone(&faults);
+        tokio::task::spawn_blocking(move || {
+            let reader = feed(reader, &done, item_tx, events, cancel);
+            // The items sent were read from the file: if it is not the file
+            // that was validated (and resumed by), the run must say so.
+            if let Err(changed) = reader.verify(&validated) {
+                faults.push(changed.to_string());
+            }
+        })
     };
 
     let item_rx = Arc::new(Mutex::new(item_rx));
@@ -331,15 +343,16 @@ pub async fn execute(
 }
 
 /// Reads the job into the workers' channel; invalid lines (only present
-/// when the user chose `--skip-invalid`) become `skipped` outcomes.
+/// when the user chose `--skip-invalid`) become `skipped` outcomes. Returns
+/// the reader, which knows the hash of what it read.
 fn feed(
-    reader: JobReader,
+    mut reader: JobReader,
     done: &HashSet<u64>,
     items: mpsc::Sender<Item>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
-) {
-    for entry in reader {
+) -> JobReader {
+    for entry in &mut reader {
         if cancel.is_cancelled() {
             break;
         }
@@ -353,6 +366,7 @@ fn feed(
             break;
         }
     }
+    reader
 }
 
 /// Sends `item` to the workers, waiting for room unless the run stops

@@ -9,6 +9,9 @@
 //! tests can run under tokio's paused time (its windows, latency and day run
 //! on tokio's clock).
 //!
+//! Owns: the simulated APIs, their quotas, faults and counters. Never: code
+//! shared with [`crate::provider`], or any traffic beyond its own socket.
+//!
 //! It deliberately shares no code with [`crate::provider`]: its bodies come
 //! from the real API fixtures in `tests/fixtures/`, so a parsing bug in the
 //! provider cannot hide behind the same bug in the simulator.

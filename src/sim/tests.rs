@@ -656,10 +656,12 @@ async fn shutdown_aborts_hung_requests() {
         response.bytes().await
     });
     // Wait (bounded) until the request is inside the server.
-    for _ in 0..500 {
-        if server.stats().requests == 1 {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while server.stats().requests < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request did not reach the server within 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(server.stats().requests, 1);

@@ -2,6 +2,10 @@
 //! ledger. The store is the source of truth: an item's outcome is committed
 //! here before it is written to any results file, and reports are built from
 //! here, not from memory.
+//!
+//! Owns: the SQLite schema and its migrations, runs, items, attempts, the
+//! day ledger, the queries a resume needs, and the run lock. Never:
+//! formatting for people (the report and the sinks do that) or the network.
 
 mod ledger;
 mod lock;

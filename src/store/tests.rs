@@ -48,6 +48,7 @@ fn reservation(a: &AttemptRow) -> Reservation {
     }
 }
 
+/// A batch of finished items alone.
 fn items(rows: Vec<ItemRow>) -> Batch {
     Batch {
         items: rows,

@@ -62,7 +62,7 @@ fn main() {
     // go first, so the count below is the second run's.)
     std::fs::remove_file(dir.path().join("job.results.jsonl")).expect("results of run 1");
     let mut child = keyfan(dir.path(), &["--new-run"]);
-    wait_for_results(dir.path(), items / 2);
+    wait_for_results(dir.path(), items / 2, &mut child);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     let before = sim.stats().requests;
@@ -163,8 +163,11 @@ fn watch_peak_rss(child: &mut Child) -> u64 {
     }
 }
 
-fn wait_for_results(dir: &Path, lines: u64) {
+/// Waits until `child` has written `lines` results; fails if it exits first
+/// or takes more than 10 minutes.
+fn wait_for_results(dir: &Path, lines: u64, child: &mut Child) {
     let path = dir.join("job.results.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let count = std::fs::read(&path)
             .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64)
@@ -172,6 +175,14 @@ fn wait_for_results(dir: &Path, lines: u64) {
         if count >= lines {
             return;
         }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "keyfan exited after {count} of {lines} results"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{count} of {lines} results after 10 minutes"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

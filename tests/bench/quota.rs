@@ -267,6 +267,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
     let results = dir.path().join("results.jsonl");
     let sink = Sink::create(&Target::File(results.clone())).expect("results file");
     let options = Options {
+        job_hash: keyfan::job::validate(&job).expect("valid job").content_hash,
         job: job.clone(),
         total: items,
         concurrency: config.concurrency,

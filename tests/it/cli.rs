@@ -1,6 +1,6 @@
 use crate::support::*;
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_report_goes_beside_out_or_where_report_says() {
@@ -29,10 +29,8 @@ async fn the_report_goes_beside_out_or_where_report_says() {
 
 /// Runs keyfan in `work` with `stdin` as standard input.
 fn with_stdin(work: &Workdir, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyfan"))
-        .args(args)
-        .current_dir(work.path("."))
-        .env_remove("KEYFAN_CONFIG")
+    let mut child = work
+        .command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -51,10 +49,11 @@ fn with_stdin(work: &Workdir, args: &[&str], stdin: &str) -> std::process::Outpu
 async fn a_job_on_standard_input_runs_and_resumes_by_content() {
     let (sim, work) = scenario(&two_projects(0, 2), 0, one_account).await;
     let job = jsonl_job(3);
-    let args = ["run", "-", "--config", "config.yaml", "--state", "s.db"];
+    let args = run_job("-", "config.yaml", &["--state", "s.db"]);
     let work = std::sync::Arc::new(work);
     let run = |text: String| {
         let work = std::sync::Arc::clone(&work);
+        let args = args.clone();
         tokio::task::spawn_blocking(move || with_stdin(&work, &args, &text))
     };
     let out = run(job.clone()).await.unwrap();
@@ -65,12 +64,7 @@ async fn a_job_on_standard_input_runs_and_resumes_by_content() {
 
     // The same input again: resumed, nothing sent.
     let out = run(job).await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("resuming run 1 of standard input"),
-        "{}",
-        explain(&out)
-    );
+    assert_exit_saying(&out, 0, "resuming run 1 of standard input");
     assert_eq!(stats(&sim).await.requests, 3);
     // Other input is another job, not an edit to refuse.
     let out = run(jsonl_job(4)).await.unwrap();
@@ -103,20 +97,13 @@ async fn completions_version_dry_run_and_a_missing_config() {
 
     work.write("job.jsonl", &jsonl_job(1));
     let out = work.keyfan(&["run", "job.jsonl", "--dry-run"], &[]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("keyfan has no --dry-run: use --simulate"),
-        "{stderr}"
-    );
+    let stderr = assert_exit_saying(&out, 2, "keyfan has no --dry-run: use --simulate");
     assert!(!stderr.contains("similar"), "{stderr}");
 
     let out = work.keyfan(&["run", "job.jsonl"], &[]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = assert_exit_saying(&out, 2, "config config.yaml does not exist");
     assert!(
-        stderr.contains("config config.yaml does not exist")
-            && stderr.contains("cp config.example.yaml config.yaml"),
+        stderr.contains("cp config.example.yaml config.yaml"),
         "{stderr}"
     );
 }

@@ -12,18 +12,8 @@ async fn the_demo_fans_out_over_every_key_of_both_projects_within_their_quotas()
     let copy = |name: &str| std::fs::copy(repo.join(name), work.path(name)).unwrap();
     copy("jobs/demo.jsonl");
     copy("config.example.yaml");
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "jobs/demo.jsonl",
-                "--config",
-                "config.example.yaml",
-                "--simulate",
-            ],
-            &[],
-        )
-        .await;
+    let args = run_job("jobs/demo.jsonl", "config.example.yaml", &["--simulate"]);
+    let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
 
     let config = Config::load(

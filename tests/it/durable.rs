@@ -59,22 +59,21 @@ async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
 async fn sigterm_finishes_what_is_in_flight_and_a_rerun_completes() {
     let (sim, work) = scenario("latency: { min_ms: 20, max_ms: 40 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n", 300, one_account).await;
     let args = run_args("state.db", &["-q"]);
-    let child = work.spawn(&args);
+    let mut child = work.spawn(&args);
     // Interrupt once some items are finished (the run is surely under way).
-    for _ in 0..500 {
-        let written = std::fs::read_to_string(work.path("job.results.jsonl")).unwrap_or_default();
-        if written.lines().count() >= 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let pid = child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    let output = child.wait_with_output().expect("exits");
-    assert_eq!(output.status.code(), Some(130));
+    wait_until(
+        "20 results are written",
+        Duration::from_secs(10),
+        async || {
+            let written =
+                std::fs::read_to_string(work.path("job.results.jsonl")).unwrap_or_default();
+            written.lines().count() >= 20
+        },
+    )
+    .await;
+    sigterm(&child);
+    let status = exit_within(&mut child, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(130));
     let partial = results(&work.path("job.results.jsonl"));
     assert!(
         !partial.is_empty() && partial.len() < 300,
@@ -112,18 +111,18 @@ async fn a_second_run_on_the_same_state_file_is_refused_naming_the_first() {
     );
     let args = run_args("state.db", &["-q"]);
     let mut first = work.spawn(&args);
-    // Wait until the first run holds the lock.
-    for _ in 0..100 {
-        if std::fs::read_to_string(work.path("state.db.lock")).is_ok_and(|s| s.contains("pid")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "the first run holds the lock",
+        Duration::from_secs(10),
+        async || {
+            std::fs::read_to_string(work.path("state.db.lock")).is_ok_and(|s| s.contains("pid"))
+        },
+    )
+    .await;
     let second = work.keyfan(&args, &[]).await;
-    assert_eq!(second.status.code(), Some(75), "{}", explain(&second));
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
-    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_exit_saying(&second, 75, &format!("pid {}", first.id()));
+    let status = exit_within(&mut first, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
     // Once the first is gone, the lock is free.
     let third = work.keyfan(&args, &[]).await;
     assert_eq!(third.status.code(), Some(0), "{}", explain(&third));
@@ -235,25 +234,17 @@ async fn max_cost_stops_before_the_cap_and_a_rerun_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_is_resumed_by_its_canonical_path_and_an_edit_is_refused() {
     let (sim, work) = scenario(&two_projects(0, 2), 6, one_account).await;
-    let run = |job: String, extra: &'static [&'static str]| {
-        let mut args = vec!["run".to_owned(), job];
-        args.extend(["--config", "config.yaml", "--state", "s.db"].map(String::from));
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let work = &work;
-        async move {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            work.keyfan(&args, &[]).await
-        }
+    let run = async |job: &str, extra: &[&str]| {
+        let args = run_job(job, "config.yaml", &[&["--state", "s.db"], extra].concat());
+        work.keyfan(&args, &[]).await
     };
-    let out = run("job.jsonl".into(), &[]).await;
+    let out = run("job.jsonl", &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(stats(&sim).await.requests, 6);
     let absolute = work.path("job.jsonl").display().to_string();
     for job in ["./job.jsonl".to_owned(), absolute] {
-        let out = run(job.clone(), &[]).await;
-        assert_eq!(out.status.code(), Some(0), "{job}: {}", explain(&out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("resuming run 1"), "{job}: {stderr}");
+        let out = run(&job, &[]).await;
+        assert_exit_saying(&out, 0, "resuming run 1");
         assert_eq!(stats(&sim).await.requests, 6, "{job}: nothing sent again");
     }
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 6);
@@ -261,16 +252,12 @@ async fn a_job_is_resumed_by_its_canonical_path_and_an_edit_is_refused() {
     // An edited job is neither resumed nor silently started afresh.
     let results = work.read("job.results.jsonl");
     work.write("job.jsonl", &jsonl_job(7));
-    let out = run("job.jsonl".into(), &[]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("job.jsonl has changed since run 1") && stderr.contains("--new-run"),
-        "{stderr}"
-    );
+    let out = run("job.jsonl", &[]).await;
+    let stderr = assert_exit_saying(&out, 2, "job.jsonl has changed since run 1");
+    assert!(stderr.contains("--new-run"), "{stderr}");
     assert_eq!(stats(&sim).await.requests, 6, "nothing was sent");
     assert_eq!(work.read("job.results.jsonl"), results, "results untouched");
-    let out = run("job.jsonl".into(), &["--new-run"]).await;
+    let out = run("job.jsonl", &["--new-run"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(stats(&sim).await.requests, 13);
 }

@@ -1,22 +1,9 @@
+use crate::hostile::*;
 use crate::support::*;
+use keyfan::sim::SimServer;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::process::Child;
 use std::time::{Duration, Instant};
-
-/// Starts `keyfan` with `args` in `work`, its stdout and stderr piped.
-fn spawn_piped(work: &Workdir, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyfan"))
-        .args(args)
-        .current_dir(work.path(""))
-        .env_remove("KEYFAN_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start keyfan")
-}
 
 /// Reads `child`'s stderr on a thread: every line goes to the receiver.
 fn stderr_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
@@ -51,78 +38,17 @@ fn wait_for_line(
     }
 }
 
-/// Waits for `child` to exit, failing the test after `within`.
-async fn exit_within(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("keyfan did not exit within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-}
-
-/// A Gemini-speaking server whose first answer is a 429 asking to wait
-/// 1.8e19 seconds, and whose later answers are 200s. Returns its base URL
-/// and its request count.
-async fn huge_retry_delay_server() -> (String, Arc<AtomicUsize>) {
-    let count = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::clone(&count);
-    let app = axum::Router::new().fallback(move || {
-        let n = seen.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if n == 0 {
-                let body = serde_json::json!({"error": {
-                    "code": 429,
-                    "message": "Resource has been exhausted (e.g. check quota).",
-                    "status": "RESOURCE_EXHAUSTED",
-                    "details": [{
-                        "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                        "retryDelay": "18000000000000000000s"
-                    }]
-                }});
-                (axum::http::StatusCode::TOO_MANY_REQUESTS, axum::Json(body))
-            } else {
-                let body = serde_json::json!({
-                    "candidates": [{"content": {"parts": [{"text": "fine"}], "role": "model"},
-                                    "finishReason": "STOP"}],
-                    "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1,
-                                      "totalTokenCount": 4}
-                });
-                (axum::http::StatusCode::OK, axum::Json(body))
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, count)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_retry_delay_defers_every_item_and_loses_none() {
-    let (url, requests) = huge_retry_delay_server().await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(6));
-    work.write(
-        "config.yaml",
-        &config(&url, &[("proj-a", &["test-key-a1"])], "")
-            .replace("concurrency: 8", "concurrency: 4"),
+    let server = huge_gemini_delay_then_ok().await;
+    let work = hostile_work(
+        &server,
+        6,
+        &[("proj-a", "gemini", &["test-key-a1"])],
+        "concurrency: 4\n",
     );
     // Offline: the model list request would take the scripted first answer.
-    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
+    let out = run_offline(&work, &[], &[]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{}", explain(&out));
     assert_eq!(out.status.code(), Some(4), "{}", explain(&out));
@@ -136,18 +62,14 @@ async fn a_huge_retry_delay_defers_every_item_and_loses_none() {
             "{error}"
         );
     }
-    assert_eq!(
-        requests.load(Ordering::SeqCst),
-        1,
-        "nothing sent after the 429"
-    );
+    assert_eq!(server.requests().len(), 1, "nothing sent after the 429");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_results_pipe_ends_the_run_quietly_and_loses_nothing() {
     const ITEMS: usize = 2000;
     let (sim, work) = scenario(&two_projects(0, 2), ITEMS, one_account).await;
-    let mut child = spawn_piped(&work, &run_args("s.db", &["--out", "-"]));
+    let mut child = work.spawn_piped(&run_args("s.db", &["--out", "-"]));
     let stderr = stderr_lines(&mut child);
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
@@ -234,11 +156,12 @@ async fn after_sigterm_no_retry_goes_out() {
     })
     .await;
     let mut child = work.spawn(&run_args("s.db", &[]));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while stats(&sim).await.requests < 4 {
-        assert!(Instant::now() < deadline, "no request reached the server");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(
+        "4 requests reach the server",
+        Duration::from_secs(10),
+        async || stats(&sim).await.requests >= 4,
+    )
+    .await;
     let before = stats(&sim).await.requests;
     sigterm(&child);
     let status = exit_within(&mut child, Duration::from_secs(10)).await;
@@ -260,7 +183,7 @@ async fn a_quota_wait_is_shown_on_a_timer_with_the_account() {
         )
     })
     .await;
-    let mut child = spawn_piped(&work, &run_args("s.db", &[]));
+    let mut child = work.spawn_piped(&run_args("s.db", &[]));
     let lines = stderr_lines(&mut child);
     // Nothing happens while the pool waits for the next minute: the line
     // comes from the 5 s timer.
@@ -275,14 +198,20 @@ async fn a_quota_wait_is_shown_on_a_timer_with_the_account() {
     assert_eq!(status.code(), Some(130));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_count_only_attempts_that_were_retried() {
+/// A simulator that answers every request with a 503, and a work directory
+/// with a job of `items` for its one key, retried `max_retries` times.
+async fn always_503(items: usize, max_retries: u32) -> (SimServer, Workdir) {
     let sim_yaml =
         "projects:\n  - name: proj-a\n    keys: [test-key-a1]\nfaults: { error_503: 1.0 }\n";
-    let (_sim, work) = scenario(sim_yaml, 2, |url| {
-        one_account(url).replace("max_retries: 5", "max_retries: 0")
+    scenario(sim_yaml, items, |url| {
+        one_account(url).replace("max_retries: 5", &format!("max_retries: {max_retries}"))
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_count_only_attempts_that_were_retried() {
+    let (_sim, work) = always_503(2, 0).await;
     let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -321,12 +250,7 @@ async fn every_key_refused_stops_the_run_and_leaves_the_items_pending() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_count_across_resumes() {
-    let sim_yaml =
-        "projects:\n  - name: proj-a\n    keys: [test-key-a1]\nfaults: { error_503: 1.0 }\n";
-    let (_sim, work) = scenario(sim_yaml, 1, |url| {
-        one_account(url).replace("max_retries: 5", "max_retries: 1")
-    })
-    .await;
+    let (_sim, work) = always_503(1, 1).await;
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     assert_eq!(results(&work.path("job.results.jsonl"))[0]["attempts"], 2);

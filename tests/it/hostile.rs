@@ -3,10 +3,12 @@
 //! simulator fault sends (absurd waits, redirects, echoed keys, absurd token
 //! counts). It records every request it receives, headers included.
 
+use crate::support::{jsonl_job, run_args, Workdir};
 use axum::body::{to_bytes, Body};
 use axum::http::{Request, Response, StatusCode};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -164,6 +166,18 @@ pub fn gemini_429(delay: &str) -> String {
     fixture("gemini_429_free_tier_input_tpm.json").replace("\"26s\"", &format!("\"{delay}\""))
 }
 
+/// A server whose first answer is a real Gemini 429 asking to wait 1.8e19
+/// seconds (`RetryInfo.retryDelay`, beyond any `Instant`), and whose later
+/// answers are 200s.
+pub async fn huge_gemini_delay_then_ok() -> Hostile {
+    let reply = gemini_reply("fine").to_string();
+    Hostile::start(move |seen| match seen.number {
+        0 => Answer::json(429, gemini_429("18000000000000000000s")),
+        _ => Answer::json(200, reply.clone()),
+    })
+    .await
+}
+
 /// An OpenAI chat completion with `content`, `finish_reason` and
 /// `completion_tokens`, shaped as openai-python's `ChatCompletion`.
 pub fn openai_reply(content: &str, finish_reason: &str, completion_tokens: u64) -> String {
@@ -193,4 +207,29 @@ pub fn hostile_config(base_url: &str, accounts: &[(&str, &str, &[&str])], extra:
         }
     }
     yaml
+}
+
+/// A work directory for a run against `server`: a [`jsonl_job`] of `items`
+/// and a [`hostile_config`] of `accounts`, then `extra` YAML.
+pub fn hostile_work(
+    server: &Hostile,
+    items: usize,
+    accounts: &[(&str, &str, &[&str])],
+    extra: &str,
+) -> Workdir {
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(items));
+    work.write(
+        "config.yaml",
+        &hostile_config(&server.base_url(), accounts, extra),
+    );
+    work
+}
+
+/// Runs the job in `work` with state `state.db`, `--offline` (the script
+/// answers every request, a model list's included), then `extra`, with
+/// `env` set.
+pub async fn run_offline(work: &Workdir, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let args = run_args("state.db", &[&["--offline"], extra].concat());
+    work.keyfan(&args, env).await
 }

@@ -19,37 +19,46 @@ fn assert_all_ok_without_panic(work: &Workdir, out: &std::process::Output, n: us
     }
 }
 
+/// Asserts that a finished run exited 3 and wrote `n` rows, each `failed`
+/// after `attempts` attempts; returns the rows. `context` starts each
+/// message.
+fn assert_all_failed(
+    work: &Workdir,
+    out: &std::process::Output,
+    n: usize,
+    attempts: u32,
+    context: &str,
+) -> Vec<serde_json::Value> {
+    assert_eq!(out.status.code(), Some(3), "{context}: {}", explain(out));
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), n, "{context}: {}", explain(out));
+    for row in &rows {
+        assert_eq!(row["status"], "failed", "{context}: {row}");
+        assert_eq!(row["attempts"], attempts, "{context}: {row}");
+    }
+    rows
+}
+
 /// Runs a 6-item job at concurrency 4 against `server` with two accounts of
 /// `provider`, so that one account cooled by the first answer leaves the
 /// other to finish the job.
 async fn run_six_items(server: &Hostile, provider: &str) -> (Workdir, std::process::Output) {
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(6));
-    work.write(
-        "config.yaml",
-        &hostile_config(
-            &server.base_url(),
-            &[
-                ("proj-a", provider, &["hostile-key-a1"]),
-                ("proj-b", provider, &["hostile-key-b1"]),
-            ],
-            "concurrency: 4\nmax_retries: 2\n",
-        ),
+    let work = hostile_work(
+        server,
+        6,
+        &[
+            ("proj-a", provider, &["hostile-key-a1"]),
+            ("proj-b", provider, &["hostile-key-b1"]),
+        ],
+        "concurrency: 4\nmax_retries: 2\n",
     );
-    let out = work
-        .keyfan(&run_args("state.db", &["--offline"]), &[])
-        .await;
+    let out = run_offline(&work, &[], &[]).await;
     (work, out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_gemini_retry_delay_neither_panics_nor_loses_an_item() {
-    let reply = gemini_reply("fine").to_string();
-    let server = Hostile::start(move |seen| match seen.number {
-        0 => Answer::json(429, gemini_429("18000000000000000000s")),
-        _ => Answer::json(200, reply.clone()),
-    })
-    .await;
+    let server = huge_gemini_delay_then_ok().await;
     let (work, out) = run_six_items(&server, "gemini").await;
     assert_all_ok_without_panic(&work, &out, 6);
 }
@@ -84,21 +93,9 @@ async fn redirects_are_not_followed_and_the_key_stays_home() {
     let target_host = target.base_url().replace("http://", "");
     let key = "redirect-key-must-stay-home";
     for provider in ["gemini", "openai"] {
-        let work = Workdir::new();
-        work.write("job.jsonl", &jsonl_job(4));
-        work.write(
-            "config.yaml",
-            &hostile_config(&origin.base_url(), &[("proj-a", provider, &[key])], ""),
-        );
-        let out = work
-            .keyfan(&run_args("state.db", &["--offline"]), &[])
-            .await;
-        assert_eq!(out.status.code(), Some(3), "{provider}: {}", explain(&out));
-        let rows = results(&work.path("job.results.jsonl"));
-        assert_eq!(rows.len(), 4, "{provider}: {}", explain(&out));
-        for row in &rows {
-            assert_eq!(row["status"], "failed", "{provider}: {row}");
-            assert_eq!(row["attempts"], 1, "{provider}: {row}");
+        let work = hostile_work(&origin, 4, &[("proj-a", provider, &[key])], "");
+        let out = run_offline(&work, &[], &[]).await;
+        for row in assert_all_failed(&work, &out, 4, 1, provider) {
             let error = row["error"].as_str().expect("an error");
             assert!(error.contains(&target_host), "{provider}: {error}");
             assert!(!error.contains("query-secret"), "{provider}: {error}");
@@ -172,20 +169,14 @@ async fn an_empty_answer_finished_normally_is_the_items_outcome() {
         _ => Answer::json(200, openai_reply("fine", "stop", 3)),
     })
     .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(12));
-    work.write(
-        "config.yaml",
-        &hostile_config(
-            &server.base_url(),
-            &[("local", "openai", &["local-key"])],
-            "concurrency: 4\n",
-        ),
+    let work = hostile_work(
+        &server,
+        12,
+        &[("local", "openai", &["local-key"])],
+        "concurrency: 4\n",
     );
     let started = std::time::Instant::now();
-    let out = work
-        .keyfan(&run_args("state.db", &["--offline"]), &[])
-        .await;
+    let out = run_offline(&work, &[], &[]).await;
     assert_all_ok_without_panic(&work, &out, 12);
     let rows = results(&work.path("job.results.jsonl"));
     assert!(rows.iter().all(|row| row["attempts"] == 1), "{rows:?}");
@@ -198,26 +189,15 @@ async fn an_empty_answer_finished_normally_is_the_items_outcome() {
 async fn an_empty_gemini_candidate_is_retried_twice_without_pausing_the_key() {
     let other = fixture("gemini_candidate_finish_other_no_content.json");
     let server = Hostile::start(move |_| Answer::json(200, other.clone())).await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(4));
-    work.write(
-        "config.yaml",
-        &hostile_config(
-            &server.base_url(),
-            &[("proj-a", "gemini", &["only-key"])],
-            "concurrency: 4\nmax_retries: 5\n",
-        ),
+    let work = hostile_work(
+        &server,
+        4,
+        &[("proj-a", "gemini", &["only-key"])],
+        "concurrency: 4\nmax_retries: 5\n",
     );
     let started = std::time::Instant::now();
-    let out = work
-        .keyfan(&run_args("state.db", &["--offline"]), &[])
-        .await;
-    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let rows = results(&work.path("job.results.jsonl"));
-    assert_eq!(rows.len(), 4, "{}", explain(&out));
-    for row in &rows {
-        assert_eq!(row["status"], "failed", "{row}");
-        assert_eq!(row["attempts"], 3, "{row}");
+    let out = run_offline(&work, &[], &[]).await;
+    for row in assert_all_failed(&work, &out, 4, 3, "OTHER") {
         assert!(row["error"]
             .as_str()
             .unwrap()
@@ -240,19 +220,13 @@ async fn absurd_token_counts_are_a_malformed_reply_not_a_poisoned_ledger() {
         _ => Answer::json(200, fine.clone()),
     })
     .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(3));
-    work.write(
-        "config.yaml",
-        &hostile_config(
-            &server.base_url(),
-            &[("proj-a", "gemini", &["usage-key"])],
-            "concurrency: 1\n",
-        ),
+    let work = hostile_work(
+        &server,
+        3,
+        &[("proj-a", "gemini", &["usage-key"])],
+        "concurrency: 1\n",
     );
-    let out = work
-        .keyfan(&run_args("state.db", &["--offline"]), &[])
-        .await;
+    let out = run_offline(&work, &[], &[]).await;
     assert!(
         !String::from_utf8_lossy(&out.stderr).contains("out of range"),
         "{}",
@@ -282,27 +256,16 @@ async fn absurd_token_counts_are_a_malformed_reply_not_a_poisoned_ledger() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_name_that_would_change_the_url_is_refused_before_sending() {
     let server = Hostile::start(|_| Answer::json(200, gemini_reply("sent").to_string())).await;
-    let work = Workdir::new();
+    let work = hostile_work(&server, 0, &[("proj-a", "gemini", &["model-key"])], "");
     work.write(
         "job.jsonl",
         "{\"id\": \"a\", \"prompt\": \"hi\"}\n{\"id\": \"b\", \"prompt\": \"hi\", \"model\": \"gemini-../../../evil?x=1#\"}\n",
     );
-    work.write(
-        "config.yaml",
-        &hostile_config(
-            &server.base_url(),
-            &[("proj-a", "gemini", &["model-key"])],
-            "",
-        ),
-    );
-    let out = work
-        .keyfan(&run_args("state.db", &["--offline"]), &[])
-        .await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("job.jsonl:2: field `model`: is not a model name: '?' is not allowed"),
-        "{stderr}"
+    let out = run_offline(&work, &[], &[]).await;
+    assert_exit_saying(
+        &out,
+        2,
+        "job.jsonl:2: field `model`: is not a model name: '?' is not allowed",
     );
     assert!(server.requests().is_empty(), "{:?}", server.requests());
 }

@@ -18,19 +18,8 @@ async fn every_item_gets_its_own_reply_and_the_report_counts_them() {
 
     let rows = results(&work.path("job.results.jsonl"));
     assert_eq!(rows.len(), 40);
-    let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 40, "every item exactly once");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 40);
     for row in &rows {
-        let id = row["id"].as_str().unwrap();
-        let i: usize = id.trim_start_matches("item-").parse().unwrap();
-        assert_eq!(row["status"], "ok", "{row}");
-        let output = row["output"].as_str().unwrap();
-        assert!(
-            output.contains(&digest(&prompt(i))),
-            "{id} got another item's reply: {output}"
-        );
         assert_eq!(row["attempts"], 1);
         assert!(row["input_tokens"].as_u64().unwrap() > 0);
         assert!(row["key"].as_str().unwrap().starts_with('#'));
@@ -68,22 +57,12 @@ async fn csv_jobs_and_csv_results_work_too() {
         "id,prompt,max_output_tokens\nc1,\"Hello, world\",64\nc2,\"multi\nline\",\n",
     );
     work.write("config.yaml", &one_account(&sim.base_url()));
-    let out = work
-        .keyfan(
-            &[
-                "run",
-                "job.csv",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-                "--out",
-                "r.csv",
-                "-q",
-            ],
-            &[],
-        )
-        .await;
+    let args = run_job(
+        "job.csv",
+        "config.yaml",
+        &["--state", "s.db", "--out", "r.csv", "-q"],
+    );
+    let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert!(
         out.stderr.is_empty(),

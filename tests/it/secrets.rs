@@ -1,3 +1,4 @@
+use crate::hostile::*;
 use crate::support::*;
 
 /// Keys long enough to be fingerprinted like real ones (the dots keep
@@ -53,29 +54,48 @@ faults:
         ("stdout", out.stdout.clone()),
         ("stderr", out.stderr.clone()),
     ];
-    for file in [
+    haystacks.extend(written(&work));
+    // The middle of a key is what no fingerprint shows.
+    let middles = KEYS.iter().chain([&REVOKED]).map(|k| &k[4..k.len() - 4]);
+    assert_none_contains(&haystacks, middles);
+    // The logs did mention the keys, by fingerprint.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AIza…"), "{stderr}");
+}
+
+/// What a run in `work` wrote: the results, both reports and the state file
+/// (which must all be there), and the state file's WAL and shared memory if
+/// they are.
+fn written(work: &Workdir) -> Vec<(&'static str, Vec<u8>)> {
+    let mut files = Vec::new();
+    for name in [
         "job.results.jsonl",
         "job.report.md",
         "job.report.json",
         "state.db",
     ] {
-        haystacks.push((file, std::fs::read(work.path(file)).unwrap()));
+        let bytes = std::fs::read(work.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        files.push((name, bytes));
     }
-    for wal in ["state.db-wal", "state.db-shm"] {
-        if let Ok(bytes) = std::fs::read(work.path(wal)) {
-            haystacks.push((wal, bytes));
+    for name in ["state.db-wal", "state.db-shm"] {
+        if let Ok(bytes) = std::fs::read(work.path(name)) {
+            files.push((name, bytes));
         }
     }
-    for (name, bytes) in &haystacks {
+    files
+}
+
+/// Asserts that no haystack (a name and bytes) holds any of `needles`.
+fn assert_none_contains<'a>(
+    haystacks: &[(&str, Vec<u8>)],
+    needles: impl Iterator<Item = &'a str> + Clone,
+) {
+    for (name, bytes) in haystacks {
         let text = String::from_utf8_lossy(bytes);
-        for key in KEYS.iter().chain([&REVOKED]) {
-            // The middle of a key is what no fingerprint shows.
-            assert!(!text.contains(&key[4..key.len() - 4]), "{name} leaks a key");
+        for needle in needles.clone() {
+            assert!(!text.contains(needle), "{name} leaks {needle:?}:\n{text}");
         }
     }
-    // The logs did mention the keys, by fingerprint.
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("AIza…"), "{stderr}");
 }
 
 /// Every fragment of 8 characters of `key`.
@@ -85,7 +105,6 @@ fn fragments(key: &str) -> Vec<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_fragment_of_a_key_is_written_even_when_the_server_echoes_it() {
-    use crate::hostile::*;
     // Two keys without a fragment in common, so each fragment names its key.
     let [k1, k2] = [
         "AIza.fragment.Kq8dP2xZ7mW4vT9nA1",
@@ -112,23 +131,17 @@ async fn no_fragment_of_a_key_is_written_even_when_the_server_echoes_it() {
         }
     })
     .await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(4));
-    work.write(
-        "config.yaml",
-        &hostile_config(
-            &server.base_url(),
-            &[
-                ("proj-a", "gemini", &["${K1}"]),
-                ("proj-b", "gemini", &["${K2}"]),
-            ],
-            "concurrency: 1\n",
-        ),
+    let work = hostile_work(
+        &server,
+        4,
+        &[
+            ("proj-a", "gemini", &["${K1}"]),
+            ("proj-b", "gemini", &["${K2}"]),
+        ],
+        "concurrency: 1\n",
     );
     let env = [("K1", k1), ("K2", k2)];
-    let run = work
-        .keyfan(&run_args("state.db", &["-v", "--json", "--offline"]), &env)
-        .await;
+    let run = run_offline(&work, &["-v", "--json"], &env).await;
     assert_eq!(run.status.code(), Some(3), "{}", explain(&run));
     let check = work
         .keyfan(&["keys", "check", "--config", "config.yaml"], &env)
@@ -141,30 +154,8 @@ async fn no_fragment_of_a_key_is_written_even_when_the_server_echoes_it() {
         ("check stdout", check.stdout),
         ("check stderr", check.stderr),
     ];
-    for file in [
-        "job.results.jsonl",
-        "job.report.md",
-        "job.report.json",
-        "state.db",
-        "state.db-wal",
-    ] {
-        if let Ok(bytes) = std::fs::read(work.path(file)) {
-            haystacks.push((file, bytes));
-        }
-    }
-    assert!(
-        haystacks.len() >= 8,
-        "a results, report or state file is missing"
-    );
-    for (name, bytes) in &haystacks {
-        let text = String::from_utf8_lossy(bytes);
-        for fragment in fragments(k1).into_iter().chain(fragments(k2)) {
-            assert!(
-                !text.contains(fragment),
-                "{name} leaks {fragment:?}:\n{text}"
-            );
-        }
-    }
+    haystacks.extend(written(&work));
+    assert_none_contains(&haystacks, fragments(k1).into_iter().chain(fragments(k2)));
     // What was scrubbed is still there, by fingerprint.
     let [f1, f2] = [k1, k2].map(|k| keyfan::types::ApiKey::new(k).fingerprint().to_owned());
     let results = work.read("job.results.jsonl");

@@ -4,7 +4,8 @@
 use keyfan::sim::{SimConfig, SimServer, Stats};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// A scratch directory holding one test's files.
 pub struct Workdir {
@@ -32,16 +33,35 @@ impl Workdir {
         std::fs::read_to_string(self.path(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
     }
 
+    /// A `keyfan` command with `args`, run in this directory, with no
+    /// `KEYFAN_CONFIG` from the test's environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyfan"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_remove("KEYFAN_CONFIG");
+        cmd
+    }
+
     /// Starts `keyfan` with `args` in this directory without waiting for it;
     /// its output is discarded.
-    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(env!("CARGO_BIN_EXE_keyfan"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("KEYFAN_CONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.start(args, Stdio::null)
+    }
+
+    /// Starts `keyfan` with `args` in this directory, its stdout and stderr
+    /// piped.
+    pub fn spawn_piped(&self, args: &[&str]) -> Child {
+        self.start(args, Stdio::piped)
+    }
+
+    /// Starts `keyfan` with no standard input and `output()` as its stdout
+    /// and stderr.
+    fn start(&self, args: &[&str], output: fn() -> Stdio) -> Child {
+        self.command(args)
+            .stdin(Stdio::null())
+            .stdout(output())
+            .stderr(output())
             .spawn()
             .expect("start keyfan")
     }
@@ -50,9 +70,7 @@ impl Workdir {
     /// returns its output (never panics on a non-zero exit). It runs on a
     /// blocking thread so the test's simulator keeps serving meanwhile.
     pub async fn keyfan(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyfan"));
-        cmd.args(args).current_dir(self.dir.path());
-        cmd.env_remove("KEYFAN_CONFIG");
+        let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -70,6 +88,53 @@ pub fn explain(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Asserts that `out` exited with `code` and that its stderr says `says`;
+/// returns the stderr for further checks.
+pub fn assert_exit_saying(out: &Output, code: i32, says: &str) -> String {
+    assert_eq!(out.status.code(), Some(code), "{}", explain(out));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains(says), "`{says}` missing from:\n{stderr}");
+    stderr
+}
+
+/// Polls `ready` every 10 ms until it holds; fails the test, naming `what`,
+/// once `within` has passed.
+pub async fn wait_until(what: &str, within: Duration, mut ready: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for `child` to exit; kills it and fails the test after `within`.
+pub async fn exit_within(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keyfan did not exit within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success(), "kill -TERM {}", child.id());
 }
 
 /// Starts a simulator from YAML.
@@ -147,18 +212,20 @@ pub fn config(base_url: &str, accounts: &[(&str, &[&str])], extra: &str) -> Stri
     yaml
 }
 
-/// `run job.jsonl --config config.yaml --state STATE`, then `extra`.
-pub fn run_args<'a>(state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        state,
-    ];
+/// `run JOB --config CONFIG`, then `extra`.
+pub fn run_job<'a>(job: &'a str, config: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", job, "--config", config];
     args.extend_from_slice(extra);
     args
+}
+
+/// `run job.jsonl --config config.yaml --state STATE`, then `extra`.
+pub fn run_args<'a>(state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    run_job(
+        "job.jsonl",
+        "config.yaml",
+        &[&["--state", state], extra].concat(),
+    )
 }
 
 /// A config with one account, `proj-a`, holding the key `test-key-a1`.

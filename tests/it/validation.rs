@@ -7,23 +7,29 @@ projects:
     keys: [test-key-a1]
 ";
 
+/// Asserts that the results hold these `(id, status)` pairs, sorted by id,
+/// and nothing else.
+fn assert_rows(work: &Workdir, expected: &[(&str, &str)], context: &str) {
+    let rows = results(&work.path("job.results.jsonl"));
+    let mut rows: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    rows.sort();
+    assert_eq!(rows, expected, "{context}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_job_line_is_named_and_nothing_is_sent() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
+    let (sim, work) = scenario(SIM, 0, one_account).await;
     work.write(
         "job.jsonl",
         "{\"id\": \"a\", \"prompt\": \"fine\"}\n{\"id\": \"b\", \"promt\": \"typo\"}\n{\"id\": \"c\", \"prompt\": \"fine too\"}\n",
     );
-    work.write("config.yaml", &one_account(&sim.base_url()));
     let args = run_args("s.db", &[]);
     let out = work.keyfan(&args, &[]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("job.jsonl:2"),
-        "names file and line: {stderr}"
-    );
+    // Names the file and the line.
+    let stderr = assert_exit_saying(&out, 2, "job.jsonl:2");
     assert!(stderr.contains("promt"), "names the field: {stderr}");
     assert!(
         stderr.contains("--skip-invalid"),
@@ -36,15 +42,11 @@ async fn a_bad_job_line_is_named_and_nothing_is_sent() {
     skip.push("--skip-invalid");
     let out = work.keyfan(&skip, &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let rows = results(&work.path("job.results.jsonl"));
-    let status = |id: &str| {
-        rows.iter()
-            .find(|r| r["id"] == id)
-            .map(|r| r["status"].as_str().unwrap().to_owned())
-    };
-    assert_eq!(status("a").as_deref(), Some("ok"));
-    assert_eq!(status("c").as_deref(), Some("ok"));
-    assert_eq!(status("#line:2").as_deref(), Some("skipped"));
+    assert_rows(
+        &work,
+        &[("#line:2", "skipped"), ("a", "ok"), ("c", "ok")],
+        "the bad line is recorded",
+    );
     assert_eq!(stats(&sim).await.requests, 2);
 }
 
@@ -57,9 +59,7 @@ async fn a_missing_environment_variable_is_named() {
         "accounts:\n  - name: proj-a\n    keys: [\"${KEYFAN_TEST_UNSET_KEY}\"]\n",
     );
     let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("KEYFAN_TEST_UNSET_KEY"), "{stderr}");
+    let stderr = assert_exit_saying(&out, 2, "KEYFAN_TEST_UNSET_KEY");
     assert!(stderr.contains("config.yaml"), "{stderr}");
     assert!(!work.path("job.results.jsonl").exists(), "nothing ran");
 }
@@ -69,23 +69,17 @@ async fn a_missing_config_file_is_a_usage_error() {
     let work = Workdir::new();
     work.write("job.jsonl", &jsonl_job(1));
     let out = work
-        .keyfan(&["run", "job.jsonl", "--config", "nope.yaml"], &[])
+        .keyfan(&run_job("job.jsonl", "nope.yaml", &[]), &[])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));
+    assert_exit_saying(&out, 2, "nope.yaml");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_output_that_is_an_input_is_refused_before_anything_is_written() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
-    let job = jsonl_job(3);
-    work.write("job.jsonl", &job);
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = scenario(SIM, 3, one_account).await;
+    let job = work.read("job.jsonl");
     let refused = |out: &Output, names: &str| {
-        assert_eq!(out.status.code(), Some(2), "{}", explain(out));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(names), "{stderr}");
+        assert_exit_saying(out, 2, names);
     };
     for (flag, path, names) in [
         ("--out", "job.jsonl", "the job"),
@@ -143,19 +137,12 @@ async fn an_output_that_is_an_input_is_refused_before_anything_is_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_above_the_maximum_is_refused_and_workers_follow_the_items() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
-    work.write("job.jsonl", &jsonl_job(2));
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = scenario(SIM, 2, one_account).await;
     let out = work
         .keyfan(&run_args("s.db", &["-j", "4611686018427387904"]), &[])
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("--concurrency") && stderr.contains("1 to 10000"),
-        "{stderr}"
-    );
+    let stderr = assert_exit_saying(&out, 2, "--concurrency");
+    assert!(stderr.contains("1 to 10000"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     work.write(
@@ -164,22 +151,14 @@ async fn concurrency_above_the_maximum_is_refused_and_workers_follow_the_items()
     );
     let out = work
         .keyfan(
-            &[
-                "run",
-                "job.jsonl",
-                "--config",
-                "huge.yaml",
-                "--state",
-                "s.db",
-            ],
+            &run_job("job.jsonl", "huge.yaml", &["--state", "s.db"]),
             &[],
         )
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("huge.yaml: concurrency: 1000000000 is more than the maximum, 10000"),
-        "{stderr}"
+    assert_exit_saying(
+        &out,
+        2,
+        "huge.yaml: concurrency: 1000000000 is more than the maximum, 10000",
     );
     assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
 
@@ -191,25 +170,23 @@ async fn concurrency_above_the_maximum_is_refused_and_workers_follow_the_items()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_invalid_never_sends_a_duplicate_id() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
+    let (sim, work) = scenario(SIM, 0, one_account).await;
     work.write(
         "job.jsonl",
         "{\"id\": \"a\", \"prompt\": \"first\"}\n{\"id\": \"a\", \"prompt\": \"second\"}\n{\"id\": \"b\", \"prompt\": \"third\"}\n",
     );
-    work.write("config.yaml", &one_account(&sim.base_url()));
     let out = work
         .keyfan(&run_args("s.db", &["--skip-invalid"]), &[])
         .await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     assert_eq!(stats(&sim).await.requests, 2, "the duplicate was not sent");
+    assert_rows(
+        &work,
+        &[("#line:2", "skipped"), ("a", "ok"), ("b", "ok")],
+        "the duplicate is skipped",
+    );
     let mut rows = results(&work.path("job.results.jsonl"));
     rows.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
-    let summary: Vec<(&str, &str)> = rows
-        .iter()
-        .map(|r| (r["id"].as_str().unwrap(), r["status"].as_str().unwrap()))
-        .collect();
-    assert_eq!(summary, [("#line:2", "skipped"), ("a", "ok"), ("b", "ok")]);
     assert!(
         rows[1]["output"]
             .as_str()
@@ -230,28 +207,20 @@ async fn skip_invalid_never_sends_a_duplicate_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_row_never_shares_an_id_with_an_item() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
+    let (sim, work) = scenario(SIM, 0, one_account).await;
     // Line 2 is invalid; line 3 is a real item whose id is `line:2`.
     work.write(
         "job.jsonl",
         "{\"id\": \"a\", \"prompt\": \"x\"}\n{\"id\": \"b\"}\n{\"id\": \"line:2\", \"prompt\": \"y\"}\n",
     );
-    work.write("config.yaml", &one_account(&sim.base_url()));
     let args = run_args("s.db", &["--skip-invalid"]);
     for attempt in ["first run", "rerun"] {
         let out = work.keyfan(&args, &[]).await;
         assert_eq!(out.status.code(), Some(3), "{attempt}: {}", explain(&out));
-        let mut rows = results(&work.path("job.results.jsonl"));
-        rows.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
-        let summary: Vec<(&str, &str)> = rows
-            .iter()
-            .map(|r| (r["id"].as_str().unwrap(), r["status"].as_str().unwrap()))
-            .collect();
-        assert_eq!(
-            summary,
-            [("#line:2", "skipped"), ("a", "ok"), ("line:2", "ok")],
-            "{attempt}"
+        assert_rows(
+            &work,
+            &[("#line:2", "skipped"), ("a", "ok"), ("line:2", "ok")],
+            attempt,
         );
         assert_eq!(
             stats(&sim).await.requests,
@@ -263,28 +232,18 @@ async fn a_skipped_row_never_shares_an_id_with_an_item() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unterminated_csv_quote_sends_nothing() {
-    let sim = simulator(SIM).await;
-    let work = Workdir::new();
+    let (sim, work) = scenario(SIM, 0, one_account).await;
     work.write("job.csv", "id,prompt\na,\"oops\nb,x\nc,y");
-    work.write("config.yaml", &one_account(&sim.base_url()));
     let out = work
         .keyfan(
-            &[
-                "run",
-                "job.csv",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
+            &run_job("job.csv", "config.yaml", &["--state", "s.db"]),
             &[],
         )
         .await;
-    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("job.csv:2: a quote opened on this line is never closed"),
-        "{stderr}"
+    assert_exit_saying(
+        &out,
+        2,
+        "job.csv:2: a quote opened on this line is never closed",
     );
     assert_eq!(stats(&sim).await.requests, 0, "nothing was sent");
 }
