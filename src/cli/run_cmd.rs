@@ -7,12 +7,10 @@ use crate::job;
 use crate::paths;
 use crate::pool::{Pool, PoolError, RetryPolicy};
 use crate::report::Report;
-use crate::run::{
-    self, models, Budget, Earlier, Options, Recording, ResumePolicy, Start, Stop, Summary,
-};
+use crate::run::{self, models, Budget, Earlier, Options, Recording, Resume, Start, Stop, Summary};
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{Sink, Target};
-use crate::store::{ItemStatus, LockError, RunLock, RunRow, Store};
+use crate::store::{ItemStatus, LockError, RunLock, RunRow, RunStatus, Store};
 use anyhow::{anyhow, Context};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -122,9 +120,10 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             return Err(refuse_models(&job.label, &checked.errors));
         }
     }
-    let policy = ResumePolicy {
-        new_run: args.new_run,
-        retry_failed: args.retry_failed,
+    let policy = match (args.new_run, args.retry_failed) {
+        (true, _) => Resume::Fresh,
+        (false, true) => Resume::RetryFailed,
+        (false, false) => Resume::Continue,
     };
     let earlier = match run::earlier(&store, &job.keys(), &validation.content_hash, policy)? {
         Earlier::None => None,
@@ -199,13 +198,13 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     let (summary, store) = run::execute(&options, Arc::clone(&pool), recording, &stop).await?;
     signals.abort();
     let status = if !summary.errors.is_empty() {
-        "failed"
+        RunStatus::Failed
     } else if summary.interrupted || summary.output_closed {
-        "interrupted"
+        RunStatus::Interrupted
     } else if summary.budget_reached {
-        "stopped at --max-cost"
+        RunStatus::BudgetReached
     } else {
-        "done"
+        RunStatus::Done
     };
     store.finish_run(run_id, status)?;
 
@@ -219,7 +218,11 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     }
 
     // The whole run's items, this invocation's and earlier ones'.
-    let items: BTreeMap<String, u64> = store.status_counts(run_id)?.into_iter().collect();
+    let items: BTreeMap<String, u64> = store
+        .status_counts(run_id)?
+        .into_iter()
+        .map(|(status, n)| (status.as_str().to_owned(), n))
+        .collect();
     let code = exit_code(&summary, &items);
     // Errors are shown even with -q: the items they left pending go out
     // with the next run.
@@ -265,7 +268,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
         let json = serde_json::json!({
             "run": run_id.0,
             "simulated": args.simulate,
-            "status": status,
+            "status": status.as_str(),
             "elapsed_s": elapsed_s,
             "items": items,
             "results": target.to_string(),

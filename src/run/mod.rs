@@ -15,7 +15,7 @@ mod worker;
 
 pub use budget::Budget;
 pub use recorder::{Observer, Progress};
-pub use resume::{earlier, seed_from_ledger, start, Earlier, ResumePolicy, Start};
+pub use resume::{earlier, seed_from_ledger, start, Earlier, Resume, Start};
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};

@@ -71,7 +71,7 @@ async fn a_panicking_worker_leaves_its_item_pending_and_the_run_says_so() {
         summary.errors,
         ["internal error: worker panicked on item b: a test asked for a panic"]
     );
-    assert_eq!(store.status_counts(run).unwrap(), [("ok".to_owned(), 2)]);
+    assert_eq!(store.status_counts(run).unwrap(), [(ItemStatus::Ok, 2)]);
     let written = std::fs::read_to_string(results).unwrap();
     assert!(!written.contains("\"b\""), "{written}");
 }

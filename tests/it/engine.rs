@@ -168,7 +168,7 @@ async fn a_closed_results_pipe_ends_the_run_quietly_and_loses_nothing() {
 
     let store = keyfan::store::Store::open(&work.path("s.db")).unwrap();
     let run = &store.runs().unwrap()[0];
-    assert_eq!(run.status, "interrupted");
+    assert_eq!(run.status, keyfan::store::RunStatus::Interrupted);
     drop(store);
     // A rerun writes every item once, and sends only what was not answered.
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
@@ -216,7 +216,7 @@ async fn a_dead_endpoint_stops_the_run_naming_it_and_leaves_the_items_pending() 
     );
     let store = keyfan::store::Store::open(&work.path("s.db")).unwrap();
     let run = &store.runs().unwrap()[0];
-    assert_eq!(run.status, "failed");
+    assert_eq!(run.status, keyfan::store::RunStatus::Failed);
     assert!(
         store.status_counts(run.id).unwrap().is_empty(),
         "no item has an outcome: a rerun sends them all"
