@@ -1,9 +1,10 @@
 //! `keyfan keys check` and `keyfan keys status`.
 
-use super::{exit, open_state, print_json, scrubber, Failure, KeysArgs, KeysCommand, Verbosity};
+use super::{exit, open_state, print_json, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::pool::provider_for;
 use crate::provider::{self, ErrorClass, ProviderKind};
+use crate::run::scrubber;
 use crate::types::QuotaDay;
 use anyhow::Context;
 use serde::Serialize;

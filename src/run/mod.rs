@@ -6,16 +6,26 @@
 //! Workers never print or write files: they emit [`Event`]s.
 
 mod budget;
+mod entry;
+pub mod exit;
 pub mod models;
+mod observe;
 mod recorder;
 mod resume;
+mod settings;
+mod signals;
 #[cfg(test)]
 mod tests;
 mod worker;
 
 pub use budget::Budget;
+pub use entry::{run, scrubber, RunOutcome, StartError};
+pub use observe::{Load, Notice};
 pub use recorder::{Observer, Progress};
 pub use resume::{earlier, seed_from_ledger, start, Earlier, Resume, Start};
+pub use settings::{Job, Outputs, Settings};
+
+use observe::Shared;
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::{Pool, RetryPolicy};
@@ -75,8 +85,8 @@ pub enum Event {
     Attempt(AttemptRow),
     /// An item is finished.
     Finished(ItemRow),
-    /// Nothing happened: a second passed (so the display can refresh).
-    Tick,
+    /// A second passed: the pool's load, so the display can refresh.
+    Tick(Load),
 }
 
 /// How often the observer hears from a run even when nothing happens.
@@ -156,6 +166,9 @@ pub enum RunError {
     /// The results file failed.
     #[error("failed to write results")]
     Sink(#[source] std::io::Error),
+    /// The run could not start: nothing was sent.
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// Where a run's outcomes go: all owned by the recorder thread.
@@ -200,12 +213,13 @@ pub async fn execute(
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
     let ticker = {
         let events = event_tx.clone();
+        let pool = Arc::clone(&pool);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
             every.tick().await;
             loop {
                 every.tick().await;
-                if events.send(Event::Tick).is_err() {
+                if events.send(Event::Tick(Load::of(&pool))).is_err() {
                     break;
                 }
             }
