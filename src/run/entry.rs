@@ -419,3 +419,74 @@ fn status_of(summary: &Summary) -> RunStatus {
         RunStatus::Done
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Target;
+
+    fn outcome(status: RunStatus, items: &[(ItemStatus, u64)]) -> RunOutcome {
+        RunOutcome {
+            run: RunId(1),
+            simulated: false,
+            status,
+            elapsed_s: 1.0,
+            items: items.to_vec(),
+            errors: Vec::new(),
+            disabled: Vec::new(),
+            output_closed: false,
+            quota_resets_at: None,
+            outputs: super::super::Outputs {
+                target: Target::Stdout,
+                state: PathBuf::from("s.db"),
+                report_md: PathBuf::from("r.md"),
+                report_json: PathBuf::from("r.json"),
+            },
+        }
+    }
+
+    #[test]
+    fn how_the_run_stopped_decides_the_code_before_its_items() {
+        let worst = [
+            (ItemStatus::Deferred, 1),
+            (ItemStatus::Failed, 1),
+            (ItemStatus::Ok, 1),
+        ];
+        for (status, code) in [
+            (RunStatus::Failed, exit::ERROR),
+            (RunStatus::KeysRefused, exit::KEYS_REFUSED),
+            (RunStatus::Interrupted, exit::INTERRUPTED),
+            (RunStatus::BudgetReached, exit::BUDGET),
+            (RunStatus::Done, exit::DEFERRED),
+        ] {
+            assert_eq!(outcome(status, &worst).exit_code(), code, "{status}");
+        }
+        let done = |items: &[(ItemStatus, u64)]| outcome(RunStatus::Done, items).exit_code();
+        assert_eq!(done(&[(ItemStatus::Skipped, 1)]), exit::ITEMS_FAILED);
+        assert_eq!(done(&[(ItemStatus::Failed, 2)]), exit::ITEMS_FAILED);
+        assert_eq!(
+            done(&[(ItemStatus::Blocked, 1), (ItemStatus::Ok, 3)]),
+            exit::OK
+        );
+        assert_eq!(done(&[]), exit::OK);
+    }
+
+    #[test]
+    fn every_code_a_run_can_end_with_is_in_the_table() {
+        let listed = |code| exit::TABLE.iter().any(|&(c, _)| c == code);
+        for code in [
+            exit::OK,
+            exit::ERROR,
+            exit::USAGE,
+            exit::ITEMS_FAILED,
+            exit::DEFERRED,
+            exit::BUDGET,
+            exit::KEYS_REFUSED,
+            exit::LOCKED,
+            exit::INTERRUPTED,
+        ] {
+            assert!(listed(code), "{code}");
+        }
+        assert_eq!(exit::TABLE.len(), 9, "one row per code");
+    }
+}

@@ -257,9 +257,9 @@ fn ledger_token_sums_saturate_instead_of_turning_real() {
     assert_eq!(ledger[0].requests, 2);
 }
 
-#[test]
-fn odd_stored_numbers_read_as_the_nearest_count() {
-    let (_dir, mut store) = open();
+/// A store holding one run of one item answered `ok` by its one attempt.
+fn one_item_run() -> (tempfile::TempDir, Store, RunId, AttemptRow) {
+    let (dir, mut store) = open();
     let run = store.create_run("job.jsonl", "abc", false).unwrap();
     let a = attempt("a", 1, AttemptClass::Ok);
     store
@@ -272,6 +272,12 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
             },
         )
         .unwrap();
+    (dir, store, run, a)
+}
+
+#[test]
+fn odd_stored_numbers_read_as_the_nearest_count() {
+    let (_dir, store, run, a) = one_item_run();
     // What an older keyfan's overflowed sums, or a hand edit, leave behind.
     store
         .conn
@@ -337,19 +343,7 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
 
 #[test]
 fn an_unknown_state_is_an_error_naming_its_table_column_and_value() {
-    let (_dir, mut store) = open();
-    let run = store.create_run("job.jsonl", "abc", false).unwrap();
-    let a = attempt("a", 1, AttemptClass::Ok);
-    store
-        .commit(
-            run,
-            &Batch {
-                reservations: vec![reservation(&a)],
-                attempts: vec![a],
-                items: vec![item("a", 1, ItemStatus::Ok)],
-            },
-        )
-        .unwrap();
+    let (_dir, store, run, _) = one_item_run();
     let unknown = |result: Result<(), StoreError>| match result {
         Err(StoreError::UnknownValue { source, .. }) => source,
         other => panic!("{other:?}"),

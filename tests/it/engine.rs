@@ -271,6 +271,9 @@ async fn a_quota_wait_is_shown_on_a_timer_with_the_account() {
     );
     assert!(line.contains("2/4 done"), "{line}");
     sigterm(&child);
+    // The signal is told through the display, like every other line.
+    let line = wait_for_line(&lines, "keyfan: stopping:", Duration::from_secs(10));
+    assert!(line.contains("no new requests"), "{line}");
     let status = exit_within(&mut child, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(130));
 }

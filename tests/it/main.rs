@@ -1,6 +1,6 @@
 //! keyfan's integration tests: one binary, each module a theme. Every test
 //! starts its own simulator on 127.0.0.1:0 and drives the real `keyfan`
-//! binary against it over loopback.
+//! binary (or `keyfan::run`, in-process) against it over loopback.
 
 mod support;
 
@@ -21,6 +21,8 @@ mod hostile;
 mod hostile_answers;
 /// `keys check`, `keys status`, `runs`, `report`.
 mod keys;
+/// `keyfan::run` called in-process, as a program embedding keyfan would.
+mod library;
 /// A whole job, end to end: results, report, digests.
 mod run;
 /// No key ever appears in any output.
