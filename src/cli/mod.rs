@@ -1,5 +1,7 @@
-//! The command line: clap definitions, dispatch and exit codes. No business
-//! logic lives here; each command wires the library's parts together.
+//! The command line: clap definitions, `Settings::resolve` (each flag over
+//! the config, once), dispatch, and the display of a run. No business logic
+//! lives here: `keyfan run` is [`crate::run()`]; its exit codes come from
+//! [`crate::run::exit`].
 
 mod keys_cmd;
 mod progress;
