@@ -1,7 +1,7 @@
 //! keyfan: a batch processor for LLM APIs that fans a job of prompts across
 //! many API keys in many accounts, inside every account's quotas.
 //!
-//! Data flows one way: [`job`] → [`run`] (scheduler) → [`pool`] (lease) →
+//! Data flows one way: [`job`] → [`run`](mod@run) (scheduler) → [`pool`] (lease) →
 //! [`provider`] → [`store`] → [`report`]. The [`sim`] module is a local
 //! simulator of the real APIs for rehearsals and tests.
 //!
