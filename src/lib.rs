@@ -1,9 +1,13 @@
 //! keyfan: a batch processor for LLM APIs that fans a job of prompts across
 //! many API keys in many accounts, inside every account's quotas.
 //!
-//! Data flows one way: [`job`] → [`run`] (scheduler) → [`pool`] (lease) →
+//! Data flows one way: [`job`] → [`run`](mod@run) (scheduler) → [`pool`] (lease) →
 //! [`provider`] → [`store`] → [`report`]. The [`sim`] module is a local
 //! simulator of the real APIs for rehearsals and tests.
+//!
+//! A program (or a test) runs a job as the CLI does with [`run()`]: its
+//! [`run::Settings`] in, events to its [`run::Observer`] along the way, and
+//! a [`run::RunOutcome`] (with its exit code) out.
 #![warn(missing_docs)]
 
 pub mod cli;
@@ -19,3 +23,5 @@ pub mod sim;
 pub mod sink;
 pub mod store;
 pub mod types;
+
+pub use run::run;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("keyfan: error: failed to start the async runtime: {error}");
-            return ExitCode::from(keyfan::cli::exit::ERROR);
+            return ExitCode::from(keyfan::run::exit::ERROR);
         }
     };
     runtime.block_on(keyfan::cli::main(cli))

@@ -1,8 +1,9 @@
 //! `keyfan keys check` and `keyfan keys status`.
 
-use super::{exit, open_state, print_json, scrubber, Failure, KeysArgs, KeysCommand, Verbosity};
+use super::{exit, open_state, print_json, Failure, KeysArgs, KeysCommand, Verbosity};
 use crate::config::{Config, MissingEnv};
 use crate::provider::{self, ErrorClass, ProviderKind};
+use crate::run::scrubber;
 use crate::types::QuotaDay;
 use anyhow::Context;
 use serde::Serialize;
@@ -11,12 +12,64 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
+/// What `keys check` found of one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyCheck {
+    /// It answered.
+    Ok,
+    /// The key itself is wrong.
+    Invalid,
+    /// A valid key without access (API disabled, no permission, billing).
+    NoAccess,
+    /// The account is out of quota just now.
+    RateLimited,
+    /// Anything else (network, 5xx).
+    Error,
+}
+
+impl KeyCheck {
+    /// The result of a check that failed with `error`.
+    fn of(error: &provider::ApiError) -> KeyCheck {
+        match &error.class {
+            // A 401 means the server did not accept the credential, whatever
+            // its body says: OpenAI-compatible servers answer a wrong key
+            // with a 401 of any shape.
+            ErrorClass::KeyInvalid { reason }
+                if error.status == Some(401)
+                    || matches!(reason.as_str(), "API_KEY_INVALID" | "invalid_api_key") =>
+            {
+                KeyCheck::Invalid
+            }
+            ErrorClass::KeyInvalid { .. } => KeyCheck::NoAccess,
+            ErrorClass::RateLimited { .. } => KeyCheck::RateLimited,
+            _ => KeyCheck::Error,
+        }
+    }
+
+    /// The result as printed.
+    fn as_str(self) -> &'static str {
+        match self {
+            KeyCheck::Ok => "ok",
+            KeyCheck::Invalid => "invalid",
+            KeyCheck::NoAccess => "no access",
+            KeyCheck::RateLimited => "rate limited",
+            KeyCheck::Error => "error",
+        }
+    }
+}
+
+impl Serialize for KeyCheck {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One row of `keys check`.
 #[derive(Debug, Serialize)]
 struct Check {
     key: String,
     account: String,
-    status: &'static str,
+    status: KeyCheck,
     latency_ms: u64,
     detail: Option<String>,
 }
@@ -65,27 +118,9 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
             let result = client.check(&key.key, gemini_model).await;
             let latency_ms = started.elapsed().as_millis() as u64;
             let (status, detail) = match result {
-                Ok(()) => ("ok", None),
+                Ok(()) => (KeyCheck::Ok, None),
                 Err(e) => {
-                    let status = match &e.class {
-                        // The key itself is wrong, as opposed to a valid key
-                        // without access (API disabled, no permission,
-                        // billing). A 401 means the server did not accept the
-                        // credential, whatever its body says: OpenAI-compatible
-                        // servers answer a wrong key with a 401 of any shape.
-                        ErrorClass::KeyInvalid { reason }
-                            if e.status == Some(401)
-                                || matches!(
-                                    reason.as_str(),
-                                    "API_KEY_INVALID" | "invalid_api_key"
-                                ) =>
-                        {
-                            "invalid"
-                        }
-                        ErrorClass::KeyInvalid { .. } => "no access",
-                        ErrorClass::RateLimited { .. } => "rate limited",
-                        _ => "error",
-                    };
+                    let status = KeyCheck::of(&e);
                     let mut detail = e.message;
                     scrub.clean(&mut detail);
                     (status, Some(detail))
@@ -112,15 +147,13 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
                 "{:<14} {:<16} {:<12} {:>8}  {}",
                 c.key,
                 c.account,
-                c.status,
+                c.status.as_str(),
                 c.latency_ms,
                 c.detail.as_deref().unwrap_or("")
             );
         }
     }
-    let all_ok = checks
-        .iter()
-        .all(|c| matches!(c.status, "ok" | "unchecked"));
+    let all_ok = checks.iter().all(|c| c.status == KeyCheck::Ok);
     Ok(if all_ok { exit::OK } else { exit::ITEMS_FAILED })
 }
 
@@ -140,7 +173,9 @@ struct ModelUsage {
 struct KeyStatus {
     key: String,
     account: String,
-    state: String,
+    /// A [`crate::store::KeyState`], or `unused` for a configured key the
+    /// state file does not know.
+    state: &'static str,
     reason: Option<String>,
     since: Option<String>,
 }
@@ -240,7 +275,7 @@ fn status(config: &Path, simulate: bool, state: &Path, json: bool) -> Result<u8,
         .map(|r| KeyStatus {
             key: r.key,
             account: r.account,
-            state: r.state,
+            state: r.state.as_str(),
             reason: r.reason,
             since: Some(r.updated_at),
         })
@@ -253,7 +288,7 @@ fn status(config: &Path, simulate: bool, state: &Path, json: bool) -> Result<u8,
                     keys.push(KeyStatus {
                         key: fingerprint.to_owned(),
                         account: account.name.clone(),
-                        state: "unused".to_owned(),
+                        state: "unused",
                         reason: None,
                         since: None,
                     });

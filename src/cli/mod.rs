@@ -1,5 +1,7 @@
-//! The command line: clap definitions, dispatch and exit codes. No business
-//! logic lives here; each command wires the library's parts together.
+//! The command line: clap definitions, `Settings::resolve` (each flag over
+//! the config, once), dispatch, and the display of a run. No business logic
+//! lives here: `keyfan run` is [`crate::run()`]; its exit codes come from
+//! [`crate::run::exit`].
 
 mod keys_cmd;
 mod progress;
@@ -11,43 +13,30 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Documented exit codes (also in the README and `--help`).
-pub mod exit {
-    /// Every item ended `ok` (or `blocked` by the API's safety filters).
-    pub const OK: u8 = 0;
-    /// keyfan itself failed: state file, results file, I/O, internal error.
-    pub const ERROR: u8 = 1;
-    /// The command line, the config or the job file is invalid; nothing was sent.
-    pub const USAGE: u8 = 2;
-    /// The run finished but some items failed.
-    pub const ITEMS_FAILED: u8 = 3;
-    /// Every account's daily quota ran out; the rest of the items are deferred.
-    pub const DEFERRED: u8 = 4;
-    /// `--max-cost` was reached; the rest of the items were not sent.
-    pub const BUDGET: u8 = 5;
-    /// Every key that can serve a model was refused (invalid, disabled):
-    /// the run stopped, and the remaining items stay pending.
-    pub const KEYS_REFUSED: u8 = 6;
-    /// Another run holds the state file; nothing was sent (try again later).
-    pub const LOCKED: u8 = 75;
-    /// Interrupted by Ctrl-C or SIGTERM; finished items are kept.
-    pub const INTERRUPTED: u8 = 130;
-}
+use crate::run::exit;
 
-const EXIT_CODES: &str = "\
-Exit codes:
-  0    every item ok (or blocked by the API's safety filters)
-  1    keyfan failed (state file, results file, I/O)
-  2    invalid command line, config or job file (or a job edited since its
-       run, or an output that is an input): nothing was sent
-  3    finished, but some items failed or were skipped (--skip-invalid)
-  4    daily quotas ran out (or a server asked to wait > 10 min): remaining
-       items deferred to a later run
-  5    --max-cost reached: remaining items not sent (a rerun resumes them)
-  6    every key that can serve a model was refused: remaining items pending
-  75   another run is using the state file: nothing was sent, try later
-  130  interrupted (Ctrl-C / SIGTERM, or the results pipe closed): finished
-       items are kept";
+/// Help text lines are wrapped at this width.
+const HELP_WIDTH: usize = 80;
+
+/// The exit codes of `keyfan run`, from the one table ([`exit::TABLE`]), as
+/// `--help` shows them: each meaning wrapped under its own column.
+fn exit_codes_help() -> String {
+    const INDENT: usize = 7;
+    let mut help = String::from("Exit codes:");
+    for (code, meaning) in exit::TABLE {
+        let mut line = format!("\n  {code:<4} ");
+        for word in meaning.split(' ') {
+            if line.len() + word.len() > HELP_WIDTH {
+                help.push_str(line.trim_end());
+                line = format!("\n{:INDENT$}", "");
+            }
+            line.push_str(word);
+            line.push(' ');
+        }
+        help.push_str(line.trim_end());
+    }
+    help
+}
 
 /// `keyfan --version`: the package version, the commit and the build date
 /// (set by the build script, `src/build.rs`).
@@ -63,7 +52,7 @@ const VERSION: &str = concat!(
 /// Fan a job of LLM prompts across many API keys and projects, within every
 /// project's quotas.
 #[derive(Debug, Parser)]
-#[command(name = "keyfan", version = VERSION, after_help = EXIT_CODES)]
+#[command(name = "keyfan", version = VERSION, after_help = exit_codes_help())]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -78,7 +67,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a job: send every item, write results and a report.
-    #[command(after_help = RUN_EXAMPLES)]
+    #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit_codes_help()))]
     Run(RunArgs),
     /// Check keys, or show today's quota use and key health.
     Keys(KeysArgs),
@@ -188,13 +177,7 @@ Examples:
   GEMINI_API_KEY_1=... GEMINI_API_KEY_2=... keyfan run prompts.jsonl --config config.yaml
 
   # Results to stdout for a pipe, CSV job, 32 requests in flight:
-  keyfan run prompts.csv --config config.yaml --out - --concurrency 32 | jq .status
-
-Exit codes:
-  0 all ok · 1 keyfan failed · 2 invalid config/job (nothing sent) · 3 some items failed
-  4 deferred by daily quota · 5 --max-cost reached · 6 every key refused
-  75 state file in use by another run
-  130 interrupted";
+  keyfan run prompts.csv --config config.yaml --out - --concurrency 32 | jq .status";
 
 const SIM_EXAMPLES: &str = "\
 Examples:
@@ -357,12 +340,6 @@ fn open_state(state: &std::path::Path) -> Result<crate::store::Store, Failure> {
     Ok(crate::store::Store::open(state)?)
 }
 
-/// The scrubber of every key in `config`: what keyfan writes holds no
-/// fragment of any of them.
-fn scrubber(config: &crate::config::Config) -> crate::provider::Scrubber {
-    crate::provider::Scrubber::new(config.accounts.iter().flat_map(|a| &a.keys).map(|k| &k.key))
-}
-
 /// Prints `value` as pretty JSON on standard output, for `--json`.
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;
@@ -402,5 +379,31 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn keyfan_and_run_help_list_every_exit_code_of_the_table() {
+        let mut cli = Cli::command();
+        let top = cli.render_long_help().to_string();
+        let run = cli
+            .find_subcommand_mut("run")
+            .expect("a run command")
+            .render_long_help()
+            .to_string();
+        let help = exit_codes_help();
+        for text in [&top, &run] {
+            assert!(text.contains(&help), "{text}");
+        }
+        for (code, meaning) in exit::TABLE {
+            let listed = help
+                .split_once(&format!("\n  {code:<4} "))
+                .unwrap_or_else(|| panic!("code {code} missing from {help}"))
+                .1;
+            // The meaning, wrapped: its words in order.
+            let words: Vec<&str> = listed.split_whitespace().collect();
+            let wanted: Vec<&str> = meaning.split_whitespace().collect();
+            assert_eq!(words[..wanted.len()], wanted[..], "{help}");
+        }
+        assert!(help.lines().all(|l| l.len() <= HELP_WIDTH), "{help}");
     }
 }

@@ -1,18 +1,18 @@
-//! What a person sees while a run goes: an indicatif bar on a terminal, a
-//! plain line every few seconds otherwise (cron, CI, pipes), nothing with
+//! What a person sees of a run, on standard error: the one owner of every
+//! line a run prints there. An indicatif bar on a terminal, a plain line
+//! every few seconds otherwise (cron, CI, pipes), nothing but errors with
 //! `-q`, and one line per request with `-v` (keys as fingerprints). Both
 //! say what the run waits for when the quotas hold it back, and an
 //! endpoint that refuses connections is named once, even without `-v`.
+//! The run's notices (warnings, the resume, signals) and its summary are
+//! printed here too, from the events the run sends.
 
 use super::Verbosity;
-use crate::pool::Pool;
-use crate::run::Clients;
-use crate::run::{Observer, Progress};
+use crate::run::{Notice, Observer, Progress, RunOutcome};
 use crate::store::{AttemptRow, ItemRow, ItemStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashSet;
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often the plain (non-terminal) progress line is printed.
@@ -21,8 +21,7 @@ const LINE_EVERY: Duration = Duration::from_secs(5);
 /// The run's display on standard error.
 pub(super) struct Display {
     verbosity: Verbosity,
-    pool: Arc<Pool>,
-    clients: Arc<Clients>,
+    /// The bar, on a terminal, from the first progress on.
     bar: Option<ProgressBar>,
     last_line: Instant,
     /// Endpoints already named as unreachable.
@@ -30,13 +29,23 @@ pub(super) struct Display {
 }
 
 impl Display {
-    pub(super) fn new(
-        verbosity: Verbosity,
-        total: u64,
-        pool: Arc<Pool>,
-        clients: Arc<Clients>,
-    ) -> Display {
-        let bar = (verbosity != Verbosity::Quiet && std::io::stderr().is_terminal()).then(|| {
+    pub(super) fn new(verbosity: Verbosity) -> Display {
+        Display {
+            verbosity,
+            bar: None,
+            last_line: Instant::now(),
+            unreachable: HashSet::new(),
+        }
+    }
+
+    /// Whether the bar is shown: on a terminal, unless `-q`.
+    fn bar_shown(&self) -> bool {
+        self.verbosity != Verbosity::Quiet && std::io::stderr().is_terminal()
+    }
+
+    /// Makes the bar of a run of `total` items, on first use.
+    fn start_bar(&mut self, total: u64) {
+        if self.bar.is_none() && self.bar_shown() {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} {elapsed} {msg}")
@@ -44,24 +53,16 @@ impl Display {
                     .progress_chars("█▉▊▋▌▍▎▏ "),
             );
             bar.enable_steady_tick(Duration::from_millis(200));
-            bar
-        });
-        Display {
-            verbosity,
-            pool,
-            clients,
-            bar,
-            last_line: Instant::now(),
-            unreachable: HashSet::new(),
+            self.bar = Some(bar);
         }
     }
 
     /// Names each endpoint that keeps refusing connections, once.
-    fn call_out_unreachable(&mut self) {
+    fn call_out_unreachable(&mut self, unreachable: &[(String, String)]) {
         if self.verbosity == Verbosity::Quiet {
             return;
         }
-        for (url, error) in self.clients.unreachable() {
+        for (url, error) in unreachable {
             if self.unreachable.insert(url.clone()) {
                 self.say(&format!(
                     "keyfan: cannot connect to {url}: {error} ({} failures in a row)",
@@ -71,10 +72,18 @@ impl Display {
         }
     }
 
+    /// Prints `line` above the bar, or on its own without one.
     fn say(&self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),
+        }
+    }
+
+    /// [`Display::say`], unless `-q`.
+    fn tell(&self, line: &str) {
+        if self.verbosity != Verbosity::Quiet {
+            self.say(line);
         }
     }
 }
@@ -114,14 +123,14 @@ impl Observer for Display {
     }
 
     fn progress(&mut self, p: &Progress) {
-        self.call_out_unreachable();
+        self.call_out_unreachable(&p.load.unreachable);
         let failed = p.count(ItemStatus::Failed);
-        let in_flight = self.pool.in_flight();
+        let in_flight = p.load.in_flight;
         let elapsed = p.started.elapsed();
         let rate = p.done() as f64 / elapsed.as_secs_f64().max(1e-3);
         // While the quotas hold the run back, a rate-based ETA only grows:
         // say what it waits for instead.
-        let outlook = match self.pool.waiting() {
+        let outlook = match &p.load.waiting {
             Some(waiting) => waiting.to_string(),
             None if rate > 0.0 => format!(
                 "ETA {}",
@@ -131,6 +140,7 @@ impl Observer for Display {
             ),
             None => "ETA ?".to_owned(),
         };
+        self.start_bar(p.total);
         match &self.bar {
             Some(bar) => {
                 bar.set_position(p.done());
@@ -163,6 +173,110 @@ impl Observer for Display {
             None => {}
         }
     }
+
+    fn notice(&mut self, notice: &Notice) {
+        match notice {
+            // Shown even with -q: they refuse the run, or explain the
+            // `skipped` items of one that goes on.
+            Notice::InvalidLines { shown, hidden } => {
+                for error in shown {
+                    self.say(&format!("keyfan: {error}"));
+                }
+                if *hidden > 0 {
+                    self.say(&format!("keyfan: … and {hidden} more invalid lines"));
+                }
+            }
+            Notice::ModelRefused { job, error } => self.say(&format!("keyfan: {job}: {error}")),
+            Notice::ModelWarning(warning) => self.tell(&format!("keyfan: warning: {warning}")),
+            Notice::Simulated { base_url } => self.tell(&format!(
+                "keyfan: SIMULATED run: every request goes to the built-in simulator at {base_url}, not to a real API"
+            )),
+            Notice::Resuming { run, job, done, to_do } => self.tell(&format!(
+                "keyfan: resuming run {} of {job}: {done} item(s) already finished, {to_do} to go (--new-run starts afresh)",
+                run.0
+            )),
+            Notice::Stopping { grace } => self.tell(&format!(
+                "keyfan: stopping: no new requests; waiting up to {}s for those in flight (Ctrl-C again to abandon them)",
+                grace.as_secs()
+            )),
+            Notice::Abandoning { grace_over: true } => {
+                self.tell("keyfan: grace period over: abandoning the requests in flight")
+            }
+            Notice::Abandoning { grace_over: false } => {
+                self.tell("keyfan: abandoning the requests in flight")
+            }
+        }
+    }
+
+    fn done(&mut self, outcome: &RunOutcome) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        // Errors are shown even with -q: the items they left pending go out
+        // with the next run.
+        for error in &outcome.errors {
+            eprintln!("keyfan: error: {error}");
+        }
+        // So are refused keys when they left a model with none: each key
+        // is named with the API's reason.
+        for model in &outcome.keys_refused {
+            eprintln!(
+                "keyfan: error: every key that can serve {model} was refused: stopped sending"
+            );
+        }
+        let quiet = self.verbosity == Verbosity::Quiet;
+        if !quiet || !outcome.keys_refused.is_empty() {
+            for (key, account, reason) in &outcome.disabled {
+                eprintln!("keyfan: key {key} ({account}) was disabled for this run: {reason}");
+            }
+        }
+        if !outcome.errors.is_empty() || !outcome.keys_refused.is_empty() {
+            eprintln!("keyfan: the items not finished stay pending: running the same command again sends them");
+        }
+        if quiet {
+            return;
+        }
+        let outputs = &outcome.outputs;
+        if outcome.output_closed {
+            eprintln!(
+                "keyfan: the results output was closed: stopped sending; finished items are kept in {} (running the same command again writes them and sends the rest)",
+                outputs.state.display()
+            );
+        }
+        // The run's active time, as the report gives it: a resumed run's
+        // earlier invocations count, the gaps between them do not.
+        eprintln!(
+            "keyfan: {}run {} {} in {:.1}s: {}",
+            if outcome.simulated { "SIMULATED " } else { "" },
+            outcome.run.0,
+            outcome.status,
+            outcome.elapsed_s,
+            counts(&outcome.items)
+        );
+        if let Some(reset) = &outcome.quota_resets_at {
+            eprintln!(
+                "keyfan: daily quotas are spent: deferred items can go after {reset} (midnight US/Pacific)"
+            );
+        }
+        eprintln!("keyfan: results: {}", outputs.target);
+        eprintln!(
+            "keyfan: report:  {} and {}",
+            outputs.report_md.display(),
+            outputs.report_json.display()
+        );
+    }
+}
+
+/// Items per status, e.g. `3 failed, 40 ok`.
+fn counts(items: &[(ItemStatus, u64)]) -> String {
+    if items.is_empty() {
+        return "no items".to_owned();
+    }
+    items
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `x` rounded to 3 significant digits: `0.0123`, `12.3`, `1230`.

@@ -11,8 +11,11 @@ pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
     if args.json {
         let mut out = Vec::new();
         for run in &runs {
-            let counts: std::collections::BTreeMap<String, u64> =
-                store.status_counts(run.id)?.into_iter().collect();
+            let counts: std::collections::BTreeMap<&str, u64> = store
+                .status_counts(run.id)?
+                .into_iter()
+                .map(|(status, n)| (status.as_str(), n))
+                .collect();
             out.push(serde_json::json!({ "run": run, "items": counts }));
         }
         print_json(&out)?;

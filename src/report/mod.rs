@@ -94,10 +94,7 @@ impl Report {
         }
         for (status, n) in store.status_counts(run)? {
             totals.items += n;
-            *totals
-                .status
-                .entry(ItemStatus::parse(&status).as_str())
-                .or_default() += n;
+            *totals.status.entry(status.as_str()).or_default() += n;
         }
         let mut all = Tally::default();
         let mut keys = Groups::default();

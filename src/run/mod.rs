@@ -11,10 +11,15 @@
 mod budget;
 mod call;
 mod clients;
+mod entry;
+pub mod exit;
 pub mod models;
+mod observe;
 mod recorder;
 mod resume;
 mod retry;
+mod settings;
+mod signals;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -22,9 +27,14 @@ mod worker;
 pub use budget::Budget;
 pub use call::{Attempt, CallError, Caller, CallerError, Metered};
 pub use clients::{ClientError, Clients, UNREACHABLE_AFTER};
+pub use entry::{run, scrubber, RunOutcome, StartError};
+pub use observe::{Load, Notice};
 pub use recorder::{Observer, Progress};
-pub use resume::{earlier, start, Earlier, ResumePolicy, Start};
+pub use resume::{earlier, start, Earlier, Resume, Start};
 pub use retry::{Decision, Retries, RetryPolicy};
+pub use settings::{Job, Outputs, Settings};
+
+use observe::Shared;
 
 use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::Pool;
@@ -91,8 +101,8 @@ pub enum Event {
     Attempt(AttemptRow),
     /// An item is finished.
     Finished(ItemRow),
-    /// Nothing happened: a second passed (so the display can refresh).
-    Tick,
+    /// A second passed: the pool's load, so the display can refresh.
+    Tick(Load),
 }
 
 /// How often the observer hears from a run even when nothing happens.
@@ -189,6 +199,9 @@ pub enum RunError {
     /// The results file failed.
     #[error("failed to write results")]
     Sink(#[source] std::io::Error),
+    /// The run could not start: nothing was sent.
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 /// Where a run's outcomes go: all owned by the recorder thread.
@@ -235,12 +248,13 @@ pub async fn execute(
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
     let ticker = {
         let events = event_tx.clone();
+        let (pool, clients) = (Arc::clone(&pool), Arc::clone(&clients));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(TICK);
             every.tick().await;
             loop {
                 every.tick().await;
-                if events.send(Event::Tick).is_err() {
+                if events.send(Event::Tick(Load::of(&pool, &clients))).is_err() {
                     break;
                 }
             }

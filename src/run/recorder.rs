@@ -7,7 +7,7 @@
 //! the run stops dispatching, and the outcomes still coming in are
 //! committed to the store only: a rerun writes them.
 
-use super::{Event, Recording, RunError};
+use super::{Event, Load, Notice, Recording, RunError, RunOutcome};
 use crate::provider::Scrubber;
 use crate::sink::Sink;
 use crate::store::{
@@ -34,6 +34,8 @@ pub struct Progress {
     pub rate_limited: u64,
     /// When the run started.
     pub started: Instant,
+    /// The pool's load as of the last tick.
+    pub load: Load,
 }
 
 impl Progress {
@@ -48,15 +50,21 @@ impl Progress {
     }
 }
 
-/// Whoever shows the run to a person: called by the recorder after each
-/// committed batch, never by workers.
+/// Whoever shows the run to a person: the one owner of everything a run
+/// says. Called by the recorder after each committed batch, and by the run
+/// for its notices and its end; never by workers. Each event is ignored
+/// unless the observer shows it.
 pub trait Observer: Send {
     /// A request was answered or failed.
-    fn attempt(&mut self, attempt: &AttemptRow);
+    fn attempt(&mut self, _attempt: &AttemptRow) {}
     /// An item finished (its outcome is committed and written).
-    fn finished(&mut self, item: &ItemRow);
-    /// A batch was committed; `progress` is up to date.
-    fn progress(&mut self, progress: &Progress);
+    fn finished(&mut self, _item: &ItemRow) {}
+    /// A batch was committed or a second passed; `progress` is up to date.
+    fn progress(&mut self, _progress: &Progress) {}
+    /// Something the run says once (a warning, a signal, a resume).
+    fn notice(&mut self, _notice: &Notice) {}
+    /// The run is over: its outcome, committed and reported.
+    fn done(&mut self, _outcome: &RunOutcome) {}
 }
 
 pub(super) struct Recorder {
@@ -95,6 +103,7 @@ pub(super) fn spawn(
             retries: 0,
             rate_limited: 0,
             started: Instant::now(),
+            load: Load::default(),
         };
         let mut output = Output {
             sink: &mut sink,
@@ -191,7 +200,7 @@ fn record(
                 scrubber.clean_option(&mut item.error);
                 commit.items.push(item);
             }
-            Event::Tick => {}
+            Event::Tick(load) => progress.load = load,
         }
     }
     // Releases first: a request given back makes room for one reserved in

@@ -8,14 +8,17 @@ use crate::sink::Sink;
 use crate::store::{ItemStatus, RunId, RunRow, Store, StoreError};
 use std::collections::{HashMap, HashSet};
 
-/// How to pick the run.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ResumePolicy {
-    /// Start a fresh run even if one of the same job exists (or one of an
-    /// earlier version of it).
-    pub new_run: bool,
-    /// Send again the items that failed last time.
-    pub retry_failed: bool,
+/// How a run takes up an earlier run of the same job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Resume {
+    /// Resume it: its finished items are not sent again (the default).
+    #[default]
+    Continue,
+    /// Resume it, and send again the items that failed (`--retry-failed`).
+    RetryFailed,
+    /// Start a fresh run even if one of the same job exists, or one of an
+    /// earlier version of it (`--new-run`).
+    Fresh,
 }
 
 /// The run to execute and what it already holds.
@@ -48,14 +51,14 @@ pub enum Earlier {
 /// recorded under any of `job_paths` (the job's canonical path first, then
 /// the spellings older keyfans stored) with content `job_hash`; failing
 /// that, the newest run of the same path with other content. Under
-/// `policy.new_run` there is none.
+/// [`Resume::Fresh`] there is none.
 pub fn earlier(
     store: &Store,
     job_paths: &[&str],
     job_hash: &str,
-    policy: ResumePolicy,
+    resume: Resume,
 ) -> Result<Earlier, StoreError> {
-    if policy.new_run {
+    if resume == Resume::Fresh {
         return Ok(Earlier::None);
     }
     let runs: Vec<RunRow> = store
@@ -83,7 +86,7 @@ pub fn start(
     job_path: &str,
     job_hash: &str,
     simulated: bool,
-    policy: ResumePolicy,
+    resume: Resume,
 ) -> Result<Start, RunError> {
     let run = match earlier {
         Some(run) => {
@@ -96,7 +99,7 @@ pub fn start(
     store
         .for_each_item(run, |row| {
             let again = row.status == ItemStatus::Deferred
-                || (row.status == ItemStatus::Failed && policy.retry_failed);
+                || (row.status == ItemStatus::Failed && resume == Resume::RetryFailed);
             if again {
                 return Ok(());
             }

@@ -20,7 +20,7 @@ impl Observer for Silent {
 /// in-process simulator.
 struct Ran {
     summary: Summary,
-    statuses: Vec<(String, u64)>,
+    statuses: Vec<(ItemStatus, u64)>,
     written: String,
 }
 
@@ -94,7 +94,7 @@ async fn a_panicking_worker_leaves_its_item_pending_and_the_run_says_so() {
         ran.summary.errors,
         ["internal error: worker panicked on item b: a test asked for a panic"]
     );
-    assert_eq!(ran.statuses, [("ok".to_owned(), 2)]);
+    assert_eq!(ran.statuses, [(ItemStatus::Ok, 2)]);
     assert!(!ran.written.contains("\"b\""), "{}", ran.written);
 }
 
@@ -109,6 +109,6 @@ async fn a_job_file_that_is_not_the_one_validated_fails_the_run() {
         "{error}"
     );
     // What was read was sent: its outcomes are kept.
-    assert_eq!(ran.statuses, [("ok".to_owned(), 3)]);
+    assert_eq!(ran.statuses, [(ItemStatus::Ok, 3)]);
     assert!(run_job(THREE, None).await.summary.errors.is_empty());
 }

@@ -17,7 +17,8 @@ mod tests;
 pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
-    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, LedgerRow, RunId, RunRow,
+    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, KeyState, LedgerRow, RunId,
+    RunRow, RunStatus, UnknownValue,
 };
 
 use crate::types::QuotaDay;
@@ -54,6 +55,16 @@ pub enum StoreError {
         /// The newest this build knows.
         supported: i64,
     },
+    /// A stored state this keyfan does not know (a newer keyfan wrote it,
+    /// or a hand edit): refused rather than read as some default.
+    #[error("state file {path}: {source} (written by a newer keyfan, or edited by hand)")]
+    UnknownValue {
+        /// The state file.
+        path: PathBuf,
+        /// The table, column and value.
+        #[source]
+        source: UnknownValue,
+    },
 }
 
 /// An open state file.
@@ -84,10 +95,16 @@ impl Store {
     }
 
     fn wrap(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
+        let path = self.path.clone();
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &source {
+            if let Some(unknown) = cause.downcast_ref::<UnknownValue>() {
+                return StoreError::UnknownValue {
+                    path,
+                    source: unknown.clone(),
+                };
+            }
         }
+        StoreError::Sqlite { path, source }
     }
 
     /// Starts a run of the job at `job_path` whose bytes hash to `job_hash`.
@@ -100,8 +117,8 @@ impl Store {
         self.conn
             .execute(
                 "INSERT INTO runs (job_path, job_hash, simulated, started_at, status, resumed_at)
-                 VALUES (?1, ?2, ?3, ?4, 'running', ?4)",
-                params![job_path, job_hash, simulated, now()],
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?4)",
+                params![job_path, job_hash, simulated, now(), RunStatus::Running],
             )
             .map_err(|e| self.wrap(e))?;
         Ok(RunId(self.conn.last_insert_rowid()))
@@ -132,7 +149,7 @@ impl Store {
     }
 
     /// Items of a run per status.
-    pub fn status_counts(&self, run: RunId) -> Result<Vec<(String, u64)>, StoreError> {
+    pub fn status_counts(&self, run: RunId) -> Result<Vec<(ItemStatus, u64)>, StoreError> {
         self.collect(
             "SELECT status, count(*) FROM items WHERE run_id = ?1 GROUP BY status ORDER BY status",
             [run.0],
@@ -144,17 +161,17 @@ impl Store {
     pub fn reopen_run(&self, run: RunId) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "UPDATE runs SET finished_at = NULL, status = 'running', resumed_at = ?2
+                "UPDATE runs SET finished_at = NULL, status = ?3, resumed_at = ?2
                  WHERE id = ?1",
-                params![run.0, now()],
+                params![run.0, now(), RunStatus::Running],
             )
             .map_err(|e| self.wrap(e))?;
         Ok(())
     }
 
-    /// Marks a run finished with `status` (e.g. `done`, `interrupted`),
-    /// adding this invocation's duration to its active time.
-    pub fn finish_run(&self, run: RunId, status: &str) -> Result<(), StoreError> {
+    /// Marks a run finished with `status`, adding this invocation's
+    /// duration to its active time.
+    pub fn finish_run(&self, run: RunId, status: RunStatus) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE runs SET finished_at = ?2, status = ?3, resumed_at = NULL,

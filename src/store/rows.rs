@@ -1,7 +1,7 @@
 //! The rows the store reads and writes: the vocabulary shared by the
 //! scheduler (which produces them) and the report (which reads them).
 
-use rusqlite::types::ValueRef;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::Row;
 use serde::Serialize;
 
@@ -9,9 +9,73 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct RunId(pub i64);
 
+/// A stored state's text that this keyfan does not know: written by a
+/// newer keyfan, or edited by hand. Never read as some default.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("table {table}, column {column} holds `{value}`, which this keyfan does not know")]
+pub struct UnknownValue {
+    /// The table.
+    pub table: &'static str,
+    /// The column.
+    pub column: &'static str,
+    /// The text found.
+    pub value: String,
+}
+
+/// Gives a state enum its stored text: `as_str`, a `parse` that refuses
+/// unknown text, `Display`, `Serialize` as the text, and SQLite conversions
+/// (reading an unknown text fails with [`UnknownValue`]).
+macro_rules! stored_as_text {
+    ($ty:ident in $table:literal . $column:literal { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The state as stored and shown.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+
+            /// The state of its stored text; an unknown text is an error.
+            pub fn parse(text: &str) -> Result<$ty, UnknownValue> {
+                match text {
+                    $($text => Ok($ty::$variant),)+
+                    _ => Err(UnknownValue {
+                        table: $table,
+                        column: $column,
+                        value: text.to_owned(),
+                    }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl ToSql for $ty {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $ty {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<$ty> {
+                $ty::parse(value.as_str()?).map_err(|e| FromSqlError::Other(Box::new(e)))
+            }
+        }
+    };
+}
+
 /// How an item ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemStatus {
     /// The API answered with output.
     Ok,
@@ -25,33 +89,57 @@ pub enum ItemStatus {
     Deferred,
 }
 
-impl ItemStatus {
-    /// The status as written in results, reports and the state file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ItemStatus::Ok => "ok",
-            ItemStatus::Failed => "failed",
-            ItemStatus::Blocked => "blocked",
-            ItemStatus::Skipped => "skipped",
-            ItemStatus::Deferred => "deferred",
-        }
-    }
+stored_as_text!(ItemStatus in "items"."status" {
+    Ok => "ok",
+    Failed => "failed",
+    Blocked => "blocked",
+    Skipped => "skipped",
+    Deferred => "deferred",
+});
 
-    /// The status of its stored name (unknown names read as `failed`).
-    pub fn parse(s: &str) -> ItemStatus {
-        match s {
-            "ok" => ItemStatus::Ok,
-            "blocked" => ItemStatus::Blocked,
-            "skipped" => ItemStatus::Skipped,
-            "deferred" => ItemStatus::Deferred,
-            _ => ItemStatus::Failed,
-        }
-    }
+/// Where a run stands, as `keyfan runs` and the report show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// An invocation is under way (or died without finishing it).
+    Running,
+    /// Every item is finished.
+    Done,
+    /// Ctrl-C, SIGTERM or a closed results pipe stopped it.
+    Interrupted,
+    /// `--max-cost` stopped it.
+    BudgetReached,
+    /// keyfan itself failed (a worker's panic, no endpoint reachable).
+    Failed,
+    /// Every key for some model was refused: dispatch stopped, the rest of
+    /// the items stay pending.
+    KeysRefused,
 }
 
+stored_as_text!(RunStatus in "runs"."status" {
+    Running => "running",
+    Done => "done",
+    Interrupted => "interrupted",
+    BudgetReached => "stopped at --max-cost",
+    Failed => "failed",
+    KeysRefused => "keys refused",
+});
+
+/// A key's last known state, kept across runs for `keys status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// It was answered.
+    Ok,
+    /// The API refused it (invalid, revoked, no access).
+    Disabled,
+}
+
+stored_as_text!(KeyState in "keys"."state" {
+    Ok => "ok",
+    Disabled => "disabled",
+});
+
 /// How one attempt (one HTTP request) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttemptClass {
     /// Output received.
     Ok,
@@ -67,30 +155,14 @@ pub enum AttemptClass {
     Blocked,
 }
 
-impl AttemptClass {
-    /// The class as stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptClass::Ok => "ok",
-            AttemptClass::RateLimited => "rate_limited",
-            AttemptClass::KeyInvalid => "key_invalid",
-            AttemptClass::Transient => "transient",
-            AttemptClass::ItemInvalid => "item_invalid",
-            AttemptClass::Blocked => "blocked",
-        }
-    }
-
-    fn parse(s: &str) -> AttemptClass {
-        match s {
-            "ok" => AttemptClass::Ok,
-            "rate_limited" => AttemptClass::RateLimited,
-            "key_invalid" => AttemptClass::KeyInvalid,
-            "item_invalid" => AttemptClass::ItemInvalid,
-            "blocked" => AttemptClass::Blocked,
-            _ => AttemptClass::Transient,
-        }
-    }
-}
+stored_as_text!(AttemptClass in "attempts"."class" {
+    Ok => "ok",
+    RateLimited => "rate_limited",
+    KeyInvalid => "key_invalid",
+    Transient => "transient",
+    ItemInvalid => "item_invalid",
+    Blocked => "blocked",
+});
 
 /// One attempt: one request sent with one key.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -133,7 +205,7 @@ impl AttemptRow {
             key: row.get(2)?,
             account: row.get(3)?,
             model: row.get(4)?,
-            class: AttemptClass::parse(&row.get::<_, String>(5)?),
+            class: row.get(5)?,
             http_status: match row.get_ref(6)? {
                 ValueRef::Integer(n) => u16::try_from(n).ok(),
                 _ => None,
@@ -188,7 +260,7 @@ impl ItemRow {
         Ok(ItemRow {
             id: row.get(0)?,
             line: count(row, 1)?,
-            status: ItemStatus::parse(&row.get::<_, String>(2)?),
+            status: row.get(2)?,
             model: row.get(3)?,
             output: row.get(4)?,
             input_tokens: count(row, 5)?,
@@ -218,8 +290,8 @@ pub struct RunRow {
     pub started_at: String,
     /// End, once finished.
     pub finished_at: Option<String>,
-    /// `running`, `done`, `interrupted`, …
-    pub status: String,
+    /// Where it stands.
+    pub status: RunStatus,
     /// Time spent running, over all its invocations up to the last one
     /// that finished.
     pub active_ms: u64,
@@ -312,8 +384,8 @@ pub struct KeyRow {
     pub key: String,
     /// Its account.
     pub account: String,
-    /// `disabled` (the API refused the key) or `ok`.
-    pub state: String,
+    /// Whether the API refused it last time.
+    pub state: KeyState,
     /// The API's reason, for a disabled key.
     pub reason: Option<String>,
     /// When this was last seen.

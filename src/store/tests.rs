@@ -101,13 +101,13 @@ fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
     assert_eq!((ledger[0].requests, ledger[0].ok), (3, 2));
     assert_eq!(ledger[0].input_tokens, 10);
     let keys = store.keys().unwrap();
-    assert_eq!(keys[0].state, "ok");
+    assert_eq!(keys[0].state, KeyState::Ok);
     let mut classes = Vec::new();
     store
         .for_each_attempt(run, |a| classes.push(a.class))
         .unwrap();
     assert_eq!(classes.len(), 4);
-    assert_eq!(store.status_counts(run).unwrap(), [("ok".to_owned(), 2)]);
+    assert_eq!(store.status_counts(run).unwrap(), [(ItemStatus::Ok, 2)]);
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn a_later_outcome_of_an_item_replaces_the_earlier_one() {
     store
         .commit(run, &items(vec![item("a", 1, ItemStatus::Ok)]))
         .unwrap();
-    assert_eq!(store.status_counts(run).unwrap(), [("ok".to_owned(), 1)]);
+    assert_eq!(store.status_counts(run).unwrap(), [(ItemStatus::Ok, 1)]);
 }
 
 #[test]
@@ -147,7 +147,7 @@ fn a_refused_key_is_remembered_with_the_apis_reason() {
         .unwrap();
     store.release(&[reserved]).unwrap();
     let keys = store.keys().unwrap();
-    assert_eq!(keys[0].state, "disabled");
+    assert_eq!(keys[0].state, KeyState::Disabled);
     assert_eq!(
         keys[0].reason.as_deref(),
         Some("API key not valid. Please pass a valid API key.")
@@ -167,8 +167,8 @@ fn runs_are_found_by_job_path_and_content_hash() {
     store.create_run("job.jsonl", "def", false).unwrap();
     assert_eq!(store.find_run("job.jsonl", "abc").unwrap(), Some(second));
     assert_eq!(store.find_run("other.jsonl", "abc").unwrap(), None);
-    store.finish_run(first, "done").unwrap();
-    assert_eq!(store.run(first).unwrap().unwrap().status, "done");
+    store.finish_run(first, RunStatus::Done).unwrap();
+    assert_eq!(store.run(first).unwrap().unwrap().status, RunStatus::Done);
     assert_eq!(store.runs().unwrap().len(), 3);
     drop(store);
     // Reopening migrates nothing and keeps everything.
@@ -256,9 +256,9 @@ fn ledger_token_sums_saturate_instead_of_turning_real() {
     assert_eq!(ledger[0].requests, 2);
 }
 
-#[test]
-fn odd_stored_numbers_read_as_the_nearest_count() {
-    let (_dir, mut store) = open();
+/// A store holding one run of one item answered `ok` by its one attempt.
+fn one_item_run() -> (tempfile::TempDir, Store, RunId, AttemptRow) {
+    let (dir, mut store) = open();
     let run = store.create_run("job.jsonl", "abc", false).unwrap();
     let a = attempt("a", 1, AttemptClass::Ok);
     store
@@ -270,6 +270,12 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
             },
         )
         .unwrap();
+    (dir, store, run, a)
+}
+
+#[test]
+fn odd_stored_numbers_read_as_the_nearest_count() {
+    let (_dir, store, run, a) = one_item_run();
     // What an older keyfan's overflowed sums, or a hand edit, leave behind.
     store
         .conn
@@ -331,6 +337,85 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
     );
     // What `report` reads: it builds, whatever the rows hold.
     crate::report::Report::build(&store, run).unwrap();
+}
+
+#[test]
+fn an_unknown_state_is_an_error_naming_its_table_column_and_value() {
+    let (_dir, store, run, _) = one_item_run();
+    let unknown = |result: Result<(), StoreError>| match result {
+        Err(StoreError::UnknownValue { source, .. }) => source,
+        other => panic!("{other:?}"),
+    };
+    let expect = |table, column, value: &str| UnknownValue {
+        table,
+        column,
+        value: value.to_owned(),
+    };
+    let sql = |sql: &str| store.conn.execute_batch(sql).unwrap();
+
+    sql("UPDATE items SET status = 'lost'");
+    let found = unknown(store.for_each_item(run, |_| Ok::<_, ()>(())).map(drop));
+    assert_eq!(found, expect("items", "status", "lost"));
+    let found = unknown(store.status_counts(run).map(drop));
+    assert_eq!(found, expect("items", "status", "lost"));
+
+    sql("UPDATE attempts SET class = 'teapot'");
+    let found = unknown(store.for_each_attempt(run, drop));
+    assert_eq!(found, expect("attempts", "class", "teapot"));
+
+    sql("UPDATE runs SET status = 'paused'");
+    let found = unknown(store.runs().map(drop));
+    assert_eq!(found, expect("runs", "status", "paused"));
+    let error = store.run(run).unwrap_err().to_string();
+    assert!(
+        error.contains("table runs, column status holds `paused`"),
+        "{error}"
+    );
+
+    sql("UPDATE keys SET state = 'asleep'");
+    let found = unknown(store.keys().map(drop));
+    assert_eq!(found, expect("keys", "state", "asleep"));
+}
+
+#[test]
+fn every_state_reads_back_as_written() {
+    for status in [
+        RunStatus::Running,
+        RunStatus::Done,
+        RunStatus::Interrupted,
+        RunStatus::BudgetReached,
+        RunStatus::Failed,
+        RunStatus::KeysRefused,
+    ] {
+        assert_eq!(RunStatus::parse(status.as_str()), Ok(status));
+    }
+    for state in [KeyState::Ok, KeyState::Disabled] {
+        assert_eq!(KeyState::parse(state.as_str()), Ok(state));
+    }
+    for status in [
+        ItemStatus::Ok,
+        ItemStatus::Failed,
+        ItemStatus::Blocked,
+        ItemStatus::Skipped,
+        ItemStatus::Deferred,
+    ] {
+        assert_eq!(ItemStatus::parse(status.as_str()), Ok(status));
+    }
+    for class in [
+        AttemptClass::Ok,
+        AttemptClass::RateLimited,
+        AttemptClass::KeyInvalid,
+        AttemptClass::Transient,
+        AttemptClass::ItemInvalid,
+        AttemptClass::Blocked,
+    ] {
+        assert_eq!(AttemptClass::parse(class.as_str()), Ok(class));
+    }
+    // What earlier keyfans wrote reads as before.
+    assert_eq!(
+        RunStatus::parse("stopped at --max-cost"),
+        Ok(RunStatus::BudgetReached)
+    );
 }
 
 fn day(text: &str) -> crate::types::QuotaDay {

@@ -332,6 +332,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         .status_counts(run_id)
         .expect("status counts")
         .into_iter()
+        .map(|(status, n)| (status.as_str().to_owned(), n))
         .collect();
 
     // Attempts, from the store: what keyfan itself saw.

@@ -107,3 +107,22 @@ async fn completions_version_dry_run_and_a_missing_config() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_readme_lists_the_exit_codes_of_the_one_table() {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split_once("\n## Exit codes\n")
+        .expect("an exit code section")
+        .1;
+    let section = section.split("\n## ").next().unwrap();
+    let rows: Vec<(u8, &str)> = section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.trim().strip_prefix('|')?.split(" | ").collect();
+            let code = cells.first()?.trim().parse().ok()?;
+            Some((code, cells.get(1)?.trim_end_matches(" |").trim()))
+        })
+        .collect();
+    assert_eq!(rows, keyfan::run::exit::TABLE);
+}

@@ -90,7 +90,7 @@ async fn a_closed_results_pipe_ends_the_run_quietly_and_loses_nothing() {
 
     let store = keyfan::store::Store::open(&work.path("s.db")).unwrap();
     let run = &store.runs().unwrap()[0];
-    assert_eq!(run.status, "interrupted");
+    assert_eq!(run.status, keyfan::store::RunStatus::Interrupted);
     drop(store);
     // A rerun writes every item once, and sends only what was not answered.
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
@@ -138,7 +138,7 @@ async fn a_dead_endpoint_stops_the_run_naming_it_and_leaves_the_items_pending() 
     );
     let store = keyfan::store::Store::open(&work.path("s.db")).unwrap();
     let run = &store.runs().unwrap()[0];
-    assert_eq!(run.status, "failed");
+    assert_eq!(run.status, keyfan::store::RunStatus::Failed);
     assert!(
         store.status_counts(run.id).unwrap().is_empty(),
         "no item has an outcome: a rerun sends them all"
@@ -194,6 +194,9 @@ async fn a_quota_wait_is_shown_on_a_timer_with_the_account() {
     );
     assert!(line.contains("2/4 done"), "{line}");
     sigterm(&child);
+    // The signal is told through the display, like every other line.
+    let line = wait_for_line(&lines, "keyfan: stopping:", Duration::from_secs(10));
+    assert!(line.contains("no new requests"), "{line}");
     let status = exit_within(&mut child, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(130));
 }

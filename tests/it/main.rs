@@ -1,7 +1,8 @@
 //! keyfan's integration tests: one binary, each module a theme. Every test
 //! starts its own simulator on 127.0.0.1:0 and drives the real `keyfan`
-//! binary against it over loopback, except the pacing scenarios, which run
-//! the library against an in-process simulator under paused time.
+//! binary (or `keyfan::run`, in-process) against it over loopback, except the
+//! pacing scenarios, which run the library against an in-process simulator
+//! under paused time.
 
 mod support;
 
@@ -22,6 +23,8 @@ mod hostile;
 mod hostile_answers;
 /// `keys check`, `keys status`, `runs`, `report`.
 mod keys;
+/// `keyfan::run` called in-process, as a program embedding keyfan would.
+mod library;
 /// The quota bench's pacing scenarios under paused time, in process.
 mod pacing;
 /// A whole job, end to end: results, report, digests.

@@ -1,0 +1,503 @@
+//! `keyfan::run`: one run of a job, from its [`Settings`] to its
+//! [`RunOutcome`]. It validates the job, starts the simulator when asked,
+//! checks the outputs, takes the state file's lock, checks the models,
+//! resumes or starts the run, [`execute`]s it, finishes it and writes the
+//! report. What a person sees of it goes to the [`Observer`] as events; it
+//! never prints.
+
+use super::settings::Settings;
+use super::{
+    exit, models, Budget, ClientError, Clients, Earlier, Notice, Observer, Options, Recording,
+    RetryPolicy, RunError, Start, Stop, Summary,
+};
+use crate::config::Config;
+use crate::job::{self, JobError};
+use crate::paths;
+use crate::pool::{Pool, PoolError};
+use crate::provider::Scrubber;
+use crate::report::Report;
+use crate::sim::{SimConfig, SimServer};
+use crate::sink::Sink;
+use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Store};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Output cap sent under `--max-cost` with items that set none.
+const BUDGET_OUTPUT_CAP: u32 = 8192;
+
+/// Invalid job lines shown before the rest are only counted.
+const SHOWN_ITEM_ERRORS: usize = 20;
+
+/// How a run ended: what the summary, `--json` and the exit code are made of.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The run in the state file.
+    pub run: RunId,
+    /// Whether it went to the built-in simulator.
+    pub simulated: bool,
+    /// How it ended.
+    pub status: RunStatus,
+    /// Its active time over all its invocations, as the report gives it.
+    pub elapsed_s: f64,
+    /// The whole run's items per status (this invocation's and earlier
+    /// ones'), in the order of their stored names.
+    pub items: Vec<(ItemStatus, u64)>,
+    /// keyfan's own failures that stopped items or the run; their items
+    /// stay pending.
+    pub errors: Vec<String>,
+    /// The keys disabled during the run: (fingerprint, account, reason).
+    pub disabled: Vec<(String, String, String)>,
+    /// Models for which every key was refused: the run stopped sending.
+    pub keys_refused: Vec<String>,
+    /// Whether the results output was closed under the run (a broken pipe).
+    pub output_closed: bool,
+    /// When the daily quotas reset, if items were deferred (RFC 3339 UTC).
+    pub quota_resets_at: Option<String>,
+    /// Where the results, the state file and the report went.
+    pub outputs: super::Outputs,
+}
+
+impl RunOutcome {
+    /// Items that ended with `status`.
+    pub fn count(&self, status: ItemStatus) -> u64 {
+        self.items
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The process exit code of this outcome (see [`exit::TABLE`]): how the
+    /// run stopped first, then the worst item.
+    pub fn exit_code(&self) -> u8 {
+        match self.status {
+            RunStatus::Failed => exit::ERROR,
+            RunStatus::KeysRefused => exit::KEYS_REFUSED,
+            RunStatus::Interrupted => exit::INTERRUPTED,
+            RunStatus::BudgetReached => exit::BUDGET,
+            // A finished run is never `running`; were it so, its items decide.
+            RunStatus::Done | RunStatus::Running => {
+                if self.count(ItemStatus::Deferred) > 0 {
+                    exit::DEFERRED
+                } else if self.count(ItemStatus::Failed) + self.count(ItemStatus::Skipped) > 0 {
+                    exit::ITEMS_FAILED
+                } else {
+                    exit::OK
+                }
+            }
+        }
+    }
+}
+
+/// Why a run could not start. Nothing was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The job file cannot be read or is not a job.
+    #[error(transparent)]
+    Job(JobError),
+    /// The job has invalid lines, and `--skip-invalid` was not given.
+    #[error(
+        "{job} has {count} invalid line(s): nothing was sent (fix them, or pass --skip-invalid \
+         to run the rest)"
+    )]
+    InvalidLines {
+        /// The job's label.
+        job: String,
+        /// How many.
+        count: u64,
+    },
+    /// Models no account serves, or their providers do not list.
+    #[error("{job} asks for {count} model(s) that cannot be used: nothing was sent")]
+    Models {
+        /// The job's label.
+        job: String,
+        /// How many.
+        count: usize,
+    },
+    /// The job changed since its latest run in the state file.
+    #[error(
+        "{job} has changed since run {} of it (started {}, {}): its sha256 was {}…, it is {}… \
+         now. Nothing was sent. Restore the file to resume run {}, or pass --new-run to start \
+         a new run of the edited job (items that run {} finished would be sent again)",
+        run.id.0, run.started_at, run.status, short(&run.job_hash), short(hash), run.id.0,
+        run.id.0
+    )]
+    JobChanged {
+        /// The job's label.
+        job: String,
+        /// Its latest run.
+        run: Box<RunRow>,
+        /// The job's hash now.
+        hash: String,
+    },
+    /// An output is the same file as an input or another output.
+    #[error(
+        "{name} {} is the same file as {other} ({}): nothing was written; choose another \
+         path{}",
+        output.display(), path.display(), if *name == "--out" { "" } else { " (--report PATH)" }
+    )]
+    SameFile {
+        /// Which output.
+        name: &'static str,
+        /// Its path.
+        output: PathBuf,
+        /// The file it would overwrite.
+        other: &'static str,
+        /// That file's path.
+        path: PathBuf,
+    },
+    /// The pool cannot be built (an unknown `--group`).
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// An account's HTTP client cannot be built (e.g. a bad proxy URL).
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The state file's lock is held or cannot be taken.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// An I/O failure while setting the run up.
+    #[error("failed to {what}")]
+    Io {
+        /// What failed, e.g. `start the simulator`.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The exit code: usage (2) when the command, config or job is at
+    /// fault, locked (75), else keyfan's failure (1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Job(_)
+            | StartError::InvalidLines { .. }
+            | StartError::Models { .. }
+            | StartError::JobChanged { .. }
+            | StartError::SameFile { .. }
+            | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
+            StartError::Lock(LockError::Held { .. }) => exit::LOCKED,
+            StartError::Client(_) | StartError::Lock(_) | StartError::Io { .. } => exit::ERROR,
+        }
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+        let what = what.into();
+        |source| StartError::Io { what, source }
+    }
+}
+
+impl RunError {
+    /// The exit code of a run that failed: see [`StartError::exit_code`];
+    /// any other failure is keyfan's own (1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Start(e) => e.exit_code(),
+            _ => exit::ERROR,
+        }
+    }
+}
+
+/// The first 12 hex digits of a hash.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// Runs the job of `settings` to its end (or until stopped), telling
+/// `observer` all along, and returns how it ended. A run that cannot start
+/// sends nothing and returns a [`StartError`].
+pub async fn run(
+    settings: Settings,
+    observer: impl Observer + 'static,
+) -> Result<RunOutcome, RunError> {
+    let Settings {
+        job,
+        mut config,
+        config_path,
+        outputs,
+        simulate,
+        offline,
+        skip_invalid,
+        resume,
+        strategy,
+        group,
+        concurrency,
+        max_cost,
+        stop_on_signals,
+    } = settings;
+    let observer = super::Shared::new(observer);
+    let validation = job::validate(&job.file).map_err(StartError::Job)?;
+    if validation.error_count > 0 {
+        let shown = validation.errors.iter().take(SHOWN_ITEM_ERRORS);
+        observer.notice(&Notice::InvalidLines {
+            shown: shown.map(ToString::to_string).collect(),
+            hidden: validation.error_count - validation.errors.len().min(SHOWN_ITEM_ERRORS) as u64,
+        });
+        if !skip_invalid {
+            return Err(StartError::InvalidLines {
+                job: job.label,
+                count: validation.error_count,
+            }
+            .into());
+        }
+    }
+    let refuse = |errors: Vec<models::ModelError>| {
+        let count = errors.len();
+        for error in errors {
+            observer.notice(&Notice::ModelRefused {
+                job: job.label.clone(),
+                error,
+            });
+        }
+        StartError::Models {
+            job: job.label.clone(),
+            count,
+        }
+    };
+    let routes = models::route(&config, &validation.models).map_err(refuse)?;
+
+    outputs.check_distinct(&job.file, &config_path)?;
+    let simulator = if simulate {
+        let server = SimServer::start(SimConfig::rehearsal(&config), ([127, 0, 0, 1], 0).into())
+            .await
+            .map_err(StartError::io("start the simulator"))?;
+        for provider in config.providers.values_mut() {
+            provider.base_url = server.base_url();
+        }
+        observer.notice(&Notice::Simulated {
+            base_url: server.base_url(),
+        });
+        Some(server)
+    } else {
+        None
+    };
+
+    let pool = Arc::new(Pool::new(&config, strategy, group.as_deref()).map_err(StartError::from)?);
+    let clients = Arc::new(Clients::new(&config).map_err(StartError::from)?);
+    let _lock = RunLock::acquire(&outputs.state).map_err(StartError::from)?;
+    // By its canonical path, the one the lock is named after.
+    let state = paths::canonical(&outputs.state).map_err(StartError::io(format!(
+        "resolve --state {}",
+        outputs.state.display()
+    )))?;
+    let store = Store::open(&state)?;
+    if !offline {
+        let checked = models::check_listed(&config, &routes, &store).await?;
+        for warning in checked.warnings {
+            observer.notice(&Notice::ModelWarning(warning));
+        }
+        if !checked.errors.is_empty() {
+            return Err(refuse(checked.errors).into());
+        }
+    }
+    let earlier = match super::earlier(&store, &job.keys(), &validation.content_hash, resume)? {
+        Earlier::None => None,
+        Earlier::Same(run) => Some(run),
+        // Standard input has no file whose edits could be meant: other
+        // content is another job.
+        Earlier::Changed(_) if job.stdin => None,
+        Earlier::Changed(run) => {
+            return Err(StartError::JobChanged {
+                job: job.label,
+                run: Box::new(run),
+                hash: validation.content_hash,
+            }
+            .into())
+        }
+    };
+    let mut sink = Sink::create(&outputs.target)
+        .map_err(StartError::io(format!("create {}", outputs.target)))?;
+    let Start {
+        run: run_id,
+        resumed,
+        done,
+        prior_attempts,
+    } = super::start(
+        &store,
+        &mut sink,
+        earlier,
+        job.key(),
+        &validation.content_hash,
+        simulate,
+        resume,
+    )?;
+    let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
+    if resumed {
+        observer.notice(&Notice::Resuming {
+            run: run_id,
+            job: job.label.clone(),
+            done: done.len() as u64,
+            to_do,
+        });
+    }
+
+    let stop = Stop::default();
+    let signals = stop_on_signals.then(|| {
+        tokio::spawn(super::signals::watch(
+            stop.clone(),
+            config.timeout,
+            observer.clone(),
+        ))
+    });
+    let options = Options {
+        job: job.file.clone(),
+        job_hash: validation.content_hash.clone(),
+        total: to_do,
+        // No more workers than items to send: each costs memory.
+        concurrency: concurrency
+            .min(usize::try_from(to_do).unwrap_or(usize::MAX))
+            .max(1),
+        policy: RetryPolicy {
+            max_retries: config.max_retries,
+            deadline: config.item_deadline,
+            ..RetryPolicy::default()
+        },
+        default_model: config.model.clone(),
+        done: Arc::new(done),
+        prior_attempts: Arc::new(prior_attempts),
+        budget: max_cost.map(|cap| Arc::new(Budget::new(cap))),
+        budget_output_cap: BUDGET_OUTPUT_CAP,
+    };
+    let scrubber = scrubber(&config);
+    let recording = Recording {
+        store,
+        run: run_id,
+        sink,
+        observer: Box::new(observer.clone()),
+        scrubber: scrubber.clone(),
+    };
+    let (summary, store) =
+        super::execute(&options, Arc::clone(&pool), clients, recording, &stop).await?;
+    if let Some(signals) = signals {
+        signals.abort();
+    }
+    let status = status_of(&summary);
+    store.finish_run(run_id, status)?;
+
+    let report = Report::build(&store, run_id)?;
+    for (path, text) in [
+        (&outputs.report_md, report.to_markdown()),
+        (&outputs.report_json, report.to_json()),
+    ] {
+        std::fs::write(path, text).map_err(StartError::io(format!("write {}", path.display())))?;
+    }
+    if let Some(server) = simulator {
+        server.shutdown().await;
+    }
+    let outcome = RunOutcome {
+        run: run_id,
+        simulated: simulate,
+        status,
+        elapsed_s: report.elapsed_s,
+        items: store.status_counts(run_id)?,
+        errors: summary.errors,
+        keys_refused: summary.keys_refused,
+        disabled: pool
+            .disabled()
+            .into_iter()
+            .map(|(key, account, mut reason)| {
+                scrubber.clean(&mut reason);
+                (key, account, reason)
+            })
+            .collect(),
+        output_closed: summary.output_closed,
+        quota_resets_at: report.quota_resets_at,
+        outputs,
+    };
+    observer.done(&outcome);
+    Ok(outcome)
+}
+
+/// The scrubber of every key in `config`: what keyfan writes or shows
+/// holds no fragment of any of them.
+pub fn scrubber(config: &Config) -> Scrubber {
+    Scrubber::new(config.accounts.iter().flat_map(|a| &a.keys).map(|k| &k.key))
+}
+
+/// How a run stopped, from what `execute` saw: keyfan's own failure first,
+/// then an interrupt (a closed results pipe is one), then the budget.
+fn status_of(summary: &Summary) -> RunStatus {
+    if !summary.errors.is_empty() {
+        RunStatus::Failed
+    } else if !summary.keys_refused.is_empty() {
+        RunStatus::KeysRefused
+    } else if summary.interrupted || summary.output_closed {
+        RunStatus::Interrupted
+    } else if summary.budget_reached {
+        RunStatus::BudgetReached
+    } else {
+        RunStatus::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Target;
+
+    fn outcome(status: RunStatus, items: &[(ItemStatus, u64)]) -> RunOutcome {
+        RunOutcome {
+            run: RunId(1),
+            simulated: false,
+            status,
+            elapsed_s: 1.0,
+            items: items.to_vec(),
+            errors: Vec::new(),
+            disabled: Vec::new(),
+            keys_refused: Vec::new(),
+            output_closed: false,
+            quota_resets_at: None,
+            outputs: super::super::Outputs {
+                target: Target::Stdout,
+                state: PathBuf::from("s.db"),
+                report_md: PathBuf::from("r.md"),
+                report_json: PathBuf::from("r.json"),
+            },
+        }
+    }
+
+    #[test]
+    fn how_the_run_stopped_decides_the_code_before_its_items() {
+        let worst = [
+            (ItemStatus::Deferred, 1),
+            (ItemStatus::Failed, 1),
+            (ItemStatus::Ok, 1),
+        ];
+        for (status, code) in [
+            (RunStatus::Failed, exit::ERROR),
+            (RunStatus::KeysRefused, exit::KEYS_REFUSED),
+            (RunStatus::Interrupted, exit::INTERRUPTED),
+            (RunStatus::BudgetReached, exit::BUDGET),
+            (RunStatus::Done, exit::DEFERRED),
+        ] {
+            assert_eq!(outcome(status, &worst).exit_code(), code, "{status}");
+        }
+        let done = |items: &[(ItemStatus, u64)]| outcome(RunStatus::Done, items).exit_code();
+        assert_eq!(done(&[(ItemStatus::Skipped, 1)]), exit::ITEMS_FAILED);
+        assert_eq!(done(&[(ItemStatus::Failed, 2)]), exit::ITEMS_FAILED);
+        assert_eq!(
+            done(&[(ItemStatus::Blocked, 1), (ItemStatus::Ok, 3)]),
+            exit::OK
+        );
+        assert_eq!(done(&[]), exit::OK);
+    }
+
+    #[test]
+    fn every_code_a_run_can_end_with_is_in_the_table() {
+        let listed = |code| exit::TABLE.iter().any(|&(c, _)| c == code);
+        for code in [
+            exit::OK,
+            exit::ERROR,
+            exit::USAGE,
+            exit::ITEMS_FAILED,
+            exit::DEFERRED,
+            exit::BUDGET,
+            exit::KEYS_REFUSED,
+            exit::LOCKED,
+            exit::INTERRUPTED,
+        ] {
+            assert!(listed(code), "{code}");
+        }
+        assert_eq!(exit::TABLE.len(), 9, "one row per code");
+    }
+}
