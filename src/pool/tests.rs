@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::{Config, MissingEnv};
 use crate::types::{AccountId, QuotaScope};
+use futures_util::FutureExt;
 use std::path::Path;
 use std::time::Duration;
 use tokio::time::{advance, Instant};
@@ -34,16 +35,6 @@ fn refused() -> Outcome {
     }
 }
 
-fn now_or_never<F: std::future::Future>(f: F) -> Option<F::Output> {
-    let waker = std::task::Waker::noop();
-    let mut cx = std::task::Context::from_waker(waker);
-    let mut f = std::pin::pin!(f);
-    match f.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(v) => Some(v),
-        std::task::Poll::Pending => None,
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn keys_of_one_account_share_its_rpm_and_the_wait_is_exact() {
     let pool = pool(
@@ -55,7 +46,7 @@ async fn keys_of_one_account_share_its_rpm_and_the_wait_is_exact() {
     let used = use_times(&pool, 3).await;
     assert_eq!(used, [0, 1, 0], "round robin over the account's keys");
     // The fourth must wait for the first admission to leave the window.
-    assert!(now_or_never(pool.lease(Need::new(MODEL, 10))).is_none());
+    assert!(pool.lease(Need::new(MODEL, 10)).now_or_never().is_none());
     let lease = pool.lease(Need::new(MODEL, 10)).await.unwrap();
     let waited = Instant::now() - start;
     assert!(waited >= Duration::from_secs(60), "{waited:?}");
@@ -181,14 +172,16 @@ async fn a_pinned_lease_waits_for_its_account_and_never_takes_another() {
     assert_eq!(first.account(), AccountId(0));
     pool.settle(first, ANSWERED);
     // b has room, but the need is pinned to a, whose minute is used.
-    assert!(now_or_never(pool.lease(need)).is_none());
+    assert!(pool.lease(need).now_or_never().is_none());
     let second = pool.lease(need).await.unwrap();
     assert_eq!(second.account(), AccountId(0));
     assert_eq!(second.account_name(), "a");
     assert!(Instant::now() - start >= Duration::from_secs(60));
     pool.settle(second, ANSWERED);
     // Unpinned, the same need goes to b at once.
-    let free = now_or_never(pool.lease(Need::new(MODEL, 10)))
+    let free = pool
+        .lease(Need::new(MODEL, 10))
+        .now_or_never()
         .expect("b has room")
         .unwrap();
     assert_eq!(free.account(), AccountId(1));
@@ -240,7 +233,8 @@ async fn repeated_transient_failures_open_the_circuit_then_one_probe_decides() {
     }
     let again: Vec<_> = (0..4)
         .map(|_| {
-            now_or_never(pool.lease(Need::new(MODEL, 10)))
+            pool.lease(Need::new(MODEL, 10))
+                .now_or_never()
                 .unwrap()
                 .unwrap()
         })
@@ -309,12 +303,14 @@ async fn a_refused_request_gives_its_room_back() {
     pool.settle(lease, Outcome::NotSent);
     // None counted: the whole minute is still there.
     use_once(&pool, ANSWERED).await;
-    let lease = now_or_never(pool.lease(Need::new(MODEL, 10)))
+    let lease = pool
+        .lease(Need::new(MODEL, 10))
+        .now_or_never()
         .expect("the second of two")
         .unwrap();
     assert_eq!(Instant::now(), start, "no wait");
     assert!(
-        now_or_never(pool.lease(Need::new(MODEL, 10))).is_none(),
+        pool.lease(Need::new(MODEL, 10)).now_or_never().is_none(),
         "full"
     );
     drop(lease);
@@ -335,8 +331,10 @@ async fn the_window_counts_the_tokens_the_server_reported() {
             input_tokens: Some(90),
         },
     );
-    assert!(now_or_never(pool.lease(Need::new(MODEL, 20))).is_none());
-    let lease = now_or_never(pool.lease(Need::new(MODEL, 10)))
+    assert!(pool.lease(Need::new(MODEL, 20)).now_or_never().is_none());
+    let lease = pool
+        .lease(Need::new(MODEL, 10))
+        .now_or_never()
         .expect("10 fit")
         .unwrap();
     drop(lease);
@@ -349,13 +347,17 @@ async fn a_group_does_not_fall_over_while_its_key_awaits_its_first_answer() {
     let first = pool.lease(Need::new(MODEL, 10)).await.unwrap();
     assert_eq!(first.key_id().0, 0);
     // k1 has never answered: one request at a time, and backup waits too.
-    assert!(now_or_never(pool.lease(Need::new(MODEL, 10))).is_none());
+    assert!(pool.lease(Need::new(MODEL, 10)).now_or_never().is_none());
     pool.settle(first, ANSWERED);
-    let second = now_or_never(pool.lease(Need::new(MODEL, 10)))
+    let second = pool
+        .lease(Need::new(MODEL, 10))
+        .now_or_never()
         .expect("main again")
         .unwrap();
     assert_eq!(second.key_id().0, 0);
-    let third = now_or_never(pool.lease(Need::new(MODEL, 10)))
+    let third = pool
+        .lease(Need::new(MODEL, 10))
+        .now_or_never()
         .expect("proven: concurrent")
         .unwrap();
     assert_eq!(third.key_id().0, 0);
@@ -421,7 +423,7 @@ async fn the_pool_says_what_it_waits_for_and_until_when() {
     assert_eq!(pool.waiting(), None);
     use_once(&pool, ANSWERED).await;
     let wall = chrono::Utc::now();
-    assert!(now_or_never(pool.lease(Need::new(MODEL, 10))).is_none());
+    assert!(pool.lease(Need::new(MODEL, 10)).now_or_never().is_none());
     let waiting = pool.waiting().expect("waiting for room");
     assert_eq!(waiting.account, "proj-a");
     assert_eq!(waiting.limit, WaitFor::Rpm);

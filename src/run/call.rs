@@ -395,6 +395,7 @@ pub(crate) fn estimate_tokens(text: &str) -> u64 {
 mod tests {
     use super::*;
     use crate::config::MissingEnv;
+    use futures_util::FutureExt;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     const MODEL: &str = "gemini-2.5-flash";
@@ -442,16 +443,6 @@ mod tests {
         })
     }
 
-    fn now_or_never<F: Future>(f: F) -> Option<F::Output> {
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        let mut f = std::pin::pin!(f);
-        match f.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(v) => Some(v),
-            std::task::Poll::Pending => None,
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_stopped_call_sends_nothing_more_and_ends_its_backoff_at_once() {
         let policy = RetryPolicy {
@@ -467,7 +458,7 @@ mod tests {
         let need = Need::new(MODEL, 10);
         let call = caller.call(need, &stop, answering(&calls, transient), |_, _| {});
         let mut call = std::pin::pin!(call);
-        assert!(now_or_never(call.as_mut()).is_none(), "in its backoff");
+        assert!(call.as_mut().now_or_never().is_none(), "in its backoff");
         let start = Instant::now();
         stop.cancel();
         assert_eq!(call.await.unwrap_err(), CallError::Stopped);
