@@ -9,7 +9,7 @@
 
 use super::Verbosity;
 use crate::run::{Notice, Observer, Progress, RunOutcome};
-use crate::store::{AttemptRow, ItemRow, ItemStatus};
+use crate::store::{AttemptRow, ItemRow, ItemStatus, RunStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashSet;
 use std::io::IsTerminal;
@@ -26,6 +26,8 @@ pub(super) struct Display {
     last_line: Instant,
     /// Endpoints already named as unreachable.
     unreachable: HashSet<String>,
+    /// Keys already said to be refused.
+    disabled: HashSet<String>,
 }
 
 impl Display {
@@ -35,6 +37,7 @@ impl Display {
             bar: None,
             last_line: Instant::now(),
             unreachable: HashSet::new(),
+            disabled: HashSet::new(),
         }
     }
 
@@ -205,6 +208,21 @@ impl Observer for Display {
             Notice::Abandoning { grace_over: false } => {
                 self.tell("keyfan: abandoning the requests in flight")
             }
+            Notice::KeyDisabled {
+                key,
+                account,
+                reason,
+            } => {
+                // Requests in flight on the key may all come back refused.
+                if self.disabled.insert(key.clone()) {
+                    self.tell(&format!(
+                        "keyfan: key {key} ({account}) was refused and is not used again in this run: {reason}"
+                    ));
+                }
+            }
+            Notice::BudgetReached { cap } => self.tell(&format!(
+                "keyfan: --max-cost {cap} USD reached: no new requests; finishing those in flight"
+            )),
         }
     }
 
@@ -237,7 +255,7 @@ impl Observer for Display {
             return;
         }
         let outputs = &outcome.outputs;
-        if outcome.output_closed {
+        if outcome.status == RunStatus::OutputClosed {
             eprintln!(
                 "keyfan: the results output was closed: stopped sending; finished items are kept in {} (running the same command again writes them and sends the rest)",
                 outputs.state.display()

@@ -8,6 +8,20 @@
 
 use std::sync::Mutex;
 
+/// Whether an item's worst case fits under the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Fits {
+    /// Reserved: the item may be sent.
+    Yes,
+    /// Refused: nothing more is sent. `first` for the refusal that reached
+    /// the budget.
+    No {
+        /// Whether this refusal is the one that reached the budget.
+        first: bool,
+    },
+}
+
 /// A spending cap in USD, shared by all workers.
 #[derive(Debug)]
 pub struct Budget {
@@ -36,16 +50,22 @@ impl Budget {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The cap, in USD.
+    pub fn cap(&self) -> f64 {
+        self.cap
+    }
+
     /// Reserves `worst` USD, or refuses (and marks the budget reached) if
     /// that could take spending past the cap.
-    pub fn reserve(&self, worst: f64) -> bool {
+    pub fn reserve(&self, worst: f64) -> Fits {
         let mut spend = self.lock();
         if spend.reached || spend.committed + worst > self.cap {
+            let first = !spend.reached;
             spend.reached = true;
-            return false;
+            return Fits::No { first };
         }
         spend.committed += worst;
-        true
+        Fits::Yes
     }
 
     /// Replaces a reservation of `worst` by the `actual` cost.
@@ -67,21 +87,29 @@ mod tests {
     #[test]
     fn reservations_never_take_spending_past_the_cap() {
         let budget = Budget::new(1.0);
-        assert!(budget.reserve(0.4));
-        assert!(budget.reserve(0.4));
-        assert!(!budget.reserve(0.4), "0.8 + 0.4 would pass 1.0");
+        assert_eq!(budget.reserve(0.4), Fits::Yes);
+        assert_eq!(budget.reserve(0.4), Fits::Yes);
+        assert_eq!(
+            budget.reserve(0.4),
+            Fits::No { first: true },
+            "0.8 + 0.4 would pass 1.0"
+        );
         assert!(budget.reached());
         // Once reached, nothing more is sent even if room comes back.
         budget.settle(0.4, 0.1);
-        assert!(!budget.reserve(0.1));
+        assert_eq!(budget.reserve(0.1), Fits::No { first: false });
     }
 
     #[test]
     fn a_settled_item_frees_what_its_worst_case_held() {
         let budget = Budget::new(1.0);
-        assert!(budget.reserve(0.9));
+        assert_eq!(budget.reserve(0.9), Fits::Yes);
         budget.settle(0.9, 0.1);
-        assert!(budget.reserve(0.85), "0.1 spent + 0.85 fits under 1.0");
+        assert_eq!(
+            budget.reserve(0.85),
+            Fits::Yes,
+            "0.1 spent + 0.85 fits under 1.0"
+        );
         assert!(!budget.reached());
     }
 }

@@ -8,7 +8,7 @@
 use super::settings::Settings;
 use super::{
     exit, models, Budget, ClientError, Clients, Earlier, Notice, Observer, Options, Recording,
-    RetryPolicy, RunError, Start, Stop, Summary,
+    RetryPolicy, RunError, Start, Stop,
 };
 use crate::config::Config;
 use crate::job::{self, JobError};
@@ -49,8 +49,6 @@ pub struct RunOutcome {
     pub disabled: Vec<(String, String, String)>,
     /// Models for which every key was refused: the run stopped sending.
     pub keys_refused: Vec<String>,
-    /// Whether the results output was closed under the run (a broken pipe).
-    pub output_closed: bool,
     /// When the daily quotas reset, if items were deferred (RFC 3339 UTC).
     pub quota_resets_at: Option<String>,
     /// Where the results, the state file and the report went.
@@ -72,7 +70,7 @@ impl RunOutcome {
         match self.status {
             RunStatus::Failed => exit::ERROR,
             RunStatus::KeysRefused => exit::KEYS_REFUSED,
-            RunStatus::Interrupted => exit::INTERRUPTED,
+            RunStatus::Interrupted | RunStatus::OutputClosed => exit::INTERRUPTED,
             RunStatus::BudgetReached => exit::BUDGET,
             // A finished run is never `running`; were it so, its items decide.
             RunStatus::Done | RunStatus::Running => {
@@ -371,7 +369,7 @@ pub async fn run(
     if let Some(signals) = signals {
         signals.abort();
     }
-    let status = status_of(&summary);
+    let status = summary.status;
     store.finish_run(run_id, status)?;
 
     let report = Report::build(&store, run_id)?;
@@ -400,7 +398,6 @@ pub async fn run(
                 (key, account, reason)
             })
             .collect(),
-        output_closed: summary.output_closed,
         quota_resets_at: report.quota_resets_at,
         outputs,
     };
@@ -412,22 +409,6 @@ pub async fn run(
 /// holds no fragment of any of them.
 pub fn scrubber(config: &Config) -> Scrubber {
     Scrubber::new(config.accounts.iter().flat_map(|a| &a.keys).map(|k| &k.key))
-}
-
-/// How a run stopped, from what `execute` saw: keyfan's own failure first,
-/// then an interrupt (a closed results pipe is one), then the budget.
-fn status_of(summary: &Summary) -> RunStatus {
-    if !summary.errors.is_empty() {
-        RunStatus::Failed
-    } else if !summary.keys_refused.is_empty() {
-        RunStatus::KeysRefused
-    } else if summary.interrupted || summary.output_closed {
-        RunStatus::Interrupted
-    } else if summary.budget_reached {
-        RunStatus::BudgetReached
-    } else {
-        RunStatus::Done
-    }
 }
 
 #[cfg(test)]
@@ -445,7 +426,6 @@ mod tests {
             errors: Vec::new(),
             disabled: Vec::new(),
             keys_refused: Vec::new(),
-            output_closed: false,
             quota_resets_at: None,
             outputs: super::super::Outputs {
                 target: Target::Stdout,

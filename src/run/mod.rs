@@ -40,7 +40,9 @@ use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::Pool;
 use crate::provider::Scrubber;
 use crate::sink::Sink;
-use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, Reserved, RunId, Store};
+use crate::store::{
+    AttemptRow, ItemRow, ItemStatus, Reservation, Reserved, RunId, RunStatus, Store,
+};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -103,6 +105,8 @@ pub enum Event {
     Finished(ItemRow),
     /// A second passed: the pool's load, so the display can refresh.
     Tick(Load),
+    /// Something the person running the job should hear of at once.
+    Notice(Notice),
 }
 
 /// How often the observer hears from a run even when nothing happens.
@@ -111,13 +115,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// How a run ended.
 #[derive(Debug, Clone)]
 pub struct Summary {
-    /// Whether Ctrl-C stopped it before the job was done.
-    pub interrupted: bool,
-    /// Whether the budget stopped it before the job was done.
-    pub budget_reached: bool,
-    /// Whether the results output was closed (a broken pipe): dispatch
-    /// stopped, and outcomes kept being committed to the store only.
-    pub output_closed: bool,
+    /// How it stopped: keyfan's own failure first, then keys refused, then
+    /// an interrupt or a closed results output, then the budget; else done.
+    pub status: RunStatus,
     /// keyfan's own failures that stopped items or the run (a worker's
     /// panic, no endpoint reachable): the items involved stay pending.
     pub errors: Vec<String>,
@@ -343,13 +343,26 @@ pub async fn execute(
     // show the items it never sent as missing.
     let _ = feeder.await;
     let (store, output_closed) = recorder.join().await?;
+    let errors = take_all(&faults.errors);
+    let keys_refused = take_all(&faults.keys_refused);
+    let status = if !errors.is_empty() {
+        RunStatus::Failed
+    } else if !keys_refused.is_empty() {
+        RunStatus::KeysRefused
+    } else if stop.graceful.is_cancelled() {
+        RunStatus::Interrupted
+    } else if output_closed {
+        RunStatus::OutputClosed
+    } else if options.budget.as_ref().is_some_and(|b| b.reached()) {
+        RunStatus::BudgetReached
+    } else {
+        RunStatus::Done
+    };
     Ok((
         Summary {
-            budget_reached: options.budget.as_ref().is_some_and(|b| b.reached()),
-            interrupted: stop.graceful.is_cancelled(),
-            output_closed,
-            errors: take_all(&faults.errors),
-            keys_refused: take_all(&faults.keys_refused),
+            status,
+            errors,
+            keys_refused,
             elapsed: started.elapsed(),
         },
         store,

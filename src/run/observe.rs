@@ -57,6 +57,21 @@ pub enum Notice {
         /// Why: the grace period is over (else a second signal came).
         grace_over: bool,
     },
+    /// The API refused a key: it is not used again in this run.
+    KeyDisabled {
+        /// The key's fingerprint.
+        key: String,
+        /// Its account.
+        account: String,
+        /// The API's message.
+        reason: String,
+    },
+    /// `--max-cost` was reached: nothing more is sent, and the requests in
+    /// flight finish.
+    BudgetReached {
+        /// The cap, in USD.
+        cap: f64,
+    },
 }
 
 /// What the pool is doing, as of the last tick.

@@ -182,6 +182,7 @@ fn record(
 ) -> Result<(), RunError> {
     let mut commit = Batch::default();
     let (mut reservations, mut replies, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+    let mut notices = Vec::new();
     for event in batch {
         match event {
             Event::Reserve { reservation, reply } => {
@@ -201,6 +202,12 @@ fn record(
                 commit.items.push(item);
             }
             Event::Tick(load) => progress.load = load,
+            Event::Notice(mut notice) => {
+                if let Notice::KeyDisabled { reason, .. } = &mut notice {
+                    scrubber.clean(reason);
+                }
+                notices.push(notice);
+            }
         }
     }
     // Releases first: a request given back makes room for one reserved in
@@ -237,6 +244,9 @@ fn record(
     for item in &items {
         *progress.counts.entry(item.status.as_str()).or_default() += 1;
         observer.finished(item);
+    }
+    for notice in &notices {
+        observer.notice(notice);
     }
     observer.progress(progress);
     Ok(())

@@ -1,8 +1,9 @@
 //! One worker: takes an item through the attempt loop ([`Caller::call`])
 //! to its outcome, and reports every attempt and the outcome as events.
 
+use super::budget::Fits;
 use super::call::{estimate_tokens, Attempt, CallError, Caller};
-use super::{unsent, Budget, Event, Faults};
+use super::{unsent, Budget, Event, Faults, Notice};
 use crate::job::{id_hash, Item};
 use crate::pool::{Need, Unavailable};
 use crate::price::{self, Price};
@@ -76,7 +77,13 @@ impl Worker {
                 let _ = self.events.send(Event::Finished(outcome));
                 return;
             }
-            if !budget.reserve(worst) {
+            if let Fits::No { first } = budget.reserve(worst) {
+                if first {
+                    let cap = budget.cap();
+                    let _ = self
+                        .events
+                        .send(Event::Notice(Notice::BudgetReached { cap }));
+                }
                 self.stop.cancel();
                 return;
             }
@@ -103,6 +110,13 @@ impl Worker {
                     let mut row = attempt_row(&item.id, model, price, attempt, reply);
                     row.attempt = row.attempt.saturating_add(prior);
                     cost += row.cost_usd;
+                    if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class) {
+                        let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
+                            key: row.key.clone(),
+                            account: row.account.clone(),
+                            reason: row.error.clone().unwrap_or_default(),
+                        }));
+                    }
                     // Sent at once, so the store learns of every request
                     // even if the run dies before the item is finished.
                     let _ = self.events.send(Event::Attempt(row.clone()));

@@ -104,8 +104,11 @@ pub enum RunStatus {
     Running,
     /// Every item is finished.
     Done,
-    /// Ctrl-C, SIGTERM or a closed results pipe stopped it.
+    /// Ctrl-C or SIGTERM stopped it.
     Interrupted,
+    /// Its results output was closed (a broken pipe): it stopped sending,
+    /// and the outcomes not written are in the state file.
+    OutputClosed,
     /// `--max-cost` stopped it.
     BudgetReached,
     /// keyfan itself failed (a worker's panic, no endpoint reachable).
@@ -119,6 +122,7 @@ stored_as_text!(RunStatus in "runs"."status" {
     Running => "running",
     Done => "done",
     Interrupted => "interrupted",
+    OutputClosed => "output closed",
     BudgetReached => "stopped at --max-cost",
     Failed => "failed",
     KeysRefused => "keys refused",

@@ -383,6 +383,7 @@ fn every_state_reads_back_as_written() {
         RunStatus::Running,
         RunStatus::Done,
         RunStatus::Interrupted,
+        RunStatus::OutputClosed,
         RunStatus::BudgetReached,
         RunStatus::Failed,
         RunStatus::KeysRefused,

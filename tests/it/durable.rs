@@ -214,6 +214,13 @@ async fn max_cost_stops_before_the_cap_and_a_rerun_resumes() {
         )
         .await;
     assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = "--max-cost 0.002 USD reached: no new requests";
+    assert_eq!(
+        stderr.matches(said).count(),
+        1,
+        "said once, as it happens: {stderr}"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ok = summary["items"]["ok"].as_u64().unwrap();
     assert!(

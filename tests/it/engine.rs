@@ -90,7 +90,7 @@ async fn a_closed_results_pipe_ends_the_run_quietly_and_loses_nothing() {
 
     let store = keyfan::store::Store::open(&work.path("s.db")).unwrap();
     let run = &store.runs().unwrap()[0];
-    assert_eq!(run.status, keyfan::store::RunStatus::Interrupted);
+    assert_eq!(run.status, keyfan::store::RunStatus::OutputClosed);
     drop(store);
     // A rerun writes every item once, and sends only what was not answered.
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
@@ -234,6 +234,10 @@ async fn every_key_refused_stops_the_run_and_leaves_the_items_pending() {
     assert!(
         stderr.contains("was disabled for this run: API_KEY_INVALID: API key not valid"),
         "each key is named with the API's reason: {stderr}"
+    );
+    assert!(
+        stderr.contains("was refused and is not used again in this run: API key not valid"),
+        "and said as it happens: {stderr}"
     );
     assert!(
         stderr.contains("every key that can serve gemini-2.5-flash was refused"),
