@@ -3,7 +3,11 @@
 //!
 //! Data flows one way: [`job`] → [`run`](mod@run) (scheduler) → [`pool`] (lease) →
 //! [`provider`] → [`store`] → [`report`]. The [`sim`] module is a local
-//! simulator of the real APIs for rehearsals and tests.
+//! simulator of the real APIs for rehearsals and tests; [`types`] holds the
+//! vocabulary they share and imports none of them.
+//!
+//! A program that wants only the attempt loop (lease, the day's quota,
+//! retry, failover) for its own requests uses [`run::Caller`].
 //!
 //! A program (or a test) runs a job as the CLI does with [`run()`]: its
 //! [`run::Settings`] in, events to its [`run::Observer`] along the way, and

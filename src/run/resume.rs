@@ -1,6 +1,5 @@
 //! Where a run starts: the run of the same job that the state file already
-//! holds (resumed), or a new one; what it already finished; and what today's
-//! ledger says the accounts have spent.
+//! holds (resumed), or a new one, and what it already finished.
 
 use super::RunError;
 use crate::job::id_hash;
