@@ -10,9 +10,7 @@
 use super::{Event, Load, Notice, Recording, RunError, RunOutcome};
 use crate::provider::Scrubber;
 use crate::sink::Sink;
-use crate::store::{
-    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, QuotaLedger, RunId, Store,
-};
+use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunId, Store};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -181,15 +179,15 @@ fn record(
     batch: Vec<Event>,
 ) -> Result<(), RunError> {
     let mut commit = Batch::default();
-    let (mut reservations, mut replies, mut releases) = (Vec::new(), Vec::new(), Vec::new());
+    let mut replies = Vec::new();
     let mut notices = Vec::new();
     for event in batch {
         match event {
             Event::Reserve { reservation, reply } => {
-                reservations.push(reservation);
+                commit.reservations.push(reservation);
                 replies.push(reply);
             }
-            Event::Release(reservation) => releases.push(reservation),
+            Event::Release(reservation) => commit.releases.push(reservation),
             // Everything leaves the run from here: no fragment of a key
             // goes to the store, the results, the report or the display.
             Event::Attempt(mut row) => {
@@ -210,20 +208,16 @@ fn record(
             }
         }
     }
-    // Releases first: a request given back makes room for one reserved in
-    // the same batch.
-    if !releases.is_empty() {
-        store.release(&releases)?;
-    }
-    if !reservations.is_empty() {
-        let verdicts = store.reserve(&reservations)?;
+    let ticks_only = commit.releases.is_empty()
+        && commit.reservations.is_empty()
+        && commit.attempts.is_empty()
+        && commit.items.is_empty();
+    if !ticks_only {
+        let verdicts = store.commit(run, &commit)?;
         // A counted request may go out now: the count is durable.
         for (reply, verdict) in replies.into_iter().zip(verdicts) {
             let _ = reply.send(verdict);
         }
-    }
-    if !commit.attempts.is_empty() || !commit.items.is_empty() {
-        store.commit(run, &commit)?;
     }
     if !commit.items.is_empty() {
         output.write(&commit.items)?;

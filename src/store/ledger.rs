@@ -60,26 +60,37 @@ pub trait QuotaLedger {
 
 impl QuotaLedger for Store {
     fn reserve(&mut self, requests: &[Reservation]) -> Result<Vec<Reserved>, StoreError> {
-        self.in_transaction(|tx| {
-            requests
-                .iter()
-                .map(|r| reserve_one(tx, r).map(|counted| verdict(r, counted)))
-                .collect()
-        })
+        self.in_transaction(|tx| reserve_all(tx, requests))
     }
 
     fn release(&mut self, requests: &[Reservation]) -> Result<(), StoreError> {
-        self.in_transaction(|tx| {
-            let mut release = tx.prepare_cached(
-                "UPDATE ledger SET requests = max(requests - 1, 0)
-                 WHERE account = ?1 AND model = ?2 AND day = ?3",
-            )?;
-            for r in requests {
-                release.execute(params![r.account, r.model, r.day.to_string()])?;
-            }
-            Ok(())
-        })
+        self.in_transaction(|tx| release_all(tx, requests))
     }
+}
+
+/// Reserves each of `requests` on `conn`, in order: the one gate, shared by
+/// [`QuotaLedger::reserve`] and a run's group commit
+/// ([`Store::commit`](super::Store::commit)).
+pub(super) fn reserve_all(
+    conn: &Connection,
+    requests: &[Reservation],
+) -> rusqlite::Result<Vec<Reserved>> {
+    requests
+        .iter()
+        .map(|r| reserve_one(conn, r).map(|counted| verdict(r, counted)))
+        .collect()
+}
+
+/// Gives back one request for each of `requests` on `conn`.
+pub(super) fn release_all(conn: &Connection, requests: &[Reservation]) -> rusqlite::Result<()> {
+    let mut release = conn.prepare_cached(
+        "UPDATE ledger SET requests = max(requests - 1, 0)
+         WHERE account = ?1 AND model = ?2 AND day = ?3",
+    )?;
+    for r in requests {
+        release.execute(params![r.account, r.model, r.day.to_string()])?;
+    }
+    Ok(())
 }
 
 /// Counts one request unless its limit is reached: a single conditional

@@ -23,6 +23,7 @@ pub use rows::{
 
 use crate::types::QuotaDay;
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A failure of the state file.
@@ -218,18 +219,21 @@ impl Store {
         .map_err(wrap)
     }
 
-    /// Commits a batch in one transaction: attempts (with what they used in
-    /// the ledger, and key states) and finished items. After this returns
-    /// the batch survives a crash; before, none of it is visible. The
-    /// requests themselves are counted by [`QuotaLedger::reserve`] before
-    /// they are sent.
-    pub fn commit(&mut self, run: RunId, batch: &Batch) -> Result<(), StoreError> {
+    /// Commits a batch in one transaction: the day's ledger first (requests
+    /// released, then requests reserved, through the same gate as
+    /// [`QuotaLedger`]), then attempts (with what they used, and key states)
+    /// and finished items. After this returns the batch survives a crash;
+    /// before, none of it is visible. Returns the ledger's answer to each
+    /// reservation, in order: a request goes out only once it is counted.
+    pub fn commit(&mut self, run: RunId, batch: &Batch) -> Result<Vec<Reserved>, StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(wrap)?;
+        ledger::release_all(&tx, &batch.releases).map_err(wrap)?;
+        let verdicts = ledger::reserve_all(&tx, &batch.reservations).map_err(wrap)?;
         {
             let mut ledger = tx
                 .prepare_cached(
@@ -346,7 +350,8 @@ impl Store {
                     .map_err(wrap)?;
             }
         }
-        tx.commit().map_err(wrap)
+        tx.commit().map_err(wrap)?;
+        Ok(verdicts)
     }
 
     /// Calls `each` with every finished item of a run, in job-file order,
@@ -394,16 +399,25 @@ impl Store {
 
     /// Requests sent so far for each item of a run that is not finished
     /// for good (pending, failed or deferred): `(item id, attempts)`.
-    pub fn unfinished_attempts(&self, run: RunId) -> Result<Vec<(String, u32)>, StoreError> {
-        self.collect(
-            "SELECT a.item_id, count(*) FROM attempts a
+    pub fn unfinished_attempts(&self, run: RunId) -> Result<HashMap<String, u32>, StoreError> {
+        // Counted here rather than with GROUP BY, which would sort every
+        // attempt of a half-done million-item run: the attempts of
+        // unfinished items are few, and the scan streams.
+        let mut counts = HashMap::new();
+        self.each(
+            "SELECT a.item_id FROM attempts a
              WHERE a.run_id = ?1 AND NOT EXISTS (
                SELECT 1 FROM items i WHERE i.run_id = ?1 AND i.item_id = a.item_id
-               AND i.status NOT IN ('failed', 'deferred'))
-             GROUP BY a.item_id",
+               AND i.status NOT IN ('failed', 'deferred'))",
             [run.0],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+            |row| row.get::<_, String>(0),
+            |id| {
+                let count: &mut u32 = counts.entry(id).or_default();
+                *count = count.saturating_add(1);
+                true
+            },
+        )?;
+        Ok(counts)
     }
 
     /// The last known state of every key that has been used.

@@ -411,6 +411,10 @@ impl KeyRow {
 /// What one transaction commits.
 #[derive(Debug, Default)]
 pub struct Batch {
+    /// Reserved requests the server did not count, given back.
+    pub releases: Vec<super::Reservation>,
+    /// Requests about to be sent, counted (or refused) against the day.
+    pub reservations: Vec<super::Reservation>,
     /// Requests answered or failed (each settles an earlier reservation).
     pub attempts: Vec<AttemptRow>,
     /// Items finished.

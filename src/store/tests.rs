@@ -83,6 +83,7 @@ fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
             &Batch {
                 attempts,
                 items: vec![item("b", 2, ItemStatus::Ok), item("a", 1, ItemStatus::Ok)],
+                ..Batch::default()
             },
         )
         .unwrap();
@@ -236,7 +237,7 @@ fn ledger_token_sums_saturate_instead_of_turning_real() {
                 run,
                 &Batch {
                     attempts: vec![huge.clone()],
-                    items: vec![],
+                    ..Batch::default()
                 },
             )
             .unwrap();
@@ -267,6 +268,7 @@ fn one_item_run() -> (tempfile::TempDir, Store, RunId, AttemptRow) {
             &Batch {
                 attempts: vec![a.clone()],
                 items: vec![item("a", 1, ItemStatus::Ok)],
+                ..Batch::default()
             },
         )
         .unwrap();
