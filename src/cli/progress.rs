@@ -132,9 +132,13 @@ impl Observer for Display {
         let elapsed = p.started.elapsed();
         let rate = p.done() as f64 / elapsed.as_secs_f64().max(1e-3);
         // While the quotas hold the run back, a rate-based ETA only grows:
-        // say what it waits for instead.
+        // say what it waits for, and the ETA the quotas' pace gives.
+        let left = p.total.saturating_sub(p.done());
         let outlook = match &p.load.waiting {
-            Some(waiting) => waiting.to_string(),
+            Some(waiting) => match p.load.quota_rpm {
+                Some(rpm) => format!("{waiting}; {}", quota_eta(left, rpm)),
+                None => waiting.to_string(),
+            },
             None if rate > 0.0 => format!(
                 "ETA {}",
                 duration(Duration::from_secs_f64(
@@ -313,6 +317,14 @@ fn significant(x: f64) -> String {
 }
 
 /// A duration as `42s`, `3m05s` or `2h07m`.
+/// The ETA of `left` items at the quotas' pace of `rpm` requests a minute,
+/// e.g. `ETA 4m00s at 120 rpm (quota)`.
+fn quota_eta(left: u64, rpm: u64) -> String {
+    let minutes = left as f64 / rpm.max(1) as f64;
+    let eta = Duration::from_secs_f64((minutes * 60.0).min(1e9));
+    format!("ETA {} at {rpm} rpm (quota)", duration(eta))
+}
+
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
@@ -334,6 +346,12 @@ mod tests {
         assert_eq!(significant(123.45), "123");
         assert_eq!(significant(12345.0), "12300");
         assert_eq!(significant(0.0), "0");
+    }
+
+    #[test]
+    fn a_quota_bound_eta_follows_the_quotas_pace() {
+        assert_eq!(quota_eta(240, 120), "ETA 2m00s at 120 rpm (quota)");
+        assert_eq!(quota_eta(0, 120), "ETA 0s at 120 rpm (quota)");
     }
 
     #[test]

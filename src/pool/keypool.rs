@@ -703,6 +703,23 @@ impl Pool {
         }
     }
 
+    /// The requests per minute the accounts that serve `model` allow
+    /// together (configured or learned): the pace of a run the quotas hold
+    /// back. `None` when some serving account has no known RPM.
+    pub fn requests_per_minute(&self, model: &str) -> Option<u64> {
+        let provider = self.serving_provider(model);
+        let state = self.lock();
+        let mut total = 0;
+        for (index, account) in self.accounts.iter().enumerate() {
+            if account.provider != provider {
+                continue;
+            }
+            let quota = state.quotas.get(&(index, model.to_owned()));
+            total += u64::from(account.limits(model, quota).rpm?);
+        }
+        (total > 0).then_some(total)
+    }
+
     /// Requests in flight across all keys.
     pub fn in_flight(&self) -> u32 {
         self.lock().keys.iter().map(|k| k.in_flight).sum()

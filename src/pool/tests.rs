@@ -440,6 +440,20 @@ async fn the_pool_says_what_it_waits_for_and_until_when() {
     assert_eq!(pool.waiting(), None);
 }
 
+#[test]
+fn the_quotas_pace_is_the_serving_accounts_rpm_together() {
+    let limited = "  - name: a\n    keys: [k1]\n    limits: { gemini-2.5-flash: { rpm: 120 } }\n  - name: b\n    keys: [k2]\n    limits: { gemini-2.5-flash: { rpm: 30 } }\n";
+    let pool = pool(limited, Strategy::RoundRobin, None);
+    assert_eq!(pool.requests_per_minute(MODEL), Some(150));
+    // An account without a known RPM leaves the pace unknown.
+    let pool = self::pool(
+        &format!("{limited}  - name: c\n    keys: [k3]\n"),
+        Strategy::RoundRobin,
+        None,
+    );
+    assert_eq!(pool.requests_per_minute(MODEL), None);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_model_only_another_provider_serves_is_never_leased_to_a_gemini_key() {
     let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);

@@ -81,6 +81,9 @@ pub struct Load {
     pub in_flight: u32,
     /// What the run waits for while the quotas hold it back.
     pub waiting: Option<Waiting>,
+    /// While it waits: the requests per minute the accounts serving the
+    /// model allow together, when all are known (the quota's pace).
+    pub quota_rpm: Option<u64>,
     /// Endpoints that keep refusing connections: (base URL, OS error).
     pub unreachable: Vec<(String, String)>,
 }
@@ -88,9 +91,13 @@ pub struct Load {
 impl Load {
     /// The load of `pool` and `clients` now.
     pub(super) fn of(pool: &Pool, clients: &Clients) -> Load {
+        let waiting = pool.waiting();
         Load {
             in_flight: pool.in_flight(),
-            waiting: pool.waiting(),
+            quota_rpm: waiting
+                .as_ref()
+                .and_then(|w| pool.requests_per_minute(&w.model)),
+            waiting,
             unreachable: clients.unreachable(),
         }
     }
