@@ -172,6 +172,8 @@ pub(super) fn api_error(
         class,
         status,
         message: message.into(),
+        usage: None,
+        finish_reason: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The error classes a failure is sorted into, once, and the typed API error
 //! that carries one.
 
-use super::Scrubber;
+use super::{Scrubber, Usage};
 use crate::types::QuotaScope;
 use std::time::Duration;
 
@@ -42,8 +42,9 @@ pub enum ErrorClass {
     },
 }
 
-/// A failed call: its class, the HTTP status when there was one, and the
-/// API's own message (never containing the key).
+/// A failed call: its class, the HTTP status when there was one, the
+/// API's own message (never containing the key), and, for a 200 that is not
+/// an answer, what the API billed for it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -53,9 +54,27 @@ pub struct ApiError {
     pub status: Option<u16>,
     /// The API's message, or a description of the transport failure.
     pub message: String,
+    /// The usage a 200 reported although it holds no answer (a blocked
+    /// output, a cap spent on thinking, an empty candidate): the APIs bill
+    /// it like any answer. `None` for every other failure, which is not
+    /// billed.
+    pub usage: Option<Usage>,
+    /// The finish reason of such a 200 as the API spells it (`SAFETY`,
+    /// `MAX_TOKENS`, `length`), when it gave one.
+    pub finish_reason: Option<String>,
 }
 
 impl ApiError {
+    /// The same error, carrying the `usage` and `finish_reason` of the 200
+    /// it was made of.
+    pub(super) fn billed(self, usage: Usage, finish_reason: Option<&str>) -> Self {
+        ApiError {
+            usage: Some(usage),
+            finish_reason: finish_reason.map(str::to_owned),
+            ..self
+        }
+    }
+
     /// Takes every fragment of the scrubber's keys out of the message and
     /// the reasons (all come from the server): APIs and proxies may echo the
     /// key back, and these go to the store, the report and the terminal.

@@ -145,6 +145,8 @@ mod tests {
             class,
             status: None,
             message: String::new(),
+            usage: None,
+            finish_reason: None,
         }
     }
 
