@@ -172,8 +172,7 @@ pub(super) fn api_error(
         class,
         status,
         message: message.into(),
-        usage: None,
-        finish_reason: None,
+        billed: None,
     }
 }
 

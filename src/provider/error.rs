@@ -54,13 +54,20 @@ pub struct ApiError {
     pub status: Option<u16>,
     /// The API's message, or a description of the transport failure.
     pub message: String,
-    /// The usage a 200 reported although it holds no answer (a blocked
+    /// What the API billed for a 200 that holds no answer (a blocked
     /// output, a cap spent on thinking, an empty candidate): the APIs bill
     /// it like any answer. `None` for every other failure, which is not
-    /// billed.
-    pub usage: Option<Usage>,
-    /// The finish reason of such a 200 as the API spells it (`SAFETY`,
-    /// `MAX_TOKENS`, `length`), when it gave one.
+    /// billed. Boxed: most errors have none.
+    pub billed: Option<Box<Billed>>,
+}
+
+/// What a 200 without an answer reported, and is billed for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Billed {
+    /// Its usage.
+    pub usage: Usage,
+    /// Its finish reason as the API spells it (`SAFETY`, `MAX_TOKENS`,
+    /// `length`), when it gave one.
     pub finish_reason: Option<String>,
 }
 
@@ -69,10 +76,17 @@ impl ApiError {
     /// it was made of.
     pub(super) fn billed(self, usage: Usage, finish_reason: Option<&str>) -> Self {
         ApiError {
-            usage: Some(usage),
-            finish_reason: finish_reason.map(str::to_owned),
+            billed: Some(Box::new(Billed {
+                usage,
+                finish_reason: finish_reason.map(str::to_owned),
+            })),
             ..self
         }
+    }
+
+    /// The usage billed for it, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.billed.as_ref().map(|b| b.usage)
     }
 
     /// Takes every fragment of the scrubber's keys out of the message and

@@ -37,7 +37,7 @@ mod transport;
 
 pub use crate::types::{ProviderKind, QuotaScope};
 pub use common::MAX_SERVER_DELAY;
-pub use error::{ApiError, ErrorClass};
+pub use error::{ApiError, Billed, ErrorClass};
 pub use scrub::Scrubber;
 
 use transport::Transport;

@@ -617,7 +617,7 @@ mod tests {
             assert_eq!(error.status, Some(200));
             assert!(error.message.starts_with(message), "{}", error.message);
             // What the 200 reported is billed, and goes with the error.
-            let billed = error.usage.expect("a 200 carries its usage");
+            let billed = error.usage().expect("a 200 carries its usage");
             let reported = body.contains(usage);
             assert_eq!(billed.input_tokens, if reported { 10 } else { 0 }, "{body}");
             assert_eq!(
@@ -631,7 +631,8 @@ mod tests {
             usage,
         );
         let error = parse_chat(capped.as_bytes()).unwrap_err();
-        assert_eq!(error.finish_reason.as_deref(), Some("length"));
+        let billed = error.billed.expect("a 200 carries its finish reason");
+        assert_eq!(billed.finish_reason.as_deref(), Some("length"));
     }
 
     #[test]

@@ -366,7 +366,7 @@ fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
         // The server answered: the item's fate is no fault of the key.
         ErrorClass::ItemInvalid | ErrorClass::Blocked { .. } | ErrorClass::EmptyAnswer => {
             Outcome::Answered {
-                input_tokens: error.usage.map(|u| u.input_tokens),
+                input_tokens: error.usage().map(|u| u.input_tokens),
             }
         }
         ErrorClass::Transient => Outcome::Failed,
@@ -434,8 +434,7 @@ mod tests {
             class,
             status: Some(400),
             message: "API key not valid. Please pass a valid API key.".into(),
-            usage: None,
-            finish_reason: None,
+            billed: None,
         })
     }
 

@@ -145,8 +145,7 @@ mod tests {
             class,
             status: None,
             message: String::new(),
-            usage: None,
-            finish_reason: None,
+            billed: None,
         }
     }
 
