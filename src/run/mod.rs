@@ -438,6 +438,9 @@ fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> Ite
         key: None,
         account: None,
         error: None,
-        cost_usd: 0.0,
+        thinking_tokens: 0,
+        cached_tokens: 0,
+        finish_reason: None,
+        cost: Some(0.0),
     }
 }
