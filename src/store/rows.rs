@@ -116,6 +116,8 @@ pub enum RunStatus {
     /// Every key for some model was refused: dispatch stopped, the rest of
     /// the items stay pending.
     KeysRefused,
+    /// `--sample` sent its items: the rest stay pending for the next run.
+    Sampled,
 }
 
 stored_as_text!(RunStatus in "runs"."status" {
@@ -126,6 +128,7 @@ stored_as_text!(RunStatus in "runs"."status" {
     BudgetReached => "stopped at --max-cost",
     Failed => "failed",
     KeysRefused => "keys refused",
+    Sampled => "sampled",
 });
 
 /// A key's last known state, kept across runs for `keys status`.

@@ -427,6 +427,7 @@ fn every_state_reads_back_as_written() {
         RunStatus::BudgetReached,
         RunStatus::Failed,
         RunStatus::KeysRefused,
+        RunStatus::Sampled,
     ] {
         assert_eq!(RunStatus::parse(status.as_str()), Ok(status));
     }

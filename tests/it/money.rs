@@ -174,3 +174,58 @@ async fn at_concurrency_64_the_settled_spend_never_passes_the_cap() {
         "results {spent}, ledger {billed}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_of_50_then_a_plain_run_sends_every_item_exactly_once() {
+    let (sim, work) = scenario(&two_projects(1, 5), 200, |url| {
+        config(
+            url,
+            &[
+                ("proj-a", &["test-key-a1", "test-key-a2"]),
+                ("proj-b", &["test-key-b1"]),
+            ],
+            "",
+        )
+    })
+    .await;
+    let out = work
+        .keyfan(&run_args("state.db", &["--sample", "50", "--json"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["status"], "sampled", "{summary}");
+    let sample = &summary["sample"];
+    assert_eq!(sample["items"], 50, "{sample}");
+    assert_eq!(sample["job_items"], 200, "{sample}");
+    assert_eq!(sample["remaining"], 150, "{sample}");
+    assert_eq!(sample["not_ok_share"], 0.0, "{sample}");
+    let per_item = sample["cost_per_item_usd"].as_f64().unwrap();
+    let job_cost = sample["job_cost_usd"].as_f64().unwrap();
+    assert!((job_cost - per_item * 200.0).abs() < 1e-12, "{sample}");
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), 50);
+    let sampled: Vec<usize> = rows
+        .iter()
+        .map(|r| r["id"].as_str().unwrap()["item-".len()..].parse().unwrap())
+        .collect();
+    assert_ne!(sampled, (0..50).collect::<Vec<_>>(), "not the first 50");
+    assert!(
+        sampled.iter().any(|&i| i >= 150),
+        "spread over the job: {sampled:?}"
+    );
+    let sampled_cost = results_cost(&rows);
+    assert!((sampled_cost - per_item * 50.0).abs() < 1e-12);
+    assert_eq!(stats(&sim).await.requests, 50);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sample: 50 items (seed 0)"), "{stderr}");
+    assert!(stderr.contains("the whole job (200 items)"), "{stderr}");
+
+    let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 200);
+    assert_eq!(
+        stats(&sim).await.requests,
+        200,
+        "no sampled item was sent again"
+    );
+}
