@@ -62,7 +62,7 @@ pub struct ApiError {
 }
 
 /// What a 200 without an answer reported, and is billed for.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Billed {
     /// Its usage.
     pub usage: Usage,

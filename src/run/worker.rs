@@ -66,20 +66,18 @@ impl Worker {
                 ..Usage::default()
             })
         });
-        if self.budget.is_some() {
-            if price.is_none() {
-                let outcome = ItemRow {
-                    error: Some(format!(
-                        "no price is known for model {model}, so it cannot be sent under --max-cost"
-                    )),
-                    ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
-                };
-                let _ = self.events.send(Event::Finished(outcome));
-                return;
-            }
-            if !self.reserve(worst) {
-                return;
-            }
+        if self.budget.is_some() && price.is_none() {
+            let outcome = ItemRow {
+                error: Some(format!(
+                    "no price is known for model {model}, so it cannot be sent under --max-cost"
+                )),
+                ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
+            };
+            let _ = self.events.send(Event::Finished(outcome));
+            return;
+        }
+        if !self.reserve(worst) {
+            return;
         }
         let request = Request {
             model,
@@ -89,10 +87,7 @@ impl Worker {
             temperature: item.temperature,
         };
         let mut last: Option<AttemptRow> = None;
-        let mut billed = Billed {
-            usage: Usage::default(),
-            finish_reason: None,
-        };
+        let mut billed = Billed::default();
         let mut cost = 0.0;
         // What the budget holds for the item: its worst case, once more for
         // each billed answer that may be tried again.
@@ -107,16 +102,17 @@ impl Worker {
                     async move { client.generate(&key, &request).await }
                 },
                 |attempt, reply| {
-                    billed = match (reply, attempt.error.and_then(|e| e.billed.as_deref())) {
-                        (Some(reply), _) => Billed {
+                    // What the API billed: an answer, or a 200 without one.
+                    billed = match reply {
+                        Some(reply) => Billed {
                             usage: reply.usage,
                             finish_reason: reply.finish_reason.clone(),
                         },
-                        (None, Some(error)) => error.clone(),
-                        (None, None) => Billed {
-                            usage: Usage::default(),
-                            finish_reason: None,
-                        },
+                        None => attempt
+                            .error
+                            .and_then(|e| e.billed.as_deref())
+                            .cloned()
+                            .unwrap_or_default(),
                     };
                     let mut row = attempt_row(&item.id, model, price, attempt, &billed.usage);
                     row.attempt = row.attempt.saturating_add(prior);
