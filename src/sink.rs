@@ -4,7 +4,7 @@
 //! Owns: the results formats and where they go (a file or standard output).
 //! Never: deciding an outcome, or writing a row the store has not committed.
 
-use crate::store::ItemRow;
+use crate::store::{round_usd, ItemRow};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -39,7 +39,7 @@ impl std::fmt::Display for Target {
 }
 
 /// The columns of a results row, in order (CSV header and JSON keys).
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 14] = [
     "id",
     "status",
     "output",
@@ -50,6 +50,10 @@ pub const COLUMNS: [&str; 10] = [
     "attempts",
     "key",
     "error",
+    "thinking_tokens",
+    "cached_tokens",
+    "finish_reason",
+    "cost",
 ];
 
 enum Format {
@@ -105,6 +109,12 @@ impl Sink {
                     &num(u64::from(row.attempts)),
                     row.key.as_deref().unwrap_or(""),
                     row.error.as_deref().unwrap_or(""),
+                    &num(row.thinking_tokens),
+                    &num(row.cached_tokens),
+                    row.finish_reason.as_deref().unwrap_or(""),
+                    // Unknown is empty, never 0.
+                    &row.cost
+                        .map_or_else(String::new, |usd| round_usd(usd).to_string()),
                 ])?;
                 Ok(())
             }
@@ -144,7 +154,10 @@ mod tests {
             key: Some("#1a2b3c4d".into()),
             account: Some("proj-a".into()),
             error: None,
-            cost_usd: 0.0,
+            thinking_tokens: 2,
+            cached_tokens: 1,
+            finish_reason: Some("STOP".into()),
+            cost: Some(0.1 + 0.2),
         }
     }
 
@@ -169,6 +182,7 @@ mod tests {
         keys_sorted.sort();
         assert_eq!(keys_sorted, expected);
         assert_eq!(value["output"], "line one,\n\"two\"");
+        assert_eq!(value["cost"], 0.3, "rounded past float noise");
     }
 
     #[test]
@@ -183,5 +197,33 @@ mod tests {
         let record = reader.records().next().unwrap().unwrap();
         assert_eq!(&record[2], "line one,\n\"two\"");
         assert_eq!(&record[8], "#1a2b3c4d");
+        assert_eq!(&record[10], "2");
+        assert_eq!(&record[12], "STOP");
+        assert_eq!(&record[13], "0.3", "rounded past float noise");
+    }
+
+    #[test]
+    fn an_unknown_cost_is_null_or_empty_never_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let unknown = ItemRow {
+            cost: None,
+            ..row()
+        };
+        for name in ["r.jsonl", "r.csv"] {
+            let path = dir.path().join(name);
+            let mut sink = Sink::create(&Target::File(path.clone())).unwrap();
+            sink.write(&unknown).unwrap();
+            sink.flush().unwrap();
+            let text = std::fs::read_to_string(&path).unwrap();
+            if name.ends_with(".csv") {
+                let mut reader = csv::Reader::from_path(&path).unwrap();
+                let record = reader.records().next().unwrap().unwrap();
+                assert_eq!(&record[13], "", "{text}");
+            } else {
+                let value: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+                assert_eq!(value["cost"], serde_json::Value::Null, "{text}");
+                assert_eq!(value["thinking_tokens"], 2, "{text}");
+            }
+        }
     }
 }

@@ -246,6 +246,16 @@ struct RunArgs {
     /// `max_output_tokens` are capped at 8192 output tokens.
     #[arg(long, value_name = "USD", value_parser = positive_usd)]
     max_cost: Option<f64>,
+    /// Send only N items, spread over the job by a seeded choice, then stop
+    /// and print their cost and time per item, the extrapolation to the
+    /// whole job and the share not `ok`. The next run without --sample
+    /// sends the rest (never a sampled item again).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    sample: Option<u64>,
+    /// The seed of --sample's choice: the items whose sha256(seed ‖ id)
+    /// ranks lowest are sent.
+    #[arg(long, value_name = "SEED", default_value_t = 0, requires = "sample")]
+    sample_seed: u64,
     /// Not a keyfan flag: caught to say what to use instead.
     #[arg(long, hide = true)]
     dry_run: bool,

@@ -8,7 +8,7 @@
 //! printed here too, from the events the run sends.
 
 use super::Verbosity;
-use crate::run::{Notice, Observer, Progress, RunOutcome};
+use crate::run::{Notice, Observer, Progress, RunOutcome, SampleSummary};
 use crate::store::{AttemptRow, ItemRow, ItemStatus, RunStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashSet;
@@ -275,6 +275,11 @@ impl Observer for Display {
             outcome.elapsed_s,
             counts(&outcome.items)
         );
+        if let Some(sample) = &outcome.sample {
+            for line in sample_lines(sample) {
+                eprintln!("keyfan: {line}");
+            }
+        }
         if let Some(reset) = &outcome.quota_resets_at {
             eprintln!(
                 "keyfan: daily quotas are spent: deferred items can go after {reset} (midnight US/Pacific)"
@@ -286,6 +291,48 @@ impl Observer for Display {
             outputs.report_md.display(),
             outputs.report_json.display()
         );
+    }
+}
+
+/// What `--sample` measured, and what it implies for the whole job.
+fn sample_lines(s: &SampleSummary) -> Vec<String> {
+    let usd = |cost: Option<f64>| {
+        cost.map_or_else(
+            || "? USD (a price is unknown)".to_owned(),
+            |c| format!("{} USD", significant(c)),
+        )
+    };
+    let mut lines = vec![
+        format!(
+            "sample: {} items (seed {}): {} and {} per item; {:.1}% not ok",
+            s.items,
+            s.seed,
+            usd(s.cost_per_item_usd),
+            duration_of(s.seconds_per_item),
+            s.not_ok_share * 100.0
+        ),
+        format!(
+            "the whole job ({} items) at that rate: about {}",
+            s.job_items,
+            usd(s.job_cost_usd)
+        ),
+    ];
+    if s.remaining > 0 {
+        lines.push(format!(
+            "the other {} items: about {} at the sample's pace; run the same command without --sample to send them",
+            s.remaining,
+            duration_of(s.remaining_s)
+        ));
+    }
+    lines
+}
+
+/// Seconds as `0.25s` below a minute, else as [`duration`] does.
+fn duration_of(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{}s", significant(seconds))
+    } else {
+        duration(Duration::from_secs_f64(seconds))
     }
 }
 
@@ -359,5 +406,44 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(42)), "42s");
         assert_eq!(duration(Duration::from_secs(185)), "3m05s");
         assert_eq!(duration(Duration::from_secs(7620)), "2h07m");
+    }
+
+    #[test]
+    fn a_sample_says_its_rates_the_whole_job_and_what_is_left() {
+        let sample = SampleSummary {
+            seed: 0,
+            items: 50,
+            not_ok: 1,
+            not_ok_share: 0.02,
+            cost_usd: Some(0.002),
+            cost_per_item_usd: Some(0.00004),
+            elapsed_s: 2.5,
+            seconds_per_item: 0.05,
+            job_items: 200,
+            remaining: 150,
+            job_cost_usd: Some(0.008),
+            remaining_s: 7.5,
+        };
+        assert_eq!(
+            sample_lines(&sample),
+            [
+                "sample: 50 items (seed 0): 0.0000400 USD and 0.0500s per item; 2.0% not ok",
+                "the whole job (200 items) at that rate: about 0.00800 USD",
+                "the other 150 items: about 7.50s at the sample's pace; run the same command \
+                 without --sample to send them",
+            ]
+        );
+        let unpriced = SampleSummary {
+            cost_per_item_usd: None,
+            job_cost_usd: None,
+            remaining: 0,
+            ..sample
+        };
+        let lines = sample_lines(&unpriced);
+        assert_eq!(lines.len(), 2, "nothing is left: {lines:?}");
+        assert!(
+            lines[1].ends_with("about ? USD (a price is unknown)"),
+            "{lines:?}"
+        );
     }
 }

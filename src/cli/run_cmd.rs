@@ -4,7 +4,7 @@
 use super::progress::Display;
 use super::{Failure, RunArgs, Verbosity};
 use crate::config::{Config, MissingEnv};
-use crate::run::{Job, Outputs, Resume, Settings};
+use crate::run::{Job, Outputs, Resume, Sample, Settings};
 use anyhow::{anyhow, Context};
 
 pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failure> {
@@ -56,6 +56,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             "results": target.to_string(),
             "report": report_json.display().to_string(),
             "state": state.display().to_string(),
+            "sample": outcome.sample,
             "exit_code": code,
         });
         println!("{json}");
@@ -93,6 +94,10 @@ impl Settings {
             resume,
             group: args.group,
             max_cost: args.max_cost,
+            sample: args.sample.map(|items| Sample {
+                items,
+                seed: args.sample_seed,
+            }),
             stop_on_signals: true,
         })
     }

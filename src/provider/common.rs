@@ -172,6 +172,7 @@ pub(super) fn api_error(
         class,
         status,
         message: message.into(),
+        billed: None,
     }
 }
 

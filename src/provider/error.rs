@@ -1,7 +1,7 @@
 //! The error classes a failure is sorted into, once, and the typed API error
 //! that carries one.
 
-use super::Scrubber;
+use super::{Scrubber, Usage};
 use crate::types::QuotaScope;
 use std::time::Duration;
 
@@ -42,8 +42,9 @@ pub enum ErrorClass {
     },
 }
 
-/// A failed call: its class, the HTTP status when there was one, and the
-/// API's own message (never containing the key).
+/// A failed call: its class, the HTTP status when there was one, the
+/// API's own message (never containing the key), and, for a 200 that is not
+/// an answer, what the API billed for it.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -53,9 +54,41 @@ pub struct ApiError {
     pub status: Option<u16>,
     /// The API's message, or a description of the transport failure.
     pub message: String,
+    /// What the API billed for a 200 that holds no answer (a blocked
+    /// output, a cap spent on thinking, an empty candidate): the APIs bill
+    /// it like any answer. `None` for every other failure, which is not
+    /// billed. Boxed: most errors have none.
+    pub billed: Option<Box<Billed>>,
+}
+
+/// What a 200 without an answer reported, and is billed for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Billed {
+    /// Its usage.
+    pub usage: Usage,
+    /// Its finish reason as the API spells it (`SAFETY`, `MAX_TOKENS`,
+    /// `length`), when it gave one.
+    pub finish_reason: Option<String>,
 }
 
 impl ApiError {
+    /// The same error, carrying the `usage` and `finish_reason` of the 200
+    /// it was made of.
+    pub(super) fn billed(self, usage: Usage, finish_reason: Option<&str>) -> Self {
+        ApiError {
+            billed: Some(Box::new(Billed {
+                usage,
+                finish_reason: finish_reason.map(str::to_owned),
+            })),
+            ..self
+        }
+    }
+
+    /// The usage billed for it, if any.
+    pub fn usage(&self) -> Option<Usage> {
+        self.billed.as_ref().map(|b| b.usage)
+    }
+
     /// Takes every fragment of the scrubber's keys out of the message and
     /// the reasons (all come from the server): APIs and proxies may echo the
     /// key back, and these go to the store, the report and the terminal.

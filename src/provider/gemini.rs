@@ -269,11 +269,24 @@ const BLOCKING_FINISH_REASONS: &[&str] = &[
 /// can still be: a blocked prompt or output, no output at all, or an output
 /// cap used up before any visible text (each recorded in `tests/fixtures/`:
 /// `gemini_prompt_blocked_*`, `gemini_candidate_finish_*`,
-/// `gemini_generateContent_empty_candidate_max_tokens.json`).
+/// `gemini_generateContent_empty_candidate_max_tokens.json`). Such an error
+/// carries the usage and finish reason the 200 reported: the API bills them
+/// (a reply cut by thinking at `maxOutputTokens`, recorded in
+/// `tests/fixtures/replay/pa-2.5-pro-maxtok-no-output.json`, still reports
+/// its 15 prompt and 2 thinking tokens).
 pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
     let response: GenerateResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
     let usage = response.usage_metadata.usage()?;
+    let finish = response
+        .candidates
+        .first()
+        .and_then(|c| c.finish_reason.as_deref());
+    answer_of(&response, usage).map_err(|e| e.billed(usage, finish))
+}
+
+/// The reply in a parsed 200, or why it holds none.
+fn answer_of(response: &GenerateResponse, usage: Usage) -> Result<Reply, ApiError> {
     let Some(candidate) = response.candidates.first() else {
         // No candidate: either the prompt was blocked, or the API failed
         // without saying why.
@@ -314,7 +327,9 @@ pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
             // (`models/gemini-2.5-pro`); `Request::model` never does.
             model_version: response
                 .model_version
-                .map(|v| v.strip_prefix("models/").map(str::to_owned).unwrap_or(v)),
+                .as_deref()
+                .map(|v| v.strip_prefix("models/").unwrap_or(v).to_owned()),
+            finish_reason: candidate.finish_reason.clone(),
         });
     }
     if finish == "MAX_TOKENS" {

@@ -37,7 +37,7 @@ mod transport;
 
 pub use crate::types::{ProviderKind, QuotaScope};
 pub use common::MAX_SERVER_DELAY;
-pub use error::{ApiError, ErrorClass};
+pub use error::{ApiError, Billed, ErrorClass};
 pub use scrub::Scrubber;
 
 use transport::Transport;
@@ -61,7 +61,7 @@ pub struct Request<'a> {
     pub temperature: Option<f32>,
 }
 
-/// Token counts of one successful call, normalised across providers.
+/// Token counts of one call the API billed, normalised across providers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Prompt tokens, cached ones included.
@@ -83,6 +83,9 @@ pub struct Reply {
     pub usage: Usage,
     /// The concrete model version the API says it used, when it says one.
     pub model_version: Option<String>,
+    /// Why the output ended, as the API spells it (Gemini `STOP`,
+    /// `MAX_TOKENS`; OpenAI `stop`, `length`), when it says.
+    pub finish_reason: Option<String>,
 }
 
 /// An HTTP client bound to one endpoint (and, through `reqwest`, to one

@@ -214,11 +214,25 @@ impl ChatUsage {
 }
 
 /// Turns a 2xx chat completions body into a reply, or into the error a 200
-/// can still be: filtered, refused, capped before any text, or empty.
+/// can still be: filtered, refused, capped before any text, or empty. Such
+/// an error carries the usage and finish reason the 200 reported: they are
+/// billed.
 pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
     let response: ChatResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
-    let usage = response.usage.unwrap_or_default().usage()?;
+    let usage = response
+        .usage
+        .as_ref()
+        .map_or(Ok(Usage::default()), ChatUsage::usage)?;
+    let finish = response
+        .choices
+        .first()
+        .and_then(|c| c.finish_reason.as_deref());
+    answer_of(&response, usage).map_err(|e| e.billed(usage, finish))
+}
+
+/// The reply in a parsed 200, or why it holds none.
+fn answer_of(response: &ChatResponse, usage: Usage) -> Result<Reply, ApiError> {
     let Some(choice) = response.choices.first() else {
         return Err(no_output("no choices"));
     };
@@ -239,7 +253,8 @@ pub(super) fn parse_chat(body: &[u8]) -> Result<Reply, ApiError> {
         return Ok(Reply {
             text: text.to_owned(),
             usage,
-            model_version: response.model,
+            model_version: response.model.clone(),
+            finish_reason: choice.finish_reason.clone(),
         });
     }
     if let Some(refusal) = refusal {
@@ -601,7 +616,23 @@ mod tests {
             assert_eq!(error.class, class, "{body}");
             assert_eq!(error.status, Some(200));
             assert!(error.message.starts_with(message), "{}", error.message);
+            // What the 200 reported is billed, and goes with the error.
+            let billed = error.usage().expect("a 200 carries its usage");
+            let reported = body.contains(usage);
+            assert_eq!(billed.input_tokens, if reported { 10 } else { 0 }, "{body}");
+            assert_eq!(
+                billed.thinking_tokens,
+                if reported { 64 } else { 0 },
+                "{body}"
+            );
         }
+        let capped = with(
+            r#"{"message":{"role":"assistant","content":""},"finish_reason":"length"}"#,
+            usage,
+        );
+        let error = parse_chat(capped.as_bytes()).unwrap_err();
+        let billed = error.billed.expect("a 200 carries its finish reason");
+        assert_eq!(billed.finish_reason.as_deref(), Some("length"));
     }
 
     #[test]

@@ -299,9 +299,13 @@ fn every_fixture_parses_as_expected() {
                 class,
                 says,
             } => {
+                let gemini_200 = matches!(api, Api::Gemini) && status == 200;
                 let error = outcome(api, status, &body).expect_err(file);
                 assert_eq!(error.class, class, "{file}");
                 assert_eq!(error.status, Some(status), "{file}");
+                // A 200 that is no answer is billed: its usage goes with it.
+                let billed = gemini_200.then(|| usage_of(&json(&body)));
+                assert_eq!(error.usage(), billed, "{file}");
                 assert!(error.message.contains(says), "{file}: {:?}", error.message);
                 if let Some(message) = envelope_message(&json(&body)) {
                     assert_eq!(error.message, message, "{file}");
@@ -436,11 +440,22 @@ fn every_replay_exchange() {
                 let error = got.expect_err(name);
                 assert_eq!(error.class, class, "{name}: {}", error.message);
                 assert_eq!(error.status, Some(status), "{name}");
+                // A 200 that is no answer is billed: its usage goes with it.
+                let billed = (status == 200).then(|| usage_of(response));
+                assert_eq!(error.usage(), billed, "{name}");
+                let finish = response["candidates"][0]["finishReason"].as_str();
+                let finished = error
+                    .billed
+                    .as_ref()
+                    .and_then(|b| b.finish_reason.as_deref());
+                assert_eq!(finished, finish, "{name}");
             }
             None => {
                 assert_eq!(status, 200, "{name}");
                 let reply = got.unwrap_or_else(|e| panic!("{name}: {e:?}"));
                 assert!(!reply.text.is_empty(), "{name}");
+                let finish = response["candidates"][0]["finishReason"].as_str();
+                assert_eq!(reply.finish_reason.as_deref(), finish, "{name}");
                 assert_eq!(reply.text, visible_text(response), "{name}");
                 let usage = usage_of(response);
                 assert_eq!(reply.usage, usage, "{name}");
@@ -471,6 +486,7 @@ fn the_key_is_scrubbed_from_messages_and_reasons() {
         },
         status: None,
         message: format!("{0} and again {0}", key.expose()),
+        billed: None,
     };
     let scrubbed = leaky.scrub(&Scrubber::new([&key]));
     assert_eq!(scrubbed.message, "AIza…k3Qf and again AIza…k3Qf");

@@ -45,6 +45,11 @@ pub(super) fn render(r: &Report) -> String {
         std::slice::from_ref(&r.totals.usage),
         |_| "all".into(),
     );
+    let _ = writeln!(
+        md,
+        "\nWasted on retries: {:.4} USD (attempts that were not their item's final one).",
+        r.totals.wasted_on_retries_usd
+    );
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
     let _ = writeln!(md, "\n## Per key\n");

@@ -46,6 +46,9 @@ pub struct Totals {
     /// Requests, ok ones, 429s, tokens, cost and latency over all attempts.
     #[serde(flatten)]
     pub usage: Usage,
+    /// Of the cost, what attempts that were not their item's final one
+    /// cost (billed answers tried again), in USD to 6 decimals.
+    pub wasted_on_retries_usd: f64,
 }
 
 /// What one key, one account or the whole run did.
@@ -118,6 +121,7 @@ impl Report {
             elapsed_s,
             totals: Totals {
                 usage: all.finish(String::new(), None, elapsed_s),
+                wasted_on_retries_usd: (store.retries_cost(run)? * 1e6).round() / 1e6,
                 ..totals
             },
             keys: keys.finish(elapsed_s),

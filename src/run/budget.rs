@@ -3,8 +3,11 @@
 //! reservation is replaced by the real cost. However many requests are in
 //! flight, spent plus reserved never exceeds the cap.
 //!
-//! One reservation per item suffices: APIs bill the request that answers
-//! (and a safety block), not the 429s, 5xx and timeouts before it.
+//! APIs bill every request that is answered with a 200 (a safety block, a
+//! cap spent on thinking and an empty candidate included), not the 429s,
+//! 5xx and timeouts before it. So an item holds one reservation, and one
+//! more for each billed empty answer it is tried again after (the only
+//! billed answer that is retried).
 
 use std::sync::Mutex;
 

@@ -365,7 +365,9 @@ fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
     match &error.class {
         // The server answered: the item's fate is no fault of the key.
         ErrorClass::ItemInvalid | ErrorClass::Blocked { .. } | ErrorClass::EmptyAnswer => {
-            Outcome::Answered { input_tokens: None }
+            Outcome::Answered {
+                input_tokens: error.usage().map(|u| u.input_tokens),
+            }
         }
         ErrorClass::Transient => Outcome::Failed,
         ErrorClass::KeyInvalid { reason } => Outcome::Refused {
@@ -432,6 +434,7 @@ mod tests {
             class,
             status: Some(400),
             message: "API key not valid. Please pass a valid API key.".into(),
+            billed: None,
         })
     }
 
@@ -440,6 +443,7 @@ mod tests {
             text: "fine".into(),
             usage: crate::provider::Usage::default(),
             model_version: None,
+            finish_reason: Some("STOP".into()),
         })
     }
 

@@ -5,6 +5,7 @@
 //! report. What a person sees of it goes to the [`Observer`] as events; it
 //! never prints.
 
+use super::sample::{self, SampleSummary};
 use super::settings::Settings;
 use super::{
     exit, models, Budget, ClientError, Clients, Earlier, Notice, Observer, Options, Recording,
@@ -51,6 +52,8 @@ pub struct RunOutcome {
     pub keys_refused: Vec<String>,
     /// When the daily quotas reset, if items were deferred (RFC 3339 UTC).
     pub quota_resets_at: Option<String>,
+    /// Under `--sample`: what the sample measured and implies.
+    pub sample: Option<SampleSummary>,
     /// Where the results, the state file and the report went.
     pub outputs: super::Outputs,
 }
@@ -73,7 +76,7 @@ impl RunOutcome {
             RunStatus::Interrupted | RunStatus::OutputClosed => exit::INTERRUPTED,
             RunStatus::BudgetReached => exit::BUDGET,
             // A finished run is never `running`; were it so, its items decide.
-            RunStatus::Done | RunStatus::Running => {
+            RunStatus::Done | RunStatus::Sampled | RunStatus::Running => {
                 if self.count(ItemStatus::Deferred) > 0 {
                     exit::DEFERRED
                 } else if self.count(ItemStatus::Failed) + self.count(ItemStatus::Skipped) > 0 {
@@ -221,6 +224,7 @@ pub async fn run(
         group,
         concurrency,
         max_cost,
+        sample,
         stop_on_signals,
     } = settings;
     let observer = super::Shared::new(observer);
@@ -319,6 +323,13 @@ pub async fn run(
         simulate,
         resume,
     )?;
+    let chosen = match sample {
+        Some(sample) => Some(Arc::new(
+            sample::choose(&job.file, &validation.content_hash, &done, sample)
+                .map_err(StartError::Job)?,
+        )),
+        None => None,
+    };
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {
@@ -337,13 +348,14 @@ pub async fn run(
             observer.clone(),
         ))
     });
+    let total = chosen.as_ref().map_or(to_do, |chosen| chosen.len() as u64);
     let options = Options {
         job: job.file.clone(),
         job_hash: validation.content_hash.clone(),
-        total: to_do,
+        total,
         // No more workers than items to send: each costs memory.
         concurrency: concurrency
-            .min(usize::try_from(to_do).unwrap_or(usize::MAX))
+            .min(usize::try_from(total).unwrap_or(usize::MAX))
             .max(1),
         policy: RetryPolicy {
             max_retries: config.max_retries,
@@ -352,6 +364,7 @@ pub async fn run(
         },
         default_model: config.model.clone(),
         done: Arc::new(done),
+        only: chosen.clone(),
         prior_attempts: Arc::new(prior_attempts),
         budget: max_cost.map(|cap| Arc::new(Budget::new(cap))),
         budget_output_cap: BUDGET_OUTPUT_CAP,
@@ -369,7 +382,24 @@ pub async fn run(
     if let Some(signals) = signals {
         signals.abort();
     }
-    let status = summary.status;
+    let sample = match (sample, &chosen) {
+        (Some(sample), Some(chosen)) => Some(SampleSummary::measure(
+            &store,
+            run_id,
+            chosen,
+            sample,
+            summary.elapsed.as_secs_f64(),
+            validation.items,
+        )?),
+        _ => None,
+    };
+    // A sample that left items to send is not the run's end.
+    let status = match &sample {
+        Some(sample) if summary.status == RunStatus::Done && sample.remaining > 0 => {
+            RunStatus::Sampled
+        }
+        _ => summary.status,
+    };
     store.finish_run(run_id, status)?;
 
     let report = Report::build(&store, run_id)?;
@@ -399,6 +429,7 @@ pub async fn run(
             })
             .collect(),
         quota_resets_at: report.quota_resets_at,
+        sample,
         outputs,
     };
     observer.done(&outcome);
@@ -427,6 +458,7 @@ mod tests {
             disabled: Vec::new(),
             keys_refused: Vec::new(),
             quota_resets_at: None,
+            sample: None,
             outputs: super::super::Outputs {
                 target: Target::Stdout,
                 state: PathBuf::from("s.db"),
@@ -449,6 +481,7 @@ mod tests {
             (RunStatus::Interrupted, exit::INTERRUPTED),
             (RunStatus::BudgetReached, exit::BUDGET),
             (RunStatus::Done, exit::DEFERRED),
+            (RunStatus::Sampled, exit::DEFERRED),
         ] {
             assert_eq!(outcome(status, &worst).exit_code(), code, "{status}");
         }

@@ -18,6 +18,7 @@ mod observe;
 mod recorder;
 mod resume;
 mod retry;
+mod sample;
 mod settings;
 mod signals;
 #[cfg(test)]
@@ -32,6 +33,7 @@ pub use observe::{Load, Notice};
 pub use recorder::{Observer, Progress};
 pub use resume::{earlier, start, Earlier, Resume, Start};
 pub use retry::{Decision, Retries, RetryPolicy};
+pub use sample::{Sample, SampleSummary};
 pub use settings::{Job, Outputs, Settings};
 
 use observe::Shared;
@@ -73,6 +75,9 @@ pub struct Options {
     pub default_model: String,
     /// Ids (as [`crate::job::id_hash`]es) of items a resumed run already finished.
     pub done: Arc<HashSet<u64>>,
+    /// Under `--sample`, the ids (as [`crate::job::id_hash`]es) of the only
+    /// items to send; invalid lines are then left for the next run.
+    pub only: Option<Arc<HashSet<u64>>>,
     /// Requests earlier invocations sent for items still to do, by
     /// [`crate::job::id_hash`]: their attempt numbers go on from there.
     pub prior_attempts: Arc<HashMap<u64, u32>>,
@@ -278,10 +283,11 @@ pub async fn execute(
         let cancel = cancel.clone();
         let events = event_tx.clone();
         let done = Arc::clone(&options.done);
+        let only = options.only.clone();
         let validated = options.job_hash.clone();
         let faults = Arc::clone(&faults);
         tokio::task::spawn_blocking(move || {
-            let reader = feed(reader, &done, item_tx, events, cancel);
+            let reader = feed(reader, &done, only.as_deref(), item_tx, events, cancel);
             // The items sent were read from the file: if it is not the file
             // that was validated (and resumed by), the run must say so.
             if let Err(changed) = reader.verify(&validated) {
@@ -369,23 +375,30 @@ pub async fn execute(
     ))
 }
 
-/// Reads the job into the workers' channel; invalid lines (only present
-/// when the user chose `--skip-invalid`) become `skipped` outcomes. Returns
+/// Reads the job into the workers' channel, all but the `done` items (or
+/// only those in `only`); invalid lines (only present when the user chose
+/// `--skip-invalid`) become `skipped` outcomes, except in a sample. Returns
 /// the reader, which knows the hash of what it read.
 fn feed(
     mut reader: JobReader,
     done: &HashSet<u64>,
+    only: Option<&HashSet<u64>>,
     items: mpsc::Sender<Item>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
 ) -> JobReader {
+    let left_out = |id: &str| {
+        let id = id_hash(id);
+        done.contains(&id) || only.is_some_and(|only| !only.contains(&id))
+    };
     for entry in &mut reader {
         if cancel.is_cancelled() {
             break;
         }
         let sent = match entry {
-            Ok(item) if done.contains(&id_hash(&item.id)) => true,
+            Ok(item) if left_out(&item.id) => true,
             Ok(item) => send_unless_cancelled(&items, item, &cancel),
+            Err(_) if only.is_some() => true,
             Err(error) if done.contains(&id_hash(&error.skipped_id())) => true,
             Err(error) => events.send(Event::Finished(skipped(&error))).is_ok(),
         };
@@ -438,6 +451,9 @@ fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> Ite
         key: None,
         account: None,
         error: None,
-        cost_usd: 0.0,
+        thinking_tokens: 0,
+        cached_tokens: 0,
+        finish_reason: None,
+        cost: Some(0.0),
     }
 }

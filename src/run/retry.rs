@@ -145,6 +145,7 @@ mod tests {
             class,
             status: None,
             message: String::new(),
+            billed: None,
         }
     }
 

@@ -39,6 +39,9 @@ pub struct Settings {
     pub concurrency: usize,
     /// The spending cap in USD, if any.
     pub max_cost: Option<f64>,
+    /// `--sample`: send only this many items, chosen spread over the job,
+    /// and measure them; the next run sends the rest.
+    pub sample: Option<super::Sample>,
     /// Whether Ctrl-C and SIGTERM stop the run (first gracefully, then for
     /// good): the CLI's way; a program embedding keyfan may not want it.
     pub stop_on_signals: bool,

@@ -64,6 +64,7 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         default_model: config.model.clone(),
         done: Arc::default(),
         prior_attempts: Arc::default(),
+        only: None,
         budget: None,
         budget_output_cap: 0,
     };

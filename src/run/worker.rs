@@ -7,7 +7,7 @@ use super::{unsent, Budget, Event, Faults, Notice};
 use crate::job::{id_hash, Item};
 use crate::pool::{Need, Unavailable};
 use crate::price::{self, Price};
-use crate::provider::{ApiError, ErrorClass, Reply, Request, Usage};
+use crate::provider::{ApiError, Billed, ErrorClass, Request, Usage};
 use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -66,27 +66,18 @@ impl Worker {
                 ..Usage::default()
             })
         });
-        if let Some(budget) = &self.budget {
-            if price.is_none() {
-                let outcome = ItemRow {
-                    error: Some(format!(
-                        "no price is known for model {model}, so it cannot be sent under --max-cost"
-                    )),
-                    ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
-                };
-                let _ = self.events.send(Event::Finished(outcome));
-                return;
-            }
-            if let Fits::No { first } = budget.reserve(worst) {
-                if first {
-                    let cap = budget.cap();
-                    let _ = self
-                        .events
-                        .send(Event::Notice(Notice::BudgetReached { cap }));
-                }
-                self.stop.cancel();
-                return;
-            }
+        if self.budget.is_some() && price.is_none() {
+            let outcome = ItemRow {
+                error: Some(format!(
+                    "no price is known for model {model}, so it cannot be sent under --max-cost"
+                )),
+                ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
+            };
+            let _ = self.events.send(Event::Finished(outcome));
+            return;
+        }
+        if !self.reserve(worst) {
+            return;
         }
         let request = Request {
             model,
@@ -96,7 +87,11 @@ impl Worker {
             temperature: item.temperature,
         };
         let mut last: Option<AttemptRow> = None;
+        let mut billed = Billed::default();
         let mut cost = 0.0;
+        // What the budget holds for the item: its worst case, once more for
+        // each billed answer that may be tried again.
+        let mut reserved = worst;
         let result = self
             .caller
             .call(
@@ -107,7 +102,19 @@ impl Worker {
                     async move { client.generate(&key, &request).await }
                 },
                 |attempt, reply| {
-                    let mut row = attempt_row(&item.id, model, price, attempt, reply);
+                    // What the API billed: an answer, or a 200 without one.
+                    billed = match reply {
+                        Some(reply) => Billed {
+                            usage: reply.usage,
+                            finish_reason: reply.finish_reason.clone(),
+                        },
+                        None => attempt
+                            .error
+                            .and_then(|e| e.billed.as_deref())
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    let mut row = attempt_row(&item.id, model, price, attempt, &billed.usage);
                     row.attempt = row.attempt.saturating_add(prior);
                     cost += row.cost_usd;
                     if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class) {
@@ -116,6 +123,15 @@ impl Worker {
                             account: row.account.clone(),
                             reason: row.error.clone().unwrap_or_default(),
                         }));
+                    }
+                    // A billed empty answer is tried again: the next answer
+                    // needs a reservation of its own, or is not sent.
+                    let again = matches!(
+                        attempt.error.map(|e| &e.class),
+                        Some(ErrorClass::EmptyAnswer)
+                    );
+                    if again && row.cost_usd > 0.0 && self.reserve(worst) {
+                        reserved += worst;
                     }
                     // Sent at once, so the store learns of every request
                     // even if the run dies before the item is finished.
@@ -132,7 +148,12 @@ impl Worker {
             attempts: last.as_ref().map_or(prior, |a| a.attempt),
             key: last.as_ref().map(|a| a.key.clone()),
             account: last.as_ref().map(|a| a.account.clone()),
-            cost_usd: cost,
+            thinking_tokens: billed.usage.thinking_tokens,
+            cached_tokens: billed.usage.cached_tokens,
+            finish_reason: billed.finish_reason,
+            // Nothing sent costs nothing; what was sent to a model with no
+            // known price costs an unknown amount, never 0.
+            cost: (price.is_some() || last.is_none()).then_some(cost),
             ..unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
         };
         match result {
@@ -142,7 +163,7 @@ impl Worker {
             Err(CallError::Unavailable(Unavailable::NoKey { model, .. })) => {
                 self.faults.refuse_keys(model);
                 self.stop.cancel();
-                self.release_budget(worst, cost);
+                self.release_budget(reserved, cost);
                 return;
             }
             Err(CallError::Unavailable(unavailable)) => {
@@ -166,26 +187,48 @@ impl Worker {
             }
             // Not finished: the item stays pending for the next run.
             Err(CallError::Stopped | CallError::Ledger) => {
-                self.release_budget(worst, cost);
+                self.release_budget(reserved, cost);
                 return;
             }
             Err(error @ CallError::Unreachable(_)) => {
                 self.faults.push(error.to_string());
                 self.stop.cancel();
-                self.release_budget(worst, cost);
+                self.release_budget(reserved, cost);
                 return;
             }
         }
-        self.release_budget(worst, outcome.cost_usd);
+        self.release_budget(reserved, cost);
         // The recorder only goes away when the run is being torn down; the
         // outcome then stays unrecorded and the item pending.
         let _ = self.events.send(Event::Finished(outcome));
     }
 
-    /// Replaces the item's budget reservation of `worst` by what it cost.
-    fn release_budget(&self, worst: f64, cost: f64) {
+    /// Reserves `worst` USD under the budget, if there is one. When it does
+    /// not fit, the run stops sending (and says so, the first time).
+    fn reserve(&self, worst: f64) -> bool {
+        let Some(budget) = &self.budget else {
+            return true;
+        };
+        match budget.reserve(worst) {
+            Fits::Yes => true,
+            Fits::No { first } => {
+                if first {
+                    let cap = budget.cap();
+                    let _ = self
+                        .events
+                        .send(Event::Notice(Notice::BudgetReached { cap }));
+                }
+                self.stop.cancel();
+                false
+            }
+        }
+    }
+
+    /// Replaces the item's budget reservations, `reserved` in all, by what
+    /// it cost.
+    fn release_budget(&self, reserved: f64, cost: f64) {
         if let Some(budget) = &self.budget {
-            budget.settle(worst, cost);
+            budget.settle(reserved, cost);
         }
     }
 }
@@ -195,9 +238,8 @@ fn attempt_row(
     model: &str,
     price: Option<Price>,
     attempt: &Attempt<'_>,
-    reply: Option<&Reply>,
+    usage: &Usage,
 ) -> AttemptRow {
-    let usage = reply.map(|r| r.usage).unwrap_or_default();
     let now = chrono::Utc::now();
     AttemptRow {
         item_id: item.to_owned(),
@@ -213,7 +255,7 @@ fn attempt_row(
         latency_ms: attempt.latency.as_millis() as u64,
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
-        cost_usd: price.map_or(0.0, |p| p.cost(&usage)),
+        cost_usd: price.map_or(0.0, |p| p.cost(usage)),
         error: attempt.error.map(|e| e.message.clone()),
         at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         day: attempt.day.to_string(),

@@ -17,8 +17,8 @@ mod tests;
 pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
-    AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, KeyState, LedgerRow, RunId,
-    RunRow, RunStatus, UnknownValue,
+    round_usd, AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, KeyState, LedgerRow,
+    RunId, RunRow, RunStatus, UnknownValue,
 };
 
 use crate::types::QuotaDay;
@@ -156,6 +156,21 @@ impl Store {
             [run.0],
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
+    }
+
+    /// What a run's retries cost: the summed cost of every attempt of a
+    /// finished item that was not its final attempt (billed empty answers
+    /// that were tried again, mostly; a 429 or a 5xx costs nothing).
+    pub fn retries_cost(&self, run: RunId) -> Result<f64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT total(a.cost_usd) FROM attempts a JOIN items i
+                 ON i.run_id = a.run_id AND i.item_id = a.item_id
+                 WHERE a.run_id = ?1 AND a.attempt < i.attempts",
+                [run.0],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.wrap(e))
     }
 
     /// Marks a run as running again (a resume).
@@ -317,14 +332,19 @@ impl Store {
             let mut upsert_item = tx
                 .prepare_cached(
                     "INSERT INTO items (run_id, item_id, line, status, model, output, input_tokens,
-                     output_tokens, latency_ms, attempts, key, account, error, cost_usd, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     output_tokens, latency_ms, attempts, key, account, error, cost_usd, finished_at,
+                     thinking_tokens, cached_tokens, finish_reason, cost_known)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16, ?17, ?18, ?19)
                      ON CONFLICT (run_id, item_id) DO UPDATE SET
                        status = excluded.status, model = excluded.model, output = excluded.output,
                        input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
                        latency_ms = excluded.latency_ms, attempts = excluded.attempts,
                        key = excluded.key, account = excluded.account, error = excluded.error,
-                       cost_usd = excluded.cost_usd, finished_at = excluded.finished_at",
+                       cost_usd = excluded.cost_usd, finished_at = excluded.finished_at,
+                       thinking_tokens = excluded.thinking_tokens,
+                       cached_tokens = excluded.cached_tokens,
+                       finish_reason = excluded.finish_reason, cost_known = excluded.cost_known",
                 )
                 .map_err(wrap)?;
             let finished_at = now();
@@ -344,8 +364,12 @@ impl Store {
                         i.key,
                         i.account,
                         i.error,
-                        i.cost_usd,
+                        i.cost.unwrap_or(0.0),
                         finished_at,
+                        i.thinking_tokens,
+                        i.cached_tokens,
+                        i.finish_reason,
+                        i.cost.is_some(),
                     ])
                     .map_err(wrap)?;
             }
@@ -365,7 +389,8 @@ impl Store {
         let mut failed = Ok(());
         self.each(
             "SELECT item_id, line, status, model, output, input_tokens, output_tokens,
-                    latency_ms, attempts, key, account, error, cost_usd
+                    latency_ms, attempts, key, account, error, cost_usd,
+                    thinking_tokens, cached_tokens, finish_reason, cost_known
              FROM items WHERE run_id = ?1 ORDER BY line",
             [run.0],
             ItemRow::from_row,

@@ -116,6 +116,8 @@ pub enum RunStatus {
     /// Every key for some model was refused: dispatch stopped, the rest of
     /// the items stay pending.
     KeysRefused,
+    /// `--sample` sent its items: the rest stay pending for the next run.
+    Sampled,
 }
 
 stored_as_text!(RunStatus in "runs"."status" {
@@ -126,6 +128,7 @@ stored_as_text!(RunStatus in "runs"."status" {
     BudgetReached => "stopped at --max-cost",
     Failed => "failed",
     KeysRefused => "keys refused",
+    Sampled => "sampled",
 });
 
 /// A key's last known state, kept across runs for `keys status`.
@@ -239,9 +242,10 @@ pub struct ItemRow {
     pub output: Option<String>,
     /// The model asked for.
     pub model: Option<String>,
-    /// Input tokens of the final attempt.
+    /// Input tokens of the final attempt, cached ones included.
     pub input_tokens: u64,
-    /// Output tokens of the final attempt (thinking included).
+    /// Output tokens of the final attempt: visible output and thinking,
+    /// both billed as output.
     pub output_tokens: u64,
     /// Wall time of the final attempt.
     pub latency_ms: u64,
@@ -254,9 +258,28 @@ pub struct ItemRow {
     pub account: Option<String>,
     /// The API's own message (or keyfan's, when no request could be sent).
     pub error: Option<String>,
-    /// Cost of all the item's attempts.
-    #[serde(skip)]
-    pub cost_usd: f64,
+    /// Of `output_tokens`, the thinking (reasoning) tokens.
+    pub thinking_tokens: u64,
+    /// Of `input_tokens`, those served from a cache.
+    pub cached_tokens: u64,
+    /// Why the final answer's output ended, as the API spells it (`STOP`,
+    /// `MAX_TOKENS`, `SAFETY`; OpenAI `stop`, `length`), when it said.
+    pub finish_reason: Option<String>,
+    /// Cost in USD of all the item's attempts, answers that were not `ok`
+    /// included (the APIs bill them); `None` when a request went to a model
+    /// whose price is unknown.
+    #[serde(serialize_with = "serialize_usd")]
+    pub cost: Option<f64>,
+}
+
+/// An amount in USD as results show it: rounded to 12 decimals (a
+/// millionth of a micro-dollar), so that float noise in a sum does not show.
+pub fn round_usd(usd: f64) -> f64 {
+    (usd * 1e12).round() / 1e12
+}
+
+fn serialize_usd<S: serde::Serializer>(cost: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    cost.map(round_usd).serialize(s)
 }
 
 impl ItemRow {
@@ -274,7 +297,15 @@ impl ItemRow {
             key: row.get(9)?,
             account: row.get(10)?,
             error: row.get(11)?,
-            cost_usd: amount(row, 12)?,
+            thinking_tokens: count(row, 13)?,
+            cached_tokens: count(row, 14)?,
+            finish_reason: row.get(15)?,
+            // `cost_known` is 0 when `cost_usd` is no cost (the price was
+            // unknown).
+            cost: match row.get_ref(16)? {
+                ValueRef::Integer(0) => None,
+                _ => Some(amount(row, 12)?),
+            },
         })
     }
 }

@@ -87,6 +87,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (provider, base_url)
     );
 ",
+    "
+    -- An item's usage beyond its input and output tokens, and whether its
+    -- cost_usd is a cost: 0 when a request went to a model with no known
+    -- price (its cost is then unknown, never 0).
+    ALTER TABLE items ADD COLUMN thinking_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE items ADD COLUMN cached_tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE items ADD COLUMN finish_reason TEXT;
+    ALTER TABLE items ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

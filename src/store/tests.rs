@@ -35,7 +35,10 @@ fn item(id: &str, line: u64, status: ItemStatus) -> ItemRow {
         key: Some("#0badf00d".to_owned()),
         account: Some("proj-a".to_owned()),
         error: None,
-        cost_usd: 0.001,
+        thinking_tokens: 3,
+        cached_tokens: 2,
+        finish_reason: Some("STOP".to_owned()),
+        cost: Some(0.001),
     }
 }
 
@@ -109,6 +112,43 @@ fn a_batch_commits_items_attempts_ledger_and_key_states_together() {
         .unwrap();
     assert_eq!(classes.len(), 4);
     assert_eq!(store.status_counts(run).unwrap(), [(ItemStatus::Ok, 2)]);
+}
+
+#[test]
+fn items_keep_their_usage_and_an_unknown_cost_and_retries_cost_what_preceded_the_final_attempt() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    let attempts = vec![
+        attempt("a", 1, AttemptClass::Transient),
+        attempt("a", 2, AttemptClass::Ok),
+        attempt("b", 1, AttemptClass::ItemInvalid),
+    ];
+    let a = ItemRow {
+        attempts: 2,
+        cost: Some(0.002),
+        ..item("a", 1, ItemStatus::Ok)
+    };
+    let b = ItemRow {
+        finish_reason: Some("MAX_TOKENS".to_owned()),
+        cost: None,
+        ..item("b", 2, ItemStatus::Failed)
+    };
+    let batch = Batch {
+        attempts,
+        items: vec![a.clone(), b.clone()],
+    };
+    store.commit(run, &batch).unwrap();
+    let mut rows = Vec::new();
+    store
+        .for_each_item(run, |row| {
+            rows.push(row);
+            Ok::<_, ()>(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows, [a, b]);
+    // Only a's first attempt came before its item's final one.
+    assert_eq!(store.retries_cost(run).unwrap(), 0.001);
 }
 
 #[test]
@@ -317,9 +357,9 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
             i.output_tokens,
             i.latency_ms,
             i.attempts,
-            i.cost_usd
+            i.cost
         ),
-        (2, 0, i64::MAX as u64, 0, u32::MAX, 0.0)
+        (2, 0, i64::MAX as u64, 0, u32::MAX, Some(0.0))
     );
     let mut attempts = Vec::new();
     store
@@ -389,6 +429,7 @@ fn every_state_reads_back_as_written() {
         RunStatus::BudgetReached,
         RunStatus::Failed,
         RunStatus::KeysRefused,
+        RunStatus::Sampled,
     ] {
         assert_eq!(RunStatus::parse(status.as_str()), Ok(status));
     }

@@ -278,6 +278,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         default_model: config.model.clone(),
         done: Arc::new(HashSet::new()),
         prior_attempts: Arc::default(),
+        only: None,
         budget: None,
         budget_output_cap: 0,
     };

@@ -2,17 +2,6 @@ use crate::support::*;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use std::time::Duration;
 
-fn two_accounts(base_url: &str, extra: &str) -> String {
-    config(
-        base_url,
-        &[
-            ("proj-a", &["test-key-a1", "test-key-a2"]),
-            ("proj-b", &["test-key-b1"]),
-        ],
-        extra,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
     const ITEMS: usize = 2000;

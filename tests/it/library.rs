@@ -54,6 +54,7 @@ fn settings(work: &Workdir) -> Settings {
         resume: Resume::Continue,
         group: None,
         max_cost: None,
+        sample: None,
         stop_on_signals: false,
     }
 }

@@ -25,6 +25,8 @@ mod hostile_answers;
 mod keys;
 /// `keyfan::run` called in-process, as a program embedding keyfan would.
 mod library;
+/// Money: usage billed item by item, the budget, `--sample`.
+mod money;
 /// The quota bench's pacing scenarios under paused time, in process.
 mod pacing;
 /// A whole job, end to end: results, report, digests.

@@ -228,6 +228,19 @@ pub fn run_args<'a>(state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     )
 }
 
+/// A config for the accounts of [`two_projects`] (`proj-a` with two keys,
+/// `proj-b` with one), then `extra` YAML.
+pub fn two_accounts(base_url: &str, extra: &str) -> String {
+    config(
+        base_url,
+        &[
+            ("proj-a", &["test-key-a1", "test-key-a2"]),
+            ("proj-b", &["test-key-b1"]),
+        ],
+        extra,
+    )
+}
+
 /// A config with one account, `proj-a`, holding the key `test-key-a1`.
 pub fn one_account(base_url: &str) -> String {
     config(base_url, &[("proj-a", &["test-key-a1"])], "")
