@@ -136,6 +136,7 @@ fn items_keep_their_usage_and_an_unknown_cost_and_retries_cost_what_preceded_the
     let batch = Batch {
         attempts,
         items: vec![a.clone(), b.clone()],
+        ..Batch::default()
     };
     store.commit(run, &batch).unwrap();
     let mut rows = Vec::new();
