@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{Config, MissingEnv};
-use crate::types::{AccountId, QuotaScope};
+use crate::types::{AccountId, Limits, QuotaScope};
 use futures_util::FutureExt;
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +19,16 @@ fn pool(accounts: &str, strategy: Strategy, group: Option<&str>) -> Pool {
 }
 
 /// What an answered request tells the pool.
-const ANSWERED: Outcome = Outcome::Answered { input_tokens: None };
+const ANSWERED: Outcome = Outcome::Answered {
+    input_tokens: None,
+    output_tokens: None,
+    stated: Limits {
+        rpm: None,
+        tpm: None,
+        otpm: None,
+        rpd: None,
+    },
+};
 
 /// Leases one key and settles it with `outcome`, returning the key's index.
 async fn use_once(pool: &Pool, outcome: Outcome) -> usize {
@@ -96,6 +105,7 @@ async fn a_per_minute_429_cools_the_account_for_the_retry_delay() {
     );
     let start = Instant::now();
     let limited = Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::MinuteRequests,
         retry_after: Some(Duration::from_secs(7)),
         limit: Some(100),
@@ -114,6 +124,7 @@ async fn a_per_day_429_exhausts_the_account_until_pacific_midnight() {
         None,
     );
     let day = |_| Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::Day,
         // Real per-day 429s carry a short delay that must not be trusted.
         retry_after: Some(Duration::from_secs(22)),
@@ -293,6 +304,7 @@ async fn a_refused_request_gives_its_room_back() {
     );
     let start = Instant::now();
     let full = Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::MinuteRequests,
         retry_after: Some(Duration::ZERO),
         limit: Some(2),
@@ -329,6 +341,8 @@ async fn the_window_counts_the_tokens_the_server_reported() {
         lease,
         Outcome::Answered {
             input_tokens: Some(90),
+            output_tokens: None,
+            stated: Limits::default(),
         },
     );
     assert!(pool.lease(Need::new(MODEL, 20)).now_or_never().is_none());
@@ -365,6 +379,7 @@ async fn a_group_does_not_fall_over_while_its_key_awaits_its_first_answer() {
 
 fn per_minute_429(retry_after: Duration) -> Outcome {
     Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::MinuteRequests,
         retry_after: Some(retry_after),
         limit: None,

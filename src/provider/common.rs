@@ -9,6 +9,7 @@
 //! `{"error":{"message":..,"type":..,"param":..,"code":"..."}}`.
 
 use super::{ApiError, ErrorClass, Usage};
+use crate::types::QuotaUse;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -172,6 +173,7 @@ pub(super) fn api_error(
         class,
         status,
         message: message.into(),
+        stated: crate::types::Limits::default(),
     }
 }
 
@@ -202,6 +204,17 @@ pub(super) fn believable_counts(counts: &[(&str, u64)]) -> Result<(), ApiError> 
             ),
         )),
         None => Ok(()),
+    }
+}
+
+/// What a provider that states nothing in headers counted against the
+/// account's per-minute quota: all the input (cached included) and all the
+/// output.
+pub(super) fn counted(usage: &Usage) -> QuotaUse {
+    QuotaUse {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        stated: crate::types::Limits::default(),
     }
 }
 

@@ -246,6 +246,7 @@ impl UsageMetadata {
             cached_tokens: self.cached_content_token_count,
             output_tokens: self.candidates_token_count + self.thoughts_token_count,
             thinking_tokens: self.thoughts_token_count,
+            cache_write_tokens: 0,
         })
     }
 }
@@ -309,6 +310,7 @@ pub(super) fn parse_generate(body: &[u8]) -> Result<Reply, ApiError> {
     if !text.is_empty() || finish == "STOP" {
         return Ok(Reply {
             text,
+            quota: common::counted(&usage),
             usage,
             // `modelVersion` sometimes carries the resource prefix
             // (`models/gemini-2.5-pro`); `Request::model` never does.
@@ -446,7 +448,7 @@ fn breadth(scope: QuotaScope) -> u8 {
     match scope {
         QuotaScope::Unknown => 0,
         QuotaScope::MinuteRequests => 1,
-        QuotaScope::MinuteTokens => 2,
+        QuotaScope::MinuteTokens | QuotaScope::MinuteOutputTokens => 2,
         QuotaScope::Day => 3,
     }
 }

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::pool::{after, Lease, Need, Outcome, Pool, PoolError, Strategy, Unavailable};
 use crate::provider::{ApiError, Client, ErrorClass, Reply, Request};
 use crate::store::{MemoryLedger, QuotaLedger, Reservation, Reserved};
-use crate::types::{ApiKey, QuotaDay};
+use crate::types::{ApiKey, QuotaDay, QuotaUse};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,17 +59,17 @@ fn describe_unreachable(endpoints: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// A successful answer that may say how many input tokens the server
-/// counted, so the pool's TPM accounting can use the real count instead of
-/// its estimate.
+/// A successful answer that may say what the server counted against the
+/// account's per-minute limits (and what limits it stated), so the pool's
+/// accounting can use the real counts instead of its estimates.
 pub trait Metered {
-    /// Input tokens the server counted, if it said.
-    fn input_tokens(&self) -> Option<u64>;
+    /// What the server counted and stated, if it said.
+    fn quota_use(&self) -> Option<QuotaUse>;
 }
 
 impl Metered for Reply {
-    fn input_tokens(&self) -> Option<u64> {
-        Some(self.usage.input_tokens)
+    fn quota_use(&self) -> Option<QuotaUse> {
+        Some(self.quota)
     }
 }
 
@@ -274,7 +274,7 @@ impl Caller {
                 lease = self.pool.lease(need) => lease,
             };
             let lease = lease?;
-            let reservation = match self.reserve(&lease, need.model).await {
+            let reservation = match self.reserve(&lease).await {
                 Ok(Some(reservation)) => reservation,
                 refused => {
                     self.pool.settle(lease, Outcome::NotSent);
@@ -331,11 +331,8 @@ impl Caller {
     /// Counts the leased request against its account's day before it is
     /// sent. `None` when the day is spent: the pool is told, and the call
     /// gives the lease back unsent and leases again.
-    async fn reserve(
-        &self,
-        lease: &Lease<'_>,
-        model: &str,
-    ) -> Result<Option<Reservation>, CallError> {
+    async fn reserve(&self, lease: &Lease<'_>) -> Result<Option<Reservation>, CallError> {
+        let model = lease.model();
         let reservation = Reservation {
             account: lease.account_name().to_owned(),
             model: model.to_owned(),
@@ -356,17 +353,26 @@ impl Caller {
 fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
     let error = match result {
         Ok(value) => {
+            let used = value.quota_use();
             return Outcome::Answered {
-                input_tokens: value.input_tokens(),
-            }
+                input_tokens: used.map(|u| u.input_tokens),
+                output_tokens: used.map(|u| u.output_tokens),
+                stated: used.map(|u| u.stated).unwrap_or_default(),
+            };
         }
         Err(error) => error,
     };
     match &error.class {
-        // The server answered: the item's fate is no fault of the key.
-        ErrorClass::ItemInvalid | ErrorClass::Blocked { .. } | ErrorClass::EmptyAnswer => {
-            Outcome::Answered { input_tokens: None }
-        }
+        // The server answered: the item's fate is no fault of the key, and
+        // an overloaded provider is no fault of the key either.
+        ErrorClass::ItemInvalid
+        | ErrorClass::Blocked { .. }
+        | ErrorClass::EmptyAnswer
+        | ErrorClass::Overloaded { .. } => Outcome::Answered {
+            input_tokens: None,
+            output_tokens: None,
+            stated: error.stated,
+        },
         ErrorClass::Transient => Outcome::Failed,
         ErrorClass::KeyInvalid { reason } => Outcome::Refused {
             reason: format!("{reason}: {}", error.message),
@@ -379,6 +385,7 @@ fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
             scope: *scope,
             retry_after: *retry_after,
             limit: *limit,
+            stated: error.stated,
         },
     }
 }
@@ -432,6 +439,7 @@ mod tests {
             class,
             status: Some(400),
             message: "API key not valid. Please pass a valid API key.".into(),
+            stated: crate::types::Limits::default(),
         })
     }
 
@@ -440,6 +448,7 @@ mod tests {
             text: "fine".into(),
             usage: crate::provider::Usage::default(),
             model_version: None,
+            quota: QuotaUse::default(),
         })
     }
 

@@ -690,6 +690,7 @@ async fn rehearsal_mirrors_the_accounts() {
             Limits {
                 rpm: Some(rpm),
                 tpm: None,
+                otpm: None,
                 rpd: Some(100),
             },
         )]),
@@ -708,6 +709,8 @@ async fn rehearsal_mirrors_the_accounts() {
         item_deadline: None,
         strategy: crate::pool::Strategy::Hybrid,
         groups: vec!["default".to_owned()],
+        default_max_output_tokens: 4096,
+        models: BTreeMap::new(),
     };
     let mut config = SimConfig::rehearsal(&user_config);
     assert_eq!(config.projects.len(), 2);
