@@ -305,6 +305,7 @@ mod tests {
         let rpm = ModelLimits {
             rpm: Some(1),
             tpm: None,
+            otpm: None,
             rpd: None,
         };
         SimConfig {
