@@ -321,7 +321,7 @@ impl ProjectState {
         (tokens, output): (u64, u64),
         now: Instant,
         wall: DateTime<Utc>,
-    ) -> Result<(Headroom, Ticket), Rejection> {
+    ) -> Result<(Headroom, Ticket), Box<Rejection>> {
         self.requests += 1;
         let day = pacific_day(wall);
         let state = self.model(model);
@@ -333,7 +333,7 @@ impl ProjectState {
         }
         if let Some(rejection) = state.check(limits, (tokens, output), now, wall) {
             self.rate_limited += 1;
-            return Err(rejection);
+            return Err(Box::new(rejection));
         }
         let ticket = state.tickets;
         state.tickets += 1;
