@@ -589,6 +589,44 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_provider_is_waited_out_without_resting_the_key() {
+        let policy = RetryPolicy {
+            backoff_base: Duration::from_millis(1),
+            backoff_cap: Duration::from_millis(1),
+            seed: Some(1),
+            ..RetryPolicy::default()
+        };
+        let caller = caller("  - name: a\n    keys: [k1]\n", policy);
+        let calls = AtomicU32::new(0);
+        let overloaded_five_times = || match calls.load(Ordering::SeqCst) {
+            1..=5 => failure(ErrorClass::Overloaded {
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+            _ => reply(),
+        };
+        let start = Instant::now();
+        let stop = CancellationToken::new();
+        let sent = AtomicU32::new(0);
+        let result = caller
+            .call(
+                Need::new(MODEL, 10),
+                &stop,
+                |_, _| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    std::future::ready(overloaded_five_times())
+                },
+                |_, _| {},
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 6);
+        // Each retry waited the server's 2 s, and no more: five failures in a
+        // row would have rested a key that had failed (15 s).
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
+    }
+
     #[test]
     fn token_estimates_count_cjk_characters_one_each() {
         assert_eq!(estimate_tokens("abcd"), 1);
