@@ -73,13 +73,7 @@ pub(super) async fn list_models(
     key: &ApiKey,
     after: Option<&str>,
 ) -> Result<Vec<u8>, ApiError> {
-    let mut url = reqwest::Url::parse(&format!("{}/v1/models", client.base_url)).map_err(|e| {
-        api_error(
-            ErrorClass::ItemInvalid,
-            None,
-            format!("could not build the request: {e}"),
-        )
-    })?;
+    let mut url = common::url(&format!("{}/v1/models", client.base_url))?;
     url.query_pairs_mut()
         .append_pair("limit", &PAGE_LIMIT.to_string());
     if let Some(after) = after {

@@ -177,6 +177,18 @@ pub(super) fn api_error(
     }
 }
 
+/// Parses a URL built from the configured base URL; a failure fails the
+/// same way every time.
+pub(super) fn url(text: &str) -> Result<reqwest::Url, ApiError> {
+    reqwest::Url::parse(text).map_err(|e| {
+        api_error(
+            ErrorClass::ItemInvalid,
+            None,
+            format!("could not build the request: {e}"),
+        )
+    })
+}
+
 /// A 2xx body that is not the JSON expected: cut off mid-way, or garbage.
 pub(super) fn undecodable(error: &serde_json::Error) -> ApiError {
     api_error(

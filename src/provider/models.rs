@@ -17,7 +17,7 @@
 //!   bool, "first_id": ..., "last_id": ...}`; the next page is asked with
 //!   `after_id` = `last_id` (<https://docs.anthropic.com/en/api/models-list>).
 
-use super::common::api_error;
+use super::common::{self, api_error};
 use super::transport::get;
 use super::{anthropic, gemini, openai, ApiError, Client, ErrorClass, ProviderKind};
 use crate::types::ApiKey;
@@ -91,13 +91,7 @@ async fn gemini_models(client: &Client, key: &ApiKey) -> Result<Vec<String>, Api
     let mut ids = Vec::new();
     let mut token: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let mut url = reqwest::Url::parse(&base).map_err(|e| {
-            api_error(
-                ErrorClass::ItemInvalid,
-                None,
-                format!("could not build the request: {e}"),
-            )
-        })?;
+        let mut url = common::url(&base)?;
         url.query_pairs_mut()
             .append_pair("pageSize", &PAGE_SIZE.to_string());
         if let Some(token) = &token {
