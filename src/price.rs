@@ -82,10 +82,35 @@ const TABLE: &[(&str, Price)] = &[
     ),
 ];
 
+// ---------------------------------------------------------------------------
+// Anthropic (Claude): base input, output and cache hits of
+// <https://platform.claude.com/docs/en/about-claude/pricing> (2025-26). Cache
+// writes (`cache_creation_input_tokens`) cost the 5-minute write rate, 1.25×
+// base input ([`CACHE_WRITE_FACTOR`]); Claude has no long-prompt tier.
+
+/// Built-in Claude prices, matched by the longest model-name prefix.
+const CLAUDE: &[(&str, Price)] = &[
+    ("claude-opus-4", flat(15.0, 75.0, 1.50)),
+    ("claude-opus-4-5", flat(5.0, 25.0, 0.50)),
+    ("claude-opus-4-6", flat(5.0, 25.0, 0.50)),
+    ("claude-sonnet-4", flat(3.0, 15.0, 0.30)),
+    ("claude-3-7-sonnet", flat(3.0, 15.0, 0.30)),
+    ("claude-haiku-4-5", flat(1.0, 5.0, 0.10)),
+    ("claude-3-5-haiku", flat(0.80, 4.0, 0.08)),
+    ("claude-3-haiku", flat(0.25, 1.25, 0.03)),
+];
+
+/// Cache writes cost this many times the uncached input price (Anthropic's
+/// 5-minute cache write rate).
+pub const CACHE_WRITE_FACTOR: f64 = 1.25;
+
+// ---------------------------------------------------------------------------
+
 /// The built-in price of `model`, if keyfan knows it.
 pub fn lookup(model: &str) -> Option<Price> {
     TABLE
         .iter()
+        .chain(CLAUDE)
         .filter(|(prefix, _)| model.starts_with(prefix))
         .max_by_key(|(prefix, _)| prefix.len())
         .map(|(_, price)| *price)
@@ -100,9 +125,13 @@ impl Price {
             }
             _ => (self.input, self.output, self.cached_input),
         };
-        let uncached = usage.input_tokens.saturating_sub(usage.cached_tokens);
+        let uncached = usage
+            .input_tokens
+            .saturating_sub(usage.cached_tokens)
+            .saturating_sub(usage.cache_write_tokens);
         (uncached as f64 * input
             + usage.cached_tokens as f64 * cached
+            + usage.cache_write_tokens as f64 * input * CACHE_WRITE_FACTOR
             + usage.output_tokens as f64 * output)
             / 1_000_000.0
     }
@@ -118,6 +147,7 @@ mod tests {
             cached_tokens: cached,
             output_tokens: output,
             thinking_tokens: 0,
+            cache_write_tokens: 0,
         }
     }
 
@@ -137,6 +167,20 @@ mod tests {
         let price = lookup("gemini-2.5-flash").unwrap();
         let cost = price.cost(&usage(1_000_000, 400_000, 1_000_000));
         assert!((cost - (0.6 * 0.30 + 0.4 * 0.03 + 2.50)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn claude_cache_reads_and_writes_have_their_own_rates() {
+        let price = lookup("claude-sonnet-4-5-20250929").unwrap();
+        assert_eq!(lookup("claude-opus-4-1").unwrap().input, 15.0);
+        assert_eq!(lookup("claude-opus-4-5").unwrap().input, 5.0);
+        // 1M input: 600k fresh, 300k read from the cache, 100k written to it.
+        let usage = Usage {
+            cache_write_tokens: 100_000,
+            ..usage(1_000_000, 300_000, 1_000_000)
+        };
+        let cost = price.cost(&usage);
+        assert!((cost - (0.6 * 3.0 + 0.3 * 0.30 + 0.1 * 3.75 + 15.0)).abs() < 1e-9);
     }
 
     #[test]

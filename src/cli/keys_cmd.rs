@@ -94,7 +94,8 @@ pub(super) async fn run(args: KeysArgs, _verbosity: Verbosity) -> Result<u8, Fai
 }
 
 /// One free request per key (Gemini's countTokens on the default model,
-/// OpenAI's model list): it proves the key, the API and the account's access.
+/// OpenAI's and Anthropic's model lists): it proves the key, the API and the
+/// account's access.
 async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
     let gemini_model = if ProviderKind::implied_by(&config.model) == ProviderKind::Gemini {
         config.model.as_str()

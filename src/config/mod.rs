@@ -26,7 +26,7 @@ mod tests;
 
 use crate::pool::Strategy;
 pub use crate::types::Limits;
-use crate::types::{ApiKey, ProviderKind};
+use crate::types::{ApiKey, ModelRoute, ProviderKind};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +55,13 @@ pub struct Config {
     /// room, only its keys are used; when none has, the next group's are.
     /// Groups not listed come after the listed ones, in order of first use.
     pub groups: Vec<String>,
+    /// The output cap sent to an API that requires one (Anthropic's
+    /// `max_tokens`) for an item that gives none; also the output an
+    /// output-tokens-per-minute limit admits such an item with.
+    pub default_max_output_tokens: u32,
+    /// Model names mapped to a provider and the name it knows the model by
+    /// (`models: {my-alias: {provider: anthropic, name: claude-...}}`).
+    pub models: BTreeMap<String, ModelRoute>,
 }
 
 /// Where a provider is reached.
@@ -161,13 +168,18 @@ pub const MAX_CONCURRENCY: usize = 10_000;
 /// Every provider, so each gets a `providers` entry. Adding a variant to
 /// [`ProviderKind`] breaks the exhaustive match in [`default_base_url`], which
 /// is the reminder to list it here too.
-const ALL_PROVIDERS: [ProviderKind; 2] = [ProviderKind::Gemini, ProviderKind::Openai];
+const ALL_PROVIDERS: [ProviderKind; 3] = [
+    ProviderKind::Gemini,
+    ProviderKind::Openai,
+    ProviderKind::Anthropic,
+];
 
 /// The public endpoint of each provider.
 fn default_base_url(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
         ProviderKind::Openai => "https://api.openai.com",
+        ProviderKind::Anthropic => "https://api.anthropic.com",
     }
 }
 
@@ -302,6 +314,7 @@ impl Config {
                         let limits = Limits {
                             rpm: l.rpm.map(|v| v.0),
                             tpm: l.tpm.map(|v| v.0),
+                            otpm: l.otpm.map(|v| v.0),
                             rpd: l.rpd.map(|v| v.0),
                         };
                         (model, limits)
@@ -337,6 +350,24 @@ impl Config {
             }
         }
 
+        let mut models = BTreeMap::new();
+        for (alias, route) in raw.models {
+            let provider = route.provider;
+            if !accounts.iter().any(|a| a.provider == provider) {
+                return Err(invalid(
+                    format!("models.{}.provider", alias.0),
+                    format!(
+                        "no account has provider {}",
+                        serde_yaml::to_string(&provider)
+                            .unwrap_or_default()
+                            .trim_end()
+                    ),
+                ));
+            }
+            let name = route.name.0;
+            models.insert(alias.0, ModelRoute { provider, name });
+        }
+
         let concurrency = raw.concurrency.map_or(DEFAULT_CONCURRENCY, |c| c.0);
         if concurrency > MAX_CONCURRENCY {
             return Err(invalid(
@@ -355,7 +386,34 @@ impl Config {
             max_retries: raw.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
             item_deadline: raw.item_deadline.map(|d| d.0),
             strategy: raw.strategy.unwrap_or_default(),
+            default_max_output_tokens: raw
+                .default_max_output_tokens
+                .map_or(crate::provider::DEFAULT_MAX_OUTPUT_TOKENS, |n| n.0),
+            models,
         })
+    }
+
+    /// The provider that serves `model` and the name it is sent as: the
+    /// `models` map's entry, else the provider its name implies among those
+    /// with accounts ([`ProviderKind::serving`]), under its own name. `None`
+    /// when no account can serve it.
+    pub fn route<'a>(&'a self, model: &'a str) -> Option<(ProviderKind, &'a str)> {
+        route(&self.models, model, |p| {
+            self.accounts.iter().any(|a| a.provider == p)
+        })
+    }
+}
+
+/// [`Config::route`] over a `models` map and which providers have accounts
+/// (`configured`), for whoever keeps the map apart from the config.
+pub fn route<'a>(
+    models: &'a BTreeMap<String, ModelRoute>,
+    model: &'a str,
+    configured: impl Fn(ProviderKind) -> bool,
+) -> Option<(ProviderKind, &'a str)> {
+    match models.get(model) {
+        Some(route) => Some((route.provider, route.name.as_str())),
+        None => ProviderKind::serving(model, configured).map(|p| (p, model)),
     }
 }
 

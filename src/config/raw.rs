@@ -30,6 +30,17 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub groups: Vec<Name>,
     pub item_deadline: Option<HumanDuration>,
+    pub default_max_output_tokens: Option<Positive<u32>>,
+    #[serde(default)]
+    pub models: BTreeMap<ModelName, RawModelRoute>,
+}
+
+/// A `models.<name>` entry: which provider serves the name, and as what.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map with `provider` and `name`")]
+pub(super) struct RawModelRoute {
+    pub provider: ProviderKind,
+    pub name: ModelName,
 }
 
 /// A `providers.<kind>` entry.
@@ -56,10 +67,14 @@ pub(super) struct RawAccount {
 
 /// `limits.<model>`: each limit optional, each at least 1.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a map with `rpm`, `tpm` and `rpd`")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `rpm`, `tpm`, `otpm` and `rpd`"
+)]
 pub(super) struct RawLimits {
     pub rpm: Option<Positive<u32>>,
     pub tpm: Option<Positive<u64>>,
+    pub otpm: Option<Positive<u64>>,
     pub rpd: Option<Positive<u32>>,
 }
 
@@ -181,7 +196,7 @@ impl<'de> Deserialize<'de> for Name {
 }
 
 /// A model name as the providers spell them (it goes into URLs).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct ModelName(pub String);
 
 impl<'de> Deserialize<'de> for ModelName {

@@ -84,6 +84,7 @@ fn the_full_example_parses() {
         Limits {
             rpm: Some(10),
             tpm: Some(250_000),
+            otpm: None,
             rpd: Some(250)
         }
     );
@@ -128,6 +129,7 @@ fn the_shipped_example_parses_in_placeholder_mode() {
         Limits {
             rpm: Some(1000),
             tpm: Some(1_000_000),
+            otpm: None,
             rpd: Some(10_000)
         }
     );
@@ -233,8 +235,87 @@ fn unknown_fields_are_named() {
         "{message}"
     );
 
-    let message = error(&with("providers:\n  anthropic: { base_url: http://x }\n"));
-    assert!(message.contains("unknown variant `anthropic`"), "{message}");
+    let message = error(&with("providers:\n  mistral: { base_url: http://x }\n"));
+    assert!(message.contains("unknown variant `mistral`"), "{message}");
+}
+
+#[test]
+fn anthropic_accounts_otpm_and_the_default_output_cap() {
+    let config = parse(
+        "accounts:\n  - name: org-a\n    provider: anthropic\n    keys: [k1]\n    \
+         limits: { claude-sonnet-4-5: { rpm: 50, tpm: 30000, otpm: 8000 } }\n\
+         default_max_output_tokens: 1024\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.providers[&ProviderKind::Anthropic].base_url,
+        "https://api.anthropic.com"
+    );
+    let account = &config.accounts[0];
+    assert_eq!(account.provider, ProviderKind::Anthropic);
+    assert_eq!(account.limits["claude-sonnet-4-5"].otpm, Some(8000));
+    assert_eq!(config.default_max_output_tokens, 1024);
+    assert_eq!(
+        config.route("claude-sonnet-4-5"),
+        Some((ProviderKind::Anthropic, "claude-sonnet-4-5"))
+    );
+    assert_eq!(
+        parse(&with("")).unwrap().default_max_output_tokens,
+        crate::provider::DEFAULT_MAX_OUTPUT_TOKENS
+    );
+    let message = error(&with("default_max_output_tokens: 0\n"));
+    assert!(message.contains("default_max_output_tokens"), "{message}");
+}
+
+#[test]
+fn the_models_map_routes_any_name_to_a_provider_and_is_validated() {
+    let two = "accounts:\n  - name: a\n    keys: [k1]\n  - name: o\n    provider: openai\n    keys: [k2]\n";
+    let config = parse(&format!(
+        "{two}models:\n  fast: {{ provider: openai, name: meta-llama/llama-3.1-8b-instruct }}\n  \
+         cheap: {{ provider: gemini, name: gemini-2.5-flash-lite }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        config.route("fast"),
+        Some((ProviderKind::Openai, "meta-llama/llama-3.1-8b-instruct"))
+    );
+    assert_eq!(
+        config.route("cheap"),
+        Some((ProviderKind::Gemini, "gemini-2.5-flash-lite"))
+    );
+    // Names not in the map route by their name, as before.
+    assert_eq!(
+        config.route("gpt-4o"),
+        Some((ProviderKind::Openai, "gpt-4o"))
+    );
+    assert_eq!(
+        config.route("claude-haiku-4-5"),
+        Some((ProviderKind::Openai, "claude-haiku-4-5"))
+    );
+
+    let message = error(&format!(
+        "{two}models:\n  x: {{ provider: openai, nme: y }}\n"
+    ));
+    assert!(
+        message.contains("models.x: unknown field `nme`"),
+        "{message}"
+    );
+    let message = error(&format!("{two}models:\n  x: {{ provider: openai }}\n"));
+    assert!(message.contains("missing field `name`"), "{message}");
+    let message = error(&format!(
+        "{two}models:\n  x: {{ provider: openai, name: \"a b\" }}\n"
+    ));
+    assert!(
+        message.contains("models.x.name") && message.contains("not a model name"),
+        "{message}"
+    );
+    let message = error(&format!(
+        "{two}models:\n  x: {{ provider: anthropic, name: claude-x }}\n"
+    ));
+    assert!(
+        message.ends_with("models.x.provider: no account has provider anthropic"),
+        "{message}"
+    );
 }
 
 #[test]

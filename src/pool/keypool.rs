@@ -14,11 +14,13 @@
 
 use super::strategy::{Candidate, Strategy, Turns};
 use super::watch::{self, WaitFor, Waiting};
-use super::window::{after, Admission, SlidingWindow};
+use super::window::{after, Admission, Cost, SlidingWindow};
 use crate::config::Config;
-use crate::types::{AccountId, ApiKey, KeyId, Limits, ProviderKind, QuotaDay, QuotaScope};
+use crate::types::{
+    AccountId, ApiKey, KeyId, Limits, ModelRoute, ProviderKind, QuotaDay, QuotaScope,
+};
 use chrono::Utc;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
@@ -83,8 +85,9 @@ pub enum Unavailable {
         /// When the first account has room again (UTC).
         until: chrono::DateTime<Utc>,
     },
-    /// The request needs more input tokens than any account's TPM allows.
-    #[error("the request's {tokens} input tokens exceed every account's tokens-per-minute limit for {model}")]
+    /// The request needs more input tokens than any account's TPM allows,
+    /// or its output cap is more than any account's OTPM.
+    #[error("the request's {tokens} input tokens (or its output cap) exceed every account's tokens-per-minute limits for {model}")]
     NeverFits {
         /// The model asked for.
         model: String,
@@ -192,7 +195,8 @@ impl KeyState {
 #[derive(Debug, Default)]
 struct Quota {
     window: SlidingWindow,
-    /// Limits learned from 429s where the config gave none.
+    /// Limits learned from 429s and stated by answers' headers, used where
+    /// the config gave none.
     learned: Limits,
     cooled_until: Option<Instant>,
     /// The day's quota is spent (a 429 said so, or the ledger refused):
@@ -215,6 +219,10 @@ pub struct Pool {
     accounts: Vec<Account>,
     keys: Vec<Key>,
     strategy: Strategy,
+    /// The config's `models` map: names routed to a provider explicitly.
+    models: BTreeMap<String, ModelRoute>,
+    /// The output a request without its own cap is admitted with.
+    default_max_output_tokens: u32,
     state: Mutex<State>,
     changed: Notify,
 }
@@ -222,10 +230,15 @@ pub struct Pool {
 /// What a request needs from the pool.
 #[derive(Debug, Clone, Copy)]
 pub struct Need<'a> {
-    /// The model it asks for.
+    /// The model it asks for (a name of the config's `models` map or a
+    /// provider's model name).
     pub model: &'a str,
     /// Its estimated input tokens, admitted against TPM.
     pub tokens: u64,
+    /// Its output cap: its worst-case output, admitted against OTPM until
+    /// the answer says the real output. `None`: the config's
+    /// `default_max_output_tokens`.
+    pub max_output_tokens: Option<u32>,
     /// The only account whose keys may serve it (a file uploaded under one
     /// project is visible to that project's keys only).
     pub pin: Option<AccountId>,
@@ -241,9 +254,18 @@ impl<'a> Need<'a> {
         Need {
             model,
             tokens,
+            max_output_tokens: None,
             pin: None,
             avoid: None,
             deadline: None,
+        }
+    }
+
+    /// The same need, with an output cap of `cap` (`None`: the default).
+    pub fn with_output_cap(self, cap: Option<u32>) -> Need<'a> {
+        Need {
+            max_output_tokens: cap,
+            ..self
         }
     }
 
@@ -265,11 +287,18 @@ pub enum Outcome {
     /// stopped): the admission is taken back.
     NotSent,
     /// The server answered. Whatever the item's fate (ok, blocked, invalid,
-    /// empty), the key works. `input_tokens`: what the server counted, when
-    /// it said.
+    /// empty, overloaded), the key works. The counts are what the server
+    /// counted against the per-minute limits, when it said; `stated`, the
+    /// limits the answer's headers stated.
     Answered {
         /// Input tokens the server counted.
         input_tokens: Option<u64>,
+        /// Output tokens the server counted: the rest of the output cap
+        /// the request was admitted with frees up at once.
+        output_tokens: Option<u64>,
+        /// The per-minute limits the answer stated, learned where the
+        /// config gives none.
+        stated: Limits,
     },
     /// The key failed for a passing reason (5xx, timeout, reset): counts
     /// against its health.
@@ -287,6 +316,8 @@ pub enum Outcome {
         retry_after: Option<Duration>,
         /// The quota's value, when the server said it.
         limit: Option<u64>,
+        /// The per-minute limits the answer stated.
+        stated: Limits,
     },
 }
 
@@ -311,9 +342,9 @@ pub struct Lease<'p> {
     key: usize,
     model: String,
     /// When the request was admitted (its entry in the window), and with
-    /// how many estimated input tokens.
+    /// what estimated cost.
     started: Instant,
-    tokens: u64,
+    cost: Cost,
 }
 
 impl Lease<'_> {
@@ -336,6 +367,11 @@ impl Lease<'_> {
     /// The account's name.
     pub fn account_name(&self) -> &str {
         self.pool.account_name(self.account())
+    }
+
+    /// The model as its provider names it (a `models` entry resolved).
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// The account's requests-per-day limit for the leased model, configured
@@ -404,6 +440,8 @@ impl Pool {
             accounts,
             keys,
             strategy,
+            models: config.models.clone(),
+            default_max_output_tokens: config.default_max_output_tokens,
             state: Mutex::new(state),
             changed: Notify::new(),
         })
@@ -435,9 +473,9 @@ impl Pool {
                     return Ok(Lease {
                         pool: self,
                         key,
-                        model: need.model.to_owned(),
+                        model: self.route(need.model).1.to_owned(),
                         started: now,
-                        tokens: need.tokens,
+                        cost: self.cost(&need),
                     })
                 }
                 Look::Wait(Some(until)) => {
@@ -459,8 +497,9 @@ impl Pool {
 
     /// One look at the pool: a lease, a wait, or `Err` for never.
     fn try_lease(&self, need: &Need<'_>, now: Instant) -> Result<Look, Unavailable> {
-        let (model, tokens) = (need.model, need.tokens);
-        let provider = self.serving_provider(model);
+        let (provider, model) = self.route(need.model);
+        let cost = self.cost(need);
+        let tokens = need.tokens;
         let mut state = self.lock();
         let state = &mut *state;
         let mut ready = Vec::new();
@@ -494,7 +533,7 @@ impl Pool {
                 .entry((key.account, model.to_owned()))
                 .or_default();
             let limits = account.limits(model, Some(quota));
-            let admission = quota.admission(now, &limits, tokens);
+            let admission = quota.admission(now, &limits, cost);
             if key_ready.is_none() {
                 match admission {
                     // Room, once its request in flight answers: a group
@@ -569,9 +608,9 @@ impl Pool {
                 .quotas
                 .get_mut(&(key.account, model.to_owned()))
                 .expect("quota looked at above");
-            quota.window.record(now, tokens);
+            quota.window.record(now, cost);
             let limits = self.accounts[key.account].limits(model, Some(quota));
-            if limits.rpm.is_none() && limits.tpm.is_none() {
+            if limits.rpm.is_none() && limits.tpm.is_none() && limits.otpm.is_none() {
                 // Nothing to enforce yet: keep only enough history for a
                 // limit learned later, not a minute of a fast run.
                 quota.window.keep_last(UNLIMITED_HISTORY);
@@ -627,11 +666,31 @@ impl Pool {
         })
     }
 
-    /// The provider whose accounts serve `model` ([`ProviderKind::serving`]);
-    /// when none can, the one its name implies, which has no key.
-    fn serving_provider(&self, model: &str) -> ProviderKind {
-        ProviderKind::serving(model, |p| self.accounts.iter().any(|a| a.provider == p))
-            .unwrap_or_else(|| ProviderKind::implied_by(model))
+    /// The provider whose accounts serve `model` and the name it is sent
+    /// as ([`crate::config::route`]); when none can, the one its name
+    /// implies, which has no key.
+    fn route<'m>(&'m self, model: &'m str) -> (ProviderKind, &'m str) {
+        crate::config::route(&self.models, model, |p| {
+            self.accounts.iter().any(|a| a.provider == p)
+        })
+        .unwrap_or_else(|| (ProviderKind::implied_by(model), model))
+    }
+
+    /// The name `model` is sent to its provider as: a name of the config's
+    /// `models` map resolved, any other name as it is.
+    pub fn model_name<'m>(&'m self, model: &'m str) -> &'m str {
+        self.route(model).1
+    }
+
+    /// What `need` is admitted with: its input estimate and its output cap.
+    fn cost(&self, need: &Need<'_>) -> Cost {
+        Cost {
+            input: need.tokens,
+            output: u64::from(
+                need.max_output_tokens
+                    .unwrap_or(self.default_max_output_tokens),
+            ),
+        }
     }
 
     /// Records what came of a leased request and releases the lease.
@@ -647,24 +706,32 @@ impl Pool {
             .entry((account, lease.model.clone()))
             .or_default();
         match outcome {
-            Outcome::NotSent => quota.window.forget(lease.started, lease.tokens),
+            Outcome::NotSent => quota.window.forget(lease.started, lease.cost),
             // The key answered: whatever the item's fate, the key is fine.
-            Outcome::Answered { input_tokens } => {
-                if let Some(actual) = input_tokens {
-                    quota.window.correct(lease.started, lease.tokens, actual);
-                }
+            Outcome::Answered {
+                input_tokens,
+                output_tokens,
+                stated,
+            } => {
+                let actual = Cost {
+                    input: input_tokens.unwrap_or(lease.cost.input),
+                    output: output_tokens.unwrap_or(lease.cost.output),
+                };
+                quota.window.correct(lease.started, lease.cost, actual);
+                quota.learned = stated.or(quota.learned);
                 ks.observe(false, latency, now);
             }
             Outcome::Failed => ks.observe(true, latency, now),
             Outcome::Refused { reason } => {
                 ks.health = Health::Disabled { reason };
                 // A refused key belongs to no project's quota.
-                quota.window.forget(lease.started, lease.tokens);
+                quota.window.forget(lease.started, lease.cost);
             }
             Outcome::RateLimited {
                 scope,
                 retry_after,
                 limit,
+                stated,
             } => {
                 // A 429 says the key works: it is the account that is full.
                 ks.proven = true;
@@ -672,7 +739,8 @@ impl Pool {
                     ks.health = Health::Healthy;
                 }
                 // The server did not count what it refused.
-                quota.window.forget(lease.started, lease.tokens);
+                quota.window.forget(lease.started, lease.cost);
+                quota.learned = stated.or(quota.learned);
                 quota.learn(scope, retry_after, limit, now);
             }
         }
@@ -707,7 +775,7 @@ impl Pool {
     /// together (configured or learned): the pace of a run the quotas hold
     /// back. `None` when some serving account has no known RPM.
     pub fn requests_per_minute(&self, model: &str) -> Option<u64> {
-        let provider = self.serving_provider(model);
+        let (provider, model) = self.route(model);
         let state = self.lock();
         let mut total = 0;
         for (index, account) in self.accounts.iter().enumerate() {
@@ -747,12 +815,7 @@ impl Account {
     /// The account's limits for `model`: configured ones, else learned ones.
     fn limits(&self, model: &str, quota: Option<&Quota>) -> Limits {
         let configured = self.limits.get(model).copied().unwrap_or_default();
-        let learned = quota.map(|q| q.learned).unwrap_or_default();
-        Limits {
-            rpm: configured.rpm.or(learned.rpm),
-            tpm: configured.tpm.or(learned.tpm),
-            rpd: configured.rpd.or(learned.rpd),
-        }
+        configured.or(quota.map(|q| q.learned).unwrap_or_default())
     }
 }
 
@@ -774,14 +837,14 @@ enum QuotaAdmission {
 }
 
 impl Quota {
-    /// The largest share used of any per-minute limit (RPM, TPM) in the
-    /// window. 0 where nothing is limited.
+    /// The largest share used of any per-minute limit (RPM, TPM, OTPM) in
+    /// the window. 0 where nothing is limited.
     fn used_share(&self, limits: &Limits) -> f64 {
         let share = |used: f64, limit: Option<f64>| limit.map_or(0.0, |l| used / l.max(1.0));
-        share(self.window.len() as f64, limits.rpm.map(f64::from)).max(share(
-            self.window.tokens() as f64,
-            limits.tpm.map(|t| t as f64),
-        ))
+        let total = self.window.total();
+        share(self.window.len() as f64, limits.rpm.map(f64::from))
+            .max(share(total.input as f64, limits.tpm.map(|t| t as f64)))
+            .max(share(total.output as f64, limits.otpm.map(|t| t as f64)))
     }
 
     /// Marks the day's quota spent until `reset` (a wall-clock instant).
@@ -790,7 +853,7 @@ impl Quota {
         self.exhausted_until = Some((after(now, wait), reset));
     }
 
-    fn admission(&mut self, now: Instant, limits: &Limits, tokens: u64) -> QuotaAdmission {
+    fn admission(&mut self, now: Instant, limits: &Limits, cost: Cost) -> QuotaAdmission {
         if let Some((until, reset)) = self.exhausted_until {
             if until > now {
                 return QuotaAdmission::DayExhausted(reset);
@@ -798,11 +861,7 @@ impl Quota {
             self.exhausted_until = None;
         }
         let cooled = self.cooled_until.filter(|&t| t > now);
-        match (
-            self.window
-                .check(now, SKEW_MARGIN, limits.rpm, limits.tpm, tokens),
-            cooled,
-        ) {
+        match (self.window.check(now, SKEW_MARGIN, limits, cost), cooled) {
             (Admission::Never, _) => QuotaAdmission::Never,
             (Admission::Now, None) => QuotaAdmission::Now,
             (Admission::Now, Some(c)) => QuotaAdmission::At(c, WaitFor::ServerDelay),
@@ -811,7 +870,15 @@ impl Quota {
                 let rpm_full = limits
                     .rpm
                     .is_some_and(|rpm| self.window.len() >= rpm as usize);
-                QuotaAdmission::At(at, if rpm_full { WaitFor::Rpm } else { WaitFor::Tpm })
+                let otpm_full = limits
+                    .otpm
+                    .is_some_and(|otpm| self.window.total().output + cost.output > otpm);
+                let why = match (rpm_full, otpm_full) {
+                    (true, _) => WaitFor::Rpm,
+                    (false, true) => WaitFor::Otpm,
+                    (false, false) => WaitFor::Tpm,
+                };
+                QuotaAdmission::At(at, why)
             }
         }
     }
@@ -835,7 +902,10 @@ impl Quota {
                         .get_or_insert(limit.min(u64::from(u32::MAX)) as u32);
                 }
             }
-            QuotaScope::MinuteRequests | QuotaScope::MinuteTokens | QuotaScope::Unknown => {
+            QuotaScope::MinuteRequests
+            | QuotaScope::MinuteTokens
+            | QuotaScope::MinuteOutputTokens
+            | QuotaScope::Unknown => {
                 let until = after(now, retry_after.unwrap_or(DEFAULT_COOL_DOWN));
                 self.cooled_until = Some(self.cooled_until.map_or(until, |c| c.max(until)));
                 match (scope, limit) {
@@ -846,6 +916,9 @@ impl Quota {
                     }
                     (QuotaScope::MinuteTokens, Some(limit)) => {
                         self.learned.tpm.get_or_insert(limit);
+                    }
+                    (QuotaScope::MinuteOutputTokens, Some(limit)) => {
+                        self.learned.otpm.get_or_insert(limit);
                     }
                     _ => {}
                 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::config::{Config, MissingEnv};
-use crate::types::{AccountId, QuotaScope};
+use crate::types::{AccountId, Limits, QuotaScope};
 use futures_util::FutureExt;
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +19,16 @@ fn pool(accounts: &str, strategy: Strategy, group: Option<&str>) -> Pool {
 }
 
 /// What an answered request tells the pool.
-const ANSWERED: Outcome = Outcome::Answered { input_tokens: None };
+const ANSWERED: Outcome = Outcome::Answered {
+    input_tokens: None,
+    output_tokens: None,
+    stated: Limits {
+        rpm: None,
+        tpm: None,
+        otpm: None,
+        rpd: None,
+    },
+};
 
 /// Leases one key and settles it with `outcome`, returning the key's index.
 async fn use_once(pool: &Pool, outcome: Outcome) -> usize {
@@ -96,6 +105,7 @@ async fn a_per_minute_429_cools_the_account_for_the_retry_delay() {
     );
     let start = Instant::now();
     let limited = Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::MinuteRequests,
         retry_after: Some(Duration::from_secs(7)),
         limit: Some(100),
@@ -114,6 +124,7 @@ async fn a_per_day_429_exhausts_the_account_until_pacific_midnight() {
         None,
     );
     let day = |_| Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::Day,
         // Real per-day 429s carry a short delay that must not be trusted.
         retry_after: Some(Duration::from_secs(22)),
@@ -293,6 +304,7 @@ async fn a_refused_request_gives_its_room_back() {
     );
     let start = Instant::now();
     let full = Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::MinuteRequests,
         retry_after: Some(Duration::ZERO),
         limit: Some(2),
@@ -329,6 +341,8 @@ async fn the_window_counts_the_tokens_the_server_reported() {
         lease,
         Outcome::Answered {
             input_tokens: Some(90),
+            output_tokens: None,
+            stated: Limits::default(),
         },
     );
     assert!(pool.lease(Need::new(MODEL, 20)).now_or_never().is_none());
@@ -365,6 +379,7 @@ async fn a_group_does_not_fall_over_while_its_key_awaits_its_first_answer() {
 
 fn per_minute_429(retry_after: Duration) -> Outcome {
     Outcome::RateLimited {
+        stated: Limits::default(),
         scope: QuotaScope::MinuteRequests,
         retry_after: Some(retry_after),
         limit: None,
@@ -459,4 +474,110 @@ async fn a_model_only_another_provider_serves_is_never_leased_to_a_gemini_key() 
     let pool = pool("  - name: a\n    keys: [k1]\n", Strategy::RoundRobin, None);
     let err = pool.lease(Need::new("gpt-4o-mini", 10)).await.unwrap_err();
     assert!(matches!(err, Unavailable::NoKey { .. }), "{err}");
+}
+
+const HAIKU: &str = "claude-haiku-4-5";
+
+/// One Anthropic organisation `org` with keys k1, k2 and `extra` lines.
+fn anthropic_pool(extra: &str) -> Pool {
+    pool(
+        &format!("  - name: org\n    provider: anthropic\n    keys: [k1, k2]\n{extra}"),
+        Strategy::RoundRobin,
+        None,
+    )
+}
+
+fn answered(output_tokens: u64, stated: Limits) -> Outcome {
+    Outcome::Answered {
+        input_tokens: Some(10),
+        output_tokens: Some(output_tokens),
+        stated,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn otpm_admits_the_output_cap_and_settles_the_real_output() {
+    let pool = anthropic_pool("    limits: { claude-haiku-4-5: { otpm: 1000 } }\n");
+    let need = Need::new(HAIKU, 10).with_output_cap(Some(400));
+    // Both keys answer once (with no output), so neither waits to be proven.
+    for _ in 0..2 {
+        let lease = pool.lease(need).await.unwrap();
+        pool.settle(lease, answered(0, Limits::default()));
+    }
+    let first = pool.lease(need).await.unwrap();
+    let second = pool.lease(need).await.unwrap();
+    // Two caps of 400 are out: a third does not fit the 1,000.
+    assert!(pool.lease(need).now_or_never().is_none());
+    assert_eq!(
+        pool.waiting().map(|w| w.limit),
+        Some(WaitFor::Otpm),
+        "the wait names OTPM"
+    );
+    // The first used 100 of its 400: the rest frees up at once.
+    pool.settle(first, answered(100, Limits::default()));
+    let third = pool.lease(need).now_or_never().expect("room").unwrap();
+    pool.settle(second, answered(100, Limits::default()));
+    pool.settle(third, answered(100, Limits::default()));
+    // A cap above the OTPM never fits; no cap is admitted at the default.
+    let huge = Need::new(HAIKU, 10).with_output_cap(Some(1001));
+    assert!(matches!(
+        pool.lease(huge).await,
+        Err(Unavailable::NeverFits { .. })
+    ));
+    let default = Need::new(HAIKU, 10);
+    assert!(
+        matches!(
+            pool.lease(default).await,
+            Err(Unavailable::NeverFits { .. })
+        ),
+        "4,096 by default, more than 1,000"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_stated_by_any_answer_pace_the_account_where_the_config_gives_none() {
+    let pool = anthropic_pool("");
+    let need = Need::new(HAIKU, 10).with_output_cap(Some(400));
+    let stated = Limits {
+        rpm: Some(1000),
+        otpm: Some(500),
+        ..Limits::default()
+    };
+    // The first answer states the limits; the second request already fits them.
+    let lease = pool.lease(need).await.unwrap();
+    pool.settle(lease, answered(300, stated));
+    assert!(
+        pool.lease(need).now_or_never().is_none(),
+        "300 + 400 is more than the stated 500"
+    );
+    let start = Instant::now();
+    let lease = pool.lease(need).await.unwrap();
+    assert!(Instant::now() - start >= Duration::from_secs(60));
+    drop(lease);
+    // The config wins over what an answer states.
+    let pool = anthropic_pool("    limits: { claude-haiku-4-5: { otpm: 5000 } }\n");
+    let lease = pool.lease(need).await.unwrap();
+    pool.settle(lease, answered(300, stated));
+    for _ in 0..5 {
+        let lease = pool.lease(need).now_or_never().expect("room").unwrap();
+        pool.settle(lease, answered(300, stated));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_of_the_models_map_is_served_by_its_provider_under_its_real_name() {
+    let yaml = "providers:\n  gemini: { base_url: http://127.0.0.1:9 }\n\
+                models:\n  quick: { provider: anthropic, name: claude-haiku-4-5 }\n\
+                accounts:\n  - name: g\n    keys: [k1]\n  \
+                - name: org\n    provider: anthropic\n    keys: [k2]\n    \
+                limits: { claude-haiku-4-5: { rpm: 1 } }\n";
+    let config = Config::parse(yaml, Path::new("t.yaml"), |_| None, MissingEnv::Error).unwrap();
+    let pool = Pool::new(&config, Strategy::RoundRobin, None).unwrap();
+    assert_eq!(pool.model_name("quick"), HAIKU);
+    assert_eq!(pool.model_name(MODEL), MODEL);
+    let lease = pool.lease(Need::new("quick", 10)).await.unwrap();
+    assert_eq!((lease.account_name(), lease.model()), ("org", HAIKU));
+    pool.settle(lease, ANSWERED);
+    // The alias and the real name share the model's quota.
+    assert!(pool.lease(Need::new(HAIKU, 10)).now_or_never().is_none());
 }

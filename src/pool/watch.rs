@@ -12,6 +12,8 @@ pub enum WaitFor {
     Rpm,
     /// The account's input tokens per minute are used up.
     Tpm,
+    /// The account's output tokens per minute are used up.
+    Otpm,
     /// A 429 asked to wait (`retryDelay`, `Retry-After`).
     ServerDelay,
     /// Every key is resting after errors in a row.
@@ -43,6 +45,10 @@ impl fmt::Display for Waiting {
             WaitFor::Tpm => write!(
                 f,
                 "waiting for quota: {account} {model} TPM, next room at {at}"
+            ),
+            WaitFor::Otpm => write!(
+                f,
+                "waiting for quota: {account} {model} OTPM, next room at {at}"
             ),
             WaitFor::ServerDelay => write!(
                 f,

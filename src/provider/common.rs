@@ -9,6 +9,7 @@
 //! `{"error":{"message":..,"type":..,"param":..,"code":"..."}}`.
 
 use super::{ApiError, ErrorClass, Usage};
+use crate::types::QuotaUse;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -173,7 +174,20 @@ pub(super) fn api_error(
         status,
         message: message.into(),
         billed: None,
+        stated: None,
     }
+}
+
+/// Parses a URL built from the configured base URL; a failure fails the
+/// same way every time.
+pub(super) fn url(text: &str) -> Result<reqwest::Url, ApiError> {
+    reqwest::Url::parse(text).map_err(|e| {
+        api_error(
+            ErrorClass::ItemInvalid,
+            None,
+            format!("could not build the request: {e}"),
+        )
+    })
 }
 
 /// A 2xx body that is not the JSON expected: cut off mid-way, or garbage.
@@ -203,6 +217,17 @@ pub(super) fn believable_counts(counts: &[(&str, u64)]) -> Result<(), ApiError> 
             ),
         )),
         None => Ok(()),
+    }
+}
+
+/// What a provider that states nothing in headers counted against the
+/// account's per-minute quota: all the input (cached included) and all the
+/// output.
+pub(super) fn counted(usage: &Usage) -> QuotaUse {
+    QuotaUse {
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        stated: crate::types::Limits::default(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! that carries one.
 
 use super::{Scrubber, Usage};
-use crate::types::QuotaScope;
+use crate::types::{Limits, QuotaScope};
 use std::time::Duration;
 
 /// What the scheduler should do about a failure: each class names its action.
@@ -26,6 +26,13 @@ pub enum ErrorClass {
     /// 5xx, timeout, reset, truncated body: retry with backoff, preferably
     /// on another key.
     Transient,
+    /// The provider as a whole is overloaded (Anthropic's 529
+    /// `overloaded_error`): retried with backoff like `Transient`, but
+    /// without counting against the key, which did nothing wrong.
+    Overloaded {
+        /// `retry-after`, when sent: the first retry waits at least this.
+        retry_after: Option<Duration>,
+    },
     /// A 200 without usable output that the server did not finish normally
     /// (Gemini's empty candidate with `finishReason: OTHER`, no candidates at
     /// all): retried once or twice, without counting against the key, which
@@ -59,6 +66,10 @@ pub struct ApiError {
     /// it like any answer. `None` for every other failure, which is not
     /// billed. Boxed: most errors have none.
     pub billed: Option<Box<Billed>>,
+    /// The per-minute limits the answer's headers stated (Anthropic's
+    /// `anthropic-ratelimit-*`), for the pool to learn from. Boxed: most
+    /// errors have none.
+    pub stated: Option<Box<Limits>>,
 }
 
 /// What a 200 without an answer reported, and is billed for.

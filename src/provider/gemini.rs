@@ -246,6 +246,7 @@ impl UsageMetadata {
             cached_tokens: self.cached_content_token_count,
             output_tokens: self.candidates_token_count + self.thoughts_token_count,
             thinking_tokens: self.thoughts_token_count,
+            cache_write_tokens: 0,
         })
     }
 }
@@ -322,6 +323,7 @@ fn answer_of(response: &GenerateResponse, usage: Usage) -> Result<Reply, ApiErro
     if !text.is_empty() || finish == "STOP" {
         return Ok(Reply {
             text,
+            quota: common::counted(&usage),
             usage,
             // `modelVersion` sometimes carries the resource prefix
             // (`models/gemini-2.5-pro`); `Request::model` never does.
@@ -461,7 +463,7 @@ fn breadth(scope: QuotaScope) -> u8 {
     match scope {
         QuotaScope::Unknown => 0,
         QuotaScope::MinuteRequests => 1,
-        QuotaScope::MinuteTokens => 2,
+        QuotaScope::MinuteTokens | QuotaScope::MinuteOutputTokens => 2,
         QuotaScope::Day => 3,
     }
 }

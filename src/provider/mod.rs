@@ -14,8 +14,10 @@
 //! - `openai`: `chat/completions`; `base_url` is the server root
 //!   (`https://api.openai.com`, `/v1` is added) or a base that already has a
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
+//! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
+//!   `anthropic-ratelimit-*` headers every answer carries.
 //! - `models`: the model lists, to check a job's models before a run.
-//! - `common`: error envelopes (Google's, OpenAI's, array-wrapped), the
+//! - `common`: error envelopes (Google's, OpenAI's, Anthropic's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
 //! - `transport`: one POST; transport failures become `Transient` with
 //!   messages that name no URL; redirects are not followed (the key would
@@ -25,6 +27,7 @@
 //! Classification is pure (status, headers, body → [`ApiError`]) so that it is
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
 
+mod anthropic;
 mod common;
 mod error;
 mod gemini;
@@ -42,7 +45,7 @@ pub use scrub::Scrubber;
 
 use transport::Transport;
 
-use crate::types::ApiKey;
+use crate::types::{ApiKey, QuotaUse};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -68,6 +71,10 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Of `input_tokens`, how many were served from a cache.
     pub cached_tokens: u64,
+    /// Of `input_tokens`, how many were written to a cache (Anthropic's
+    /// `cache_creation_input_tokens`, billed above the input rate).
+    #[serde(default)]
+    pub cache_write_tokens: u64,
     /// Visible output tokens plus thinking tokens (what is billed as output).
     pub output_tokens: u64,
     /// Of `output_tokens`, how many were thinking.
@@ -86,6 +93,9 @@ pub struct Reply {
     /// Why the output ended, as the API spells it (Gemini `STOP`,
     /// `MAX_TOKENS`; OpenAI `stop`, `length`), when it says.
     pub finish_reason: Option<String>,
+    /// What the account's per-minute quota counted for it, and the limits
+    /// the answer stated.
+    pub quota: QuotaUse,
 }
 
 /// An HTTP client bound to one endpoint (and, through `reqwest`, to one
@@ -99,7 +109,14 @@ pub struct Client {
     /// Per request. `reqwest` enforces it over HTTP, the transport in
     /// memory; kept to name it in "timed out" messages.
     timeout: Duration,
+    /// The output cap sent when a request has none and the API requires
+    /// one (Anthropic's `max_tokens`).
+    default_max_output_tokens: u32,
 }
+
+/// The output cap sent to an API that requires one when neither the item
+/// nor the config (`default_max_output_tokens`) gives one.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
 
 /// The base URL of an in-memory client: only its path reaches the server,
 /// and `.invalid` can never resolve, so no request could leave the process.
@@ -135,6 +152,7 @@ impl Client {
             kind,
             base_url: base_url.trim_end_matches('/').to_owned(),
             timeout,
+            default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
         })
     }
 
@@ -149,6 +167,16 @@ impl Client {
             kind,
             base_url: IN_MEMORY_BASE_URL.to_owned(),
             timeout,
+            default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+        }
+    }
+
+    /// The same client, sending `cap` as the output cap of a request that
+    /// has none to an API that requires one (Anthropic's `max_tokens`).
+    pub fn with_default_max_output_tokens(self, cap: u32) -> Client {
+        Client {
+            default_max_output_tokens: cap,
+            ..self
         }
     }
 
@@ -165,12 +193,14 @@ impl Client {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::generate(self, key, req).await,
             ProviderKind::Openai => openai::generate(self, key, req).await,
+            ProviderKind::Anthropic => anthropic::generate(self, key, req).await,
         };
         without_key(result, key)
     }
 
     /// Checks that the API accepts `key`, with a request that costs
-    /// nothing: Gemini's `countTokens` on `model`, OpenAI's model list.
+    /// nothing: Gemini's `countTokens` on `model`, OpenAI's and Anthropic's
+    /// model lists.
     pub async fn check(&self, key: &ApiKey, model: &str) -> Result<(), ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => {
@@ -184,6 +214,7 @@ impl Client {
                 gemini::count_tokens(self, key, &ping).await.map(drop)
             }
             ProviderKind::Openai => openai::list_models(self, key).await.map(drop),
+            ProviderKind::Anthropic => anthropic::list_models(self, key, None).await.map(drop),
         };
         without_key(result, key)
     }

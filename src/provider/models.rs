@@ -11,10 +11,15 @@
 //!   adapter), `Authorization: Bearer KEY`. The answer is `{"object":
 //!   "list", "data": [{"id": "gpt-4o-mini", "object": "model", ...}]}`
 //!   (<https://platform.openai.com/docs/api-reference/models/list>).
+//! - Anthropic: `GET {base_url}/v1/models?limit=1000`, `x-api-key` and
+//!   `anthropic-version`. The answer is `{"data": [{"id": "claude-...",
+//!   "type": "model", "display_name": ..., "created_at": ...}], "has_more":
+//!   bool, "first_id": ..., "last_id": ...}`; the next page is asked with
+//!   `after_id` = `last_id` (<https://docs.anthropic.com/en/api/models-list>).
 
-use super::common::api_error;
+use super::common::{self, api_error};
 use super::transport::get;
-use super::{gemini, openai, ApiError, Client, ErrorClass, ProviderKind};
+use super::{anthropic, gemini, openai, ApiError, Client, ErrorClass, ProviderKind};
 use crate::types::ApiKey;
 use serde::Deserialize;
 
@@ -55,6 +60,16 @@ struct OpenaiModel {
     id: String,
 }
 
+/// A page of Anthropic's list.
+#[derive(Debug, Deserialize)]
+struct AnthropicPage {
+    data: Vec<OpenaiModel>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
 impl Client {
     /// The ids of the models this endpoint serves to `key`, as a job names
     /// them (Gemini's without the `models/` prefix, and only those that
@@ -65,6 +80,7 @@ impl Client {
             ProviderKind::Openai => openai::list_models(self, key)
                 .await
                 .and_then(|body| parse_openai(&body)),
+            ProviderKind::Anthropic => anthropic_models(self, key).await,
         };
         super::without_key(result, key)
     }
@@ -75,13 +91,7 @@ async fn gemini_models(client: &Client, key: &ApiKey) -> Result<Vec<String>, Api
     let mut ids = Vec::new();
     let mut token: Option<String> = None;
     for _ in 0..MAX_PAGES {
-        let mut url = reqwest::Url::parse(&base).map_err(|e| {
-            api_error(
-                ErrorClass::ItemInvalid,
-                None,
-                format!("could not build the request: {e}"),
-            )
-        })?;
+        let mut url = common::url(&base)?;
         url.query_pairs_mut()
             .append_pair("pageSize", &PAGE_SIZE.to_string());
         if let Some(token) = &token {
@@ -104,12 +114,34 @@ async fn gemini_models(client: &Client, key: &ApiKey) -> Result<Vec<String>, Api
             _ => return Ok(ids),
         }
     }
-    // A partial list would refuse the models of the pages not read.
-    Err(api_error(
+    Err(too_many_pages())
+}
+
+async fn anthropic_models(client: &Client, key: &ApiKey) -> Result<Vec<String>, ApiError> {
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let body = anthropic::list_models(client, key, after.as_deref()).await?;
+        let page: AnthropicPage = serde_json::from_slice(&body).map_err(|e| malformed(&e))?;
+        ids.extend(page.data.into_iter().map(|m| m.id));
+        match page.last_id {
+            Some(last) if page.has_more && after.as_deref() != Some(last.as_str()) => {
+                after = Some(last)
+            }
+            _ => return Ok(ids),
+        }
+    }
+    Err(too_many_pages())
+}
+
+/// A list that goes on past [`MAX_PAGES`]: a partial list would refuse the
+/// models of the pages not read.
+fn too_many_pages() -> ApiError {
+    api_error(
         ErrorClass::Transient,
         Some(200),
         format!("the model list goes on past {MAX_PAGES} pages"),
-    ))
+    )
 }
 
 /// The id of a Gemini model that can `generateContent`.

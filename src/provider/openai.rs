@@ -202,6 +202,7 @@ impl ChatUsage {
                 .as_ref()
                 .and_then(|d| d.reasoning_tokens)
                 .unwrap_or(0),
+            cache_write_tokens: 0,
         };
         common::believable_counts(&[
             ("prompt_tokens", usage.input_tokens),
@@ -252,6 +253,7 @@ fn answer_of(response: &ChatResponse, usage: Usage) -> Result<Reply, ApiError> {
     if !text.is_empty() || (finish == "stop" && refusal.is_none()) {
         return Ok(Reply {
             text: text.to_owned(),
+            quota: common::counted(&usage),
             usage,
             model_version: response.model.clone(),
             finish_reason: choice.finish_reason.clone(),
@@ -578,6 +580,7 @@ mod tests {
                 cached_tokens: 1024,
                 output_tokens: 414,
                 thinking_tokens: 192,
+                cache_write_tokens: 0,
             }
         );
     }

@@ -72,6 +72,7 @@ fn usage_of(response: &Value) -> Usage {
         cached_tokens: count("cachedContentTokenCount"),
         output_tokens: count("candidatesTokenCount") + count("thoughtsTokenCount"),
         thinking_tokens: count("thoughtsTokenCount"),
+        cache_write_tokens: 0,
     }
 }
 
@@ -106,6 +107,7 @@ const fn usage(input: u64, cached: u64, output: u64, thinking: u64) -> Usage {
         cached_tokens: cached,
         output_tokens: output,
         thinking_tokens: thinking,
+        cache_write_tokens: 0,
     }
 }
 
@@ -487,6 +489,7 @@ fn the_key_is_scrubbed_from_messages_and_reasons() {
         status: None,
         message: format!("{0} and again {0}", key.expose()),
         billed: None,
+        stated: None,
     };
     let scrubbed = leaky.scrub(&Scrubber::new([&key]));
     assert_eq!(scrubbed.message, "AIza…k3Qf and again AIza…k3Qf");

@@ -45,9 +45,23 @@ pub(super) async fn post_json(
     body: &impl Serialize,
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
-    let body = serde_json::to_vec(body).map_err(|e| unbuildable(&e))?;
     let auth = (auth_name, auth_value);
-    send(client, Method::POST, url, Some(body), auth, classify).await
+    let (body, _) = post_json_with(client, url, auth, &[], body, classify).await?;
+    Ok(body)
+}
+
+/// [`post_json`] with `extra` headers besides the auth header, returning the
+/// 2xx answer's headers with its body.
+pub(super) async fn post_json_with(
+    client: &Client,
+    url: &str,
+    auth: (&'static str, &str),
+    extra: &[(&'static str, &'static str)],
+    body: &impl Serialize,
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<(Vec<u8>, HeaderMap), ApiError> {
+    let body = serde_json::to_vec(body).map_err(|e| unbuildable(&e))?;
+    send(client, Method::POST, url, Some(body), auth, extra, classify).await
 }
 
 /// Gets `url` with the auth header, as [`post_json`] does.
@@ -58,15 +72,19 @@ pub(super) async fn get(
     auth_value: &str,
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Vec<u8>, ApiError> {
-    send(
-        client,
-        Method::GET,
-        url,
-        None,
-        (auth_name, auth_value),
-        classify,
-    )
-    .await
+    get_with(client, url, (auth_name, auth_value), &[], classify).await
+}
+
+/// [`get`] with `extra` headers besides the auth header.
+pub(super) async fn get_with(
+    client: &Client,
+    url: &str,
+    auth: (&'static str, &str),
+    extra: &[(&'static str, &'static str)],
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
+    let (body, _) = send(client, Method::GET, url, None, auth, extra, classify).await?;
+    Ok(body)
 }
 
 /// One exchange over the client's transport; both transports answer alike
@@ -78,8 +96,9 @@ async fn send(
     url: &str,
     json: Option<Vec<u8>>,
     (auth_name, auth_value): (&'static str, &str),
+    extra: &[(&'static str, &'static str)],
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<(Vec<u8>, HeaderMap), ApiError> {
     let mut auth = HeaderValue::from_str(auth_value).map_err(|_| {
         api_error(
             ErrorClass::KeyInvalid {
@@ -94,6 +113,9 @@ async fn send(
     let exchange = match &client.transport {
         Transport::Http(http) => {
             let mut request = http.request(method, url).header(auth_name, auth);
+            for &(name, value) in extra {
+                request = request.header(name, value);
+            }
             if let Some(json) = json {
                 request = request.header(CONTENT_TYPE, "application/json").body(json);
             }
@@ -104,6 +126,9 @@ async fn send(
                 .method(method)
                 .uri(url)
                 .header(auth_name, auth);
+            for &(name, value) in extra {
+                request = request.header(name, value);
+            }
             if json.is_some() {
                 request = request.header(CONTENT_TYPE, "application/json");
             }
@@ -121,7 +146,7 @@ async fn send(
     if status.is_redirection() {
         Err(redirect_error(status.as_u16(), &headers, url))
     } else if status.is_success() {
-        Ok(body)
+        Ok((body, headers))
     } else {
         Err(classify(status.as_u16(), &headers, &body))
     }
@@ -280,6 +305,7 @@ mod tests {
         let rpm = ModelLimits {
             rpm: Some(1),
             tpm: None,
+            otpm: None,
             rpd: None,
         };
         SimConfig {

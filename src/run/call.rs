@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::pool::{after, Lease, Need, Outcome, Pool, PoolError, Strategy, Unavailable};
 use crate::provider::{ApiError, Client, ErrorClass, Reply, Request};
 use crate::store::{MemoryLedger, QuotaLedger, Reservation, Reserved};
-use crate::types::{ApiKey, QuotaDay};
+use crate::types::{ApiKey, QuotaDay, QuotaUse};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,17 +59,17 @@ fn describe_unreachable(endpoints: &[(String, String)]) -> String {
         .join(", ")
 }
 
-/// A successful answer that may say how many input tokens the server
-/// counted, so the pool's TPM accounting can use the real count instead of
-/// its estimate.
+/// A successful answer that may say what the server counted against the
+/// account's per-minute limits (and what limits it stated), so the pool's
+/// accounting can use the real counts instead of its estimates.
 pub trait Metered {
-    /// Input tokens the server counted, if it said.
-    fn input_tokens(&self) -> Option<u64>;
+    /// What the server counted and stated, if it said.
+    fn quota_use(&self) -> Option<QuotaUse>;
 }
 
 impl Metered for Reply {
-    fn input_tokens(&self) -> Option<u64> {
-        Some(self.usage.input_tokens)
+    fn quota_use(&self) -> Option<QuotaUse> {
+        Some(self.quota)
     }
 }
 
@@ -274,7 +274,7 @@ impl Caller {
                 lease = self.pool.lease(need) => lease,
             };
             let lease = lease?;
-            let reservation = match self.reserve(&lease, need.model).await {
+            let reservation = match self.reserve(&lease).await {
                 Ok(Some(reservation)) => reservation,
                 refused => {
                     self.pool.settle(lease, Outcome::NotSent);
@@ -331,11 +331,8 @@ impl Caller {
     /// Counts the leased request against its account's day before it is
     /// sent. `None` when the day is spent: the pool is told, and the call
     /// gives the lease back unsent and leases again.
-    async fn reserve(
-        &self,
-        lease: &Lease<'_>,
-        model: &str,
-    ) -> Result<Option<Reservation>, CallError> {
+    async fn reserve(&self, lease: &Lease<'_>) -> Result<Option<Reservation>, CallError> {
+        let model = lease.model();
         let reservation = Reservation {
             account: lease.account_name().to_owned(),
             model: model.to_owned(),
@@ -356,19 +353,27 @@ impl Caller {
 fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
     let error = match result {
         Ok(value) => {
+            let used = value.quota_use();
             return Outcome::Answered {
-                input_tokens: value.input_tokens(),
-            }
+                input_tokens: used.map(|u| u.input_tokens),
+                output_tokens: used.map(|u| u.output_tokens),
+                stated: used.map(|u| u.stated).unwrap_or_default(),
+            };
         }
         Err(error) => error,
     };
     match &error.class {
-        // The server answered: the item's fate is no fault of the key.
-        ErrorClass::ItemInvalid | ErrorClass::Blocked { .. } | ErrorClass::EmptyAnswer => {
-            Outcome::Answered {
-                input_tokens: error.usage().map(|u| u.input_tokens),
-            }
-        }
+        // The server answered: the item's fate is no fault of the key, and
+        // an overloaded provider is no fault of the key either. What a 200
+        // without an answer billed counts in the window.
+        ErrorClass::ItemInvalid
+        | ErrorClass::Blocked { .. }
+        | ErrorClass::EmptyAnswer
+        | ErrorClass::Overloaded { .. } => Outcome::Answered {
+            input_tokens: error.usage().map(|u| u.input_tokens),
+            output_tokens: error.usage().map(|u| u.output_tokens),
+            stated: error.stated.as_deref().copied().unwrap_or_default(),
+        },
         ErrorClass::Transient => Outcome::Failed,
         ErrorClass::KeyInvalid { reason } => Outcome::Refused {
             reason: format!("{reason}: {}", error.message),
@@ -381,6 +386,7 @@ fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
             scope: *scope,
             retry_after: *retry_after,
             limit: *limit,
+            stated: error.stated.as_deref().copied().unwrap_or_default(),
         },
     }
 }
@@ -435,6 +441,7 @@ mod tests {
             status: Some(400),
             message: "API key not valid. Please pass a valid API key.".into(),
             billed: None,
+            stated: None,
         })
     }
 
@@ -444,6 +451,7 @@ mod tests {
             usage: crate::provider::Usage::default(),
             model_version: None,
             finish_reason: Some("STOP".into()),
+            quota: QuotaUse::default(),
         })
     }
 
@@ -582,6 +590,44 @@ mod tests {
             "the 429 did not use up the day's one request"
         );
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_provider_is_waited_out_without_resting_the_key() {
+        let policy = RetryPolicy {
+            backoff_base: Duration::from_millis(1),
+            backoff_cap: Duration::from_millis(1),
+            seed: Some(1),
+            ..RetryPolicy::default()
+        };
+        let caller = caller("  - name: a\n    keys: [k1]\n", policy);
+        let calls = AtomicU32::new(0);
+        let overloaded_five_times = || match calls.load(Ordering::SeqCst) {
+            1..=5 => failure(ErrorClass::Overloaded {
+                retry_after: Some(Duration::from_secs(2)),
+            }),
+            _ => reply(),
+        };
+        let start = Instant::now();
+        let stop = CancellationToken::new();
+        let sent = AtomicU32::new(0);
+        let result = caller
+            .call(
+                Need::new(MODEL, 10),
+                &stop,
+                |_, _| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    std::future::ready(overloaded_five_times())
+                },
+                |_, _| {},
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(sent.load(Ordering::SeqCst), 6);
+        // Each retry waited the server's 2 s, and no more: five failures in a
+        // row would have rested a key that had failed (15 s).
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
     }
 
     #[test]

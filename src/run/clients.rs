@@ -37,7 +37,7 @@ pub struct Clients {
 impl Clients {
     /// Builds a client for every account of `config`, in file order (the
     /// pool's [`AccountId`]s): its provider's base URL, its proxy, the
-    /// configured timeout.
+    /// configured timeout and `default_max_output_tokens`.
     pub fn new(config: &Config) -> Result<Clients, ClientError> {
         let clients = config
             .accounts
@@ -50,6 +50,9 @@ impl Clients {
                     config.timeout,
                     account.proxy.as_deref(),
                 )
+                .map(|client| {
+                    client.with_default_max_output_tokens(config.default_max_output_tokens)
+                })
                 .map_err(|source| ClientError {
                     account: account.name.clone(),
                     source,

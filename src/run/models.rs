@@ -48,7 +48,8 @@ pub enum ModelError {
     /// No configured account serves it.
     #[error(
         "model {0} has no account to serve it: only models named gemini*/gemma* go to gemini \
-         accounts; others need an openai account (`provider: openai`), and the config has none"
+         accounts and claude* to anthropic accounts; others need an openai account \
+         (`provider: openai`), and the config has none"
     )]
     NoAccount(Wanted),
     /// Its provider does not list it.
@@ -83,10 +84,13 @@ pub fn route(config: &Config, uses: &[ModelUse]) -> Result<Routes, Vec<ModelErro
         if !seen.insert(wanted.model.clone()) {
             continue;
         }
-        match ProviderKind::serving(&wanted.model, |p| {
-            config.accounts.iter().any(|a| a.provider == p)
-        }) {
-            Some(provider) => routes.entry(provider).or_default().push(wanted),
+        match config.route(&wanted.model) {
+            // A name of the config's `models` map is checked as the model
+            // it names.
+            Some((provider, name)) => routes.entry(provider).or_default().push(Wanted {
+                model: name.to_owned(),
+                ..wanted
+            }),
             None => errors.push(ModelError::NoAccount(wanted)),
         }
     }
@@ -156,6 +160,7 @@ fn provider_name(provider: ProviderKind) -> &'static str {
     match provider {
         ProviderKind::Gemini => "gemini",
         ProviderKind::Openai => "openai",
+        ProviderKind::Anthropic => "anthropic",
     }
 }
 

@@ -7,6 +7,7 @@
 //! | `KeyInvalid` | retry now: the pool has disabled the key, another serves |
 //! | `Transient` | retry after a backoff, up to `max_retries` |
 //! | `EmptyAnswer` | as `Transient`, but at most twice |
+//! | `Overloaded` | as `Transient`, waiting at least the server's `retry-after` |
 //! | `ItemInvalid`, `Blocked` | give up: retrying cannot help |
 //!
 //! The n-th backoff is uniform in `[0, min(cap, base·2ⁿ)]`, which spreads the
@@ -111,6 +112,15 @@ impl<'p> Retries<'p> {
                 self.transient += 1;
                 self.backoff(self.transient <= policy.max_retries)
             }
+            ErrorClass::Overloaded { retry_after } => {
+                self.transient += 1;
+                match self.backoff(self.transient <= policy.max_retries) {
+                    Decision::RetryAfter(wait) => {
+                        Decision::RetryAfter(wait.max(retry_after.unwrap_or_default()))
+                    }
+                    other => other,
+                }
+            }
             ErrorClass::EmptyAnswer => {
                 self.transient += 1;
                 self.empty += 1;
@@ -146,6 +156,7 @@ mod tests {
             status: None,
             message: String::new(),
             billed: None,
+            stated: None,
         }
     }
 

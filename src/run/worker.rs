@@ -52,7 +52,9 @@ impl Worker {
         let model = item.model.as_deref().unwrap_or(&self.default_model);
         let tokens =
             estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
-        let price = price::lookup(model);
+        // A name of the config's `models` map goes out as the model it names.
+        let wire_model = self.caller.pool().model_name(model);
+        let price = price::lookup(wire_model);
         // Under a budget every request carries an output cap, so its worst
         // case is known before it is sent.
         let max_output_tokens = match &self.budget {
@@ -80,7 +82,7 @@ impl Worker {
             return;
         }
         let request = Request {
-            model,
+            model: wire_model,
             prompt: &item.prompt,
             system: item.system.as_deref(),
             max_output_tokens,
@@ -95,7 +97,7 @@ impl Worker {
         let result = self
             .caller
             .call(
-                Need::new(model, tokens),
+                Need::new(model, tokens).with_output_cap(max_output_tokens),
                 &self.stop,
                 |client, key| {
                     let request = request.clone();
@@ -269,7 +271,9 @@ fn attempt_class(error: Option<&ApiError>) -> AttemptClass {
         None => AttemptClass::Ok,
         Some(ErrorClass::RateLimited { .. }) => AttemptClass::RateLimited,
         Some(ErrorClass::KeyInvalid { .. }) => AttemptClass::KeyInvalid,
-        Some(ErrorClass::Transient | ErrorClass::EmptyAnswer) => AttemptClass::Transient,
+        Some(ErrorClass::Transient | ErrorClass::EmptyAnswer | ErrorClass::Overloaded { .. }) => {
+            AttemptClass::Transient
+        }
         Some(ErrorClass::ItemInvalid) => AttemptClass::ItemInvalid,
         Some(ErrorClass::Blocked { .. }) => AttemptClass::Blocked,
     }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// Models that exist when the config names none (plus every model named in a
 /// project's limits).
-const BUILTIN_MODELS: [&str; 8] = [
+const BUILTIN_MODELS: [&str; 11] = [
     "gemini-2.5-flash",
     "gemini-2.5-pro",
     "gemini-2.5-flash-lite",
@@ -20,6 +20,9 @@ const BUILTIN_MODELS: [&str; 8] = [
     "gpt-4o-mini",
     "gpt-4o",
     "gpt-4.1-mini",
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+    "claude-opus-4-1",
 ];
 
 /// Everything the simulator enforces and injects. Every field is optional in
@@ -76,6 +79,10 @@ pub struct ModelLimits {
     pub rpm: Option<u32>,
     /// Input tokens per rolling 60 s.
     pub tpm: Option<u64>,
+    /// Output tokens per rolling 60 s, each request counted at its output
+    /// cap until it is answered, then at its real output (Anthropic's OTPM).
+    #[serde(default)]
+    pub otpm: Option<u64>,
     /// Requests per Pacific day.
     pub rpd: Option<u32>,
 }
@@ -85,6 +92,7 @@ impl From<crate::config::Limits> for ModelLimits {
         ModelLimits {
             rpm: limits.rpm,
             tpm: limits.tpm,
+            otpm: limits.otpm,
             rpd: limits.rpd,
         }
     }

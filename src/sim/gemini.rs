@@ -371,6 +371,13 @@ impl Wire for Gemini {
                 "generativelanguage.googleapis.com/generate_content_input_token_count",
                 "GenerateContentInputTokensPerModelPerMinute",
             ),
+            // Gemini has no output limit; a sim.yaml that sets one gets the
+            // input-token body's shape.
+            Scope::OutputTokensPerMinute => (
+                &TOKENS_429,
+                "generativelanguage.googleapis.com/generate_content_output_token_count",
+                "GenerateContentOutputTokensPerModelPerMinute",
+            ),
         };
         let mut body = Value::clone(fixture);
         put(&mut body, QUOTA_METRIC, metric);

@@ -1,4 +1,4 @@
-//! A local simulator of the Gemini and OpenAI APIs: a real HTTP server
+//! A local simulator of the Gemini, OpenAI and Anthropic APIs: a real HTTP server
 //! (axum) that speaks their wire formats, enforces per-project quotas like
 //! Google does, and injects faults from a seeded RNG. It serves the README
 //! demo (`keyfan run --simulate`), the test suite (real sockets on
@@ -24,20 +24,31 @@
 //! - `POST /v1beta/models/{model}:countTokens`: free (no quota, no faults).
 //! - `POST /v1/chat/completions` (and Gemini's compatible
 //!   `/v1beta/openai/chat/completions`), `Authorization: Bearer KEY`.
-//! - `GET /v1/models`: free like `countTokens`; how OpenAI keys are checked.
+//! - `POST /v1/messages`: Anthropic's Messages API, key in `x-api-key`;
+//!   `anthropic-version` and `max_tokens` are required (400 without).
+//! - `GET /v1/models`: free like `countTokens`; how OpenAI keys are checked
+//!   (`Authorization: Bearer`), and Anthropic's (`x-api-key`), each in its
+//!   API's list shape.
 //! - `GET /v1beta/models` (`pageSize`, `pageToken`): Gemini's model list,
 //!   free, in the API's shape and pagination.
 //! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.
 //!
 //! # Order of checks
-//! Key (unknown → 400 `API_KEY_INVALID` / 401 `invalid_api_key`; listed in
-//! `disabled_keys` → 403 `SERVICE_DISABLED` / 429 `insufficient_quota`) →
-//! body (malformed → 400) → model (unknown → 404) → requests per Pacific day
-//! → requests per rolling 60 s → input tokens per rolling 60 s (a refused
-//! request gets 429 and is not counted) → faults → latency → answer.
+//! Key (unknown → 400 `API_KEY_INVALID` / 401 `invalid_api_key` / 401
+//! `authentication_error`; listed in `disabled_keys` → 403
+//! `SERVICE_DISABLED` / 429 `insufficient_quota` / 403 `permission_error`)
+//! → body (malformed → 400) → model (unknown → 404) → requests per Pacific
+//! day → requests per rolling 60 s → input tokens per rolling 60 s → output
+//! tokens per rolling 60 s, each request counted at its output cap until it
+//! is answered and then at its real output (a refused request gets 429 and
+//! is not counted) → faults → latency → answer. Quotas are per project:
+//! for Anthropic, per organisation.
 //! Gemini 429s carry the delay only in `RetryInfo` (no `Retry-After`, as
 //! the real API); OpenAI 429s carry `retry-after`, `retry-after-ms` and
-//! `x-ratelimit-*`.
+//! `x-ratelimit-*`; Anthropic's answers and 429s all carry
+//! `anthropic-ratelimit-*` (resets as RFC 3339 times), its 429s
+//! `retry-after` and `x-should-retry` too, and its 503 fault is a 529
+//! `overloaded_error`.
 //!
 //! # Answers
 //! The text is deterministic and names the prompt:
@@ -57,7 +68,13 @@
 //!   `content_filter`.
 //! - `[[sim:other]]`: finishReason `OTHER`, no content (Gemini only).
 //! - `[[sim:max_tokens]]`: `MAX_TOKENS` with empty content, thinking spent
-//!   the budget; OpenAI: `length` with empty content.
+//!   the budget; OpenAI: `length` with empty content; Anthropic:
+//!   `max_tokens` with no text.
+//! - `[[sim:tokens=N]]`: the answer goes on to about N tokens (still cut
+//!   at the output cap).
+//!
+//! Anthropic maps `[[sim:block]]` and `[[sim:safety]]` to `stop_reason:
+//! refusal`.
 //!
 //! # Faults
 //! Generate requests are numbered from 1 in arrival order across the
@@ -71,6 +88,7 @@
 //! seeded RNG) applies to admitted requests only; refusals answer at once.
 //! Shutdown aborts hangs and latency waits by closing their connections.
 
+mod anthropic;
 mod config;
 mod gemini;
 mod openai;

@@ -292,6 +292,7 @@ impl Wire for OpenAi {
             Scope::RequestsPerDay => ("requests per day (RPD)", "requests"),
             Scope::RequestsPerMinute => ("requests per min (RPM)", "requests"),
             Scope::TokensPerMinute => ("tokens per min (TPM)", "tokens"),
+            Scope::OutputTokensPerMinute => ("output tokens per min (OTPM)", "tokens"),
         };
         let wait = rejection.retry_after;
         let message = format!(

@@ -1,6 +1,10 @@
 //! Per-project, per-model quota as Google enforces it: requests and input
 //! tokens over a rolling 60 s window (a sliding log of admissions) and
-//! requests per Pacific day. Pure bookkeeping: the caller passes the time in,
+//! requests per Pacific day; and output tokens per rolling minute as
+//! Anthropic counts them: a request is admitted with its `max_tokens` and
+//! settled with its real output ("OTPM rate limits are estimated based on
+//! max_tokens at the beginning of each request, and adjusted at the end of
+//! the request", <https://docs.anthropic.com/en/api/rate-limits>). Pure bookkeeping: the caller passes the time in,
 //! so tests move time without sleeping.
 
 use super::config::ModelLimits;
@@ -87,6 +91,8 @@ pub(crate) enum Scope {
     RequestsPerMinute,
     /// Input tokens per rolling minute.
     TokensPerMinute,
+    /// Output tokens per rolling minute.
+    OutputTokensPerMinute,
 }
 
 /// Use of one per-minute limit, for OpenAI's `x-ratelimit-*` headers.
@@ -107,6 +113,11 @@ pub(crate) struct Headroom {
     pub requests: Option<WindowUse>,
     /// Input tokens, when a TPM is set.
     pub tokens: Option<WindowUse>,
+    /// Output tokens, when an OTPM is set.
+    pub output: Option<WindowUse>,
+    /// The simulator's wall clock when it was decided (Anthropic states
+    /// resets as times).
+    pub at: DateTime<Utc>,
 }
 
 /// A request refused with 429.
@@ -118,7 +129,8 @@ pub(crate) struct Rejection {
     pub limit: u64,
     /// Already used of it.
     pub used: u64,
-    /// What this request asked for (1 request, or its input tokens).
+    /// What this request asked for (1 request, its input tokens, or its
+    /// output cap).
     pub requested: u64,
     /// When it could succeed: the window frees enough, or the day rolls over.
     pub retry_after: Duration,
@@ -126,13 +138,33 @@ pub(crate) struct Rejection {
     pub headroom: Headroom,
 }
 
+/// One admission in the window.
+#[derive(Debug, Clone, Copy)]
+struct Admitted {
+    at: Instant,
+    /// Input tokens.
+    input: u64,
+    /// Output tokens: the cap until settled, then the real output.
+    output: u64,
+    /// Its ticket, to settle it by.
+    ticket: u64,
+}
+
+/// An admitted request's claim on its window, to settle its output by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
+
 /// The quota state of one model in one project.
 #[derive(Debug, Default)]
 struct ModelState {
-    /// Admissions in the last [`WINDOW`]: when, and how many input tokens.
-    log: VecDeque<(Instant, u64)>,
-    /// Sum of the tokens in `log`.
+    /// Admissions in the last [`WINDOW`].
+    log: VecDeque<Admitted>,
+    /// Sum of the input tokens in `log`.
     window_tokens: u64,
+    /// Sum of the output tokens in `log`.
+    window_output: u64,
+    /// Admissions so far: the next ticket.
+    tickets: u64,
     /// The Pacific day `day_requests` counts.
     day: Option<NaiveDate>,
     day_requests: u64,
@@ -141,12 +173,13 @@ struct ModelState {
 
 impl ModelState {
     fn prune(&mut self, now: Instant) {
-        while let Some(&(at, tokens)) = self.log.front() {
-            if now.duration_since(at) < WINDOW {
+        while let Some(&entry) = self.log.front() {
+            if now.duration_since(entry.at) < WINDOW {
                 break;
             }
             self.log.pop_front();
-            self.window_tokens -= tokens;
+            self.window_tokens -= entry.input;
+            self.window_output -= entry.output;
         }
     }
 
@@ -154,7 +187,7 @@ impl ModelState {
     fn expiry(&self, index: usize, now: Instant) -> Duration {
         self.log
             .get(index)
-            .map_or(Duration::ZERO, |&(at, _)| (at + WINDOW).duration_since(now))
+            .map_or(Duration::ZERO, |e| (e.at + WINDOW).duration_since(now))
     }
 
     /// Until the whole window is empty (OpenAI's `x-ratelimit-reset-*`).
@@ -165,42 +198,46 @@ impl ModelState {
             .map_or(Duration::ZERO, |last| self.expiry(last, now))
     }
 
-    fn headroom(&self, limits: ModelLimits, now: Instant) -> Headroom {
+    fn headroom(&self, limits: ModelLimits, now: Instant, wall: DateTime<Utc>) -> Headroom {
         let reset = self.full_reset(now);
+        let window = |limit: u64, used: u64| WindowUse { limit, used, reset };
         Headroom {
-            requests: limits.rpm.map(|rpm| WindowUse {
-                limit: u64::from(rpm),
-                used: self.log.len() as u64,
-                reset,
-            }),
-            tokens: limits.tpm.map(|tpm| WindowUse {
-                limit: tpm,
-                used: self.window_tokens,
-                reset,
-            }),
+            requests: limits
+                .rpm
+                .map(|rpm| window(u64::from(rpm), self.log.len() as u64)),
+            tokens: limits.tpm.map(|tpm| window(tpm, self.window_tokens)),
+            output: limits.otpm.map(|otpm| window(otpm, self.window_output)),
+            at: wall,
         }
     }
 
-    /// Until `tokens` more fit under `tpm`; a whole window if they never can.
-    fn tokens_free_in(&self, tpm: u64, tokens: u64, now: Instant) -> Duration {
-        if tokens > tpm {
+    /// Until `tokens` more of one kind (`of`, summing to `in_window`) fit
+    /// under `limit`; a whole window if they never can.
+    fn tokens_free_in(
+        &self,
+        (limit, mut in_window): (u64, u64),
+        tokens: u64,
+        of: fn(&Admitted) -> u64,
+        now: Instant,
+    ) -> Duration {
+        if tokens > limit {
             return WINDOW;
         }
-        let mut in_window = self.window_tokens;
-        for (index, &(_, spent)) in self.log.iter().enumerate() {
-            in_window -= spent;
-            if in_window + tokens <= tpm {
+        for (index, entry) in self.log.iter().enumerate() {
+            in_window -= of(entry);
+            if in_window + tokens <= limit {
                 return self.expiry(index, now);
             }
         }
         Duration::ZERO
     }
 
-    /// Checks RPD, then RPM, then TPM; the first one exceeded refuses.
+    /// Checks RPD, then RPM, then TPM, then OTPM (with the output cap); the
+    /// first one exceeded refuses.
     fn check(
         &self,
         limits: ModelLimits,
-        tokens: u64,
+        (tokens, output): (u64, u64),
         now: Instant,
         wall: DateTime<Utc>,
     ) -> Option<Rejection> {
@@ -220,12 +257,26 @@ impl ModelState {
             };
             (Scope::RequestsPerMinute, u64::from(rpm), in_window, 1, wait)
         } else if let Some(tpm) = limits.tpm.filter(|&tpm| self.window_tokens + tokens > tpm) {
-            let wait = self.tokens_free_in(tpm, tokens, now);
+            let in_window = (tpm, self.window_tokens);
+            let wait = self.tokens_free_in(in_window, tokens, |e| e.input, now);
             (
                 Scope::TokensPerMinute,
                 tpm,
                 self.window_tokens,
                 tokens,
+                wait,
+            )
+        } else if let Some(otpm) = limits
+            .otpm
+            .filter(|&otpm| self.window_output + output > otpm)
+        {
+            let in_window = (otpm, self.window_output);
+            let wait = self.tokens_free_in(in_window, output, |e| e.output, now);
+            (
+                Scope::OutputTokensPerMinute,
+                otpm,
+                self.window_output,
+                output,
                 wait,
             )
         } else {
@@ -237,7 +288,7 @@ impl ModelState {
             used,
             requested,
             retry_after,
-            headroom: self.headroom(limits, now),
+            headroom: self.headroom(limits, now, wall),
         })
     }
 }
@@ -260,16 +311,17 @@ impl ProjectState {
         self.models.get_mut(model).expect("inserted above")
     }
 
-    /// Admits one request of `tokens` input tokens to `model` at `now`
-    /// (`wall` for the day), or refuses it without counting it.
+    /// Admits one request of `tokens` input tokens and an output cap of
+    /// `output` to `model` at `now` (`wall` for the day), or refuses it
+    /// without counting it. The ticket settles its output.
     pub(crate) fn admit(
         &mut self,
         model: &str,
         limits: ModelLimits,
-        tokens: u64,
+        (tokens, output): (u64, u64),
         now: Instant,
         wall: DateTime<Utc>,
-    ) -> Result<Headroom, Rejection> {
+    ) -> Result<(Headroom, Ticket), Box<Rejection>> {
         self.requests += 1;
         let day = pacific_day(wall);
         let state = self.model(model);
@@ -279,21 +331,43 @@ impl ProjectState {
             state.day = Some(day);
             state.day_requests = 0;
         }
-        if let Some(rejection) = state.check(limits, tokens, now, wall) {
+        if let Some(rejection) = state.check(limits, (tokens, output), now, wall) {
             self.rate_limited += 1;
-            return Err(rejection);
+            return Err(Box::new(rejection));
         }
-        state.log.push_back((now, tokens));
+        let ticket = state.tickets;
+        state.tickets += 1;
+        state.log.push_back(Admitted {
+            at: now,
+            input: tokens,
+            output,
+            ticket,
+        });
         state.window_tokens += tokens;
+        state.window_output += output;
         state.day_requests += 1;
         let in_window = state.log.len() as u64;
         state.stats.max_requests_in_60s = state.stats.max_requests_in_60s.max(in_window);
-        Ok(state.headroom(limits, now))
+        state.stats.max_output_in_60s = state.stats.max_output_in_60s.max(state.window_output);
+        Ok((state.headroom(limits, now, wall), Ticket(ticket)))
     }
 
-    /// Records how an admitted request ended: tokens are billed only for a
-    /// complete answer.
-    pub(crate) fn settle(&mut self, model: &str, ok: bool, input: u64, output: u64) {
+    /// Records how an admitted request ended: its window counts its real
+    /// output from now on (none for a failure), and tokens are billed only
+    /// for a complete answer.
+    pub(crate) fn settle(
+        &mut self,
+        model: &str,
+        ticket: Ticket,
+        ok: bool,
+        input: u64,
+        output: u64,
+    ) {
+        let state = self.model(model);
+        if let Some(entry) = state.log.iter_mut().find(|e| e.ticket == ticket.0) {
+            state.window_output = state.window_output - entry.output + output;
+            entry.output = output;
+        }
         if !ok {
             return;
         }
@@ -325,7 +399,12 @@ mod tests {
     use chrono::TimeZone;
 
     fn limits(rpm: Option<u32>, tpm: Option<u64>, rpd: Option<u32>) -> ModelLimits {
-        ModelLimits { rpm, tpm, rpd }
+        ModelLimits {
+            rpm,
+            tpm,
+            otpm: None,
+            rpd,
+        }
     }
 
     #[test]
@@ -334,17 +413,17 @@ mod tests {
         let t0 = Instant::now();
         let wall = Utc::now();
         let l = limits(Some(2), None, None);
-        assert!(state.admit("m", l, 1, t0, wall).is_ok());
+        assert!(state.admit("m", l, (1, 0), t0, wall).is_ok());
         assert!(state
-            .admit("m", l, 1, t0 + Duration::from_secs(10), wall)
+            .admit("m", l, (1, 0), t0 + Duration::from_secs(10), wall)
             .is_ok());
         let refused = state
-            .admit("m", l, 1, t0 + Duration::from_secs(30), wall)
+            .admit("m", l, (1, 0), t0 + Duration::from_secs(30), wall)
             .expect_err("third in a minute");
         assert_eq!(refused.scope, Scope::RequestsPerMinute);
         assert_eq!(refused.retry_after, Duration::from_secs(30));
         // The first admission leaves the window at t0 + 60 s exactly.
-        assert!(state.admit("m", l, 1, t0 + WINDOW, wall).is_ok());
+        assert!(state.admit("m", l, (1, 0), t0 + WINDOW, wall).is_ok());
         let stats = state.stats();
         assert_eq!((stats.requests, stats.rate_limited), (4, 1));
         assert_eq!(stats.models["m"].max_requests_in_60s, 2);
@@ -356,12 +435,12 @@ mod tests {
         let t0 = Instant::now();
         let wall = Utc::now();
         let l = limits(None, Some(100), None);
-        assert!(state.admit("m", l, 60, t0, wall).is_ok());
+        assert!(state.admit("m", l, (60, 0), t0, wall).is_ok());
         assert!(state
-            .admit("m", l, 30, t0 + Duration::from_secs(5), wall)
+            .admit("m", l, (30, 0), t0 + Duration::from_secs(5), wall)
             .is_ok());
         let refused = state
-            .admit("m", l, 50, t0 + Duration::from_secs(20), wall)
+            .admit("m", l, (50, 0), t0 + Duration::from_secs(20), wall)
             .expect_err("over tpm");
         assert_eq!(refused.scope, Scope::TokensPerMinute);
         assert_eq!(
@@ -369,7 +448,7 @@ mod tests {
             (100, 90, 50)
         );
         assert_eq!(refused.retry_after, Duration::from_secs(40));
-        let too_big = state.admit("m", l, 101, t0 + WINDOW * 5, wall);
+        let too_big = state.admit("m", l, (101, 0), t0 + WINDOW * 5, wall);
         assert_eq!(too_big.expect_err("never fits").retry_after, WINDOW);
     }
 
@@ -383,12 +462,14 @@ mod tests {
             .single()
             .expect("valid");
         let l = limits(None, None, Some(1));
-        assert!(state.admit("m", l, 1, now, late).is_ok());
-        let refused = state.admit("m", l, 1, now, late).expect_err("day spent");
+        assert!(state.admit("m", l, (1, 0), now, late).is_ok());
+        let refused = state
+            .admit("m", l, (1, 0), now, late)
+            .expect_err("day spent");
         assert_eq!(refused.scope, Scope::RequestsPerDay);
         assert_eq!(refused.retry_after, Duration::from_secs(30 * 60));
         let next_day = late + chrono::Duration::minutes(31);
-        assert!(state.admit("m", l, 1, now, next_day).is_ok());
+        assert!(state.admit("m", l, (1, 0), now, next_day).is_ok());
     }
 
     #[test]
@@ -397,12 +478,45 @@ mod tests {
         let now = Instant::now();
         let wall = Utc::now();
         let l = limits(Some(1), None, Some(1));
-        assert!(state.admit("m", l, 1, now, wall).is_ok());
+        assert!(state.admit("m", l, (1, 0), now, wall).is_ok());
         for _ in 0..3 {
-            let refused = state.admit("m", l, 1, now, wall).expect_err("both spent");
+            let refused = state
+                .admit("m", l, (1, 0), now, wall)
+                .expect_err("both spent");
             assert_eq!(refused.scope, Scope::RequestsPerDay);
         }
         assert_eq!(state.stats().models["m"].max_requests_in_60s, 1);
+    }
+
+    #[test]
+    fn otpm_admits_the_cap_and_frees_the_unused_output_at_settlement() {
+        let mut state = ProjectState::default();
+        let t0 = Instant::now();
+        let wall = Utc::now();
+        let l = ModelLimits {
+            otpm: Some(1000),
+            ..ModelLimits::default()
+        };
+        let (_, first) = state.admit("m", l, (5, 400), t0, wall).unwrap();
+        let (headroom, second) = state.admit("m", l, (5, 400), t0, wall).unwrap();
+        assert_eq!(headroom.output.map(|o| o.used), Some(800));
+        let refused = state
+            .admit("m", l, (5, 400), t0, wall)
+            .expect_err("caps fill it");
+        assert_eq!(refused.scope, Scope::OutputTokensPerMinute);
+        assert_eq!(
+            (refused.limit, refused.used, refused.requested),
+            (1000, 800, 400)
+        );
+        assert_eq!(refused.retry_after, WINDOW);
+        state.settle("m", first, true, 5, 100);
+        state.settle("m", second, false, 5, 0);
+        for _ in 0..2 {
+            assert!(state.admit("m", l, (5, 400), t0, wall).is_ok());
+        }
+        let stats = state.stats();
+        assert_eq!(stats.models["m"].max_output_in_60s, 900);
+        assert_eq!(stats.models["m"].output_tokens, 100);
     }
 
     #[test]
@@ -412,7 +526,7 @@ mod tests {
             .admit(
                 "m",
                 limits(Some(0), None, None),
-                1,
+                (1, 0),
                 Instant::now(),
                 Utc::now(),
             )

@@ -61,6 +61,14 @@ impl Prompt {
             .map(|&(_, directive)| directive)
     }
 
+    /// The answer length asked for by `[[sim:tokens=N]]`, if any.
+    pub(crate) fn answer_tokens(&self) -> Option<u64> {
+        const TAG: &str = "[[sim:tokens=";
+        let start = self.user_text.find(TAG)? + TAG.len();
+        let rest = &self.user_text[start..];
+        rest[..rest.find("]]")?].parse().ok()
+    }
+
     /// The output cap, treating 0 as unset.
     pub(crate) fn output_cap(&self) -> Option<u64> {
         self.max_output_tokens.filter(|&cap| cap > 0).map(u64::from)
@@ -94,11 +102,22 @@ pub(crate) fn compose(prompt: &Prompt) -> Composed {
         .iter()
         .map(|&b| WORDS[usize::from(b) % WORDS.len()])
         .collect();
-    let text = format!(
+    let mut text = format!(
         "[simulated {}] digest:{digest} — {}",
         prompt.model,
         words.join(" ")
     );
+    // `[[sim:tokens=N]]`: more words, from the digest, up to N tokens.
+    if let Some(wanted) = prompt.answer_tokens() {
+        let mut more = hash.iter().cycle();
+        while text_tokens(&text) < wanted {
+            let word = more
+                .next()
+                .map_or(WORDS[0], |&b| WORDS[usize::from(b) % WORDS.len()]);
+            text.push(' ');
+            text.push_str(word);
+        }
+    }
     let tokens = text_tokens(&text);
     match prompt.output_cap() {
         Some(cap) if cap < tokens => Composed {
@@ -151,6 +170,16 @@ mod tests {
         assert_eq!(a.tokens, text_tokens(&a.text));
         assert!(!a.cut);
         assert_ne!(a.text, compose(&prompt("Summarise Macbeth", None)).text);
+    }
+
+    #[test]
+    fn a_tokens_directive_lengthens_the_reply_and_the_cap_still_cuts_it() {
+        let long = compose(&prompt("x [[sim:tokens=100]]", None));
+        assert!((100..=103).contains(&long.tokens), "{}", long.tokens);
+        assert!(long.text.contains("digest:"));
+        let cut = compose(&prompt("x [[sim:tokens=100]]", Some(40)));
+        assert_eq!((cut.tokens, cut.cut), (40, true));
+        assert_eq!(prompt("[[sim:tokens=x]]", None).answer_tokens(), None);
     }
 
     #[test]

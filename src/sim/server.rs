@@ -2,6 +2,7 @@
 //! (key → body → model → quota → fault → latency → answer), counters, and
 //! start/shutdown.
 
+use super::anthropic::{self, Anthropic};
 use super::config::{FaultConfig, LatencyConfig, ModelLimits, SimConfig};
 use super::gemini::{self, Gemini};
 use super::openai::{self, OpenAi};
@@ -66,6 +67,7 @@ impl Simulator {
             .route("/v1beta/models", get(gemini_list))
             .route("/v1beta/models/{target}", post(gemini_models))
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/messages", post(messages))
             .route("/v1/models", get(list_models))
             .route("/v1beta/openai/chat/completions", post(chat_completions))
             .route("/__stats", get(stats))
@@ -406,10 +408,10 @@ impl Shared {
             .copied()
             .unwrap_or_default();
         let (now, wall) = (self.clock.now(), self.clock.wall());
-        let verdict =
-            lock(&project.state).admit(&prompt.model, limits, prompt.input_tokens, now, wall);
-        let headroom = match verdict {
-            Ok(headroom) => headroom,
+        let cost = (prompt.input_tokens, prompt.output_cap().unwrap_or(0));
+        let verdict = lock(&project.state).admit(&prompt.model, limits, cost, now, wall);
+        let (headroom, ticket) = match verdict {
+            Ok(admitted) => admitted,
             Err(rejection) => return (W::rate_limited(&prompt.model, &rejection), false),
         };
         // Seeded per request number, so concurrency cannot reorder draws.
@@ -451,6 +453,7 @@ impl Shared {
         let ok = output_tokens.is_some();
         lock(&project.state).settle(
             &prompt.model,
+            ticket,
             ok,
             prompt.input_tokens,
             output_tokens.unwrap_or(0),
@@ -572,11 +575,31 @@ async fn chat_completions(
         .await
 }
 
+/// The key of an Anthropic request: `x-api-key`.
+fn x_api_key(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+/// `POST /v1/messages`: Anthropic's Messages API.
+async fn messages(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let version = headers
+        .get("anthropic-version")
+        .and_then(|v| v.to_str().ok());
+    shared
+        .generate::<Anthropic>(x_api_key(&headers), || {
+            anthropic::parse_messages(version, &body)
+        })
+        .await
+}
+
 /// `GET /v1/models`: free like `countTokens` (no quota, no faults, not
-/// numbered); OpenAI's cheapest way to check a key.
+/// numbered); OpenAI's and Anthropic's cheapest way to check a key. An
+/// `x-api-key` header makes it Anthropic's list, else it is OpenAI's.
 async fn list_models(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let key = bearer(&headers);
-    shared.list::<OpenAi>(key, || openai::model_list(&shared.models))
+    match x_api_key(&headers) {
+        Some(key) => shared.list::<Anthropic>(Some(key), || anthropic::model_list(&shared.models)),
+        None => shared.list::<OpenAi>(bearer(&headers), || openai::model_list(&shared.models)),
+    }
 }
 
 /// `GET /v1beta/models?pageSize=N&pageToken=T`'s query (`key` too).

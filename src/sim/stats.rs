@@ -73,4 +73,8 @@ pub struct ModelStats {
     /// The most requests admitted (counted against quota) in any rolling
     /// 60 s window.
     pub max_requests_in_60s: u64,
+    /// The most output tokens counted in any rolling 60 s window, output
+    /// caps of requests in flight included (what an OTPM limits).
+    #[serde(default)]
+    pub max_output_in_60s: u64,
 }

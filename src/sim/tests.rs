@@ -30,7 +30,12 @@ fn project(name: &str, keys: &[&str], limits: &[(&str, ModelLimits)]) -> Project
 }
 
 fn limits(rpm: Option<u32>, tpm: Option<u64>, rpd: Option<u32>) -> ModelLimits {
-    ModelLimits { rpm, tpm, rpd }
+    ModelLimits {
+        rpm,
+        tpm,
+        otpm: None,
+        rpd,
+    }
 }
 
 /// One project `proj-a` with keys `sim-key-a1`, `sim-key-a2` and `limits`
@@ -690,6 +695,7 @@ async fn rehearsal_mirrors_the_accounts() {
             Limits {
                 rpm: Some(rpm),
                 tpm: None,
+                otpm: None,
                 rpd: Some(100),
             },
         )]),
@@ -708,6 +714,8 @@ async fn rehearsal_mirrors_the_accounts() {
         item_deadline: None,
         strategy: crate::pool::Strategy::Hybrid,
         groups: vec!["default".to_owned()],
+        default_max_output_tokens: 4096,
+        models: BTreeMap::new(),
     };
     let mut config = SimConfig::rehearsal(&user_config);
     assert_eq!(config.projects.len(), 2);
@@ -818,4 +826,169 @@ async fn the_gemini_model_list_pages_like_the_api_and_checks_the_key() {
     let stats = server.stats();
     assert_eq!(stats.model_lists, 4);
     assert_eq!(stats.requests, 0, "not numbered, no quota");
+}
+
+const HAIKU: &str = "claude-haiku-4-5";
+
+async fn messages(server: &SimServer, key: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.base_url()))
+        .header("x-api-key", key)
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+fn anthropic_project(otpm: u64) -> SimConfig {
+    let l = ModelLimits {
+        rpm: Some(50),
+        tpm: Some(10_000),
+        otpm: Some(otpm),
+        rpd: None,
+    };
+    SimConfig {
+        projects: vec![project("org-a", &["sk-ant-a1", "sk-ant-a2"], &[(HAIKU, l)])],
+        disabled_keys: vec![ApiKey::new("sk-ant-off")],
+        ..SimConfig::default()
+    }
+}
+
+fn ask(text: &str, max_tokens: u32) -> Value {
+    json!({"model": HAIKU, "max_tokens": max_tokens, "system": "Be brief.",
+           "messages": [{"role": "user", "content": text}]})
+}
+
+#[tokio::test]
+async fn anthropic_answers_a_message_with_the_digest_and_its_ratelimit_headers() {
+    let server = start(anthropic_project(500)).await;
+    let response = messages(&server, "sk-ant-a1", &ask("Why is the sky blue?", 100)).await;
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    let body = json_of(response).await;
+    assert_eq!(
+        (body["type"].as_str(), body["role"].as_str()),
+        (Some("message"), Some("assistant"))
+    );
+    assert_eq!(body["stop_reason"], "end_turn");
+    let text = body["content"][0]["text"].as_str().expect("a text block");
+    assert!(
+        text.contains(&format!("digest:{}", digest("Why is the sky blue?"))),
+        "{text}"
+    );
+    let usage = &body["usage"];
+    assert_eq!(usage["input_tokens"], 3 + 5, "system and user text");
+    assert_eq!(usage["cache_read_input_tokens"], 0);
+    assert_eq!(
+        usage["output_tokens"].as_u64(),
+        Some(reply::text_tokens(text))
+    );
+    // Headroom at admission: the 100-token cap is counted until settled.
+    assert_eq!(headers["anthropic-ratelimit-output-tokens-limit"], "500");
+    assert_eq!(
+        headers["anthropic-ratelimit-output-tokens-remaining"],
+        "400"
+    );
+    assert_eq!(headers["anthropic-ratelimit-input-tokens-limit"], "10000");
+    assert_eq!(headers["anthropic-ratelimit-requests-remaining"], "49");
+    assert_eq!(headers["anthropic-ratelimit-tokens-limit"], "10500");
+    let reset = headers["anthropic-ratelimit-requests-reset"]
+        .to_str()
+        .unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(reset).is_ok(),
+        "{reset}"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_otpm_frees_the_unused_cap_and_refuses_with_the_real_429() {
+    let server = start(anthropic_project(150)).await;
+    // Admitted at its cap of 100, settled at its real 60.
+    let first = messages(&server, "sk-ant-a1", &ask("a [[sim:tokens=60]]", 100)).await;
+    assert_eq!(first.status(), 200);
+    let used = json_of(first).await["usage"]["output_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!((60..=62).contains(&used), "{used}");
+    // 60 + 40 fits the 150; 60 + 40 + 100 does not.
+    assert_eq!(
+        messages(&server, "sk-ant-a2", &ask("b", 40)).await.status(),
+        200
+    );
+    let refused = messages(&server, "sk-ant-a1", &ask("c", 100)).await;
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers().clone();
+    assert_eq!(headers["retry-after"], "60");
+    assert_eq!(headers["x-should-retry"], "true");
+    assert_eq!(headers["anthropic-ratelimit-output-tokens-limit"], "150");
+    let body = json_of(refused).await;
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("of 150 output tokens per minute."),
+        "{message}"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.projects["org-a"].rate_limited, 1);
+    assert!(stats.projects["org-a"].models[HAIKU].max_output_in_60s <= 150);
+}
+
+#[tokio::test]
+async fn anthropic_errors_are_anthropics() {
+    let mut config = anthropic_project(1000);
+    config.faults.bursts = vec![Burst {
+        after: 0,
+        count: 1,
+        status: 529,
+    }];
+    let server = start(config).await;
+    let overloaded = messages(&server, "sk-ant-a1", &ask("x", 10)).await;
+    assert_eq!(overloaded.status().as_u16(), 529);
+    let body = json_of(overloaded).await;
+    assert_eq!(body["error"]["type"], "overloaded_error");
+    let kinds = [
+        ("sk-ant-nope", ask("x", 10), 401, "authentication_error"),
+        ("sk-ant-off", ask("x", 10), 403, "permission_error"),
+        (
+            "sk-ant-a1",
+            json!({"model": HAIKU, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "invalid_request_error",
+        ),
+        (
+            "sk-ant-a1",
+            json!({"model": "claude-none", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+            404,
+            "not_found_error",
+        ),
+    ];
+    for (key, body, status, kind) in kinds {
+        let response = messages(&server, key, &body).await;
+        assert_eq!(response.status(), status, "{kind}");
+        assert_eq!(json_of(response).await["error"]["type"], kind);
+    }
+    let unversioned = reqwest::Client::new()
+        .post(format!("{}/v1/messages", server.base_url()))
+        .header("x-api-key", "sk-ant-a1")
+        .json(&ask("x", 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unversioned.status(), 400);
+    let list = reqwest::Client::new()
+        .get(format!("{}/v1/models", server.base_url()))
+        .header("x-api-key", "sk-ant-a1")
+        .send()
+        .await
+        .unwrap();
+    let list = json_of(list).await;
+    assert_eq!(list["has_more"], false);
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["id"] == HAIKU && m["type"] == "model"));
 }

@@ -12,4 +12,4 @@ mod quota;
 
 pub use day::QuotaDay;
 pub use key::ApiKey;
-pub use quota::{AccountId, KeyId, Limits, ProviderKind, QuotaScope};
+pub use quota::{AccountId, KeyId, Limits, ModelRoute, ProviderKind, QuotaScope, QuotaUse};

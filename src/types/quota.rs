@@ -19,14 +19,19 @@ pub enum ProviderKind {
     Gemini,
     /// OpenAI chat completions (`/v1/chat/completions`) and compatible servers.
     Openai,
+    /// Anthropic Messages API (`/v1/messages`).
+    Anthropic,
 }
 
 impl ProviderKind {
     /// The provider a model's name implies: Gemini for `gemini-*` and
-    /// `gemma-*`, OpenAI-compatible for everything else.
+    /// `gemma-*`, Anthropic for `claude-*`, OpenAI-compatible for everything
+    /// else.
     pub fn implied_by(model: &str) -> ProviderKind {
         if model.starts_with("gemini") || model.starts_with("gemma") {
             ProviderKind::Gemini
+        } else if model.starts_with("claude") {
+            ProviderKind::Anthropic
         } else {
             ProviderKind::Openai
         }
@@ -34,16 +39,16 @@ impl ProviderKind {
 
     /// The provider whose accounts serve `model`, given which providers have
     /// accounts (`configured`): the one its name implies, or, for a
-    /// `gemini*`/`gemma*` model where no Gemini account exists, the
-    /// OpenAI-compatible accounts (Gemini's own OpenAI-compatible endpoint or
-    /// a gateway serves it). Any other model goes to OpenAI-compatible
-    /// accounts only: the Gemini API serves no other model. `None`: no
-    /// account can.
+    /// `gemini*`/`gemma*` or `claude*` model where no account of that
+    /// provider exists, the OpenAI-compatible accounts (the provider's own
+    /// OpenAI-compatible endpoint or a gateway serves it). Any other model
+    /// goes to OpenAI-compatible accounts only: the Gemini and Anthropic APIs
+    /// serve no other model. `None`: no account can.
     pub fn serving(model: &str, configured: impl Fn(ProviderKind) -> bool) -> Option<ProviderKind> {
         let implied = ProviderKind::implied_by(model);
         if configured(implied) {
             Some(implied)
-        } else if implied == ProviderKind::Gemini && configured(ProviderKind::Openai) {
+        } else if implied != ProviderKind::Openai && configured(ProviderKind::Openai) {
             Some(ProviderKind::Openai)
         } else {
             None
@@ -56,10 +61,48 @@ impl ProviderKind {
 pub struct Limits {
     /// Requests per minute.
     pub rpm: Option<u32>,
-    /// Input tokens per minute.
+    /// Input tokens per minute (Anthropic's ITPM).
     pub tpm: Option<u64>,
+    /// Output tokens per minute (Anthropic's OTPM), admitted with each
+    /// request's output cap and settled with its real output.
+    pub otpm: Option<u64>,
     /// Requests per day (reset at midnight US/Pacific).
     pub rpd: Option<u32>,
+}
+
+impl Limits {
+    /// These limits, each one not set here taken from `fallback`.
+    pub fn or(self, fallback: Limits) -> Limits {
+        Limits {
+            rpm: self.rpm.or(fallback.rpm),
+            tpm: self.tpm.or(fallback.tpm),
+            otpm: self.otpm.or(fallback.otpm),
+            rpd: self.rpd.or(fallback.rpd),
+        }
+    }
+}
+
+/// What one answered request used of its account's per-minute quota, as
+/// the provider counts it, and the limits the answer's headers stated
+/// (Anthropic's `anthropic-ratelimit-*`; nothing for other providers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaUse {
+    /// Input tokens counted against the input-tokens-per-minute limit.
+    pub input_tokens: u64,
+    /// Output tokens counted against the output-tokens-per-minute limit.
+    pub output_tokens: u64,
+    /// The per-minute limits the answer stated (`rpd` is never stated).
+    pub stated: Limits,
+}
+
+/// A model name of the config's `models` map: the provider that serves it
+/// and the name that provider knows it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRoute {
+    /// The provider whose accounts serve it.
+    pub provider: ProviderKind,
+    /// The model's name on the wire.
+    pub name: String,
 }
 
 /// Which quota a 429 says was hit.
@@ -67,8 +110,11 @@ pub struct Limits {
 pub enum QuotaScope {
     /// Requests per minute (Gemini `...RequestsPerMinute...`, OpenAI `requests`).
     MinuteRequests,
-    /// Input tokens per minute (Gemini `...InputTokens...PerMinute...`, OpenAI `tokens`).
+    /// Input tokens per minute (Gemini `...InputTokens...PerMinute...`, OpenAI
+    /// `tokens`, Anthropic's input tokens per minute).
     MinuteTokens,
+    /// Output tokens per minute (Anthropic's output tokens per minute).
+    MinuteOutputTokens,
     /// Requests per day: exhausted until the next midnight US/Pacific,
     /// whatever the body's retry delay says.
     Day,
@@ -83,7 +129,7 @@ mod tests {
 
     #[test]
     fn models_are_routed_as_the_readme_documents() {
-        use ProviderKind::{Gemini, Openai};
+        use ProviderKind::{Anthropic, Gemini, Openai};
         let route = |model, configured: &[ProviderKind]| {
             ProviderKind::serving(model, |p| configured.contains(&p))
         };
@@ -94,5 +140,12 @@ mod tests {
         assert_eq!(route("gemini-2.5-flash", &[Openai]), Some(Openai));
         // The Gemini API serves no other model.
         assert_eq!(route("gpt-4o-mini", &[Gemini]), None);
+        assert_eq!(
+            route("claude-sonnet-4-5", &[Anthropic, Openai]),
+            Some(Anthropic)
+        );
+        assert_eq!(route("claude-sonnet-4-5", &[Gemini, Openai]), Some(Openai));
+        assert_eq!(route("claude-sonnet-4-5", &[Gemini]), None);
+        assert_eq!(route("gpt-4o-mini", &[Anthropic]), None);
     }
 }

@@ -6,6 +6,8 @@
 
 mod support;
 
+/// Anthropic's Messages API, a mixed-provider job, OTPM pacing.
+mod anthropic;
 /// The command line: outputs, standard input, completions, version.
 mod cli;
 /// The README's demo.

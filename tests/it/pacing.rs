@@ -26,11 +26,26 @@ use tokio_util::sync::CancellationToken;
 /// Never resolved: the requests go to the simulator's router in process.
 const BASE_URL: &str = "http://in-memory.invalid";
 
-/// Sends the prompts of items `0..items` through keyfan's library face
-/// ([`Caller::call`]) with `config.concurrency` workers, on the in-memory
-/// clients of the accounts. Returns each item's result, in item order. The
-/// one place the library face is called.
-async fn drive(config: &Config, sim: &Simulator, items: u64) -> Vec<Result<Reply, CallError>> {
+/// One item as [`drive`] sends it.
+pub(super) struct Sent {
+    /// The model it asks for.
+    pub model: &'static str,
+    /// Its prompt.
+    pub prompt: String,
+    /// Its output cap, also what an OTPM limit admits it with.
+    pub max_output_tokens: Option<u32>,
+}
+
+/// Sends items `0..items` (each as `item` makes it) through keyfan's
+/// library face ([`Caller::call`]) with `config.concurrency` workers, on the
+/// in-memory clients of the accounts. Returns each item's result, in item
+/// order. The one place the library face is called.
+pub(super) async fn drive(
+    config: &Config,
+    sim: &Simulator,
+    items: u64,
+    item: fn(u64) -> Sent,
+) -> Vec<Result<Reply, CallError>> {
     let pool = Arc::new(Pool::new(config, config.strategy, None).expect("pool"));
     let clients = config
         .accounts
@@ -50,7 +65,7 @@ async fn drive(config: &Config, sim: &Simulator, items: u64) -> Vec<Result<Reply
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = JoinSet::new();
     for _ in 0..config.concurrency {
-        let (caller, next) = (caller.clone(), next.clone());
+        let (caller, next, make) = (caller.clone(), next.clone(), item);
         workers.spawn(async move {
             let stop = CancellationToken::new();
             let mut done = Vec::new();
@@ -59,16 +74,16 @@ async fn drive(config: &Config, sim: &Simulator, items: u64) -> Vec<Result<Reply
                 if item >= items {
                     return done;
                 }
-                let prompt = prompt(item);
+                let sent = make(item);
                 let request = Request {
-                    model: MODEL,
-                    prompt: &prompt,
+                    model: sent.model,
+                    prompt: &sent.prompt,
                     system: None,
-                    max_output_tokens: None,
+                    max_output_tokens: sent.max_output_tokens,
                     temperature: None,
                 };
-                // Only an RPM is limited here: the token estimate plays no part.
-                let need = Need::new(MODEL, 1);
+                // No input-token limit is set: the estimate plays no part.
+                let need = Need::new(sent.model, 1).with_output_cap(sent.max_output_tokens);
                 let result = caller
                     .call(
                         need,
@@ -106,7 +121,12 @@ async fn pace(scenario: Scenario, items: u64, min_ratio: f64, max_429s: u64) {
     .expect("valid keyfan config");
 
     let started = Instant::now();
-    let results = drive(&config, &sim, items).await;
+    let results = drive(&config, &sim, items, |i| Sent {
+        model: MODEL,
+        prompt: prompt(i),
+        max_output_tokens: None,
+    })
+    .await;
     let achieved = started.elapsed();
 
     for (item, result) in (0..items).zip(&results) {

@@ -92,6 +92,7 @@ pub fn sim_config(scenario: Scenario) -> SimConfig {
         ModelLimits {
             rpm: Some(RPM),
             tpm: None,
+            otpm: None,
             rpd: None,
         },
     )]
