@@ -22,8 +22,9 @@ use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Sto
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Output cap sent under `--max-cost` with items that set none.
-const BUDGET_OUTPUT_CAP: u32 = 8192;
+/// Output cap sent under `--max-cost` with items that set none: the one
+/// the estimate's worst case assumes.
+const BUDGET_OUTPUT_CAP: u32 = crate::estimate::DEFAULT_OUTPUT_CAP;
 
 /// Invalid job lines shown before the rest are only counted.
 const SHOWN_ITEM_ERRORS: usize = 20;
@@ -355,6 +356,7 @@ pub async fn run(
         prior_attempts: Arc::new(prior_attempts),
         budget: max_cost.map(|cap| Arc::new(Budget::new(cap))),
         budget_output_cap: BUDGET_OUTPUT_CAP,
+        prices: Arc::new(config.prices.clone()),
     };
     let scrubber = scrubber(&config);
     let recording = Recording {

@@ -81,6 +81,8 @@ pub struct Options {
     /// Output cap sent with items that set none while a budget is in force,
     /// so every request's worst case is known.
     pub budget_output_cap: u32,
+    /// The prices of the models (the config's).
+    pub prices: Arc<crate::price::PriceTable>,
 }
 
 /// Something a worker reports.
@@ -299,6 +301,7 @@ pub async fn execute(
             default_model: options.default_model.clone(),
             budget: options.budget.clone(),
             budget_output_cap: options.budget_output_cap,
+            prices: Arc::clone(&options.prices),
             stop: cancel.clone(),
             prior_attempts: Arc::clone(&options.prior_attempts),
             faults: Arc::clone(&faults),

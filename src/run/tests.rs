@@ -66,6 +66,7 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         prior_attempts: Arc::default(),
         budget: None,
         budget_output_cap: 0,
+        prices: Default::default(),
     };
     let recording = Recording {
         store,

@@ -708,6 +708,9 @@ async fn rehearsal_mirrors_the_accounts() {
         item_deadline: None,
         strategy: crate::pool::Strategy::Hybrid,
         groups: vec!["default".to_owned()],
+        prices: Default::default(),
+        expected_output_tokens: None,
+        max_cost_per_item: None,
     };
     let mut config = SimConfig::rehearsal(&user_config);
     assert_eq!(config.projects.len(), 2);

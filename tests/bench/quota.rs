@@ -280,6 +280,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         prior_attempts: Arc::default(),
         budget: None,
         budget_output_cap: 0,
+        prices: Default::default(),
     };
     let recording = Recording {
         store,
