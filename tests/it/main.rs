@@ -15,6 +15,8 @@ mod durable;
 /// The engine under stress: huge delays, closed outputs, dead endpoints,
 /// signals, quota waits, and bookkeeping across resumes.
 mod engine;
+/// `keyfan estimate`: figures, prices, nothing sent.
+mod estimate;
 /// Failover: invalid keys, 503 bursts, quotas.
 mod failover;
 /// A scripted server that answers what no real API does.
