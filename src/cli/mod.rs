@@ -198,9 +198,25 @@ struct ReportArgs {
     /// The SQLite state file.
     #[arg(long)]
     state: PathBuf,
-    /// Print JSON instead of Markdown.
-    #[arg(long)]
+    /// The format printed.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    format: ReportFormat,
+    /// Print JSON: the same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+}
+
+/// `keyfan report --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// JSON.
+    Json,
+    /// CSV, one row per account and model.
+    Csv,
+    /// One self-contained HTML page with charts.
+    Html,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -232,7 +248,8 @@ struct RunArgs {
     /// [default: <job>.results.jsonl beside the job]
     #[arg(short, long)]
     out: Option<String>,
-    /// Where the report goes: PATH with the extensions `.md` and `.json`.
+    /// Where the report goes: PATH with the extensions `.md`, `.json` and
+    /// `.html`.
     /// [default: <out>.report.md and .json beside --out, or beside the job
     /// when --out is the default or `-`]
     #[arg(long, value_name = "PATH")]

@@ -320,6 +320,11 @@ pub async fn run(
         simulate,
         resume,
     )?;
+    for account in &config.accounts {
+        for (model, limits) in &account.limits {
+            store.save_limits(run_id, &account.name, model, *limits)?;
+        }
+    }
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {
@@ -378,6 +383,7 @@ pub async fn run(
     for (path, text) in [
         (&outputs.report_md, report.to_markdown()),
         (&outputs.report_json, report.to_json()),
+        (&outputs.report_html, report.to_html()),
     ] {
         std::fs::write(path, text).map_err(StartError::io(format!("write {}", path.display())))?;
     }
@@ -434,6 +440,7 @@ mod tests {
                 state: PathBuf::from("s.db"),
                 report_md: PathBuf::from("r.md"),
                 report_json: PathBuf::from("r.json"),
+                report_html: PathBuf::from("r.html"),
             },
         }
     }

@@ -87,6 +87,19 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (provider, base_url)
     );
 ",
+    "
+    -- The limits each account had for each model when a run (re)started, so
+    -- its report compares use with them from the state file alone.
+    CREATE TABLE run_limits (
+        run_id  INTEGER NOT NULL REFERENCES runs (id),
+        account TEXT NOT NULL,
+        model   TEXT NOT NULL,
+        rpm     INTEGER,
+        tpm     INTEGER,
+        rpd     INTEGER,
+        PRIMARY KEY (run_id, account, model)
+    );
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

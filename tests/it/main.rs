@@ -29,6 +29,8 @@ mod keys;
 mod library;
 /// The quota bench's pacing scenarios under paused time, in process.
 mod pacing;
+/// `keyfan report` in every format; the HTML report.
+mod report;
 /// A whole job, end to end: results, report, digests.
 mod run;
 /// No key ever appears in any output.
