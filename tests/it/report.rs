@@ -80,8 +80,8 @@ async fn every_format_is_rebuilt_from_the_state_file_and_the_html_is_well_formed
     for says in [
         "<svg".to_owned(),
         "limit 600 RPM".to_owned(),
-        format!("<b>12</b><span>items</span>"),
-        format!("<b>12</b><span>requests</span>"),
+        "<b>12</b><span>items</span>".to_owned(),
+        "<b>12</b><span>requests</span>".to_owned(),
         format!("${cost:.4}"),
         format!(
             "{}% of 40 RPD",
