@@ -197,6 +197,58 @@ pub enum EstimateError {
     UnknownPrices(Vec<(String, u64)>),
 }
 
+/// The items [`over_cap`] found.
+#[derive(Debug, Default)]
+pub struct OverCap {
+    /// All of them.
+    pub count: u64,
+    /// The first few, in file order, each naming its line.
+    pub first: Vec<ItemError>,
+}
+
+/// How many items [`OverCap`] keeps.
+const SHOWN_OVER_CAP: usize = 20;
+
+/// The items of the job at `path` whose worst case (estimated input plus
+/// their output cap, else [`DEFAULT_OUTPUT_CAP`]) costs more than `cap`
+/// USD, or whose model has no known price. Invalid lines are validation's
+/// business and are passed over.
+pub fn over_cap(path: &Path, config: &Config, cap: f64) -> Result<OverCap, JobError> {
+    let mut found = OverCap::default();
+    for item in JobReader::open(path)?.flatten() {
+        let model = item.model.as_deref().unwrap_or(&config.model);
+        let cost = ItemCost::of(&item, model, &config.prices);
+        let (field, reason) = match cost.worst_usd {
+            Some(worst) if worst <= cap => continue,
+            Some(worst) => (
+                "max_output_tokens",
+                format!(
+                    "the worst case ({} input + {} output tokens of {model}) costs ${worst:.6}, \
+                     more than max_cost_per_item (${cap})",
+                    cost.input_tokens, cost.worst_output
+                ),
+            ),
+            None => (
+                "model",
+                format!(
+                    "no price is known for model `{model}`, so max_cost_per_item cannot be \
+                     checked: add it under `prices:` in the config"
+                ),
+            ),
+        };
+        found.count += 1;
+        if found.first.len() < SHOWN_OVER_CAP {
+            found.first.push(ItemError {
+                path: path.to_owned(),
+                line: item.line,
+                field: Some(field.to_owned()),
+                reason,
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// Running sums of one model.
 struct Tally {
     model: String,

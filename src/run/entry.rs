@@ -22,9 +22,9 @@ use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Sto
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Output cap sent under `--max-cost` with items that set none: the one
-/// the estimate's worst case assumes.
-const BUDGET_OUTPUT_CAP: u32 = crate::estimate::DEFAULT_OUTPUT_CAP;
+/// Output cap sent under `--max-cost` or `max_cost_per_item` with items
+/// that set none: the one the estimate's worst case assumes.
+const COST_OUTPUT_CAP: u32 = crate::estimate::DEFAULT_OUTPUT_CAP;
 
 /// Invalid job lines shown before the rest are only counted.
 const SHOWN_ITEM_ERRORS: usize = 20;
@@ -104,6 +104,19 @@ pub enum StartError {
         /// How many.
         count: u64,
     },
+    /// Items whose worst case costs more than `max_cost_per_item`.
+    #[error(
+        "{job} has {count} item(s) whose worst case costs more than max_cost_per_item \
+         (${cap}): nothing was sent (lower their max_output_tokens, or raise the cap)"
+    )]
+    TooCostly {
+        /// The job's label.
+        job: String,
+        /// How many.
+        count: u64,
+        /// The cap, in USD.
+        cap: f64,
+    },
     /// Models no account serves, or their providers do not list.
     #[error("{job} asks for {count} model(s) that cannot be used: nothing was sent")]
     Models {
@@ -171,6 +184,7 @@ impl StartError {
         match self {
             StartError::Job(_)
             | StartError::InvalidLines { .. }
+            | StartError::TooCostly { .. }
             | StartError::Models { .. }
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
@@ -236,6 +250,21 @@ pub async fn run(
             return Err(StartError::InvalidLines {
                 job: job.label,
                 count: validation.error_count,
+            }
+            .into());
+        }
+    }
+    if let Some(cap) = config.max_cost_per_item {
+        let costly = crate::estimate::over_cap(&job.file, &config, cap).map_err(StartError::Job)?;
+        if costly.count > 0 {
+            observer.notice(&Notice::InvalidLines {
+                hidden: costly.count - costly.first.len() as u64,
+                shown: costly.first.iter().map(ToString::to_string).collect(),
+            });
+            return Err(StartError::TooCostly {
+                job: job.label,
+                count: costly.count,
+                cap,
             }
             .into());
         }
@@ -360,7 +389,8 @@ pub async fn run(
         done: Arc::new(done),
         prior_attempts: Arc::new(prior_attempts),
         budget: max_cost.map(|cap| Arc::new(Budget::new(cap))),
-        budget_output_cap: BUDGET_OUTPUT_CAP,
+        default_output_cap: (max_cost.is_some() || config.max_cost_per_item.is_some())
+            .then_some(COST_OUTPUT_CAP),
         prices: Arc::new(config.prices.clone()),
     };
     let scrubber = scrubber(&config);

@@ -65,7 +65,7 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         done: Arc::default(),
         prior_attempts: Arc::default(),
         budget: None,
-        budget_output_cap: 0,
+        default_output_cap: None,
         prices: Default::default(),
     };
     let recording = Recording {

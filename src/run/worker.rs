@@ -21,7 +21,7 @@ pub(super) struct Worker {
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) default_model: String,
     pub(super) budget: Option<Arc<Budget>>,
-    pub(super) budget_output_cap: u32,
+    pub(super) default_output_cap: Option<u32>,
     /// The prices of the models.
     pub(super) prices: Arc<PriceTable>,
     /// Cancelled when the run stops dispatching (Ctrl-C, the budget, a
@@ -55,12 +55,9 @@ impl Worker {
         let model = item.model.as_deref().unwrap_or(&self.default_model);
         let tokens = prompt_tokens(&item.prompt, item.system.as_deref());
         let price = self.prices.price(model);
-        // Under a budget every request carries an output cap, so its worst
-        // case is known before it is sent.
-        let max_output_tokens = match &self.budget {
-            Some(_) => Some(item.max_output_tokens.unwrap_or(self.budget_output_cap)),
-            None => item.max_output_tokens,
-        };
+        // Under a budget (or `max_cost_per_item`) every request carries an
+        // output cap, so its worst case is known before it is sent.
+        let max_output_tokens = item.max_output_tokens.or(self.default_output_cap);
         let worst = price.map_or(0.0, |p| {
             p.cost(&Usage {
                 input_tokens: tokens,

@@ -279,7 +279,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         done: Arc::new(HashSet::new()),
         prior_attempts: Arc::default(),
         budget: None,
-        budget_output_cap: 0,
+        default_output_cap: None,
         prices: Default::default(),
     };
     let recording = Recording {

@@ -151,3 +151,29 @@ async fn on_the_demo_job_the_heuristic_is_within_the_readme_figure_of_the_simula
     println!("demo job: heuristic {heuristic} tokens, simulator {counted}, ratio {ratio:.3}");
     assert!((1.0..1.25).contains(&ratio), "{heuristic} vs {counted}");
 }
+
+/// `max_cost_per_item`: an item whose worst case costs more fails
+/// validation with its line; nothing is sent.
+#[tokio::test]
+async fn an_item_over_max_cost_per_item_is_refused_with_its_line_and_nothing_is_sent() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", JOB);
+    // Item c's worst case: (5 × $1.25 + 1,000 × $10) / 1M = $0.01000625;
+    // item b's: 10 input + 8,192 output of flash = $0.020483.
+    work.write(
+        "config.yaml",
+        &format!("{}max_cost_per_item: 0.01\n", config(&sim.base_url())),
+    );
+    let out = work
+        .keyfan(&["run", "job.jsonl", "--config", "config.yaml"], &[])
+        .await;
+    let stderr = assert_exit_saying(&out, 2, "2 item(s) whose worst case costs more");
+    assert!(
+        stderr.contains("job.jsonl:2: field `max_output_tokens`")
+            && stderr.contains("job.jsonl:3: field `max_output_tokens`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("job.jsonl:1:"), "{stderr}");
+    assert_eq!(stats(&sim).await.requests, 0);
+}
