@@ -5,8 +5,11 @@
 use super::{Report, Usage};
 use std::fmt::Write;
 
-/// Chart width in SVG units.
+/// Width of a full-width chart, in pixels.
 const WIDTH: f64 = 640.0;
+
+/// Width of a chart in a half-width column, in pixels.
+const HALF: f64 = 460.0;
 
 const STYLE: &str = "
 body { font: 14px/1.4 system-ui, sans-serif; color: #1f2937; margin: 24px auto; max-width: 980px; padding: 0 16px; }
@@ -14,12 +17,12 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 h3 { font-size: 14px; margin: 12px 0 2px; }
 .meta { color: #6b7280; } .banner { background: #fef3c7; border: 1px solid #f59e0b; padding: 6px 10px; margin: 10px 0; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 14px 0; }
-.card { border: 1px solid #e5e7eb; border-radius: 6px; padding: 8px 12px; min-width: 100px; }
+.card { border: 1px solid #e5e7eb; border-radius: 6px; padding: 8px 12px; flex: 1; }
 .card b { display: block; font-size: 20px; } .card span { color: #6b7280; font-size: 12px; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 8px 24px; }
 table { border-collapse: collapse; margin: 6px 0; } td, th { padding: 3px 8px; border-bottom: 1px solid #f3f4f6; }
 th { text-align: left; color: #6b7280; font-weight: 600; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
-svg text { font: 11px system-ui, sans-serif; fill: #374151; }
+svg { max-width: 100%; } svg text { font: 11px system-ui, sans-serif; fill: #374151; }
 ";
 
 pub(super) fn render(r: &Report) -> String {
@@ -36,7 +39,8 @@ pub(super) fn render(r: &Report) -> String {
     );
     let _ = write!(
         h,
-        "<p class=\"meta\">job <code>{}</code> · started {} · {} · {} · {:.1} s active</p>",
+        "<p class=\"meta\">job <code>{}</code> · started {} · finished {} · {} · {:.1} s \
+         active</p>",
         esc(&r.run.job_path),
         esc(&r.run.started_at),
         esc(r.run.finished_at.as_deref().unwrap_or("not finished")),
@@ -84,17 +88,18 @@ pub(super) fn render(r: &Report) -> String {
             let _ = write!(
                 h,
                 "<p class=\"meta\">Minutes from {} (UTC); the dashed line is the account's \
-                 configured RPM.</p><div class=\"grid\">",
+                 configured RPM, summed over its models.</p><div class=\"grid\">",
                 esc(start)
             );
             for (account, series) in &r.per_minute.accounts {
+                // Each model has a quota of its own: the account can send
+                // their sum.
                 let limit = r
                     .limits
                     .iter()
                     .filter(|l| l.account == *account)
-                    .filter_map(|l| l.limits.rpm)
-                    .max()
-                    .map(u64::from);
+                    .filter_map(|l| l.limits.rpm.map(u64::from))
+                    .reduce(|a, b| a + b);
                 let _ = write!(
                     h,
                     "<div><h3>{}</h3>{}</div>",
@@ -119,7 +124,7 @@ pub(super) fn render(r: &Report) -> String {
             Some((name, b.requests as f64, b.requests.to_string()))
         })
         .collect();
-    h.push_str(&bars(&buckets, "#6366f1"));
+    h.push_str(&bars(&buckets, "#6366f1", HALF));
     h.push_str("</div><div><h2>Items by status</h2>");
     let items: Vec<(String, f64, String)> = r
         .totals
@@ -127,14 +132,14 @@ pub(super) fn render(r: &Report) -> String {
         .iter()
         .map(|(s, &n)| ((*s).to_owned(), n as f64, n.to_string()))
         .collect();
-    h.push_str(&bars(&items, "#10b981"));
+    h.push_str(&bars(&items, "#10b981", HALF));
     h.push_str("</div></div>\n<h2>Cost per model</h2>");
     let costs: Vec<(String, f64, String)> = r
         .models
         .iter()
         .map(|m| (m.name.clone(), m.cost_usd, format!("${:.4}", m.cost_usd)))
         .collect();
-    h.push_str(&bars(&costs, "#f59e0b"));
+    h.push_str(&bars(&costs, "#f59e0b", WIDTH));
     usage_table(&mut h, "model", &r.models);
 
     h.push_str("\n<h2>Quota used today (US/Pacific day, all runs)</h2>");
@@ -163,7 +168,7 @@ pub(super) fn render(r: &Report) -> String {
     if shares.is_empty() {
         h.push_str("<p>Nothing counted today.</p>");
     } else {
-        h.push_str(&bars_of(&shares, "#ef4444", 1.0));
+        h.push_str(&bars_of(&shares, "#ef4444", 1.0, WIDTH));
     }
 
     h.push_str("\n<h2>Per account</h2>");
@@ -179,7 +184,7 @@ fn status(r: &Report, name: &str) -> u64 {
 /// A column chart of `series` with a dashed line at `limit`.
 fn columns(series: &[u64], limit: Option<u64>) -> String {
     let (height, left, bottom) = (140.0, 34.0, 18.0);
-    let width = WIDTH / 2.0 - 10.0;
+    let width = HALF;
     let top = series
         .iter()
         .copied()
@@ -218,7 +223,7 @@ fn columns(series: &[u64], limit: Option<u64>) -> String {
              stroke-dasharray=\"5 3\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" \
              fill=\"#ef4444\">limit {limit} RPM</text>",
             width - 2.0,
-            ly - 3.0
+            if ly < 24.0 { ly + 13.0 } else { ly - 3.0 }
         );
     }
     let _ = write!(
@@ -232,20 +237,22 @@ fn columns(series: &[u64], limit: Option<u64>) -> String {
     svg
 }
 
-/// Horizontal bars scaled to the largest value.
-fn bars(rows: &[(String, f64, String)], color: &str) -> String {
+/// Horizontal bars `width` wide, scaled to the largest value.
+fn bars(rows: &[(String, f64, String)], color: &str, width: f64) -> String {
     let top = rows.iter().map(|r| r.1).fold(0.0, f64::max);
-    bars_of(rows, color, if top > 0.0 { top } else { 1.0 })
+    bars_of(rows, color, if top > 0.0 { top } else { 1.0 }, width)
 }
 
-/// Horizontal bars of `(label, value, value label)`, `top` the full length.
-fn bars_of(rows: &[(String, f64, String)], color: &str, top: f64) -> String {
-    let (row_h, label_w, value_w) = (20.0, 170.0, 160.0);
+/// Horizontal bars `width` wide of `(label, value, value label)`, `top`
+/// the full length.
+fn bars_of(rows: &[(String, f64, String)], color: &str, top: f64, width: f64) -> String {
+    let (row_h, label_w) = (20.0, 170.0);
+    let value_w = width / 4.0;
     let height = row_h * rows.len() as f64 + 4.0;
-    let bar_w = WIDTH - label_w - value_w;
+    let bar_w = width - label_w - value_w;
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height}\" \
-         viewBox=\"0 0 {WIDTH} {height}\" role=\"img\">"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\" role=\"img\">"
     );
     for (i, (label, value, shown)) in rows.iter().enumerate() {
         let y = i as f64 * row_h + 2.0;
