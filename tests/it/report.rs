@@ -84,8 +84,8 @@ async fn every_format_is_rebuilt_from_the_state_file_and_the_html_is_well_formed
         "<b>12</b><span>requests</span>".to_owned(),
         format!("${cost:.4}"),
         format!(
-            "{}% of 40 RPD",
-            json["ledger"][0]["requests"].as_u64().unwrap() * 100 / 40
+            "{:.0}% of 40 RPD",
+            json["ledger"][0]["requests"].as_f64().unwrap() * 100.0 / 40.0
         ),
     ] {
         assert!(
