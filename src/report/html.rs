@@ -2,7 +2,7 @@
 //! SVG charts, no script, nothing fetched), written as XHTML-compatible
 //! markup (every element closed) so a plain XML check can read it.
 
-use super::{Report, Usage};
+use super::{Report, Usage, USAGE_COLUMNS};
 use std::fmt::Write;
 
 /// Width of a full-width chart, in pixels.
@@ -278,29 +278,17 @@ fn bars_of(rows: &[(String, f64, String)], color: &str, top: f64, width: f64) ->
 }
 
 fn usage_table(h: &mut String, first: &str, rows: &[Usage]) {
-    let _ = write!(
-        h,
-        "<table><tr><th>{first}</th><th>requests</th><th>ok</th><th>failed</th><th>429s</th>\
-         <th>input tokens</th><th>output tokens</th><th>cost (USD)</th><th>p50 ms</th>\
-         <th>p95 ms</th></tr>"
-    );
+    let _ = write!(h, "<table><tr><th>{first}</th>");
+    for column in USAGE_COLUMNS {
+        let _ = write!(h, "<th>{column}</th>");
+    }
+    h.push_str("</tr>");
     for u in rows {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
-             <td class=\"n\">{:.4}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            esc(&u.name),
-            u.requests,
-            u.ok,
-            u.failed,
-            u.rate_limited,
-            u.input_tokens,
-            u.output_tokens,
-            u.cost_usd,
-            u.latency_p50_ms,
-            u.latency_p95_ms
-        );
+        let _ = write!(h, "<tr><td>{}</td>", esc(&u.name));
+        for cell in u.cells() {
+            let _ = write!(h, "<td class=\"n\">{cell}</td>");
+        }
+        h.push_str("</tr>");
     }
     h.push_str("</table>");
 }

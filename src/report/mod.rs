@@ -130,6 +130,38 @@ pub struct Usage {
     pub ok_per_minute: f64,
 }
 
+/// The columns of a [`Usage`] row in the Markdown and HTML tables.
+const USAGE_COLUMNS: [&str; 10] = [
+    "requests",
+    "ok",
+    "failed",
+    "429s",
+    "input tokens",
+    "output tokens",
+    "cost (USD)",
+    "p50 ms",
+    "p95 ms",
+    "ok/min",
+];
+
+impl Usage {
+    /// The row's cells under [`USAGE_COLUMNS`].
+    fn cells(&self) -> [String; 10] {
+        [
+            self.requests.to_string(),
+            self.ok.to_string(),
+            self.failed.to_string(),
+            self.rate_limited.to_string(),
+            self.input_tokens.to_string(),
+            self.output_tokens.to_string(),
+            format!("{:.4}", self.cost_usd),
+            self.latency_p50_ms.to_string(),
+            self.latency_p95_ms.to_string(),
+            format!("{:.1}", self.ok_per_minute),
+        ]
+    }
+}
+
 impl Report {
     /// Builds the report of `run` from the store, streaming its attempts
     /// (only their latencies are held, for the percentiles).

@@ -21,14 +21,7 @@ const GOAL_ITEMS_PER_S: f64 = 20_000.0;
 const GOAL_RESUME_S: f64 = 3.0;
 
 fn main() {
-    let items = common::env_u64(
-        "KEYFAN_BENCH_ITEMS",
-        if common::bench_mode() {
-            1_000_000
-        } else {
-            5_000
-        },
-    );
+    let items = common::items(1_000_000, 5_000);
     let runtime = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     write_job(&dir.path().join("job.jsonl"), items);

@@ -17,14 +17,7 @@ use std::time::Instant;
 const GOAL_S: f64 = 5.0;
 
 fn main() {
-    let items = common::env_u64(
-        "KEYFAN_BENCH_ITEMS",
-        if common::bench_mode() {
-            1_000_000
-        } else {
-            20_000
-        },
-    );
+    let items = common::items(1_000_000, 20_000);
     let dir = tempfile::tempdir().expect("tempdir");
     write_job(&dir.path().join("job.jsonl"), items);
     std::fs::write(

@@ -28,6 +28,15 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
+/// The items a bench runs: `KEYFAN_BENCH_ITEMS`, else `bench` under
+/// `cargo bench` and `smoke` otherwise.
+pub fn items(bench: u64, smoke: u64) -> u64 {
+    env_u64(
+        "KEYFAN_BENCH_ITEMS",
+        if bench_mode() { bench } else { smoke },
+    )
+}
+
 /// A comma-separated list from the environment, if set and not empty.
 pub fn env_list(name: &str) -> Option<Vec<String>> {
     let v = std::env::var(name).ok()?;
