@@ -284,6 +284,15 @@ pub async fn run(
     };
     let routes = models::route(&config, &validation.models).map_err(refuse)?;
 
+    // Once per model, before anything is sent.
+    for wanted in routes.values().flatten() {
+        if config.prices.lookup(&wanted.model).is_none() {
+            observer.notice(&Notice::ModelWarning(format!(
+                "no price is known for model {wanted}: its cost is not counted (add it under \
+                 `prices:` in the config)"
+            )));
+        }
+    }
     outputs.check_distinct(&job.file, &config_path)?;
     let simulator = if simulate {
         let server = SimServer::start(SimConfig::rehearsal(&config), ([127, 0, 0, 1], 0).into())

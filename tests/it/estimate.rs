@@ -177,3 +177,30 @@ async fn an_item_over_max_cost_per_item_is_refused_with_its_line_and_nothing_is_
     assert!(!stderr.contains("job.jsonl:1:"), "{stderr}");
     assert_eq!(stats(&sim).await.requests, 0);
 }
+
+/// A plain run warns once per model that has no price; it is not refused.
+#[tokio::test]
+async fn a_plain_run_warns_once_of_a_model_without_a_price() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write(
+        "job.jsonl",
+        "{\"id\":\"1\",\"prompt\":\"hi\",\"model\":\"llama3\"}\n{\"id\":\"2\",\"prompt\":\"yo\",\"model\":\"llama3\"}\n",
+    );
+    work.write(
+        "config.yaml",
+        &format!(
+            "providers: {{ openai: {{ base_url: {} }} }}\naccounts:\n  - {{ name: local, provider: openai, keys: [test-key-a1] }}\n",
+            sim.base_url()
+        ),
+    );
+    let out = work
+        .keyfan(
+            &["run", "job.jsonl", "--config", "config.yaml", "--offline"],
+            &[],
+        )
+        .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warning = "no price is known for model `llama3` (line 1): its cost is not counted";
+    assert_eq!(stderr.matches(warning).count(), 1, "{}", explain(&out));
+}
