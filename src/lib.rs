@@ -16,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod estimate;
 pub mod job;
 pub mod paths;
 pub mod pool;

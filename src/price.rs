@@ -1,17 +1,22 @@
-//! The model price table: USD per 1M tokens, built in and overridable.
+//! The model price table: USD per 1M tokens, built in and overridable from
+//! the config's `prices:`.
 //!
-//! Owns: the built-in prices and the cost of a reply's usage. Never: I/O of
-//! any kind.
+//! Owns: the built-in prices with their sources and dates, the cost of a
+//! reply's usage, online and batch. Never: I/O of any kind.
 //!
-//! Prices are the paid-tier Standard prices of
-//! <https://ai.google.dev/gemini-api/docs/pricing> (2025–26).
-//! Thinking tokens are billed as output; prompts above 200k tokens switch the
-//! whole request to the higher tier where the model has one.
+//! Thinking tokens are billed as output ("Output price (including thinking
+//! tokens)", <https://ai.google.dev/gemini-api/docs/pricing>); prompts above
+//! a model's long-context threshold (200k tokens for Gemini 2.5 Pro) switch
+//! the whole request to the higher tier. Batch requests cost half the
+//! online price, cached input excepted ("Batch API usage is priced at 50% of
+//! the standard interactive API cost", cache hits priced as online:
+//! <https://ai.google.dev/gemini-api/docs/batch-mode>).
 
 use crate::provider::Usage;
+use serde::Serialize;
 
 /// Prices of one model in USD per 1M tokens.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Price {
     /// Uncached input.
     pub input: f64,
@@ -20,12 +25,15 @@ pub struct Price {
     /// Cached input (context cache reads).
     pub cached_input: f64,
     /// Prompt size above which the `long` prices apply, with those prices.
-    pub long: Option<(u64, LongPrice)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub long: Option<Long>,
 }
 
 /// Prices for prompts above a model's long-context threshold.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LongPrice {
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Long {
+    /// Prompts of more input tokens than this are billed at these prices.
+    pub above_tokens: u64,
     /// Uncached input.
     pub input: f64,
     /// Output, thinking included.
@@ -34,93 +42,170 @@ pub struct LongPrice {
     pub cached_input: f64,
 }
 
-const fn flat(input: f64, output: f64, cached_input: f64) -> Price {
-    Price {
-        input,
-        output,
-        cached_input,
-        long: None,
+/// A model's price with where it comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PriceEntry {
+    /// The model id, or the family prefix its dated and preview variants
+    /// share (`gemini-2.5-flash` prices `gemini-2.5-flash-preview-09-2025`).
+    pub model: String,
+    /// The online (interactive) price.
+    #[serde(flatten)]
+    pub price: Price,
+    /// Where the figures come from (a URL, or `config` for `prices:`).
+    pub source: String,
+    /// When the source was read (`YYYY-MM`), or the config's path.
+    pub date: String,
+}
+
+const GEMINI: &str = "https://ai.google.dev/gemini-api/docs/pricing";
+const OPENAI: &str =
+    "https://developers.openai.com/api/docs/pricing (via deploybase.ai/articles/openai-pricing)";
+const ANTHROPIC: &str = "https://docs.anthropic.com/en/docs/about-claude/pricing";
+const ANTHROPIC_NEW: &str =
+    "https://platform.claude.com/docs/en/about-claude/pricing (cache hits 0.1x input)";
+
+/// Cache writes (`cache_creation_input_tokens`) cost this many times the
+/// uncached input price: Anthropic's 5-minute cache write rate (its pricing
+/// page above).
+pub const CACHE_WRITE_FACTOR: f64 = 1.25;
+
+/// One built-in row: model, input, output, cached input, the long tier
+/// (threshold, input, output, cached input), source, date. Where no cached
+/// price is published, cached input is billed at the input price (an
+/// overestimate, never an underestimate).
+type Row = (
+    &'static str,
+    f64,
+    f64,
+    f64,
+    Option<(u64, f64, f64, f64)>,
+    &'static str,
+    &'static str,
+);
+
+#[rustfmt::skip]
+const BUILT_IN: &[Row] = &[
+    // Gemini, paid tier, Standard.
+    ("gemini-2.5-pro", 1.25, 10.0, 0.125, Some((200_000, 2.5, 15.0, 0.25)), GEMINI, "2025-10"),
+    ("gemini-2.5-flash", 0.30, 2.50, 0.03, None, GEMINI, "2025-10"),
+    ("gemini-2.5-flash-lite", 0.10, 0.40, 0.01, None, GEMINI, "2025-10"),
+    ("gemini-2.0-flash", 0.10, 0.40, 0.025, None, GEMINI, "2025-10"),
+    ("gemini-3.1-pro-preview", 2.0, 12.0, 0.20, Some((200_000, 4.0, 18.0, 0.40)), GEMINI, "2026-03"),
+    // OpenAI chat models.
+    ("gpt-4o", 2.50, 10.0, 1.25, None, OPENAI, "2026-03"),
+    ("gpt-4o-mini", 0.15, 0.60, 0.075, None, OPENAI, "2026-03"),
+    ("gpt-4.1", 2.0, 8.0, 2.0, None, OPENAI, "2026-03"),
+    ("gpt-4.1-mini", 0.40, 1.60, 0.40, None, OPENAI, "2026-03"),
+    ("gpt-4.1-nano", 0.10, 0.40, 0.10, None, OPENAI, "2026-03"),
+    ("gpt-5", 1.25, 10.0, 1.25, None, OPENAI, "2026-03"),
+    ("gpt-5-mini", 0.25, 2.0, 0.25, None, OPENAI, "2026-03"),
+    ("gpt-5-nano", 0.05, 0.40, 0.05, None, OPENAI, "2026-03"),
+    ("o3", 2.0, 8.0, 2.0, None, OPENAI, "2026-03"),
+    ("o4-mini", 1.10, 4.40, 1.10, None, OPENAI, "2026-03"),
+    // Anthropic (served through OpenAI-compatible gateways).
+    ("claude-opus-4", 15.0, 75.0, 1.50, None, ANTHROPIC, "2025-08"),
+    ("claude-opus-4-1", 15.0, 75.0, 1.50, None, ANTHROPIC, "2025-08"),
+    ("claude-sonnet-4", 3.0, 15.0, 0.30, Some((200_000, 6.0, 22.50, 0.60)), ANTHROPIC, "2025-08"),
+    ("claude-3-7-sonnet", 3.0, 15.0, 0.30, None, ANTHROPIC, "2025-08"),
+    ("claude-3-5-haiku", 0.80, 4.0, 0.08, None, ANTHROPIC, "2025-08"),
+    ("claude-3-haiku", 0.25, 1.25, 0.03, None, ANTHROPIC, "2025-08"),
+    ("claude-opus-4-5", 5.0, 25.0, 0.50, None, ANTHROPIC_NEW, "2026-03"),
+    ("claude-opus-4-6", 5.0, 25.0, 0.50, None, ANTHROPIC_NEW, "2026-03"),
+    ("claude-sonnet-4-5", 3.0, 15.0, 0.30, None, ANTHROPIC_NEW, "2026-03"),
+    ("claude-haiku-4-5", 1.0, 5.0, 0.10, None, ANTHROPIC_NEW, "2026-03"),
+];
+
+/// The prices a run uses: the built-in table with the config's `prices:`
+/// over it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PriceTable {
+    entries: Vec<PriceEntry>,
+}
+
+impl Default for PriceTable {
+    fn default() -> PriceTable {
+        PriceTable::built_in()
     }
 }
 
-/// Built-in prices, matched by the longest model-name prefix.
-const TABLE: &[(&str, Price)] = &[
-    (
-        "gemini-2.5-pro",
-        Price {
-            input: 1.25,
-            output: 10.0,
-            cached_input: 0.125,
-            long: Some((
-                200_000,
-                LongPrice {
-                    input: 2.5,
-                    output: 15.0,
-                    cached_input: 0.25,
+impl PriceTable {
+    /// The built-in table.
+    pub fn built_in() -> PriceTable {
+        let entries = BUILT_IN
+            .iter()
+            .map(
+                |&(model, input, output, cached_input, long, source, date)| PriceEntry {
+                    model: model.to_owned(),
+                    price: Price {
+                        input,
+                        output,
+                        cached_input,
+                        long: long.map(|(above_tokens, input, output, cached_input)| Long {
+                            above_tokens,
+                            input,
+                            output,
+                            cached_input,
+                        }),
+                    },
+                    source: source.to_owned(),
+                    date: date.to_owned(),
                 },
-            )),
-        },
-    ),
-    ("gemini-2.5-flash-lite", flat(0.10, 0.40, 0.01)),
-    ("gemini-2.5-flash", flat(0.30, 2.50, 0.03)),
-    ("gemini-2.0-flash", flat(0.10, 0.40, 0.025)),
-    (
-        "gemini-3.1-pro",
-        Price {
-            input: 2.0,
-            output: 12.0,
-            cached_input: 0.20,
-            long: Some((
-                200_000,
-                LongPrice {
-                    input: 4.0,
-                    output: 18.0,
-                    cached_input: 0.40,
-                },
-            )),
-        },
-    ),
-];
+            )
+            .collect();
+        PriceTable { entries }
+    }
 
-// ---------------------------------------------------------------------------
-// Anthropic (Claude): base input, output and cache hits of
-// <https://platform.claude.com/docs/en/about-claude/pricing> (2025-26). Cache
-// writes (`cache_creation_input_tokens`) cost the 5-minute write rate, 1.25×
-// base input ([`CACHE_WRITE_FACTOR`]); Claude has no long-prompt tier.
+    /// Sets `entry`, replacing the entry of the same model if there is one.
+    pub fn set(&mut self, entry: PriceEntry) {
+        match self.entries.iter_mut().find(|e| e.model == entry.model) {
+            Some(old) => *old = entry,
+            None => self.entries.push(entry),
+        }
+    }
 
-/// Built-in Claude prices, matched by the longest model-name prefix.
-const CLAUDE: &[(&str, Price)] = &[
-    ("claude-opus-4", flat(15.0, 75.0, 1.50)),
-    ("claude-opus-4-5", flat(5.0, 25.0, 0.50)),
-    ("claude-opus-4-6", flat(5.0, 25.0, 0.50)),
-    ("claude-sonnet-4", flat(3.0, 15.0, 0.30)),
-    ("claude-3-7-sonnet", flat(3.0, 15.0, 0.30)),
-    ("claude-haiku-4-5", flat(1.0, 5.0, 0.10)),
-    ("claude-3-5-haiku", flat(0.80, 4.0, 0.08)),
-    ("claude-3-haiku", flat(0.25, 1.25, 0.03)),
-];
+    /// Every entry, built-in ones first.
+    pub fn entries(&self) -> &[PriceEntry] {
+        &self.entries
+    }
 
-/// Cache writes cost this many times the uncached input price (Anthropic's
-/// 5-minute cache write rate).
-pub const CACHE_WRITE_FACTOR: f64 = 1.25;
+    /// The entry pricing `model`: the one named exactly, else the longest
+    /// family prefix followed by a dated, numbered or preview suffix
+    /// (`-001`, `-20250514`, `-preview-09-2025`, `-latest`, `-exp`). A
+    /// leading `models/` is ignored. Other suffixes (`-image`, `.4`) are
+    /// other models, whose price is unknown.
+    pub fn lookup(&self, model: &str) -> Option<&PriceEntry> {
+        let model = model.strip_prefix("models/").unwrap_or(model);
+        self.entries
+            .iter()
+            .filter(|e| variant_of(model, &e.model))
+            .max_by_key(|e| e.model.len())
+    }
 
-// ---------------------------------------------------------------------------
+    /// The price of `model`, if known.
+    pub fn price(&self, model: &str) -> Option<Price> {
+        self.lookup(model).map(|e| e.price)
+    }
+}
 
-/// The built-in price of `model`, if keyfan knows it.
-pub fn lookup(model: &str) -> Option<Price> {
-    TABLE
-        .iter()
-        .chain(CLAUDE)
-        .filter(|(prefix, _)| model.starts_with(prefix))
-        .max_by_key(|(prefix, _)| prefix.len())
-        .map(|(_, price)| *price)
+/// Whether `model` is `family` or one of its dated or preview variants.
+fn variant_of(model: &str, family: &str) -> bool {
+    let Some(rest) = model.strip_prefix(family) else {
+        return false;
+    };
+    let Some(suffix) = rest.strip_prefix('-') else {
+        return rest.is_empty();
+    };
+    suffix.starts_with(|c: char| c.is_ascii_digit())
+        || ["preview", "latest", "exp"]
+            .iter()
+            .any(|tag| suffix.starts_with(tag))
 }
 
 impl Price {
-    /// The cost in USD of one call's usage.
+    /// The cost in USD of one call's usage, online.
     pub fn cost(&self, usage: &Usage) -> f64 {
         let (input, output, cached) = match self.long {
-            Some((threshold, long)) if usage.input_tokens > threshold => {
+            Some(long) if usage.input_tokens > long.above_tokens => {
                 (long.input, long.output, long.cached_input)
             }
             _ => (self.input, self.output, self.cached_input),
@@ -134,6 +219,21 @@ impl Price {
             + usage.cache_write_tokens as f64 * input * CACHE_WRITE_FACTOR
             + usage.output_tokens as f64 * output)
             / 1_000_000.0
+    }
+
+    /// The price of the same model in batch mode: half the online price
+    /// for input and output; cached input as online.
+    pub fn batch(&self) -> Price {
+        Price {
+            input: self.input / 2.0,
+            output: self.output / 2.0,
+            cached_input: self.cached_input,
+            long: self.long.map(|l| Long {
+                input: l.input / 2.0,
+                output: l.output / 2.0,
+                ..l
+            }),
+        }
     }
 }
 
@@ -151,29 +251,70 @@ mod tests {
         }
     }
 
+    fn input(model: &str) -> Option<f64> {
+        PriceTable::built_in().price(model).map(|p| p.input)
+    }
+
     #[test]
-    fn longest_prefix_wins() {
-        assert_eq!(lookup("gemini-2.5-flash-lite").unwrap().input, 0.10);
-        assert_eq!(lookup("gemini-2.5-flash").unwrap().input, 0.30);
-        assert_eq!(
-            lookup("gemini-2.5-flash-preview-09-2025").unwrap().input,
-            0.30
-        );
-        assert!(lookup("gpt-unknown").is_none());
+    fn the_longest_family_of_a_variant_wins() {
+        assert_eq!(input("gemini-2.5-flash-lite"), Some(0.10));
+        assert_eq!(input("gemini-2.5-flash"), Some(0.30));
+        assert_eq!(input("models/gemini-2.5-flash"), Some(0.30));
+        assert_eq!(input("gemini-2.5-flash-preview-09-2025"), Some(0.30));
+        assert_eq!(input("gemini-2.0-flash-001"), Some(0.10));
+        assert_eq!(input("gpt-4o-mini-2024-07-18"), Some(0.15));
+        assert_eq!(input("claude-sonnet-4-20250514"), Some(3.0));
+        assert_eq!(input("claude-opus-4-5-20251101"), Some(5.0));
+        // Other models of a family are not priced as it.
+        assert_eq!(input("gemini-2.5-flash-image"), None);
+        assert_eq!(input("gpt-5.4"), None);
+        assert_eq!(input("gpt-unknown"), None);
+        assert_eq!(input("llama3"), None);
+    }
+
+    #[test]
+    fn every_built_in_entry_has_a_source_and_a_date() {
+        for e in PriceTable::built_in().entries() {
+            assert!(e.source.starts_with("https://"), "{e:?}");
+            assert_eq!(e.date.len(), 7, "{e:?}");
+            assert!(e.price.cached_input <= e.price.input, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_config_price_replaces_or_adds_an_entry() {
+        let mut table = PriceTable::built_in();
+        let entry = |model: &str, input| PriceEntry {
+            model: model.to_owned(),
+            price: Price {
+                input,
+                output: 1.0,
+                cached_input: input,
+                long: None,
+            },
+            source: "config".to_owned(),
+            date: "config.yaml".to_owned(),
+        };
+        table.set(entry("gemini-2.5-flash", 0.5));
+        table.set(entry("llama3", 0.0));
+        assert_eq!(table.price("gemini-2.5-flash-001").unwrap().input, 0.5);
+        assert_eq!(table.price("llama3").unwrap().input, 0.0);
+        assert_eq!(table.entries().len(), BUILT_IN.len() + 1);
     }
 
     #[test]
     fn cached_tokens_are_billed_at_the_cache_rate() {
-        let price = lookup("gemini-2.5-flash").unwrap();
+        let price = PriceTable::built_in().price("gemini-2.5-flash").unwrap();
         let cost = price.cost(&usage(1_000_000, 400_000, 1_000_000));
         assert!((cost - (0.6 * 0.30 + 0.4 * 0.03 + 2.50)).abs() < 1e-9);
     }
 
     #[test]
     fn claude_cache_reads_and_writes_have_their_own_rates() {
-        let price = lookup("claude-sonnet-4-5-20250929").unwrap();
-        assert_eq!(lookup("claude-opus-4-1").unwrap().input, 15.0);
-        assert_eq!(lookup("claude-opus-4-5").unwrap().input, 5.0);
+        let table = PriceTable::built_in();
+        let price = table.price("claude-sonnet-4-5-20250929").unwrap();
+        assert_eq!(table.price("claude-opus-4-1").unwrap().input, 15.0);
+        assert_eq!(table.price("claude-opus-4-5").unwrap().input, 5.0);
         // 1M input: 600k fresh, 300k read from the cache, 100k written to it.
         let usage = Usage {
             cache_write_tokens: 100_000,
@@ -185,8 +326,18 @@ mod tests {
 
     #[test]
     fn long_prompts_switch_the_whole_request_to_the_long_tier() {
-        let price = lookup("gemini-2.5-pro").unwrap();
-        let cost = price.cost(&usage(300_000, 0, 0));
-        assert!((cost - 0.3 * 2.5).abs() < 1e-9);
+        let price = PriceTable::built_in().price("gemini-2.5-pro").unwrap();
+        assert!((price.cost(&usage(300_000, 0, 0)) - 0.3 * 2.5).abs() < 1e-9);
+        assert!((price.cost(&usage(200_000, 0, 0)) - 0.2 * 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn batch_is_half_the_online_price_but_cache_hits() {
+        let price = PriceTable::built_in().price("gemini-2.5-pro").unwrap();
+        let u = usage(300_000, 100_000, 10_000);
+        let online = price.cost(&u);
+        let batch = price.batch().cost(&u);
+        let cached = 0.1 * 0.25;
+        assert!((batch - ((online - cached) / 2.0 + cached)).abs() < 1e-9);
     }
 }

@@ -3,6 +3,7 @@
 //! lives here: `keyfan run` is [`crate::run()`]; its exit codes come from
 //! [`crate::run::exit`].
 
+mod estimate_cmd;
 mod keys_cmd;
 mod progress;
 mod run_cmd;
@@ -69,6 +70,9 @@ enum Command {
     /// Run a job: send every item, write results and a report.
     #[command(after_help = format!("{RUN_EXAMPLES}\n\n{}", exit_codes_help()))]
     Run(RunArgs),
+    /// Estimate a job's tokens, cost and wall time (sends nothing).
+    #[command(after_help = ESTIMATE_EXAMPLES)]
+    Estimate(EstimateArgs),
     /// Check keys, or show today's quota use and key health.
     Keys(KeysArgs),
     /// List the runs recorded in a state file.
@@ -144,6 +148,37 @@ Exit codes:
   2    invalid command line or config (a key's variable not set): nothing was sent
   3    some key is not ok: invalid, no access, rate limited or another error";
 
+const ESTIMATE_EXAMPLES: &str = "\
+Examples:
+  keyfan estimate jobs/demo.jsonl --config config.example.yaml
+  keyfan estimate prompts.jsonl --config config.yaml --expect-output 400 --json | jq .total
+
+Exit codes:
+  0    the estimate was printed
+  1    keyfan failed (e.g. the state file cannot be read)
+  2    invalid command line, config or job, or a model with no known price";
+
+/// `keyfan estimate`.
+#[derive(Debug, Args)]
+struct EstimateArgs {
+    /// The job file (`.jsonl` or `.csv`).
+    job: PathBuf,
+    /// The config file (accounts, limits, prices). No key is needed.
+    #[arg(short, long, env = "KEYFAN_CONFIG", default_value = "config.yaml")]
+    config: PathBuf,
+    /// The state file whose ledger says what today's quotas have left.
+    /// [default: <job>.keyfan.db beside the job, if it exists]
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Output tokens expected per item. [default: the config's
+    /// `expected_output_tokens`, else 256]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    expect_output: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// `keyfan runs`.
 #[derive(Debug, Args)]
 struct RunsArgs {
@@ -163,9 +198,25 @@ struct ReportArgs {
     /// The SQLite state file.
     #[arg(long)]
     state: PathBuf,
-    /// Print JSON instead of Markdown.
-    #[arg(long)]
+    /// The format printed.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    format: ReportFormat,
+    /// Print JSON: the same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     json: bool,
+}
+
+/// `keyfan report --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// JSON.
+    Json,
+    /// CSV, one row per account and model.
+    Csv,
+    /// One self-contained HTML page with charts.
+    Html,
 }
 
 const RUN_EXAMPLES: &str = "\
@@ -197,7 +248,8 @@ struct RunArgs {
     /// [default: <job>.results.jsonl beside the job]
     #[arg(short, long)]
     out: Option<String>,
-    /// Where the report goes: PATH with the extensions `.md` and `.json`.
+    /// Where the report goes: PATH with the extensions `.md`, `.json` and
+    /// `.html`.
     /// [default: <out>.report.md and .json beside --out, or beside the job
     /// when --out is the default or `-`]
     #[arg(long, value_name = "PATH")]
@@ -362,6 +414,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     let verbosity = cli.verbosity();
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args, verbosity).await,
+        Command::Estimate(args) => estimate_cmd::run(args),
         Command::Keys(args) => keys_cmd::run(args, verbosity).await,
         Command::Runs(args) => state_cmd::runs(args),
         Command::Report(args) => state_cmd::report(args),

@@ -287,9 +287,10 @@ impl Observer for Display {
         }
         eprintln!("keyfan: results: {}", outputs.target);
         eprintln!(
-            "keyfan: report:  {} and {}",
+            "keyfan: report:  {}, {} and {}",
             outputs.report_md.display(),
-            outputs.report_json.display()
+            outputs.report_json.display(),
+            outputs.report_html.display()
         );
     }
 }

@@ -41,6 +41,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
             target,
             state,
             report_json,
+            report_html,
             ..
         } = &outcome.outputs;
         let json = serde_json::json!({
@@ -55,6 +56,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
                 .collect::<std::collections::BTreeMap<_, _>>(),
             "results": target.to_string(),
             "report": report_json.display().to_string(),
+            "report_html": report_html.display().to_string(),
             "state": state.display().to_string(),
             "sample": outcome.sample,
             "exit_code": code,

@@ -1,6 +1,6 @@
 //! `keyfan runs` and `keyfan report`: read a state file, send nothing.
 
-use super::{exit, open_state, print_json, Failure, ReportArgs, RunsArgs};
+use super::{exit, open_state, print_json, Failure, ReportArgs, ReportFormat, RunsArgs};
 use crate::report::Report;
 use crate::store::RunId;
 use anyhow::anyhow;
@@ -68,13 +68,18 @@ pub(super) fn report(args: ReportArgs) -> Result<u8, Failure> {
         )));
     }
     let report = Report::build(&store, run)?;
-    println!(
-        "{}",
-        if args.json {
-            report.to_json()
-        } else {
-            report.to_markdown()
-        }
-    );
+    let format = if args.json {
+        ReportFormat::Json
+    } else {
+        args.format
+    };
+    let text = match format {
+        ReportFormat::Md => report.to_markdown(),
+        ReportFormat::Json => report.to_json(),
+        ReportFormat::Csv => report.to_csv(),
+        ReportFormat::Html => report.to_html(),
+    };
+    print!("{}", text.trim_end());
+    println!();
     Ok(exit::OK)
 }

@@ -25,6 +25,7 @@ mod raw;
 mod tests;
 
 use crate::pool::Strategy;
+use crate::price::{Long, Price, PriceEntry, PriceTable};
 pub use crate::types::Limits;
 use crate::types::{ApiKey, ModelRoute, ProviderKind};
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,13 @@ pub struct Config {
     /// Model names mapped to a provider and the name it knows the model by
     /// (`models: {my-alias: {provider: anthropic, name: claude-...}}`).
     pub models: BTreeMap<String, ModelRoute>,
+    /// Model prices: the built-in table with `prices:` over it.
+    pub prices: PriceTable,
+    /// Output tokens an item is expected to produce, for `keyfan estimate`.
+    pub expected_output_tokens: Option<u32>,
+    /// The most an item's worst case may cost (USD); a costlier item is
+    /// refused before anything is sent.
+    pub max_cost_per_item: Option<f64>,
 }
 
 /// Where a provider is reached.
@@ -376,7 +384,37 @@ impl Config {
             ));
         }
 
+        let mut prices = PriceTable::built_in();
+        for (model, p) in raw.prices {
+            prices.set(PriceEntry {
+                model,
+                price: Price {
+                    input: p.input.0,
+                    output: p.output.0,
+                    cached_input: p.cached_input.map_or(p.input.0, |c| c.0),
+                    long: p.long.map(|l| Long {
+                        above_tokens: l.above_tokens.0,
+                        input: l.input.0,
+                        output: l.output.0,
+                        cached_input: l.cached_input.map_or(l.input.0, |c| c.0),
+                    }),
+                },
+                source: "config".to_owned(),
+                date: origin.display().to_string(),
+            });
+        }
+        let max_cost_per_item = raw.max_cost_per_item.map(|c| c.0);
+        if max_cost_per_item == Some(0.0) {
+            return Err(invalid(
+                "max_cost_per_item".to_owned(),
+                "must be greater than 0".to_owned(),
+            ));
+        }
+
         Ok(Config {
+            prices,
+            expected_output_tokens: raw.expected_output_tokens.map(|n| n.0),
+            max_cost_per_item,
             groups,
             providers,
             accounts,

@@ -33,6 +33,10 @@ pub(super) struct RawConfig {
     pub default_max_output_tokens: Option<Positive<u32>>,
     #[serde(default)]
     pub models: BTreeMap<ModelName, RawModelRoute>,
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+    pub expected_output_tokens: Option<Positive<u32>>,
+    pub max_cost_per_item: Option<Usd>,
 }
 
 /// A `models.<name>` entry: which provider serves the name, and as what.
@@ -41,6 +45,32 @@ pub(super) struct RawConfig {
 pub(super) struct RawModelRoute {
     pub provider: ProviderKind,
     pub name: ModelName,
+}
+
+/// A `prices.<model>` entry: USD per 1M tokens.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `input`, `output` and optionally `cached_input` and `long`"
+)]
+pub(super) struct RawPrice {
+    pub input: Usd,
+    pub output: Usd,
+    pub cached_input: Option<Usd>,
+    pub long: Option<RawLongPrice>,
+}
+
+/// `prices.<model>.long`: the prices above a prompt size.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `above_tokens`, `input`, `output` and optionally `cached_input`"
+)]
+pub(super) struct RawLongPrice {
+    pub above_tokens: Positive<u64>,
+    pub input: Usd,
+    pub output: Usd,
+    pub cached_input: Option<Usd>,
 }
 
 /// A `providers.<kind>` entry.
@@ -275,6 +305,38 @@ impl<'de, T: TryFrom<u64>> Deserialize<'de> for Positive<T> {
             }
         }
         deserializer.deserialize_u64(PositiveVisitor(PhantomData))
+    }
+}
+
+/// An amount in USD: a finite number, at least 0.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Usd(pub f64);
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct UsdVisitor;
+        impl Visitor<'_> for UsdVisitor {
+            type Value = Usd;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an amount in USD such as `0.30`")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Usd, E> {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(Usd(v))
+                } else {
+                    Err(E::custom(format!(
+                        "must be a finite amount >= 0, found {v}"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Usd, E> {
+                self.visit_f64(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Usd, E> {
+                self.visit_f64(v as f64)
+            }
+        }
+        deserializer.deserialize_any(UsdVisitor)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The Markdown rendering of a report.
 
-use super::{Report, Usage};
+use super::{Report, Usage, USAGE_COLUMNS};
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -82,23 +82,11 @@ pub(super) fn render(r: &Report) -> String {
 fn table(md: &mut String, first: &str, rows: &[Usage], name: impl Fn(&Usage) -> String) {
     let _ = writeln!(
         md,
-        "| {first} | requests | ok | failed | 429s | input tokens | output tokens | cost (USD) | p50 ms | p95 ms | ok/min |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| {first} | {} |\n|---|{}",
+        USAGE_COLUMNS.join(" | "),
+        "---:|".repeat(USAGE_COLUMNS.len())
     );
     for u in rows {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.4} | {} | {} | {:.1} |",
-            name(u),
-            u.requests,
-            u.ok,
-            u.failed,
-            u.rate_limited,
-            u.input_tokens,
-            u.output_tokens,
-            u.cost_usd,
-            u.latency_p50_ms,
-            u.latency_p95_ms,
-            u.ok_per_minute
-        );
+        let _ = writeln!(md, "| {} | {} |", name(u), u.cells().join(" | "));
     }
 }

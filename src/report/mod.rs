@@ -1,16 +1,18 @@
 //! The cost and quota report of a run, built from the state file alone, and
-//! its Markdown and JSON renderings.
+//! its Markdown, JSON, CSV and HTML renderings.
 //!
 //! Owns: the report's figures and their renderings. Never: the network, a
 //! run's in-memory state (everything comes from the store), or writing files
 //! (its caller does).
 
+mod csv;
+mod html;
 mod markdown;
 
 use crate::store::{
     AttemptClass, AttemptRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
 };
-use crate::types::QuotaDay;
+use crate::types::{Limits, QuotaDay};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -29,12 +31,58 @@ pub struct Report {
     pub keys: Vec<Usage>,
     /// One row per account.
     pub accounts: Vec<Usage>,
+    /// One row per model (the name is the model).
+    pub models: Vec<Usage>,
+    /// One row per account and model (the name is the model).
+    pub account_models: Vec<Usage>,
+    /// The limits each account had for each model during the run.
+    pub limits: Vec<LimitRow>,
+    /// Requests sent per minute by each account, from the attempts'
+    /// timestamps.
+    pub per_minute: PerMinute,
+    /// How many requests took how long.
+    pub latency_histogram: Vec<LatencyBucket>,
     /// Today's quota ledger (all runs of the state file).
     pub ledger: Vec<LedgerRow>,
     /// When some items are deferred: when the daily quotas reset (the next
     /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
     pub quota_resets_at: Option<String>,
 }
+
+/// An account's configured limits for a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitRow {
+    /// The account.
+    pub account: String,
+    /// The model.
+    pub model: String,
+    /// Its limits (`None`: not configured).
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// Requests per minute of wall time, per account.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PerMinute {
+    /// The first minute with a request (RFC 3339 UTC), if any.
+    pub start: Option<String>,
+    /// Per account, in order of first use: requests in each minute from
+    /// `start` on (minutes without any are 0).
+    pub accounts: Vec<(String, Vec<u64>)>,
+}
+
+/// Requests whose latency was below `below_ms` (and at least the previous
+/// bucket's bound); the last bucket has no bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyBucket {
+    /// The bucket's upper bound, exclusive; `None` for the last.
+    pub below_ms: Option<u64>,
+    /// Requests in it.
+    pub requests: u64,
+}
+
+/// Upper bounds of the latency histogram's buckets, in ms.
+const LATENCY_BOUNDS: [u64; 9] = [50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000];
 
 /// Item totals of a run.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -85,6 +133,38 @@ pub struct Usage {
     pub ok_per_minute: f64,
 }
 
+/// The columns of a [`Usage`] row in the Markdown and HTML tables.
+const USAGE_COLUMNS: [&str; 10] = [
+    "requests",
+    "ok",
+    "failed",
+    "429s",
+    "input tokens",
+    "output tokens",
+    "cost (USD)",
+    "p50 ms",
+    "p95 ms",
+    "ok/min",
+];
+
+impl Usage {
+    /// The row's cells under [`USAGE_COLUMNS`].
+    fn cells(&self) -> [String; 10] {
+        [
+            self.requests.to_string(),
+            self.ok.to_string(),
+            self.failed.to_string(),
+            self.rate_limited.to_string(),
+            self.input_tokens.to_string(),
+            self.output_tokens.to_string(),
+            format!("{:.4}", self.cost_usd),
+            self.latency_p50_ms.to_string(),
+            self.latency_p95_ms.to_string(),
+            format!("{:.1}", self.ok_per_minute),
+        ]
+    }
+}
+
 impl Report {
     /// Builds the report of `run` from the store, streaming its attempts
     /// (only their latencies are held, for the percentiles).
@@ -102,11 +182,24 @@ impl Report {
         let mut all = Tally::default();
         let mut keys = Groups::default();
         let mut accounts = Groups::default();
+        let mut models = Groups::default();
+        let mut account_models = Groups::default();
+        let mut minutes = Minutes::default();
         store.for_each_attempt(run, |a| {
             all.push(&a);
-            keys.get(&a.key, Some(&a.account)).push(&a);
-            accounts.get(&a.account, None).push(&a);
+            keys.get(&a.key, &a.key, Some(&a.account)).push(&a);
+            accounts.get(&a.account, &a.account, None).push(&a);
+            models.get(&a.model, &a.model, None).push(&a);
+            account_models
+                .get(
+                    &format!("{}\n{}", a.account, a.model),
+                    &a.model,
+                    Some(&a.account),
+                )
+                .push(&a);
+            minutes.push(&a);
         })?;
+        let latency_histogram = histogram(&all.latencies);
         let now = chrono::Utc::now();
         let today = QuotaDay::of(now);
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
@@ -126,6 +219,19 @@ impl Report {
             },
             keys: keys.finish(elapsed_s),
             accounts: accounts.finish(elapsed_s),
+            models: models.finish(elapsed_s),
+            account_models: account_models.finish(elapsed_s),
+            limits: store
+                .limits(run)?
+                .into_iter()
+                .map(|(account, model, limits)| LimitRow {
+                    account,
+                    model,
+                    limits,
+                })
+                .collect(),
+            per_minute: minutes.finish(),
+            latency_histogram,
             ledger: store.ledger(today)?,
         })
     }
@@ -133,6 +239,17 @@ impl Report {
     /// The report as Markdown.
     pub fn to_markdown(&self) -> String {
         markdown::render(self)
+    }
+
+    /// The report as CSV: one row per account and model.
+    pub fn to_csv(&self) -> String {
+        csv::render(self)
+    }
+
+    /// The report as one self-contained HTML page (inline SVG charts, no
+    /// script, nothing fetched).
+    pub fn to_html(&self) -> String {
+        html::render(self)
     }
 
     /// The report as pretty JSON, costs rounded to 6 decimals (a
@@ -195,8 +312,9 @@ struct Groups {
 }
 
 impl Groups {
-    fn get(&mut self, name: &str, account: Option<&str>) -> &mut Tally {
-        let at = match self.index.get(name) {
+    /// The tally of `key`, shown as `name` (of `account`).
+    fn get(&mut self, key: &str, name: &str, account: Option<&str>) -> &mut Tally {
+        let at = match self.index.get(key) {
             Some(&at) => at,
             None => {
                 self.tallies.push((
@@ -204,7 +322,7 @@ impl Groups {
                     account.map(str::to_owned),
                     Tally::default(),
                 ));
-                self.index.insert(name.to_owned(), self.tallies.len() - 1);
+                self.index.insert(key.to_owned(), self.tallies.len() - 1);
                 self.tallies.len() - 1
             }
         };
@@ -217,6 +335,80 @@ impl Groups {
             .map(|(name, account, tally)| tally.finish(name, account, elapsed_s))
             .collect()
     }
+}
+
+/// Requests per account per minute (Unix minutes), as they stream by.
+#[derive(Debug, Default)]
+struct Minutes {
+    first: Option<i64>,
+    last: i64,
+    accounts: Vec<(String, BTreeMap<i64, u64>)>,
+}
+
+impl Minutes {
+    fn push(&mut self, a: &AttemptRow) {
+        let Ok(at) = chrono::DateTime::parse_from_rfc3339(&a.at) else {
+            return;
+        };
+        let minute = at.timestamp().div_euclid(60);
+        self.first = Some(self.first.map_or(minute, |f| f.min(minute)));
+        self.last = self.last.max(minute);
+        let at = match self
+            .accounts
+            .iter()
+            .position(|(name, _)| *name == a.account)
+        {
+            Some(at) => at,
+            None => {
+                self.accounts.push((a.account.clone(), BTreeMap::new()));
+                self.accounts.len() - 1
+            }
+        };
+        *self.accounts[at].1.entry(minute).or_default() += 1;
+    }
+
+    fn finish(self) -> PerMinute {
+        let Some(first) = self.first else {
+            return PerMinute::default();
+        };
+        let span = (self.last - first + 1) as usize;
+        PerMinute {
+            start: chrono::DateTime::from_timestamp(first * 60, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            accounts: self
+                .accounts
+                .into_iter()
+                .map(|(name, counts)| {
+                    let mut series = vec![0; span];
+                    for (minute, n) in counts {
+                        series[(minute - first) as usize] = n;
+                    }
+                    (name, series)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The latency histogram of `latencies` (ms).
+fn histogram(latencies: &[u64]) -> Vec<LatencyBucket> {
+    let mut buckets: Vec<LatencyBucket> = LATENCY_BOUNDS
+        .iter()
+        .map(|&b| Some(b))
+        .chain([None])
+        .map(|below_ms| LatencyBucket {
+            below_ms,
+            requests: 0,
+        })
+        .collect();
+    for &ms in latencies {
+        let at = LATENCY_BOUNDS
+            .iter()
+            .position(|&b| ms < b)
+            .unwrap_or(LATENCY_BOUNDS.len());
+        buckets[at].requests += 1;
+    }
+    buckets
 }
 
 /// Rounds every `cost_usd` in `value` to 6 decimals.

@@ -16,6 +16,7 @@ use super::clients::{ClientError, Clients};
 use super::retry::{Decision, Retries, RetryPolicy};
 use super::Event;
 use crate::config::Config;
+use crate::estimate::prompt_tokens;
 use crate::pool::{after, Lease, Need, Outcome, Pool, PoolError, Strategy, Unavailable};
 use crate::provider::{ApiError, Client, ErrorClass, Reply, Request};
 use crate::store::{MemoryLedger, QuotaLedger, Reservation, Reserved};
@@ -233,7 +234,7 @@ impl Caller {
     /// Sends one prompt through [`Caller::call`], with its input tokens
     /// estimated from its text.
     pub async fn generate(&self, request: &Request<'_>) -> Result<Reply, CallError> {
-        let tokens = estimate_tokens(request.prompt) + request.system.map_or(0, estimate_tokens);
+        let tokens = prompt_tokens(request.prompt, request.system);
         let stop = CancellationToken::new();
         let need = Need::new(request.model, tokens);
         self.call(
@@ -389,14 +390,6 @@ fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
             stated: error.stated.as_deref().copied().unwrap_or_default(),
         },
     }
-}
-
-/// An estimate of a text's tokens, for admission before sending: about four
-/// characters per token for ASCII, one per other character (CJK).
-pub(crate) fn estimate_tokens(text: &str) -> u64 {
-    let ascii = text.chars().filter(char::is_ascii).count() as u64;
-    let other = text.chars().count() as u64 - ascii;
-    (ascii.div_ceil(4) + other).max(1)
 }
 
 #[cfg(test)]
@@ -628,13 +621,5 @@ mod tests {
         // Each retry waited the server's 2 s, and no more: five failures in a
         // row would have rested a key that had failed (15 s).
         assert_eq!(Instant::now() - start, Duration::from_secs(10));
-    }
-
-    #[test]
-    fn token_estimates_count_cjk_characters_one_each() {
-        assert_eq!(estimate_tokens("abcd"), 1);
-        assert_eq!(estimate_tokens("abcdefgh!"), 3);
-        assert_eq!(estimate_tokens("机器学习"), 4);
-        assert_eq!(estimate_tokens(""), 1);
     }
 }

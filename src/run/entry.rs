@@ -23,8 +23,9 @@ use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Sto
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Output cap sent under `--max-cost` with items that set none.
-const BUDGET_OUTPUT_CAP: u32 = 8192;
+/// Output cap sent under `--max-cost` or `max_cost_per_item` with items
+/// that set none: the one the estimate's worst case assumes.
+const COST_OUTPUT_CAP: u32 = crate::estimate::DEFAULT_OUTPUT_CAP;
 
 /// Invalid job lines shown before the rest are only counted.
 const SHOWN_ITEM_ERRORS: usize = 20;
@@ -106,6 +107,19 @@ pub enum StartError {
         /// How many.
         count: u64,
     },
+    /// Items whose worst case costs more than `max_cost_per_item`.
+    #[error(
+        "{job} has {count} item(s) whose worst case costs more than max_cost_per_item \
+         (${cap}): nothing was sent (lower their max_output_tokens, or raise the cap)"
+    )]
+    TooCostly {
+        /// The job's label.
+        job: String,
+        /// How many.
+        count: u64,
+        /// The cap, in USD.
+        cap: f64,
+    },
     /// Models no account serves, or their providers do not list.
     #[error("{job} asks for {count} model(s) that cannot be used: nothing was sent")]
     Models {
@@ -173,6 +187,7 @@ impl StartError {
         match self {
             StartError::Job(_)
             | StartError::InvalidLines { .. }
+            | StartError::TooCostly { .. }
             | StartError::Models { .. }
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
@@ -243,6 +258,21 @@ pub async fn run(
             .into());
         }
     }
+    if let Some(cap) = config.max_cost_per_item {
+        let costly = crate::estimate::over_cap(&job.file, &config, cap).map_err(StartError::Job)?;
+        if costly.count > 0 {
+            observer.notice(&Notice::InvalidLines {
+                hidden: costly.count - costly.first.len() as u64,
+                shown: costly.first.iter().map(ToString::to_string).collect(),
+            });
+            return Err(StartError::TooCostly {
+                job: job.label,
+                count: costly.count,
+                cap,
+            }
+            .into());
+        }
+    }
     let refuse = |errors: Vec<models::ModelError>| {
         let count = errors.len();
         for error in errors {
@@ -258,6 +288,15 @@ pub async fn run(
     };
     let routes = models::route(&config, &validation.models).map_err(refuse)?;
 
+    // Once per model, before anything is sent.
+    for wanted in routes.values().flatten() {
+        if config.prices.lookup(&wanted.model).is_none() {
+            observer.notice(&Notice::ModelWarning(format!(
+                "no price is known for model {wanted}: its cost is not counted (add it under \
+                 `prices:` in the config)"
+            )));
+        }
+    }
     outputs.check_distinct(&job.file, &config_path)?;
     let simulator = if simulate {
         let server = SimServer::start(SimConfig::rehearsal(&config), ([127, 0, 0, 1], 0).into())
@@ -330,6 +369,11 @@ pub async fn run(
         )),
         None => None,
     };
+    for account in &config.accounts {
+        for (model, limits) in &account.limits {
+            store.save_limits(run_id, &account.name, model, *limits)?;
+        }
+    }
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {
@@ -367,7 +411,9 @@ pub async fn run(
         only: chosen.clone(),
         prior_attempts: Arc::new(prior_attempts),
         budget: max_cost.map(|cap| Arc::new(Budget::new(cap))),
-        budget_output_cap: BUDGET_OUTPUT_CAP,
+        default_output_cap: (max_cost.is_some() || config.max_cost_per_item.is_some())
+            .then_some(COST_OUTPUT_CAP),
+        prices: Arc::new(config.prices.clone()),
     };
     let scrubber = scrubber(&config);
     let recording = Recording {
@@ -406,6 +452,7 @@ pub async fn run(
     for (path, text) in [
         (&outputs.report_md, report.to_markdown()),
         (&outputs.report_json, report.to_json()),
+        (&outputs.report_html, report.to_html()),
     ] {
         std::fs::write(path, text).map_err(StartError::io(format!("write {}", path.display())))?;
     }
@@ -464,6 +511,7 @@ mod tests {
                 state: PathBuf::from("s.db"),
                 report_md: PathBuf::from("r.md"),
                 report_json: PathBuf::from("r.json"),
+                report_html: PathBuf::from("r.html"),
             },
         }
     }

@@ -83,9 +83,11 @@ pub struct Options {
     pub prior_attempts: Arc<HashMap<u64, u32>>,
     /// The spending cap, if any (`--max-cost`).
     pub budget: Option<Arc<Budget>>,
-    /// Output cap sent with items that set none while a budget is in force,
-    /// so every request's worst case is known.
-    pub budget_output_cap: u32,
+    /// Output cap sent with items that set none, if any: set while a cost
+    /// cap is in force, so every request's worst case is known.
+    pub default_output_cap: Option<u32>,
+    /// The prices of the models (the config's).
+    pub prices: Arc<crate::price::PriceTable>,
 }
 
 /// Something a worker reports.
@@ -304,7 +306,8 @@ pub async fn execute(
             events: event_tx.clone(),
             default_model: options.default_model.clone(),
             budget: options.budget.clone(),
-            budget_output_cap: options.budget_output_cap,
+            default_output_cap: options.default_output_cap,
+            prices: Arc::clone(&options.prices),
             stop: cancel.clone(),
             prior_attempts: Arc::clone(&options.prior_attempts),
             faults: Arc::clone(&faults),

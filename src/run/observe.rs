@@ -29,7 +29,9 @@ pub enum Notice {
         /// What is wrong with the model.
         error: ModelError,
     },
-    /// A model list that could not be had: its models go unchecked.
+    /// A warning about the job's models: a model list that could not be
+    /// had (its models go unchecked), or a model with no known price (its
+    /// cost is not counted).
     ModelWarning(String),
     /// The run is a rehearsal against the built-in simulator.
     Simulated {

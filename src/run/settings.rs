@@ -152,11 +152,14 @@ pub struct Outputs {
     pub report_md: PathBuf,
     /// The JSON report.
     pub report_json: PathBuf,
+    /// The HTML report.
+    pub report_html: PathBuf,
 }
 
 impl Outputs {
     /// The outputs of `job`, each where it was asked to go (`out`: a path or
-    /// `-`; `report`: a path whose extension becomes `.md` and `.json`) or
+    /// `-`; `report`: a path whose extension becomes `.md`, `.json` and
+    /// `.html`) or
     /// by default beside the job: `<job>.results.jsonl`, `<job>.keyfan.db`
     /// (`<job>.simulated.db` under `simulate`), and the report beside `out`
     /// when it is a file, else beside the job.
@@ -179,21 +182,19 @@ impl Outputs {
             };
             beside(&job.base, suffix)
         });
-        let (report_md, report_json) = match (report, out, &target) {
-            (Some(path), _, _) => (path.with_extension("md"), path.with_extension("json")),
-            (None, Some(_), Target::File(out)) => {
-                (beside(out, "report.md"), beside(out, "report.json"))
-            }
-            _ => (
-                beside(&job.base, "report.md"),
-                beside(&job.base, "report.json"),
-            ),
+        let report_path = |ext: &str| match (report, out, &target) {
+            (Some(path), _, _) => path.with_extension(ext),
+            (None, Some(_), Target::File(out)) => beside(out, &format!("report.{ext}")),
+            _ => beside(&job.base, &format!("report.{ext}")),
         };
+        let (report_md, report_json, report_html) =
+            (report_path("md"), report_path("json"), report_path("html"));
         Outputs {
             target,
             state,
             report_md,
             report_json,
+            report_html,
         }
     }
 
@@ -225,6 +226,7 @@ impl Outputs {
         }
         outputs.push(("the report", &self.report_md));
         outputs.push(("the JSON report", &self.report_json));
+        outputs.push(("the HTML report", &self.report_html));
         for (i, &(name, output)) in outputs.iter().enumerate() {
             let earlier = outputs[..i].iter().map(|&(n, p)| (n, p.to_owned()));
             let clash = inputs

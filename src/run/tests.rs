@@ -66,7 +66,8 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         prior_attempts: Arc::default(),
         only: None,
         budget: None,
-        budget_output_cap: 0,
+        default_output_cap: None,
+        prices: Default::default(),
     };
     let recording = Recording {
         store,

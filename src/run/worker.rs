@@ -2,11 +2,12 @@
 //! to its outcome, and reports every attempt and the outcome as events.
 
 use super::budget::Fits;
-use super::call::{estimate_tokens, Attempt, CallError, Caller};
+use super::call::{Attempt, CallError, Caller};
 use super::{unsent, Budget, Event, Faults, Notice};
+use crate::estimate::prompt_tokens;
 use crate::job::{id_hash, Item};
 use crate::pool::{Need, Unavailable};
-use crate::price::{self, Price};
+use crate::price::{Price, PriceTable};
 use crate::provider::{ApiError, Billed, ErrorClass, Request, Usage};
 use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus};
 use std::collections::HashMap;
@@ -20,7 +21,9 @@ pub(super) struct Worker {
     pub(super) events: mpsc::UnboundedSender<Event>,
     pub(super) default_model: String,
     pub(super) budget: Option<Arc<Budget>>,
-    pub(super) budget_output_cap: u32,
+    pub(super) default_output_cap: Option<u32>,
+    /// The prices of the models.
+    pub(super) prices: Arc<PriceTable>,
     /// Cancelled when the run stops dispatching (Ctrl-C, the budget, a
     /// fatal failure): nothing more is sent, retries included.
     pub(super) stop: CancellationToken,
@@ -50,17 +53,13 @@ impl Worker {
                 .unwrap_or(0),
         };
         let model = item.model.as_deref().unwrap_or(&self.default_model);
-        let tokens =
-            estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
+        let tokens = prompt_tokens(&item.prompt, item.system.as_deref());
         // A name of the config's `models` map goes out as the model it names.
         let wire_model = self.caller.pool().model_name(model);
-        let price = price::lookup(wire_model);
-        // Under a budget every request carries an output cap, so its worst
-        // case is known before it is sent.
-        let max_output_tokens = match &self.budget {
-            Some(_) => Some(item.max_output_tokens.unwrap_or(self.budget_output_cap)),
-            None => item.max_output_tokens,
-        };
+        let price = self.prices.price(wire_model);
+        // Under a budget (or `max_cost_per_item`) every request carries an
+        // output cap, so its worst case is known before it is sent.
+        let max_output_tokens = item.max_output_tokens.or(self.default_output_cap);
         let worst = price.map_or(0.0, |p| {
             p.cost(&Usage {
                 input_tokens: tokens,

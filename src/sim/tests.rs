@@ -716,6 +716,9 @@ async fn rehearsal_mirrors_the_accounts() {
         groups: vec!["default".to_owned()],
         default_max_output_tokens: 4096,
         models: BTreeMap::new(),
+        prices: Default::default(),
+        expected_output_tokens: None,
+        max_cost_per_item: None,
     };
     let mut config = SimConfig::rehearsal(&user_config);
     assert_eq!(config.projects.len(), 2);

@@ -21,7 +21,7 @@ pub use rows::{
     RunId, RunRow, RunStatus, UnknownValue,
 };
 
-use crate::types::QuotaDay;
+use crate::types::{Limits, QuotaDay};
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -451,6 +451,57 @@ impl Store {
             "SELECT key, account, state, reason, updated_at FROM keys ORDER BY account, key",
             [],
             KeyRow::from_row,
+        )
+    }
+
+    /// Records the limits `account` has for `model` in `run` (replacing
+    /// those of an earlier invocation of the run).
+    pub fn save_limits(
+        &self,
+        run: RunId,
+        account: &str,
+        model: &str,
+        limits: Limits,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO run_limits (run_id, account, model, rpm, tpm, rpd, otpm)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (run_id, account, model) DO UPDATE SET
+                   rpm = excluded.rpm, tpm = excluded.tpm, rpd = excluded.rpd,
+                   otpm = excluded.otpm",
+                params![
+                    run.0,
+                    account,
+                    model,
+                    limits.rpm,
+                    limits.tpm,
+                    limits.rpd,
+                    limits.otpm
+                ],
+            )
+            .map_err(|e| self.wrap(e))?;
+        Ok(())
+    }
+
+    /// The limits recorded for `run`: `(account, model, limits)`.
+    pub fn limits(&self, run: RunId) -> Result<Vec<(String, String, Limits)>, StoreError> {
+        self.collect(
+            "SELECT account, model, rpm, tpm, rpd, otpm FROM run_limits
+             WHERE run_id = ?1 ORDER BY account, model",
+            [run.0],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    Limits {
+                        rpm: row.get(2)?,
+                        tpm: row.get(3)?,
+                        rpd: row.get(4)?,
+                        otpm: row.get(5)?,
+                    },
+                ))
+            },
         )
     }
 

@@ -96,6 +96,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE items ADD COLUMN finish_reason TEXT;
     ALTER TABLE items ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
 ",
+    "
+    -- The limits each account had for each model when a run (re)started, so
+    -- its report compares use with them from the state file alone.
+    CREATE TABLE run_limits (
+        run_id  INTEGER NOT NULL REFERENCES runs (id),
+        account TEXT NOT NULL,
+        model   TEXT NOT NULL,
+        rpm     INTEGER,
+        tpm     INTEGER,
+        rpd     INTEGER,
+        otpm    INTEGER,
+        PRIMARY KEY (run_id, account, model)
+    );
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

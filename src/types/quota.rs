@@ -57,7 +57,7 @@ impl ProviderKind {
 }
 
 /// Per-model quota of one account. `None` means not configured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Limits {
     /// Requests per minute.
     pub rpm: Option<u32>,

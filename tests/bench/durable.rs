@@ -21,14 +21,7 @@ const GOAL_ITEMS_PER_S: f64 = 20_000.0;
 const GOAL_RESUME_S: f64 = 3.0;
 
 fn main() {
-    let items = common::env_u64(
-        "KEYFAN_BENCH_ITEMS",
-        if common::bench_mode() {
-            1_000_000
-        } else {
-            5_000
-        },
-    );
+    let items = common::items(1_000_000, 5_000);
     let runtime = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     write_job(&dir.path().join("job.jsonl"), items);
@@ -53,7 +46,7 @@ fn main() {
     // 1. The whole job from scratch.
     let started = Instant::now();
     let mut child = keyfan(dir.path(), &["--new-run"]);
-    let peak_kb = watch_peak_rss(&mut child);
+    let peak_kb = common::watch_peak_rss(&mut child);
     let wall = started.elapsed().as_secs_f64();
     let rate = items as f64 / wall;
     let rss_mb = peak_kb as f64 / 1024.0;
@@ -138,29 +131,6 @@ fn keyfan(dir: &Path, extra: &[&str]) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start keyfan")
-}
-
-/// Waits for `child` to exit, sampling its peak resident set (VmHWM) on the
-/// way; returns it in KiB.
-fn watch_peak_rss(child: &mut Child) -> u64 {
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    loop {
-        if let Ok(status) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb);
-            }
-        }
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "keyfan failed: {status}");
-            return peak;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Waits until `child` has written `lines` results; fails if it exits first

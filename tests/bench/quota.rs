@@ -280,7 +280,8 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         prior_attempts: Arc::default(),
         only: None,
         budget: None,
-        budget_output_cap: 0,
+        default_output_cap: None,
+        prices: Default::default(),
     };
     let recording = Recording {
         store,

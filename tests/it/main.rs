@@ -17,6 +17,8 @@ mod durable;
 /// The engine under stress: huge delays, closed outputs, dead endpoints,
 /// signals, quota waits, and bookkeeping across resumes.
 mod engine;
+/// `keyfan estimate`: figures, prices, nothing sent.
+mod estimate;
 /// Failover: invalid keys, 503 bursts, quotas.
 mod failover;
 /// A scripted server that answers what no real API does.
@@ -31,6 +33,8 @@ mod library;
 mod money;
 /// The quota bench's pacing scenarios under paused time, in process.
 mod pacing;
+/// `keyfan report` in every format; the HTML report.
+mod report;
 /// A whole job, end to end: results, report, digests.
 mod run;
 /// No key ever appears in any output.

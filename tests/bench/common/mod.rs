@@ -5,6 +5,8 @@
 pub mod pacing;
 
 use sha2::{Digest, Sha256};
+use std::process::Child;
+use std::time::Duration;
 
 /// Whether the binary was started by `cargo bench` (which passes `--bench`).
 /// Without it (`cargo test --benches`, `cargo test --all-targets`) a bench
@@ -24,6 +26,15 @@ pub fn env_u64(name: &str, default: u64) -> u64 {
             .unwrap_or_else(|_| fail(&format!("{name}={v:?} is not a positive integer"))),
         _ => default,
     }
+}
+
+/// The items a bench runs: `KEYFAN_BENCH_ITEMS`, else `bench` under
+/// `cargo bench` and `smoke` otherwise.
+pub fn items(bench: u64, smoke: u64) -> u64 {
+    env_u64(
+        "KEYFAN_BENCH_ITEMS",
+        if bench_mode() { bench } else { smoke },
+    )
 }
 
 /// A comma-separated list from the environment, if set and not empty.
@@ -64,4 +75,27 @@ pub fn digest(text: &str) -> String {
 /// Logical cores, for the report.
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Waits for `child` to exit, sampling its peak resident set (VmHWM) on the
+/// way; returns it in KiB.
+pub fn watch_peak_rss(child: &mut Child) -> u64 {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file) {
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            {
+                peak = peak.max(kb);
+            }
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "keyfan failed: {status}");
+            return peak;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -1,0 +1,125 @@
+//! `keyfan estimate`: the job's tokens, cost and wall time, as a table or
+//! JSON. Sends nothing; reads the state file only for today's ledger.
+
+use super::{exit, print_json, EstimateArgs, Failure};
+use crate::config::{Config, MissingEnv};
+use crate::estimate::{self, Estimate, EstimateError, Expected, Figures};
+use crate::store::Store;
+use crate::types::QuotaDay;
+
+pub(super) fn run(args: EstimateArgs) -> Result<u8, Failure> {
+    // Nothing is sent, so no key is needed: unset variables are fine.
+    let config = Config::load(
+        &args.config,
+        |name| std::env::var(name).ok(),
+        MissingEnv::Placeholder,
+    )
+    .map_err(Failure::usage)?;
+    let state = args
+        .state
+        .clone()
+        .unwrap_or_else(|| args.job.with_extension("keyfan.db"));
+    let ledger = if state.exists() {
+        Store::open(&state)?.ledger(QuotaDay::of(chrono::Utc::now()))?
+    } else if args.state.is_some() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "state file {} does not exist",
+            state.display()
+        )));
+    } else {
+        Vec::new()
+    };
+    let expected = Expected::pick(args.expect_output, &config);
+    let estimate =
+        estimate::estimate(&args.job, &config, expected, &ledger).map_err(|e| match e {
+            EstimateError::Job(_) | EstimateError::Invalid { .. } => Failure::usage(
+                anyhow::Error::from(e).context(format!("cannot estimate {}", args.job.display())),
+            ),
+            EstimateError::UnknownPrices(_) => Failure::usage(e),
+        })?;
+    if args.json {
+        print_json(&estimate)?;
+    } else {
+        print!("{}", table(&estimate));
+    }
+    Ok(exit::OK)
+}
+
+/// The estimate as the terminal shows it.
+fn table(e: &Estimate) -> String {
+    use crate::estimate::thousands as n;
+    let mut out = format!("Estimate of {} (nothing sent)\n\n", e.job);
+    out.push_str(&format!(
+        "{:<28} {:>10} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}\n",
+        "model",
+        "items",
+        "input tok",
+        "output exp",
+        "output worst",
+        "cost exp",
+        "batch exp",
+        "cost worst",
+        "batch worst"
+    ));
+    let row = |name: &str, f: &Figures| {
+        format!(
+            "{:<28} {:>10} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}\n",
+            name,
+            n(f.items),
+            n(f.input_tokens),
+            n(f.output_tokens_expected),
+            n(f.output_tokens_worst),
+            usd(f.cost.expected_usd),
+            usd(f.cost.expected_batch_usd),
+            usd(f.cost.worst_usd),
+            usd(f.cost.worst_batch_usd),
+        )
+    };
+    for m in &e.models {
+        out.push_str(&row(&m.model, &m.figures));
+    }
+    if e.models.len() > 1 {
+        out.push_str(&row("total", &e.total));
+    }
+    out.push_str(&format!(
+        "\nExpected output: {} tokens per item ({}), or the item's max_output_tokens if lower.\n\
+         Worst case: each item's max_output_tokens, else {}. Batch: half the online price.\n\
+         Input tokens: {}.\n\nWall time at the configured quotas:\n",
+        n(u64::from(e.expected_output.tokens_per_item)),
+        e.expected_output.from,
+        n(u64::from(e.worst_output_default)),
+        e.heuristic
+    ));
+    for m in &e.models {
+        out.push_str(&format!("  {}: {}\n", m.model, m.wall_time.summary));
+    }
+    out.push_str("\nPrices (USD per 1M tokens):\n");
+    for m in &e.models {
+        let p = &m.price;
+        out.push_str(&format!(
+            "  {}: input {}, output {}, cached input {}{} ({}, {})\n",
+            m.model,
+            p.price.input,
+            p.price.output,
+            p.price.cached_input,
+            p.price.long.map_or(String::new(), |l| format!(
+                "; above {} prompt tokens: input {}, output {}",
+                n(l.above_tokens),
+                l.input,
+                l.output
+            )),
+            p.source,
+            p.date
+        ));
+    }
+    out
+}
+
+/// USD with 4 decimals, or 2 from $100 up.
+fn usd(v: f64) -> String {
+    if v >= 100.0 {
+        format!("${v:.2}")
+    } else {
+        format!("${v:.4}")
+    }
+}

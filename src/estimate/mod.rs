@@ -1,0 +1,363 @@
+//! `keyfan estimate`: what a job will cost and how long its quotas make it
+//! take, worked out from the job file, the config and today's ledger. It
+//! sends nothing.
+//!
+//! Owns: the input-token heuristic ([`estimate_tokens`]), the per-item
+//! worst case ([`ItemCost`]) that `max_cost_per_item` checks, and the
+//! estimate's figures. Never: the network, or writing the state file.
+//!
+//! The job is streamed once (a 1,000,000-item job is never held in
+//! memory): per model, items, input tokens, output tokens (expected and
+//! worst case) and costs are summed item by item, so a prompt above a
+//! model's long-context threshold is priced at its own tier.
+
+mod tokens;
+mod wall;
+
+pub use tokens::{estimate_tokens, prompt_tokens};
+pub use wall::{thousands, WallTime};
+
+use crate::config::Config;
+use crate::job::{Item, ItemError, JobError, JobReader};
+use crate::price::{Price, PriceEntry, PriceTable};
+use crate::provider::Usage;
+use crate::store::LedgerRow;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The output cap assumed (and sent under `--max-cost` or
+/// `max_cost_per_item`) for an item that sets no `max_output_tokens`.
+pub const DEFAULT_OUTPUT_CAP: u32 = 8192;
+
+/// Output tokens an item is expected to produce when neither
+/// `--expect-output` nor the config's `expected_output_tokens` says.
+pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
+
+/// The input heuristic as it is described beside the figures.
+pub const HEURISTIC: &str = "estimated from the text: ASCII 4 characters per token, CJK \
+     (hanzi, kana, hangul) 1 token per character, other scripts 2 characters per token";
+
+/// The expected output per item, and where that figure comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expected {
+    /// Output tokens per item (an item's own cap lowers it for that item).
+    pub tokens_per_item: u32,
+    /// `--expect-output`, `config expected_output_tokens` or `default`.
+    pub from: String,
+}
+
+impl Expected {
+    /// The flag's value over the config's over the default.
+    pub fn pick(flag: Option<u32>, config: &Config) -> Expected {
+        match (flag, config.expected_output_tokens) {
+            (Some(n), _) => Expected {
+                tokens_per_item: n,
+                from: "--expect-output".to_owned(),
+            },
+            (None, Some(n)) => Expected {
+                tokens_per_item: n,
+                from: "config expected_output_tokens".to_owned(),
+            },
+            (None, None) => Expected {
+                tokens_per_item: DEFAULT_EXPECTED_OUTPUT,
+                from: "default".to_owned(),
+            },
+        }
+    }
+}
+
+/// One item's tokens and its worst-case cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ItemCost {
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// Its output cap: `max_output_tokens`, else [`DEFAULT_OUTPUT_CAP`].
+    pub worst_output: u64,
+    /// The cost of input plus the whole cap, online, if the price is known.
+    pub worst_usd: Option<f64>,
+}
+
+impl ItemCost {
+    /// The figures of `item` for `model` at `prices`.
+    pub fn of(item: &Item, model: &str, prices: &PriceTable) -> ItemCost {
+        let input_tokens = prompt_tokens(&item.prompt, item.system.as_deref());
+        let worst_output = u64::from(item.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_CAP));
+        ItemCost {
+            input_tokens,
+            worst_output,
+            worst_usd: prices
+                .price(model)
+                .map(|p| p.cost(&usage(input_tokens, worst_output))),
+        }
+    }
+}
+
+fn usage(input_tokens: u64, output_tokens: u64) -> Usage {
+    Usage {
+        input_tokens,
+        output_tokens,
+        ..Usage::default()
+    }
+}
+
+/// Cost in USD, online and batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Costs {
+    /// With the expected output, online.
+    pub expected_usd: f64,
+    /// With the expected output, in batch mode (half price).
+    pub expected_batch_usd: f64,
+    /// With every item's output cap used up, online.
+    pub worst_usd: f64,
+    /// With every item's output cap used up, in batch mode.
+    pub worst_batch_usd: f64,
+}
+
+impl Costs {
+    fn add(&mut self, other: &Costs) {
+        self.expected_usd += other.expected_usd;
+        self.expected_batch_usd += other.expected_batch_usd;
+        self.worst_usd += other.worst_usd;
+        self.worst_batch_usd += other.worst_batch_usd;
+    }
+}
+
+/// The sums of some items.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Figures {
+    /// Items.
+    pub items: u64,
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// Output tokens with the expected output per item.
+    pub output_tokens_expected: u64,
+    /// Output tokens with every item's cap used up.
+    pub output_tokens_worst: u64,
+    /// Cost, online and batch.
+    pub cost: Costs,
+}
+
+/// The estimate of one model's items.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelEstimate {
+    /// The model.
+    pub model: String,
+    /// Its sums.
+    #[serde(flatten)]
+    pub figures: Figures,
+    /// The price used, with its source and date.
+    pub price: PriceEntry,
+    /// The wall time its quotas imply.
+    pub wall_time: WallTime,
+}
+
+/// A job's estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Estimate {
+    /// The job file.
+    pub job: String,
+    /// The expected output per item.
+    pub expected_output: Expected,
+    /// The output assumed for items without `max_output_tokens` in the
+    /// worst case.
+    pub worst_output_default: u32,
+    /// How input tokens are estimated.
+    pub heuristic: &'static str,
+    /// Per model, in order of first use.
+    pub models: Vec<ModelEstimate>,
+    /// The whole job.
+    pub total: Figures,
+    /// The longest of the models' wall times, in minutes (models have
+    /// quotas of their own and run side by side).
+    pub total_minutes: Option<f64>,
+}
+
+/// Why a job cannot be estimated.
+#[derive(Debug, thiserror::Error)]
+pub enum EstimateError {
+    /// The job cannot be read.
+    #[error(transparent)]
+    Job(#[from] JobError),
+    /// The job has invalid lines.
+    #[error("{count} invalid line(s), the first: {first}")]
+    Invalid {
+        /// How many.
+        count: u64,
+        /// The first.
+        first: Box<ItemError>,
+    },
+    /// Models with no known price: the cost cannot be estimated.
+    #[error(
+        "no price is known for {}: add it under `prices:` in the config \
+         (e.g. `prices: {{ {}: {{ input: 0.10, output: 0.40 }} }}`, USD per 1M tokens)",
+        .0.iter().map(|(m, line)| format!("model `{m}` (line {line})")).collect::<Vec<_>>().join(", "),
+        .0[0].0
+    )]
+    UnknownPrices(Vec<(String, u64)>),
+}
+
+/// The items [`over_cap`] found.
+#[derive(Debug, Default)]
+pub struct OverCap {
+    /// All of them.
+    pub count: u64,
+    /// The first few, in file order, each naming its line.
+    pub first: Vec<ItemError>,
+}
+
+/// How many items [`OverCap`] keeps.
+const SHOWN_OVER_CAP: usize = 20;
+
+/// The items of the job at `path` whose worst case (estimated input plus
+/// their output cap, else [`DEFAULT_OUTPUT_CAP`]) costs more than `cap`
+/// USD, or whose model has no known price. Invalid lines are validation's
+/// business and are passed over.
+pub fn over_cap(path: &Path, config: &Config, cap: f64) -> Result<OverCap, JobError> {
+    let mut found = OverCap::default();
+    for item in JobReader::open(path)?.flatten() {
+        let model = item.model.as_deref().unwrap_or(&config.model);
+        let cost = ItemCost::of(&item, model, &config.prices);
+        let (field, reason) = match cost.worst_usd {
+            Some(worst) if worst <= cap => continue,
+            Some(worst) => (
+                "max_output_tokens",
+                format!(
+                    "the worst case ({} input + {} output tokens of {model}) costs ${worst:.6}, \
+                     more than max_cost_per_item (${cap})",
+                    cost.input_tokens, cost.worst_output
+                ),
+            ),
+            None => (
+                "model",
+                format!(
+                    "no price is known for model `{model}`, so max_cost_per_item cannot be \
+                     checked: add it under `prices:` in the config"
+                ),
+            ),
+        };
+        found.count += 1;
+        if found.first.len() < SHOWN_OVER_CAP {
+            found.first.push(ItemError {
+                path: path.to_owned(),
+                line: item.line,
+                field: Some(field.to_owned()),
+                reason,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// Running sums of one model.
+struct Tally {
+    model: String,
+    first_line: u64,
+    price: Option<(PriceEntry, Price)>,
+    figures: Figures,
+}
+
+/// Estimates the job at `path` under `config`, with `expected` output per
+/// item and `ledger` the state file's rows of today (empty without one).
+pub fn estimate(
+    path: &Path,
+    config: &Config,
+    expected: Expected,
+    ledger: &[LedgerRow],
+) -> Result<Estimate, EstimateError> {
+    let mut tallies: Vec<Tally> = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut invalid: (u64, Option<ItemError>) = (0, None);
+    for result in JobReader::open(path)? {
+        let item = match result {
+            Ok(item) => item,
+            Err(error) => {
+                invalid.0 += 1;
+                invalid.1.get_or_insert(error);
+                continue;
+            }
+        };
+        let model = item.model.as_deref().unwrap_or(&config.model);
+        let at = match index.get(model) {
+            Some(&at) => at,
+            None => {
+                let price = config.prices.lookup(model).map(|e| (e.clone(), e.price));
+                tallies.push(Tally {
+                    model: model.to_owned(),
+                    first_line: item.line,
+                    price,
+                    figures: Figures::default(),
+                });
+                index.insert(model.to_owned(), tallies.len() - 1);
+                tallies.len() - 1
+            }
+        };
+        let tally = &mut tallies[at];
+        let cost = ItemCost::of(&item, model, &config.prices);
+        let expected_output = u64::from(expected.tokens_per_item).min(cost.worst_output);
+        let f = &mut tally.figures;
+        f.items += 1;
+        f.input_tokens += cost.input_tokens;
+        f.output_tokens_expected += expected_output;
+        f.output_tokens_worst += cost.worst_output;
+        if let Some((_, price)) = &tally.price {
+            let expected = usage(cost.input_tokens, expected_output);
+            let worst = usage(cost.input_tokens, cost.worst_output);
+            let batch = price.batch();
+            f.cost.add(&Costs {
+                expected_usd: price.cost(&expected),
+                expected_batch_usd: batch.cost(&expected),
+                worst_usd: price.cost(&worst),
+                worst_batch_usd: batch.cost(&worst),
+            });
+        }
+    }
+    if let (count, Some(first)) = invalid {
+        return Err(EstimateError::Invalid {
+            count,
+            first: Box::new(first),
+        });
+    }
+    let unknown: Vec<(String, u64)> = tallies
+        .iter()
+        .filter(|t| t.price.is_none())
+        .map(|t| (t.model.clone(), t.first_line))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(EstimateError::UnknownPrices(unknown));
+    }
+    let mut total = Figures::default();
+    let mut models = Vec::with_capacity(tallies.len());
+    for tally in tallies {
+        let f = &tally.figures;
+        total.items += f.items;
+        total.input_tokens += f.input_tokens;
+        total.output_tokens_expected += f.output_tokens_expected;
+        total.output_tokens_worst += f.output_tokens_worst;
+        total.cost.add(&f.cost);
+        let wall_time = WallTime::of(config, &tally.model, f, ledger);
+        let (price, _) = tally.price.expect("unknown prices were refused");
+        models.push(ModelEstimate {
+            model: tally.model,
+            figures: tally.figures,
+            price,
+            wall_time,
+        });
+    }
+    let total_minutes = models
+        .iter()
+        .filter_map(|m| m.wall_time.minutes)
+        .reduce(f64::max);
+    Ok(Estimate {
+        job: path.display().to_string(),
+        expected_output: expected,
+        worst_output_default: DEFAULT_OUTPUT_CAP,
+        heuristic: HEURISTIC,
+        models,
+        total,
+        total_minutes,
+    })
+}
+
+#[cfg(test)]
+mod tests;
