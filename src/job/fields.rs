@@ -43,16 +43,18 @@ impl Field {
     /// The field called `name`, or a problem naming it and listing the
     /// known ones (catches `promt`). `what` is "field" or "column".
     pub(super) fn parse(name: &str, what: &str) -> Result<Field, Problem> {
-        Field::ALL
-            .into_iter()
-            .find(|f| f.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
-                Problem::field(
-                    name,
-                    format!("unknown {what}; expected one of: {}", known.join(", ")),
-                )
-            })
+        Field::named(name).ok_or_else(|| {
+            let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+            Problem::field(
+                name,
+                format!("unknown {what}; expected one of: {}", known.join(", ")),
+            )
+        })
+    }
+
+    /// The field called `name`, if it is one.
+    pub(super) fn named(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
     }
 
     /// Fields an item cannot do without.
@@ -131,29 +133,36 @@ impl<'a> Values<'a> {
     pub(super) fn into_item(self, line: u64) -> Result<Item, Problem> {
         let id = id(self.required(Field::Id)?)?;
         let prompt = non_empty(Field::Prompt, self.required(Field::Prompt)?)?;
-        let model = self.get(Field::Model).map(model).transpose()?;
-        // An empty system instruction is no instruction (Gemini refuses an
-        // empty one), whatever the format.
-        let system = self
-            .get(Field::System)
-            .map(|raw| string(Field::System, raw))
-            .transpose()?
-            .filter(|s| !s.trim().is_empty());
-        let max_output_tokens = self
-            .get(Field::MaxOutputTokens)
-            .map(max_output_tokens)
-            .transpose()?;
-        let temperature = self.get(Field::Temperature).map(temperature).transpose()?;
-        Ok(Item {
+        let mut item = Item {
             id,
             line,
             prompt,
-            model,
-            system,
-            max_output_tokens,
-            temperature,
-        })
+            ..Item::default()
+        };
+        for field in Field::ALL.into_iter().filter(|f| !f.is_required()) {
+            if let Some(raw) = self.get(field) {
+                set(&mut item, field, raw)?;
+            }
+        }
+        Ok(item)
     }
+}
+
+/// Checks `raw` as the value of `field` and sets it on `item`: the one
+/// place each field's rules live, for whole records and for the defaults
+/// and per-row overrides of a spec alike.
+pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem> {
+    match field {
+        Field::Id => item.id = id(raw)?,
+        Field::Prompt => item.prompt = non_empty(field, raw)?,
+        Field::Model => item.model = Some(model(raw)?),
+        // An empty system instruction is no instruction (Gemini refuses an
+        // empty one), whatever the format.
+        Field::System => item.system = Some(string(field, raw)?).filter(|s| !s.trim().is_empty()),
+        Field::MaxOutputTokens => item.max_output_tokens = Some(max_output_tokens(raw)?),
+        Field::Temperature => item.temperature = Some(temperature(raw)?),
+    }
+    Ok(())
 }
 
 /// The reason for bytes that are not UTF-8 (a file saved as GBK or Latin-1),

@@ -17,6 +17,8 @@
 mod csv;
 mod fields;
 mod jsonl;
+mod spec;
+mod template;
 #[cfg(test)]
 mod tests;
 
@@ -29,7 +31,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// One prompt to send.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Item {
     /// The user's id for the item, unique within the job.
     pub id: String,
@@ -108,9 +110,16 @@ pub enum JobError {
         /// The content hash of the bytes the run read.
         read: String,
     },
+    /// A job spec that cannot be run: every problem found before its first
+    /// row (its fields, templates, included files, data file header).
+    #[error("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Spec {
+        /// The problems, by line.
+        errors: Vec<ItemError>,
+    },
     /// The extension names no supported format.
     #[error(
-        "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv",
+        "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv, .yaml, .yml",
         path.display()
     )]
     UnsupportedFormat {
@@ -147,11 +156,13 @@ pub struct JobReader {
 enum Format {
     Jsonl(jsonl::Lines<Hashing<File>>),
     Csv(csv::Rows<Hashing<File>>),
+    Spec(Box<spec::Rows>),
 }
 
 impl JobReader {
     /// Opens `path`, choosing the format by extension (case-insensitive):
-    /// `.jsonl` / `.ndjson` or `.csv`.
+    /// `.jsonl` / `.ndjson`, `.csv`, or a `.yaml` / `.yml` spec (checked
+    /// whole here: see [`JobError::Spec`]).
     pub fn open(path: &Path) -> Result<JobReader, JobError> {
         let extension = path
             .extension()
@@ -160,6 +171,10 @@ impl JobReader {
         let jsonl = match extension.as_deref() {
             Some("jsonl" | "ndjson") => true,
             Some("csv") => false,
+            Some("yaml" | "yml") => {
+                let rows = spec::open(path)?;
+                return Ok(JobReader::with(path, Format::Spec(Box::new(rows))));
+            }
             _ => {
                 return Err(JobError::UnsupportedFormat {
                     path: path.to_owned(),
@@ -179,13 +194,17 @@ impl JobReader {
         } else {
             Format::Csv(csv::Rows::new(file))
         };
-        Ok(JobReader {
+        Ok(JobReader::with(path, format))
+    }
+
+    fn with(path: &Path, format: Format) -> JobReader {
+        JobReader {
             path: path.to_owned(),
             format,
             failure: None,
             ended: false,
             first_lines: HashMap::new(),
-        })
+        }
     }
 
     /// The sha256 (lowercase hex) of the whole file, the same hash as
@@ -216,6 +235,7 @@ impl JobReader {
         let hasher = match &self.format {
             Format::Jsonl(lines) => &lines.get_ref().hasher,
             Format::Csv(rows) => &rows.get_ref().hasher,
+            Format::Spec(rows) => rows.hasher(),
         };
         hex::encode(hasher.clone().finalize())
     }
@@ -231,6 +251,7 @@ impl Iterator for JobReader {
         let (next, line) = match &mut self.format {
             Format::Jsonl(lines) => (lines.next(&self.path), lines.line()),
             Format::Csv(rows) => (rows.next(&self.path), rows.line()),
+            Format::Spec(rows) => (rows.next(), rows.line()),
         };
         match next {
             Ok(Some(Ok(item))) => Some(self.unique(item)),
@@ -243,7 +264,7 @@ impl Iterator for JobReader {
                 let reason = format!("failed to read the file: {err}");
                 self.failure = Some(err);
                 Some(Err(ItemError {
-                    path: self.path.clone(),
+                    path: self.items_path().to_owned(),
                     line,
                     field: None,
                     reason,
@@ -254,24 +275,29 @@ impl Iterator for JobReader {
 }
 
 impl JobReader {
+    /// The file the items' lines are in: the job file, or a spec's data file.
+    fn items_path(&self) -> &Path {
+        match &self.format {
+            Format::Spec(rows) => rows.items_path(),
+            _ => &self.path,
+        }
+    }
+
     /// `item`, or the error of a duplicate id when its id was seen before.
     fn unique(&mut self, item: Item) -> Result<Item, ItemError> {
-        match self.first_lines.entry(id_hash(&item.id)) {
+        let first = match self.first_lines.entry(id_hash(&item.id)) {
             Entry::Vacant(entry) => {
                 entry.insert(item.line);
-                Ok(item)
+                return Ok(item);
             }
-            Entry::Occupied(entry) => Err(ItemError {
-                path: self.path.clone(),
-                line: item.line,
-                field: Some("id".to_owned()),
-                reason: format!(
-                    "duplicate id `{}`, first used on line {}",
-                    item.id,
-                    entry.get()
-                ),
-            }),
-        }
+            Entry::Occupied(entry) => *entry.get(),
+        };
+        Err(ItemError {
+            path: self.items_path().to_owned(),
+            line: item.line,
+            field: Some("id".to_owned()),
+            reason: format!("duplicate id `{}`, first used on line {first}", item.id),
+        })
     }
 }
 

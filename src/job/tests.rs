@@ -320,7 +320,7 @@ fn file_level_errors_name_the_file() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv",
+            "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv, .yaml, .yml",
             path.display()
         )
     );
@@ -474,4 +474,172 @@ fn validate_collects_each_model_with_the_line_that_first_asks_for_it() {
         uses,
         [(None, 1), (Some("gpt-4o"), 2), (Some("gemini-2.5-flsh"), 4)]
     );
+}
+
+/// Writes `files` (name, content) into a fresh directory; the first is the spec.
+fn spec_files(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let spec = dir.path().join(files[0].0);
+    (dir, spec)
+}
+
+/// The spec-level errors of a spec, as `line: field: reason`.
+fn spec_errors(files: &[(&str, &str)]) -> Vec<String> {
+    let (_dir, spec) = spec_files(files);
+    match JobReader::open(&spec) {
+        Err(JobError::Spec { errors }) => errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}: {}",
+                    e.line,
+                    e.field.as_deref().unwrap_or("-"),
+                    e.reason
+                )
+            })
+            .collect(),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("the spec was accepted"),
+    }
+}
+
+#[test]
+fn a_spec_fills_its_template_from_each_csv_row_with_defaults_and_overrides() {
+    let (_dir, spec) = spec_files(&[
+        (
+            "job.yaml",
+            "defaults:\n  model: gemini-2.5-flash\n  temperature: 0.2\n  system: \"{{file:sys.txt}}\"\n\
+             template: \"Translate into {{lang}}: {{text}}\"\nid: \"{{key}}-{{lang}}\"\ndata: rows.csv\n",
+        ),
+        ("sys.txt", "You translate."),
+        (
+            "rows.csv",
+            "key,text,lang,temperature,unused\nk1,Hello,French,,x\nk2,\"Good, bye\",German,0.9,y\n",
+        ),
+    ]);
+    let items: Vec<Item> = JobReader::open(&spec)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0],
+        Item {
+            id: "k1-French".into(),
+            line: 2,
+            prompt: "Translate into French: Hello".into(),
+            model: Some("gemini-2.5-flash".into()),
+            system: Some("You translate.".into()),
+            temperature: Some(0.2),
+            ..Item::default()
+        }
+    );
+    assert_eq!(items[1].prompt, "Translate into German: Good, bye");
+    assert_eq!(items[1].temperature, Some(0.9));
+}
+
+#[test]
+fn a_spec_over_inline_items_or_jsonl_numbers_rows_by_default() {
+    let items = |files: &[(&str, &str)]| -> Vec<Result<Item, ItemError>> {
+        let (_dir, spec) = spec_files(files);
+        JobReader::open(&spec).unwrap().collect()
+    };
+    let inline = items(&[(
+        "job.yml",
+        "template: \"Q: {{q}}\"\nitems:\n  - q: one\n  - q: 2\n    max_output_tokens: 64\n  - q: three\n    qq: typo\n",
+    )]);
+    let ok = inline[1].as_ref().unwrap();
+    assert_eq!(
+        (ok.id.as_str(), ok.line, ok.prompt.as_str()),
+        ("2", 4, "Q: 2")
+    );
+    assert_eq!(ok.max_output_tokens, Some(64));
+    let typo = inline[2].as_ref().unwrap_err();
+    assert_eq!((typo.line, typo.field.as_deref()), (6, Some("qq")));
+    assert!(typo.path.ends_with("job.yml"));
+
+    let jsonl = items(&[
+        ("job.yaml", "template: \"{{a}} and {{b}}\"\ndata: d.jsonl\n"),
+        ("d.jsonl", "{\"a\": 1, \"b\": [2]}\n\n{\"a\": \"x\"}\n"),
+    ]);
+    assert_eq!(jsonl[0].as_ref().unwrap().prompt, "1 and [2]");
+    let missing = jsonl[1].as_ref().unwrap_err();
+    assert_eq!((missing.line, missing.field.as_deref()), (3, Some("b")));
+    assert!(missing.path.ends_with("d.jsonl"), "{missing}");
+}
+
+#[test]
+fn spec_errors_name_line_and_field_and_stop_the_job() {
+    assert_eq!(
+        spec_errors(&[("job.yaml", "template: \"{{x}}\"\nitems: []\npromt: typo\n")]),
+        ["3: promt: unknown field `promt`, expected one of `defaults`, `template`, `id`, `data`, `items`"]
+    );
+    let errors = spec_errors(&[
+        (
+            "job.yaml",
+            "defaults:\n  temperature: 7\n  colour: red\ntemplate: \"{{text}} {{file:missing.txt}}\"\ndata: d.csv\n",
+        ),
+        ("d.csv", "txt\nhello\n"),
+    ]);
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(
+        errors[0].starts_with("2: temperature: must be between"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("3: colour: unknown default"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].starts_with("4: template: cannot read the included file"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[3].starts_with("5: data: ") && errors[3].contains("no column `text`"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        spec_errors(&[("job.yaml", "template: hi\n")]),
+        ["1: data: `data` or `items` is required"]
+    );
+}
+
+#[test]
+fn a_spec_hash_covers_the_spec_its_data_and_its_included_files() {
+    let (dir, spec) = spec_files(&[
+        (
+            "job.yaml",
+            "template: \"{{file:p.txt}} {{a}}\"\ndata: d.csv\n",
+        ),
+        ("p.txt", "Say"),
+        ("d.csv", "a\nx\ny\n"),
+    ]);
+    let hash = || validate(&spec).unwrap().content_hash;
+    let first = hash();
+    assert_eq!(validate(&spec).unwrap().items, 2);
+    assert_eq!(hash(), first);
+    for (name, edit) in [("p.txt", "Tell"), ("d.csv", "a\nx\nz\n")] {
+        let before = hash();
+        std::fs::write(dir.path().join(name), edit).unwrap();
+        assert_ne!(hash(), before, "an edit of {name} changes the hash");
+    }
+}
+
+#[test]
+fn spec_ids_must_be_unique_and_duplicates_name_the_data_file() {
+    let (_dir, spec) = spec_files(&[
+        (
+            "job.yaml",
+            "template: \"{{a}}\"\nid: \"{{a}}\"\ndata: d.csv\n",
+        ),
+        ("d.csv", "a\nx\ny\nx\n"),
+    ]);
+    let validation = validate(&spec).unwrap();
+    assert_eq!((validation.items, validation.error_count), (2, 1));
+    let error = &validation.errors[0];
+    assert_eq!((error.line, error.field.as_deref()), (4, Some("id")));
+    assert!(error.to_string().contains("d.csv:4"), "{error}");
 }

@@ -1,0 +1,73 @@
+use crate::support::*;
+
+/// A CSV data file of `n` rows: `key,text,lang`.
+fn rows(n: usize) -> String {
+    let mut csv = String::from("key,text,lang\n");
+    for i in 0..n {
+        let lang = ["French", "German", "Hindi"][i % 3];
+        csv.push_str(&format!("k{i},\"Sentence {i}, with a comma\",{lang}\n"));
+    }
+    csv
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_over_a_10000_row_csv_sends_each_row_its_own_prompt() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    work.write("rows.csv", &rows(10_000));
+    work.write("instructions.txt", "Translate faithfully.");
+    work.write(
+        "job.yaml",
+        "defaults:\n  max_output_tokens: 64\ntemplate: \"{{file:instructions.txt}} Into {{lang}}: {{text}}\"\nid: \"{{key}}\"\ndata: rows.csv\n",
+    );
+    let args = run_job(
+        "job.yaml",
+        "config.yaml",
+        &["--state", "s.db", "-q", "--concurrency", "32"],
+    );
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let results = results(&work.path("job.results.jsonl"));
+    assert_eq!(results.len(), 10_000);
+    let mut seen = vec![false; 10_000];
+    for row in &results {
+        let i: usize = row["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert!(!std::mem::replace(&mut seen[i], true), "k{i} twice");
+        let lang = ["French", "German", "Hindi"][i % 3];
+        let prompt = format!("Translate faithfully. Into {lang}: Sentence {i}, with a comma");
+        assert_eq!(row["status"], "ok", "{row}");
+        assert!(
+            row["output"].as_str().unwrap().contains(&digest(&prompt)),
+            "{row}"
+        );
+    }
+    assert_eq!(stats(&sim).await.requests, 10_000);
+
+    // An edit of the included file is an edit of the job: nothing is sent.
+    work.write("instructions.txt", "Translate loosely.");
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 2, "has changed since run 1");
+    assert_eq!(stats(&sim).await.requests, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_with_an_unknown_placeholder_sends_nothing_and_names_file_line_and_field() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    work.write("rows.csv", "key,text\nk1,hello\n");
+    work.write(
+        "job.yaml",
+        "template: \"Into {{lang}}: {{text}}\"\n\ndata: rows.csv\n",
+    );
+    let out = work
+        .keyfan(
+            &run_job("job.yaml", "config.yaml", &["--state", "s.db"]),
+            &[],
+        )
+        .await;
+    let stderr = assert_exit_saying(&out, 2, "job.yaml:3: field `data`: ");
+    assert!(stderr.contains("no column `lang`"), "{stderr}");
+    assert_eq!(stats(&sim).await.requests, 0);
+}
