@@ -15,17 +15,39 @@ pub(super) enum Field {
     System,
     MaxOutputTokens,
     Temperature,
+    TopP,
+    TopK,
+    Stop,
+    Seed,
+    ThinkingBudget,
+    ThinkingLevel,
+    ReasoningEffort,
+    ResponseMimeType,
 }
+
+/// The values `thinking_level` and `reasoning_effort` take.
+const LEVELS: [&str; 4] = ["minimal", "low", "medium", "high"];
+
+/// The values `response_mime_type` takes.
+const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 6] = [
+    pub(super) const ALL: [Field; 14] = [
         Field::Id,
         Field::Prompt,
         Field::Model,
         Field::System,
         Field::MaxOutputTokens,
         Field::Temperature,
+        Field::TopP,
+        Field::TopK,
+        Field::Stop,
+        Field::Seed,
+        Field::ThinkingBudget,
+        Field::ThinkingLevel,
+        Field::ReasoningEffort,
+        Field::ResponseMimeType,
     ];
 
     /// The name users write (JSON key or CSV column).
@@ -37,6 +59,14 @@ impl Field {
             Field::System => "system",
             Field::MaxOutputTokens => "max_output_tokens",
             Field::Temperature => "temperature",
+            Field::TopP => "top_p",
+            Field::TopK => "top_k",
+            Field::Stop => "stop",
+            Field::Seed => "seed",
+            Field::ThinkingBudget => "thinking_budget",
+            Field::ThinkingLevel => "thinking_level",
+            Field::ReasoningEffort => "reasoning_effort",
+            Field::ResponseMimeType => "response_mime_type",
         }
     }
 
@@ -161,8 +191,100 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
         Field::System => item.system = Some(string(field, raw)?).filter(|s| !s.trim().is_empty()),
         Field::MaxOutputTokens => item.max_output_tokens = Some(max_output_tokens(raw)?),
         Field::Temperature => item.temperature = Some(temperature(raw)?),
+        Field::TopP => {
+            let p = number(field, raw)?;
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Problem::field(
+                    field.name(),
+                    format!("must be between 0.0 and 1.0, found {p}"),
+                ));
+            }
+            item.generation.top_p = Some(p as f32);
+        }
+        Field::TopK => {
+            item.generation.top_k = Some(integer(field, raw, 1, u32::MAX.into())? as u32)
+        }
+        Field::Stop => item.generation.stop = stop(raw)?,
+        Field::Seed => item.generation.seed = Some(integer(field, raw, i64::MIN, i64::MAX)?),
+        Field::ThinkingBudget => {
+            item.generation.thinking_budget = Some(integer(field, raw, -1, i32::MAX.into())? as i32)
+        }
+        Field::ThinkingLevel => item.generation.thinking_level = Some(one_of(field, raw, &LEVELS)?),
+        Field::ReasoningEffort => {
+            item.generation.reasoning_effort = Some(one_of(field, raw, &LEVELS)?)
+        }
+        Field::ResponseMimeType => {
+            item.generation.response_mime_type = Some(one_of(field, raw, &MIME_TYPES)?)
+        }
     }
     Ok(())
+}
+
+/// A number, JSON or text.
+fn number(field: Field, raw: Raw) -> Result<f64, Problem> {
+    let found =
+        |what: String| Problem::field(field.name(), format!("expected a number, found {what}"));
+    match raw {
+        Raw::Json(Value::Number(n)) => n.as_f64().ok_or_else(|| found(n.to_string())),
+        Raw::Json(v) => Err(found(kind(v).to_owned())),
+        Raw::Text(t) => t.trim().parse().map_err(|_| found(format!("`{t}`"))),
+    }
+}
+
+/// An integer in `min..=max`, JSON or text.
+fn integer(field: Field, raw: Raw, min: i64, max: i64) -> Result<i64, Problem> {
+    let expected = |found: String| {
+        Problem::field(
+            field.name(),
+            format!("expected an integer from {min} to {max}, found {found}"),
+        )
+    };
+    let n = match raw {
+        Raw::Json(Value::Number(n)) => n.as_i64().ok_or_else(|| expected(n.to_string()))?,
+        Raw::Json(v) => return Err(expected(kind(v).to_owned())),
+        Raw::Text(t) => t.trim().parse().map_err(|_| expected(format!("`{t}`")))?,
+    };
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(expected(n.to_string()))
+    }
+}
+
+/// One of `values` (case-insensitive), as written there.
+fn one_of(field: Field, raw: Raw, values: &[&str]) -> Result<String, Problem> {
+    let s = string(field, raw)?;
+    values
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(s.trim()))
+        .map(|v| (*v).to_owned())
+        .ok_or_else(|| {
+            Problem::field(
+                field.name(),
+                format!("expected one of {}, found `{s}`", values.join(", ")),
+            )
+        })
+}
+
+/// Stop sequences: one string (a CSV cell) or a list of non-empty strings.
+fn stop(raw: Raw) -> Result<Vec<String>, Problem> {
+    let bad = |what: &str| {
+        Problem::field(
+            Field::Stop.name(),
+            format!("expected a string or a list of non-empty strings, found {what}"),
+        )
+    };
+    let list = match raw {
+        Raw::Json(Value::Array(values)) => values
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad(kind(v))))
+            .collect::<Result<Vec<_>, _>>()?,
+        other => vec![string(Field::Stop, other)?],
+    };
+    if list.iter().any(String::is_empty) {
+        return Err(bad("an empty string"));
+    }
+    Ok(list)
 }
 
 /// The reason for bytes that are not UTF-8 (a file saved as GBK or Latin-1),

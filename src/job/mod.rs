@@ -22,6 +22,7 @@ mod template;
 #[cfg(test)]
 mod tests;
 
+use crate::provider::Generation;
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
@@ -47,6 +48,8 @@ pub struct Item {
     pub max_output_tokens: Option<u32>,
     /// Optional sampling temperature.
     pub temperature: Option<f32>,
+    /// The other generation settings (`top_p`, `stop`, …).
+    pub generation: Generation,
 }
 
 /// The start of the id of a skipped line's row: `#line:7`. Job ids may not
@@ -316,6 +319,23 @@ pub struct Validation {
     /// The distinct models the valid items ask for, each with the line that
     /// first asks for it, in file order; at most [`MAX_MODELS`].
     pub models: Vec<ModelUse>,
+    /// The distinct pairs of a model and a generation setting used with it,
+    /// each where it is first used; at most [`MAX_MODELS`]. The run checks
+    /// each against the API of the model's provider.
+    pub settings: Vec<SettingUse>,
+}
+
+/// A generation setting a job uses with a model, and where it first does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingUse {
+    /// The items' `model`; `None` for the config's default model.
+    pub model: Option<String>,
+    /// The setting, as [`Generation::names`] spells it.
+    pub setting: &'static str,
+    /// The file of the item (a spec's data file for its rows).
+    pub path: PathBuf,
+    /// 1-based line of the first item using it.
+    pub line: u64,
 }
 
 /// A model a job asks for, and where it first does.
@@ -347,12 +367,26 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         error_count: 0,
         content_hash: String::new(),
         models: Vec::new(),
+        settings: Vec::new(),
     };
     let mut models = HashSet::new();
+    let mut settings = HashSet::new();
+    let items_path = reader.items_path().to_owned();
     for result in &mut reader {
         match result {
             Ok(item) => {
                 validation.items += 1;
+                for setting in item.generation.names() {
+                    if settings.len() < MAX_MODELS && settings.insert((item.model.clone(), setting))
+                    {
+                        validation.settings.push(SettingUse {
+                            model: item.model.clone(),
+                            setting,
+                            path: items_path.clone(),
+                            line: item.line,
+                        });
+                    }
+                }
                 if models.len() < MAX_MODELS && models.insert(item.model.clone()) {
                     validation.models.push(ModelUse {
                         model: item.model,

@@ -58,6 +58,8 @@ fn jsonl_items_parse_with_every_field() {
             system: None,
             max_output_tokens: Some(256),
             temperature: None,
+
+            ..Item::default()
         }
     );
     assert_eq!(
@@ -70,6 +72,8 @@ fn jsonl_items_parse_with_every_field() {
             system: Some("You are terse.".into()),
             max_output_tokens: None,
             temperature: Some(0.5),
+
+            ..Item::default()
         }
     );
     assert_eq!((items[2].line, items[2].temperature), (5, Some(2.0)));
@@ -97,6 +101,8 @@ fn csv_items_parse_with_quoted_multiline_cells() {
             system: None,
             max_output_tokens: Some(128),
             temperature: None,
+
+            ..Item::default()
         }
     );
     assert_eq!(items[1].line, 5);
@@ -113,7 +119,7 @@ fn jsonl_errors_name_line_and_field() {
         ("[1, 2]", "2: -: expected a JSON object, found an array"),
         (
             "{\"id\": \"a\", \"promt\": \"x\"}",
-            "2: promt: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature",
+            "2: promt: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type",
         ),
         ("{\"id\": \"a\"}", "2: prompt: is required"),
         ("{\"prompt\": \"x\"}", "2: id: is required"),
@@ -174,7 +180,7 @@ fn csv_errors_name_line_and_column() {
     let header_error = |header: &str| errors("job.csv", format!("{header}\na,b\n").as_bytes());
     assert_eq!(
         header_error("id,promt"),
-        ["1: promt: unknown column; expected one of: id, prompt, model, system, max_output_tokens, temperature"]
+        ["1: promt: unknown column; expected one of: id, prompt, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type"]
     );
     assert_eq!(
         header_error("id,model"),
@@ -297,7 +303,7 @@ fn item_errors_display_path_line_and_field() {
     assert_eq!(
         shown,
         [
-            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature"),
+            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type"),
             format!("{p}:2: invalid JSON: expected ident at column 2"),
         ]
     );
@@ -642,4 +648,57 @@ fn spec_ids_must_be_unique_and_duplicates_name_the_data_file() {
     let error = &validation.errors[0];
     assert_eq!((error.line, error.field.as_deref()), (4, Some("id")));
     assert!(error.to_string().contains("d.csv:4"), "{error}");
+}
+
+#[test]
+fn generation_settings_parse_in_every_format_and_are_checked() {
+    let items = items(
+        "job.jsonl",
+        "{\"id\": 1, \"prompt\": \"p\", \"top_p\": 0.9, \"top_k\": 20, \"stop\": [\"END\", \"##\"], \"seed\": -3, \"thinking_budget\": -1, \"thinking_level\": \"HIGH\", \"reasoning_effort\": \"low\", \"response_mime_type\": \"application/json\"}\n",
+    );
+    let g = &items[0].generation;
+    assert_eq!((g.top_p, g.top_k, g.seed), (Some(0.9), Some(20), Some(-3)));
+    assert_eq!(g.stop, ["END", "##"]);
+    assert_eq!(g.thinking_budget, Some(-1));
+    assert_eq!(g.thinking_level.as_deref(), Some("high"));
+    assert_eq!(g.reasoning_effort.as_deref(), Some("low"));
+    assert_eq!(g.response_mime_type.as_deref(), Some("application/json"));
+    let csv = self::items("job.csv", "id,prompt,stop,top_k\na,p,STOP,3\n");
+    assert_eq!(
+        (csv[0].generation.stop.as_slice(), csv[0].generation.top_k),
+        (["STOP".to_owned()].as_slice(), Some(3))
+    );
+
+    for (line, expected) in [
+        (r#"{"id": 2, "prompt": "p", "top_p": 1.5}"#, "2: top_p: must be between 0.0 and 1.0, found 1.5"),
+        (r#"{"id": 2, "prompt": "p", "top_k": 0}"#, "2: top_k: expected an integer from 1 to 4294967295, found 0"),
+        (r#"{"id": 2, "prompt": "p", "thinking_budget": -2}"#, "2: thinking_budget: expected an integer from -1 to 2147483647, found -2"),
+        (r#"{"id": 2, "prompt": "p", "thinking_level": "max"}"#, "2: thinking_level: expected one of minimal, low, medium, high, found `max`"),
+        (r#"{"id": 2, "prompt": "p", "stop": ["a", 1]}"#, "2: stop: expected a string or a list of non-empty strings, found a number"),
+        (r#"{"id": 2, "prompt": "p", "response_mime_type": "text/html"}"#, "2: response_mime_type: expected one of application/json, text/plain, found `text/html`"),
+    ] {
+        assert_eq!(jsonl_error(line), expected);
+    }
+}
+
+#[test]
+fn validation_lists_each_model_and_setting_pair_once_where_first_used() {
+    let (_dir, path) = file(
+        "job.jsonl",
+        b"{\"id\": 1, \"prompt\": \"p\", \"seed\": 1}\n{\"id\": 2, \"prompt\": \"p\", \"seed\": 2, \"top_k\": 3}\n{\"id\": 3, \"prompt\": \"p\", \"seed\": 2, \"model\": \"gpt-4o\"}\n",
+    );
+    let uses: Vec<_> = validate(&path)
+        .unwrap()
+        .settings
+        .into_iter()
+        .map(|u| (u.model, u.setting, u.line))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            (None, "seed", 1),
+            (None, "top_k", 2),
+            (Some("gpt-4o".to_owned()), "seed", 3)
+        ]
+    );
 }

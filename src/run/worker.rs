@@ -94,6 +94,8 @@ impl Worker {
             system: item.system.as_deref(),
             max_output_tokens,
             temperature: item.temperature,
+            turns: &[],
+            generation: &item.generation,
         };
         let mut last: Option<AttemptRow> = None;
         let mut cost = 0.0;

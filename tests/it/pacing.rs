@@ -12,7 +12,7 @@ mod setup;
 use super::support::digest;
 use keyfan::config::{Config, MissingEnv};
 use keyfan::pool::{Need, Pool};
-use keyfan::provider::{Client, Reply, Request};
+use keyfan::provider::{Client, Generation, Reply, Request};
 use keyfan::run::{CallError, Caller, Clients, RetryPolicy};
 use keyfan::sim::Simulator;
 use setup::{ideal, keyfan_config, max_in_60s, prompt, sim_config, Scenario, MODEL, RPM};
@@ -66,6 +66,8 @@ async fn drive(config: &Config, sim: &Simulator, items: u64) -> Vec<Result<Reply
                     system: None,
                     max_output_tokens: None,
                     temperature: None,
+                    turns: &[],
+                    generation: Generation::none(),
                 };
                 // Only an RPM is limited here: the token estimate plays no part.
                 let need = Need::new(MODEL, 1);

@@ -71,3 +71,32 @@ async fn a_spec_with_an_unknown_placeholder_sends_nothing_and_names_file_line_an
     assert!(stderr.contains("no column `lang`"), "{stderr}");
     assert_eq!(stats(&sim).await.requests, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_the_provider_lacks_is_refused_naming_the_item_s_line_and_field() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    work.write(
+        "job.yaml",
+        "defaults:\n  top_k: 20\n  thinking_budget: 0\ntemplate: \"{{q}}\"\nitems:\n  - q: one\n  - q: two\n    reasoning_effort: high\n",
+    );
+    let args = run_job("job.yaml", "config.yaml", &["--state", "s.db"]);
+    let out = work.keyfan(&args, &[]).await;
+    let stderr = assert_exit_saying(
+        &out,
+        2,
+        "job.yaml:7: field `reasoning_effort`: model `gemini-2.5-flash` is served by gemini \
+         accounts, whose API has no `reasoning_effort`",
+    );
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    assert_eq!(stats(&sim).await.requests, 0);
+
+    // Without it, the settings Gemini has go out.
+    work.write(
+        "job.yaml",
+        "defaults:\n  top_k: 20\n  thinking_budget: 0\n  stop: [\"\\n\"]\ntemplate: \"{{q}}\"\nitems:\n  - q: one\n",
+    );
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+}
