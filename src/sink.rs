@@ -39,7 +39,7 @@ impl std::fmt::Display for Target {
 }
 
 /// The columns of a results row, in order (CSV header and JSON keys).
-pub const COLUMNS: [&str; 10] = [
+pub const COLUMNS: [&str; 11] = [
     "id",
     "status",
     "output",
@@ -50,6 +50,7 @@ pub const COLUMNS: [&str; 10] = [
     "attempts",
     "key",
     "error",
+    "output_json",
 ];
 
 enum Format {
@@ -105,6 +106,7 @@ impl Sink {
                     &num(u64::from(row.attempts)),
                     row.key.as_deref().unwrap_or(""),
                     row.error.as_deref().unwrap_or(""),
+                    row.output_json.as_deref().unwrap_or(""),
                 ])?;
                 Ok(())
             }
@@ -144,6 +146,7 @@ mod tests {
             key: Some("#1a2b3c4d".into()),
             account: Some("proj-a".into()),
             error: None,
+            output_json: Some("{\"a\": [1]}".into()),
             cost_usd: 0.0,
         }
     }
@@ -169,6 +172,7 @@ mod tests {
         keys_sorted.sort();
         assert_eq!(keys_sorted, expected);
         assert_eq!(value["output"], "line one,\n\"two\"");
+        assert_eq!(value["output_json"], serde_json::json!({"a": [1]}));
     }
 
     #[test]

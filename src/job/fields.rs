@@ -5,6 +5,7 @@
 use super::{Item, ItemError};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A known field of a job item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +24,12 @@ pub(super) enum Field {
     ThinkingLevel,
     ReasoningEffort,
     ResponseMimeType,
+    ResponseSchema,
+    SchemaRetries,
 }
+
+/// The most answers an item may send again for not fitting its schema.
+const MAX_SCHEMA_RETRIES: i64 = 10;
 
 /// The values `thinking_level` and `reasoning_effort` take.
 const LEVELS: [&str; 4] = ["minimal", "low", "medium", "high"];
@@ -33,7 +39,7 @@ const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 14] = [
+    pub(super) const ALL: [Field; 16] = [
         Field::Id,
         Field::Prompt,
         Field::Model,
@@ -48,6 +54,8 @@ impl Field {
         Field::ThinkingLevel,
         Field::ReasoningEffort,
         Field::ResponseMimeType,
+        Field::ResponseSchema,
+        Field::SchemaRetries,
     ];
 
     /// The name users write (JSON key or CSV column).
@@ -67,6 +75,8 @@ impl Field {
             Field::ThinkingLevel => "thinking_level",
             Field::ReasoningEffort => "reasoning_effort",
             Field::ResponseMimeType => "response_mime_type",
+            Field::ResponseSchema => "response_schema",
+            Field::SchemaRetries => "schema_retries",
         }
     }
 
@@ -216,8 +226,33 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
         Field::ResponseMimeType => {
             item.generation.response_mime_type = Some(one_of(field, raw, &MIME_TYPES)?)
         }
+        Field::ResponseSchema => item.generation.response_schema = Some(Arc::new(schema(raw)?)),
+        Field::SchemaRetries => {
+            item.schema_retries = Some(integer(field, raw, 0, MAX_SCHEMA_RETRIES)? as u32)
+        }
     }
     Ok(())
+}
+
+/// A JSON Schema: a JSON object, or its JSON text (a CSV cell), using only
+/// what [`crate::schema`] can check.
+fn schema(raw: Raw) -> Result<Value, Problem> {
+    let problem = |reason: String| Problem::field(Field::ResponseSchema.name(), reason);
+    let text = match raw {
+        Raw::Json(Value::String(text)) => text.as_str(),
+        Raw::Text(text) => text,
+        Raw::Json(value) => {
+            crate::schema::check_schema(value).map_err(|e| problem(e.to_string()))?;
+            return Ok(value.clone());
+        }
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        problem(format!(
+            "expected a JSON Schema object, found invalid JSON: {e}"
+        ))
+    })?;
+    crate::schema::check_schema(&value).map_err(|e| problem(e.to_string()))?;
+    Ok(value)
 }
 
 /// A number, JSON or text.

@@ -50,7 +50,14 @@ pub struct Item {
     pub temperature: Option<f32>,
     /// The other generation settings (`top_p`, `stop`, …).
     pub generation: Generation,
+    /// How many times an answer that does not fit `response_schema` is
+    /// asked for again; `None`: [`DEFAULT_SCHEMA_RETRIES`].
+    pub schema_retries: Option<u32>,
 }
+
+/// How many times an answer that does not fit its schema is asked for
+/// again when the item says nothing.
+pub const DEFAULT_SCHEMA_RETRIES: u32 = 1;
 
 /// The start of the id of a skipped line's row: `#line:7`. Job ids may not
 /// start with it, so a skipped row never shares an item's id.

@@ -42,6 +42,9 @@ struct Document {
     items: Option<Vec<Map<String, Value>>>,
 }
 
+/// The field whose string value in a spec names a file.
+const SCHEMA: &str = "response_schema";
+
 /// The items of a spec, row by row.
 pub(super) struct Rows {
     /// The spec file.
@@ -112,7 +115,7 @@ pub(super) fn open(path: &Path) -> Result<Rows, JobError> {
         field: field.map(str::to_owned),
         reason,
     };
-    let document: Document = serde_yaml::from_str(&text).map_err(|e| {
+    let mut document: Document = serde_yaml::from_str(&text).map_err(|e| {
         let line = e.location().map_or(1, |l| l.line() as u64);
         let message = e.to_string();
         let message = message.split(" at line ").next().unwrap_or(&message);
@@ -153,6 +156,30 @@ pub(super) fn open(path: &Path) -> Result<Rows, JobError> {
             .map_err(|e| errors.push(e))
             .ok()
     });
+    // A schema given as a string is a file beside the spec: read (and
+    // hashed) here, like an included file.
+    let lines = item_lines(&text, document.items.as_ref().map_or(0, Vec::len));
+    let objects = std::iter::once((
+        key_line(&text, &["defaults", SCHEMA]),
+        &mut document.defaults,
+    ))
+    .chain(
+        lines
+            .iter()
+            .copied()
+            .zip(document.items.iter_mut().flatten()),
+    );
+    for (line, object) in objects {
+        if let Some(Value::String(file)) = object.get(SCHEMA) {
+            let read = include(file).and_then(|text| {
+                serde_json::from_str(&text).map_err(|e| format!("{file} is not JSON: {e}"))
+            });
+            match read {
+                Ok(schema) => _ = object.insert(SCHEMA.to_owned(), schema),
+                Err(reason) => errors.push(at(line, Some(SCHEMA), reason)),
+            }
+        }
+    }
     let mut defaults = Item::default();
     let mut system = None;
     for (name, value) in &document.defaults {
@@ -186,14 +213,11 @@ pub(super) fn open(path: &Path) -> Result<Rows, JobError> {
             Some("data"),
             "`data` or `items` is required".to_owned(),
         )),
-        (None, Some(items)) => {
-            let lines = item_lines(&text, items.len());
-            Ok(Source::Inline {
-                items: lines.into_iter().zip(items).collect::<Vec<_>>().into_iter(),
-                hasher,
-                line: 0,
-            })
-        }
+        (None, Some(items)) => Ok(Source::Inline {
+            items: lines.into_iter().zip(items).collect::<Vec<_>>().into_iter(),
+            hasher,
+            line: 0,
+        }),
         (Some(data), None) => {
             let line = key_line(&text, &["data"]);
             let data = dir.join(data);

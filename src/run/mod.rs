@@ -438,6 +438,7 @@ fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> Ite
         key: None,
         account: None,
         error: None,
+        output_json: None,
         cost_usd: 0.0,
     }
 }

@@ -97,35 +97,61 @@ impl Worker {
             turns: &[],
             generation: &item.generation,
         };
+        let schema = item.generation.response_schema.as_deref();
+        let mut schema_tries = item
+            .schema_retries
+            .unwrap_or(crate::job::DEFAULT_SCHEMA_RETRIES);
         let mut last: Option<AttemptRow> = None;
         let mut cost = 0.0;
-        let result = self
-            .caller
-            .call(
-                Need::new(model, tokens),
-                &self.stop,
-                |client, key| {
-                    let request = request.clone();
-                    async move { client.generate(&key, &request).await }
-                },
-                |attempt, reply| {
-                    let mut row = attempt_row(&item.id, model, price, attempt, reply);
-                    row.attempt = row.attempt.saturating_add(prior);
-                    cost += row.cost_usd;
-                    if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class) {
-                        let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
-                            key: row.key.clone(),
-                            account: row.account.clone(),
-                            reason: row.error.clone().unwrap_or_default(),
-                        }));
-                    }
-                    // Sent at once, so the store learns of every request
-                    // even if the run dies before the item is finished.
-                    let _ = self.events.send(Event::Attempt(row.clone()));
-                    last = Some(row);
-                },
-            )
-            .await;
+        // An answer that does not fit the item's schema is asked for again,
+        // `schema_retries` times, its attempts numbered on.
+        let (result, answer) = loop {
+            let offset = last.as_ref().map_or(prior, |a| a.attempt);
+            let mut answer = None;
+            let result = self
+                .caller
+                .call(
+                    Need::new(model, tokens),
+                    &self.stop,
+                    |client, key| {
+                        let request = request.clone();
+                        async move { client.generate(&key, &request).await }
+                    },
+                    |attempt, reply| {
+                        let mut row = attempt_row(&item.id, model, price, attempt, reply);
+                        row.attempt = row.attempt.saturating_add(offset);
+                        cost += row.cost_usd;
+                        if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class)
+                        {
+                            let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
+                                key: row.key.clone(),
+                                account: row.account.clone(),
+                                reason: row.error.clone().unwrap_or_default(),
+                            }));
+                        }
+                        if let (Some(schema), Some(reply)) = (schema, reply) {
+                            let parsed =
+                                crate::schema::parse_answer(schema, &reply.text).map_err(|e| {
+                                    format!("the answer does not fit response_schema: {e}")
+                                });
+                            if let Err(mismatch) = &parsed {
+                                row.class = AttemptClass::SchemaMismatch;
+                                row.error = Some(mismatch.clone());
+                            }
+                            answer = Some(parsed);
+                        }
+                        // Sent at once, so the store learns of every request
+                        // even if the run dies before the item is finished.
+                        let _ = self.events.send(Event::Attempt(row.clone()));
+                        last = Some(row);
+                    },
+                )
+                .await;
+            match answer {
+                Some(Err(_)) if result.is_ok() && schema_tries > 0 => schema_tries -= 1,
+                answer => break (result, answer),
+            }
+        };
         let mut outcome = ItemRow {
             status: ItemStatus::Ok,
             input_tokens: last.as_ref().map_or(0, |a| a.input_tokens),
@@ -137,17 +163,25 @@ impl Worker {
             cost_usd: cost,
             ..unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
         };
-        match result {
-            Ok(reply) => outcome.output = Some(reply.text),
+        match (result, answer) {
+            (Ok(reply), Some(Err(mismatch))) => {
+                outcome.status = ItemStatus::Failed;
+                outcome.output = Some(reply.text);
+                outcome.error = Some(mismatch);
+            }
+            (Ok(reply), answer) => {
+                outcome.output = Some(reply.text);
+                outcome.output_json = answer.and_then(Result::ok).map(|v| v.to_string());
+            }
             // Nothing more can be sent for the model: the run stops, and
             // the item stays pending like the rest.
-            Err(CallError::Unavailable(Unavailable::NoKey { model, .. })) => {
+            (Err(CallError::Unavailable(Unavailable::NoKey { model, .. })), _) => {
                 self.faults.refuse_keys(model);
                 self.stop.cancel();
                 self.release_budget(worst, cost);
                 return;
             }
-            Err(CallError::Unavailable(unavailable)) => {
+            (Err(CallError::Unavailable(unavailable)), _) => {
                 outcome.status = match unavailable {
                     Unavailable::DayExhausted { .. } | Unavailable::ServerDelay { .. } => {
                         ItemStatus::Deferred
@@ -156,7 +190,7 @@ impl Worker {
                 };
                 outcome.error = Some(unavailable.to_string());
             }
-            Err(CallError::Api(error)) => {
+            (Err(CallError::Api(error)), _) => {
                 outcome.status = match &error.class {
                     ErrorClass::Blocked { .. } => ItemStatus::Blocked,
                     _ => ItemStatus::Failed,
@@ -167,11 +201,11 @@ impl Worker {
                 });
             }
             // Not finished: the item stays pending for the next run.
-            Err(CallError::Stopped | CallError::Ledger) => {
+            (Err(CallError::Stopped | CallError::Ledger), _) => {
                 self.release_budget(worst, cost);
                 return;
             }
-            Err(error @ CallError::Unreachable(_)) => {
+            (Err(error @ CallError::Unreachable(_)), _) => {
                 self.faults.push(error.to_string());
                 self.stop.cancel();
                 self.release_budget(worst, cost);

@@ -313,14 +313,16 @@ impl Store {
             let mut upsert_item = tx
                 .prepare_cached(
                     "INSERT INTO items (run_id, item_id, line, status, model, output, input_tokens,
-                     output_tokens, latency_ms, attempts, key, account, error, cost_usd, finished_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     output_tokens, latency_ms, attempts, key, account, error, cost_usd, finished_at,
+                     output_json)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT (run_id, item_id) DO UPDATE SET
                        status = excluded.status, model = excluded.model, output = excluded.output,
                        input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
                        latency_ms = excluded.latency_ms, attempts = excluded.attempts,
                        key = excluded.key, account = excluded.account, error = excluded.error,
-                       cost_usd = excluded.cost_usd, finished_at = excluded.finished_at",
+                       cost_usd = excluded.cost_usd, finished_at = excluded.finished_at,
+                       output_json = excluded.output_json",
                 )
                 .map_err(wrap)?;
             let finished_at = now();
@@ -342,6 +344,7 @@ impl Store {
                         i.error,
                         i.cost_usd,
                         finished_at,
+                        i.output_json,
                     ])
                     .map_err(wrap)?;
             }
@@ -360,7 +363,7 @@ impl Store {
         let mut failed = Ok(());
         self.each(
             "SELECT item_id, line, status, model, output, input_tokens, output_tokens,
-                    latency_ms, attempts, key, account, error, cost_usd
+                    latency_ms, attempts, key, account, error, cost_usd, output_json
              FROM items WHERE run_id = ?1 ORDER BY line",
             [run.0],
             ItemRow::from_row,

@@ -157,6 +157,9 @@ pub enum AttemptClass {
     ItemInvalid,
     /// Safety block.
     Blocked,
+    /// Answered, but the answer is not JSON that fits the item's
+    /// `response_schema`.
+    SchemaMismatch,
 }
 
 stored_as_text!(AttemptClass in "attempts"."class" {
@@ -166,6 +169,7 @@ stored_as_text!(AttemptClass in "attempts"."class" {
     Transient => "transient",
     ItemInvalid => "item_invalid",
     Blocked => "blocked",
+    SchemaMismatch => "schema_mismatch",
 });
 
 /// One attempt: one request sent with one key.
@@ -254,6 +258,10 @@ pub struct ItemRow {
     pub account: Option<String>,
     /// The API's own message (or keyfan's, when no request could be sent).
     pub error: Option<String>,
+    /// The answer parsed as JSON, for items with a `response_schema` whose
+    /// answer fits it: JSON text, written to results as JSON.
+    #[serde(serialize_with = "as_json")]
+    pub output_json: Option<String>,
     /// Cost of all the item's attempts.
     #[serde(skip)]
     pub cost_usd: f64,
@@ -275,7 +283,21 @@ impl ItemRow {
             account: row.get(10)?,
             error: row.get(11)?,
             cost_usd: amount(row, 12)?,
+            output_json: row.get(13)?,
         })
+    }
+}
+
+/// Writes JSON text as the JSON it holds (as a string if it holds none).
+fn as_json<S: serde::Serializer>(text: &Option<String>, to: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match text
+        .as_deref()
+        .map(|t| serde_json::from_str::<serde_json::Value>(t).map_err(|_| t))
+    {
+        None => to.serialize_none(),
+        Some(Ok(value)) => value.serialize(to),
+        Some(Err(text)) => text.serialize(to),
     }
 }
 

@@ -87,6 +87,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (provider, base_url)
     );
 ",
+    "
+    -- A structured answer (an item with a response_schema), as JSON text.
+    ALTER TABLE items ADD COLUMN output_json TEXT;
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

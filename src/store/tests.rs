@@ -35,6 +35,7 @@ fn item(id: &str, line: u64, status: ItemStatus) -> ItemRow {
         key: Some("#0badf00d".to_owned()),
         account: Some("proj-a".to_owned()),
         error: None,
+        output_json: (status == ItemStatus::Ok).then(|| "{\"n\": 1}".to_owned()),
         cost_usd: 0.001,
     }
 }
@@ -409,6 +410,7 @@ fn every_state_reads_back_as_written() {
         AttemptClass::Transient,
         AttemptClass::ItemInvalid,
         AttemptClass::Blocked,
+        AttemptClass::SchemaMismatch,
     ] {
         assert_eq!(AttemptClass::parse(class.as_str()), Ok(class));
     }

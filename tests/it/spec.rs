@@ -100,3 +100,78 @@ async fn a_setting_the_provider_lacks_is_refused_naming_the_item_s_line_and_fiel
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_answer_that_fails_once_is_asked_again_and_then_passes() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    work.write(
+        "label.schema.json",
+        r#"{"type": "object", "properties": {"label": {"enum": ["spam", "ham"]},
+            "reason": {"type": "string"}}, "required": ["label", "reason"],
+            "additionalProperties": false}"#,
+    );
+    work.write(
+        "job.yaml",
+        "defaults:\n  response_schema: label.schema.json\ntemplate: \"Label: {{text}}\"\nid: \"{{id}}\"\nitems:\n  - {id: fine, text: hello}\n  - {id: once, text: \"win a prize [[sim:badjson:1]]\"}\n  - {id: never, text: \"buy now [[sim:badjson]]\", schema_retries: 2}\n",
+    );
+    let args = run_job("job.yaml", "config.yaml", &["--state", "s.db", "-q"]);
+    let out = work.keyfan(&args, &[]).await;
+    // An item failed: exit code 3.
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let rows = results(&work.path("job.results.jsonl"));
+    let row = |id: &str| rows.iter().find(|r| r["id"] == id).unwrap().clone();
+
+    let fine = row("fine");
+    assert_eq!(
+        (&fine["status"], &fine["attempts"]),
+        (&"ok".into(), &1.into())
+    );
+    assert_eq!(fine["output_json"]["label"], "spam");
+    let once = row("once");
+    assert_eq!(
+        (&once["status"], &once["attempts"]),
+        (&"ok".into(), &2.into()),
+        "{once}"
+    );
+    assert!(once["output_json"]["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("digest:"));
+    let never = row("never");
+    assert_eq!(
+        (&never["status"], &never["attempts"]),
+        (&"failed".into(), &3.into())
+    );
+    assert_eq!(never["output_json"], serde_json::Value::Null);
+    assert_eq!(
+        never["error"],
+        "the answer does not fit response_schema: required property `label` is missing"
+    );
+    assert_eq!(stats(&sim).await.requests, 6);
+
+    let report: serde_json::Value = serde_json::from_str(&work.read("job.report.json")).unwrap();
+    assert_eq!(report["totals"]["schema_failures"], 4);
+    assert!(work
+        .read("job.report.md")
+        .contains("**Schema failures**: 4 answer(s)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_keyfan_cannot_check_is_refused_before_anything_is_sent() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    work.write(
+        "job.jsonl",
+        "{\"id\": 1, \"prompt\": \"p\", \"response_schema\": {\"type\": \"string\", \"pattern\": \"^a\"}}\n",
+    );
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    assert_exit_saying(
+        &out,
+        2,
+        "job.jsonl:1: field `response_schema`: at /pattern: keyfan cannot check `pattern`",
+    );
+    assert_eq!(stats(&sim).await.requests, 0);
+}
