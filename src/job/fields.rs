@@ -3,6 +3,7 @@
 //! problem, so JSONL and CSV accept and refuse exactly the same things.
 
 use super::{Item, ItemError};
+use crate::provider::{Role, Turn};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 pub(super) enum Field {
     Id,
     Prompt,
+    Messages,
     Model,
     System,
     MaxOutputTokens,
@@ -39,9 +41,10 @@ const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 16] = [
+    pub(super) const ALL: [Field; 17] = [
         Field::Id,
         Field::Prompt,
+        Field::Messages,
         Field::Model,
         Field::System,
         Field::MaxOutputTokens,
@@ -63,6 +66,7 @@ impl Field {
         match self {
             Field::Id => "id",
             Field::Prompt => "prompt",
+            Field::Messages => "messages",
             Field::Model => "model",
             Field::System => "system",
             Field::MaxOutputTokens => "max_output_tokens",
@@ -97,9 +101,11 @@ impl Field {
         Field::ALL.into_iter().find(|f| f.name() == name)
     }
 
-    /// Fields an item cannot do without.
-    pub(super) fn is_required(self) -> bool {
-        matches!(self, Field::Id | Field::Prompt)
+    /// Fields that say what an item is (its id and what it asks), as
+    /// opposed to how it is sent: a spec's defaults and per-row overrides
+    /// may set only the others.
+    pub(super) fn is_content(self) -> bool {
+        matches!(self, Field::Id | Field::Prompt | Field::Messages)
     }
 }
 
@@ -172,14 +178,23 @@ impl<'a> Values<'a> {
     /// Checks every field and builds the item found on `line`.
     pub(super) fn into_item(self, line: u64) -> Result<Item, Problem> {
         let id = id(self.required(Field::Id)?)?;
-        let prompt = non_empty(Field::Prompt, self.required(Field::Prompt)?)?;
         let mut item = Item {
             id,
             line,
-            prompt,
             ..Item::default()
         };
-        for field in Field::ALL.into_iter().filter(|f| !f.is_required()) {
+        // What the item asks: a prompt, or a conversation.
+        match (self.get(Field::Prompt), self.get(Field::Messages)) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::field(
+                    Field::Messages.name(),
+                    "give `prompt` or `messages`, not both",
+                ))
+            }
+            (None, Some(raw)) => set(&mut item, Field::Messages, raw)?,
+            _ => set(&mut item, Field::Prompt, self.required(Field::Prompt)?)?,
+        }
+        for field in Field::ALL.into_iter().filter(|f| !f.is_content()) {
             if let Some(raw) = self.get(field) {
                 set(&mut item, field, raw)?;
             }
@@ -195,6 +210,7 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
     match field {
         Field::Id => item.id = id(raw)?,
         Field::Prompt => item.prompt = non_empty(field, raw)?,
+        Field::Messages => (item.turns, item.prompt) = messages(raw)?,
         Field::Model => item.model = Some(model(raw)?),
         // An empty system instruction is no instruction (Gemini refuses an
         // empty one), whatever the format.
@@ -232,6 +248,66 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
         }
     }
     Ok(())
+}
+
+/// A conversation: a list (or, in a CSV cell, its JSON text) of
+/// `{"role", "text"}`, roles `user` and `assistant` (or `model`), ending
+/// with the user's turn. Returns the earlier turns and the last text.
+fn messages(raw: Raw) -> Result<(Vec<Turn>, String), Problem> {
+    let bad = |reason: String| Problem::field(Field::Messages.name(), reason);
+    let parsed;
+    let list = match raw {
+        Raw::Json(Value::Array(list)) => list,
+        Raw::Text(text) => {
+            parsed = serde_json::from_str::<Value>(text)
+                .map_err(|e| bad(format!("expected a JSON list of messages: {e}")))?;
+            parsed
+                .as_array()
+                .ok_or_else(|| bad("expected a list of messages".to_owned()))?
+        }
+        Raw::Json(v) => return Err(bad(format!("expected a list, found {}", kind(v)))),
+    };
+    let mut turns = Vec::with_capacity(list.len());
+    for (i, message) in list.iter().enumerate() {
+        let field = |name: &str| message.get(name).and_then(Value::as_str);
+        let role = field("role").and_then(role).ok_or_else(|| {
+            bad(format!(
+                "message {}: `role` must be user or assistant",
+                i + 1
+            ))
+        })?;
+        let text = field("text")
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                bad(format!(
+                    "message {}: `text` must be a non-empty string",
+                    i + 1
+                ))
+            })?;
+        if message.as_object().is_some_and(|m| m.len() > 2) {
+            return Err(bad(format!(
+                "message {}: only `role` and `text` are allowed",
+                i + 1
+            )));
+        }
+        turns.push(Turn {
+            role,
+            text: text.to_owned(),
+        });
+    }
+    match turns.pop() {
+        Some(last) if last.role == Role::User => Ok((turns, last.text)),
+        _ => Err(bad("the last message must be the user's".to_owned())),
+    }
+}
+
+/// A role as jobs name it.
+pub(super) fn role(name: &str) -> Option<Role> {
+    match name {
+        "user" => Some(Role::User),
+        "assistant" | "model" => Some(Role::Model),
+        _ => None,
+    }
 }
 
 /// A JSON Schema: a JSON object, or its JSON text (a CSV cell), using only

@@ -22,7 +22,7 @@ mod template;
 #[cfg(test)]
 mod tests;
 
-use crate::provider::Generation;
+use crate::provider::{Generation, Turn};
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
@@ -38,8 +38,10 @@ pub struct Item {
     pub id: String,
     /// 1-based line of the item in the job file (CSV: the record's line).
     pub line: u64,
-    /// The user text.
+    /// The user text (of a conversation, the last turn).
     pub prompt: String,
+    /// A conversation's earlier turns (`messages`), oldest first.
+    pub turns: Vec<Turn>,
     /// Model override; the config's default model when `None`.
     pub model: Option<String>,
     /// Optional system instruction.

@@ -4,7 +4,7 @@
 //!
 //! ```yaml
 //! defaults: { model: gemini-2.5-flash, temperature: 0.2 }
-//! template: "Translate into {{lang}}: {{text}}"
+//! template: "Translate into {{lang}}: {{text}}"   # or `messages: [{role, text}]`
 //! id: "{{key}}-{{lang}}"        # optional; default: the row number
 //! data: rows.csv                # or `items: [{key: a, text: …, lang: fr}]`
 //! ```
@@ -22,6 +22,7 @@
 use super::fields::{set, Field, Problem, Raw};
 use super::template::Template;
 use super::{Hashing, Item, ItemError, JobError};
+use crate::provider::{Role, Turn};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -37,9 +38,25 @@ struct Document {
     #[serde(default)]
     defaults: Map<String, Value>,
     template: Option<String>,
+    messages: Option<Vec<Message>>,
     id: Option<String>,
     data: Option<PathBuf>,
     items: Option<Vec<Map<String, Value>>>,
+}
+
+/// One turn of a conversation template.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Message {
+    role: String,
+    text: String,
+}
+
+/// What each row asks: one prompt, or a conversation whose last turn is
+/// the user's.
+enum Body {
+    Prompt(Template),
+    Messages(Vec<(Role, Template)>),
 }
 
 /// The field whose string value in a spec names a file.
@@ -51,7 +68,7 @@ pub(super) struct Rows {
     path: PathBuf,
     /// Every placeholder name the templates use, in order of first use.
     names: Vec<String>,
-    prompt: Template,
+    body: Body,
     /// The id template; `None`: the row number.
     id: Option<Template>,
     /// The defaults' system instruction, a template too.
@@ -142,12 +159,52 @@ pub(super) fn open(path: &Path) -> Result<Rows, JobError> {
         Template::parse(source, names, &mut include)
             .map_err(|reason| at(key_line(&text, &[key]), Some(key), reason))
     };
-    let prompt = match &document.template {
-        Some(source) => template("template", source, &mut names)
+    let body = match (&document.template, &document.messages) {
+        (Some(source), None) => template("template", source, &mut names)
             .map_err(|e| errors.push(e))
-            .ok(),
-        None => {
-            errors.push(at(1, Some("template"), "is required".to_owned()));
+            .ok()
+            .map(Body::Prompt),
+        (None, Some(messages)) => {
+            let line = key_line(&text, &["messages"]);
+            let mut turns = Vec::new();
+            for message in messages {
+                let Some(role) = super::fields::role(&message.role) else {
+                    errors.push(at(
+                        line,
+                        Some("messages"),
+                        format!("role `{}`: expected user or assistant", message.role),
+                    ));
+                    continue;
+                };
+                if let Ok(text) =
+                    template("messages", &message.text, &mut names).map_err(|e| errors.push(e))
+                {
+                    turns.push((role, text));
+                }
+            }
+            if turns.last().is_none_or(|(role, _)| *role != Role::User) {
+                errors.push(at(
+                    line,
+                    Some("messages"),
+                    "the last message must be the user's".to_owned(),
+                ));
+            }
+            Some(Body::Messages(turns))
+        }
+        (Some(_), Some(_)) => {
+            errors.push(at(
+                key_line(&text, &["messages"]),
+                Some("messages"),
+                "give `template` or `messages`, not both".to_owned(),
+            ));
+            None
+        }
+        (None, None) => {
+            errors.push(at(
+                1,
+                Some("template"),
+                "is required (or `messages`)".to_owned(),
+            ));
             None
         }
     };
@@ -190,7 +247,7 @@ pub(super) fn open(path: &Path) -> Result<Rows, JobError> {
                     .map_err(|reason| errors.push(at(line, Some(name), reason)))
                     .ok();
             }
-            (Some(field), _) if !field.is_required() => {
+            (Some(field), _) if !field.is_content() => {
                 if let Err(problem) = set(&mut defaults, field, Raw::Json(value)) {
                     errors.push(problem.at(path, line));
                 }
@@ -232,11 +289,11 @@ pub(super) fn open(path: &Path) -> Result<Rows, JobError> {
         }
     };
     let source = source.map_err(|e| errors.push(e)).ok();
-    match (prompt, source) {
-        (Some(prompt), Some(source)) if errors.is_empty() => Ok(Rows {
+    match (body, source) {
+        (Some(body), Some(source)) if errors.is_empty() => Ok(Rows {
             path: path.to_owned(),
             names,
-            prompt,
+            body,
             id,
             system,
             defaults,
@@ -257,7 +314,7 @@ fn spec_error(mut errors: Vec<ItemError>) -> JobError {
 fn setting_names() -> String {
     let names: Vec<&str> = Field::ALL
         .iter()
-        .filter(|f| !f.is_required())
+        .filter(|f| !f.is_content())
         .map(|f| f.name())
         .collect();
     names.join(", ")
@@ -325,7 +382,7 @@ fn open_data(path: &Path, hasher: Sha256, names: &[String]) -> Result<Source, Da
     let overrides = header
         .iter()
         .enumerate()
-        .filter_map(|(i, h)| Field::named(h).filter(|f| !f.is_required()).map(|f| (i, f)))
+        .filter_map(|(i, h)| Field::named(h).filter(|f| !f.is_content()).map(|f| (i, f)))
         .collect();
     Ok(Source::Csv(Box::new(CsvData {
         path: path.to_owned(),
@@ -421,7 +478,7 @@ impl Rows {
             .collect();
         let mut overrides = Vec::new();
         for (name, value) in object {
-            match Field::named(name).filter(|f| !f.is_required()) {
+            match Field::named(name).filter(|f| !f.is_content()) {
                 Some(field) => overrides.push((field, Raw::Json(value))),
                 None if what == "key" && !self.names.contains(name) => {
                     return Err(Problem::field(
@@ -480,8 +537,22 @@ impl Rows {
         };
         let mut item = self.defaults.clone();
         item.line = self.at;
-        let prompt = self.prompt.fill(row).map_err(missing)?;
-        set(&mut item, Field::Prompt, Raw::Text(&prompt))?;
+        match &self.body {
+            Body::Prompt(template) => {
+                let prompt = template.fill(row).map_err(missing)?;
+                set(&mut item, Field::Prompt, Raw::Text(&prompt))?;
+            }
+            Body::Messages(turns) => {
+                let mut filled = Vec::with_capacity(turns.len());
+                for (role, template) in turns {
+                    let text = template.fill(row).map_err(missing)?;
+                    filled.push(Turn { role: *role, text });
+                }
+                let last = filled.pop().map(|t| t.text).unwrap_or_default();
+                set(&mut item, Field::Prompt, Raw::Text(&last))?;
+                item.turns = filled;
+            }
+        }
         let id = match &self.id {
             Some(id) => id.fill(row).map_err(missing)?,
             None => self.rows.to_string(),

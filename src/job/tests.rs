@@ -119,7 +119,7 @@ fn jsonl_errors_name_line_and_field() {
         ("[1, 2]", "2: -: expected a JSON object, found an array"),
         (
             "{\"id\": \"a\", \"promt\": \"x\"}",
-            "2: promt: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries",
+            "2: promt: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries",
         ),
         ("{\"id\": \"a\"}", "2: prompt: is required"),
         ("{\"prompt\": \"x\"}", "2: id: is required"),
@@ -180,7 +180,7 @@ fn csv_errors_name_line_and_column() {
     let header_error = |header: &str| errors("job.csv", format!("{header}\na,b\n").as_bytes());
     assert_eq!(
         header_error("id,promt"),
-        ["1: promt: unknown column; expected one of: id, prompt, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries"]
+        ["1: promt: unknown column; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries"]
     );
     assert_eq!(
         header_error("id,model"),
@@ -303,7 +303,7 @@ fn item_errors_display_path_line_and_field() {
     assert_eq!(
         shown,
         [
-            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries"),
+            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries"),
             format!("{p}:2: invalid JSON: expected ident at column 2"),
         ]
     );
@@ -581,7 +581,7 @@ fn a_spec_over_inline_items_or_jsonl_numbers_rows_by_default() {
 fn spec_errors_name_line_and_field_and_stop_the_job() {
     assert_eq!(
         spec_errors(&[("job.yaml", "template: \"{{x}}\"\nitems: []\npromt: typo\n")]),
-        ["3: promt: unknown field `promt`, expected one of `defaults`, `template`, `id`, `data`, `items`"]
+        ["3: promt: unknown field `promt`, expected one of `defaults`, `template`, `messages`, `id`, `data`, `items`"]
     );
     let errors = spec_errors(&[
         (
@@ -700,5 +700,61 @@ fn validation_lists_each_model_and_setting_pair_once_where_first_used() {
             (None, "top_k", 2),
             (Some("gpt-4o".to_owned()), "seed", 3)
         ]
+    );
+}
+
+#[test]
+fn conversations_are_messages_ending_with_the_user_s_turn() {
+    use crate::provider::{Role, Turn};
+    let items = items(
+        "job.jsonl",
+        "{\"id\": 1, \"messages\": [{\"role\": \"user\", \"text\": \"Hi\"}, {\"role\": \"assistant\", \"text\": \"Hello!\"}, {\"role\": \"user\", \"text\": \"Bye?\"}]}\n",
+    );
+    assert_eq!(items[0].prompt, "Bye?");
+    assert_eq!(
+        items[0].turns,
+        [
+            Turn {
+                role: Role::User,
+                text: "Hi".into()
+            },
+            Turn {
+                role: Role::Model,
+                text: "Hello!".into()
+            }
+        ]
+    );
+    for (line, expected) in [
+        (
+            r#"{"id": 2, "messages": [{"role": "user", "text": "a"}, {"role": "model", "text": "b"}]}"#,
+            "2: messages: the last message must be the user's",
+        ),
+        (
+            r#"{"id": 2, "messages": [{"role": "system", "text": "a"}]}"#,
+            "2: messages: message 1: `role` must be user or assistant",
+        ),
+        (
+            r#"{"id": 2, "prompt": "p", "messages": [{"role": "user", "text": "a"}]}"#,
+            "2: messages: give `prompt` or `messages`, not both",
+        ),
+        (r#"{"id": 2}"#, "2: prompt: is required"),
+    ] {
+        assert_eq!(jsonl_error(line), expected);
+    }
+
+    let (_dir, spec) = spec_files(&[(
+        "chat.yaml",
+        "messages:\n  - {role: user, text: \"Translate {{word}}\"}\n  - {role: assistant, text: \"Into what?\"}\n  - {role: user, text: \"{{lang}}\"}\nitems:\n  - {word: cat, lang: Welsh}\n",
+    )]);
+    let item = JobReader::open(&spec).unwrap().next().unwrap().unwrap();
+    assert_eq!(item.prompt, "Welsh");
+    assert_eq!(item.turns[0].text, "Translate cat");
+    assert_eq!(item.turns[1].role, Role::Model);
+    assert_eq!(
+        spec_errors(&[(
+            "chat.yaml",
+            "items: []\nmessages:\n  - {role: user, text: a}\n  - {role: assistant, text: b}\n"
+        )]),
+        ["2: messages: the last message must be the user's"]
     );
 }

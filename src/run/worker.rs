@@ -50,8 +50,13 @@ impl Worker {
                 .unwrap_or(0),
         };
         let model = item.model.as_deref().unwrap_or(&self.default_model);
-        let tokens =
-            estimate_tokens(&item.prompt) + item.system.as_deref().map_or(0, estimate_tokens);
+        let tokens = estimate_tokens(&item.prompt)
+            + item.system.as_deref().map_or(0, estimate_tokens)
+            + item
+                .turns
+                .iter()
+                .map(|t| estimate_tokens(&t.text))
+                .sum::<u64>();
         let price = price::lookup(model);
         // Under a budget every request carries an output cap, so its worst
         // case is known before it is sent.
@@ -94,7 +99,7 @@ impl Worker {
             system: item.system.as_deref(),
             max_output_tokens,
             temperature: item.temperature,
-            turns: &[],
+            turns: &item.turns,
             generation: &item.generation,
         };
         let schema = item.generation.response_schema.as_deref();

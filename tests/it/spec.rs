@@ -175,3 +175,22 @@ async fn a_schema_keyfan_cannot_check_is_refused_before_anything_is_sent() {
     );
     assert_eq!(stats(&sim).await.requests, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_goes_out_turn_by_turn_and_is_answered_to_its_last_turn() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    work.write(
+        "job.jsonl",
+        "{\"id\": \"c1\", \"messages\": [{\"role\": \"user\", \"text\": \"My name is Ada.\"}, {\"role\": \"assistant\", \"text\": \"Hello Ada!\"}, {\"role\": \"user\", \"text\": \"What is my name?\"}]}\n",
+    );
+    let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let rows = results(&work.path("job.results.jsonl"));
+    let output = rows[0]["output"].as_str().unwrap();
+    assert!(output.contains(&digest("What is my name?")), "{output}");
+    // Every turn was sent: the simulator counts 4 + 3 + 4 tokens (one per
+    // 4 characters of each), where the last turn alone would be 4.
+    assert_eq!(rows[0]["input_tokens"], 11, "{}", rows[0]);
+}
