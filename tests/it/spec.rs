@@ -1,4 +1,14 @@
 use crate::support::*;
+use keyfan::sim::SimServer;
+
+/// A simulator without latency, and a work directory whose `config.yaml`
+/// has one key for it.
+async fn one_key() -> (SimServer, Workdir) {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("config.yaml", &one_account(&sim.base_url()));
+    (sim, work)
+}
 
 /// A CSV data file of `n` rows: `key,text,lang`.
 fn rows(n: usize) -> String {
@@ -12,9 +22,7 @@ fn rows(n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_template_over_a_10000_row_csv_sends_each_row_its_own_prompt() {
-    let sim = simulator(&two_projects(0, 0)).await;
-    let work = Workdir::new();
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = one_key().await;
     work.write("rows.csv", &rows(10_000));
     work.write("instructions.txt", "Translate faithfully.");
     work.write(
@@ -53,9 +61,7 @@ async fn a_template_over_a_10000_row_csv_sends_each_row_its_own_prompt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_with_an_unknown_placeholder_sends_nothing_and_names_file_line_and_field() {
-    let sim = simulator(&two_projects(0, 0)).await;
-    let work = Workdir::new();
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = one_key().await;
     work.write("rows.csv", "key,text\nk1,hello\n");
     work.write(
         "job.yaml",
@@ -74,9 +80,7 @@ async fn a_spec_with_an_unknown_placeholder_sends_nothing_and_names_file_line_an
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_setting_the_provider_lacks_is_refused_naming_the_item_s_line_and_field() {
-    let sim = simulator(&two_projects(0, 0)).await;
-    let work = Workdir::new();
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = one_key().await;
     work.write(
         "job.yaml",
         "defaults:\n  top_k: 20\n  thinking_budget: 0\ntemplate: \"{{q}}\"\nitems:\n  - q: one\n  - q: two\n    reasoning_effort: high\n",
@@ -103,9 +107,7 @@ async fn a_setting_the_provider_lacks_is_refused_naming_the_item_s_line_and_fiel
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_answer_that_fails_once_is_asked_again_and_then_passes() {
-    let sim = simulator(&two_projects(0, 0)).await;
-    let work = Workdir::new();
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = one_key().await;
     work.write(
         "label.schema.json",
         r#"{"type": "object", "properties": {"label": {"enum": ["spam", "ham"]},
@@ -160,9 +162,7 @@ async fn a_schema_answer_that_fails_once_is_asked_again_and_then_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_keyfan_cannot_check_is_refused_before_anything_is_sent() {
-    let sim = simulator(&two_projects(0, 0)).await;
-    let work = Workdir::new();
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (sim, work) = one_key().await;
     work.write(
         "job.jsonl",
         "{\"id\": 1, \"prompt\": \"p\", \"response_schema\": {\"type\": \"string\", \"pattern\": \"^a\"}}\n",
@@ -178,9 +178,7 @@ async fn a_schema_keyfan_cannot_check_is_refused_before_anything_is_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_goes_out_turn_by_turn_and_is_answered_to_its_last_turn() {
-    let sim = simulator(&two_projects(0, 0)).await;
-    let work = Workdir::new();
-    work.write("config.yaml", &one_account(&sim.base_url()));
+    let (_sim, work) = one_key().await;
     work.write(
         "job.jsonl",
         "{\"id\": \"c1\", \"messages\": [{\"role\": \"user\", \"text\": \"My name is Ada.\"}, {\"role\": \"assistant\", \"text\": \"Hello Ada!\"}, {\"role\": \"user\", \"text\": \"What is my name?\"}]}\n",
