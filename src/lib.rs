@@ -24,6 +24,7 @@ pub mod price;
 pub mod provider;
 pub mod report;
 pub mod run;
+pub mod schema;
 pub mod sim;
 pub mod sink;
 pub mod store;

@@ -39,7 +39,7 @@ impl std::fmt::Display for Target {
 }
 
 /// The columns of a results row, in order (CSV header and JSON keys).
-pub const COLUMNS: [&str; 14] = [
+pub const COLUMNS: [&str; 15] = [
     "id",
     "status",
     "output",
@@ -54,6 +54,7 @@ pub const COLUMNS: [&str; 14] = [
     "cached_tokens",
     "finish_reason",
     "cost",
+    "output_json",
 ];
 
 enum Format {
@@ -115,6 +116,7 @@ impl Sink {
                     // Unknown is empty, never 0.
                     &row.cost
                         .map_or_else(String::new, |usd| round_usd(usd).to_string()),
+                    row.output_json.as_deref().unwrap_or(""),
                 ])?;
                 Ok(())
             }
@@ -158,6 +160,7 @@ mod tests {
             cached_tokens: 1,
             finish_reason: Some("STOP".into()),
             cost: Some(0.1 + 0.2),
+            output_json: Some("{\"a\": [1]}".into()),
         }
     }
 
@@ -183,6 +186,7 @@ mod tests {
         assert_eq!(keys_sorted, expected);
         assert_eq!(value["output"], "line one,\n\"two\"");
         assert_eq!(value["cost"], 0.3, "rounded past float noise");
+        assert_eq!(value["output_json"], serde_json::json!({"a": [1]}));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 mod tokens;
 mod wall;
 
-pub use tokens::{estimate_tokens, prompt_tokens};
+pub use tokens::{estimate_tokens, item_tokens, prompt_tokens};
 pub use wall::{thousands, WallTime};
 
 use crate::config::Config;
@@ -81,7 +81,7 @@ pub struct ItemCost {
 impl ItemCost {
     /// The figures of `item` for `model` at `prices`.
     pub fn of(item: &Item, model: &str, prices: &PriceTable) -> ItemCost {
-        let input_tokens = prompt_tokens(&item.prompt, item.system.as_deref());
+        let input_tokens = item_tokens(item);
         let worst_output = u64::from(item.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_CAP));
         ItemCost {
             input_tokens,

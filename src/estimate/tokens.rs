@@ -35,6 +35,17 @@ pub fn prompt_tokens(prompt: &str, system: Option<&str>) -> u64 {
     estimate_tokens(prompt) + system.map_or(0, estimate_tokens)
 }
 
+/// The estimated input tokens of a job item: its prompt, its system
+/// instruction and the turns of its conversation.
+pub fn item_tokens(item: &crate::job::Item) -> u64 {
+    prompt_tokens(&item.prompt, item.system.as_deref())
+        + item
+            .turns
+            .iter()
+            .map(|turn| estimate_tokens(&turn.text))
+            .sum::<u64>()
+}
+
 /// CJK scripts and full-width forms: about one token per character.
 fn is_wide(c: char) -> bool {
     matches!(c as u32,

@@ -209,10 +209,12 @@ fn columns(header: &::csv::ByteRecord) -> Result<Vec<Field>, Problem> {
         }
         columns.push(field);
     }
-    if let Some(missing) = Field::ALL
-        .into_iter()
-        .find(|f| f.is_required() && !columns.contains(f))
-    {
+    let asks = columns.contains(&Field::Prompt) || columns.contains(&Field::Messages);
+    let missing = [
+        (Field::Id, columns.contains(&Field::Id)),
+        (Field::Prompt, asks),
+    ];
+    if let Some((missing, _)) = missing.iter().find(|(_, present)| !present) {
         return Err(Problem::field(
             missing.name(),
             "required column is missing from the header",

@@ -3,29 +3,62 @@
 //! problem, so JSONL and CSV accept and refuse exactly the same things.
 
 use super::{Item, ItemError};
+use crate::provider::{Role, Turn};
 use serde_json::Value;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A known field of a job item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Field {
     Id,
     Prompt,
+    Messages,
     Model,
     System,
     MaxOutputTokens,
     Temperature,
+    TopP,
+    TopK,
+    Stop,
+    Seed,
+    ThinkingBudget,
+    ThinkingLevel,
+    ReasoningEffort,
+    ResponseMimeType,
+    ResponseSchema,
+    SchemaRetries,
 }
+
+/// The most answers an item may send again for not fitting its schema.
+const MAX_SCHEMA_RETRIES: i64 = 10;
+
+/// The values `thinking_level` and `reasoning_effort` take.
+const LEVELS: [&str; 4] = ["minimal", "low", "medium", "high"];
+
+/// The values `response_mime_type` takes.
+const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 6] = [
+    pub(super) const ALL: [Field; 17] = [
         Field::Id,
         Field::Prompt,
+        Field::Messages,
         Field::Model,
         Field::System,
         Field::MaxOutputTokens,
         Field::Temperature,
+        Field::TopP,
+        Field::TopK,
+        Field::Stop,
+        Field::Seed,
+        Field::ThinkingBudget,
+        Field::ThinkingLevel,
+        Field::ReasoningEffort,
+        Field::ResponseMimeType,
+        Field::ResponseSchema,
+        Field::SchemaRetries,
     ];
 
     /// The name users write (JSON key or CSV column).
@@ -33,31 +66,46 @@ impl Field {
         match self {
             Field::Id => "id",
             Field::Prompt => "prompt",
+            Field::Messages => "messages",
             Field::Model => "model",
             Field::System => "system",
             Field::MaxOutputTokens => "max_output_tokens",
             Field::Temperature => "temperature",
+            Field::TopP => "top_p",
+            Field::TopK => "top_k",
+            Field::Stop => "stop",
+            Field::Seed => "seed",
+            Field::ThinkingBudget => "thinking_budget",
+            Field::ThinkingLevel => "thinking_level",
+            Field::ReasoningEffort => "reasoning_effort",
+            Field::ResponseMimeType => "response_mime_type",
+            Field::ResponseSchema => "response_schema",
+            Field::SchemaRetries => "schema_retries",
         }
     }
 
     /// The field called `name`, or a problem naming it and listing the
     /// known ones (catches `promt`). `what` is "field" or "column".
     pub(super) fn parse(name: &str, what: &str) -> Result<Field, Problem> {
-        Field::ALL
-            .into_iter()
-            .find(|f| f.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
-                Problem::field(
-                    name,
-                    format!("unknown {what}; expected one of: {}", known.join(", ")),
-                )
-            })
+        Field::named(name).ok_or_else(|| {
+            let known: Vec<&str> = Field::ALL.iter().map(|f| f.name()).collect();
+            Problem::field(
+                name,
+                format!("unknown {what}; expected one of: {}", known.join(", ")),
+            )
+        })
     }
 
-    /// Fields an item cannot do without.
-    pub(super) fn is_required(self) -> bool {
-        matches!(self, Field::Id | Field::Prompt)
+    /// The field called `name`, if it is one.
+    pub(super) fn named(name: &str) -> Option<Field> {
+        Field::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// Fields that say what an item is (its id and what it asks), as
+    /// opposed to how it is sent: a spec's defaults and per-row overrides
+    /// may set only the others.
+    pub(super) fn is_content(self) -> bool {
+        matches!(self, Field::Id | Field::Prompt | Field::Messages)
     }
 }
 
@@ -130,30 +178,224 @@ impl<'a> Values<'a> {
     /// Checks every field and builds the item found on `line`.
     pub(super) fn into_item(self, line: u64) -> Result<Item, Problem> {
         let id = id(self.required(Field::Id)?)?;
-        let prompt = non_empty(Field::Prompt, self.required(Field::Prompt)?)?;
-        let model = self.get(Field::Model).map(model).transpose()?;
-        // An empty system instruction is no instruction (Gemini refuses an
-        // empty one), whatever the format.
-        let system = self
-            .get(Field::System)
-            .map(|raw| string(Field::System, raw))
-            .transpose()?
-            .filter(|s| !s.trim().is_empty());
-        let max_output_tokens = self
-            .get(Field::MaxOutputTokens)
-            .map(max_output_tokens)
-            .transpose()?;
-        let temperature = self.get(Field::Temperature).map(temperature).transpose()?;
-        Ok(Item {
+        let mut item = Item {
             id,
             line,
-            prompt,
-            model,
-            system,
-            max_output_tokens,
-            temperature,
-        })
+            ..Item::default()
+        };
+        // What the item asks: a prompt, or a conversation.
+        match (self.get(Field::Prompt), self.get(Field::Messages)) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::field(
+                    Field::Messages.name(),
+                    "give `prompt` or `messages`, not both",
+                ))
+            }
+            (None, Some(raw)) => set(&mut item, Field::Messages, raw)?,
+            _ => set(&mut item, Field::Prompt, self.required(Field::Prompt)?)?,
+        }
+        for field in Field::ALL.into_iter().filter(|f| !f.is_content()) {
+            if let Some(raw) = self.get(field) {
+                set(&mut item, field, raw)?;
+            }
+        }
+        Ok(item)
     }
+}
+
+/// Checks `raw` as the value of `field` and sets it on `item`: the one
+/// place each field's rules live, for whole records and for the defaults
+/// and per-row overrides of a spec alike.
+pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem> {
+    match field {
+        Field::Id => item.id = id(raw)?,
+        Field::Prompt => item.prompt = non_empty(field, raw)?,
+        Field::Messages => (item.turns, item.prompt) = messages(raw)?,
+        Field::Model => item.model = Some(model(raw)?),
+        // An empty system instruction is no instruction (Gemini refuses an
+        // empty one), whatever the format.
+        Field::System => item.system = Some(string(field, raw)?).filter(|s| !s.trim().is_empty()),
+        Field::MaxOutputTokens => item.max_output_tokens = Some(max_output_tokens(raw)?),
+        Field::Temperature => item.temperature = Some(temperature(raw)?),
+        Field::TopP => {
+            let p = number(field, raw)?;
+            if !(0.0..=1.0).contains(&p) {
+                return Err(Problem::field(
+                    field.name(),
+                    format!("must be between 0.0 and 1.0, found {p}"),
+                ));
+            }
+            item.generation.top_p = Some(p as f32);
+        }
+        Field::TopK => {
+            item.generation.top_k = Some(integer(field, raw, 1, u32::MAX.into())? as u32)
+        }
+        Field::Stop => item.generation.stop = stop(raw)?,
+        Field::Seed => item.generation.seed = Some(integer(field, raw, i64::MIN, i64::MAX)?),
+        Field::ThinkingBudget => {
+            item.generation.thinking_budget = Some(integer(field, raw, -1, i32::MAX.into())? as i32)
+        }
+        Field::ThinkingLevel => item.generation.thinking_level = Some(one_of(field, raw, &LEVELS)?),
+        Field::ReasoningEffort => {
+            item.generation.reasoning_effort = Some(one_of(field, raw, &LEVELS)?)
+        }
+        Field::ResponseMimeType => {
+            item.generation.response_mime_type = Some(one_of(field, raw, &MIME_TYPES)?)
+        }
+        Field::ResponseSchema => item.generation.response_schema = Some(Arc::new(schema(raw)?)),
+        Field::SchemaRetries => {
+            item.schema_retries = Some(integer(field, raw, 0, MAX_SCHEMA_RETRIES)? as u32)
+        }
+    }
+    Ok(())
+}
+
+/// A conversation: a list (or, in a CSV cell, its JSON text) of
+/// `{"role", "text"}`, roles `user` and `assistant` (or `model`), ending
+/// with the user's turn. Returns the earlier turns and the last text.
+fn messages(raw: Raw) -> Result<(Vec<Turn>, String), Problem> {
+    let bad = |reason: String| Problem::field(Field::Messages.name(), reason);
+    let parsed;
+    let list = match raw {
+        Raw::Json(Value::Array(list)) => list,
+        Raw::Text(text) => {
+            parsed = serde_json::from_str::<Value>(text)
+                .map_err(|e| bad(format!("expected a JSON list of messages: {e}")))?;
+            parsed
+                .as_array()
+                .ok_or_else(|| bad("expected a list of messages".to_owned()))?
+        }
+        Raw::Json(v) => return Err(bad(format!("expected a list, found {}", kind(v)))),
+    };
+    let mut turns = Vec::with_capacity(list.len());
+    for (i, message) in list.iter().enumerate() {
+        let field = |name: &str| message.get(name).and_then(Value::as_str);
+        let role = field("role").and_then(role).ok_or_else(|| {
+            bad(format!(
+                "message {}: `role` must be user or assistant",
+                i + 1
+            ))
+        })?;
+        let text = field("text")
+            .filter(|t| !t.trim().is_empty())
+            .ok_or_else(|| {
+                bad(format!(
+                    "message {}: `text` must be a non-empty string",
+                    i + 1
+                ))
+            })?;
+        if message.as_object().is_some_and(|m| m.len() > 2) {
+            return Err(bad(format!(
+                "message {}: only `role` and `text` are allowed",
+                i + 1
+            )));
+        }
+        turns.push(Turn {
+            role,
+            text: text.to_owned(),
+        });
+    }
+    match turns.pop() {
+        Some(last) if last.role == Role::User => Ok((turns, last.text)),
+        _ => Err(bad("the last message must be the user's".to_owned())),
+    }
+}
+
+/// A role as jobs name it.
+pub(super) fn role(name: &str) -> Option<Role> {
+    match name {
+        "user" => Some(Role::User),
+        "assistant" | "model" => Some(Role::Model),
+        _ => None,
+    }
+}
+
+/// A JSON Schema: a JSON object, or its JSON text (a CSV cell), using only
+/// what [`crate::schema`] can check.
+fn schema(raw: Raw) -> Result<Value, Problem> {
+    let problem = |reason: String| Problem::field(Field::ResponseSchema.name(), reason);
+    let text = match raw {
+        Raw::Json(Value::String(text)) => text.as_str(),
+        Raw::Text(text) => text,
+        Raw::Json(value) => {
+            crate::schema::check_schema(value).map_err(|e| problem(e.to_string()))?;
+            return Ok(value.clone());
+        }
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        problem(format!(
+            "expected a JSON Schema object, found invalid JSON: {e}"
+        ))
+    })?;
+    crate::schema::check_schema(&value).map_err(|e| problem(e.to_string()))?;
+    Ok(value)
+}
+
+/// A number, JSON or text.
+fn number(field: Field, raw: Raw) -> Result<f64, Problem> {
+    let found =
+        |what: String| Problem::field(field.name(), format!("expected a number, found {what}"));
+    match raw {
+        Raw::Json(Value::Number(n)) => n.as_f64().ok_or_else(|| found(n.to_string())),
+        Raw::Json(v) => Err(found(kind(v).to_owned())),
+        Raw::Text(t) => t.trim().parse().map_err(|_| found(format!("`{t}`"))),
+    }
+}
+
+/// An integer in `min..=max`, JSON or text.
+fn integer(field: Field, raw: Raw, min: i64, max: i64) -> Result<i64, Problem> {
+    let expected = |found: String| {
+        Problem::field(
+            field.name(),
+            format!("expected an integer from {min} to {max}, found {found}"),
+        )
+    };
+    let n = match raw {
+        Raw::Json(Value::Number(n)) => n.as_i64().ok_or_else(|| expected(n.to_string()))?,
+        Raw::Json(v) => return Err(expected(kind(v).to_owned())),
+        Raw::Text(t) => t.trim().parse().map_err(|_| expected(format!("`{t}`")))?,
+    };
+    if (min..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(expected(n.to_string()))
+    }
+}
+
+/// One of `values` (case-insensitive), as written there.
+fn one_of(field: Field, raw: Raw, values: &[&str]) -> Result<String, Problem> {
+    let s = string(field, raw)?;
+    values
+        .iter()
+        .find(|v| v.eq_ignore_ascii_case(s.trim()))
+        .map(|v| (*v).to_owned())
+        .ok_or_else(|| {
+            Problem::field(
+                field.name(),
+                format!("expected one of {}, found `{s}`", values.join(", ")),
+            )
+        })
+}
+
+/// Stop sequences: one string (a CSV cell) or a list of non-empty strings.
+fn stop(raw: Raw) -> Result<Vec<String>, Problem> {
+    let bad = |what: &str| {
+        Problem::field(
+            Field::Stop.name(),
+            format!("expected a string or a list of non-empty strings, found {what}"),
+        )
+    };
+    let list = match raw {
+        Raw::Json(Value::Array(values)) => values
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad(kind(v))))
+            .collect::<Result<Vec<_>, _>>()?,
+        other => vec![string(Field::Stop, other)?],
+    };
+    if list.iter().any(String::is_empty) {
+        return Err(bad("an empty string"));
+    }
+    Ok(list)
 }
 
 /// The reason for bytes that are not UTF-8 (a file saved as GBK or Latin-1),

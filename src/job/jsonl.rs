@@ -3,7 +3,7 @@
 
 use super::fields::{invalid_utf8, kind, Field, Problem, Raw, Values};
 use super::{Item, ItemError};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
 
@@ -59,6 +59,16 @@ impl<R: Read> Lines<R> {
 
 /// Parses the line numbered `line`.
 fn parse(bytes: &[u8], line: u64) -> Result<Item, Problem> {
+    let object = object(bytes)?;
+    let mut values = Values::default();
+    for (name, raw) in &object {
+        values.set(Field::parse(name, "field")?, Raw::Json(raw));
+    }
+    values.into_item(line)
+}
+
+/// Parses one line as a JSON object.
+pub(super) fn object(bytes: &[u8]) -> Result<Map<String, Value>, Problem> {
     let text = std::str::from_utf8(bytes).map_err(|e| Problem::record(invalid_utf8(&e)))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
         // serde_json ends its message with "at line 1 column N"; the line is
@@ -69,15 +79,11 @@ fn parse(bytes: &[u8], line: u64) -> Result<Item, Problem> {
             .map_or(message.as_str(), |(m, _)| m);
         Problem::record(format!("invalid JSON: {message} at column {}", e.column()))
     })?;
-    let Value::Object(object) = &value else {
-        return Err(Problem::record(format!(
+    match value {
+        Value::Object(object) => Ok(object),
+        other => Err(Problem::record(format!(
             "expected a JSON object, found {}",
-            kind(&value)
-        )));
-    };
-    let mut values = Values::default();
-    for (name, raw) in object {
-        values.set(Field::parse(name, "field")?, Raw::Json(raw));
+            kind(&other)
+        ))),
     }
-    values.into_item(line)
 }

@@ -17,9 +17,12 @@
 mod csv;
 mod fields;
 mod jsonl;
+mod spec;
+mod template;
 #[cfg(test)]
 mod tests;
 
+use crate::provider::{Generation, Turn};
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
@@ -29,14 +32,16 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// One prompt to send.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Item {
     /// The user's id for the item, unique within the job.
     pub id: String,
     /// 1-based line of the item in the job file (CSV: the record's line).
     pub line: u64,
-    /// The user text.
+    /// The user text (of a conversation, the last turn).
     pub prompt: String,
+    /// A conversation's earlier turns (`messages`), oldest first.
+    pub turns: Vec<Turn>,
     /// Model override; the config's default model when `None`.
     pub model: Option<String>,
     /// Optional system instruction.
@@ -45,7 +50,16 @@ pub struct Item {
     pub max_output_tokens: Option<u32>,
     /// Optional sampling temperature.
     pub temperature: Option<f32>,
+    /// The other generation settings (`top_p`, `stop`, …).
+    pub generation: Generation,
+    /// How many times an answer that does not fit `response_schema` is
+    /// asked for again; `None`: [`DEFAULT_SCHEMA_RETRIES`].
+    pub schema_retries: Option<u32>,
 }
+
+/// How many times an answer that does not fit its schema is asked for
+/// again when the item says nothing.
+pub const DEFAULT_SCHEMA_RETRIES: u32 = 1;
 
 /// The start of the id of a skipped line's row: `#line:7`. Job ids may not
 /// start with it, so a skipped row never shares an item's id.
@@ -108,9 +122,16 @@ pub enum JobError {
         /// The content hash of the bytes the run read.
         read: String,
     },
+    /// A job spec that cannot be run: every problem found before its first
+    /// row (its fields, templates, included files, data file header).
+    #[error("{}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Spec {
+        /// The problems, by line.
+        errors: Vec<ItemError>,
+    },
     /// The extension names no supported format.
     #[error(
-        "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv",
+        "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv, .yaml, .yml",
         path.display()
     )]
     UnsupportedFormat {
@@ -147,11 +168,13 @@ pub struct JobReader {
 enum Format {
     Jsonl(jsonl::Lines<Hashing<File>>),
     Csv(csv::Rows<Hashing<File>>),
+    Spec(Box<spec::Rows>),
 }
 
 impl JobReader {
     /// Opens `path`, choosing the format by extension (case-insensitive):
-    /// `.jsonl` / `.ndjson` or `.csv`.
+    /// `.jsonl` / `.ndjson`, `.csv`, or a `.yaml` / `.yml` spec (checked
+    /// whole here: see [`JobError::Spec`]).
     pub fn open(path: &Path) -> Result<JobReader, JobError> {
         let extension = path
             .extension()
@@ -160,6 +183,10 @@ impl JobReader {
         let jsonl = match extension.as_deref() {
             Some("jsonl" | "ndjson") => true,
             Some("csv") => false,
+            Some("yaml" | "yml") => {
+                let rows = spec::open(path)?;
+                return Ok(JobReader::with(path, Format::Spec(Box::new(rows))));
+            }
             _ => {
                 return Err(JobError::UnsupportedFormat {
                     path: path.to_owned(),
@@ -179,13 +206,17 @@ impl JobReader {
         } else {
             Format::Csv(csv::Rows::new(file))
         };
-        Ok(JobReader {
+        Ok(JobReader::with(path, format))
+    }
+
+    fn with(path: &Path, format: Format) -> JobReader {
+        JobReader {
             path: path.to_owned(),
             format,
             failure: None,
             ended: false,
             first_lines: HashMap::new(),
-        })
+        }
     }
 
     /// The sha256 (lowercase hex) of the whole file, the same hash as
@@ -216,6 +247,7 @@ impl JobReader {
         let hasher = match &self.format {
             Format::Jsonl(lines) => &lines.get_ref().hasher,
             Format::Csv(rows) => &rows.get_ref().hasher,
+            Format::Spec(rows) => rows.hasher(),
         };
         hex::encode(hasher.clone().finalize())
     }
@@ -231,6 +263,7 @@ impl Iterator for JobReader {
         let (next, line) = match &mut self.format {
             Format::Jsonl(lines) => (lines.next(&self.path), lines.line()),
             Format::Csv(rows) => (rows.next(&self.path), rows.line()),
+            Format::Spec(rows) => (rows.next(), rows.line()),
         };
         match next {
             Ok(Some(Ok(item))) => Some(self.unique(item)),
@@ -243,7 +276,7 @@ impl Iterator for JobReader {
                 let reason = format!("failed to read the file: {err}");
                 self.failure = Some(err);
                 Some(Err(ItemError {
-                    path: self.path.clone(),
+                    path: self.items_path().to_owned(),
                     line,
                     field: None,
                     reason,
@@ -254,24 +287,29 @@ impl Iterator for JobReader {
 }
 
 impl JobReader {
+    /// The file the items' lines are in: the job file, or a spec's data file.
+    fn items_path(&self) -> &Path {
+        match &self.format {
+            Format::Spec(rows) => rows.items_path(),
+            _ => &self.path,
+        }
+    }
+
     /// `item`, or the error of a duplicate id when its id was seen before.
     fn unique(&mut self, item: Item) -> Result<Item, ItemError> {
-        match self.first_lines.entry(id_hash(&item.id)) {
+        let first = match self.first_lines.entry(id_hash(&item.id)) {
             Entry::Vacant(entry) => {
                 entry.insert(item.line);
-                Ok(item)
+                return Ok(item);
             }
-            Entry::Occupied(entry) => Err(ItemError {
-                path: self.path.clone(),
-                line: item.line,
-                field: Some("id".to_owned()),
-                reason: format!(
-                    "duplicate id `{}`, first used on line {}",
-                    item.id,
-                    entry.get()
-                ),
-            }),
-        }
+            Entry::Occupied(entry) => *entry.get(),
+        };
+        Err(ItemError {
+            path: self.items_path().to_owned(),
+            line: item.line,
+            field: Some("id".to_owned()),
+            reason: format!("duplicate id `{}`, first used on line {first}", item.id),
+        })
     }
 }
 
@@ -290,6 +328,23 @@ pub struct Validation {
     /// The distinct models the valid items ask for, each with the line that
     /// first asks for it, in file order; at most [`MAX_MODELS`].
     pub models: Vec<ModelUse>,
+    /// The distinct pairs of a model and a generation setting used with it,
+    /// each where it is first used; at most [`MAX_MODELS`]. The run checks
+    /// each against the API of the model's provider.
+    pub settings: Vec<SettingUse>,
+}
+
+/// A generation setting a job uses with a model, and where it first does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingUse {
+    /// The items' `model`; `None` for the config's default model.
+    pub model: Option<String>,
+    /// The setting, as [`Generation::names`] spells it.
+    pub setting: &'static str,
+    /// The file of the item (a spec's data file for its rows).
+    pub path: PathBuf,
+    /// 1-based line of the first item using it.
+    pub line: u64,
 }
 
 /// A model a job asks for, and where it first does.
@@ -321,12 +376,26 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         error_count: 0,
         content_hash: String::new(),
         models: Vec::new(),
+        settings: Vec::new(),
     };
     let mut models = HashSet::new();
+    let mut settings = HashSet::new();
+    let items_path = reader.items_path().to_owned();
     for result in &mut reader {
         match result {
             Ok(item) => {
                 validation.items += 1;
+                for setting in item.generation.names() {
+                    if settings.len() < MAX_MODELS && settings.insert((item.model.clone(), setting))
+                    {
+                        validation.settings.push(SettingUse {
+                            model: item.model.clone(),
+                            setting,
+                            path: items_path.clone(),
+                            line: item.line,
+                        });
+                    }
+                }
                 if models.len() < MAX_MODELS && models.insert(item.model.clone()) {
                     validation.models.push(ModelUse {
                         model: item.model,

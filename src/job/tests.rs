@@ -58,6 +58,8 @@ fn jsonl_items_parse_with_every_field() {
             system: None,
             max_output_tokens: Some(256),
             temperature: None,
+
+            ..Item::default()
         }
     );
     assert_eq!(
@@ -70,6 +72,8 @@ fn jsonl_items_parse_with_every_field() {
             system: Some("You are terse.".into()),
             max_output_tokens: None,
             temperature: Some(0.5),
+
+            ..Item::default()
         }
     );
     assert_eq!((items[2].line, items[2].temperature), (5, Some(2.0)));
@@ -97,6 +101,8 @@ fn csv_items_parse_with_quoted_multiline_cells() {
             system: None,
             max_output_tokens: Some(128),
             temperature: None,
+
+            ..Item::default()
         }
     );
     assert_eq!(items[1].line, 5);
@@ -113,7 +119,7 @@ fn jsonl_errors_name_line_and_field() {
         ("[1, 2]", "2: -: expected a JSON object, found an array"),
         (
             "{\"id\": \"a\", \"promt\": \"x\"}",
-            "2: promt: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature",
+            "2: promt: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries",
         ),
         ("{\"id\": \"a\"}", "2: prompt: is required"),
         ("{\"prompt\": \"x\"}", "2: id: is required"),
@@ -174,7 +180,7 @@ fn csv_errors_name_line_and_column() {
     let header_error = |header: &str| errors("job.csv", format!("{header}\na,b\n").as_bytes());
     assert_eq!(
         header_error("id,promt"),
-        ["1: promt: unknown column; expected one of: id, prompt, model, system, max_output_tokens, temperature"]
+        ["1: promt: unknown column; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries"]
     );
     assert_eq!(
         header_error("id,model"),
@@ -297,7 +303,7 @@ fn item_errors_display_path_line_and_field() {
     assert_eq!(
         shown,
         [
-            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature"),
+            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries"),
             format!("{p}:2: invalid JSON: expected ident at column 2"),
         ]
     );
@@ -320,7 +326,7 @@ fn file_level_errors_name_the_file() {
     assert_eq!(
         err.to_string(),
         format!(
-            "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv",
+            "{}: unsupported job format; supported extensions: .jsonl, .ndjson, .csv, .yaml, .yml",
             path.display()
         )
     );
@@ -473,5 +479,282 @@ fn validate_collects_each_model_with_the_line_that_first_asks_for_it() {
     assert_eq!(
         uses,
         [(None, 1), (Some("gpt-4o"), 2), (Some("gemini-2.5-flsh"), 4)]
+    );
+}
+
+/// Writes `files` (name, content) into a fresh directory; the first is the spec.
+fn spec_files(files: &[(&str, &str)]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
+    let spec = dir.path().join(files[0].0);
+    (dir, spec)
+}
+
+/// The spec-level errors of a spec, as `line: field: reason`.
+fn spec_errors(files: &[(&str, &str)]) -> Vec<String> {
+    let (_dir, spec) = spec_files(files);
+    match JobReader::open(&spec) {
+        Err(JobError::Spec { errors }) => errors
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: {}: {}",
+                    e.line,
+                    e.field.as_deref().unwrap_or("-"),
+                    e.reason
+                )
+            })
+            .collect(),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("the spec was accepted"),
+    }
+}
+
+#[test]
+fn a_spec_fills_its_template_from_each_csv_row_with_defaults_and_overrides() {
+    let (_dir, spec) = spec_files(&[
+        (
+            "job.yaml",
+            "defaults:\n  model: gemini-2.5-flash\n  temperature: 0.2\n  system: \"{{file:sys.txt}}\"\n\
+             template: \"Translate into {{lang}}: {{text}}\"\nid: \"{{key}}-{{lang}}\"\ndata: rows.csv\n",
+        ),
+        ("sys.txt", "You translate."),
+        (
+            "rows.csv",
+            "key,text,lang,temperature,unused\nk1,Hello,French,,x\nk2,\"Good, bye\",German,0.9,y\n",
+        ),
+    ]);
+    let items: Vec<Item> = JobReader::open(&spec)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(
+        items[0],
+        Item {
+            id: "k1-French".into(),
+            line: 2,
+            prompt: "Translate into French: Hello".into(),
+            model: Some("gemini-2.5-flash".into()),
+            system: Some("You translate.".into()),
+            temperature: Some(0.2),
+            ..Item::default()
+        }
+    );
+    assert_eq!(items[1].prompt, "Translate into German: Good, bye");
+    assert_eq!(items[1].temperature, Some(0.9));
+}
+
+#[test]
+fn a_spec_over_inline_items_or_jsonl_numbers_rows_by_default() {
+    let items = |files: &[(&str, &str)]| -> Vec<Result<Item, ItemError>> {
+        let (_dir, spec) = spec_files(files);
+        JobReader::open(&spec).unwrap().collect()
+    };
+    let inline = items(&[(
+        "job.yml",
+        "template: \"Q: {{q}}\"\nitems:\n  - q: one\n  - q: 2\n    max_output_tokens: 64\n  - q: three\n    qq: typo\n",
+    )]);
+    let ok = inline[1].as_ref().unwrap();
+    assert_eq!(
+        (ok.id.as_str(), ok.line, ok.prompt.as_str()),
+        ("2", 4, "Q: 2")
+    );
+    assert_eq!(ok.max_output_tokens, Some(64));
+    let typo = inline[2].as_ref().unwrap_err();
+    assert_eq!((typo.line, typo.field.as_deref()), (6, Some("qq")));
+    assert!(typo.path.ends_with("job.yml"));
+
+    let jsonl = items(&[
+        ("job.yaml", "template: \"{{a}} and {{b}}\"\ndata: d.jsonl\n"),
+        ("d.jsonl", "{\"a\": 1, \"b\": [2]}\n\n{\"a\": \"x\"}\n"),
+    ]);
+    assert_eq!(jsonl[0].as_ref().unwrap().prompt, "1 and [2]");
+    let missing = jsonl[1].as_ref().unwrap_err();
+    assert_eq!((missing.line, missing.field.as_deref()), (3, Some("b")));
+    assert!(missing.path.ends_with("d.jsonl"), "{missing}");
+}
+
+#[test]
+fn spec_errors_name_line_and_field_and_stop_the_job() {
+    assert_eq!(
+        spec_errors(&[("job.yaml", "template: \"{{x}}\"\nitems: []\npromt: typo\n")]),
+        ["3: promt: unknown field `promt`, expected one of `defaults`, `template`, `messages`, `id`, `data`, `items`"]
+    );
+    let errors = spec_errors(&[
+        (
+            "job.yaml",
+            "defaults:\n  temperature: 7\n  colour: red\ntemplate: \"{{text}} {{file:missing.txt}}\"\ndata: d.csv\n",
+        ),
+        ("d.csv", "txt\nhello\n"),
+    ]);
+    assert_eq!(errors.len(), 4, "{errors:?}");
+    assert!(
+        errors[0].starts_with("2: temperature: must be between"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with("3: colour: unknown default"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[2].starts_with("4: template: cannot read the included file"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[3].starts_with("5: data: ") && errors[3].contains("no column `text`"),
+        "{errors:?}"
+    );
+    assert_eq!(
+        spec_errors(&[("job.yaml", "template: hi\n")]),
+        ["1: data: `data` or `items` is required"]
+    );
+}
+
+#[test]
+fn a_spec_hash_covers_the_spec_its_data_and_its_included_files() {
+    let (dir, spec) = spec_files(&[
+        (
+            "job.yaml",
+            "template: \"{{file:p.txt}} {{a}}\"\ndata: d.csv\n",
+        ),
+        ("p.txt", "Say"),
+        ("d.csv", "a\nx\ny\n"),
+    ]);
+    let hash = || validate(&spec).unwrap().content_hash;
+    let first = hash();
+    assert_eq!(validate(&spec).unwrap().items, 2);
+    assert_eq!(hash(), first);
+    for (name, edit) in [("p.txt", "Tell"), ("d.csv", "a\nx\nz\n")] {
+        let before = hash();
+        std::fs::write(dir.path().join(name), edit).unwrap();
+        assert_ne!(hash(), before, "an edit of {name} changes the hash");
+    }
+}
+
+#[test]
+fn spec_ids_must_be_unique_and_duplicates_name_the_data_file() {
+    let (_dir, spec) = spec_files(&[
+        (
+            "job.yaml",
+            "template: \"{{a}}\"\nid: \"{{a}}\"\ndata: d.csv\n",
+        ),
+        ("d.csv", "a\nx\ny\nx\n"),
+    ]);
+    let validation = validate(&spec).unwrap();
+    assert_eq!((validation.items, validation.error_count), (2, 1));
+    let error = &validation.errors[0];
+    assert_eq!((error.line, error.field.as_deref()), (4, Some("id")));
+    assert!(error.to_string().contains("d.csv:4"), "{error}");
+}
+
+#[test]
+fn generation_settings_parse_in_every_format_and_are_checked() {
+    let items = items(
+        "job.jsonl",
+        "{\"id\": 1, \"prompt\": \"p\", \"top_p\": 0.9, \"top_k\": 20, \"stop\": [\"END\", \"##\"], \"seed\": -3, \"thinking_budget\": -1, \"thinking_level\": \"HIGH\", \"reasoning_effort\": \"low\", \"response_mime_type\": \"application/json\"}\n",
+    );
+    let g = &items[0].generation;
+    assert_eq!((g.top_p, g.top_k, g.seed), (Some(0.9), Some(20), Some(-3)));
+    assert_eq!(g.stop, ["END", "##"]);
+    assert_eq!(g.thinking_budget, Some(-1));
+    assert_eq!(g.thinking_level.as_deref(), Some("high"));
+    assert_eq!(g.reasoning_effort.as_deref(), Some("low"));
+    assert_eq!(g.response_mime_type.as_deref(), Some("application/json"));
+    let csv = self::items("job.csv", "id,prompt,stop,top_k\na,p,STOP,3\n");
+    assert_eq!(
+        (csv[0].generation.stop.as_slice(), csv[0].generation.top_k),
+        (["STOP".to_owned()].as_slice(), Some(3))
+    );
+
+    for (line, expected) in [
+        (r#"{"id": 2, "prompt": "p", "top_p": 1.5}"#, "2: top_p: must be between 0.0 and 1.0, found 1.5"),
+        (r#"{"id": 2, "prompt": "p", "top_k": 0}"#, "2: top_k: expected an integer from 1 to 4294967295, found 0"),
+        (r#"{"id": 2, "prompt": "p", "thinking_budget": -2}"#, "2: thinking_budget: expected an integer from -1 to 2147483647, found -2"),
+        (r#"{"id": 2, "prompt": "p", "thinking_level": "max"}"#, "2: thinking_level: expected one of minimal, low, medium, high, found `max`"),
+        (r#"{"id": 2, "prompt": "p", "stop": ["a", 1]}"#, "2: stop: expected a string or a list of non-empty strings, found a number"),
+        (r#"{"id": 2, "prompt": "p", "response_mime_type": "text/html"}"#, "2: response_mime_type: expected one of application/json, text/plain, found `text/html`"),
+    ] {
+        assert_eq!(jsonl_error(line), expected);
+    }
+}
+
+#[test]
+fn validation_lists_each_model_and_setting_pair_once_where_first_used() {
+    let (_dir, path) = file(
+        "job.jsonl",
+        b"{\"id\": 1, \"prompt\": \"p\", \"seed\": 1}\n{\"id\": 2, \"prompt\": \"p\", \"seed\": 2, \"top_k\": 3}\n{\"id\": 3, \"prompt\": \"p\", \"seed\": 2, \"model\": \"gpt-4o\"}\n",
+    );
+    let uses: Vec<_> = validate(&path)
+        .unwrap()
+        .settings
+        .into_iter()
+        .map(|u| (u.model, u.setting, u.line))
+        .collect();
+    assert_eq!(
+        uses,
+        [
+            (None, "seed", 1),
+            (None, "top_k", 2),
+            (Some("gpt-4o".to_owned()), "seed", 3)
+        ]
+    );
+}
+
+#[test]
+fn conversations_are_messages_ending_with_the_user_s_turn() {
+    use crate::provider::{Role, Turn};
+    let items = items(
+        "job.jsonl",
+        "{\"id\": 1, \"messages\": [{\"role\": \"user\", \"text\": \"Hi\"}, {\"role\": \"assistant\", \"text\": \"Hello!\"}, {\"role\": \"user\", \"text\": \"Bye?\"}]}\n",
+    );
+    assert_eq!(items[0].prompt, "Bye?");
+    assert_eq!(
+        items[0].turns,
+        [
+            Turn {
+                role: Role::User,
+                text: "Hi".into()
+            },
+            Turn {
+                role: Role::Model,
+                text: "Hello!".into()
+            }
+        ]
+    );
+    for (line, expected) in [
+        (
+            r#"{"id": 2, "messages": [{"role": "user", "text": "a"}, {"role": "model", "text": "b"}]}"#,
+            "2: messages: the last message must be the user's",
+        ),
+        (
+            r#"{"id": 2, "messages": [{"role": "system", "text": "a"}]}"#,
+            "2: messages: message 1: `role` must be user or assistant",
+        ),
+        (
+            r#"{"id": 2, "prompt": "p", "messages": [{"role": "user", "text": "a"}]}"#,
+            "2: messages: give `prompt` or `messages`, not both",
+        ),
+        (r#"{"id": 2}"#, "2: prompt: is required"),
+    ] {
+        assert_eq!(jsonl_error(line), expected);
+    }
+
+    let (_dir, spec) = spec_files(&[(
+        "chat.yaml",
+        "messages:\n  - {role: user, text: \"Translate {{word}}\"}\n  - {role: assistant, text: \"Into what?\"}\n  - {role: user, text: \"{{lang}}\"}\nitems:\n  - {word: cat, lang: Welsh}\n",
+    )]);
+    let item = JobReader::open(&spec).unwrap().next().unwrap().unwrap();
+    assert_eq!(item.prompt, "Welsh");
+    assert_eq!(item.turns[0].text, "Translate cat");
+    assert_eq!(item.turns[1].role, Role::Model);
+    assert_eq!(
+        spec_errors(&[(
+            "chat.yaml",
+            "items: []\nmessages:\n  - {role: user, text: a}\n  - {role: assistant, text: b}\n"
+        )]),
+        ["2: messages: the last message must be the user's"]
     );
 }

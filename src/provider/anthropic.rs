@@ -30,7 +30,7 @@
 use super::common::{self, api_error, blocked, class_by_status, no_output};
 use super::openai::retry_after_header;
 use super::transport::{get_with, post_json_with};
-use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
+use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Role, Usage};
 use crate::types::{ApiKey, Limits, QuotaUse};
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
@@ -89,36 +89,80 @@ pub(super) async fn list_models(
 // ---------------------------------------------------------------------------
 // Request body
 
-/// A Messages body: one user turn, the system prompt at the top level.
+/// The generation settings the Messages API has, as jobs spell them:
+/// `top_p`, `top_k`, `stop` (`stop_sequences`) and `thinking_budget`
+/// (extended thinking's `budget_tokens`). It has no seed, no JSON mode and
+/// no response schema (Anthropic's Messages API reference).
+pub(super) const SETTINGS: &[&str] = &["top_p", "top_k", "stop", "thinking_budget"];
+
+/// A Messages body: the conversation's turns and the prompt, the system
+/// prompt at the top level.
 #[derive(Debug, Serialize)]
 struct MessagesBody<'a> {
     model: &'a str,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     system: Option<&'a str>,
-    messages: [UserMessage<'a>; 1],
+    messages: Vec<Message<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<Thinking>,
 }
 
 #[derive(Debug, Serialize)]
-struct UserMessage<'a> {
+struct Message<'a> {
     role: &'static str,
     content: &'a str,
+}
+
+/// Extended thinking, on with a budget.
+#[derive(Debug, Serialize)]
+struct Thinking {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    budget_tokens: u32,
 }
 
 impl<'a> MessagesBody<'a> {
     /// The body for `req`; `default_cap` when it names no output cap.
     fn new(req: &Request<'a>, default_cap: u32) -> Self {
+        let turns = req.turns.iter().map(|turn| Message {
+            role: match turn.role {
+                Role::User => "user",
+                Role::Model => "assistant",
+            },
+            content: &turn.text,
+        });
+        let user = Message {
+            role: "user",
+            content: req.prompt,
+        };
+        let g = req.generation;
         MessagesBody {
             model: req.model,
             max_tokens: req.max_output_tokens.unwrap_or(default_cap),
             system: req.system,
-            messages: [UserMessage {
-                role: "user",
-                content: req.prompt,
-            }],
+            messages: turns.chain([user]).collect(),
             temperature: req.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+            stop_sequences: &g.stop,
+            // A budget of 0 (or Gemini's -1, automatic) leaves thinking off.
+            thinking: g
+                .thinking_budget
+                .and_then(|b| u32::try_from(b).ok())
+                .filter(|&b| b > 0)
+                .map(|budget_tokens| Thinking {
+                    kind: "enabled",
+                    budget_tokens,
+                }),
         }
     }
 }
@@ -361,6 +405,7 @@ fn rate_limited(headers: &HeaderMap, message: &str, now: DateTime<Utc>) -> Error
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::Generation;
     use reqwest::header::{HeaderName, HeaderValue};
 
     const RATE_LIMIT_BODY: &str =
@@ -582,6 +627,51 @@ mod tests {
     }
 
     #[test]
+    fn conversations_and_settings_take_the_messages_apis_names() {
+        let turns = [
+            crate::provider::Turn {
+                role: Role::User,
+                text: "Name a colour.".into(),
+            },
+            crate::provider::Turn {
+                role: Role::Model,
+                text: "Blue.".into(),
+            },
+        ];
+        let generation = Generation {
+            top_k: Some(40),
+            stop: vec!["END".into()],
+            thinking_budget: Some(1024),
+            ..Generation::default()
+        };
+        let req = Request {
+            model: "claude-sonnet-4-5",
+            prompt: "Another?",
+            system: None,
+            max_output_tokens: Some(2048),
+            temperature: None,
+            turns: &turns,
+            generation: &generation,
+        };
+        assert_eq!(
+            serde_json::to_string(&MessagesBody::new(&req, 4096)).unwrap(),
+            r#"{"model":"claude-sonnet-4-5","max_tokens":2048,"messages":[{"role":"user","content":"Name a colour."},{"role":"assistant","content":"Blue."},{"role":"user","content":"Another?"}],"top_k":40,"stop_sequences":["END"],"thinking":{"type":"enabled","budget_tokens":1024}}"#
+        );
+        for name in ["top_p", "top_k", "stop", "thinking_budget"] {
+            assert!(
+                crate::provider::supports(crate::types::ProviderKind::Anthropic, name),
+                "{name}"
+            );
+        }
+        for name in ["seed", "response_schema", "reasoning_effort"] {
+            assert!(
+                !crate::provider::supports(crate::types::ProviderKind::Anthropic, name),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
     fn bodies_put_system_on_top_and_always_carry_max_tokens() {
         let req = Request {
             model: "claude-haiku-4-5",
@@ -589,6 +679,8 @@ mod tests {
             system: Some("Be brief."),
             max_output_tokens: Some(50),
             temperature: Some(0.5),
+            turns: &[],
+            generation: Generation::none(),
         };
         assert_eq!(
             serde_json::to_string(&MessagesBody::new(&req, 4096)).unwrap(),

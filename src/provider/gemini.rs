@@ -13,7 +13,7 @@
 
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
 use super::transport::post_json;
-use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
+use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Role, Usage};
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -92,11 +92,25 @@ pub(super) fn method_url(base_url: &str, model: &str, method: &str) -> String {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct GenerateBody<'a> {
-    contents: [Content<'a>; 1],
+    /// A conversation's earlier turns, then the prompt.
+    contents: Vec<Content<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_instruction: Option<Content<'a>>,
-    generation_config: GenerationConfig,
+    generation_config: GenerationConfig<'a>,
 }
+
+/// The [`super::Generation`] settings Gemini has, as [`super::supports`]
+/// asks; `generationConfig` carries each under its own name.
+pub(super) const SETTINGS: &[&str] = &[
+    "top_p",
+    "top_k",
+    "stop",
+    "seed",
+    "thinking_budget",
+    "thinking_level",
+    "response_mime_type",
+    "response_schema",
+];
 
 /// A `countTokens` body: only `contents`, because the Developer API rejects
 /// a system instruction or a generation config there (googleapis/python-genai
@@ -106,7 +120,7 @@ pub(super) struct CountBody<'a> {
     contents: [Content<'a>; 1],
 }
 
-/// One turn of text.
+/// One turn of text: `user` or `model`.
 #[derive(Debug, Serialize)]
 struct Content<'a> {
     parts: [TextPart<'a>; 1],
@@ -118,20 +132,55 @@ struct TextPart<'a> {
     text: &'a str,
 }
 
+/// `generationConfig`, with the names of googleapis/python-genai's
+/// `_GenerateContentConfig_to_mldev`: `stopSequences`, `thinkingConfig`
+/// (`thinkingBudget` for 2.5, `thinkingLevel` in capitals for 3), and a
+/// JSON Schema as `responseJsonSchema`, which wants `responseMimeType`
+/// `application/json` (sent with it unless set).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct GenerationConfig {
+struct GenerationConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_output_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<u32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop_sequences: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_config: Option<ThinkingConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_mime_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_json_schema: Option<&'a Value>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ThinkingConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_budget: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking_level: Option<String>,
 }
 
 impl<'a> Content<'a> {
     fn user(text: &'a str) -> Self {
+        Content::said(Role::User, text)
+    }
+
+    fn said(role: Role, text: &'a str) -> Self {
         Content {
             parts: [TextPart { text }],
-            role: "user",
+            role: match role {
+                Role::User => "user",
+                Role::Model => "model",
+            },
         }
     }
 }
@@ -139,12 +188,31 @@ impl<'a> Content<'a> {
 impl<'a> GenerateBody<'a> {
     /// The body for `req`, absent settings omitted.
     pub(super) fn new(req: &Request<'a>) -> Self {
+        let g = req.generation;
+        let thinking =
+            (g.thinking_budget.is_some() || g.thinking_level.is_some()).then(|| ThinkingConfig {
+                thinking_budget: g.thinking_budget,
+                thinking_level: g.thinking_level.as_deref().map(str::to_ascii_uppercase),
+            });
+        let schema = g.response_schema.as_deref();
+        let mime = g
+            .response_mime_type
+            .as_deref()
+            .or(schema.map(|_| "application/json"));
+        let turns = req.turns.iter().map(|t| Content::said(t.role, &t.text));
         GenerateBody {
-            contents: [Content::user(req.prompt)],
+            contents: turns.chain([Content::user(req.prompt)]).collect(),
             system_instruction: req.system.map(Content::user),
             generation_config: GenerationConfig {
                 max_output_tokens: req.max_output_tokens,
                 temperature: req.temperature,
+                top_p: g.top_p,
+                top_k: g.top_k,
+                stop_sequences: &g.stop,
+                seed: g.seed,
+                thinking_config: thinking,
+                response_mime_type: mime,
+                response_json_schema: schema,
             },
         }
     }

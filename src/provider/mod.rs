@@ -47,6 +47,8 @@ use transport::Transport;
 
 use crate::types::{ApiKey, QuotaUse};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 /// One prompt, as the provider needs it.
@@ -54,14 +56,99 @@ use std::time::Duration;
 pub struct Request<'a> {
     /// Model id without the `models/` prefix, e.g. `gemini-2.5-flash`.
     pub model: &'a str,
-    /// The user text.
+    /// The user text: the last turn of a conversation.
     pub prompt: &'a str,
+    /// Earlier turns of a conversation, oldest first, before `prompt`;
+    /// empty for a single prompt.
+    pub turns: &'a [Turn],
     /// Optional system instruction.
     pub system: Option<&'a str>,
     /// Cap on output tokens (for Gemini this includes thinking tokens).
     pub max_output_tokens: Option<u32>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Every other generation setting ([`Generation::none`] for none).
+    pub generation: &'a Generation,
+}
+
+/// One earlier turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// Who said it.
+    pub role: Role,
+    /// What was said.
+    pub text: String,
+}
+
+/// The speaker of a [`Turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The person (Gemini `user`, OpenAI `user`).
+    User,
+    /// The model (Gemini `model`, OpenAI `assistant`).
+    Model,
+}
+
+/// Generation settings besides the output cap and the temperature, as
+/// keyfan names them; each adapter maps them to its API's own names, and
+/// [`supports`] says which an API has. A job that sets one its provider
+/// lacks is refused before anything is sent: none is silently dropped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generation {
+    /// Nucleus sampling mass, 0.0–1.0.
+    pub top_p: Option<f32>,
+    /// Top-k sampling.
+    pub top_k: Option<u32>,
+    /// Stop sequences.
+    pub stop: Vec<String>,
+    /// Sampling seed.
+    pub seed: Option<i64>,
+    /// Thinking budget in tokens (Gemini 2.5; 0 off, -1 automatic).
+    pub thinking_budget: Option<i32>,
+    /// Thinking level (Gemini 3): `minimal`, `low`, `medium` or `high`.
+    pub thinking_level: Option<String>,
+    /// Reasoning effort (OpenAI): `minimal`, `low`, `medium` or `high`.
+    pub reasoning_effort: Option<String>,
+    /// The answer's MIME type: `application/json` or `text/plain`.
+    pub response_mime_type: Option<String>,
+    /// A JSON Schema the answer must follow (structured output).
+    pub response_schema: Option<Arc<Value>>,
+}
+
+impl Generation {
+    /// No settings: what a plain prompt is sent with.
+    pub fn none() -> &'static Generation {
+        static NONE: LazyLock<Generation> = LazyLock::new(Generation::default);
+        &NONE
+    }
+
+    /// The names of the settings that are set, as jobs spell them.
+    pub fn names(&self) -> Vec<&'static str> {
+        [
+            ("top_p", self.top_p.is_some()),
+            ("top_k", self.top_k.is_some()),
+            ("stop", !self.stop.is_empty()),
+            ("seed", self.seed.is_some()),
+            ("thinking_budget", self.thinking_budget.is_some()),
+            ("thinking_level", self.thinking_level.is_some()),
+            ("reasoning_effort", self.reasoning_effort.is_some()),
+            ("response_mime_type", self.response_mime_type.is_some()),
+            ("response_schema", self.response_schema.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}
+
+/// Whether the API of `kind` has the [`Generation`] setting `name` (as
+/// [`Generation::names`] spells it).
+pub fn supports(kind: ProviderKind, name: &str) -> bool {
+    match kind {
+        ProviderKind::Gemini => gemini::SETTINGS.contains(&name),
+        ProviderKind::Openai => openai::SETTINGS.contains(&name),
+        ProviderKind::Anthropic => anthropic::SETTINGS.contains(&name),
+    }
 }
 
 /// Token counts of one call the API billed, normalised across providers.
@@ -207,9 +294,11 @@ impl Client {
                 let ping = Request {
                     model,
                     prompt: "ping",
+                    turns: &[],
                     system: None,
                     max_output_tokens: None,
                     temperature: None,
+                    generation: Generation::none(),
                 };
                 gemini::count_tokens(self, key, &ping).await.map(drop)
             }

@@ -19,7 +19,7 @@ use super::common::{
     server_delay, ErrorBody,
 };
 use super::transport::{get, post_json};
-use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
+use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Role, Usage};
 use crate::types::ApiKey;
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
@@ -90,6 +90,12 @@ fn is_version_segment(segment: &str) -> bool {
 /// `max_tokens`, while many ignore or reject the newer name. The cost is that
 /// OpenAI's o-series reasoning models reject `max_tokens` with a 400, which
 /// fails the item with OpenAI's own message saying so.
+///
+/// Of the other settings, chat completions has `top_p`, `stop`, `seed`,
+/// `reasoning_effort` and `response_format`: `{"type": "json_schema",
+/// "json_schema": {"name", "schema", "strict"}}` for a schema, else
+/// `json_object` for `application/json` or `text` for `text/plain`
+/// (<https://platform.openai.com/docs/api-reference/chat/create>).
 #[derive(Debug, Serialize)]
 pub(super) struct ChatBody<'a> {
     model: &'a str,
@@ -98,7 +104,48 @@ pub(super) struct ChatBody<'a> {
     max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<ResponseFormat<'a>>,
 }
+
+/// `response_format`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ResponseFormat<'a> {
+    JsonSchema { json_schema: JsonSchema<'a> },
+    JsonObject,
+    Text,
+}
+
+/// A named schema. Sent with `strict: false`: strict mode refuses schemas
+/// that do not close every object (`additionalProperties: false`) and
+/// require every property, and keyfan checks each answer against the
+/// schema itself.
+#[derive(Debug, Serialize)]
+struct JsonSchema<'a> {
+    name: &'static str,
+    schema: &'a serde_json::Value,
+    strict: bool,
+}
+
+/// The [`super::Generation`] settings chat completions has, as
+/// [`super::supports`] asks.
+pub(super) const SETTINGS: &[&str] = &[
+    "top_p",
+    "stop",
+    "seed",
+    "reasoning_effort",
+    "response_mime_type",
+    "response_schema",
+];
 
 #[derive(Debug, Serialize)]
 struct ChatMessage<'a> {
@@ -113,15 +160,40 @@ impl<'a> ChatBody<'a> {
             role: "system",
             content,
         });
+        let turns = req.turns.iter().map(|turn| ChatMessage {
+            role: match turn.role {
+                Role::User => "user",
+                Role::Model => "assistant",
+            },
+            content: &turn.text,
+        });
         let user = ChatMessage {
             role: "user",
             content: req.prompt,
         };
+        let g = req.generation;
+        let response_format = match (&g.response_schema, g.response_mime_type.as_deref()) {
+            (Some(schema), _) => Some(ResponseFormat::JsonSchema {
+                json_schema: JsonSchema {
+                    name: "response",
+                    schema,
+                    strict: false,
+                },
+            }),
+            (None, Some("application/json")) => Some(ResponseFormat::JsonObject),
+            (None, Some(_)) => Some(ResponseFormat::Text),
+            (None, None) => None,
+        };
         ChatBody {
             model: req.model,
-            messages: system.into_iter().chain([user]).collect(),
+            messages: system.into_iter().chain(turns).chain([user]).collect(),
             max_tokens: req.max_output_tokens,
             temperature: req.temperature,
+            top_p: g.top_p,
+            stop: &g.stop,
+            seed: g.seed,
+            reasoning_effort: g.reasoning_effort.as_deref(),
+            response_format,
         }
     }
 }
@@ -373,6 +445,7 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::Generation;
     use reqwest::header::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -685,6 +758,8 @@ mod tests {
             system: Some("Be brief."),
             max_output_tokens: Some(50),
             temperature: Some(0.7),
+            turns: &[],
+            generation: Generation::none(),
         };
         let json = serde_json::to_string(&ChatBody::new(&req)).unwrap();
         assert_eq!(

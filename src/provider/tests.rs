@@ -7,7 +7,8 @@
 use super::gemini::{self, CountBody, GenerateBody};
 use super::openai::{self, ChatBody};
 use super::{
-    ApiError, Client, ErrorClass, ProviderKind, QuotaScope, Reply, Request, Scrubber, Usage,
+    ApiError, Client, ErrorClass, Generation, ProviderKind, QuotaScope, Reply, Request, Scrubber,
+    Usage,
 };
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
@@ -198,9 +199,27 @@ fn request_rows() -> Vec<(&'static str, Value)> {
         system,
         max_output_tokens: None,
         temperature: None,
+        turns: &[],
+        generation: Generation::none(),
     };
     let sky = ask("why is the sky blue?", None);
+    let recorded = json(&read(
+        "gemini_generateContent_json_schema_implicit_cache.request.json",
+    ));
+    let structured = Generation {
+        response_schema: Some(Arc::new(
+            recorded["generationConfig"]["responseJsonSchema"].clone(),
+        )),
+        ..Generation::default()
+    };
     vec![
+        (
+            "gemini_generateContent_json_schema_implicit_cache.request.json",
+            wire(&GenerateBody::new(&Request {
+                generation: &structured,
+                ..ask("populate the following object", None)
+            })),
+        ),
         (
             "gemini_generateContent_system_instruction_2.5-flash.request.json",
             wire(&GenerateBody::new(&ask(
@@ -244,9 +263,6 @@ fn skip_reason(name: &str) -> Option<&'static str> {
         }
         "gemini_generateContent_include_thoughts.request.json" => {
             "sends thinkingConfig, which keyfan does not"
-        }
-        "gemini_generateContent_json_schema_implicit_cache.request.json" => {
-            "sends a response schema, which keyfan does not"
         }
         "openai_ratelimit_headers_doc_table.json" => {
             "headers, not a body: see openai_rate_limit_headers_win"
@@ -330,6 +346,8 @@ fn request_bodies_match_recorded_ones() {
         system: None,
         max_output_tokens: Some(20),
         temperature: None,
+        turns: &[],
+        generation: Generation::none(),
     };
     assert_eq!(
         wire(&GenerateBody::new(&req)),
@@ -421,6 +439,8 @@ fn as_request(case: &Value) -> Option<Request<'_>> {
             .get("temperature")
             .and_then(Value::as_f64)
             .map(|t| t as f32),
+        turns: &[],
+        generation: Generation::none(),
     })
 }
 
@@ -580,6 +600,8 @@ async fn loopback_wire_format_and_key_scrubbing() {
         system: Some("Answer with the city only."),
         max_output_tokens: Some(64),
         temperature: Some(0.2),
+        turns: &[],
+        generation: Generation::none(),
     };
     let timeout = Duration::from_secs(5);
     let gemini = Client::new(ProviderKind::Gemini, &format!("{base}/"), timeout, None).unwrap();
@@ -688,6 +710,8 @@ async fn loopback_transport_failures_are_transient() {
         system: None,
         max_output_tokens: None,
         temperature: None,
+        turns: &[],
+        generation: Generation::none(),
     };
     let call = |base: String| {
         let key = key.clone();
@@ -776,4 +800,96 @@ fn model_names_in_the_providers_character_set() {
         assert!(error.contains(why), "{bad}: {error}");
     }
     assert!(super::check_model_name(&"a".repeat(257)).is_err());
+}
+
+#[test]
+fn generation_settings_go_out_under_each_api_s_own_names() {
+    let settings = Generation {
+        top_p: Some(0.5),
+        top_k: Some(40),
+        stop: vec!["END".into()],
+        seed: Some(7),
+        thinking_budget: Some(0),
+        thinking_level: Some("low".into()),
+        reasoning_effort: Some("high".into()),
+        response_mime_type: Some("text/plain".into()),
+        response_schema: None,
+    };
+    let turns = [
+        super::Turn {
+            role: super::Role::User,
+            text: "Hi".into(),
+        },
+        super::Turn {
+            role: super::Role::Model,
+            text: "Hello!".into(),
+        },
+    ];
+    let req = Request {
+        model: "m",
+        prompt: "And now?",
+        turns: &turns,
+        system: None,
+        max_output_tokens: None,
+        temperature: None,
+        generation: &settings,
+    };
+    let gemini = wire(&GenerateBody::new(&req));
+    assert_eq!(
+        gemini["generationConfig"],
+        serde_json::json!({"topP": 0.5, "topK": 40, "stopSequences": ["END"], "seed": 7,
+            "thinkingConfig": {"thinkingBudget": 0, "thinkingLevel": "LOW"},
+            "responseMimeType": "text/plain"})
+    );
+    let roles: Vec<&str> = gemini["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "model", "user"]);
+    let openai = wire(&ChatBody::new(&req));
+    assert_eq!(openai["top_p"], 0.5);
+    assert_eq!(openai["stop"], serde_json::json!(["END"]));
+    assert_eq!(
+        (&openai["seed"], &openai["reasoning_effort"]),
+        (&7.into(), &"high".into())
+    );
+    assert_eq!(
+        openai["response_format"],
+        serde_json::json!({"type": "text"})
+    );
+    assert_eq!(openai["messages"][1]["role"], "assistant");
+    assert!(openai.get("top_k").is_none() && openai.get("thinking_budget").is_none());
+
+    let schema = Arc::new(serde_json::json!({"type": "object"}));
+    let structured = Generation {
+        response_schema: Some(Arc::clone(&schema)),
+        ..Generation::default()
+    };
+    let openai = wire(&ChatBody::new(&Request {
+        generation: &structured,
+        ..req
+    }));
+    assert_eq!(
+        openai["response_format"],
+        serde_json::json!({"type": "json_schema",
+            "json_schema": {"name": "response", "schema": {"type": "object"}, "strict": false}})
+    );
+
+    // What each API has, and so what a job may set for its models.
+    assert!(Generation::default().names().is_empty());
+    assert_eq!(settings.names().len(), 8);
+    let gemini_lacks: Vec<_> = settings
+        .names()
+        .into_iter()
+        .filter(|n| !super::supports(ProviderKind::Gemini, n))
+        .collect();
+    assert_eq!(gemini_lacks, ["reasoning_effort"]);
+    let openai_lacks: Vec<_> = settings
+        .names()
+        .into_iter()
+        .filter(|n| !super::supports(ProviderKind::Openai, n))
+        .collect();
+    assert_eq!(openai_lacks, ["top_k", "thinking_budget", "thinking_level"]);
 }

@@ -288,7 +288,7 @@ fn describe(error: reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Client, ErrorClass, ProviderKind, Request};
+    use super::super::{Client, ErrorClass, Generation, ProviderKind, Request};
     use crate::sim::{FaultConfig, ModelLimits, ProjectConfig, SimConfig, SimServer, Simulator};
     use crate::types::ApiKey;
     use axum::http::{header, StatusCode};
@@ -327,6 +327,8 @@ mod tests {
             system: Some("One sentence."),
             max_output_tokens: Some(64),
             temperature: None,
+            turns: &[],
+            generation: Generation::none(),
         }
     }
 

@@ -30,6 +30,13 @@ pub(super) fn render(r: &Report) -> String {
         let _ = writeln!(md, "| {status} | {n} |");
     }
     let _ = writeln!(md, "| **total** | **{}** |\n", r.totals.items);
+    if r.totals.usage.schema_failures > 0 {
+        let _ = writeln!(
+            md,
+            "**Schema failures**: {} answer(s) did not fit their item's `response_schema`.\n",
+            r.totals.usage.schema_failures
+        );
+    }
     if let Some(reset) = &r.quota_resets_at {
         let _ = writeln!(
             md,

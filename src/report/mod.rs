@@ -119,6 +119,9 @@ pub struct Usage {
     pub rate_limited: u64,
     /// Of the failed, refusals of the key itself.
     pub key_invalid: u64,
+    /// Of the failed, answers that did not fit their item's
+    /// `response_schema` (each asked for again up to `schema_retries`).
+    pub schema_failures: u64,
     /// Input tokens billed.
     pub input_tokens: u64,
     /// Output tokens billed (thinking included).
@@ -276,6 +279,7 @@ impl Tally {
             AttemptClass::Ok => u.ok += 1,
             AttemptClass::RateLimited => u.rate_limited += 1,
             AttemptClass::KeyInvalid => u.key_invalid += 1,
+            AttemptClass::SchemaMismatch => u.schema_failures += 1,
             _ => {}
         }
         // Saturating: a state file may hold absurd counts from an older keyfan.

@@ -162,7 +162,7 @@ impl Caller {
     /// ```
     /// use keyfan::config::{Config, MissingEnv};
     /// use keyfan::pool::Strategy;
-    /// use keyfan::provider::Request;
+    /// use keyfan::provider::{Generation, Request};
     /// use keyfan::run::{Caller, RetryPolicy};
     /// use keyfan::sim::{SimConfig, SimServer};
     /// use std::path::Path;
@@ -186,6 +186,8 @@ impl Caller {
     ///     system: None,
     ///     max_output_tokens: Some(200),
     ///     temperature: None,
+    ///     turns: &[],
+    ///     generation: Generation::none(),
     /// };
     /// let reply = caller.generate(&request).await?;
     /// assert!(reply.text.contains("digest:"));

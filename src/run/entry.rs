@@ -120,6 +120,14 @@ pub enum StartError {
         /// The cap, in USD.
         cap: f64,
     },
+    /// Generation settings the APIs of their models' providers lack.
+    #[error("{job} uses {count} setting(s) its models' providers do not have: nothing was sent")]
+    Settings {
+        /// The job's label.
+        job: String,
+        /// How many (model, setting) pairs.
+        count: usize,
+    },
     /// Models no account serves, or their providers do not list.
     #[error("{job} asks for {count} model(s) that cannot be used: nothing was sent")]
     Models {
@@ -189,6 +197,7 @@ impl StartError {
             | StartError::InvalidLines { .. }
             | StartError::TooCostly { .. }
             | StartError::Models { .. }
+            | StartError::Settings { .. }
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
             | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
@@ -287,6 +296,18 @@ pub async fn run(
         }
     };
     let routes = models::route(&config, &validation.models).map_err(refuse)?;
+    let unsupported = models::unsupported_settings(&config, &validation.settings);
+    if !unsupported.is_empty() {
+        observer.notice(&Notice::InvalidLines {
+            shown: unsupported.iter().map(ToString::to_string).collect(),
+            hidden: 0,
+        });
+        return Err(StartError::Settings {
+            job: job.label,
+            count: unsupported.len(),
+        }
+        .into());
+    }
 
     // Once per model, before anything is sent.
     for wanted in routes.values().flatten() {

@@ -458,5 +458,6 @@ fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> Ite
         cached_tokens: 0,
         finish_reason: None,
         cost: Some(0.0),
+        output_json: None,
     }
 }

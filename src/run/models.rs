@@ -11,8 +11,8 @@
 //!    that could go.
 
 use crate::config::Config;
-use crate::job::ModelUse;
-use crate::provider::{Client, ErrorClass, ProviderKind};
+use crate::job::{ItemError, ModelUse, SettingUse};
+use crate::provider::{self, Client, ErrorClass, ProviderKind};
 use crate::store::{Store, StoreError};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -99,6 +99,30 @@ pub fn route(config: &Config, uses: &[ModelUse]) -> Result<Routes, Vec<ModelErro
     } else {
         Err(errors)
     }
+}
+
+/// The settings of `uses` that the API of their model's provider does not
+/// have, each an error naming the item's file, line and field: a setting
+/// is never silently dropped. Models no account serves are [`route`]'s to
+/// report.
+pub fn unsupported_settings(config: &Config, uses: &[SettingUse]) -> Vec<ItemError> {
+    uses.iter()
+        .filter_map(|used| {
+            let model = used.model.as_deref().unwrap_or(&config.model);
+            let provider =
+                ProviderKind::serving(model, |p| config.accounts.iter().any(|a| a.provider == p))?;
+            (!provider::supports(provider, used.setting)).then(|| ItemError {
+                path: used.path.clone(),
+                line: used.line,
+                field: Some(used.setting.to_owned()),
+                reason: format!(
+                    "model `{model}` is served by {} accounts, whose API has no `{}`",
+                    provider_name(provider),
+                    used.setting
+                ),
+            })
+        })
+        .collect()
 }
 
 /// What [`check_listed`] found.

@@ -4,7 +4,7 @@
 use super::budget::Fits;
 use super::call::{Attempt, CallError, Caller};
 use super::{unsent, Budget, Event, Faults, Notice};
-use crate::estimate::prompt_tokens;
+use crate::estimate::item_tokens;
 use crate::job::{id_hash, Item};
 use crate::pool::{Need, Unavailable};
 use crate::price::{Price, PriceTable};
@@ -53,7 +53,7 @@ impl Worker {
                 .unwrap_or(0),
         };
         let model = item.model.as_deref().unwrap_or(&self.default_model);
-        let tokens = prompt_tokens(&item.prompt, item.system.as_deref());
+        let tokens = item_tokens(&item);
         // A name of the config's `models` map goes out as the model it names.
         let wire_model = self.caller.pool().model_name(model);
         let price = self.prices.price(wire_model);
@@ -86,61 +86,93 @@ impl Worker {
             system: item.system.as_deref(),
             max_output_tokens,
             temperature: item.temperature,
+            turns: &item.turns,
+            generation: &item.generation,
         };
+        let schema = item.generation.response_schema.as_deref();
+        let mut schema_tries = item
+            .schema_retries
+            .unwrap_or(crate::job::DEFAULT_SCHEMA_RETRIES);
         let mut last: Option<AttemptRow> = None;
         let mut billed = Billed::default();
         let mut cost = 0.0;
         // What the budget holds for the item: its worst case, once more for
         // each billed answer that may be tried again.
         let mut reserved = worst;
-        let result = self
-            .caller
-            .call(
-                Need::new(model, tokens).with_output_cap(max_output_tokens),
-                &self.stop,
-                |client, key| {
-                    let request = request.clone();
-                    async move { client.generate(&key, &request).await }
-                },
-                |attempt, reply| {
-                    // What the API billed: an answer, or a 200 without one.
-                    billed = match reply {
-                        Some(reply) => Billed {
-                            usage: reply.usage,
-                            finish_reason: reply.finish_reason.clone(),
-                        },
-                        None => attempt
-                            .error
-                            .and_then(|e| e.billed.as_deref())
-                            .cloned()
-                            .unwrap_or_default(),
-                    };
-                    let mut row = attempt_row(&item.id, model, price, attempt, &billed.usage);
-                    row.attempt = row.attempt.saturating_add(prior);
-                    cost += row.cost_usd;
-                    if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class) {
-                        let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
-                            key: row.key.clone(),
-                            account: row.account.clone(),
-                            reason: row.error.clone().unwrap_or_default(),
-                        }));
-                    }
-                    // A billed empty answer is tried again: the next answer
-                    // needs a reservation of its own, or is not sent.
-                    let again = matches!(
-                        attempt.error.map(|e| &e.class),
-                        Some(ErrorClass::EmptyAnswer)
-                    );
-                    if again && row.cost_usd > 0.0 && self.reserve(worst) {
-                        reserved += worst;
-                    }
-                    // Sent at once, so the store learns of every request
-                    // even if the run dies before the item is finished.
-                    let _ = self.events.send(Event::Attempt(row.clone()));
-                    last = Some(row);
-                },
-            )
-            .await;
+        // An answer that does not fit the item's schema is asked for again,
+        // `schema_retries` times (each a billed answer, so reserved again),
+        // its attempts numbered on.
+        let (result, answer) = loop {
+            let offset = last.as_ref().map_or(prior, |a| a.attempt);
+            let mut answer = None;
+            let result = self
+                .caller
+                .call(
+                    Need::new(model, tokens).with_output_cap(max_output_tokens),
+                    &self.stop,
+                    |client, key| {
+                        let request = request.clone();
+                        async move { client.generate(&key, &request).await }
+                    },
+                    |attempt, reply| {
+                        // What the API billed: an answer, or a 200 without one.
+                        billed = match reply {
+                            Some(reply) => Billed {
+                                usage: reply.usage,
+                                finish_reason: reply.finish_reason.clone(),
+                            },
+                            None => attempt
+                                .error
+                                .and_then(|e| e.billed.as_deref())
+                                .cloned()
+                                .unwrap_or_default(),
+                        };
+                        let mut row = attempt_row(&item.id, model, price, attempt, &billed.usage);
+                        row.attempt = row.attempt.saturating_add(offset);
+                        cost += row.cost_usd;
+                        if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class)
+                        {
+                            let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
+                                key: row.key.clone(),
+                                account: row.account.clone(),
+                                reason: row.error.clone().unwrap_or_default(),
+                            }));
+                        }
+                        if let (Some(schema), Some(reply)) = (schema, reply) {
+                            let parsed =
+                                crate::schema::parse_answer(schema, &reply.text).map_err(|e| {
+                                    format!("the answer does not fit response_schema: {e}")
+                                });
+                            if let Err(mismatch) = &parsed {
+                                row.class = AttemptClass::SchemaMismatch;
+                                row.error = Some(mismatch.clone());
+                            }
+                            answer = Some(parsed);
+                        }
+                        // A billed empty answer is tried again: the next answer
+                        // needs a reservation of its own, or is not sent.
+                        let again = matches!(
+                            attempt.error.map(|e| &e.class),
+                            Some(ErrorClass::EmptyAnswer)
+                        );
+                        if again && row.cost_usd > 0.0 && self.reserve(worst) {
+                            reserved += worst;
+                        }
+                        // Sent at once, so the store learns of every request
+                        // even if the run dies before the item is finished.
+                        let _ = self.events.send(Event::Attempt(row.clone()));
+                        last = Some(row);
+                    },
+                )
+                .await;
+            match answer {
+                Some(Err(_)) if result.is_ok() && schema_tries > 0 && self.reserve(worst) => {
+                    schema_tries -= 1;
+                    reserved += worst;
+                }
+                answer => break (result, answer),
+            }
+        };
         let mut outcome = ItemRow {
             status: ItemStatus::Ok,
             input_tokens: last.as_ref().map_or(0, |a| a.input_tokens),
@@ -157,17 +189,25 @@ impl Worker {
             cost: (price.is_some() || last.is_none()).then_some(cost),
             ..unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
         };
-        match result {
-            Ok(reply) => outcome.output = Some(reply.text),
+        match (result, answer) {
+            (Ok(reply), Some(Err(mismatch))) => {
+                outcome.status = ItemStatus::Failed;
+                outcome.output = Some(reply.text);
+                outcome.error = Some(mismatch);
+            }
+            (Ok(reply), answer) => {
+                outcome.output = Some(reply.text);
+                outcome.output_json = answer.and_then(Result::ok).map(|v| v.to_string());
+            }
             // Nothing more can be sent for the model: the run stops, and
             // the item stays pending like the rest.
-            Err(CallError::Unavailable(Unavailable::NoKey { model, .. })) => {
+            (Err(CallError::Unavailable(Unavailable::NoKey { model, .. })), _) => {
                 self.faults.refuse_keys(model);
                 self.stop.cancel();
                 self.release_budget(reserved, cost);
                 return;
             }
-            Err(CallError::Unavailable(unavailable)) => {
+            (Err(CallError::Unavailable(unavailable)), _) => {
                 outcome.status = match unavailable {
                     Unavailable::DayExhausted { .. } | Unavailable::ServerDelay { .. } => {
                         ItemStatus::Deferred
@@ -176,7 +216,7 @@ impl Worker {
                 };
                 outcome.error = Some(unavailable.to_string());
             }
-            Err(CallError::Api(error)) => {
+            (Err(CallError::Api(error)), _) => {
                 outcome.status = match &error.class {
                     ErrorClass::Blocked { .. } => ItemStatus::Blocked,
                     _ => ItemStatus::Failed,
@@ -187,11 +227,11 @@ impl Worker {
                 });
             }
             // Not finished: the item stays pending for the next run.
-            Err(CallError::Stopped | CallError::Ledger) => {
+            (Err(CallError::Stopped | CallError::Ledger), _) => {
                 self.release_budget(reserved, cost);
                 return;
             }
-            Err(error @ CallError::Unreachable(_)) => {
+            (Err(error @ CallError::Unreachable(_)), _) => {
                 self.faults.push(error.to_string());
                 self.stop.cancel();
                 self.release_budget(reserved, cost);

@@ -61,6 +61,8 @@ struct GenerateRequest {
 struct GenerationConfig {
     #[serde(alias = "max_output_tokens")]
     max_output_tokens: Option<u32>,
+    #[serde(alias = "response_json_schema")]
+    response_json_schema: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -99,7 +101,8 @@ impl Content {
 /// Parses a `generateContent` body for `model`, or says why not in Google's
 /// words (rendered by [`Wire::bad_request`]).
 pub(crate) fn parse_generate(model: &str, body: &[u8]) -> Result<Prompt, String> {
-    let request: GenerateRequest = serde_json::from_slice(body).map_err(malformed)?;
+    let mut request: GenerateRequest = serde_json::from_slice(body).map_err(malformed)?;
+    let config = request.generation_config.take();
     if request.contents.is_empty() {
         return Err("* GenerateContentRequest.contents: contents is not specified\n".to_owned());
     }
@@ -120,7 +123,10 @@ pub(crate) fn parse_generate(model: &str, body: &[u8]) -> Result<Prompt, String>
         model: model.to_owned(),
         user_text,
         input_tokens: input.max(1),
-        max_output_tokens: request.generation_config.and_then(|c| c.max_output_tokens),
+        max_output_tokens: config.as_ref().and_then(|c| c.max_output_tokens),
+        schema: config
+            .and_then(|c| c.response_json_schema)
+            .map(std::sync::Arc::new),
     })
 }
 
@@ -410,7 +416,7 @@ impl Wire for Gemini {
         let prompt = turn.prompt;
         let (body, output_tokens) = match prompt.directive() {
             None => {
-                let reply = reply::compose(prompt);
+                let reply = reply::answer(prompt, turn.bad_json);
                 let response = GenerateResponse {
                     candidates: [Candidate {
                         content: CandidateContent {

@@ -31,6 +31,18 @@ struct ChatRequest {
     messages: Vec<Message>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
+    response_format: Option<ResponseFormat>,
+}
+
+/// `response_format`; only `json_schema` shapes the answer.
+#[derive(Deserialize)]
+struct ResponseFormat {
+    json_schema: Option<JsonSchema>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchema {
+    schema: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +131,11 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
         user_text,
         input_tokens: input.max(1),
         max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
+        schema: request
+            .response_format
+            .and_then(|f| f.json_schema)
+            .and_then(|s| s.schema)
+            .map(std::sync::Arc::new),
     })
 }
 
@@ -354,7 +371,7 @@ impl Wire for OpenAi {
 
     fn answer(turn: &Turn) -> Answer {
         let prompt = turn.prompt;
-        let reply = reply::compose(prompt);
+        let reply = reply::answer(prompt, turn.bad_json);
         // Gemini's directives, mapped to what OpenAI says for the same
         // outcome; `[[sim:other]]` has no OpenAI counterpart and answers
         // normally.

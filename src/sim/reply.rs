@@ -3,7 +3,9 @@
 //! estimates, response ids, and the test directives. Shared by both wire
 //! formats.
 
+use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 
 /// Tokens a non-text part (inline data, file) counts: one small image
 /// (≤384 px) on Gemini 2.x, so media-heavy rehearsals still feel TPM.
@@ -18,7 +20,7 @@ const WORDS: [&str; 32] = [
 ];
 
 /// A prompt, as the wire formats parse it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Prompt {
     /// Model id, without `models/`.
     pub model: String,
@@ -28,7 +30,14 @@ pub(crate) struct Prompt {
     pub input_tokens: u64,
     /// The request's cap on output tokens, if any (0 counts as none).
     pub max_output_tokens: Option<u32>,
+    /// The JSON Schema the answer must follow (Gemini `responseJsonSchema`,
+    /// OpenAI `response_format.json_schema.schema`), if any.
+    pub schema: Option<Arc<Value>>,
 }
+
+/// The tag of the bad-JSON directive: `[[sim:badjson]]` (every answer) or
+/// `[[sim:badjson:N]]` (the first N answers to the same user text).
+const BAD_JSON: &str = "[[sim:badjson";
 
 /// A test directive in a prompt's user text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +76,20 @@ impl Prompt {
         let start = self.user_text.find(TAG)? + TAG.len();
         let rest = &self.user_text[start..];
         rest[..rest.find("]]")?].parse().ok()
+    }
+
+    /// `Some` when the user text asks for answers that do not fit the
+    /// schema: `Some(None)` for all of them, `Some(Some(n))` for the first
+    /// `n` to the same text.
+    pub(crate) fn bad_json(&self) -> Option<Option<u32>> {
+        let at = self.user_text.find(BAD_JSON)?;
+        let rest = &self.user_text[at + BAD_JSON.len()..];
+        let (inside, _) = rest.split_once("]]")?;
+        match inside.strip_prefix(':') {
+            None if inside.is_empty() => Some(None),
+            Some(n) => n.parse().ok().map(Some),
+            None => None,
+        }
     }
 
     /// The output cap, treating 0 as unset.
@@ -134,6 +157,111 @@ pub(crate) fn compose(prompt: &Prompt) -> Composed {
     }
 }
 
+/// The reply to a prompt: [`compose`]'s, or for a prompt with a schema,
+/// JSON that fits it (carrying the digest in its first free string), or
+/// when `bad` JSON that does not: a required property left out, or when
+/// the schema requires none, JSON cut short.
+pub(crate) fn answer(prompt: &Prompt, bad: bool) -> Composed {
+    let plain = compose(prompt);
+    let Some(schema) = &prompt.schema else {
+        return plain;
+    };
+    let digest = plain.text.split(' ').nth(2).unwrap_or("digest");
+    let mut value = fitting(schema, digest);
+    let dropped = bad
+        && value
+            .as_object_mut()
+            .is_some_and(|o| dropped_required(schema, o));
+    let mut text = value.to_string();
+    if bad && !dropped {
+        text = text.chars().take(text.chars().count() / 2).collect();
+    }
+    Composed {
+        tokens: text_tokens(&text),
+        text,
+        cut: false,
+    }
+}
+
+/// Takes a required property out of `object`; whether there was one.
+fn dropped_required(schema: &Value, object: &mut Map<String, Value>) -> bool {
+    let required = schema.get("required").and_then(Value::as_array);
+    let first = required.and_then(|r| r.iter().find_map(Value::as_str));
+    first.is_some_and(|name| object.remove(name).is_some())
+}
+
+/// A value that fits `schema` (the subset `keyfan::schema` checks): the
+/// first option, type and enum value; every property; the fewest items
+/// allowed (at least one); numbers at their minimum (or 1); strings are
+/// `text`, cut or padded to their length bounds.
+fn fitting(schema: &Value, text: &str) -> Value {
+    if let Some(first) = schema
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    if let Some(first) = schema
+        .get("anyOf")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+    {
+        return fitting(first, text);
+    }
+    let kind = match schema.get("type") {
+        Some(Value::String(name)) => name.as_str(),
+        Some(Value::Array(names)) => names
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|n| *n != "null")
+            .unwrap_or("null"),
+        _ if schema.get("properties").is_some() => "object",
+        _ => "string",
+    };
+    let bound = |name: &str| schema.get(name).and_then(Value::as_u64);
+    match kind {
+        "object" => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            Value::Object(
+                properties
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, sub)| (name.clone(), fitting(sub, text)))
+                    .collect(),
+            )
+        }
+        "array" => {
+            let n = bound("minItems")
+                .unwrap_or(1)
+                .max(1)
+                .min(bound("maxItems").unwrap_or(u64::MAX));
+            let item = schema.get("items").cloned().unwrap_or(Value::Null);
+            Value::Array((0..n).map(|_| fitting(&item, text)).collect())
+        }
+        "integer" | "number" => {
+            let low = schema.get("minimum").and_then(Value::as_f64).unwrap_or(1.0);
+            let n = schema
+                .get("maximum")
+                .and_then(Value::as_f64)
+                .map_or(low, |high| low.min(high));
+            json!(n.ceil() as i64)
+        }
+        "boolean" => Value::Bool(true),
+        "null" => Value::Null,
+        _ => {
+            let mut s: String = text
+                .chars()
+                .take(bound("maxLength").unwrap_or(u64::MAX) as usize)
+                .collect();
+            while (s.chars().count() as u64) < bound("minLength").unwrap_or(0) {
+                s.push('x');
+            }
+            Value::String(s)
+        }
+    }
+}
+
 /// A response id shaped like Google's (22 characters of base64url),
 /// deterministic per seed and request number.
 pub(crate) fn response_id(seed: u64, request: u64) -> String {
@@ -157,6 +285,7 @@ mod tests {
             user_text: text.into(),
             input_tokens: 1,
             max_output_tokens: cap,
+            schema: None,
         }
     }
 
@@ -188,6 +317,48 @@ mod tests {
         assert!(cut.cut);
         assert_eq!((cut.tokens, cut.text.chars().count()), (3, 12));
         assert!(!compose(&prompt("x", Some(0))).cut);
+    }
+
+    #[test]
+    fn structured_answers_fit_their_schema_unless_told_not_to() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "label": {"type": "string", "enum": ["spam", "ham"]},
+                "why": {"type": "string", "maxLength": 8},
+                "score": {"type": "number", "minimum": 0.5, "maximum": 1},
+                "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+                "note": {"anyOf": [{"type": "null"}, {"type": "string"}]}
+            },
+            "required": ["label", "score"],
+            "additionalProperties": false
+        });
+        crate::schema::check_schema(&schema).unwrap();
+        let prompt = Prompt {
+            schema: Some(Arc::new(schema.clone())),
+            ..prompt("classify [[sim:badjson:1]]", None)
+        };
+        let good = answer(&prompt, false).text;
+        crate::schema::parse_answer(&schema, &good).unwrap();
+        let bad = answer(&prompt, true).text;
+        let error = crate::schema::parse_answer(&schema, &bad).unwrap_err();
+        assert_eq!(error.reason, "required property `label` is missing");
+        let open = json!({"type": "array", "items": {"type": "integer"}});
+        let cut = answer(
+            &Prompt {
+                schema: Some(Arc::new(open.clone())),
+                ..prompt.clone()
+            },
+            true,
+        );
+        assert!(
+            crate::schema::parse_answer(&open, &cut.text).is_err(),
+            "{}",
+            cut.text
+        );
+        assert_eq!(prompt.bad_json(), Some(Some(1)));
+        assert_eq!(self::prompt("[[sim:badjson]]", None).bad_json(), Some(None));
+        assert_eq!(self::prompt("[[sim:badjsonx]]", None).bad_json(), None);
     }
 
     #[test]

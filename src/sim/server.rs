@@ -215,6 +215,8 @@ struct Shared {
     requests: AtomicU64,
     /// Model list requests so far (`GET /v1beta/models`, `GET /v1/models`).
     model_lists: AtomicU64,
+    /// Answers so far to each user text carrying `[[sim:badjson:N]]`.
+    bad_answers: Mutex<HashMap<String, u32>>,
     clock: Clock,
     shutdown: CancellationToken,
 }
@@ -276,6 +278,7 @@ impl Shared {
             projects,
             requests: AtomicU64::new(0),
             model_lists: AtomicU64::new(0),
+            bad_answers: Mutex::default(),
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
         }
@@ -418,11 +421,20 @@ impl Shared {
         let mut rng = SmallRng::seed_from_u64(self.seed ^ request);
         let fault = self.fault(request, rng.gen());
         let latency = rng.gen_range(self.latency.min_ms..=self.latency.max_ms);
+        let bad_json = prompt.bad_json().is_some_and(|times| {
+            times.is_none_or(|n| {
+                let mut answers = lock(&self.bad_answers);
+                let seen = answers.entry(prompt.user_text.clone()).or_default();
+                *seen += 1;
+                *seen <= n
+            })
+        });
         let turn = Turn {
             prompt,
             id: reply::response_id(self.seed, request),
             created: wall.timestamp(),
             headroom,
+            bad_json,
         };
         let (response, output_tokens) = if !self.wait(Duration::from_millis(latency)).await {
             (abort::<W>(W::answer(&turn)), None)

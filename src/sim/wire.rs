@@ -21,6 +21,8 @@ pub(crate) struct Turn<'a> {
     pub created: i64,
     /// Per-minute quota use after admission.
     pub headroom: Headroom,
+    /// Whether a structured answer is to miss its schema (`[[sim:badjson]]`).
+    pub bad_json: bool,
 }
 
 /// A successful answer, rendered but not sent yet: the server may still send

@@ -333,9 +333,9 @@ impl Store {
                 .prepare_cached(
                     "INSERT INTO items (run_id, item_id, line, status, model, output, input_tokens,
                      output_tokens, latency_ms, attempts, key, account, error, cost_usd, finished_at,
-                     thinking_tokens, cached_tokens, finish_reason, cost_known)
+                     thinking_tokens, cached_tokens, finish_reason, cost_known, output_json)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     ?16, ?17, ?18, ?19)
+                     ?16, ?17, ?18, ?19, ?20)
                      ON CONFLICT (run_id, item_id) DO UPDATE SET
                        status = excluded.status, model = excluded.model, output = excluded.output,
                        input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,
@@ -344,7 +344,8 @@ impl Store {
                        cost_usd = excluded.cost_usd, finished_at = excluded.finished_at,
                        thinking_tokens = excluded.thinking_tokens,
                        cached_tokens = excluded.cached_tokens,
-                       finish_reason = excluded.finish_reason, cost_known = excluded.cost_known",
+                       finish_reason = excluded.finish_reason, cost_known = excluded.cost_known,
+                       output_json = excluded.output_json",
                 )
                 .map_err(wrap)?;
             let finished_at = now();
@@ -370,6 +371,7 @@ impl Store {
                         i.cached_tokens,
                         i.finish_reason,
                         i.cost.is_some(),
+                        i.output_json,
                     ])
                     .map_err(wrap)?;
             }
@@ -390,7 +392,7 @@ impl Store {
         self.each(
             "SELECT item_id, line, status, model, output, input_tokens, output_tokens,
                     latency_ms, attempts, key, account, error, cost_usd,
-                    thinking_tokens, cached_tokens, finish_reason, cost_known
+                    thinking_tokens, cached_tokens, finish_reason, cost_known, output_json
              FROM items WHERE run_id = ?1 ORDER BY line",
             [run.0],
             ItemRow::from_row,

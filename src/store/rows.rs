@@ -160,6 +160,9 @@ pub enum AttemptClass {
     ItemInvalid,
     /// Safety block.
     Blocked,
+    /// Answered, but the answer is not JSON that fits the item's
+    /// `response_schema`.
+    SchemaMismatch,
 }
 
 stored_as_text!(AttemptClass in "attempts"."class" {
@@ -169,6 +172,7 @@ stored_as_text!(AttemptClass in "attempts"."class" {
     Transient => "transient",
     ItemInvalid => "item_invalid",
     Blocked => "blocked",
+    SchemaMismatch => "schema_mismatch",
 });
 
 /// One attempt: one request sent with one key.
@@ -270,6 +274,10 @@ pub struct ItemRow {
     /// whose price is unknown.
     #[serde(serialize_with = "serialize_usd")]
     pub cost: Option<f64>,
+    /// The answer parsed as JSON, for items with a `response_schema` whose
+    /// answer fits it: JSON text, written to results as JSON.
+    #[serde(serialize_with = "as_json")]
+    pub output_json: Option<String>,
 }
 
 /// An amount in USD as results show it: rounded to 12 decimals (a
@@ -306,7 +314,21 @@ impl ItemRow {
                 ValueRef::Integer(0) => None,
                 _ => Some(amount(row, 12)?),
             },
+            output_json: row.get(17)?,
         })
+    }
+}
+
+/// Writes JSON text as the JSON it holds (as a string if it holds none).
+fn as_json<S: serde::Serializer>(text: &Option<String>, to: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match text
+        .as_deref()
+        .map(|t| serde_json::from_str::<serde_json::Value>(t).map_err(|_| t))
+    {
+        None => to.serialize_none(),
+        Some(Ok(value)) => value.serialize(to),
+        Some(Err(text)) => text.serialize(to),
     }
 }
 

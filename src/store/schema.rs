@@ -110,6 +110,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, account, model)
     );
 ",
+    "
+    -- A structured answer (an item with a response_schema), as JSON text.
+    ALTER TABLE items ADD COLUMN output_json TEXT;
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

@@ -39,6 +39,7 @@ fn item(id: &str, line: u64, status: ItemStatus) -> ItemRow {
         cached_tokens: 2,
         finish_reason: Some("STOP".to_owned()),
         cost: Some(0.001),
+        output_json: (status == ItemStatus::Ok).then(|| "{\"n\": 1}".to_owned()),
     }
 }
 
@@ -453,6 +454,7 @@ fn every_state_reads_back_as_written() {
         AttemptClass::Transient,
         AttemptClass::ItemInvalid,
         AttemptClass::Blocked,
+        AttemptClass::SchemaMismatch,
     ] {
         assert_eq!(AttemptClass::parse(class.as_str()), Ok(class));
     }

@@ -22,6 +22,8 @@ fn request(prompt: &str, max_output_tokens: Option<u32>) -> Request<'_> {
         system: Some("One sentence."),
         max_output_tokens,
         temperature: None,
+        turns: &[],
+        generation: keyfan::provider::Generation::none(),
     }
 }
 

@@ -39,5 +39,7 @@ mod report;
 mod run;
 /// No key ever appears in any output.
 mod secrets;
+/// YAML job specs: templates over data, settings, structured output.
+mod spec;
 /// Validation of job and config files: nothing is sent when they are wrong.
 mod validation;

@@ -12,7 +12,7 @@ mod setup;
 use super::support::digest;
 use keyfan::config::{Config, MissingEnv};
 use keyfan::pool::{Need, Pool};
-use keyfan::provider::{Client, Reply, Request};
+use keyfan::provider::{Client, Generation, Reply, Request};
 use keyfan::run::{CallError, Caller, Clients, RetryPolicy};
 use keyfan::sim::Simulator;
 use setup::{ideal, keyfan_config, max_in_60s, prompt, sim_config, Scenario, MODEL, RPM};
@@ -81,6 +81,8 @@ pub(super) async fn drive(
                     system: None,
                     max_output_tokens: sent.max_output_tokens,
                     temperature: None,
+                    turns: &[],
+                    generation: Generation::none(),
                 };
                 // No input-token limit is set: the estimate plays no part.
                 let need = Need::new(sent.model, 1).with_output_cap(sent.max_output_tokens);
