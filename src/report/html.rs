@@ -2,7 +2,7 @@
 //! SVG charts, no script, nothing fetched), written as XHTML-compatible
 //! markup (every element closed) so a plain XML check can read it.
 
-use super::{Report, Usage, USAGE_COLUMNS};
+use super::{usd, Report, Usage, USAGE_COLUMNS};
 use std::fmt::Write;
 
 /// Width of a full-width chart, in pixels.
@@ -69,7 +69,7 @@ pub(super) fn render(r: &Report) -> String {
         (status(r, "failed").to_string(), "failed"),
         (t.requests.to_string(), "requests"),
         (t.rate_limited.to_string(), "429s"),
-        (format!("${:.4}", t.cost_usd), "cost (USD)"),
+        (dollars(t.cost_usd), "cost (USD)"),
         (format!("{} ms", t.latency_p50_ms), "latency p50"),
         (format!("{} ms", t.latency_p95_ms), "latency p95"),
     ] {
@@ -137,7 +137,11 @@ pub(super) fn render(r: &Report) -> String {
     let costs: Vec<(String, f64, String)> = r
         .models
         .iter()
-        .map(|m| (m.name.clone(), m.cost_usd, format!("${:.4}", m.cost_usd)))
+        // An unknown cost draws no bar, and says so.
+        .map(|m| {
+            let label = dollars(m.cost_usd);
+            (m.name.clone(), m.cost_usd.unwrap_or(0.0), label)
+        })
         .collect();
     h.push_str(&bars(&costs, "#f59e0b", WIDTH));
     usage_table(&mut h, "model", &r.models);
@@ -175,6 +179,12 @@ pub(super) fn render(r: &Report) -> String {
     usage_table(&mut h, "account", &r.accounts);
     h.push_str("\n</body></html>\n");
     h
+}
+
+/// A cost as `$0.1234`, or `?` when it is unknown.
+fn dollars(cost: Option<f64>) -> String {
+    let sign = if cost.is_some() { "$" } else { "" };
+    format!("{sign}{}", usd(cost, 4))
 }
 
 fn status(r: &Report, name: &str) -> u64 {

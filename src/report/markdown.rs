@@ -1,6 +1,6 @@
 //! The Markdown rendering of a report.
 
-use super::{Report, Usage, USAGE_COLUMNS};
+use super::{usd, Report, Usage, USAGE_COLUMNS};
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -47,8 +47,8 @@ pub(super) fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "\nWasted on retries: {:.4} USD (attempts that were not their item's final one).",
-        r.totals.wasted_on_retries_usd
+        "\nWasted on retries: {} USD (attempts that were not their item's final one).",
+        usd(r.totals.wasted_on_retries_usd, 4)
     );
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
@@ -65,7 +65,7 @@ pub(super) fn render(r: &Report) -> String {
     for l in &r.ledger {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.4} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             l.account,
             l.model,
             l.day,
@@ -73,7 +73,7 @@ pub(super) fn render(r: &Report) -> String {
             l.ok,
             l.input_tokens,
             l.output_tokens,
-            l.cost_usd
+            usd(l.cost_usd, 4)
         );
     }
     md

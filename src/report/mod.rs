@@ -95,8 +95,9 @@ pub struct Totals {
     #[serde(flatten)]
     pub usage: Usage,
     /// Of the cost, what attempts that were not their item's final one
-    /// cost (billed answers tried again), in USD to 6 decimals.
-    pub wasted_on_retries_usd: f64,
+    /// cost (billed answers tried again), in USD to 6 decimals; `None`
+    /// (JSON `null`) when one of them went to a model whose price is unknown.
+    pub wasted_on_retries_usd: Option<f64>,
 }
 
 /// What one key, one account or the whole run did.
@@ -123,8 +124,10 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Output tokens billed (thinking included).
     pub output_tokens: u64,
-    /// Cost in USD.
-    pub cost_usd: f64,
+    /// Cost in USD; `None` (JSON `null`, `?` in tables) when any of the
+    /// requests went to a model whose price is unknown: a sum with an
+    /// unknown part is unknown, never shown as a smaller known figure.
+    pub cost_usd: Option<f64>,
     /// Median request latency.
     pub latency_p50_ms: u64,
     /// 95th-percentile request latency.
@@ -157,7 +160,7 @@ impl Usage {
             self.rate_limited.to_string(),
             self.input_tokens.to_string(),
             self.output_tokens.to_string(),
-            format!("{:.4}", self.cost_usd),
+            usd(self.cost_usd, 4),
             self.latency_p50_ms.to_string(),
             self.latency_p95_ms.to_string(),
             format!("{:.1}", self.ok_per_minute),
@@ -214,7 +217,7 @@ impl Report {
             elapsed_s,
             totals: Totals {
                 usage: all.finish(String::new(), None, elapsed_s),
-                wasted_on_retries_usd: (store.retries_cost(run)? * 1e6).round() / 1e6,
+                wasted_on_retries_usd: store.retries_cost(run)?.map(|c| (c * 1e6).round() / 1e6),
                 ..totals
             },
             keys: keys.finish(elapsed_s),
@@ -261,10 +264,20 @@ impl Report {
     }
 }
 
+/// A cost in USD as the tables show it: `decimals` places, or `?` when it
+/// is unknown (a model with no known price), never 0.
+pub fn usd(cost: Option<f64>, decimals: usize) -> String {
+    cost.map_or_else(|| "?".to_owned(), |c| format!("{c:.decimals$}"))
+}
+
 /// Running sums of one key, account or run.
 #[derive(Debug, Default)]
 struct Tally {
     usage: Usage,
+    /// The known part of the cost.
+    cost: f64,
+    /// Whether some request's cost is unknown.
+    cost_unknown: bool,
     latencies: Vec<u64>,
 }
 
@@ -281,7 +294,10 @@ impl Tally {
         // Saturating: a state file may hold absurd counts from an older keyfan.
         u.input_tokens = u.input_tokens.saturating_add(a.input_tokens);
         u.output_tokens = u.output_tokens.saturating_add(a.output_tokens);
-        u.cost_usd += a.cost_usd;
+        match a.cost_usd {
+            Some(cost) => self.cost += cost,
+            None => self.cost_unknown = true,
+        }
         self.latencies.push(a.latency_ms);
     }
 
@@ -292,6 +308,7 @@ impl Tally {
             name,
             account,
             failed: u.requests - u.ok,
+            cost_usd: (!self.cost_unknown).then_some(self.cost),
             latency_p50_ms: percentile(&self.latencies, 0.50),
             latency_p95_ms: percentile(&self.latencies, 0.95),
             ok_per_minute: if elapsed_s > 0.0 {
@@ -411,7 +428,8 @@ fn histogram(latencies: &[u64]) -> Vec<LatencyBucket> {
     buckets
 }
 
-/// Rounds every `cost_usd` in `value` to 6 decimals.
+/// Rounds every `cost_usd` in `value` to 6 decimals (an unknown one stays
+/// `null`).
 fn round_costs(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {

@@ -161,14 +161,16 @@ impl Store {
     /// What a run's retries cost: the summed cost of every attempt of a
     /// finished item that was not its final attempt (billed empty answers
     /// that were tried again, mostly; a 429 or a 5xx costs nothing).
-    pub fn retries_cost(&self, run: RunId) -> Result<f64, StoreError> {
+    /// `None` when one of them went to a model whose price is unknown.
+    pub fn retries_cost(&self, run: RunId) -> Result<Option<f64>, StoreError> {
         self.conn
             .query_row(
-                "SELECT total(a.cost_usd) FROM attempts a JOIN items i
+                "SELECT total(a.cost_usd), coalesce(min(a.cost_known), 1)
+                 FROM attempts a JOIN items i
                  ON i.run_id = a.run_id AND i.item_id = a.item_id
                  WHERE a.run_id = ?1 AND a.attempt < i.attempts",
                 [run.0],
-                |row| row.get(0),
+                |row| Ok(row.get::<_, bool>(1)?.then_some(row.get(0)?)),
             )
             .map_err(|e| self.wrap(e))
     }
@@ -254,8 +256,9 @@ impl Store {
                 .prepare_cached(
                     // Token sums saturate: SQLite turns an overflowing
                     // integer sum into a REAL, which no count reads back.
-                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens,
+                     cost_usd, cost_unknown)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (account, model, day) DO UPDATE SET
                        requests = requests + excluded.requests, ok = ok + excluded.ok,
                        input_tokens = CASE
@@ -264,14 +267,16 @@ impl Store {
                        output_tokens = CASE
                          WHEN excluded.output_tokens > 9223372036854775807 - output_tokens
                          THEN 9223372036854775807 ELSE output_tokens + excluded.output_tokens END,
-                       cost_usd = cost_usd + excluded.cost_usd",
+                       cost_usd = cost_usd + excluded.cost_usd,
+                       cost_unknown = cost_unknown + excluded.cost_unknown",
                 )
                 .map_err(wrap)?;
             let mut insert_attempt = tx
                 .prepare_cached(
                     "INSERT INTO attempts (run_id, item_id, attempt, key, account, model, class,
-                     http_status, latency_ms, input_tokens, output_tokens, cost_usd, error, at, day)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     http_status, latency_ms, input_tokens, output_tokens, cost_usd, error, at, day,
+                     cost_known)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
                 .map_err(wrap)?;
             let mut upsert_key = tx
@@ -297,10 +302,11 @@ impl Store {
                         a.latency_ms,
                         a.input_tokens,
                         a.output_tokens,
-                        a.cost_usd,
+                        a.cost_usd.unwrap_or(0.0),
                         a.error,
                         a.at,
                         a.day,
+                        a.cost_usd.is_some(),
                     ])
                     .map_err(wrap)?;
                 // What the request used; its reservation is settled apart.
@@ -313,7 +319,8 @@ impl Store {
                         a.class == AttemptClass::Ok,
                         a.input_tokens,
                         a.output_tokens,
-                        a.cost_usd,
+                        a.cost_usd.unwrap_or(0.0),
+                        a.cost_usd.is_none(),
                     ])
                     .map_err(wrap)?;
                 // A key's last word is kept across runs for `keys status`:
@@ -411,7 +418,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.each(
             "SELECT item_id, attempt, key, account, model, class, http_status, latency_ms,
-                    input_tokens, output_tokens, cost_usd, error, at, day
+                    input_tokens, output_tokens, cost_usd, error, at, day, cost_known
              FROM attempts WHERE run_id = ?1 ORDER BY rowid",
             [run.0],
             AttemptRow::from_row,
@@ -508,7 +515,8 @@ impl Store {
     /// The ledger rows of one quota day.
     pub fn ledger(&self, day: QuotaDay) -> Result<Vec<LedgerRow>, StoreError> {
         self.collect(
-            "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd
+            "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd,
+                    cost_unknown
              FROM ledger WHERE day = ?1 ORDER BY account, model",
             [day.to_string()],
             LedgerRow::from_row,

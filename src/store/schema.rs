@@ -110,6 +110,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, account, model)
     );
 ",
+    "
+    -- Whether an attempt's cost_usd is a cost: 0 when it went to a model
+    -- with no known price (its cost is then unknown, never 0). The ledger
+    -- counts such requests, so a day's cost with any of them is unknown.
+    ALTER TABLE attempts ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE ledger ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

@@ -126,3 +126,151 @@ fn assert_well_formed(html: &str) {
     assert!(open.is_empty(), "never closed: {open:?}");
     assert!(!rest.contains('>'), "a stray `>`");
 }
+
+/// A run with a priced Gemini model and an OpenAI-compatible model that has
+/// no price: every figure the unpriced model is part of is unknown (`null`,
+/// `?`) in every format and in `keys status`, never 0; the priced model's
+/// figures stay known.
+#[tokio::test]
+async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
+    let sim = simulator(&(two_projects(0, 0) + "models: [gemini-2.5-flash, llama3]\n")).await;
+    let work = Workdir::new();
+    let job: String = (0..6)
+        .map(|i| {
+            let model = if i % 2 == 0 {
+                "llama3"
+            } else {
+                "gemini-2.5-flash"
+            };
+            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "model": model})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    work.write("job.jsonl", &job);
+    work.write(
+        "config.yaml",
+        &format!(
+            "providers:\n  gemini: {{ base_url: \"{url}\" }}\n  openai: {{ base_url: \"{url}\" }}\naccounts:\n  - name: g\n    keys: [test-key-a1]\n  - name: local\n    provider: openai\n    keys: [test-key-b1]\n",
+            url = sim.base_url()
+        ),
+    );
+    let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    for row in results(&work.path("job.results.jsonl")) {
+        let known = row["model"] == "gemini-2.5-flash";
+        assert_eq!(row["cost"].is_f64(), known, "{row}");
+    }
+    let report = |format: &'static str| {
+        let work = &work;
+        async move {
+            let out = work
+                .keyfan(&["report", "--state", "s.db", "--format", format], &[])
+                .await;
+            assert!(out.status.success(), "{}", explain(&out));
+            String::from_utf8(out.stdout).expect("UTF-8")
+        }
+    };
+
+    let json: serde_json::Value = serde_json::from_str(&report("json").await).unwrap();
+    let cost_of = |rows: &serde_json::Value, name: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name || r["account"] == name && r.get("model").is_some())
+            .unwrap_or_else(|| panic!("{name} missing from {rows}"))["cost_usd"]
+            .clone()
+    };
+    assert!(json["totals"]["cost_usd"].is_null(), "{}", json["totals"]);
+    assert!(cost_of(&json["models"], "llama3").is_null());
+    assert!(
+        cost_of(&json["models"], "gemini-2.5-flash")
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    assert!(cost_of(&json["accounts"], "local").is_null());
+    assert!(cost_of(&json["accounts"], "g").as_f64().unwrap() > 0.0);
+    for key in json["keys"].as_array().unwrap() {
+        assert_eq!(
+            key["cost_usd"].is_null(),
+            key["account"] == "local",
+            "{key}"
+        );
+    }
+    for row in json["ledger"].as_array().unwrap() {
+        assert_eq!(row["cost_usd"].is_null(), row["model"] == "llama3", "{row}");
+    }
+
+    let csv = report("csv").await;
+    for row in csv.lines().skip(1) {
+        let cells: Vec<&str> = row.split(',').collect();
+        let cost = cells[9];
+        match cells[1] {
+            "llama3" => assert_eq!(cost, "?", "{csv}"),
+            _ => assert!(cost.parse::<f64>().unwrap() > 0.0, "{csv}"),
+        }
+    }
+
+    let md = report("md").await;
+    let row_of = |text: &str, start: &str| -> String {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no `{start}` row in:\n{text}"))
+            .to_owned()
+    };
+    assert!(row_of(&md, "| all |").contains("| ? |"), "{md}");
+    assert!(row_of(&md, "| local |").contains("| ? |"), "{md}");
+    assert!(!row_of(&md, "| g |").contains('?'), "{md}");
+    assert!(row_of(&md, "| local | llama3 |").ends_with("| ? |"), "{md}");
+
+    let html = report("html").await;
+    assert!(html.contains("<b>?</b><span>cost (USD)</span>"), "{html}");
+    let model_row = html
+        .split("<tr><td>llama3</td>")
+        .nth(1)
+        .expect("llama3's row");
+    let model_row = &model_row[..model_row.find("</tr>").unwrap()];
+    assert!(model_row.contains("<td class=\"n\">?</td>"), "{model_row}");
+    assert_well_formed(&html);
+
+    let status = work
+        .keyfan(
+            &[
+                "keys",
+                "status",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+                "--json",
+            ],
+            &[],
+        )
+        .await;
+    assert!(status.status.success(), "{}", explain(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    for row in status["usage"].as_array().unwrap() {
+        assert_eq!(row["cost_usd"].is_null(), row["model"] == "llama3", "{row}");
+    }
+    let text = work
+        .keyfan(
+            &[
+                "keys",
+                "status",
+                "--config",
+                "config.yaml",
+                "--state",
+                "s.db",
+            ],
+            &[],
+        )
+        .await;
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(row_of(&text, "local ").trim_end().ends_with(" ?"), "{text}");
+    let g = row_of(&text, "g ");
+    assert!(
+        g.split_whitespace().last().unwrap().parse::<f64>().unwrap() > 0.0,
+        "{text}"
+    );
+}
