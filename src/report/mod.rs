@@ -10,7 +10,7 @@ mod html;
 mod markdown;
 
 use crate::store::{
-    AttemptClass, AttemptRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
+    AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
 };
 use crate::types::{Limits, QuotaDay};
 use serde::Serialize;
@@ -35,6 +35,9 @@ pub struct Report {
     pub models: Vec<Usage>,
     /// One row per account and model (the name is the model).
     pub account_models: Vec<Usage>,
+    /// Per model, the estimate made before the run against what it used
+    /// (empty when no estimate was stored: a run of an older keyfan).
+    pub estimate_vs_actual: Vec<Versus>,
     /// The limits each account had for each model during the run.
     pub limits: Vec<LimitRow>,
     /// Requests sent per minute by each account, from the attempts'
@@ -47,6 +50,88 @@ pub struct Report {
     /// When some items are deferred: when the daily quotas reset (the next
     /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
     pub quota_resets_at: Option<String>,
+}
+
+/// One model's estimate against what the run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versus {
+    /// The model.
+    pub model: String,
+    /// What was estimated before the run (online prices, the config's
+    /// expected output per item).
+    pub estimated: EstimateRow,
+    /// What the run used.
+    pub actual: Actual,
+}
+
+/// What a run used for one model, beside its estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Actual {
+    /// Items finished (whatever their status).
+    pub items: u64,
+    /// Input tokens billed, over all attempts.
+    pub input_tokens: u64,
+    /// Output tokens billed (thinking included), over all attempts.
+    pub output_tokens: u64,
+    /// Cost in USD; `None` when the price is unknown.
+    pub cost_usd: Option<f64>,
+}
+
+/// The columns of the estimate-against-actual tables.
+const VERSUS_COLUMNS: [&str; 10] = [
+    "items est.",
+    "items done",
+    "input est.",
+    "input actual",
+    "output exp.",
+    "output worst",
+    "output actual",
+    "cost exp. (USD)",
+    "cost worst (USD)",
+    "cost actual (USD)",
+];
+
+impl Versus {
+    /// The row's cells under [`VERSUS_COLUMNS`].
+    fn cells(&self) -> [String; 10] {
+        let (e, a) = (&self.estimated, &self.actual);
+        [
+            e.items.to_string(),
+            a.items.to_string(),
+            e.input_tokens.to_string(),
+            a.input_tokens.to_string(),
+            e.output_tokens_expected.to_string(),
+            e.output_tokens_worst.to_string(),
+            a.output_tokens.to_string(),
+            usd(e.cost_expected_usd, 4),
+            usd(e.cost_worst_usd, 4),
+            usd(a.cost_usd, 4),
+        ]
+    }
+}
+
+/// Each estimated model with what the run used of it.
+fn versus(
+    estimate: Vec<EstimateRow>,
+    models: &[Usage],
+    items: &HashMap<String, u64>,
+) -> Vec<Versus> {
+    estimate
+        .into_iter()
+        .map(|estimated| {
+            let used = models.iter().find(|m| m.name == estimated.model);
+            Versus {
+                model: estimated.model.clone(),
+                actual: Actual {
+                    items: items.get(&estimated.model).copied().unwrap_or(0),
+                    input_tokens: used.map_or(0, |u| u.input_tokens),
+                    output_tokens: used.map_or(0, |u| u.output_tokens),
+                    cost_usd: used.map_or(Some(0.0), |u| u.cost_usd),
+                },
+                estimated,
+            }
+        })
+        .collect()
 }
 
 /// An account's configured limits for a model.
@@ -206,7 +291,9 @@ impl Report {
         let now = chrono::Utc::now();
         let today = QuotaDay::of(now);
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
+        let models = models.finish(elapsed_s);
         Ok(Report {
+            estimate_vs_actual: versus(store.estimate(run)?, &models, &store.model_counts(run)?),
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
                 today
                     .reset()
@@ -222,7 +309,7 @@ impl Report {
             },
             keys: keys.finish(elapsed_s),
             accounts: accounts.finish(elapsed_s),
-            models: models.finish(elapsed_s),
+            models,
             account_models: account_models.finish(elapsed_s),
             limits: store
                 .limits(run)?
@@ -428,16 +515,18 @@ fn histogram(latencies: &[u64]) -> Vec<LatencyBucket> {
     buckets
 }
 
-/// Rounds every `cost_usd` in `value` to 6 decimals (an unknown one stays
-/// `null`).
+/// Rounds every cost (a field named `cost_usd` or `cost_*_usd`) in `value`
+/// to 6 decimals (an unknown one stays `null`).
 fn round_costs(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
             for (name, field) in map.iter_mut() {
+                let cost =
+                    name == "cost_usd" || name.starts_with("cost_") && name.ends_with("_usd");
                 match field.as_f64() {
-                    Some(cost) if name == "cost_usd" => {
-                        *field = Value::from((cost * 1e6).round() / 1e6);
+                    Some(usd) if cost => {
+                        *field = Value::from((usd * 1e6).round() / 1e6);
                     }
                     _ => round_costs(field),
                 }

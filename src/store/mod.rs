@@ -17,8 +17,8 @@ mod tests;
 pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
-    round_usd, AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, KeyState, LedgerRow,
-    RunId, RunRow, RunStatus, UnknownValue,
+    round_usd, AttemptClass, AttemptRow, Batch, EstimateRow, ItemRow, ItemStatus, KeyRow, KeyState,
+    LedgerRow, RunId, RunRow, RunStatus, UnknownValue,
 };
 
 use crate::types::{Limits, QuotaDay};
@@ -510,6 +510,75 @@ impl Store {
                 ))
             },
         )
+    }
+
+    /// Whether an estimate is stored for `run`.
+    pub fn has_estimate(&self, run: RunId) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM run_estimates WHERE run_id = ?1)",
+                [run.0],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Stores the estimate of `run`, one row per model (replacing any), in
+    /// one transaction.
+    pub fn save_estimate(&self, run: RunId, rows: &[EstimateRow]) -> Result<(), StoreError> {
+        (|| {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute("DELETE FROM run_estimates WHERE run_id = ?1", [run.0])?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO run_estimates (run_id, model, items, input_tokens,
+                     output_tokens_expected, output_tokens_worst, cost_expected_usd,
+                     cost_worst_usd)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for r in rows {
+                    insert.execute(params![
+                        run.0,
+                        r.model,
+                        r.items,
+                        r.input_tokens,
+                        r.output_tokens_expected,
+                        r.output_tokens_worst,
+                        r.cost_expected_usd,
+                        r.cost_worst_usd,
+                    ])?;
+                }
+            }
+            tx.commit()
+        })()
+        .map_err(|e| self.wrap(e))
+    }
+
+    /// The estimate stored for `run`, by model (empty when none was made).
+    pub fn estimate(&self, run: RunId) -> Result<Vec<EstimateRow>, StoreError> {
+        self.collect(
+            "SELECT model, items, input_tokens, output_tokens_expected, output_tokens_worst,
+                    cost_expected_usd, cost_worst_usd
+             FROM run_estimates WHERE run_id = ?1 ORDER BY model",
+            [run.0],
+            EstimateRow::from_row,
+        )
+    }
+
+    /// Finished items of `run` per model.
+    pub fn model_counts(&self, run: RunId) -> Result<HashMap<String, u64>, StoreError> {
+        let mut counts = HashMap::new();
+        self.each(
+            "SELECT model, count(*) FROM items WHERE run_id = ?1 AND model IS NOT NULL
+             GROUP BY model",
+            [run.0],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)),
+            |(model, n)| {
+                counts.insert(model, n);
+                true
+            },
+        )?;
+        Ok(counts)
     }
 
     /// The ledger rows of one quota day.

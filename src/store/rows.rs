@@ -412,6 +412,47 @@ impl LedgerRow {
     }
 }
 
+/// One model's estimate, as stored for a run before it sent anything.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EstimateRow {
+    /// The model.
+    pub model: String,
+    /// Items of the job for it.
+    pub items: u64,
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// Output tokens with the expected output per item.
+    pub output_tokens_expected: u64,
+    /// Output tokens with every item's cap used up.
+    pub output_tokens_worst: u64,
+    /// Cost in USD with the expected output; `None` when the price was
+    /// unknown.
+    pub cost_expected_usd: Option<f64>,
+    /// Cost in USD with every item's cap used up; `None` when the price
+    /// was unknown.
+    pub cost_worst_usd: Option<f64>,
+}
+
+impl EstimateRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<EstimateRow> {
+        let cost = |index| -> rusqlite::Result<Option<f64>> {
+            Ok(match row.get_ref(index)? {
+                ValueRef::Null => None,
+                _ => Some(amount(row, index)?),
+            })
+        };
+        Ok(EstimateRow {
+            model: row.get(0)?,
+            items: count(row, 1)?,
+            input_tokens: count(row, 2)?,
+            output_tokens_expected: count(row, 3)?,
+            output_tokens_worst: count(row, 4)?,
+            cost_expected_usd: cost(5)?,
+            cost_worst_usd: cost(6)?,
+        })
+    }
+}
+
 /// The last known state of a key, kept across runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct KeyRow {

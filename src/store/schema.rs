@@ -117,6 +117,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE attempts ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE ledger ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;
 ",
+    "
+    -- The estimate made before a run first sent anything, per model, so
+    -- its report sets it against what the run used. A cost is NULL when
+    -- the model's price was unknown.
+    CREATE TABLE run_estimates (
+        run_id                 INTEGER NOT NULL REFERENCES runs (id),
+        model                  TEXT NOT NULL,
+        items                  INTEGER NOT NULL,
+        input_tokens           INTEGER NOT NULL,
+        output_tokens_expected INTEGER NOT NULL,
+        output_tokens_worst    INTEGER NOT NULL,
+        cost_expected_usd      REAL,
+        cost_worst_usd         REAL,
+        PRIMARY KEY (run_id, model)
+    );
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

@@ -274,3 +274,75 @@ async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
         "{text}"
     );
 }
+
+/// `keyfan run` stores the estimate before it sends anything, and every
+/// report format sets it against what the run used, per model.
+#[tokio::test]
+async fn the_report_sets_the_estimate_made_before_the_run_against_its_actual_use() {
+    let (_sim, work) = scenario(&two_projects(0, 0), 12, |url| two_accounts(url, "")).await;
+    let before = work
+        .keyfan(
+            &["estimate", "job.jsonl", "--config", "config.yaml", "--json"],
+            &[],
+        )
+        .await;
+    assert!(before.status.success(), "{}", explain(&before));
+    let before: serde_json::Value = serde_json::from_slice(&before.stdout).unwrap();
+    let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
+    assert!(out.status.success(), "{}", explain(&out));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&work.read("job.report.json")).expect("report JSON");
+    let versus = json["estimate_vs_actual"].as_array().unwrap();
+    assert_eq!(versus.len(), 1, "{versus:?}");
+    let (v, e) = (&versus[0], &before["models"][0]);
+    assert_eq!(v["model"], "gemini-2.5-flash");
+    // The estimate is `keyfan estimate`'s, made by the same code.
+    assert_eq!(v["estimated"]["items"], 12);
+    for field in [
+        "input_tokens",
+        "output_tokens_expected",
+        "output_tokens_worst",
+    ] {
+        assert_eq!(v["estimated"][field], e[field], "{field}");
+    }
+    let close = |a: &serde_json::Value, b: &serde_json::Value| {
+        (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-6
+    };
+    assert!(close(
+        &v["estimated"]["cost_expected_usd"],
+        &e["cost"]["expected_usd"]
+    ));
+    assert!(close(
+        &v["estimated"]["cost_worst_usd"],
+        &e["cost"]["worst_usd"]
+    ));
+    // The actual is what the run's attempts used.
+    let model = &json["models"][0];
+    assert_eq!(v["actual"]["items"], 12);
+    assert_eq!(v["actual"]["input_tokens"], model["input_tokens"]);
+    assert_eq!(v["actual"]["output_tokens"], model["output_tokens"]);
+    assert!(close(&v["actual"]["cost_usd"], &model["cost_usd"]));
+    assert!(model["cost_usd"].as_f64().unwrap() > 0.0);
+
+    let md = work.read("job.report.md");
+    let row = md
+        .split("## Estimate against actual")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no estimate section in:\n{md}"))
+        .lines()
+        .find(|l| l.starts_with("| gemini-2.5-flash | 12 | 12 |"))
+        .unwrap_or_else(|| panic!("no estimate row in:\n{md}"));
+    let cells: Vec<&str> = row.split(" | ").collect();
+    assert_eq!(cells[3], e["input_tokens"].to_string(), "{row}");
+    assert_eq!(
+        cells[10].trim_end_matches(" |"),
+        format!("{:.4}", model["cost_usd"].as_f64().unwrap()),
+        "{row}"
+    );
+    let html = work.read("job.report.html");
+    assert!(html.contains("<h2>Estimate against actual</h2>"), "{html}");
+    assert!(html.contains("gemini-2.5-flash · estimate"), "{html}");
+    assert!(html.contains("gemini-2.5-flash · actual"), "{html}");
+    assert_well_formed(&html);
+}
