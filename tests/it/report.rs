@@ -27,16 +27,7 @@ async fn every_format_is_rebuilt_from_the_state_file_and_the_html_is_well_formed
     let written = work.read("job.report.html");
     drop(sim);
 
-    let report = |format: &'static str| {
-        let work = &work;
-        async move {
-            let out = work
-                .keyfan(&["report", "--state", "state.db", "--format", format], &[])
-                .await;
-            assert!(out.status.success(), "{}", explain(&out));
-            String::from_utf8(out.stdout).expect("UTF-8")
-        }
-    };
+    let report = |format| report_of(&work, "state.db", format);
     let json: serde_json::Value = serde_json::from_str(&report("json").await).unwrap();
     assert_eq!(json["totals"]["requests"], 12);
     assert_eq!(json["limits"][0]["rpm"], 600);
@@ -96,6 +87,15 @@ async fn every_format_is_rebuilt_from_the_state_file_and_the_html_is_well_formed
     assert!(report("md").await.starts_with("# keyfan report: run 1"));
 }
 
+/// `keyfan report --state STATE --format FORMAT`'s output.
+async fn report_of(work: &Workdir, state: &str, format: &str) -> String {
+    let out = work
+        .keyfan(&["report", "--state", state, "--format", format], &[])
+        .await;
+    assert!(out.status.success(), "{}", explain(&out));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 /// Checks that every element of `html` is closed in order (void elements
 /// written `<x/>`), as an XML parser would.
 fn assert_well_formed(html: &str) {
@@ -133,44 +133,17 @@ fn assert_well_formed(html: &str) {
 /// figures stay known.
 #[tokio::test]
 async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
-    let sim = simulator(&(two_projects(0, 0) + "models: [gemini-2.5-flash, llama3]\n")).await;
-    let work = Workdir::new();
-    let job: String = (0..6)
-        .map(|i| {
-            let model = if i % 2 == 0 {
-                "llama3"
-            } else {
-                "gemini-2.5-flash"
-            };
-            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "model": model})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    work.write("job.jsonl", &job);
-    work.write(
-        "config.yaml",
-        &format!(
-            "providers:\n  gemini: {{ base_url: \"{url}\" }}\n  openai: {{ base_url: \"{url}\" }}\naccounts:\n  - name: g\n    keys: [test-key-a1]\n  - name: local\n    provider: openai\n    keys: [test-key-b1]\n",
-            url = sim.base_url()
-        ),
-    );
+    let sim =
+        simulator(&(TWO_PROVIDER_PROJECTS.to_owned() + "models: [gemini-2.5-flash, llama3]\n"))
+            .await;
+    let work = two_providers(&sim.base_url(), 6, "llama3");
     let out = work.keyfan(&run_args("s.db", &["--offline"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     for row in results(&work.path("job.results.jsonl")) {
         let known = row["model"] == "gemini-2.5-flash";
         assert_eq!(row["cost"].is_f64(), known, "{row}");
     }
-    let report = |format: &'static str| {
-        let work = &work;
-        async move {
-            let out = work
-                .keyfan(&["report", "--state", "s.db", "--format", format], &[])
-                .await;
-            assert!(out.status.success(), "{}", explain(&out));
-            String::from_utf8(out.stdout).expect("UTF-8")
-        }
-    };
+    let report = |format| report_of(&work, "s.db", format);
 
     let json: serde_json::Value = serde_json::from_str(&report("json").await).unwrap();
     let cost_of = |rows: &serde_json::Value, name: &str| {
@@ -189,14 +162,10 @@ async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
             .unwrap()
             > 0.0
     );
-    assert!(cost_of(&json["accounts"], "local").is_null());
+    assert!(cost_of(&json["accounts"], "o").is_null());
     assert!(cost_of(&json["accounts"], "g").as_f64().unwrap() > 0.0);
     for key in json["keys"].as_array().unwrap() {
-        assert_eq!(
-            key["cost_usd"].is_null(),
-            key["account"] == "local",
-            "{key}"
-        );
+        assert_eq!(key["cost_usd"].is_null(), key["account"] == "o", "{key}");
     }
     for row in json["ledger"].as_array().unwrap() {
         assert_eq!(row["cost_usd"].is_null(), row["model"] == "llama3", "{row}");
@@ -220,9 +189,9 @@ async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
             .to_owned()
     };
     assert!(row_of(&md, "| all |").contains("| ? |"), "{md}");
-    assert!(row_of(&md, "| local |").contains("| ? |"), "{md}");
+    assert!(row_of(&md, "| o |").contains("| ? |"), "{md}");
     assert!(!row_of(&md, "| g |").contains('?'), "{md}");
-    assert!(row_of(&md, "| local | llama3 |").ends_with("| ? |"), "{md}");
+    assert!(row_of(&md, "| o | llama3 |").ends_with("| ? |"), "{md}");
 
     let html = report("html").await;
     assert!(html.contains("<b>?</b><span>cost (USD)</span>"), "{html}");
@@ -234,8 +203,8 @@ async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
     assert!(model_row.contains("<td class=\"n\">?</td>"), "{model_row}");
     assert_well_formed(&html);
 
-    let status = work
-        .keyfan(
+    let keys_status = |extra: &'static [&'static str]| {
+        let args = [
             &[
                 "keys",
                 "status",
@@ -243,31 +212,25 @@ async fn a_model_without_a_price_shows_an_unknown_cost_in_every_format() {
                 "config.yaml",
                 "--state",
                 "s.db",
-                "--json",
             ],
-            &[],
-        )
-        .await;
-    assert!(status.status.success(), "{}", explain(&status));
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+            extra,
+        ]
+        .concat();
+        let work = &work;
+        async move {
+            let out = work.keyfan(&args, &[]).await;
+            assert!(out.status.success(), "{}", explain(&out));
+            out.stdout
+        }
+    };
+    let status: serde_json::Value =
+        serde_json::from_slice(&keys_status(&["--json"]).await).unwrap();
     for row in status["usage"].as_array().unwrap() {
         assert_eq!(row["cost_usd"].is_null(), row["model"] == "llama3", "{row}");
     }
-    let text = work
-        .keyfan(
-            &[
-                "keys",
-                "status",
-                "--config",
-                "config.yaml",
-                "--state",
-                "s.db",
-            ],
-            &[],
-        )
-        .await;
-    let text = String::from_utf8(text.stdout).unwrap();
-    assert!(row_of(&text, "local ").trim_end().ends_with(" ?"), "{text}");
+    let text = keys_status(&[]).await;
+    let text = String::from_utf8(text).unwrap();
+    assert!(row_of(&text, "o ").trim_end().ends_with(" ?"), "{text}");
     let g = row_of(&text, "g ");
     assert!(
         g.split_whitespace().last().unwrap().parse::<f64>().unwrap() > 0.0,
