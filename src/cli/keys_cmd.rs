@@ -166,7 +166,9 @@ struct ModelUsage {
     requests: u64,
     rpd: Option<u32>,
     input_tokens: u64,
-    cost_usd: f64,
+    /// `None` (`null`, `?`) when some request went to a model whose price
+    /// is unknown.
+    cost_usd: Option<f64>,
 }
 
 /// One row of `keys status`: a key's last known state.
@@ -265,7 +267,7 @@ fn status(config: &Path, simulate: bool, state: &Path, json: bool) -> Result<u8,
                 requests: used.map_or(0, |l| l.requests),
                 rpd: limits.and_then(|l| l.rpd),
                 input_tokens: used.map_or(0, |l| l.input_tokens),
-                cost_usd: used.map_or(0.0, |l| l.cost_usd),
+                cost_usd: used.map_or(Some(0.0), |l| l.cost_usd),
             }
         })
         .collect();
@@ -308,13 +310,13 @@ fn status(config: &Path, simulate: bool, state: &Path, json: bool) -> Result<u8,
     );
     for u in &usage {
         println!(
-            "{:<16} {:<24} {:>10} {:>10} {:>14} {:>10.4}",
+            "{:<16} {:<24} {:>10} {:>10} {:>14} {:>10}",
             u.account,
             u.model,
             u.requests,
             u.rpd.map_or("-".into(), |v| v.to_string()),
             u.input_tokens,
-            u.cost_usd,
+            crate::report::usd(u.cost_usd, 4),
         );
     }
     println!("\nKeys:");

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::job::{Item, ItemError, JobError, JobReader};
 use crate::price::{Price, PriceEntry, PriceTable};
 use crate::provider::Usage;
-use crate::store::LedgerRow;
+use crate::store::{EstimateRow, LedgerRow};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -257,17 +257,20 @@ struct Tally {
     figures: Figures,
 }
 
-/// Estimates the job at `path` under `config`, with `expected` output per
-/// item and `ledger` the state file's rows of today (empty without one).
-pub fn estimate(
+/// How many lines of a job were invalid, and the first.
+type Invalid = (u64, Option<ItemError>);
+
+/// Per model, in order of first use, the sums of the job's valid items at
+/// `path` under `config` with `expected` output per item; and how many
+/// lines were invalid, with the first.
+fn tally(
     path: &Path,
     config: &Config,
-    expected: Expected,
-    ledger: &[LedgerRow],
-) -> Result<Estimate, EstimateError> {
+    expected: &Expected,
+) -> Result<(Vec<Tally>, Invalid), JobError> {
     let mut tallies: Vec<Tally> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    let mut invalid: (u64, Option<ItemError>) = (0, None);
+    let mut invalid: Invalid = (0, None);
     for result in JobReader::open(path)? {
         let item = match result {
             Ok(item) => item,
@@ -312,6 +315,43 @@ pub fn estimate(
             });
         }
     }
+    Ok((tallies, invalid))
+}
+
+/// What a run stores before it sends anything, so that its report can set
+/// the estimate against what it used: per model, the figures of
+/// [`estimate`] (online prices) over the job's valid items, with the
+/// config's expected output. A model with no known price has no cost
+/// (`None`) rather than failing, as a plain run only warns of it.
+pub fn plan(path: &Path, config: &Config) -> Result<Vec<EstimateRow>, JobError> {
+    let (tallies, _) = tally(path, config, &Expected::pick(None, config))?;
+    Ok(tallies
+        .into_iter()
+        .map(|t| {
+            let known = t.price.is_some();
+            let f = t.figures;
+            EstimateRow {
+                model: t.model,
+                items: f.items,
+                input_tokens: f.input_tokens,
+                output_tokens_expected: f.output_tokens_expected,
+                output_tokens_worst: f.output_tokens_worst,
+                cost_expected_usd: known.then_some(f.cost.expected_usd),
+                cost_worst_usd: known.then_some(f.cost.worst_usd),
+            }
+        })
+        .collect())
+}
+
+/// Estimates the job at `path` under `config`, with `expected` output per
+/// item and `ledger` the state file's rows of today (empty without one).
+pub fn estimate(
+    path: &Path,
+    config: &Config,
+    expected: Expected,
+    ledger: &[LedgerRow],
+) -> Result<Estimate, EstimateError> {
+    let (tallies, invalid) = tally(path, config, &expected)?;
     if let (count, Some(first)) = invalid {
         return Err(EstimateError::Invalid {
             count,

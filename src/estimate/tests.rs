@@ -81,7 +81,7 @@ fn the_day_quota_left_by_the_ledger_defers_the_rest() {
         ok: 2,
         input_tokens: 0,
         output_tokens: 0,
-        cost_usd: 0.0,
+        cost_usd: Some(0.0),
     };
     let config = config(TWO_PROJECTS);
     let e = estimate(&path, &config, Expected::pick(None, &config), &[used]).unwrap();

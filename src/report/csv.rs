@@ -1,6 +1,6 @@
 //! The CSV rendering of a report: one row per account and model.
 
-use super::Report;
+use super::{usd, Report};
 
 /// The columns, in order.
 const HEADER: [&str; 14] = [
@@ -34,7 +34,7 @@ pub(super) fn render(r: &Report) -> String {
             u.key_invalid.to_string(),
             u.input_tokens.to_string(),
             u.output_tokens.to_string(),
-            format!("{:.6}", u.cost_usd),
+            usd(u.cost_usd, 6),
             u.latency_p50_ms.to_string(),
             u.latency_p95_ms.to_string(),
             format!("{:.2}", u.ok_per_minute),

@@ -2,7 +2,7 @@
 //! SVG charts, no script, nothing fetched), written as XHTML-compatible
 //! markup (every element closed) so a plain XML check can read it.
 
-use super::{Report, Usage, USAGE_COLUMNS};
+use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
 use std::fmt::Write;
 
 /// Width of a full-width chart, in pixels.
@@ -69,7 +69,7 @@ pub(super) fn render(r: &Report) -> String {
         (status(r, "failed").to_string(), "failed"),
         (t.requests.to_string(), "requests"),
         (t.rate_limited.to_string(), "429s"),
-        (format!("${:.4}", t.cost_usd), "cost (USD)"),
+        (dollars(t.cost_usd), "cost (USD)"),
         (format!("{} ms", t.latency_p50_ms), "latency p50"),
         (format!("{} ms", t.latency_p95_ms), "latency p95"),
     ] {
@@ -137,10 +137,34 @@ pub(super) fn render(r: &Report) -> String {
     let costs: Vec<(String, f64, String)> = r
         .models
         .iter()
-        .map(|m| (m.name.clone(), m.cost_usd, format!("${:.4}", m.cost_usd)))
+        // An unknown cost draws no bar, and says so.
+        .map(|m| {
+            let label = dollars(m.cost_usd);
+            (m.name.clone(), m.cost_usd.unwrap_or(0.0), label)
+        })
         .collect();
     h.push_str(&bars(&costs, "#f59e0b", WIDTH));
     usage_table(&mut h, "model", &r.models);
+    if !r.estimate_vs_actual.is_empty() {
+        h.push_str(
+            "\n<h2>Estimate against actual</h2><p class=\"meta\">The estimate made before the \
+             run (online prices, the config's expected output per item) against what the run \
+             used.</p>",
+        );
+        let mut costs = Vec::new();
+        for v in &r.estimate_vs_actual {
+            for (what, cost) in [
+                ("estimate", v.estimated.cost_expected_usd),
+                ("actual", v.actual.cost_usd),
+            ] {
+                let name = format!("{} · {what}", v.model);
+                costs.push((name, cost.unwrap_or(0.0), dollars(cost)));
+            }
+        }
+        h.push_str(&bars(&costs, "#f59e0b", WIDTH));
+        let rows = r.estimate_vs_actual.iter().map(|v| (&*v.model, v.cells()));
+        table(&mut h, "model", &VERSUS_COLUMNS, rows);
+    }
 
     h.push_str("\n<h2>Quota used today (US/Pacific day, all runs)</h2>");
     let mut shares = Vec::new();
@@ -175,6 +199,12 @@ pub(super) fn render(r: &Report) -> String {
     usage_table(&mut h, "account", &r.accounts);
     h.push_str("\n</body></html>\n");
     h
+}
+
+/// A cost as `$0.1234`, or `?` when it is unknown.
+fn dollars(cost: Option<f64>) -> String {
+    let sign = if cost.is_some() { "$" } else { "" };
+    format!("{sign}{}", usd(cost, 4))
 }
 
 fn status(r: &Report, name: &str) -> u64 {
@@ -278,14 +308,25 @@ fn bars_of(rows: &[(String, f64, String)], color: &str, top: f64, width: f64) ->
 }
 
 fn usage_table(h: &mut String, first: &str, rows: &[Usage]) {
+    let rows = rows.iter().map(|u| (&*u.name, u.cells()));
+    table(h, first, &USAGE_COLUMNS, rows);
+}
+
+/// A table of named rows of cells under `columns`.
+fn table<'a, const N: usize>(
+    h: &mut String,
+    first: &str,
+    columns: &[&str; N],
+    rows: impl Iterator<Item = (&'a str, [String; N])>,
+) {
     let _ = write!(h, "<table><tr><th>{first}</th>");
-    for column in USAGE_COLUMNS {
-        let _ = write!(h, "<th>{column}</th>");
+    for column in columns {
+        let _ = write!(h, "<th>{}</th>", esc(column));
     }
     h.push_str("</tr>");
-    for u in rows {
-        let _ = write!(h, "<tr><td>{}</td>", esc(&u.name));
-        for cell in u.cells() {
+    for (name, cells) in rows {
+        let _ = write!(h, "<tr><td>{}</td>", esc(name));
+        for cell in cells {
             let _ = write!(h, "<td class=\"n\">{cell}</td>");
         }
         h.push_str("</tr>");

@@ -1,6 +1,6 @@
 //! The Markdown rendering of a report.
 
-use super::{Report, Usage, USAGE_COLUMNS};
+use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -54,9 +54,23 @@ pub(super) fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "\nWasted on retries: {:.4} USD (attempts that were not their item's final one).",
-        r.totals.wasted_on_retries_usd
+        "\nWasted on retries: {} USD (attempts that were not their item's final one).",
+        usd(r.totals.wasted_on_retries_usd, 4)
     );
+    let _ = writeln!(md, "\n## Per model\n");
+    table(&mut md, "model", &r.models, |u| u.name.clone());
+    if !r.estimate_vs_actual.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n## Estimate against actual\n\nThe estimate made before the run (online prices, \
+             the config's expected output per item) against what the run used.\n"
+        );
+        let rows = r
+            .estimate_vs_actual
+            .iter()
+            .map(|v| (v.model.clone(), v.cells()));
+        cells_table(&mut md, "model", &VERSUS_COLUMNS, rows);
+    }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
     let _ = writeln!(md, "\n## Per key\n");
@@ -72,7 +86,7 @@ pub(super) fn render(r: &Report) -> String {
     for l in &r.ledger {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {:.4} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             l.account,
             l.model,
             l.day,
@@ -80,20 +94,35 @@ pub(super) fn render(r: &Report) -> String {
             l.ok,
             l.input_tokens,
             l.output_tokens,
-            l.cost_usd
+            usd(l.cost_usd, 4)
         );
     }
     md
 }
 
 fn table(md: &mut String, first: &str, rows: &[Usage], name: impl Fn(&Usage) -> String) {
+    cells_table(
+        md,
+        first,
+        &USAGE_COLUMNS,
+        rows.iter().map(|u| (name(u), u.cells())),
+    );
+}
+
+/// A table of named rows of cells under `columns`.
+fn cells_table<const N: usize>(
+    md: &mut String,
+    first: &str,
+    columns: &[&str; N],
+    rows: impl Iterator<Item = (String, [String; N])>,
+) {
     let _ = writeln!(
         md,
         "| {first} | {} |\n|---|{}",
-        USAGE_COLUMNS.join(" | "),
-        "---:|".repeat(USAGE_COLUMNS.len())
+        columns.join(" | "),
+        "---:|".repeat(N)
     );
-    for u in rows {
-        let _ = writeln!(md, "| {} | {} |", name(u), u.cells().join(" | "));
+    for (name, cells) in rows {
+        let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
     }
 }

@@ -10,7 +10,7 @@ mod html;
 mod markdown;
 
 use crate::store::{
-    AttemptClass, AttemptRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
+    AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
 };
 use crate::types::{Limits, QuotaDay};
 use serde::Serialize;
@@ -35,6 +35,9 @@ pub struct Report {
     pub models: Vec<Usage>,
     /// One row per account and model (the name is the model).
     pub account_models: Vec<Usage>,
+    /// Per model, the estimate made before the run against what it used
+    /// (empty when no estimate was stored: a run of an older keyfan).
+    pub estimate_vs_actual: Vec<Versus>,
     /// The limits each account had for each model during the run.
     pub limits: Vec<LimitRow>,
     /// Requests sent per minute by each account, from the attempts'
@@ -47,6 +50,88 @@ pub struct Report {
     /// When some items are deferred: when the daily quotas reset (the next
     /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
     pub quota_resets_at: Option<String>,
+}
+
+/// One model's estimate against what the run used.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versus {
+    /// The model.
+    pub model: String,
+    /// What was estimated before the run (online prices, the config's
+    /// expected output per item).
+    pub estimated: EstimateRow,
+    /// What the run used.
+    pub actual: Actual,
+}
+
+/// What a run used for one model, beside its estimate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Actual {
+    /// Items finished (whatever their status).
+    pub items: u64,
+    /// Input tokens billed, over all attempts.
+    pub input_tokens: u64,
+    /// Output tokens billed (thinking included), over all attempts.
+    pub output_tokens: u64,
+    /// Cost in USD; `None` when the price is unknown.
+    pub cost_usd: Option<f64>,
+}
+
+/// The columns of the estimate-against-actual tables.
+const VERSUS_COLUMNS: [&str; 10] = [
+    "items est.",
+    "items done",
+    "input est.",
+    "input actual",
+    "output exp.",
+    "output worst",
+    "output actual",
+    "cost exp. (USD)",
+    "cost worst (USD)",
+    "cost actual (USD)",
+];
+
+impl Versus {
+    /// The row's cells under [`VERSUS_COLUMNS`].
+    fn cells(&self) -> [String; 10] {
+        let (e, a) = (&self.estimated, &self.actual);
+        [
+            e.items.to_string(),
+            a.items.to_string(),
+            e.input_tokens.to_string(),
+            a.input_tokens.to_string(),
+            e.output_tokens_expected.to_string(),
+            e.output_tokens_worst.to_string(),
+            a.output_tokens.to_string(),
+            usd(e.cost_expected_usd, 4),
+            usd(e.cost_worst_usd, 4),
+            usd(a.cost_usd, 4),
+        ]
+    }
+}
+
+/// Each estimated model with what the run used of it.
+fn versus(
+    estimate: Vec<EstimateRow>,
+    models: &[Usage],
+    items: &HashMap<String, u64>,
+) -> Vec<Versus> {
+    estimate
+        .into_iter()
+        .map(|estimated| {
+            let used = models.iter().find(|m| m.name == estimated.model);
+            Versus {
+                model: estimated.model.clone(),
+                actual: Actual {
+                    items: items.get(&estimated.model).copied().unwrap_or(0),
+                    input_tokens: used.map_or(0, |u| u.input_tokens),
+                    output_tokens: used.map_or(0, |u| u.output_tokens),
+                    cost_usd: used.map_or(Some(0.0), |u| u.cost_usd),
+                },
+                estimated,
+            }
+        })
+        .collect()
 }
 
 /// An account's configured limits for a model.
@@ -95,8 +180,9 @@ pub struct Totals {
     #[serde(flatten)]
     pub usage: Usage,
     /// Of the cost, what attempts that were not their item's final one
-    /// cost (billed answers tried again), in USD to 6 decimals.
-    pub wasted_on_retries_usd: f64,
+    /// cost (billed answers tried again), in USD to 6 decimals; `None`
+    /// (JSON `null`) when one of them went to a model whose price is unknown.
+    pub wasted_on_retries_usd: Option<f64>,
 }
 
 /// What one key, one account or the whole run did.
@@ -126,8 +212,10 @@ pub struct Usage {
     pub input_tokens: u64,
     /// Output tokens billed (thinking included).
     pub output_tokens: u64,
-    /// Cost in USD.
-    pub cost_usd: f64,
+    /// Cost in USD; `None` (JSON `null`, `?` in tables) when any of the
+    /// requests went to a model whose price is unknown: a sum with an
+    /// unknown part is unknown, never shown as a smaller known figure.
+    pub cost_usd: Option<f64>,
     /// Median request latency.
     pub latency_p50_ms: u64,
     /// 95th-percentile request latency.
@@ -160,7 +248,7 @@ impl Usage {
             self.rate_limited.to_string(),
             self.input_tokens.to_string(),
             self.output_tokens.to_string(),
-            format!("{:.4}", self.cost_usd),
+            usd(self.cost_usd, 4),
             self.latency_p50_ms.to_string(),
             self.latency_p95_ms.to_string(),
             format!("{:.1}", self.ok_per_minute),
@@ -206,7 +294,9 @@ impl Report {
         let now = chrono::Utc::now();
         let today = QuotaDay::of(now);
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
+        let models = models.finish(elapsed_s);
         Ok(Report {
+            estimate_vs_actual: versus(store.estimate(run)?, &models, &store.model_counts(run)?),
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
                 today
                     .reset()
@@ -217,12 +307,12 @@ impl Report {
             elapsed_s,
             totals: Totals {
                 usage: all.finish(String::new(), None, elapsed_s),
-                wasted_on_retries_usd: (store.retries_cost(run)? * 1e6).round() / 1e6,
+                wasted_on_retries_usd: store.retries_cost(run)?.map(|c| (c * 1e6).round() / 1e6),
                 ..totals
             },
             keys: keys.finish(elapsed_s),
             accounts: accounts.finish(elapsed_s),
-            models: models.finish(elapsed_s),
+            models,
             account_models: account_models.finish(elapsed_s),
             limits: store
                 .limits(run)?
@@ -264,10 +354,20 @@ impl Report {
     }
 }
 
+/// A cost in USD as the tables show it: `decimals` places, or `?` when it
+/// is unknown (a model with no known price), never 0.
+pub fn usd(cost: Option<f64>, decimals: usize) -> String {
+    cost.map_or_else(|| "?".to_owned(), |c| format!("{c:.decimals$}"))
+}
+
 /// Running sums of one key, account or run.
 #[derive(Debug, Default)]
 struct Tally {
     usage: Usage,
+    /// The known part of the cost.
+    cost: f64,
+    /// Whether some request's cost is unknown.
+    cost_unknown: bool,
     latencies: Vec<u64>,
 }
 
@@ -285,7 +385,10 @@ impl Tally {
         // Saturating: a state file may hold absurd counts from an older keyfan.
         u.input_tokens = u.input_tokens.saturating_add(a.input_tokens);
         u.output_tokens = u.output_tokens.saturating_add(a.output_tokens);
-        u.cost_usd += a.cost_usd;
+        match a.cost_usd {
+            Some(cost) => self.cost += cost,
+            None => self.cost_unknown = true,
+        }
         self.latencies.push(a.latency_ms);
     }
 
@@ -296,6 +399,7 @@ impl Tally {
             name,
             account,
             failed: u.requests - u.ok,
+            cost_usd: (!self.cost_unknown).then_some(self.cost),
             latency_p50_ms: percentile(&self.latencies, 0.50),
             latency_p95_ms: percentile(&self.latencies, 0.95),
             ok_per_minute: if elapsed_s > 0.0 {
@@ -415,15 +519,18 @@ fn histogram(latencies: &[u64]) -> Vec<LatencyBucket> {
     buckets
 }
 
-/// Rounds every `cost_usd` in `value` to 6 decimals.
+/// Rounds every cost (a field named `cost_usd` or `cost_*_usd`) in `value`
+/// to 6 decimals (an unknown one stays `null`).
 fn round_costs(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
             for (name, field) in map.iter_mut() {
+                let cost =
+                    name == "cost_usd" || name.starts_with("cost_") && name.ends_with("_usd");
                 match field.as_f64() {
-                    Some(cost) if name == "cost_usd" => {
-                        *field = Value::from((cost * 1e6).round() / 1e6);
+                    Some(usd) if cost => {
+                        *field = Value::from((usd * 1e6).round() / 1e6);
                     }
                     _ => round_costs(field),
                 }

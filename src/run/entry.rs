@@ -395,6 +395,11 @@ pub async fn run(
             store.save_limits(run_id, &account.name, model, *limits)?;
         }
     }
+    // The estimate made before the run first sent anything, for its report.
+    if !store.has_estimate(run_id)? {
+        let plan = crate::estimate::plan(&job.file, &config).map_err(StartError::Job)?;
+        store.save_estimate(run_id, &plan)?;
+    }
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {

@@ -129,7 +129,7 @@ impl Worker {
                         };
                         let mut row = attempt_row(&item.id, model, price, attempt, &billed.usage);
                         row.attempt = row.attempt.saturating_add(offset);
-                        cost += row.cost_usd;
+                        cost += row.cost_usd.unwrap_or(0.0);
                         if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class)
                         {
                             let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
@@ -155,7 +155,7 @@ impl Worker {
                             attempt.error.map(|e| &e.class),
                             Some(ErrorClass::EmptyAnswer)
                         );
-                        if again && row.cost_usd > 0.0 && self.reserve(worst) {
+                        if again && row.cost_usd.is_some_and(|c| c > 0.0) && self.reserve(worst) {
                             reserved += worst;
                         }
                         // Sent at once, so the store learns of every request
@@ -296,7 +296,8 @@ fn attempt_row(
         latency_ms: attempt.latency.as_millis() as u64,
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
-        cost_usd: price.map_or(0.0, |p| p.cost(usage)),
+        // Unknown with the price, never 0.
+        cost_usd: price.map(|p| p.cost(usage)),
         error: attempt.error.map(|e| e.message.clone()),
         at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         day: attempt.day.to_string(),

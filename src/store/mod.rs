@@ -17,8 +17,8 @@ mod tests;
 pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
-    round_usd, AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, KeyRow, KeyState, LedgerRow,
-    RunId, RunRow, RunStatus, UnknownValue,
+    round_usd, AttemptClass, AttemptRow, Batch, EstimateRow, ItemRow, ItemStatus, KeyRow, KeyState,
+    LedgerRow, RunId, RunRow, RunStatus, UnknownValue,
 };
 
 use crate::types::{Limits, QuotaDay};
@@ -161,14 +161,16 @@ impl Store {
     /// What a run's retries cost: the summed cost of every attempt of a
     /// finished item that was not its final attempt (billed empty answers
     /// that were tried again, mostly; a 429 or a 5xx costs nothing).
-    pub fn retries_cost(&self, run: RunId) -> Result<f64, StoreError> {
+    /// `None` when one of them went to a model whose price is unknown.
+    pub fn retries_cost(&self, run: RunId) -> Result<Option<f64>, StoreError> {
         self.conn
             .query_row(
-                "SELECT total(a.cost_usd) FROM attempts a JOIN items i
+                "SELECT total(a.cost_usd), coalesce(min(a.cost_known), 1)
+                 FROM attempts a JOIN items i
                  ON i.run_id = a.run_id AND i.item_id = a.item_id
                  WHERE a.run_id = ?1 AND a.attempt < i.attempts",
                 [run.0],
-                |row| row.get(0),
+                |row| Ok(row.get::<_, bool>(1)?.then_some(row.get(0)?)),
             )
             .map_err(|e| self.wrap(e))
     }
@@ -254,8 +256,9 @@ impl Store {
                 .prepare_cached(
                     // Token sums saturate: SQLite turns an overflowing
                     // integer sum into a REAL, which no count reads back.
-                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                    "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens,
+                     cost_usd, cost_unknown)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                      ON CONFLICT (account, model, day) DO UPDATE SET
                        requests = requests + excluded.requests, ok = ok + excluded.ok,
                        input_tokens = CASE
@@ -264,14 +267,16 @@ impl Store {
                        output_tokens = CASE
                          WHEN excluded.output_tokens > 9223372036854775807 - output_tokens
                          THEN 9223372036854775807 ELSE output_tokens + excluded.output_tokens END,
-                       cost_usd = cost_usd + excluded.cost_usd",
+                       cost_usd = cost_usd + excluded.cost_usd,
+                       cost_unknown = cost_unknown + excluded.cost_unknown",
                 )
                 .map_err(wrap)?;
             let mut insert_attempt = tx
                 .prepare_cached(
                     "INSERT INTO attempts (run_id, item_id, attempt, key, account, model, class,
-                     http_status, latency_ms, input_tokens, output_tokens, cost_usd, error, at, day)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                     http_status, latency_ms, input_tokens, output_tokens, cost_usd, error, at, day,
+                     cost_known)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 )
                 .map_err(wrap)?;
             let mut upsert_key = tx
@@ -297,10 +302,11 @@ impl Store {
                         a.latency_ms,
                         a.input_tokens,
                         a.output_tokens,
-                        a.cost_usd,
+                        a.cost_usd.unwrap_or(0.0),
                         a.error,
                         a.at,
                         a.day,
+                        a.cost_usd.is_some(),
                     ])
                     .map_err(wrap)?;
                 // What the request used; its reservation is settled apart.
@@ -313,7 +319,8 @@ impl Store {
                         a.class == AttemptClass::Ok,
                         a.input_tokens,
                         a.output_tokens,
-                        a.cost_usd,
+                        a.cost_usd.unwrap_or(0.0),
+                        a.cost_usd.is_none(),
                     ])
                     .map_err(wrap)?;
                 // A key's last word is kept across runs for `keys status`:
@@ -413,7 +420,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.each(
             "SELECT item_id, attempt, key, account, model, class, http_status, latency_ms,
-                    input_tokens, output_tokens, cost_usd, error, at, day
+                    input_tokens, output_tokens, cost_usd, error, at, day, cost_known
              FROM attempts WHERE run_id = ?1 ORDER BY rowid",
             [run.0],
             AttemptRow::from_row,
@@ -507,10 +514,80 @@ impl Store {
         )
     }
 
+    /// Whether an estimate is stored for `run`.
+    pub fn has_estimate(&self, run: RunId) -> Result<bool, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM run_estimates WHERE run_id = ?1)",
+                [run.0],
+                |row| row.get(0),
+            )
+            .map_err(|e| self.wrap(e))
+    }
+
+    /// Stores the estimate of `run`, one row per model (replacing any), in
+    /// one transaction.
+    pub fn save_estimate(&self, run: RunId, rows: &[EstimateRow]) -> Result<(), StoreError> {
+        (|| {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute("DELETE FROM run_estimates WHERE run_id = ?1", [run.0])?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO run_estimates (run_id, model, items, input_tokens,
+                     output_tokens_expected, output_tokens_worst, cost_expected_usd,
+                     cost_worst_usd)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?;
+                for r in rows {
+                    insert.execute(params![
+                        run.0,
+                        r.model,
+                        r.items,
+                        r.input_tokens,
+                        r.output_tokens_expected,
+                        r.output_tokens_worst,
+                        r.cost_expected_usd,
+                        r.cost_worst_usd,
+                    ])?;
+                }
+            }
+            tx.commit()
+        })()
+        .map_err(|e| self.wrap(e))
+    }
+
+    /// The estimate stored for `run`, by model (empty when none was made).
+    pub fn estimate(&self, run: RunId) -> Result<Vec<EstimateRow>, StoreError> {
+        self.collect(
+            "SELECT model, items, input_tokens, output_tokens_expected, output_tokens_worst,
+                    cost_expected_usd, cost_worst_usd
+             FROM run_estimates WHERE run_id = ?1 ORDER BY model",
+            [run.0],
+            EstimateRow::from_row,
+        )
+    }
+
+    /// Finished items of `run` per model.
+    pub fn model_counts(&self, run: RunId) -> Result<HashMap<String, u64>, StoreError> {
+        let mut counts = HashMap::new();
+        self.each(
+            "SELECT model, count(*) FROM items WHERE run_id = ?1 AND model IS NOT NULL
+             GROUP BY model",
+            [run.0],
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)),
+            |(model, n)| {
+                counts.insert(model, n);
+                true
+            },
+        )?;
+        Ok(counts)
+    }
+
     /// The ledger rows of one quota day.
     pub fn ledger(&self, day: QuotaDay) -> Result<Vec<LedgerRow>, StoreError> {
         self.collect(
-            "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd
+            "SELECT account, model, day, requests, ok, input_tokens, output_tokens, cost_usd,
+                    cost_unknown
              FROM ledger WHERE day = ?1 ORDER BY account, model",
             [day.to_string()],
             LedgerRow::from_row,

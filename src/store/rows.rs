@@ -198,8 +198,9 @@ pub struct AttemptRow {
     pub input_tokens: u64,
     /// Output tokens billed (thinking included).
     pub output_tokens: u64,
-    /// Cost of the attempt.
-    pub cost_usd: f64,
+    /// Cost of the attempt; `None` when it went to a model whose price is
+    /// unknown (never 0).
+    pub cost_usd: Option<f64>,
     /// The API's message, when it failed.
     pub error: Option<String>,
     /// When it finished (RFC 3339 UTC).
@@ -224,7 +225,7 @@ impl AttemptRow {
             latency_ms: count(row, 7)?,
             input_tokens: count(row, 8)?,
             output_tokens: count(row, 9)?,
-            cost_usd: amount(row, 10)?,
+            cost_usd: known_amount(row, 10, 14)?,
             error: row.get(11)?,
             at: row.get(12)?,
             day: row.get(13)?,
@@ -308,12 +309,7 @@ impl ItemRow {
             thinking_tokens: count(row, 13)?,
             cached_tokens: count(row, 14)?,
             finish_reason: row.get(15)?,
-            // `cost_known` is 0 when `cost_usd` is no cost (the price was
-            // unknown).
-            cost: match row.get_ref(16)? {
-                ValueRef::Integer(0) => None,
-                _ => Some(amount(row, 12)?),
-            },
+            cost: known_amount(row, 12, 16)?,
             output_json: row.get(17)?,
         })
     }
@@ -415,8 +411,9 @@ pub struct LedgerRow {
     pub input_tokens: u64,
     /// Output tokens.
     pub output_tokens: u64,
-    /// Cost.
-    pub cost_usd: f64,
+    /// Cost; `None` when some of the requests went to a model whose price
+    /// is unknown (never 0).
+    pub cost_usd: Option<f64>,
 }
 
 impl LedgerRow {
@@ -429,7 +426,51 @@ impl LedgerRow {
             ok: count(row, 4)?,
             input_tokens: count(row, 5)?,
             output_tokens: count(row, 6)?,
-            cost_usd: amount(row, 7)?,
+            cost_usd: match count(row, 8)? {
+                0 => Some(amount(row, 7)?),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// One model's estimate, as stored for a run before it sent anything.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EstimateRow {
+    /// The model.
+    pub model: String,
+    /// Items of the job for it.
+    pub items: u64,
+    /// Estimated input tokens.
+    pub input_tokens: u64,
+    /// Output tokens with the expected output per item.
+    pub output_tokens_expected: u64,
+    /// Output tokens with every item's cap used up.
+    pub output_tokens_worst: u64,
+    /// Cost in USD with the expected output; `None` when the price was
+    /// unknown.
+    pub cost_expected_usd: Option<f64>,
+    /// Cost in USD with every item's cap used up; `None` when the price
+    /// was unknown.
+    pub cost_worst_usd: Option<f64>,
+}
+
+impl EstimateRow {
+    pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<EstimateRow> {
+        let cost = |index| -> rusqlite::Result<Option<f64>> {
+            Ok(match row.get_ref(index)? {
+                ValueRef::Null => None,
+                _ => Some(amount(row, index)?),
+            })
+        };
+        Ok(EstimateRow {
+            model: row.get(0)?,
+            items: count(row, 1)?,
+            input_tokens: count(row, 2)?,
+            output_tokens_expected: count(row, 3)?,
+            output_tokens_worst: count(row, 4)?,
+            cost_expected_usd: cost(5)?,
+            cost_worst_usd: cost(6)?,
         })
     }
 }
@@ -505,5 +546,14 @@ fn amount(row: &Row<'_>, index: usize) -> rusqlite::Result<f64> {
         ValueRef::Integer(n) => n as f64,
         ValueRef::Real(x) => x,
         ValueRef::Null | ValueRef::Text(_) | ValueRef::Blob(_) => 0.0,
+    })
+}
+
+/// The amount in column `index`, or `None` when the flag in column `known`
+/// is 0: the cost was unknown (the price was), and the stored 0 is no cost.
+fn known_amount(row: &Row<'_>, index: usize, known: usize) -> rusqlite::Result<Option<f64>> {
+    Ok(match row.get_ref(known)? {
+        ValueRef::Integer(0) => None,
+        _ => Some(amount(row, index)?),
     })
 }

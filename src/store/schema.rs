@@ -114,6 +114,29 @@ const MIGRATIONS: &[&str] = &[
     -- A structured answer (an item with a response_schema), as JSON text.
     ALTER TABLE items ADD COLUMN output_json TEXT;
 ",
+    "
+    -- Whether an attempt's cost_usd is a cost: 0 when it went to a model
+    -- with no known price (its cost is then unknown, never 0). The ledger
+    -- counts such requests, so a day's cost with any of them is unknown.
+    ALTER TABLE attempts ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE ledger ADD COLUMN cost_unknown INTEGER NOT NULL DEFAULT 0;
+",
+    "
+    -- The estimate made before a run first sent anything, per model, so
+    -- its report sets it against what the run used. A cost is NULL when
+    -- the model's price was unknown.
+    CREATE TABLE run_estimates (
+        run_id                 INTEGER NOT NULL REFERENCES runs (id),
+        model                  TEXT NOT NULL,
+        items                  INTEGER NOT NULL,
+        input_tokens           INTEGER NOT NULL,
+        output_tokens_expected INTEGER NOT NULL,
+        output_tokens_worst    INTEGER NOT NULL,
+        cost_expected_usd      REAL,
+        cost_worst_usd         REAL,
+        PRIMARY KEY (run_id, model)
+    );
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

@@ -14,7 +14,7 @@ fn attempt(item: &str, n: u32, class: AttemptClass) -> AttemptRow {
         latency_ms: 10,
         input_tokens: if class == AttemptClass::Ok { 5 } else { 0 },
         output_tokens: if class == AttemptClass::Ok { 7 } else { 0 },
-        cost_usd: 0.001,
+        cost_usd: Some(0.001),
         error: (class != AttemptClass::Ok).then(|| "overloaded".to_owned()),
         at: "2026-11-21T10:00:00.000Z".to_owned(),
         day: "2026-11-21".to_owned(),
@@ -150,7 +150,7 @@ fn items_keep_their_usage_and_an_unknown_cost_and_retries_cost_what_preceded_the
         .unwrap();
     assert_eq!(rows, [a, b]);
     // Only a's first attempt came before its item's final one.
-    assert_eq!(store.retries_cost(run).unwrap(), 0.001);
+    assert_eq!(store.retries_cost(run).unwrap(), Some(0.001));
 }
 
 #[test]
@@ -341,7 +341,7 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
             ledger[0].output_tokens,
             ledger[0].cost_usd
         ),
-        (0, i64::MAX as u64, i64::MAX as u64, 0, 0.0)
+        (0, i64::MAX as u64, i64::MAX as u64, 0, Some(0.0))
     );
     let mut items = Vec::new();
     store
@@ -377,7 +377,7 @@ fn odd_stored_numbers_read_as_the_nearest_count() {
             t.output_tokens,
             t.cost_usd
         ),
-        (0, None, 0, i64::MAX as u64, 0, 3.0)
+        (0, None, 0, i64::MAX as u64, 0, Some(3.0))
     );
     // What `report` reads: it builds, whatever the rows hold.
     crate::report::Report::build(&store, run).unwrap();

@@ -124,31 +124,8 @@ async fn keyfan_sim_serves_on_the_port_it_prints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_compatible_accounts_serve_their_models() {
-    let sim = simulator(
-        "projects:\n  - name: g\n    keys: [test-key-g1]\n  - name: o\n    keys: [test-key-o1]\n",
-    )
-    .await;
-    let work = Workdir::new();
-    let job: String = (0..10)
-        .map(|i| {
-            let model = if i % 2 == 0 {
-                "gpt-4o-mini"
-            } else {
-                "gemini-2.5-flash"
-            };
-            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "model": model})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    work.write("job.jsonl", &job);
-    work.write(
-        "config.yaml",
-        &format!(
-            "providers:\n  gemini: {{ base_url: \"{url}\" }}\n  openai: {{ base_url: \"{url}\" }}\naccounts:\n  - name: g\n    keys: [test-key-g1]\n  - name: o\n    provider: openai\n    keys: [test-key-o1]\n",
-            url = sim.base_url()
-        ),
-    );
+    let sim = simulator(TWO_PROVIDER_PROJECTS).await;
+    let work = two_providers(&sim.base_url(), 10, "gpt-4o-mini");
     let out = work.keyfan(&run_args("s.db", &[]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 10);

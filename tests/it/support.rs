@@ -296,3 +296,35 @@ pub fn ledger_requests(state: &Path) -> u64 {
         .map(|row| row.requests)
         .sum()
 }
+
+/// A work directory for a simulator at `base_url` with projects `g` (key
+/// `test-key-g1`) and `o` (`test-key-o1`): a job of `n` items, the even ones
+/// on `openai_model` and the odd ones on gemini-2.5-flash, and a config
+/// with Gemini account `g` and OpenAI-compatible account `o`.
+pub fn two_providers(base_url: &str, n: usize, openai_model: &str) -> Workdir {
+    let work = Workdir::new();
+    let job: String = (0..n)
+        .map(|i| {
+            let model = if i % 2 == 0 {
+                openai_model
+            } else {
+                "gemini-2.5-flash"
+            };
+            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "model": model})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    work.write("job.jsonl", &job);
+    work.write(
+        "config.yaml",
+        &format!(
+            "providers:\n  gemini: {{ base_url: \"{base_url}\" }}\n  openai: {{ base_url: \"{base_url}\" }}\naccounts:\n  - name: g\n    keys: [test-key-g1]\n  - name: o\n    provider: openai\n    keys: [test-key-o1]\n"
+        ),
+    );
+    work
+}
+
+/// The simulator's projects `g` and `o` of [`two_providers`].
+pub const TWO_PROVIDER_PROJECTS: &str =
+    "projects:\n  - name: g\n    keys: [test-key-g1]\n  - name: o\n    keys: [test-key-o1]\n";
