@@ -1,5 +1,6 @@
 //! `keyfan estimate`: the job's tokens, cost and wall time, as a table or
-//! JSON. Sends nothing; reads the state file only for today's ledger.
+//! JSON. Sends nothing (but free token counts with `--count-tokens`); reads
+//! the state file only for today's ledger.
 
 use super::{exit, print_json, EstimateArgs, Failure};
 use crate::config::{Config, MissingEnv};
@@ -7,14 +8,19 @@ use crate::estimate::{self, Estimate, EstimateError, Expected, Figures};
 use crate::store::Store;
 use crate::types::QuotaDay;
 
-pub(super) fn run(args: EstimateArgs) -> Result<u8, Failure> {
-    // Nothing is sent, so no key is needed: unset variables are fine.
-    let config = Config::load(
-        &args.config,
-        |name| std::env::var(name).ok(),
-        MissingEnv::Placeholder,
-    )
-    .map_err(Failure::usage)?;
+pub(super) async fn run(args: EstimateArgs) -> Result<u8, Failure> {
+    // Nothing is sent, so no key is needed (unset variables are fine),
+    // unless the API is to count the tokens.
+    let missing = match args.count_tokens {
+        true => MissingEnv::Error,
+        false => MissingEnv::Placeholder,
+    };
+    let config = Config::load(&args.config, |name| std::env::var(name).ok(), missing)
+        .map_err(Failure::usage)?;
+    let counts = match args.count_tokens {
+        true => estimate::count_tokens(&args.job, &config).await?,
+        false => estimate::Counts::new(),
+    };
     let state = args
         .state
         .clone()
@@ -30,13 +36,14 @@ pub(super) fn run(args: EstimateArgs) -> Result<u8, Failure> {
         Vec::new()
     };
     let expected = Expected::pick(args.expect_output, &config);
-    let estimate =
-        estimate::estimate(&args.job, &config, expected, &ledger).map_err(|e| match e {
+    let estimate = estimate::estimate(&args.job, &config, expected, &ledger, &counts).map_err(
+        |e| match e {
             EstimateError::Job(_) | EstimateError::Invalid { .. } => Failure::usage(
                 anyhow::Error::from(e).context(format!("cannot estimate {}", args.job.display())),
             ),
             EstimateError::UnknownPrices(_) => Failure::usage(e),
-        })?;
+        },
+    )?;
     if args.json {
         print_json(&estimate)?;
     } else {
@@ -88,7 +95,14 @@ fn table(e: &Estimate) -> String {
         n(u64::from(e.expected_output.tokens_per_item)),
         e.expected_output.from,
         n(u64::from(e.worst_output_default)),
-        e.heuristic
+        match e.input_counted {
+            0 => e.heuristic.to_owned(),
+            counted => format!(
+                "counted by the API for {} item(s) (their system instructions estimated); the rest {}",
+                n(counted),
+                e.heuristic
+            ),
+        }
     ));
     for m in &e.models {
         out.push_str(&format!("  {}: {}\n", m.model, m.wall_time.summary));

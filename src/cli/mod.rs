@@ -174,6 +174,12 @@ struct EstimateArgs {
     /// `expected_output_tokens`, else 256]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     expect_output: Option<u32>,
+    /// Ask the API for each item's exact input tokens (Gemini's free
+    /// countTokens, through the key pool, within the accounts' limits)
+    /// instead of estimating them; needs the keys. Other providers' items
+    /// keep the estimate.
+    #[arg(long)]
+    count_tokens: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -414,7 +420,7 @@ pub async fn main(cli: Cli) -> ExitCode {
     let verbosity = cli.verbosity();
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args, verbosity).await,
-        Command::Estimate(args) => estimate_cmd::run(args),
+        Command::Estimate(args) => estimate_cmd::run(args).await,
         Command::Keys(args) => keys_cmd::run(args, verbosity).await,
         Command::Runs(args) => state_cmd::runs(args),
         Command::Report(args) => state_cmd::report(args),

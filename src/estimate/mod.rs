@@ -11,9 +11,11 @@
 //! worst case) and costs are summed item by item, so a prompt above a
 //! model's long-context threshold is priced at its own tier.
 
+mod count;
 mod tokens;
 mod wall;
 
+pub use count::{count_tokens, CountError, Counts};
 pub use tokens::{estimate_tokens, item_tokens, prompt_tokens};
 pub use wall::{thousands, WallTime};
 
@@ -164,6 +166,9 @@ pub struct Estimate {
     pub worst_output_default: u32,
     /// How input tokens are estimated.
     pub heuristic: &'static str,
+    /// Items whose input tokens the API counted (`--count-tokens`) instead
+    /// of the heuristic.
+    pub input_counted: u64,
     /// Per model, in order of first use.
     pub models: Vec<ModelEstimate>,
     /// The whole job.
@@ -267,6 +272,7 @@ fn tally(
     path: &Path,
     config: &Config,
     expected: &Expected,
+    counts: &Counts,
 ) -> Result<(Vec<Tally>, Invalid), JobError> {
     let mut tallies: Vec<Tally> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
@@ -296,7 +302,10 @@ fn tally(
             }
         };
         let tally = &mut tallies[at];
-        let cost = ItemCost::of(&item, model, &config.prices);
+        let mut cost = ItemCost::of(&item, model, &config.prices);
+        if let Some(&counted) = counts.get(&item.line) {
+            cost.input_tokens = counted;
+        }
         let expected_output = u64::from(expected.tokens_per_item).min(cost.worst_output);
         let f = &mut tally.figures;
         f.items += 1;
@@ -324,7 +333,7 @@ fn tally(
 /// config's expected output. A model with no known price has no cost
 /// (`None`) rather than failing, as a plain run only warns of it.
 pub fn plan(path: &Path, config: &Config) -> Result<Vec<EstimateRow>, JobError> {
-    let (tallies, _) = tally(path, config, &Expected::pick(None, config))?;
+    let (tallies, _) = tally(path, config, &Expected::pick(None, config), &Counts::new())?;
     Ok(tallies
         .into_iter()
         .map(|t| {
@@ -350,8 +359,9 @@ pub fn estimate(
     config: &Config,
     expected: Expected,
     ledger: &[LedgerRow],
+    counts: &Counts,
 ) -> Result<Estimate, EstimateError> {
-    let (tallies, invalid) = tally(path, config, &expected)?;
+    let (tallies, invalid) = tally(path, config, &expected, counts)?;
     if let (count, Some(first)) = invalid {
         return Err(EstimateError::Invalid {
             count,
@@ -393,6 +403,7 @@ pub fn estimate(
         expected_output: expected,
         worst_output_default: DEFAULT_OUTPUT_CAP,
         heuristic: HEURISTIC,
+        input_counted: counts.len() as u64,
         models,
         total,
         total_minutes,

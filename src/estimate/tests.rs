@@ -47,6 +47,7 @@ fn a_small_job_equals_the_hand_computed_figures() {
             from: "--expect-output".to_owned(),
         },
         &[],
+        &Counts::new(),
     )
     .unwrap();
     let f = &e.total;
@@ -84,7 +85,14 @@ fn the_day_quota_left_by_the_ledger_defers_the_rest() {
         cost_usd: Some(0.0),
     };
     let config = config(TWO_PROJECTS);
-    let e = estimate(&path, &config, Expected::pick(None, &config), &[used]).unwrap();
+    let e = estimate(
+        &path,
+        &config,
+        Expected::pick(None, &config),
+        &[used],
+        &Counts::new(),
+    )
+    .unwrap();
     let wall = &e.models[0].wall_time;
     // 6 a day, 2 spent: 4 today, 16 over the next 3 days.
     assert_eq!(wall.rpd_left_today, Some(4));
@@ -106,7 +114,14 @@ fn a_model_without_a_price_is_an_error_naming_it_and_its_line() {
     let config = config(
         "accounts:\n  - { name: a, keys: [k1] }\n  - { name: o, provider: openai, keys: [k2] }\n",
     );
-    let error = estimate(&path, &config, Expected::pick(None, &config), &[]).unwrap_err();
+    let error = estimate(
+        &path,
+        &config,
+        Expected::pick(None, &config),
+        &[],
+        &Counts::new(),
+    )
+    .unwrap_err();
     assert!(
         error.to_string().contains("model `llama3` (line 2)"),
         "{error}"
@@ -129,7 +144,14 @@ fn a_model_without_a_price_is_an_error_naming_it_and_its_line() {
         },
         ..config
     };
-    let e = estimate(&path, &priced, Expected::pick(None, &priced), &[]).unwrap();
+    let e = estimate(
+        &path,
+        &priced,
+        Expected::pick(None, &priced),
+        &[],
+        &Counts::new(),
+    )
+    .unwrap();
     assert_eq!(e.models.len(), 2);
     assert_eq!(
         e.models[1].wall_time.summary,

@@ -285,6 +285,21 @@ impl Client {
         without_key(result, key)
     }
 
+    /// The API's count of `req`'s input tokens, free of charge: Gemini's
+    /// `countTokens`. The other APIs have no free count: an
+    /// [`ErrorClass::ItemInvalid`] error says so.
+    pub async fn count_tokens(&self, key: &ApiKey, req: &Request<'_>) -> Result<u64, ApiError> {
+        let result = match self.kind {
+            ProviderKind::Gemini => gemini::count_tokens(self, key, req).await,
+            ProviderKind::Openai | ProviderKind::Anthropic => Err(common::api_error(
+                ErrorClass::ItemInvalid,
+                None,
+                format!("the {:?} API has no free token count", self.kind).to_lowercase(),
+            )),
+        };
+        without_key(result, key)
+    }
+
     /// Checks that the API accepts `key`, with a request that costs
     /// nothing: Gemini's `countTokens` on `model`, OpenAI's and Anthropic's
     /// model lists.

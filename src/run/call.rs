@@ -68,6 +68,14 @@ pub trait Metered {
     fn quota_use(&self) -> Option<QuotaUse>;
 }
 
+/// A token count uses the request's admission and nothing more: no input or
+/// output tokens of generation.
+impl Metered for u64 {
+    fn quota_use(&self) -> Option<QuotaUse> {
+        None
+    }
+}
+
 impl Metered for Reply {
     fn quota_use(&self) -> Option<QuotaUse> {
         Some(self.quota)

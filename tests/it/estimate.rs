@@ -204,3 +204,38 @@ async fn a_plain_run_warns_once_of_a_model_without_a_price() {
     let warning = "no price is known for model `llama3` (line 1): its cost is not counted";
     assert_eq!(stderr.matches(warning).count(), 1, "{}", explain(&out));
 }
+
+/// `--count-tokens`: the API counts each item's input (through the key
+/// pool), and nothing is generated.
+#[tokio::test]
+async fn count_tokens_asks_the_api_for_each_items_input_and_generates_nothing() {
+    let sim = simulator(&two_projects(0, 0)).await;
+    let work = Workdir::new();
+    work.write("job.jsonl", JOB);
+    work.write("config.yaml", &config(&sim.base_url()));
+    let estimate = async |extra: &[&str]| {
+        let args = [
+            &["estimate", "job.jsonl", "--config", "config.yaml", "--json"],
+            extra,
+        ]
+        .concat();
+        let out = work.keyfan(&args, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("estimate JSON")
+    };
+    let guessed = estimate(&[]).await;
+    assert_eq!(guessed["input_counted"], 0);
+    let counted = estimate(&["--count-tokens"]).await;
+    assert_eq!(counted["input_counted"], 3, "every item counted by the API");
+    // The simulator counts 4 characters a token in every script: the ten
+    // Chinese characters of item b are 3 tokens, not the heuristic's 10.
+    let input = |e: &serde_json::Value| e["total"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(input(&guessed) - input(&counted), 7, "{counted}");
+    let stats = stats(&sim).await;
+    let counts: u64 = stats.keys.values().map(|k| k.requests).sum();
+    assert_eq!(counts, 3, "one countTokens per item");
+    assert!(
+        stats.projects.values().all(|p| p.requests == 0),
+        "nothing generated: {stats:?}"
+    );
+}
