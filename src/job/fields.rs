@@ -2,6 +2,7 @@
 //! reader hands over `(field, value)` pairs and gets an [`Item`] or the first
 //! problem, so JSONL and CSV accept and refuse exactly the same things.
 
+use super::media::{self, Media, MediaKind};
 use super::{Item, ItemError};
 use serde_json::Value;
 use std::path::Path;
@@ -15,17 +16,33 @@ pub(super) enum Field {
     System,
     MaxOutputTokens,
     Temperature,
+    Video,
+    Image,
+    Audio,
+    Document,
 }
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 6] = [
+    pub(super) const ALL: [Field; 10] = [
         Field::Id,
         Field::Prompt,
         Field::Model,
         Field::System,
         Field::MaxOutputTokens,
         Field::Temperature,
+        Field::Video,
+        Field::Image,
+        Field::Audio,
+        Field::Document,
+    ];
+
+    /// The media fields, with what they hold.
+    const MEDIA: [(Field, MediaKind); 4] = [
+        (Field::Video, MediaKind::Video),
+        (Field::Image, MediaKind::Image),
+        (Field::Audio, MediaKind::Audio),
+        (Field::Document, MediaKind::Document),
     ];
 
     /// The name users write (JSON key or CSV column).
@@ -37,6 +54,10 @@ impl Field {
             Field::System => "system",
             Field::MaxOutputTokens => "max_output_tokens",
             Field::Temperature => "temperature",
+            Field::Video => "video",
+            Field::Image => "image",
+            Field::Audio => "audio",
+            Field::Document => "document",
         }
     }
 
@@ -127,8 +148,9 @@ impl<'a> Values<'a> {
             .ok_or_else(|| Problem::field(field.name(), "is required"))
     }
 
-    /// Checks every field and builds the item found on `line`.
-    pub(super) fn into_item(self, line: u64) -> Result<Item, Problem> {
+    /// Checks every field and builds the item found on `line` of the job
+    /// file `job` (media paths are relative to its folder).
+    pub(super) fn into_item(self, line: u64, job: &Path) -> Result<Item, Problem> {
         let id = id(self.required(Field::Id)?)?;
         let prompt = non_empty(Field::Prompt, self.required(Field::Prompt)?)?;
         let model = self.get(Field::Model).map(model).transpose()?;
@@ -144,6 +166,7 @@ impl<'a> Values<'a> {
             .map(max_output_tokens)
             .transpose()?;
         let temperature = self.get(Field::Temperature).map(temperature).transpose()?;
+        let media = self.media(job.parent().unwrap_or(Path::new("")))?;
         Ok(Item {
             id,
             line,
@@ -152,7 +175,54 @@ impl<'a> Values<'a> {
             system,
             max_output_tokens,
             temperature,
+            media,
         })
+    }
+
+    /// Checks every file of the media fields; all their problems are told
+    /// at once, under the first field that has one.
+    fn media(&self, dir: &Path) -> Result<Vec<Media>, Problem> {
+        let mut found = Vec::new();
+        let mut problems: Vec<String> = Vec::new();
+        let mut first_bad = None;
+        for (field, what) in Field::MEDIA {
+            let Some(raw) = self.get(field) else {
+                continue;
+            };
+            let values: Vec<String> = match raw {
+                Raw::Text(t) => t.split('|').map(str::to_owned).collect(),
+                Raw::Json(Value::String(s)) => vec![s.clone()],
+                Raw::Json(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        v => Err(Problem::field(
+                            field.name(),
+                            format!("expected a list of paths, found {} in it", kind(v)),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Raw::Json(v) => {
+                    return Err(Problem::field(
+                        field.name(),
+                        format!("expected a path or a list of paths, found {}", kind(v)),
+                    ))
+                }
+            };
+            for value in values.iter().filter(|v| !v.trim().is_empty()) {
+                match media::check(what, value, dir) {
+                    Ok(media) => found.push(media),
+                    Err(problem) => {
+                        first_bad.get_or_insert(field);
+                        problems.push(problem);
+                    }
+                }
+            }
+        }
+        match first_bad {
+            Some(field) => Err(Problem::field(field.name(), problems.join("; "))),
+            None => Ok(found),
+        }
     }
 }
 

@@ -51,14 +51,14 @@ impl<R: Read> Lines<R> {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = parse(bytes, self.line).map_err(|p| p.at(path, self.line));
+            let item = parse(bytes, self.line, path).map_err(|p| p.at(path, self.line));
             return Ok(Some(item));
         }
     }
 }
 
 /// Parses the line numbered `line`.
-fn parse(bytes: &[u8], line: u64) -> Result<Item, Problem> {
+fn parse(bytes: &[u8], line: u64, path: &Path) -> Result<Item, Problem> {
     let text = std::str::from_utf8(bytes).map_err(|e| Problem::record(invalid_utf8(&e)))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
         // serde_json ends its message with "at line 1 column N"; the line is
@@ -79,5 +79,5 @@ fn parse(bytes: &[u8], line: u64) -> Result<Item, Problem> {
     for (name, raw) in object {
         values.set(Field::parse(name, "field")?, Raw::Json(raw));
     }
-    values.into_item(line)
+    values.into_item(line, path)
 }

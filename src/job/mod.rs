@@ -7,7 +7,8 @@
 //!
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
-//! `system`, `max_output_tokens` (integer >= 1) and `temperature` (0.0–2.0).
+//! `system`, `max_output_tokens` (integer >= 1), `temperature` (0.0–2.0)
+//! and the media fields `video`, `image`, `audio` and `document` (`media`).
 //! Unknown fields are errors, to catch typos such as `promt`. An id used
 //! twice is an error on its later line, naming the first.
 //!
@@ -17,8 +18,11 @@
 mod csv;
 mod fields;
 mod jsonl;
+mod media;
 #[cfg(test)]
 mod tests;
+
+pub use media::{Media, MediaKind, MAX_FILE_BYTES};
 
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
@@ -45,6 +49,9 @@ pub struct Item {
     pub max_output_tokens: Option<u32>,
     /// Optional sampling temperature.
     pub temperature: Option<f32>,
+    /// Its media inputs (`video`, `image`, `audio`, `document`), in field
+    /// order, every file checked when the item was read.
+    pub media: Vec<Media>,
 }
 
 /// The start of the id of a skipped line's row: `#line:7`. Job ids may not

@@ -58,6 +58,7 @@ fn jsonl_items_parse_with_every_field() {
             system: None,
             max_output_tokens: Some(256),
             temperature: None,
+            media: vec![],
         }
     );
     assert_eq!(
@@ -70,6 +71,7 @@ fn jsonl_items_parse_with_every_field() {
             system: Some("You are terse.".into()),
             max_output_tokens: None,
             temperature: Some(0.5),
+            media: vec![],
         }
     );
     assert_eq!((items[2].line, items[2].temperature), (5, Some(2.0)));
@@ -97,6 +99,7 @@ fn csv_items_parse_with_quoted_multiline_cells() {
             system: None,
             max_output_tokens: Some(128),
             temperature: None,
+            media: vec![],
         }
     );
     assert_eq!(items[1].line, 5);
@@ -113,7 +116,7 @@ fn jsonl_errors_name_line_and_field() {
         ("[1, 2]", "2: -: expected a JSON object, found an array"),
         (
             "{\"id\": \"a\", \"promt\": \"x\"}",
-            "2: promt: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature",
+            "2: promt: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature, video, image, audio, document",
         ),
         ("{\"id\": \"a\"}", "2: prompt: is required"),
         ("{\"prompt\": \"x\"}", "2: id: is required"),
@@ -174,7 +177,7 @@ fn csv_errors_name_line_and_column() {
     let header_error = |header: &str| errors("job.csv", format!("{header}\na,b\n").as_bytes());
     assert_eq!(
         header_error("id,promt"),
-        ["1: promt: unknown column; expected one of: id, prompt, model, system, max_output_tokens, temperature"]
+        ["1: promt: unknown column; expected one of: id, prompt, model, system, max_output_tokens, temperature, video, image, audio, document"]
     );
     assert_eq!(
         header_error("id,model"),
@@ -297,7 +300,7 @@ fn item_errors_display_path_line_and_field() {
     assert_eq!(
         shown,
         [
-            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature"),
+            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, model, system, max_output_tokens, temperature, video, image, audio, document"),
             format!("{p}:2: invalid JSON: expected ident at column 2"),
         ]
     );

@@ -589,6 +589,7 @@ mod tests {
             system: Some("Be brief."),
             max_output_tokens: Some(50),
             temperature: Some(0.5),
+            media: &[],
         };
         assert_eq!(
             serde_json::to_string(&MessagesBody::new(&req, 4096)).unwrap(),

@@ -13,7 +13,7 @@
 
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
 use super::transport::post_json;
-use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
+use super::{ApiError, Client, ErrorClass, MediaPart, QuotaScope, Reply, Request, Usage};
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -106,16 +106,53 @@ pub(super) struct CountBody<'a> {
     contents: [Content<'a>; 1],
 }
 
-/// One turn of text.
+/// One user turn: its media parts, then its text.
 #[derive(Debug, Serialize)]
 struct Content<'a> {
-    parts: [TextPart<'a>; 1],
+    parts: Vec<PartOut<'a>>,
     role: &'static str,
 }
 
+/// A part of a turn, in the API's camelCase (`_Part_to_mldev` in
+/// googleapis/python-genai `models.py`).
 #[derive(Debug, Serialize)]
-struct TextPart<'a> {
-    text: &'a str,
+#[serde(untagged)]
+enum PartOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    Inline {
+        #[serde(rename = "inlineData")]
+        inline_data: Blob<'a>,
+    },
+    File {
+        #[serde(rename = "fileData")]
+        file_data: FileData<'a>,
+    },
+}
+
+/// `inlineData`: the bytes, base64-encoded as they are written.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Blob<'a> {
+    mime_type: &'a str,
+    #[serde(serialize_with = "base64_bytes")]
+    data: &'a [u8],
+}
+
+/// `fileData`: an uploaded file's URI (or a YouTube URL, without a type).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime_type: Option<&'a str>,
+    file_uri: &'a str,
+}
+
+fn base64_bytes<S: serde::Serializer>(data: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    use base64::display::Base64Display;
+    use base64::engine::general_purpose::STANDARD;
+    serializer.collect_str(&Base64Display::new(data, &STANDARD))
 }
 
 #[derive(Debug, Serialize)]
@@ -129,8 +166,31 @@ struct GenerationConfig {
 
 impl<'a> Content<'a> {
     fn user(text: &'a str) -> Self {
+        Content::with_media(&[], text)
+    }
+
+    /// A turn of `media` (in order) and then `text`.
+    fn with_media(media: &'a [MediaPart], text: &'a str) -> Self {
+        let mut parts: Vec<PartOut<'a>> = media
+            .iter()
+            .map(|part| match part {
+                MediaPart::Inline { mime, data } => PartOut::Inline {
+                    inline_data: Blob {
+                        mime_type: mime,
+                        data,
+                    },
+                },
+                MediaPart::File { mime, uri } => PartOut::File {
+                    file_data: FileData {
+                        mime_type: mime.as_deref(),
+                        file_uri: uri,
+                    },
+                },
+            })
+            .collect();
+        parts.push(PartOut::Text { text });
         Content {
-            parts: [TextPart { text }],
+            parts,
             role: "user",
         }
     }
@@ -140,7 +200,7 @@ impl<'a> GenerateBody<'a> {
     /// The body for `req`, absent settings omitted.
     pub(super) fn new(req: &Request<'a>) -> Self {
         GenerateBody {
-            contents: [Content::user(req.prompt)],
+            contents: [Content::with_media(req.media, req.prompt)],
             system_instruction: req.system.map(Content::user),
             generation_config: GenerationConfig {
                 max_output_tokens: req.max_output_tokens,
@@ -151,10 +211,10 @@ impl<'a> GenerateBody<'a> {
 }
 
 impl<'a> CountBody<'a> {
-    /// The body for `req`: its prompt only.
+    /// The body for `req`: its prompt and media only.
     pub(super) fn new(req: &Request<'a>) -> Self {
         CountBody {
-            contents: [Content::user(req.prompt)],
+            contents: [Content::with_media(req.media, req.prompt)],
         }
     }
 }

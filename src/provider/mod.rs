@@ -16,6 +16,7 @@
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
 //! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
 //!   `anthropic-ratelimit-*` headers every answer carries.
+//! - `files`: Gemini's Files API (resumable upload, polling until `ACTIVE`).
 //! - `models`: the model lists, to check a job's models before a run.
 //! - `common`: error envelopes (Google's, OpenAI's, Anthropic's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
@@ -30,6 +31,7 @@
 mod anthropic;
 mod common;
 mod error;
+mod files;
 mod gemini;
 mod models;
 mod openai;
@@ -41,6 +43,7 @@ mod transport;
 pub use crate::types::{ProviderKind, QuotaScope};
 pub use common::MAX_SERVER_DELAY;
 pub use error::{ApiError, Billed, ErrorClass};
+pub use files::{FileError, RemoteFile, Upload, UPLOAD_CHUNK_BYTES};
 pub use scrub::Scrubber;
 
 use transport::Transport;
@@ -62,6 +65,28 @@ pub struct Request<'a> {
     pub max_output_tokens: Option<u32>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
+    /// Media parts, sent before the text (Gemini only).
+    pub media: &'a [MediaPart],
+}
+
+/// A media input of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaPart {
+    /// Bytes sent in the request (`inlineData`).
+    Inline {
+        /// The MIME type.
+        mime: String,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A file the API fetches (`fileData`): an uploaded file's URI, or a
+    /// YouTube URL (no MIME type).
+    File {
+        /// The MIME type, when known.
+        mime: Option<String>,
+        /// The URI.
+        uri: String,
+    },
 }
 
 /// Token counts of one call the API billed, normalised across providers.
@@ -192,6 +217,11 @@ impl Client {
     pub async fn generate(&self, key: &ApiKey, req: &Request<'_>) -> Result<Reply, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::generate(self, key, req).await,
+            _ if !req.media.is_empty() => Err(common::api_error(
+                ErrorClass::ItemInvalid,
+                None,
+                "media items need a Gemini model",
+            )),
             ProviderKind::Openai => openai::generate(self, key, req).await,
             ProviderKind::Anthropic => anthropic::generate(self, key, req).await,
         };
@@ -210,6 +240,7 @@ impl Client {
                     system: None,
                     max_output_tokens: None,
                     temperature: None,
+                    media: &[],
                 };
                 gemini::count_tokens(self, key, &ping).await.map(drop)
             }

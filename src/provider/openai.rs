@@ -685,6 +685,7 @@ mod tests {
             system: Some("Be brief."),
             max_output_tokens: Some(50),
             temperature: Some(0.7),
+            media: &[],
         };
         let json = serde_json::to_string(&ChatBody::new(&req)).unwrap();
         assert_eq!(

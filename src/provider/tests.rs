@@ -198,6 +198,7 @@ fn request_rows() -> Vec<(&'static str, Value)> {
         system,
         max_output_tokens: None,
         temperature: None,
+        media: &[],
     };
     let sky = ask("why is the sky blue?", None);
     vec![
@@ -330,6 +331,7 @@ fn request_bodies_match_recorded_ones() {
         system: None,
         max_output_tokens: Some(20),
         temperature: None,
+        media: &[],
     };
     assert_eq!(
         wire(&GenerateBody::new(&req)),
@@ -421,6 +423,7 @@ fn as_request(case: &Value) -> Option<Request<'_>> {
             .get("temperature")
             .and_then(Value::as_f64)
             .map(|t| t as f32),
+        media: &[],
     })
 }
 
@@ -580,6 +583,7 @@ async fn loopback_wire_format_and_key_scrubbing() {
         system: Some("Answer with the city only."),
         max_output_tokens: Some(64),
         temperature: Some(0.2),
+        media: &[],
     };
     let timeout = Duration::from_secs(5);
     let gemini = Client::new(ProviderKind::Gemini, &format!("{base}/"), timeout, None).unwrap();
@@ -688,6 +692,7 @@ async fn loopback_transport_failures_are_transient() {
         system: None,
         max_output_tokens: None,
         temperature: None,
+        media: &[],
     };
     let call = |base: String| {
         let key = key.clone();

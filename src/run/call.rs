@@ -186,6 +186,7 @@ impl Caller {
     ///     system: None,
     ///     max_output_tokens: Some(200),
     ///     temperature: None,
+    ///     media: &[],
     /// };
     /// let reply = caller.generate(&request).await?;
     /// assert!(reply.text.contains("digest:"));

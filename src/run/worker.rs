@@ -86,6 +86,7 @@ impl Worker {
             system: item.system.as_deref(),
             max_output_tokens,
             temperature: item.temperature,
+            media: &[],
         };
         let mut last: Option<AttemptRow> = None;
         let mut billed = Billed::default();

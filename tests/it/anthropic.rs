@@ -22,6 +22,7 @@ fn request(prompt: &str, max_output_tokens: Option<u32>) -> Request<'_> {
         system: Some("One sentence."),
         max_output_tokens,
         temperature: None,
+        media: &[],
     }
 }
 

@@ -81,6 +81,7 @@ pub(super) async fn drive(
                     system: None,
                     max_output_tokens: sent.max_output_tokens,
                     temperature: None,
+                    media: &[],
                 };
                 // No input-token limit is set: the estimate plays no part.
                 let need = Need::new(sent.model, 1).with_output_cap(sent.max_output_tokens);
