@@ -115,6 +115,7 @@ pub(crate) fn parse_messages(version: Option<&str>, body: &[u8]) -> Result<Promp
         user_text,
         input_tokens: input.max(1),
         max_output_tokens: Some(max_tokens),
+        media: Vec::new(),
     })
 }
 

@@ -121,6 +121,7 @@ pub(crate) fn parse_generate(model: &str, body: &[u8]) -> Result<Prompt, String>
         user_text,
         input_tokens: input.max(1),
         max_output_tokens: request.generation_config.and_then(|c| c.max_output_tokens),
+        media: Vec::new(),
     })
 }
 

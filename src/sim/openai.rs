@@ -119,6 +119,7 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
         user_text,
         input_tokens: input.max(1),
         max_output_tokens: request.max_completion_tokens.or(request.max_tokens),
+        media: Vec::new(),
     })
 }
 

@@ -28,6 +28,9 @@ pub(crate) struct Prompt {
     pub input_tokens: u64,
     /// The request's cap on output tokens, if any (0 counts as none).
     pub max_output_tokens: Option<u32>,
+    /// The digests of its media parts' bytes (16 hex characters each), in
+    /// order.
+    pub media: Vec<String>,
 }
 
 /// A test directive in a prompt's user text.
@@ -93,7 +96,8 @@ pub(crate) struct Composed {
 
 /// The deterministic reply of `model` to `prompt`:
 /// `[simulated MODEL] digest:HEX — word word word`, where HEX is the first 16
-/// hex characters of the SHA-256 of the user text.
+/// hex characters of the SHA-256 of the user text; a prompt with media has
+/// ` media:HEX,HEX` after it, the digests of its media parts.
 pub(crate) fn compose(prompt: &Prompt) -> Composed {
     let hash = Sha256::digest(prompt.user_text.as_bytes());
     let digest = hex::encode(&hash[..8]);
@@ -102,8 +106,12 @@ pub(crate) fn compose(prompt: &Prompt) -> Composed {
         .iter()
         .map(|&b| WORDS[usize::from(b) % WORDS.len()])
         .collect();
+    let media = match prompt.media.is_empty() {
+        true => String::new(),
+        false => format!(" media:{}", prompt.media.join(",")),
+    };
     let mut text = format!(
-        "[simulated {}] digest:{digest} — {}",
+        "[simulated {}] digest:{digest}{media} — {}",
         prompt.model,
         words.join(" ")
     );
@@ -157,6 +165,7 @@ mod tests {
             user_text: text.into(),
             input_tokens: 1,
             max_output_tokens: cap,
+            media: Vec::new(),
         }
     }
 
