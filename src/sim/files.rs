@@ -233,7 +233,7 @@ impl Files {
     /// gives the digests of what each media part carries, in order: an
     /// uploaded file's bytes, a YouTube URL's text, inline bytes (decoded).
     /// An error is the response to send instead.
-    pub(crate) fn media(&self, project: usize, body: &[u8]) -> Result<Vec<String>, Response> {
+    pub(crate) fn media(&self, project: usize, body: &[u8]) -> Result<Vec<String>, Box<Response>> {
         let Ok(request) = serde_json::from_slice::<MediaRequest>(body) else {
             // The generate pipeline answers a malformed body.
             return Ok(Vec::new());
@@ -259,15 +259,15 @@ impl Files {
             };
             let stored = match files.get(id).filter(|f| f.project == project) {
                 Some(stored) => stored,
-                None => return Err(no_permission(id)),
+                None => return Err(Box::new(no_permission(id))),
             };
             if stored.failed || Instant::now() < stored.ready_at {
                 // The simulator's own wording; the status is the API's.
-                return Err(envelope(
+                return Err(Box::new(envelope(
                     StatusCode::BAD_REQUEST,
                     "FAILED_PRECONDITION",
                     &format!("The File {id} is not in an ACTIVE state and usage is not allowed."),
-                ));
+                )));
             }
             digests.push(short_digest(&stored.sha256));
         }

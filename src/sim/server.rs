@@ -544,7 +544,7 @@ async fn gemini_models(
                         Ok(media) => media,
                         Err(refusal) => {
                             lock(&entry.stats).record(refusal.status().as_u16(), false);
-                            return refusal;
+                            return *refusal;
                         }
                     }
                 }
