@@ -162,3 +162,109 @@ async fn small_files_go_inline_and_bad_files_are_told_against_their_lines() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_api_uploads_in_chunks_and_keeps_each_file_to_its_project() {
+    use keyfan::provider::{Client, ErrorClass, MediaPart, ProviderKind, Request, Upload};
+    use keyfan::types::ApiKey;
+    use std::time::Duration;
+    let sim = simulator(
+        "files: { processing_ms: 1000 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n  - name: proj-b\n    keys: [test-key-b1]\n",
+    )
+    .await;
+    let work = Workdir::new();
+    let clip = mp4(5, 3);
+    let path = work.path("clip.mp4");
+    std::fs::write(&path, &clip).unwrap();
+    let client = Client::new(
+        ProviderKind::Gemini,
+        &sim.base_url(),
+        Duration::from_secs(5),
+        None,
+    )
+    .unwrap();
+    let (a, b) = (ApiKey::new("test-key-a1"), ApiKey::new("test-key-b1"));
+    let upload = |display_name| Upload {
+        path: &path,
+        mime: "video/mp4",
+        size: clip.len() as u64,
+        display_name,
+        chunk_bytes: 1000,
+    };
+    // Several chunks at their offsets, then finalize: still processing.
+    let file = client
+        .upload(&a, upload("clip.mp4"))
+        .await
+        .expect("uploaded");
+    assert_eq!(file.state.as_deref(), Some("PROCESSING"));
+    assert_eq!(
+        stats(&sim).await.uploads[0].sha256,
+        hex::encode(Sha256::digest(&clip))
+    );
+    let parts = [MediaPart::File {
+        mime: Some("video/mp4".into()),
+        uri: file.uri.clone(),
+    }];
+    let request = Request {
+        model: "gemini-2.5-flash",
+        prompt: "What happens?",
+        system: None,
+        max_output_tokens: None,
+        temperature: None,
+        media: &parts,
+    };
+    let early = client
+        .generate(&a, &request)
+        .await
+        .expect_err("still processing");
+    assert_eq!(early.status, Some(400));
+    assert!(
+        early.message.contains("not in an ACTIVE state"),
+        "{early:?}"
+    );
+    // Another project's key cannot see it: the real 403.
+    let foreign = client
+        .file(&b, &file.name)
+        .await
+        .expect_err("another project");
+    assert_eq!(foreign.status, Some(403));
+    assert!(foreign
+        .message
+        .contains("You do not have permission to access the File"));
+    let foreign = client
+        .generate(&b, &request)
+        .await
+        .expect_err("another project");
+    assert_eq!(foreign.status, Some(403));
+
+    let active = client
+        .wait_active(&a, file, Duration::from_millis(20))
+        .await
+        .expect("active");
+    assert_eq!(active.state.as_deref(), Some("ACTIVE"));
+    let reply = client.generate(&a, &request).await.expect("answered");
+    assert!(
+        reply
+            .text
+            .contains(&format!("media:{} ", media_digest(&clip))),
+        "{}",
+        reply.text
+    );
+
+    // A file that fails processing fails with the API's reason.
+    let failing = client
+        .upload(&a, upload("clip [[sim:file_failed]]"))
+        .await
+        .expect("uploaded");
+    let failed = client
+        .wait_active(&a, failing, Duration::from_millis(20))
+        .await
+        .expect_err("failed");
+    assert_eq!(failed.class, ErrorClass::ItemInvalid);
+    assert!(
+        failed
+            .message
+            .contains("failed processing: The simulator was asked"),
+        "{failed:?}"
+    );
+}
