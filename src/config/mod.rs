@@ -70,6 +70,35 @@ pub struct Config {
     /// The most an item's worst case may cost (USD); a costlier item is
     /// refused before anything is sent.
     pub max_cost_per_item: Option<f64>,
+    /// How media items are sent (`media:`).
+    pub media: MediaConfig,
+}
+
+/// How media items are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// A request whose media (base64-encoded) and text come to less than
+    /// this many bytes carries its files inline; larger ones are uploaded
+    /// through the Files API.
+    pub inline_max_bytes: u64,
+    /// The first wait between two polls of an uploaded file still
+    /// processing; each next wait doubles.
+    pub poll: Duration,
+}
+
+/// Gemini's inline payload limit: "we are increasing the maximum payload
+/// size for inline data from 20MB to 100MB (base64 encoded ...)", 2026-01-12
+/// (https://blog.google/innovation-and-ai/technology/developers-tools/gemini-api-new-file-limits).
+pub const DEFAULT_INLINE_MAX_BYTES: u64 = 100 * 1000 * 1000;
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
+            // The docs' sample polls every 5 s; most small files are ready sooner.
+            poll: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Where a provider is reached.
@@ -411,7 +440,16 @@ impl Config {
             ));
         }
 
+        let defaults = MediaConfig::default();
+        let media = MediaConfig {
+            inline_max_bytes: raw
+                .media
+                .inline_max_bytes
+                .unwrap_or(defaults.inline_max_bytes),
+            poll: raw.media.poll.map_or(defaults.poll, |d| d.0),
+        };
         Ok(Config {
+            media,
             prices,
             expected_output_tokens: raw.expected_output_tokens.map(|n| n.0),
             max_cost_per_item,

@@ -37,6 +37,16 @@ pub(super) struct RawConfig {
     pub prices: BTreeMap<String, RawPrice>,
     pub expected_output_tokens: Option<Positive<u32>>,
     pub max_cost_per_item: Option<Usd>,
+    #[serde(default)]
+    pub media: RawMedia,
+}
+
+/// The `media:` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMedia {
+    pub inline_max_bytes: Option<u64>,
+    pub poll: Option<HumanDuration>,
 }
 
 /// A `models.<name>` entry: which provider serves the name, and as what.

@@ -85,6 +85,7 @@ async fn count_one(caller: &Caller, item: &Item, default_model: &str) -> Result<
         temperature: None,
         turns: &item.turns,
         generation: &item.generation,
+        media: &[],
     };
     let estimated = super::item_tokens(item);
     let need = Need::new(model, estimated);

@@ -91,7 +91,7 @@ impl<R: Read> Rows<R> {
                 // to show even when a quoted cell spans several lines.
                 let line = self.record.position().map_or(0, |p| p.line());
                 Ok(Some(
-                    row(columns, &self.record, line).map_err(|p| p.at(path, line)),
+                    row(columns, &self.record, line, path).map_err(|p| p.at(path, line)),
                 ))
             }
             Err(err) => match err.kind() {
@@ -224,12 +224,17 @@ fn columns(header: &::csv::ByteRecord) -> Result<Vec<Field>, Problem> {
 }
 
 /// Builds the item of one record.
-fn row(columns: &[Field], record: &::csv::ByteRecord, line: u64) -> Result<Item, Problem> {
+fn row(
+    columns: &[Field],
+    record: &::csv::ByteRecord,
+    line: u64,
+    path: &Path,
+) -> Result<Item, Problem> {
     let mut values = Values::default();
     for (&field, cell) in columns.iter().zip(record) {
         let text = std::str::from_utf8(cell)
             .map_err(|e| Problem::field(field.name(), invalid_utf8(&e)))?;
         values.set(field, Raw::Text(text));
     }
-    values.into_item(line)
+    values.into_item(line, path)
 }

@@ -2,6 +2,7 @@
 //! reader hands over `(field, value)` pairs and gets an [`Item`] or the first
 //! problem, so JSONL and CSV accept and refuse exactly the same things.
 
+use super::media::{self, Media, MediaKind};
 use super::{Item, ItemError};
 use crate::provider::{Role, Turn};
 use serde_json::Value;
@@ -28,6 +29,10 @@ pub(super) enum Field {
     ResponseMimeType,
     ResponseSchema,
     SchemaRetries,
+    Video,
+    Image,
+    Audio,
+    Document,
 }
 
 /// The most answers an item may send again for not fitting its schema.
@@ -41,7 +46,7 @@ const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 17] = [
+    pub(super) const ALL: [Field; 21] = [
         Field::Id,
         Field::Prompt,
         Field::Messages,
@@ -59,6 +64,18 @@ impl Field {
         Field::ResponseMimeType,
         Field::ResponseSchema,
         Field::SchemaRetries,
+        Field::Video,
+        Field::Image,
+        Field::Audio,
+        Field::Document,
+    ];
+
+    /// The media fields, with what they hold.
+    const MEDIA: [(Field, MediaKind); 4] = [
+        (Field::Video, MediaKind::Video),
+        (Field::Image, MediaKind::Image),
+        (Field::Audio, MediaKind::Audio),
+        (Field::Document, MediaKind::Document),
     ];
 
     /// The name users write (JSON key or CSV column).
@@ -81,6 +98,10 @@ impl Field {
             Field::ResponseMimeType => "response_mime_type",
             Field::ResponseSchema => "response_schema",
             Field::SchemaRetries => "schema_retries",
+            Field::Video => "video",
+            Field::Image => "image",
+            Field::Audio => "audio",
+            Field::Document => "document",
         }
     }
 
@@ -105,7 +126,16 @@ impl Field {
     /// opposed to how it is sent: a spec's defaults and per-row overrides
     /// may set only the others.
     pub(super) fn is_content(self) -> bool {
-        matches!(self, Field::Id | Field::Prompt | Field::Messages)
+        matches!(
+            self,
+            Field::Id
+                | Field::Prompt
+                | Field::Messages
+                | Field::Video
+                | Field::Image
+                | Field::Audio
+                | Field::Document
+        )
     }
 }
 
@@ -175,8 +205,9 @@ impl<'a> Values<'a> {
             .ok_or_else(|| Problem::field(field.name(), "is required"))
     }
 
-    /// Checks every field and builds the item found on `line`.
-    pub(super) fn into_item(self, line: u64) -> Result<Item, Problem> {
+    /// Checks every field and builds the item found on `line` of the job
+    /// file `job` (media paths are relative to its folder).
+    pub(super) fn into_item(self, line: u64, job: &Path) -> Result<Item, Problem> {
         let id = id(self.required(Field::Id)?)?;
         let mut item = Item {
             id,
@@ -199,7 +230,54 @@ impl<'a> Values<'a> {
                 set(&mut item, field, raw)?;
             }
         }
+        item.media = self.media(job.parent().unwrap_or(Path::new("")))?;
         Ok(item)
+    }
+
+    /// Checks every file of the media fields; all their problems are told
+    /// at once, under the first field that has one.
+    fn media(&self, dir: &Path) -> Result<Vec<Media>, Problem> {
+        let mut found = Vec::new();
+        let mut problems: Vec<String> = Vec::new();
+        let mut first_bad = None;
+        for (field, what) in Field::MEDIA {
+            let Some(raw) = self.get(field) else {
+                continue;
+            };
+            let values: Vec<String> = match raw {
+                Raw::Text(t) => t.split('|').map(str::to_owned).collect(),
+                Raw::Json(Value::String(s)) => vec![s.clone()],
+                Raw::Json(Value::Array(items)) => items
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(s) => Ok(s.clone()),
+                        v => Err(Problem::field(
+                            field.name(),
+                            format!("expected a list of paths, found {} in it", kind(v)),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?,
+                Raw::Json(v) => {
+                    return Err(Problem::field(
+                        field.name(),
+                        format!("expected a path or a list of paths, found {}", kind(v)),
+                    ))
+                }
+            };
+            for value in values.iter().filter(|v| !v.trim().is_empty()) {
+                match media::check(what, value, dir) {
+                    Ok(media) => found.push(media),
+                    Err(problem) => {
+                        first_bad.get_or_insert(field);
+                        problems.push(problem);
+                    }
+                }
+            }
+        }
+        match first_bad {
+            Some(field) => Err(Problem::field(field.name(), problems.join("; "))),
+            None => Ok(found),
+        }
     }
 }
 
@@ -245,6 +323,14 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
         Field::ResponseSchema => item.generation.response_schema = Some(Arc::new(schema(raw)?)),
         Field::SchemaRetries => {
             item.schema_retries = Some(integer(field, raw, 0, MAX_SCHEMA_RETRIES)? as u32)
+        }
+        // A file is checked where its item is read (its paths are relative
+        // to the job's folder): it is not a setting a spec's defaults give.
+        Field::Video | Field::Image | Field::Audio | Field::Document => {
+            return Err(Problem::field(
+                field.name(),
+                "media are given per item (a job line or a spec's data row), not as a default",
+            ))
         }
     }
     Ok(())

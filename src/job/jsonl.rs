@@ -51,20 +51,20 @@ impl<R: Read> Lines<R> {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = parse(bytes, self.line).map_err(|p| p.at(path, self.line));
+            let item = parse(bytes, self.line, path).map_err(|p| p.at(path, self.line));
             return Ok(Some(item));
         }
     }
 }
 
 /// Parses the line numbered `line`.
-fn parse(bytes: &[u8], line: u64) -> Result<Item, Problem> {
+fn parse(bytes: &[u8], line: u64, path: &Path) -> Result<Item, Problem> {
     let object = object(bytes)?;
     let mut values = Values::default();
     for (name, raw) in &object {
         values.set(Field::parse(name, "field")?, Raw::Json(raw));
     }
-    values.into_item(line)
+    values.into_item(line, path)
 }
 
 /// Parses one line as a JSON object.

@@ -7,7 +7,8 @@
 //!
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
-//! `system`, `max_output_tokens` (integer >= 1) and `temperature` (0.0–2.0).
+//! `system`, `max_output_tokens` (integer >= 1), `temperature` (0.0–2.0)
+//! and the media fields `video`, `image`, `audio` and `document` (`media`).
 //! Unknown fields are errors, to catch typos such as `promt`. An id used
 //! twice is an error on its later line, naming the first.
 //!
@@ -17,10 +18,13 @@
 mod csv;
 mod fields;
 mod jsonl;
+mod media;
 mod spec;
 mod template;
 #[cfg(test)]
 mod tests;
+
+pub use media::{Media, MediaKind, MAX_FILE_BYTES};
 
 use crate::provider::{Generation, Turn};
 use sha2::{Digest, Sha256};
@@ -55,6 +59,9 @@ pub struct Item {
     /// How many times an answer that does not fit `response_schema` is
     /// asked for again; `None`: [`DEFAULT_SCHEMA_RETRIES`].
     pub schema_retries: Option<u32>,
+    /// Its media inputs (`video`, `image`, `audio`, `document`), in field
+    /// order, every file checked when the item was read.
+    pub media: Vec<Media>,
 }
 
 /// How many times an answer that does not fit its schema is asked for

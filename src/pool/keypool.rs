@@ -453,6 +453,14 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The account `key` belongs to, if it is one of the pool's.
+    pub fn account_of(&self, key: &ApiKey) -> Option<AccountId> {
+        self.keys
+            .iter()
+            .find(|k| k.key == *key)
+            .map(|k| AccountId(k.account))
+    }
+
     /// The name of `account`.
     pub fn account_name(&self, account: AccountId) -> &str {
         &self.accounts[account.0].name

@@ -652,6 +652,7 @@ mod tests {
             temperature: None,
             turns: &turns,
             generation: &generation,
+            media: &[],
         };
         assert_eq!(
             serde_json::to_string(&MessagesBody::new(&req, 4096)).unwrap(),
@@ -681,6 +682,7 @@ mod tests {
             temperature: Some(0.5),
             turns: &[],
             generation: Generation::none(),
+            media: &[],
         };
         assert_eq!(
             serde_json::to_string(&MessagesBody::new(&req, 4096)).unwrap(),

@@ -13,7 +13,7 @@
 
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
 use super::transport::post_json;
-use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Role, Usage};
+use super::{ApiError, Client, ErrorClass, MediaPart, QuotaScope, Reply, Request, Role, Usage};
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -120,16 +120,54 @@ pub(super) struct CountBody<'a> {
     contents: [Content<'a>; 1],
 }
 
-/// One turn of text: `user` or `model`.
+/// One turn: its media parts (the user's last turn may have some), then its
+/// text; `user` or `model`.
 #[derive(Debug, Serialize)]
 struct Content<'a> {
-    parts: [TextPart<'a>; 1],
+    parts: Vec<PartOut<'a>>,
     role: &'static str,
 }
 
+/// A part of a turn, in the API's camelCase (`_Part_to_mldev` in
+/// googleapis/python-genai `models.py`).
 #[derive(Debug, Serialize)]
-struct TextPart<'a> {
-    text: &'a str,
+#[serde(untagged)]
+enum PartOut<'a> {
+    Text {
+        text: &'a str,
+    },
+    Inline {
+        #[serde(rename = "inlineData")]
+        inline_data: Blob<'a>,
+    },
+    File {
+        #[serde(rename = "fileData")]
+        file_data: FileData<'a>,
+    },
+}
+
+/// `inlineData`: the bytes, base64-encoded as they are written.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Blob<'a> {
+    mime_type: &'a str,
+    #[serde(serialize_with = "base64_bytes")]
+    data: &'a [u8],
+}
+
+/// `fileData`: an uploaded file's URI (or a YouTube URL, without a type).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FileData<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mime_type: Option<&'a str>,
+    file_uri: &'a str,
+}
+
+fn base64_bytes<S: serde::Serializer>(data: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
+    use base64::display::Base64Display;
+    use base64::engine::general_purpose::STANDARD;
+    serializer.collect_str(&Base64Display::new(data, &STANDARD))
 }
 
 /// `generationConfig`, with the names of googleapis/python-genai's
@@ -171,12 +209,31 @@ struct ThinkingConfig {
 
 impl<'a> Content<'a> {
     fn user(text: &'a str) -> Self {
-        Content::said(Role::User, text)
+        Content::said(Role::User, &[], text)
     }
 
-    fn said(role: Role, text: &'a str) -> Self {
+    /// A turn of `role`: its `media` (in order), then its `text`.
+    fn said(role: Role, media: &'a [MediaPart], text: &'a str) -> Self {
+        let mut parts: Vec<PartOut<'a>> = media
+            .iter()
+            .map(|part| match part {
+                MediaPart::Inline { mime, data } => PartOut::Inline {
+                    inline_data: Blob {
+                        mime_type: mime,
+                        data,
+                    },
+                },
+                MediaPart::File { mime, uri } => PartOut::File {
+                    file_data: FileData {
+                        mime_type: mime.as_deref(),
+                        file_uri: uri,
+                    },
+                },
+            })
+            .collect();
+        parts.push(PartOut::Text { text });
         Content {
-            parts: [TextPart { text }],
+            parts,
             role: match role {
                 Role::User => "user",
                 Role::Model => "model",
@@ -199,9 +256,14 @@ impl<'a> GenerateBody<'a> {
             .response_mime_type
             .as_deref()
             .or(schema.map(|_| "application/json"));
-        let turns = req.turns.iter().map(|t| Content::said(t.role, &t.text));
+        let turns = req
+            .turns
+            .iter()
+            .map(|t| Content::said(t.role, &[], &t.text));
         GenerateBody {
-            contents: turns.chain([Content::user(req.prompt)]).collect(),
+            contents: turns
+                .chain([Content::said(Role::User, req.media, req.prompt)])
+                .collect(),
             system_instruction: req.system.map(Content::user),
             generation_config: GenerationConfig {
                 max_output_tokens: req.max_output_tokens,
@@ -219,10 +281,10 @@ impl<'a> GenerateBody<'a> {
 }
 
 impl<'a> CountBody<'a> {
-    /// The body for `req`: its prompt only.
+    /// The body for `req`: its prompt and media only.
     pub(super) fn new(req: &Request<'a>) -> Self {
         CountBody {
-            contents: [Content::user(req.prompt)],
+            contents: [Content::said(Role::User, req.media, req.prompt)],
         }
     }
 }

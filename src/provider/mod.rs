@@ -16,6 +16,7 @@
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
 //! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
 //!   `anthropic-ratelimit-*` headers every answer carries.
+//! - `files`: Gemini's Files API (resumable upload, polling until `ACTIVE`).
 //! - `models`: the model lists, to check a job's models before a run.
 //! - `common`: error envelopes (Google's, OpenAI's, Anthropic's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
@@ -30,6 +31,7 @@
 mod anthropic;
 mod common;
 mod error;
+mod files;
 mod gemini;
 mod models;
 mod openai;
@@ -41,6 +43,7 @@ mod transport;
 pub use crate::types::{ProviderKind, QuotaScope};
 pub use common::MAX_SERVER_DELAY;
 pub use error::{ApiError, Billed, ErrorClass};
+pub use files::{FileError, RemoteFile, Upload, UPLOAD_CHUNK_BYTES};
 pub use scrub::Scrubber;
 
 use transport::Transport;
@@ -69,6 +72,8 @@ pub struct Request<'a> {
     pub temperature: Option<f32>,
     /// Every other generation setting ([`Generation::none`] for none).
     pub generation: &'a Generation,
+    /// Media parts, sent before the text (Gemini only).
+    pub media: &'a [MediaPart],
 }
 
 /// One earlier turn of a conversation.
@@ -149,6 +154,26 @@ pub fn supports(kind: ProviderKind, name: &str) -> bool {
         ProviderKind::Openai => openai::SETTINGS.contains(&name),
         ProviderKind::Anthropic => anthropic::SETTINGS.contains(&name),
     }
+}
+
+/// A media input of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaPart {
+    /// Bytes sent in the request (`inlineData`).
+    Inline {
+        /// The MIME type.
+        mime: String,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// A file the API fetches (`fileData`): an uploaded file's URI, or a
+    /// YouTube URL (no MIME type).
+    File {
+        /// The MIME type, when known.
+        mime: Option<String>,
+        /// The URI.
+        uri: String,
+    },
 }
 
 /// Token counts of one call the API billed, normalised across providers.
@@ -279,6 +304,11 @@ impl Client {
     pub async fn generate(&self, key: &ApiKey, req: &Request<'_>) -> Result<Reply, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::generate(self, key, req).await,
+            _ if !req.media.is_empty() => Err(common::api_error(
+                ErrorClass::ItemInvalid,
+                None,
+                "media items need a Gemini model",
+            )),
             ProviderKind::Openai => openai::generate(self, key, req).await,
             ProviderKind::Anthropic => anthropic::generate(self, key, req).await,
         };
@@ -314,6 +344,7 @@ impl Client {
                     max_output_tokens: None,
                     temperature: None,
                     generation: Generation::none(),
+                    media: &[],
                 };
                 gemini::count_tokens(self, key, &ping).await.map(drop)
             }

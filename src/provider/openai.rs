@@ -760,6 +760,7 @@ mod tests {
             temperature: Some(0.7),
             turns: &[],
             generation: Generation::none(),
+            media: &[],
         };
         let json = serde_json::to_string(&ChatBody::new(&req)).unwrap();
         assert_eq!(

@@ -201,6 +201,7 @@ fn request_rows() -> Vec<(&'static str, Value)> {
         temperature: None,
         turns: &[],
         generation: Generation::none(),
+        media: &[],
     };
     let sky = ask("why is the sky blue?", None);
     let recorded = json(&read(
@@ -348,6 +349,7 @@ fn request_bodies_match_recorded_ones() {
         temperature: None,
         turns: &[],
         generation: Generation::none(),
+        media: &[],
     };
     assert_eq!(
         wire(&GenerateBody::new(&req)),
@@ -441,6 +443,7 @@ fn as_request(case: &Value) -> Option<Request<'_>> {
             .map(|t| t as f32),
         turns: &[],
         generation: Generation::none(),
+        media: &[],
     })
 }
 
@@ -602,6 +605,7 @@ async fn loopback_wire_format_and_key_scrubbing() {
         temperature: Some(0.2),
         turns: &[],
         generation: Generation::none(),
+        media: &[],
     };
     let timeout = Duration::from_secs(5);
     let gemini = Client::new(ProviderKind::Gemini, &format!("{base}/"), timeout, None).unwrap();
@@ -712,6 +716,7 @@ async fn loopback_transport_failures_are_transient() {
         temperature: None,
         turns: &[],
         generation: Generation::none(),
+        media: &[],
     };
     let call = |base: String| {
         let key = key.clone();
@@ -833,6 +838,7 @@ fn generation_settings_go_out_under_each_api_s_own_names() {
         max_output_tokens: None,
         temperature: None,
         generation: &settings,
+        media: &[],
     };
     let gemini = wire(&GenerateBody::new(&req));
     assert_eq!(

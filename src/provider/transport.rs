@@ -61,7 +61,23 @@ pub(super) async fn post_json_with(
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<(Vec<u8>, HeaderMap), ApiError> {
     let body = serde_json::to_vec(body).map_err(|e| unbuildable(&e))?;
-    send(client, Method::POST, url, Some(body), auth, extra, classify).await
+    let body = Some(("application/json", body));
+    send(client, Method::POST, url, body, auth, extra, classify).await
+}
+
+/// Posts raw `body` bytes of `content_type` to `url` with the auth header
+/// and `extra` headers, returning the 2xx answer's headers with its body
+/// (the Files API's upload protocol speaks in headers).
+pub(super) async fn post_bytes(
+    client: &Client,
+    url: &str,
+    auth: (&'static str, &str),
+    extra: &[(&str, &str)],
+    (content_type, body): (&str, Vec<u8>),
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<(Vec<u8>, HeaderMap), ApiError> {
+    let body = Some((content_type, body));
+    send(client, Method::POST, url, body, auth, extra, classify).await
 }
 
 /// Gets `url` with the auth header, as [`post_json`] does.
@@ -94,9 +110,9 @@ async fn send(
     client: &Client,
     method: Method,
     url: &str,
-    json: Option<Vec<u8>>,
+    body: Option<(&str, Vec<u8>)>,
     (auth_name, auth_value): (&'static str, &str),
-    extra: &[(&'static str, &'static str)],
+    extra: &[(&str, &str)],
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<(Vec<u8>, HeaderMap), ApiError> {
     let mut auth = HeaderValue::from_str(auth_value).map_err(|_| {
@@ -116,8 +132,8 @@ async fn send(
             for &(name, value) in extra {
                 request = request.header(name, value);
             }
-            if let Some(json) = json {
-                request = request.header(CONTENT_TYPE, "application/json").body(json);
+            if let Some((content_type, body)) = body {
+                request = request.header(CONTENT_TYPE, content_type).body(body);
             }
             over_http(client, request).await?
         }
@@ -129,11 +145,15 @@ async fn send(
             for &(name, value) in extra {
                 request = request.header(name, value);
             }
-            if json.is_some() {
-                request = request.header(CONTENT_TYPE, "application/json");
-            }
+            let bytes = match body {
+                Some((content_type, body)) => {
+                    request = request.header(CONTENT_TYPE, content_type);
+                    body
+                }
+                None => Vec::new(),
+            };
             let request = request
-                .body(Body::from(json.unwrap_or_default()))
+                .body(Body::from(bytes))
                 .map_err(|e| unbuildable(&e))?;
             in_memory(router, request, client.timeout).await?
         }
@@ -329,6 +349,7 @@ mod tests {
             temperature: None,
             turns: &[],
             generation: Generation::none(),
+            media: &[],
         }
     }
 

@@ -196,6 +196,7 @@ impl Caller {
     ///     temperature: None,
     ///     turns: &[],
     ///     generation: Generation::none(),
+    ///     media: &[],
     /// };
     /// let reply = caller.generate(&request).await?;
     /// assert!(reply.text.contains("digest:"));

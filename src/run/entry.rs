@@ -440,6 +440,7 @@ pub async fn run(
         default_output_cap: (max_cost.is_some() || config.max_cost_per_item.is_some())
             .then_some(COST_OUTPUT_CAP),
         prices: Arc::new(config.prices.clone()),
+        media: config.media,
     };
     let scrubber = scrubber(&config);
     let recording = Recording {

@@ -13,6 +13,7 @@ mod call;
 mod clients;
 mod entry;
 pub mod exit;
+mod media;
 pub mod models;
 mod observe;
 mod recorder;
@@ -88,6 +89,8 @@ pub struct Options {
     pub default_output_cap: Option<u32>,
     /// The prices of the models (the config's).
     pub prices: Arc<crate::price::PriceTable>,
+    /// How media items are sent (the config's `media:`).
+    pub media: crate::config::MediaConfig,
 }
 
 /// Something a worker reports.
@@ -299,6 +302,10 @@ pub async fn execute(
     };
 
     let item_rx = Arc::new(Mutex::new(item_rx));
+    let media = Arc::new(media::Uploads::new(
+        options.media,
+        Arc::clone(caller.pool()),
+    ));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..options.concurrency {
         let worker = worker::Worker {
@@ -311,6 +318,7 @@ pub async fn execute(
             stop: cancel.clone(),
             prior_attempts: Arc::clone(&options.prior_attempts),
             faults: Arc::clone(&faults),
+            media: Arc::clone(&media),
         };
         let item_rx = Arc::clone(&item_rx);
         let cancel = cancel.clone();

@@ -68,6 +68,7 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         budget: None,
         default_output_cap: None,
         prices: Default::default(),
+        media: Default::default(),
     };
     let recording = Recording {
         store,

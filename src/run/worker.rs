@@ -3,6 +3,7 @@
 
 use super::budget::Fits;
 use super::call::{Attempt, CallError, Caller};
+use super::media::Uploads;
 use super::{unsent, Budget, Event, Faults, Notice};
 use crate::estimate::item_tokens;
 use crate::job::{id_hash, Item};
@@ -32,6 +33,8 @@ pub(super) struct Worker {
     pub(super) prior_attempts: Arc<HashMap<u64, u32>>,
     /// Where a failure that must stop the run is told.
     pub(super) faults: Arc<Faults>,
+    /// The run's media uploads, shared by every worker.
+    pub(super) media: Arc<Uploads>,
 }
 
 impl Worker {
@@ -77,8 +80,25 @@ impl Worker {
             let _ = self.events.send(Event::Finished(outcome));
             return;
         }
+        // Media files are read (small ones) or hashed (the rest) first; a
+        // file gone since validation fails its item unsent.
+        let slots = match self.media.prepare(&item).await {
+            Ok(slots) => slots,
+            Err(error) => {
+                let outcome = ItemRow {
+                    error: Some(error),
+                    ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
+                };
+                let _ = self.events.send(Event::Finished(outcome));
+                return;
+            }
+        };
         if !self.reserve(worst) {
             return;
+        }
+        let mut need = Need::new(model, tokens).with_output_cap(max_output_tokens);
+        if let Some(account) = self.media.pin(&slots) {
+            need = need.pinned(account);
         }
         let request = Request {
             model: wire_model,
@@ -88,7 +108,9 @@ impl Worker {
             temperature: item.temperature,
             turns: &item.turns,
             generation: &item.generation,
+            media: &[],
         };
+        let (slots, media) = (&slots, &self.media);
         let schema = item.generation.response_schema.as_deref();
         let mut schema_tries = item
             .schema_retries
@@ -108,11 +130,23 @@ impl Worker {
             let result = self
                 .caller
                 .call(
-                    Need::new(model, tokens).with_output_cap(max_output_tokens),
+                    need,
                     &self.stop,
                     |client, key| {
                         let request = request.clone();
-                        async move { client.generate(&key, &request).await }
+                        async move {
+                            if slots.is_empty() {
+                                return client.generate(&key, &request).await;
+                            }
+                            // Uploads (once per file and account) go with the
+                            // leased key: only its account can see them.
+                            let parts = media.parts(slots, &client, &key).await?;
+                            let request = Request {
+                                media: &parts,
+                                ..request
+                            };
+                            client.generate(&key, &request).await
+                        }
                     },
                     |attempt, reply| {
                         // What the API billed: an answer, or a 200 without one.

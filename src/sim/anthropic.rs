@@ -117,6 +117,7 @@ pub(crate) fn parse_messages(version: Option<&str>, body: &[u8]) -> Result<Promp
         max_output_tokens: Some(max_tokens),
         // The Messages API has no response schema.
         schema: None,
+        media: Vec::new(),
     })
 }
 

@@ -45,6 +45,16 @@ pub struct SimConfig {
     pub disabled_keys: Vec<ApiKey>,
     /// Injected failures.
     pub faults: FaultConfig,
+    /// The Files API.
+    pub files: FilesConfig,
+}
+
+/// The simulated Files API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// How long an uploaded file stays `PROCESSING` before it is `ACTIVE`.
+    pub processing_ms: u64,
 }
 
 /// Uniform latency in `[min_ms, max_ms]`, drawn per request from the seeded RNG.
@@ -223,6 +233,7 @@ impl SimConfig {
             projects,
             disabled_keys: Vec::new(),
             faults: FaultConfig::default(),
+            files: FilesConfig::default(),
         }
     }
 

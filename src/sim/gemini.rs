@@ -127,6 +127,7 @@ pub(crate) fn parse_generate(model: &str, body: &[u8]) -> Result<Prompt, String>
         schema: config
             .and_then(|c| c.response_json_schema)
             .map(std::sync::Arc::new),
+        media: Vec::new(),
     })
 }
 

@@ -31,6 +31,11 @@
 //!   API's list shape.
 //! - `GET /v1beta/models` (`pageSize`, `pageToken`): Gemini's model list,
 //!   free, in the API's shape and pagination.
+//! - The Files API (`files`): `POST /upload/v1beta/files` (the resumable
+//!   upload: start, chunks, finalize) and `GET /v1beta/files/{id}`; a file is
+//!   `PROCESSING` for `files.processing_ms`, then `ACTIVE`. A
+//!   `generateContent` naming a file of another project gets the real 403,
+//!   one still processing a 400 `FAILED_PRECONDITION`.
 //! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.
 //!
 //! # Order of checks
@@ -90,6 +95,7 @@
 
 mod anthropic;
 mod config;
+mod files;
 mod gemini;
 mod openai;
 mod quota;
@@ -101,7 +107,8 @@ mod tests;
 mod wire;
 
 pub use config::{
-    Burst, FaultConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig, SimConfigError,
+    Burst, FaultConfig, FilesConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig,
+    SimConfigError,
 };
 pub use server::{SimServer, Simulator};
-pub use stats::{KeyStats, ModelStats, ProjectStats, Stats};
+pub use stats::{KeyStats, ModelStats, ProjectStats, Stats, UploadStats};

@@ -136,6 +136,7 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
             .and_then(|f| f.json_schema)
             .and_then(|s| s.schema)
             .map(std::sync::Arc::new),
+        media: Vec::new(),
     })
 }
 

@@ -33,6 +33,9 @@ pub(crate) struct Prompt {
     /// The JSON Schema the answer must follow (Gemini `responseJsonSchema`,
     /// OpenAI `response_format.json_schema.schema`), if any.
     pub schema: Option<Arc<Value>>,
+    /// The digests of its media parts' bytes (16 hex characters each), in
+    /// order.
+    pub media: Vec<String>,
 }
 
 /// The tag of the bad-JSON directive: `[[sim:badjson]]` (every answer) or
@@ -116,7 +119,8 @@ pub(crate) struct Composed {
 
 /// The deterministic reply of `model` to `prompt`:
 /// `[simulated MODEL] digest:HEX — word word word`, where HEX is the first 16
-/// hex characters of the SHA-256 of the user text.
+/// hex characters of the SHA-256 of the user text; a prompt with media has
+/// ` media:HEX,HEX` after it, the digests of its media parts.
 pub(crate) fn compose(prompt: &Prompt) -> Composed {
     let hash = Sha256::digest(prompt.user_text.as_bytes());
     let digest = hex::encode(&hash[..8]);
@@ -125,8 +129,12 @@ pub(crate) fn compose(prompt: &Prompt) -> Composed {
         .iter()
         .map(|&b| WORDS[usize::from(b) % WORDS.len()])
         .collect();
+    let media = match prompt.media.is_empty() {
+        true => String::new(),
+        false => format!(" media:{}", prompt.media.join(",")),
+    };
     let mut text = format!(
-        "[simulated {}] digest:{digest} — {}",
+        "[simulated {}] digest:{digest}{media} — {}",
         prompt.model,
         words.join(" ")
     );
@@ -286,6 +294,7 @@ mod tests {
             input_tokens: 1,
             max_output_tokens: cap,
             schema: None,
+            media: Vec::new(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 use super::anthropic::{self, Anthropic};
 use super::config::{FaultConfig, LatencyConfig, ModelLimits, SimConfig};
+use super::files::Files;
 use super::gemini::{self, Gemini};
 use super::openai::{self, OpenAi};
 use super::quota::{Clock, ProjectState};
@@ -70,6 +71,8 @@ impl Simulator {
             .route("/v1/messages", post(messages))
             .route("/v1/models", get(list_models))
             .route("/v1beta/openai/chat/completions", post(chat_completions))
+            .route("/upload/v1beta/files", post(upload_file))
+            .route("/v1beta/files/{id}", get(get_file))
             .route("/__stats", get(stats))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&self.shared))
@@ -219,6 +222,8 @@ struct Shared {
     bad_answers: Mutex<HashMap<String, u32>>,
     clock: Clock,
     shutdown: CancellationToken,
+    /// The Files API's uploads and files.
+    files: Files,
 }
 
 /// Who sent a request.
@@ -281,6 +286,7 @@ impl Shared {
             bad_answers: Mutex::default(),
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
+            files: Files::new(Duration::from_millis(config.files.processing_ms)),
         }
     }
 
@@ -328,6 +334,7 @@ impl Shared {
                 .iter()
                 .map(|p| (p.name.clone(), lock(&p.state).stats()))
                 .collect(),
+            uploads: self.files.stats(|i| self.projects[i].name.clone()),
         }
     }
 
@@ -542,8 +549,23 @@ async fn gemini_models(
     let (model, method) = target.rsplit_once(':').unwrap_or((target.as_str(), ""));
     match method {
         "generateContent" => {
+            let media = match shared.caller(key) {
+                Caller::Valid(entry, project) => {
+                    let index = shared.project_index(project);
+                    match shared.files.media(index, &body) {
+                        Ok(media) => media,
+                        Err(refusal) => {
+                            lock(&entry.stats).record(refusal.status().as_u16(), false);
+                            return *refusal;
+                        }
+                    }
+                }
+                _ => Vec::new(),
+            };
             shared
-                .generate::<Gemini>(key, || gemini::parse_generate(model, &body))
+                .generate::<Gemini>(key, || {
+                    gemini::parse_generate(model, &body).map(|p| Prompt { media, ..p })
+                })
                 .await
         }
         "countTokens" => count_tokens(&shared, key, model, &body),
@@ -650,6 +672,82 @@ impl Shared {
             Caller::Disabled(_) => W::disabled_key(),
             Caller::Valid(..) => page(),
         }
+    }
+}
+
+/// A Files API request's query: `key`, and the session of a chunk.
+#[derive(Debug, Deserialize)]
+struct FileQuery {
+    key: Option<String>,
+    upload_id: Option<String>,
+}
+
+/// `POST /upload/v1beta/files`: an upload's start or one of its chunks.
+async fn upload_file(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<FileQuery>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| headers.get(header::HOST)?.to_str().ok().map(str::to_owned))
+        .unwrap_or_default();
+    let origin = format!("http://{host}");
+    shared.file_request(key, |project| {
+        shared.files.upload(
+            project,
+            query.upload_id.as_deref(),
+            &origin,
+            &headers,
+            &body,
+        )
+    })
+}
+
+/// `GET /v1beta/files/{id}`.
+async fn get_file(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<FileQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    shared.file_request(key, |project| shared.files.get(project, &id))
+}
+
+/// A Gemini key: header `x-goog-api-key`, else `?key=`.
+fn google_key<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+    headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or(query)
+}
+
+impl Shared {
+    /// The index of `project` in `projects`.
+    fn project_index(&self, project: &Project) -> usize {
+        self.projects
+            .iter()
+            .position(|p| std::ptr::eq(p, project))
+            .unwrap_or_default()
+    }
+
+    /// A Files API request: free (no quota, no faults), answered by `serve`
+    /// for a valid key's project, and counted for its key.
+    fn file_request(&self, key: Option<&str>, serve: impl FnOnce(usize) -> Response) -> Response {
+        let caller = self.caller(key);
+        let response = match caller {
+            Caller::Unknown => Gemini::invalid_key(key),
+            Caller::Disabled(_) => Gemini::disabled_key(),
+            Caller::Valid(_, project) => serve(self.project_index(project)),
+        };
+        let status = response.status();
+        self.record(&caller, key, status, status == StatusCode::OK);
+        response
     }
 }
 

@@ -21,6 +21,22 @@ pub struct Stats {
     pub keys: BTreeMap<String, KeyStats>,
     /// Per project name.
     pub projects: BTreeMap<String, ProjectStats>,
+    /// Every file uploaded to the Files API, by file name.
+    #[serde(default)]
+    pub uploads: Vec<UploadStats>,
+}
+
+/// One file uploaded to the simulated Files API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadStats {
+    /// `files/{id}`.
+    pub file: String,
+    /// The project that uploaded it (the only one that can use it).
+    pub project: String,
+    /// SHA-256 of its bytes, lowercase hex.
+    pub sha256: String,
+    /// Its size.
+    pub bytes: u64,
 }
 
 /// What one key sent and got.

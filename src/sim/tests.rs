@@ -719,6 +719,7 @@ async fn rehearsal_mirrors_the_accounts() {
         prices: Default::default(),
         expected_output_tokens: None,
         max_cost_per_item: None,
+        media: Default::default(),
     };
     let mut config = SimConfig::rehearsal(&user_config);
     assert_eq!(config.projects.len(), 2);

@@ -282,6 +282,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         budget: None,
         default_output_cap: None,
         prices: Default::default(),
+        media: Default::default(),
     };
     let recording = Recording {
         store,

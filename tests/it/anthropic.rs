@@ -24,6 +24,7 @@ fn request(prompt: &str, max_output_tokens: Option<u32>) -> Request<'_> {
         temperature: None,
         turns: &[],
         generation: keyfan::provider::Generation::none(),
+        media: &[],
     }
 }
 

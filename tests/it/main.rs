@@ -29,6 +29,8 @@ mod hostile_answers;
 mod keys;
 /// `keyfan::run` called in-process, as a program embedding keyfan would.
 mod library;
+/// Media items: inline, the Files API, account affinity.
+mod media;
 /// Money: usage billed item by item, the budget, `--sample`.
 mod money;
 /// The quota bench's pacing scenarios under paused time, in process.

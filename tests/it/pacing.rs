@@ -83,6 +83,7 @@ pub(super) async fn drive(
                     temperature: None,
                     turns: &[],
                     generation: Generation::none(),
+                    media: &[],
                 };
                 // No input-token limit is set: the estimate plays no part.
                 let need = Need::new(sent.model, 1).with_output_cap(sent.max_output_tokens);
