@@ -30,7 +30,7 @@
 use super::common::{self, api_error, blocked, class_by_status, no_output};
 use super::openai::retry_after_header;
 use super::transport::{get_with, post_json_with};
-use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Role, Usage};
+use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::types::{ApiKey, Limits, QuotaUse};
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
@@ -134,10 +134,7 @@ impl<'a> MessagesBody<'a> {
     /// The body for `req`; `default_cap` when it names no output cap.
     fn new(req: &Request<'a>, default_cap: u32) -> Self {
         let turns = req.turns.iter().map(|turn| Message {
-            role: match turn.role {
-                Role::User => "user",
-                Role::Model => "assistant",
-            },
+            role: turn.role.chat_name(),
             content: &turn.text,
         });
         let user = Message {
@@ -405,7 +402,7 @@ fn rate_limited(headers: &HeaderMap, message: &str, now: DateTime<Utc>) -> Error
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::Generation;
+    use crate::provider::{Generation, Role};
     use reqwest::header::{HeaderName, HeaderValue};
 
     const RATE_LIMIT_BODY: &str =

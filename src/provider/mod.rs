@@ -94,6 +94,17 @@ pub enum Role {
     Model,
 }
 
+impl Role {
+    /// The role's name in chat-style APIs (OpenAI, Anthropic): `user` or
+    /// `assistant`.
+    pub(crate) fn chat_name(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Model => "assistant",
+        }
+    }
+}
+
 /// Generation settings besides the output cap and the temperature, as
 /// keyfan names them; each adapter maps them to its API's own names, and
 /// [`supports`] says which an API has. A job that sets one its provider

@@ -19,7 +19,7 @@ use super::common::{
     server_delay, ErrorBody,
 };
 use super::transport::{get, post_json};
-use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Role, Usage};
+use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::types::ApiKey;
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
@@ -161,10 +161,7 @@ impl<'a> ChatBody<'a> {
             content,
         });
         let turns = req.turns.iter().map(|turn| ChatMessage {
-            role: match turn.role {
-                Role::User => "user",
-                Role::Model => "assistant",
-            },
+            role: turn.role.chat_name(),
             content: &turn.text,
         });
         let user = ChatMessage {

@@ -10,11 +10,7 @@ use std::path::Path;
 /// An observer that shows nothing.
 struct Silent;
 
-impl Observer for Silent {
-    fn attempt(&mut self, _: &AttemptRow) {}
-    fn finished(&mut self, _: &ItemRow) {}
-    fn progress(&mut self, _: &Progress) {}
-}
+impl Observer for Silent {}
 
 /// What [`execute`] made of a job, run with one worker against the
 /// in-process simulator.

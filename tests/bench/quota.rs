@@ -63,10 +63,10 @@ use keyfan::config::{Config, MissingEnv};
 use keyfan::pool::Pool;
 use keyfan::provider::Scrubber;
 use keyfan::run::RetryPolicy;
-use keyfan::run::{self, Observer, Options, Progress, Recording, Stop};
+use keyfan::run::{self, Observer, Options, Recording, Stop};
 use keyfan::sim::SimServer;
 use keyfan::sink::{Sink, Target};
-use keyfan::store::{AttemptClass, AttemptRow, ItemRow, Store};
+use keyfan::store::{AttemptClass, AttemptRow, Store};
 use keyfan::types::ApiKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -176,11 +176,7 @@ fn main() -> ExitCode {
 /// Sees nothing: the benchmark reads the store and the results afterwards.
 struct NoDisplay;
 
-impl Observer for NoDisplay {
-    fn attempt(&mut self, _: &AttemptRow) {}
-    fn finished(&mut self, _: &ItemRow) {}
-    fn progress(&mut self, _: &Progress) {}
-}
+impl Observer for NoDisplay {}
 
 /// One run's figures and verdicts.
 struct Outcome {
