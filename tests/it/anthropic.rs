@@ -165,13 +165,7 @@ async fn a_job_mixing_gemini_openai_and_anthropic_runs_end_to_end() {
              limits: {{ {HAIKU}: {{ otpm: 3000 }} }}\n"
         ),
     );
-    let job: String = (0..ITEMS)
-        .map(|i| {
-            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "model": mixed_model(i)})
-                .to_string()
-                + "\n"
-        })
-        .collect();
+    let job = jsonl_job_with(ITEMS, |i| serde_json::json!({ "model": mixed_model(i) }));
     work.write("job.jsonl", &job);
     let out = work
         .keyfan(&run_args("s.db", &["--out", "out.jsonl"]), &[])

@@ -186,13 +186,7 @@ async fn a_daily_limit_learned_from_a_429_defers_and_a_later_run_continues() {
 async fn max_cost_stops_before_the_cap_and_a_rerun_resumes() {
     let sim = simulator(&two_projects(2, 10)).await;
     let work = Workdir::new();
-    let job: String = (0..20)
-        .map(|i| {
-            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "max_output_tokens": 100})
-                .to_string()
-                + "\n"
-        })
-        .collect();
+    let job = jsonl_job_with(20, |_| serde_json::json!({ "max_output_tokens": 100 }));
     work.write("job.jsonl", &job);
     work.write("config.yaml", &two_accounts(&sim.base_url(), ""));
     // Each item's worst case is about $0.00026 (100 output tokens at $2.50/M).

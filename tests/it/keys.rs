@@ -174,17 +174,10 @@ async fn keys_status_simulate_shows_a_simulated_runs_keys_as_used() {
 
 /// A job of one item per model in `models` (`None`: no `model` field).
 fn job_of_models(models: &[Option<&str>]) -> String {
-    models
-        .iter()
-        .enumerate()
-        .map(|(i, model)| {
-            let mut item = serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i)});
-            if let Some(model) = model {
-                item["model"] = (*model).into();
-            }
-            item.to_string() + "\n"
-        })
-        .collect()
+    jsonl_job_with(models.len(), |i| match models[i] {
+        Some(model) => serde_json::json!({ "model": model }),
+        None => serde_json::Value::Null,
+    })
 }
 
 /// Runs a [`job_of_models`] of `models` with one account against the

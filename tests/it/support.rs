@@ -174,9 +174,19 @@ pub async fn scenario(
 
 /// A JSONL job of `n` prompts `p0`… with ids `item-0`….
 pub fn jsonl_job(n: usize) -> String {
+    jsonl_job_with(n, |_| serde_json::Value::Null)
+}
+
+/// A [`jsonl_job`] whose item `i` also has the fields of the object
+/// `extra(i)` (`null`: none).
+pub fn jsonl_job_with(n: usize, extra: impl Fn(usize) -> serde_json::Value) -> String {
     (0..n)
         .map(|i| {
-            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i)}).to_string() + "\n"
+            let mut item = serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i)});
+            if let serde_json::Value::Object(fields) = extra(i) {
+                item.as_object_mut().expect("an object").extend(fields);
+            }
+            item.to_string() + "\n"
         })
         .collect()
 }
@@ -303,18 +313,14 @@ pub fn ledger_requests(state: &Path) -> u64 {
 /// with Gemini account `g` and OpenAI-compatible account `o`.
 pub fn two_providers(base_url: &str, n: usize, openai_model: &str) -> Workdir {
     let work = Workdir::new();
-    let job: String = (0..n)
-        .map(|i| {
-            let model = if i % 2 == 0 {
-                openai_model
-            } else {
-                "gemini-2.5-flash"
-            };
-            serde_json::json!({"id": format!("item-{i}"), "prompt": prompt(i), "model": model})
-                .to_string()
-                + "\n"
-        })
-        .collect();
+    let job = jsonl_job_with(n, |i| {
+        let model = if i % 2 == 0 {
+            openai_model
+        } else {
+            "gemini-2.5-flash"
+        };
+        serde_json::json!({ "model": model })
+    });
     work.write("job.jsonl", &job);
     work.write(
         "config.yaml",
