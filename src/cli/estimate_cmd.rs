@@ -24,7 +24,7 @@ pub(super) async fn run(args: EstimateArgs) -> Result<u8, Failure> {
     let state = args
         .state
         .clone()
-        .unwrap_or_else(|| args.job.with_extension("keyfan.db"));
+        .unwrap_or_else(|| crate::run::default_state(&args.job, false));
     let ledger = if state.exists() {
         Store::open(&state)?.ledger(QuotaDay::of(chrono::Utc::now()))?
     } else if args.state.is_some() {

@@ -338,7 +338,7 @@ fn duration_of(seconds: f64) -> String {
 }
 
 /// Items per status, e.g. `3 failed, 40 ok`.
-fn counts(items: &[(ItemStatus, u64)]) -> String {
+pub(super) fn counts(items: &[(ItemStatus, u64)]) -> String {
     if items.is_empty() {
         return "no items".to_owned();
     }
@@ -364,7 +364,6 @@ fn significant(x: f64) -> String {
     }
 }
 
-/// A duration as `42s`, `3m05s` or `2h07m`.
 /// The ETA of `left` items at the quotas' pace of `rpm` requests a minute,
 /// e.g. `ETA 4m00s at 120 rpm (quota)`.
 fn quota_eta(left: u64, rpm: u64) -> String {
@@ -373,6 +372,7 @@ fn quota_eta(left: u64, rpm: u64) -> String {
     format!("ETA {} at {rpm} rpm (quota)", duration(eta))
 }
 
+/// A duration as `42s`, `3m05s` or `2h07m`.
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {

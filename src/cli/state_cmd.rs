@@ -26,12 +26,7 @@ pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
         "run", "status", "started", "finished"
     );
     for run in &runs {
-        let counts = store
-            .status_counts(run.id)?
-            .into_iter()
-            .map(|(status, n)| format!("{n} {status}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let counts = super::progress::counts(&store.status_counts(run.id)?);
         println!(
             "{:>4}  {:<11} {:<24} {:<24} {}{} / {}",
             run.id.0,
@@ -40,11 +35,7 @@ pub(super) fn runs(args: RunsArgs) -> Result<u8, Failure> {
             run.finished_at.as_deref().unwrap_or("-"),
             run.job_path,
             if run.simulated { " (SIMULATED)" } else { "" },
-            if counts.is_empty() {
-                "no items".into()
-            } else {
-                counts
-            },
+            counts,
         );
     }
     Ok(exit::OK)

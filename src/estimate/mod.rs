@@ -21,7 +21,7 @@ pub use wall::{thousands, WallTime};
 
 use crate::config::Config;
 use crate::job::{Item, ItemError, JobError, JobReader};
-use crate::price::{Price, PriceEntry, PriceTable};
+use crate::price::{PriceEntry, PriceTable};
 use crate::provider::Usage;
 use crate::store::{EstimateRow, LedgerRow};
 use serde::Serialize;
@@ -258,7 +258,7 @@ pub fn over_cap(path: &Path, config: &Config, cap: f64) -> Result<OverCap, JobEr
 struct Tally {
     model: String,
     first_line: u64,
-    price: Option<(PriceEntry, Price)>,
+    price: Option<PriceEntry>,
     figures: Figures,
 }
 
@@ -290,7 +290,7 @@ fn tally(
         let at = match index.get(model) {
             Some(&at) => at,
             None => {
-                let price = config.prices.lookup(model).map(|e| (e.clone(), e.price));
+                let price = config.prices.lookup(model).cloned();
                 tallies.push(Tally {
                     model: model.to_owned(),
                     first_line: item.line,
@@ -312,7 +312,7 @@ fn tally(
         f.input_tokens += cost.input_tokens;
         f.output_tokens_expected += expected_output;
         f.output_tokens_worst += cost.worst_output;
-        if let Some((_, price)) = &tally.price {
+        if let Some(PriceEntry { price, .. }) = &tally.price {
             let expected = usage(cost.input_tokens, expected_output);
             let worst = usage(cost.input_tokens, cost.worst_output);
             let batch = price.batch();
@@ -386,7 +386,7 @@ pub fn estimate(
         total.output_tokens_worst += f.output_tokens_worst;
         total.cost.add(&f.cost);
         let wall_time = WallTime::of(config, &tally.model, f, ledger);
-        let (price, _) = tally.price.expect("unknown prices were refused");
+        let price = tally.price.expect("unknown prices were refused");
         models.push(ModelEstimate {
             model: tally.model,
             figures: tally.figures,

@@ -261,7 +261,7 @@ impl Report {
     /// (only their latencies are held, for the percentiles).
     pub fn build(store: &Store, run: RunId) -> Result<Report, StoreError> {
         let run_row = store.run(run)?.expect("the run exists in its own store");
-        let elapsed_s = elapsed_seconds(&run_row);
+        let elapsed_s = run_row.elapsed_s();
         let mut totals = Totals::default();
         for status in [ItemStatus::Ok, ItemStatus::Failed] {
             totals.status.insert(status.as_str(), 0);
@@ -307,7 +307,7 @@ impl Report {
             elapsed_s,
             totals: Totals {
                 usage: all.finish(String::new(), None, elapsed_s),
-                wasted_on_retries_usd: store.retries_cost(run)?.map(|c| (c * 1e6).round() / 1e6),
+                wasted_on_retries_usd: store.retries_cost(run)?.map(round6),
                 ..totals
             },
             keys: keys.finish(elapsed_s),
@@ -530,7 +530,7 @@ fn round_costs(value: &mut serde_json::Value) {
                     name == "cost_usd" || name.starts_with("cost_") && name.ends_with("_usd");
                 match field.as_f64() {
                     Some(usd) if cost => {
-                        *field = Value::from((usd * 1e6).round() / 1e6);
+                        *field = Value::from(round6(usd));
                     }
                     _ => round_costs(field),
                 }
@@ -550,8 +550,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn elapsed_seconds(run: &RunRow) -> f64 {
-    run.elapsed_s()
+/// An amount in USD as the JSON report gives it: to 6 decimals.
+fn round6(usd: f64) -> f64 {
+    (usd * 1e6).round() / 1e6
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ pub use recorder::{Observer, Progress};
 pub use resume::{earlier, start, Earlier, Resume, Start};
 pub use retry::{Decision, Retries, RetryPolicy};
 pub use sample::{Sample, SampleSummary};
-pub use settings::{Job, Outputs, Settings};
+pub use settings::{default_state, Job, Outputs, Settings};
 
 use observe::Shared;
 

@@ -174,14 +174,7 @@ impl Outputs {
             || Target::File(beside(&job.base, "results.jsonl")),
             Target::parse,
         );
-        let state = state.unwrap_or_else(|| {
-            let suffix = if simulate {
-                "simulated.db"
-            } else {
-                "keyfan.db"
-            };
-            beside(&job.base, suffix)
-        });
+        let state = state.unwrap_or_else(|| default_state(&job.base, simulate));
         let report_path = |ext: &str| match (report, out, &target) {
             (Some(path), _, _) => path.with_extension(ext),
             (None, Some(_), Target::File(out)) => beside(out, &format!("report.{ext}")),
@@ -248,6 +241,19 @@ impl Outputs {
 }
 
 /// `jobs/demo.jsonl` + `results.jsonl` → `jobs/demo.results.jsonl`.
+/// The state file a job uses when `--state` names none: beside it, and a
+/// separate one for rehearsals, so they never touch the real ledger.
+pub fn default_state(job: &Path, simulate: bool) -> PathBuf {
+    beside(
+        job,
+        if simulate {
+            "simulated.db"
+        } else {
+            "keyfan.db"
+        },
+    )
+}
+
 fn beside(job: &Path, suffix: &str) -> PathBuf {
     job.with_extension(suffix)
 }
