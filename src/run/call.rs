@@ -361,6 +361,15 @@ impl Caller {
     }
 }
 
+/// Why the API refused the key of `error`, as keyfan names it everywhere:
+/// the API's reason and its message. `None` when the key was not refused.
+pub(crate) fn refused_reason(error: &ApiError) -> Option<String> {
+    match &error.class {
+        ErrorClass::KeyInvalid { reason } => Some(format!("{reason}: {}", error.message)),
+        _ => None,
+    }
+}
+
 /// What an attempt's result tells the pool about its key and its quota.
 fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
     let error = match result {
@@ -387,8 +396,8 @@ fn outcome<T: Metered>(result: &Result<T, ApiError>) -> Outcome {
             stated: error.stated.as_deref().copied().unwrap_or_default(),
         },
         ErrorClass::Transient => Outcome::Failed,
-        ErrorClass::KeyInvalid { reason } => Outcome::Refused {
-            reason: format!("{reason}: {}", error.message),
+        ErrorClass::KeyInvalid { .. } => Outcome::Refused {
+            reason: refused_reason(error).unwrap_or_default(),
         },
         ErrorClass::RateLimited {
             scope,

@@ -2,7 +2,7 @@
 //! to its outcome, and reports every attempt and the outcome as events.
 
 use super::budget::Fits;
-use super::call::{Attempt, CallError, Caller};
+use super::call::{refused_reason, Attempt, CallError, Caller};
 use super::media::Uploads;
 use super::{unsent, Budget, Event, Faults, Notice};
 use crate::estimate::item_tokens;
@@ -71,27 +71,19 @@ impl Worker {
             })
         });
         if self.budget.is_some() && price.is_none() {
-            let outcome = ItemRow {
-                error: Some(format!(
+            return self.fail_unsent(
+                &item,
+                model,
+                format!(
                     "no price is known for model {model}, so it cannot be sent under --max-cost"
-                )),
-                ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
-            };
-            let _ = self.events.send(Event::Finished(outcome));
-            return;
+                ),
+            );
         }
         // Media files are read (small ones) or hashed (the rest) first; a
         // file gone since validation fails its item unsent.
         let slots = match self.media.prepare(&item).await {
             Ok(slots) => slots,
-            Err(error) => {
-                let outcome = ItemRow {
-                    error: Some(error),
-                    ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
-                };
-                let _ = self.events.send(Event::Finished(outcome));
-                return;
-            }
+            Err(error) => return self.fail_unsent(&item, model, error),
         };
         if !self.reserve(worst) {
             return;
@@ -164,12 +156,12 @@ impl Worker {
                         let mut row = attempt_row(&item.id, model, price, attempt, &billed.usage);
                         row.attempt = row.attempt.saturating_add(offset);
                         cost += row.cost_usd.unwrap_or(0.0);
-                        if let Some(ErrorClass::KeyInvalid { .. }) = attempt.error.map(|e| &e.class)
-                        {
+                        // Told with the reason the pool disables the key by.
+                        if let Some(reason) = attempt.error.and_then(refused_reason) {
                             let _ = self.events.send(Event::Notice(Notice::KeyDisabled {
                                 key: row.key.clone(),
                                 account: row.account.clone(),
-                                reason: row.error.clone().unwrap_or_default(),
+                                reason,
                             }));
                         }
                         if let (Some(schema), Some(reply)) = (schema, reply) {
@@ -223,6 +215,9 @@ impl Worker {
             cost: (price.is_some() || last.is_none()).then_some(cost),
             ..unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
         };
+        // The item's reservations are settled with what it cost, whether it
+        // ends here or stays pending.
+        self.release_budget(reserved, cost);
         match (result, answer) {
             (Ok(reply), Some(Err(mismatch))) => {
                 outcome.status = ItemStatus::Failed;
@@ -238,7 +233,6 @@ impl Worker {
             (Err(CallError::Unavailable(Unavailable::NoKey { model, .. })), _) => {
                 self.faults.refuse_keys(model);
                 self.stop.cancel();
-                self.release_budget(reserved, cost);
                 return;
             }
             (Err(CallError::Unavailable(unavailable)), _) => {
@@ -261,20 +255,24 @@ impl Worker {
                 });
             }
             // Not finished: the item stays pending for the next run.
-            (Err(CallError::Stopped | CallError::Ledger), _) => {
-                self.release_budget(reserved, cost);
-                return;
-            }
+            (Err(CallError::Stopped | CallError::Ledger), _) => return,
             (Err(error @ CallError::Unreachable(_)), _) => {
                 self.faults.push(error.to_string());
                 self.stop.cancel();
-                self.release_budget(reserved, cost);
                 return;
             }
         }
-        self.release_budget(reserved, cost);
         // The recorder only goes away when the run is being torn down; the
         // outcome then stays unrecorded and the item pending.
+        let _ = self.events.send(Event::Finished(outcome));
+    }
+
+    /// Ends `item` as failed before anything was sent for it, with `error`.
+    fn fail_unsent(&self, item: &Item, model: &str, error: String) {
+        let outcome = ItemRow {
+            error: Some(error),
+            ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
+        };
         let _ = self.events.send(Event::Finished(outcome));
     }
 
@@ -315,7 +313,6 @@ fn attempt_row(
     attempt: &Attempt<'_>,
     usage: &Usage,
 ) -> AttemptRow {
-    let now = chrono::Utc::now();
     AttemptRow {
         item_id: item.to_owned(),
         attempt: attempt.number,
@@ -333,7 +330,7 @@ fn attempt_row(
         // Unknown with the price, never 0.
         cost_usd: price.map(|p| p.cost(usage)),
         error: attempt.error.map(|e| e.message.clone()),
-        at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        at: crate::store::now(),
         day: attempt.day.to_string(),
     }
 }

@@ -125,19 +125,6 @@ impl Store {
         Ok(RunId(self.conn.last_insert_rowid()))
     }
 
-    /// The newest run of the job at `job_path` whose bytes hashed to
-    /// `job_hash`: the run a new invocation resumes.
-    pub fn find_run(&self, job_path: &str, job_hash: &str) -> Result<Option<RunId>, StoreError> {
-        self.conn
-            .query_row(
-                "SELECT id FROM runs WHERE job_path = ?1 AND job_hash = ?2 ORDER BY id DESC LIMIT 1",
-                params![job_path, job_hash],
-                |row| row.get(0).map(RunId),
-            )
-            .optional()
-            .map_err(|e| self.wrap(e))
-    }
-
     /// Every run, newest first.
     pub fn runs(&self) -> Result<Vec<RunRow>, StoreError> {
         self.collect(
@@ -681,8 +668,9 @@ impl Store {
 /// list a day old still names every model of a run planned today.
 pub const MODEL_LIST_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
-/// Now, as stored: RFC 3339 UTC with milliseconds.
-fn now() -> String {
+/// Now, as the store keeps times (RFC 3339 UTC with milliseconds, which
+/// sorts as the time does): what rows built outside the store stamp.
+pub fn now() -> String {
     stored(chrono::Utc::now())
 }
 

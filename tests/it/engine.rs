@@ -236,7 +236,7 @@ async fn every_key_refused_stops_the_run_and_leaves_the_items_pending() {
         "each key is named with the API's reason: {stderr}"
     );
     assert!(
-        stderr.contains("was refused and is not used again in this run: API key not valid"),
+        stderr.contains("was refused and is not used again in this run: API_KEY_INVALID: API key"),
         "and said as it happens: {stderr}"
     );
     assert!(
