@@ -27,8 +27,9 @@
 //! (401), `permission_error` (403) and `billing_error` disable the key; 400
 //! `invalid_request_error`, 404 and 413 fail the item with the API's message.
 
-use super::common::{self, api_error, blocked, class_by_status, no_output};
-use super::openai::retry_after_header;
+use super::common::{
+    self, api_error, blocked, class_by_status, header, no_output, retry_after_header,
+};
 use super::transport::{get_with, post_json_with};
 use super::{ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::types::{ApiKey, Limits, QuotaUse};
@@ -313,12 +314,7 @@ fn ratelimit(headers: &HeaderMap, what: &str, field: &str) -> Option<u64> {
 fn reset_in(headers: &HeaderMap, what: &str, now: DateTime<Utc>) -> Option<Duration> {
     let at = header(headers, &format!("anthropic-ratelimit-{what}-reset"))?;
     let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
-    common::server_delay(at.signed_duration_since(now).num_milliseconds() as f64 / 1000.0)
-        .filter(|d| !d.is_zero())
-}
-
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name)?.to_str().ok().map(str::trim)
+    common::wait_until(at, now)
 }
 
 // ---------------------------------------------------------------------------
@@ -341,12 +337,6 @@ fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
                 reason: reason.to_owned(),
             }
         }
-        (401, _) => ErrorClass::KeyInvalid {
-            reason: "unauthorized".to_owned(),
-        },
-        (403, _) => ErrorClass::KeyInvalid {
-            reason: "forbidden".to_owned(),
-        },
         _ => class_by_status(status),
     };
     ApiError {

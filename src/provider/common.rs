@@ -10,6 +10,8 @@
 
 use super::{ApiError, ErrorClass, Usage};
 use crate::types::QuotaUse;
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -156,6 +158,13 @@ pub(super) fn error_message(status: u16, body: &[u8], parsed: Option<&ErrorBody>
 /// (400, 404 model, 413 too large, 422) is about the request and never will.
 pub(super) fn class_by_status(status: u16) -> ErrorClass {
     match status {
+        // The credential was not accepted, or has no access: the key.
+        401 => ErrorClass::KeyInvalid {
+            reason: "unauthorized".to_owned(),
+        },
+        403 => ErrorClass::KeyInvalid {
+            reason: "forbidden".to_owned(),
+        },
         408 | 409 => ErrorClass::Transient,
         400..=499 => ErrorClass::ItemInvalid,
         // 5xx (including Anthropic-style 529) and anything unexpected.
@@ -322,6 +331,42 @@ pub(super) fn parse_duration(text: &str) -> Option<Duration> {
         rest = &rest[unit_end..];
     }
     server_delay(seconds)
+}
+
+/// The server's wait: `retry-after-ms` (OpenAI's, fractional milliseconds),
+/// else `retry-after` in seconds or as an HTTP date (relative to `now`), at
+/// most [`MAX_SERVER_DELAY`]. Zero and negative values count as absent: Azure
+/// sends `0` and `-1` to mean nothing
+/// (<https://github.com/openai/openai-dotnet/issues/838>).
+pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let positive = |seconds: f64| server_delay(seconds).filter(|d| !d.is_zero());
+    let from_ms = header(headers, "retry-after-ms")
+        .and_then(|v| v.parse::<f64>().ok())
+        .and_then(|ms| positive(ms / 1000.0));
+    from_ms.or_else(|| {
+        let value = header(headers, "retry-after")?;
+        match value.parse::<f64>() {
+            Ok(seconds) => positive(seconds),
+            Err(_) => {
+                let at = DateTime::parse_from_rfc2822(value).ok()?;
+                wait_until(at.with_timezone(&Utc), now)
+            }
+        }
+    })
+}
+
+/// The wait from `now` until the instant a server named, at most
+/// [`MAX_SERVER_DELAY`]; `None` when it is past.
+pub(super) fn wait_until(at: DateTime<Utc>, now: DateTime<Utc>) -> Option<Duration> {
+    // Milliseconds cannot overflow: chrono's dates span less than i64::MAX
+    // ms either way.
+    server_delay(at.signed_duration_since(now).num_milliseconds() as f64 / 1000.0)
+        .filter(|d| !d.is_zero())
+}
+
+/// A header's value as text, trimmed; `None` when absent or not text.
+pub(super) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok().map(str::trim)
 }
 
 /// The wait hint in a message, e.g. `Please retry in 39.006833842s.` (Gemini)

@@ -15,16 +15,15 @@
 //! are classified by the Gemini rules.
 
 use super::common::{
-    self, api_error, blocked, class_by_status, duration_after, no_output, number_after,
-    server_delay, ErrorBody,
+    self, api_error, blocked, class_by_status, duration_after, header, no_output, number_after,
+    retry_after_header, ErrorBody,
 };
 use super::transport::{get, post_json};
 use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
 use crate::types::ApiKey;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 /// Sends one prompt to `chat/completions`.
 pub(super) async fn generate(
@@ -410,40 +409,13 @@ fn rate_limited(kind: Option<&str>, headers: &HeaderMap, message: &str) -> Error
     }
 }
 
-/// The server's wait: `retry-after-ms` (OpenAI's, fractional milliseconds),
-/// else `retry-after` in seconds or as an HTTP date (relative to `now`), at
-/// most [`common::MAX_SERVER_DELAY`]. Zero and negative values count as absent: Azure
-/// sends `0` and `-1` to mean nothing
-/// (<https://github.com/openai/openai-dotnet/issues/838>).
-pub(super) fn retry_after_header(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
-    let positive = |seconds: f64| server_delay(seconds).filter(|d| !d.is_zero());
-    let from_ms = header(headers, "retry-after-ms")
-        .and_then(|v| v.parse::<f64>().ok())
-        .and_then(|ms| positive(ms / 1000.0));
-    from_ms.or_else(|| {
-        let value = header(headers, "retry-after")?;
-        match value.parse::<f64>() {
-            Ok(seconds) => positive(seconds),
-            Err(_) => {
-                let at = DateTime::parse_from_rfc2822(value).ok()?;
-                let wait = at.with_timezone(&Utc).signed_duration_since(now);
-                // Milliseconds cannot overflow: chrono's dates span less
-                // than i64::MAX ms either way.
-                positive(wait.num_milliseconds() as f64 / 1000.0)
-            }
-        }
-    })
-}
-
-fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers.get(name)?.to_str().ok().map(str::trim)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::provider::Generation;
+    use chrono::DateTime;
     use reqwest::header::HeaderValue;
+    use std::time::Duration;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         pairs

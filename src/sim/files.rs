@@ -11,6 +11,7 @@
 //! a test can prove which file reached which item.
 
 use super::gemini::Gemini;
+use super::server::lock;
 use super::stats::UploadStats;
 use super::wire::{encode, fixture_json, fixture_text, put, Wire};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -20,7 +21,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -57,10 +58,6 @@ pub(crate) struct Files {
     next: AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
     files: Mutex<HashMap<String, Stored>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Google's error envelope without details.

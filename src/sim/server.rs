@@ -243,7 +243,8 @@ enum Fault {
 
 /// A poisoned lock only means another request panicked mid-update; the
 /// counters are still usable, so keep serving.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// A mutex's guard, poisoned or not: the simulator's state stays usable.
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -652,10 +653,7 @@ async fn gemini_list(
     Query(query): Query<ListQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let key = headers
-        .get("x-goog-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or(query.key.as_deref());
+    let key = google_key(&headers, query.key.as_deref());
     shared.list::<Gemini>(key, || {
         gemini::model_page(&shared.models, query.page_size, query.page_token.as_deref())
     })
