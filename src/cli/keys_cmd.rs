@@ -158,19 +158,6 @@ async fn check(config: &Config, json: bool) -> Result<u8, Failure> {
     Ok(if all_ok { exit::OK } else { exit::ITEMS_FAILED })
 }
 
-/// One row of `keys status`: an account's use of a model today.
-#[derive(Debug, Serialize)]
-struct ModelUsage {
-    account: String,
-    model: String,
-    requests: u64,
-    rpd: Option<u32>,
-    input_tokens: u64,
-    /// `None` (`null`, `?`) when some request went to a model whose price
-    /// is unknown.
-    cost_usd: Option<f64>,
-}
-
 /// One row of `keys status`: a key's last known state.
 #[derive(Debug, Serialize)]
 struct KeyStatus {
@@ -238,39 +225,7 @@ fn status(config: &Path, simulate: bool, state: &Path, json: bool) -> Result<u8,
     let accounts = config.as_ref().map_or(&[][..], |c| c.accounts.as_slice());
     let day = QuotaDay::today();
     let ledger = store.ledger(day)?;
-    // The ledger's rows, then the configured limits nothing used today.
-    let mut pairs: Vec<(&str, &str)> = ledger
-        .iter()
-        .map(|l| (l.account.as_str(), l.model.as_str()))
-        .collect();
-    for account in accounts {
-        for model in account.limits.keys() {
-            if !pairs.contains(&(account.name.as_str(), model.as_str())) {
-                pairs.push((&account.name, model));
-            }
-        }
-    }
-    pairs.sort_unstable();
-    let usage: Vec<ModelUsage> = pairs
-        .into_iter()
-        .map(|(account, model)| {
-            let used = ledger
-                .iter()
-                .find(|l| l.account == account && l.model == model);
-            let limits = accounts
-                .iter()
-                .find(|a| a.name == account)
-                .and_then(|a| a.limits.get(model));
-            ModelUsage {
-                account: account.to_owned(),
-                model: model.to_owned(),
-                requests: used.map_or(0, |l| l.requests),
-                rpd: limits.and_then(|l| l.rpd),
-                input_tokens: used.map_or(0, |l| l.input_tokens),
-                cost_usd: used.map_or(Some(0.0), |l| l.cost_usd),
-            }
-        })
-        .collect();
+    let usage = crate::report::quota_usage(&ledger, accounts);
     // Every key the state file knows, then the config's keys it does not.
     let mut keys: Vec<KeyStatus> = store
         .keys()?

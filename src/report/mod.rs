@@ -9,6 +9,7 @@ mod csv;
 mod html;
 mod markdown;
 
+use crate::config::AccountConfig;
 use crate::store::{
     AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
 };
@@ -548,6 +549,63 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// An account's use of a model today, against its configured day limit
+/// (`keys status`).
+#[derive(Debug, Serialize)]
+pub struct ModelUsage {
+    /// The account.
+    pub account: String,
+    /// The model.
+    pub model: String,
+    /// Requests the ledger counts today.
+    pub requests: u64,
+    /// The configured requests-per-day limit, if any.
+    pub rpd: Option<u32>,
+    /// Input tokens today.
+    pub input_tokens: u64,
+    /// `None` (`null`, `?`) when some request went to a model whose price
+    /// is unknown.
+    pub cost_usd: Option<f64>,
+}
+
+/// Today's use per account and model: every row of the day's `ledger`,
+/// then every configured limit of `accounts` nothing used today, sorted.
+pub fn quota_usage(ledger: &[LedgerRow], accounts: &[AccountConfig]) -> Vec<ModelUsage> {
+    // The ledger's rows, then the configured limits nothing used today.
+    let mut pairs: Vec<(&str, &str)> = ledger
+        .iter()
+        .map(|l| (l.account.as_str(), l.model.as_str()))
+        .collect();
+    for account in accounts {
+        for model in account.limits.keys() {
+            if !pairs.contains(&(account.name.as_str(), model.as_str())) {
+                pairs.push((&account.name, model));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs
+        .into_iter()
+        .map(|(account, model)| {
+            let used = ledger
+                .iter()
+                .find(|l| l.account == account && l.model == model);
+            let limits = accounts
+                .iter()
+                .find(|a| a.name == account)
+                .and_then(|a| a.limits.get(model));
+            ModelUsage {
+                account: account.to_owned(),
+                model: model.to_owned(),
+                requests: used.map_or(0, |l| l.requests),
+                rpd: limits.and_then(|l| l.rpd),
+                input_tokens: used.map_or(0, |l| l.input_tokens),
+                cost_usd: used.map_or(Some(0.0), |l| l.cost_usd),
+            }
+        })
+        .collect()
 }
 
 /// An amount in USD as the JSON report gives it: to 6 decimals.
