@@ -873,21 +873,10 @@ impl Quota {
             (Admission::Never, _) => QuotaAdmission::Never,
             (Admission::Now, None) => QuotaAdmission::Now,
             (Admission::Now, Some(c)) => QuotaAdmission::At(c, WaitFor::ServerDelay),
-            (Admission::At(at), Some(c)) if c >= at => QuotaAdmission::At(c, WaitFor::ServerDelay),
-            (Admission::At(at), _) => {
-                let rpm_full = limits
-                    .rpm
-                    .is_some_and(|rpm| self.window.len() >= rpm as usize);
-                let otpm_full = limits
-                    .otpm
-                    .is_some_and(|otpm| self.window.total().output + cost.output > otpm);
-                let why = match (rpm_full, otpm_full) {
-                    (true, _) => WaitFor::Rpm,
-                    (false, true) => WaitFor::Otpm,
-                    (false, false) => WaitFor::Tpm,
-                };
-                QuotaAdmission::At(at, why)
+            (Admission::At(at, _), Some(c)) if c >= at => {
+                QuotaAdmission::At(c, WaitFor::ServerDelay)
             }
+            (Admission::At(at, why), _) => QuotaAdmission::At(at, why),
         }
     }
 

@@ -8,6 +8,7 @@
 //! rolling window (it admits L at t=0 and then one more every 60/L s), and one
 //! with a small burst wastes the first minute.
 
+use super::watch::WaitFor;
 use crate::types::Limits;
 use std::collections::VecDeque;
 use tokio::time::{Duration, Instant};
@@ -32,8 +33,9 @@ pub fn after(at: Instant, wait: Duration) -> Instant {
 pub enum Admission {
     /// It fits now.
     Now,
-    /// It fits from this instant on, if nothing else is admitted before.
-    At(Instant),
+    /// It fits from this instant on, if nothing else is admitted before;
+    /// the limit named is the one that holds it back longest.
+    At(Instant, WaitFor),
     /// It can never fit: it alone needs more tokens than the limit.
     Never,
 }
@@ -104,11 +106,11 @@ impl SlidingWindow {
         {
             return Admission::Never;
         }
-        // How many of the oldest entries must expire before the request fits.
-        let mut expire = 0;
-        if let Some(rpm) = limits.rpm {
-            expire = (self.entries.len() + 1).saturating_sub(rpm as usize);
-        }
+        // How many of the oldest entries must expire before the request fits
+        // each limit; the one needing most binds (ties: RPM, then OTPM).
+        let rpm = limits.rpm.map_or(0, |rpm| {
+            (self.entries.len() + 1).saturating_sub(rpm as usize)
+        });
         let entries = &self.entries;
         // How many of the oldest entries must go for `need` more of one
         // token dimension (`of`) to fit `limit`.
@@ -120,19 +122,27 @@ impl SlidingWindow {
             }
             k
         };
-        expire = expire
-            .max(to_expire(limits.tpm, self.total.input, cost.input, |c| {
-                c.input
-            }))
-            .max(to_expire(
-                limits.otpm,
-                self.total.output,
-                cost.output,
-                |c| c.output,
-            ));
+        let tpm = to_expire(limits.tpm, self.total.input, cost.input, |c| c.input);
+        let otpm = to_expire(limits.otpm, self.total.output, cost.output, |c| c.output);
+        let (expire, why) = [
+            (rpm, WaitFor::Rpm),
+            (otpm, WaitFor::Otpm),
+            (tpm, WaitFor::Tpm),
+        ]
+        .into_iter()
+        .fold(
+            (0, WaitFor::Rpm),
+            |best, this| {
+                if this.0 > best.0 {
+                    this
+                } else {
+                    best
+                }
+            },
+        );
         match expire {
             0 => Admission::Now,
-            k => Admission::At(after(self.entries[k - 1].at, WINDOW + margin)),
+            k => Admission::At(after(self.entries[k - 1].at, WINDOW + margin), why),
         }
     }
 
@@ -249,7 +259,7 @@ mod tests {
         }
         assert_eq!(
             w.check(t0, M, &rpm(10), input(1)),
-            Admission::At(t0 + WINDOW + M)
+            Admission::At(t0 + WINDOW + M, WaitFor::Rpm)
         );
     }
 
@@ -263,7 +273,7 @@ mod tests {
         let now = t0 + Duration::from_secs(30);
         assert_eq!(
             w.check(now, M, &rpm(2), input(1)),
-            Admission::At(t0 + Duration::from_secs(10) + WINDOW + M)
+            Admission::At(t0 + Duration::from_secs(10) + WINDOW + M, WaitFor::Rpm)
         );
         // After the first two expire, it fits.
         let later = t0 + Duration::from_secs(10) + WINDOW + M;
@@ -280,7 +290,7 @@ mod tests {
         assert_eq!(w.check(t0, M, &tpm(1000), input(100)), Admission::Now);
         assert_eq!(
             w.check(t0 + Duration::from_secs(6), M, &tpm(1000), input(200)),
-            Admission::At(t0 + WINDOW + M)
+            Admission::At(t0 + WINDOW + M, WaitFor::Tpm)
         );
         assert_eq!(w.check(t0, M, &tpm(1000), input(1001)), Admission::Never);
         assert_eq!(w.total.input, 900);
@@ -298,7 +308,7 @@ mod tests {
         // 20 caps of 400 fill 8,000: the 21st waits for the window.
         assert_eq!(
             w.check(t0, M, &otpm(8000), cap),
-            Admission::At(t0 + WINDOW + M)
+            Admission::At(t0 + WINDOW + M, WaitFor::Otpm)
         );
         // Each answer used 100: three quarters of every cap free up at once.
         for _ in 0..20 {
@@ -328,6 +338,30 @@ mod tests {
                 }
             ),
             Admission::Now
+        );
+    }
+
+    #[test]
+    fn the_limit_that_holds_longest_is_named() {
+        let t0 = Instant::now();
+        let mut w = SlidingWindow::default();
+        w.record(t0, input(8));
+        w.record(t0 + Duration::from_secs(10), input(1));
+        w.record(t0 + Duration::from_secs(20), input(1));
+        let both = Limits {
+            rpm: Some(3),
+            tpm: Some(10),
+            ..Limits::default()
+        };
+        // RPM frees up when the first entry leaves; 9 more tokens need the
+        // first two gone, so TPM binds, until the second entry leaves.
+        assert_eq!(
+            w.check(t0 + Duration::from_secs(30), M, &both, input(9)),
+            Admission::At(t0 + Duration::from_secs(10) + WINDOW + M, WaitFor::Tpm)
+        );
+        assert_eq!(
+            w.check(t0 + Duration::from_secs(30), M, &both, input(1)),
+            Admission::At(t0 + WINDOW + M, WaitFor::Rpm)
         );
     }
 
