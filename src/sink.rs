@@ -296,6 +296,55 @@ mod tests {
     }
 
     #[test]
+    fn batch_rows_are_the_providers_output_lines() {
+        use crate::provider::batchline::{GeminiBatchOutputLine, OpenAiBatchOutputLine};
+        let dir = tempfile::tempdir().unwrap();
+        let failed = ItemRow {
+            id: "q2".into(),
+            status: ItemStatus::Deferred,
+            output: None,
+            error: Some("daily quota spent".into()),
+            ..row()
+        };
+        let write = |batch| {
+            let path = dir.path().join(format!("{batch:?}.csv"));
+            let mut sink = Sink::create_batch(&Target::File(path.clone()), batch).unwrap();
+            sink.write(&row()).unwrap();
+            sink.write(&failed).unwrap();
+            sink.flush().unwrap();
+            std::fs::read_to_string(path).unwrap()
+        };
+        let text = write(ProviderKind::Openai);
+        let lines: Vec<OpenAiBatchOutputLine> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let ok = lines[0].response.as_ref().unwrap();
+        assert_eq!((lines[0].custom_id.as_str(), ok.status_code), ("q1", 200));
+        assert_eq!(
+            ok.body["choices"][0]["message"]["content"],
+            "line one,\n\"two\""
+        );
+        assert_eq!(ok.body["usage"]["prompt_tokens"], 3);
+        let error = lines[1].error.as_ref().unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            ("deferred", "daily quota spent")
+        );
+        assert!(lines[1].response.is_none());
+        let text = write(ProviderKind::Gemini);
+        let lines: Vec<GeminiBatchOutputLine> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let ok = lines[0].response.as_ref().unwrap();
+        assert_eq!(ok["candidates"][0]["finishReason"], "STOP");
+        let error = lines[1].error.as_ref().unwrap();
+        assert_eq!((lines[1].key.as_str(), error.code), ("q2", 429));
+        assert_eq!(error.status.as_deref(), Some("RESOURCE_EXHAUSTED"));
+    }
+
+    #[test]
     fn an_unknown_cost_is_null_or_empty_never_zero() {
         let dir = tempfile::tempdir().unwrap();
         let unknown = ItemRow {

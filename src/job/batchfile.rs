@@ -8,8 +8,9 @@
 //! whose [`Item::raw`] is its `body` / `request`, sent as it is (see
 //! [`RawBody`]). The item's `prompt` holds the body's texts, for the token
 //! estimates (quotas, costs); its `model` is the body's (OpenAI) or the
-//! request's optional `model` (Gemini: the batch's model is otherwise the
-//! config's); its `max_output_tokens` is the body's cap.
+//! request's optional `model`, `models/` prefix removed (Gemini: a batch
+//! file's lines name none, the batch's create call does, so it is
+//! otherwise the config's `model`); its `max_output_tokens` is the body's cap.
 
 use super::fields::{kind, Problem};
 use super::{Item, SKIPPED_ID_PREFIX};
@@ -149,7 +150,8 @@ pub(super) fn gemini(mut object: Map<String, Value>, line: u64) -> Result<Item, 
         None => None,
         Some(Value::String(model)) => {
             check_model_name(model).map_err(|reason| Problem::field("request.model", reason))?;
-            Some(model.clone())
+            // `models/{model}`, as the API names it, routes as `{model}`.
+            Some(model.strip_prefix("models/").unwrap_or(model).to_owned())
         }
         other => return Err(expected("request.model", "a model name", other)),
     };
@@ -284,4 +286,196 @@ fn push(prompt: &mut String, text: &str) {
         prompt.push('\n');
     }
     prompt.push_str(text);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{validate, JobReader};
+    use super::*;
+    use std::path::Path;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/batch/");
+
+    fn read(path: &Path) -> Vec<Result<Item, super::super::ItemError>> {
+        JobReader::open(path).unwrap().collect()
+    }
+
+    fn job(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("batch.jsonl");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    /// The errors of a job, as `line: field: reason`.
+    fn errors(text: &str) -> Vec<String> {
+        let (_dir, path) = job(text);
+        read(&path)
+            .into_iter()
+            .filter_map(Result::err)
+            .map(|e| format!("{}: {}: {}", e.line, e.field.unwrap_or_default(), e.reason))
+            .collect()
+    }
+
+    #[test]
+    fn an_openai_batch_file_is_read_by_its_shape() {
+        let path = Path::new(FIXTURES).join("openai_batch_input.jsonl");
+        let items: Vec<Item> = read(&path).into_iter().map(Result::unwrap).collect();
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].id, "request-1");
+        assert_eq!(items[0].model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(items[0].max_output_tokens, Some(1000));
+        assert_eq!(
+            items[0].prompt,
+            "You are a helpful assistant.\nHello world!"
+        );
+        assert_eq!(items[1].prompt, "Name three \nprimary colours.");
+        let raw = items[1].raw.as_ref().unwrap();
+        assert_eq!(raw.kind, ProviderKind::Openai);
+        let line: Value = serde_json::from_str(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            Value::Object((*raw.body).clone()),
+            line["body"],
+            "sent as written"
+        );
+        assert_eq!(validate(&path).unwrap().batch, Some(ProviderKind::Openai));
+    }
+
+    #[test]
+    fn a_gemini_batch_file_is_read_by_its_shape() {
+        let path = Path::new(FIXTURES).join("gemini_batch_input.jsonl");
+        let items: Vec<Item> = read(&path).into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            items.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            ["request-1", "request-2"]
+        );
+        assert_eq!(items[0].model, None, "the batch's model is the config's");
+        assert_eq!(items[0].prompt, "...");
+        assert_eq!(items[0].raw.as_ref().unwrap().kind, ProviderKind::Gemini);
+        assert_eq!(validate(&path).unwrap().batch, Some(ProviderKind::Gemini));
+        // A request may name its model and cap, in either casing.
+        let (_dir, path) = job(concat!(
+            r#"{"key": "a", "request": {"model": "models/gemini-2.5-pro", "systemInstruction": {"parts": [{"text": "Be terse."}]}, "contents": [{"role": "user", "parts": [{"text": "Hi"}]}], "generationConfig": {"maxOutputTokens": 64}}}"#,
+            "\n",
+            r#"{"key": "b", "request": {"contents": [{"parts": [{"text": "Yo"}]}], "generation_config": {"max_output_tokens": 32}}}"#,
+        ));
+        let items: Vec<Item> = read(&path).into_iter().map(Result::unwrap).collect();
+        assert_eq!(items[0].model.as_deref(), Some("gemini-2.5-pro"));
+        assert_eq!(items[0].prompt, "Be terse.\nHi");
+        assert_eq!(
+            (items[0].max_output_tokens, items[1].max_output_tokens),
+            (Some(64), Some(32))
+        );
+    }
+
+    #[test]
+    fn every_line_must_have_the_first_lines_shape() {
+        let openai = r#"{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}"#;
+        let gemini = r#"{"key": "b", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}"#;
+        let keyfan = r#"{"id": "c", "prompt": "hi"}"#;
+        let found = errors(&format!("{openai}\n\n{gemini}\n{keyfan}\n"));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("3: : this line is a Gemini batch line")
+                && found[0].contains("but line 1 is an OpenAI Batch API line"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("4: : this line is a keyfan job line"),
+            "{found:?}"
+        );
+        // A keyfan job stays one.
+        let found = errors(&format!("{keyfan}\n{openai}\n"));
+        assert!(
+            found[0].starts_with("2: : this line is an OpenAI Batch API line"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_batch_line_is_refused_with_its_line_and_field() {
+        let line = |fields: &str| {
+            format!(
+                r#"{{{fields}"body": {{"model": "gpt-4o-mini", "messages": [{{"role": "user", "content": "hi"}}]}}}}"#
+            )
+        };
+        let ok = r#""custom_id": "ok", "method": "POST", "url": "/v1/chat/completions", "#;
+        let cases = [
+            (
+                line(r#""custom_id": "a", "method": "POST", "url": "/v1/embeddings", "#),
+                "url: `/v1/embeddings` is not supported",
+            ),
+            (
+                line(r#""method": "POST", "url": "/v1/chat/completions", "#),
+                "custom_id: is required",
+            ),
+            (
+                line(r#""custom_id": "a", "method": "GET", "url": "/v1/chat/completions", "#),
+                "method: expected `POST`, found `GET`",
+            ),
+            (
+                line(&format!(r#"{ok}"metadata": {{}}, "#)).replace("\"ok\"", "\"b\""),
+                "metadata: unknown field",
+            ),
+            (
+                line(r##""custom_id": "#line:3", "method": "POST", "url": "/v1/chat/completions", "##),
+                "custom_id: ids starting with `#line:` are reserved",
+            ),
+            (
+                format!(r#"{{{ok}"body": {{"messages": []}}}}"#).replace("\"ok\"", "\"c\""),
+                "body.model: is required",
+            ),
+            (
+                format!(r#"{{{ok}"body": {{"model": "m", "messages": [{{"role": "user", "content": "x"}}], "stream": true}}}}"#)
+                    .replace("\"ok\"", "\"d\""),
+                "body.stream: a batch request is answered whole",
+            ),
+            (
+                format!(r#"{{{ok}"body": {{"model": "m", "messages": [{{"role": "user", "content": "x"}}], "max_tokens": 0}}}}"#)
+                    .replace("\"ok\"", "\"e\""),
+                "body.max_tokens: expected an integer >= 1, found 0",
+            ),
+            (line(ok), "custom_id: duplicate id `ok`, first used on line 1"),
+        ];
+        let text: String = std::iter::once(line(ok))
+            .chain(cases.iter().map(|(l, _)| l.clone()))
+            .map(|l| l + "\n")
+            .collect();
+        let found = errors(&text);
+        assert_eq!(found.len(), cases.len(), "{found:?}");
+        for (i, ((_, says), error)) in cases.iter().zip(&found).enumerate() {
+            let expected = format!("{}: {says}", i + 2);
+            assert!(error.starts_with(&expected), "{error} is not {expected}");
+        }
+    }
+
+    #[test]
+    fn a_bad_gemini_line_is_refused_with_its_line_and_field() {
+        let found = errors(concat!(
+            r#"{"key": "a", "request": {"contents": []}}"#,
+            "\n",
+            r#"{"key": 7, "request": {"contents": [{"parts": [{"text": "hi"}]}]}}"#,
+            "\n",
+            r#"{"request": {"contents": [{"parts": [{"text": "hi"}]}]}}"#,
+            "\n",
+            r#"{"key": "d", "request": "hi"}"#,
+            "\n",
+        ));
+        assert_eq!(
+            found,
+            [
+                "1: request.contents: expected a non-empty array, found an array",
+                "2: key: expected a non-empty string, found a number",
+                "3: key: is required",
+                "4: request: expected an object, found a string",
+            ]
+        );
+    }
 }

@@ -328,10 +328,16 @@ impl JobReader {
             }
             Entry::Occupied(entry) => *entry.get(),
         };
+        // A batch file's ids are its `custom_id`s or `key`s.
+        let field = match self.batch() {
+            Some(ProviderKind::Openai) => "custom_id",
+            Some(_) => "key",
+            None => "id",
+        };
         Err(ItemError {
             path: self.items_path().to_owned(),
             line: item.line,
-            field: Some("id".to_owned()),
+            field: Some(field.to_owned()),
             reason: format!("duplicate id `{}`, first used on line {first}", item.id),
         })
     }
