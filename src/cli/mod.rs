@@ -244,8 +244,9 @@ Examples:
 /// `keyfan run`.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header
-    /// row); `-` reads a JSONL job from standard input.
+    /// The job file: `.jsonl` (one JSON object per line, or an OpenAI or
+    /// Gemini batch input file as it is) or `.csv` (header row); `-` reads a
+    /// JSONL job from standard input.
     job: PathBuf,
     /// The config file (providers, accounts, keys, limits).
     #[arg(short, long, env = "KEYFAN_CONFIG", default_value = "config.yaml")]

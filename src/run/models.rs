@@ -55,7 +55,7 @@ pub enum ModelError {
     /// The job is a provider's own batch file, and the model goes to
     /// accounts of another provider, whose API cannot take its bodies.
     #[error(
-        "model {wanted} is served by {} accounts, but the job is {} batch file, whose request \
+        "model {wanted} is served by {} accounts, but the job is {} file, whose request \
          bodies go as they are to {} accounts only (the config's `models` map can route the \
          model to one)",
         provider_name(*served), batch_name(*batch), provider_name(*batch)
@@ -144,7 +144,7 @@ pub fn batch_routes(routes: &Routes, batch: ProviderKind) -> Result<(), Vec<Mode
 /// How the job is named in [`ModelError::NotBatchProvider`].
 fn batch_name(batch: ProviderKind) -> &'static str {
     match batch {
-        ProviderKind::Gemini => "a Gemini",
+        ProviderKind::Gemini => "a Gemini batch",
         _ => "an OpenAI Batch API",
     }
 }

@@ -511,3 +511,45 @@ async fn a_bad_batch_line_is_refused_with_its_file_and_line_and_nothing_is_sent(
         .sum();
     assert_eq!(sent, 0, "nothing was sent: {stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_file_examples_of_jobs_run_as_they_are() {
+    let work = Workdir::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let copy = |name: &str| {
+        let text = std::fs::read_to_string(format!("{root}/{name}")).expect("example");
+        work.write(name.rsplit('/').next().unwrap(), &text);
+        text.lines().count()
+    };
+    let gemini = copy("jobs/gemini-batch.jsonl");
+    let openai = copy("jobs/openai-batch.jsonl");
+    copy("config.example.yaml");
+    work.write(
+        "openai.yaml",
+        "accounts:\n  - name: openai-main\n    provider: openai\n    keys: [\"${OPENAI_API_KEY}\"]\n",
+    );
+    for (job, config, n) in [
+        ("gemini-batch.jsonl", "config.example.yaml", gemini),
+        ("openai-batch.jsonl", "openai.yaml", openai),
+    ] {
+        let args = [
+            "run",
+            job,
+            "--config",
+            config,
+            "--simulate",
+            "--out",
+            "out.jsonl",
+            "--out-format",
+            "batch",
+        ];
+        let out = work.keyfan(&args, &[]).await;
+        assert_eq!(out.status.code(), Some(0), "{job}: {}", explain(&out));
+        let output: Vec<Value> = lines(&work, "out.jsonl");
+        assert_eq!(output.len(), n, "{job}");
+        assert!(
+            output.iter().all(|l| l["error"].is_null()),
+            "{job}: {output:?}"
+        );
+    }
+}
