@@ -314,11 +314,12 @@ mod tests {
             sink.flush().unwrap();
             std::fs::read_to_string(path).unwrap()
         };
-        let text = write(ProviderKind::Openai);
-        let lines: Vec<OpenAiBatchOutputLine> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+        let lines: Vec<OpenAiBatchOutputLine> = parse(&write(ProviderKind::Openai));
         let ok = lines[0].response.as_ref().unwrap();
         assert_eq!((lines[0].custom_id.as_str(), ok.status_code), ("q1", 200));
         assert_eq!(
@@ -332,11 +333,7 @@ mod tests {
             ("deferred", "daily quota spent")
         );
         assert!(lines[1].response.is_none());
-        let text = write(ProviderKind::Gemini);
-        let lines: Vec<GeminiBatchOutputLine> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<GeminiBatchOutputLine> = parse(&write(ProviderKind::Gemini));
         let ok = lines[0].response.as_ref().unwrap();
         assert_eq!(ok["candidates"][0]["finishReason"], "STOP");
         let error = lines[1].error.as_ref().unwrap();

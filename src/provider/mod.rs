@@ -375,7 +375,7 @@ impl Client {
             (client, body) => Err(common::api_error(
                 ErrorClass::ItemInvalid,
                 None,
-                format!("a {body:?} request body cannot be sent to a {client:?} account")
+                format!("{body:?} request bodies cannot be sent to {client:?} accounts")
                     .to_lowercase(),
             )),
         };

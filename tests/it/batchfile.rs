@@ -8,6 +8,7 @@ use crate::hostile::{gemini_reply, openai_reply, Answer, Hostile};
 use crate::support::{
     assert_exit_saying, digest, explain, simulator, stats, Workdir, TWO_PROVIDER_PROJECTS,
 };
+use keyfan::sim::SimServer;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -139,6 +140,35 @@ fn lines<T: serde::de::DeserializeOwned>(work: &Workdir, name: &str) -> Vec<T> {
         .collect()
 }
 
+/// Runs `job` with `config.yaml` (state `s.db`) to `--out out`, then
+/// `extra`, and asserts that it ends with exit code 0.
+async fn run_ok(work: &Workdir, job: &str, out: &str, extra: &[&str]) {
+    let args = [
+        &[
+            "run",
+            job,
+            "--config",
+            "config.yaml",
+            "--state",
+            "s.db",
+            "--out",
+            out,
+        ],
+        extra,
+    ]
+    .concat();
+    let output = work.keyfan(&args, &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", explain(&output));
+}
+
+/// Writes the job `(name, text)` and a [`config`] for `sim`, and runs the
+/// job to `out` with `--out-format batch`, asserting that it ends with 0.
+async fn run_batch(work: &Workdir, sim: &SimServer, (name, text): (&str, &str), out: &str) {
+    work.write(name, text);
+    work.write("config.yaml", &config(&sim.base_url(), ""));
+    run_ok(work, name, out, &["--out-format", "batch"]).await;
+}
+
 /// The OpenAI batch file of the fixture's lines and `n` generated ones,
 /// each with the text its last user message says; the last generated line
 /// asks to be blocked.
@@ -177,22 +207,7 @@ async fn an_openai_batch_file_runs_unchanged_and_its_output_reads_as_the_batch_a
     let sim = simulator(TWO_PROVIDER_PROJECTS).await;
     let work = Workdir::new();
     let (job, asked) = openai_batch(20);
-    work.write("batchinput.jsonl", &job);
-    work.write("config.yaml", &config(&sim.base_url(), ""));
-    let args = [
-        "run",
-        "batchinput.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "s.db",
-        "--out",
-        "output.jsonl",
-        "--out-format",
-        "batch",
-    ];
-    let out = work.keyfan(&args, &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    run_batch(&work, &sim, ("batchinput.jsonl", &job), "output.jsonl").await;
     let output: Vec<OpenAiOutputLine> = lines(&work, "output.jsonl");
     let mut seen = BTreeMap::new();
     for line in &output {
@@ -273,22 +288,7 @@ async fn a_gemini_batch_file_runs_unchanged_and_its_output_reads_as_the_batch_ap
         ));
         asked.insert(format!("k{i}"), question);
     }
-    work.write("batch.jsonl", &job);
-    work.write("config.yaml", &config(&sim.base_url(), ""));
-    let args = [
-        "run",
-        "batch.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "s.db",
-        "--out",
-        "out.jsonl",
-        "--out-format",
-        "batch",
-    ];
-    let out = work.keyfan(&args, &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    run_batch(&work, &sim, ("batch.jsonl", &job), "out.jsonl").await;
     let output: Vec<GeminiOutputLine> = lines(&work, "out.jsonl");
     assert_eq!(output.len(), asked.len());
     let mut keys: Vec<&str> = output.iter().map(|l| l.key.as_str()).collect();
@@ -335,9 +335,7 @@ async fn a_gemini_batch_file_runs_unchanged_and_its_output_reads_as_the_batch_ap
         asked.len() as u64
     );
     // The default results shape still works for a batch file: its ids are the keys.
-    let args = [&args[..6], &["--out", "keyfan.jsonl"]].concat();
-    let out = work.keyfan(&args, &[]).await;
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    run_ok(&work, "batch.jsonl", "keyfan.jsonl", &[]).await;
     let rows: Vec<Value> = lines(&work, "keyfan.jsonl");
     assert_eq!(rows.len(), asked.len());
     assert!(rows
@@ -413,6 +411,13 @@ async fn a_batch_files_bodies_reach_the_api_as_written_but_for_the_model() {
     assert_eq!(sent(3), expected, "in the request's own casing");
 }
 
+/// Runs `job` with `config` (state `s.db`), then `extra`, and asserts that
+/// it is refused (exit 2) saying `says`.
+async fn assert_refused(work: &Workdir, job: &str, config: &str, extra: &[&str], says: &str) {
+    let args = [&["run", job, "--config", config, "--state", "s.db"], extra].concat();
+    assert_exit_saying(&work.keyfan(&args, &[]).await, 2, says);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_batch_line_is_refused_with_its_file_and_line_and_nothing_is_sent() {
     let sim = simulator(TWO_PROVIDER_PROJECTS).await;
@@ -436,20 +441,9 @@ async fn a_bad_batch_line_is_refused_with_its_file_and_line_and_nothing_is_sent(
         (&no_id, "batch.jsonl:3: field `custom_id`: is required"),
     ];
     for (line, says) in cases {
-        work.write(
-            "batch.jsonl",
-            &format!("{}\n{}\n{line}\n", good("a"), good("b")),
-        );
-        let args = [
-            "run",
-            "batch.jsonl",
-            "--config",
-            "config.yaml",
-            "--state",
-            "s.db",
-        ];
-        let out = work.keyfan(&args, &[]).await;
-        assert_exit_saying(&out, 2, says);
+        let job = format!("{}\n{}\n{line}\n", good("a"), good("b"));
+        work.write("batch.jsonl", &job);
+        assert_refused(&work, "batch.jsonl", "config.yaml", &[], says).await;
     }
     // A batch file whose provider has no account: refused, naming both.
     work.write("batch.jsonl", &format!("{}\n", good("a")));
@@ -458,15 +452,8 @@ async fn a_bad_batch_line_is_refused_with_its_file_and_line_and_nothing_is_sent(
         sim.base_url()
     );
     work.write("gemini-only.yaml", &gemini_only);
-    let args = [
-        "run",
-        "batch.jsonl",
-        "--config",
-        "gemini-only.yaml",
-        "--state",
-        "s.db",
-    ];
-    assert_exit_saying(&work.keyfan(&args, &[]).await, 2, "`gpt-4o-mini` (line 1)");
+    let says = "`gpt-4o-mini` (line 1)";
+    assert_refused(&work, "batch.jsonl", "gemini-only.yaml", &[], says).await;
     // A Gemini batch file whose model goes to the OpenAI-compatible accounts.
     work.write("gemini.jsonl", &format!("{gemini}\n"));
     let openai_only = format!(
@@ -474,34 +461,15 @@ async fn a_bad_batch_line_is_refused_with_its_file_and_line_and_nothing_is_sent(
         sim.base_url()
     );
     work.write("openai-only.yaml", &openai_only);
-    let args = [
-        "run",
-        "gemini.jsonl",
-        "--config",
-        "openai-only.yaml",
-        "--state",
-        "s.db",
-    ];
-    assert_exit_saying(
-        &work.keyfan(&args, &[]).await,
-        2,
-        "is served by openai accounts, but the job is a Gemini batch file",
-    );
+    let says = "is served by openai accounts, but the job is a Gemini batch file";
+    assert_refused(&work, "gemini.jsonl", "openai-only.yaml", &[], says).await;
     // Batch output lines for a job that is not a batch file.
     work.write("plain.jsonl", "{\"id\": \"p\", \"prompt\": \"hi\"}\n");
-    let args = [
-        "run",
-        "plain.jsonl",
-        "--config",
-        "config.yaml",
-        "--out-format",
-        "batch",
-    ];
-    assert_exit_saying(
-        &work.keyfan(&args, &[]).await,
-        2,
+    let (extra, says) = (
+        ["--out-format", "batch"],
         "is not an OpenAI or Gemini batch file",
     );
+    assert_refused(&work, "plain.jsonl", "config.yaml", &extra, says).await;
     let stats = stats(&sim).await;
     let sent: u64 = stats
         .projects
