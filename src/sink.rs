@@ -4,7 +4,9 @@
 //! Owns: the results formats and where they go (a file or standard output).
 //! Never: deciding an outcome, or writing a row the store has not committed.
 
-use crate::store::{round_usd, ItemRow};
+use crate::provider::batchline::{Answered, GeminiBatchOutputLine, OpenAiBatchOutputLine};
+use crate::provider::{ProviderKind, Usage};
+use crate::store::{round_usd, ItemRow, ItemStatus};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -57,9 +59,21 @@ pub const COLUMNS: [&str; 15] = [
     "output_json",
 ];
 
+/// The shape of the results rows (`--out-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    /// keyfan's rows ([`COLUMNS`]): JSONL, or CSV for a `.csv` file.
+    #[default]
+    Keyfan,
+    /// The output lines of the batch API whose own batch file the job is
+    /// (OpenAI's or Gemini's), JSONL, one per item (see [`Sink::create_batch`]).
+    Batch,
+}
+
 enum Format {
     Jsonl(Box<dyn Write + Send>),
     Csv(Box<csv::Writer<Box<dyn Write + Send>>>),
+    Batch(Box<dyn Write + Send>, ProviderKind),
 }
 
 /// An open results writer.
@@ -88,6 +102,27 @@ impl Sink {
             Format::Jsonl(out)
         };
         Ok(Sink { format })
+    }
+
+    /// Creates (truncating) the results file, or wraps standard output, for
+    /// rows shaped as the output lines of `batch`'s batch API, JSONL
+    /// whatever the file's extension. An `ok` item is an answer rebuilt
+    /// from its row: OpenAI a 200 whose body is a `chat.completion`, Gemini
+    /// a `GenerateContentResponse`, each with the item's text, finish
+    /// reason, usage and model. Any other item is an error: OpenAI
+    /// `{"code": STATUS, "message"}` (`failed`, `blocked`, `skipped` or
+    /// `deferred`), Gemini `{"code", "message", "status"}` (`failed` 500
+    /// `UNKNOWN`, `blocked` 400 `FAILED_PRECONDITION`, `skipped` 400
+    /// `INVALID_ARGUMENT`, `deferred` 429 `RESOURCE_EXHAUSTED`). Ids are
+    /// stable hashes of the item's id.
+    pub fn create_batch(target: &Target, batch: ProviderKind) -> io::Result<Sink> {
+        let out: Box<dyn Write + Send> = match target {
+            Target::Stdout => Box::new(io::stdout()),
+            Target::File(path) => Box::new(BufWriter::new(File::create(path)?)),
+        };
+        Ok(Sink {
+            format: Format::Batch(out, batch),
+        })
     }
 
     /// Appends one row (buffered until [`Sink::flush`]).
@@ -120,6 +155,10 @@ impl Sink {
                 ])?;
                 Ok(())
             }
+            Format::Batch(out, batch) => {
+                write_batch_line(&mut *out, row, *batch)?;
+                out.write_all(b"\n")
+            }
         }
     }
 
@@ -128,7 +167,57 @@ impl Sink {
         match &mut self.format {
             Format::Jsonl(out) => out.flush(),
             Format::Csv(writer) => writer.flush(),
+            Format::Batch(out, _) => out.flush(),
         }
+    }
+}
+
+/// Writes `row` as an output line of `batch`'s batch API (see
+/// [`Sink::create_batch`]).
+fn write_batch_line(out: impl Write, row: &ItemRow, batch: ProviderKind) -> io::Result<()> {
+    let answer = (row.status == ItemStatus::Ok).then(|| Answered {
+        text: row.output.as_deref().unwrap_or(""),
+        model: row.model.as_deref().unwrap_or(""),
+        finish_reason: row.finish_reason.as_deref(),
+        usage: Usage {
+            input_tokens: row.input_tokens,
+            cached_tokens: row.cached_tokens,
+            output_tokens: row.output_tokens,
+            thinking_tokens: row.thinking_tokens,
+            cache_write_tokens: 0,
+        },
+        created: chrono::Utc::now().timestamp(),
+    });
+    let message = row.error.as_deref().unwrap_or(row.status.as_str());
+    match (batch, answer) {
+        (ProviderKind::Gemini, Some(answer)) => {
+            serde_json::to_writer(out, &GeminiBatchOutputLine::answered(&row.id, &answer))
+        }
+        (ProviderKind::Gemini, None) => {
+            let (code, status) = gemini_error(row.status);
+            let line = GeminiBatchOutputLine::failed(&row.id, code, status, message);
+            serde_json::to_writer(out, &line)
+        }
+        (_, Some(answer)) => {
+            serde_json::to_writer(out, &OpenAiBatchOutputLine::answered(&row.id, &answer))
+        }
+        (_, None) => {
+            let line = OpenAiBatchOutputLine::failed(&row.id, row.status.as_str(), message);
+            serde_json::to_writer(out, &line)
+        }
+    }
+    .map_err(io::Error::from)
+}
+
+/// The HTTP-like code and the `google.rpc` status name of a Gemini error
+/// line for an item that ended `status` (not `ok`). A failed item's is
+/// `UNKNOWN`: its row keeps the API's message, not its status.
+fn gemini_error(status: ItemStatus) -> (i32, &'static str) {
+    match status {
+        ItemStatus::Blocked => (400, "FAILED_PRECONDITION"),
+        ItemStatus::Skipped => (400, "INVALID_ARGUMENT"),
+        ItemStatus::Deferred => (429, "RESOURCE_EXHAUSTED"),
+        ItemStatus::Ok | ItemStatus::Failed => (500, "UNKNOWN"),
     }
 }
 
@@ -204,6 +293,52 @@ mod tests {
         assert_eq!(&record[10], "2");
         assert_eq!(&record[12], "STOP");
         assert_eq!(&record[13], "0.3", "rounded past float noise");
+    }
+
+    #[test]
+    fn batch_rows_are_the_providers_output_lines() {
+        use crate::provider::batchline::{GeminiBatchOutputLine, OpenAiBatchOutputLine};
+        let dir = tempfile::tempdir().unwrap();
+        let failed = ItemRow {
+            id: "q2".into(),
+            status: ItemStatus::Deferred,
+            output: None,
+            error: Some("daily quota spent".into()),
+            ..row()
+        };
+        let write = |batch| {
+            let path = dir.path().join(format!("{batch:?}.csv"));
+            let mut sink = Sink::create_batch(&Target::File(path.clone()), batch).unwrap();
+            sink.write(&row()).unwrap();
+            sink.write(&failed).unwrap();
+            sink.flush().unwrap();
+            std::fs::read_to_string(path).unwrap()
+        };
+        fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+        let lines: Vec<OpenAiBatchOutputLine> = parse(&write(ProviderKind::Openai));
+        let ok = lines[0].response.as_ref().unwrap();
+        assert_eq!((lines[0].custom_id.as_str(), ok.status_code), ("q1", 200));
+        assert_eq!(
+            ok.body["choices"][0]["message"]["content"],
+            "line one,\n\"two\""
+        );
+        assert_eq!(ok.body["usage"]["prompt_tokens"], 3);
+        let error = lines[1].error.as_ref().unwrap();
+        assert_eq!(
+            (error.code.as_str(), error.message.as_str()),
+            ("deferred", "daily quota spent")
+        );
+        assert!(lines[1].response.is_none());
+        let lines: Vec<GeminiBatchOutputLine> = parse(&write(ProviderKind::Gemini));
+        let ok = lines[0].response.as_ref().unwrap();
+        assert_eq!(ok["candidates"][0]["finishReason"], "STOP");
+        let error = lines[1].error.as_ref().unwrap();
+        assert_eq!((lines[1].key.as_str(), error.code), ("q2", 429));
+        assert_eq!(error.status.as_deref(), Some("RESOURCE_EXHAUSTED"));
     }
 
     #[test]

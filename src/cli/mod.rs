@@ -244,8 +244,9 @@ Examples:
 /// `keyfan run`.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The job file: `.jsonl` (one JSON object per line) or `.csv` (header
-    /// row); `-` reads a JSONL job from standard input.
+    /// The job file: `.jsonl` (one JSON object per line, or an OpenAI or
+    /// Gemini batch input file as it is) or `.csv` (header row); `-` reads a
+    /// JSONL job from standard input.
     job: PathBuf,
     /// The config file (providers, accounts, keys, limits).
     #[arg(short, long, env = "KEYFAN_CONFIG", default_value = "config.yaml")]
@@ -254,6 +255,11 @@ struct RunArgs {
     /// [default: <job>.results.jsonl beside the job]
     #[arg(short, long)]
     out: Option<String>,
+    /// The results' shape: `keyfan` (the documented columns), or `batch`
+    /// for a job that is an OpenAI or Gemini batch file: that batch API's
+    /// output lines (JSONL), so a pipeline built for it reads them as they are.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = crate::sink::OutFormat::Keyfan)]
+    out_format: crate::sink::OutFormat,
     /// Where the report goes: PATH with the extensions `.md`, `.json` and
     /// `.html`.
     /// [default: <out>.report.md and .json beside --out, or beside the job

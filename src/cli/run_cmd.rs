@@ -71,13 +71,16 @@ impl Settings {
     /// and each output not given goes to its default place.
     fn resolve(args: RunArgs, config: Config) -> Result<Settings, Failure> {
         let job = Job::open(&args.job).context("failed to read the job from standard input")?;
-        let outputs = Outputs::pick(
-            &job,
-            args.out.as_deref(),
-            args.state,
-            args.report.as_deref(),
-            args.simulate,
-        );
+        let outputs = Outputs {
+            format: args.out_format,
+            ..Outputs::pick(
+                &job,
+                args.out.as_deref(),
+                args.state,
+                args.report.as_deref(),
+                args.simulate,
+            )
+        };
         let resume = match (args.new_run, args.retry_failed) {
             (true, _) => Resume::Fresh,
             (false, true) => Resume::RetryFailed,

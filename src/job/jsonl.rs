@@ -1,8 +1,12 @@
 //! JSONL / NDJSON: one JSON object per line, blank lines skipped. One line
-//! is in memory at a time.
+//! is in memory at a time. The first line that is a JSON object sets the
+//! file's shape ([`Shape`]): keyfan's fields, or a provider's batch file
+//! (`batchfile`); every other line must have the same.
 
+use super::batchfile::{self, Shape};
 use super::fields::{invalid_utf8, kind, Field, Problem, Raw, Values};
 use super::{Item, ItemError};
+use crate::provider::ProviderKind;
 use serde_json::{Map, Value};
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::Path;
@@ -14,6 +18,8 @@ pub(super) struct Lines<R> {
     buf: Vec<u8>,
     /// 1-based number of the line in `buf`.
     line: u64,
+    /// The file's shape and the line that set it, once a line has.
+    shape: Option<(Shape, u64)>,
 }
 
 impl<R: Read> Lines<R> {
@@ -22,6 +28,7 @@ impl<R: Read> Lines<R> {
             reader: BufReader::new(reader),
             buf: Vec::new(),
             line: 0,
+            shape: None,
         }
     }
 
@@ -35,6 +42,12 @@ impl<R: Read> Lines<R> {
         self.line
     }
 
+    /// The provider whose own batch file this is, when its first line has
+    /// the shape of one.
+    pub(super) fn batch(&self) -> Option<ProviderKind> {
+        self.shape.and_then(|(shape, _)| shape.batch())
+    }
+
     /// The next non-blank line as an item or an item error; `None` at the end.
     pub(super) fn next(&mut self, path: &Path) -> io::Result<Option<Result<Item, ItemError>>> {
         loop {
@@ -43,23 +56,43 @@ impl<R: Read> Lines<R> {
                 return Ok(None);
             }
             self.line += 1;
-            let mut bytes = self.buf.as_slice();
-            if self.line == 1 {
-                // Windows editors save "UTF-8" with a byte-order mark.
-                bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-            }
-            if bytes.iter().all(u8::is_ascii_whitespace) {
+            // Windows editors save "UTF-8" with a byte-order mark.
+            let start = match self.line == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+                true => 3,
+                false => 0,
+            };
+            if self.buf[start..].iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let item = parse(bytes, self.line, path).map_err(|p| p.at(path, self.line));
+            let item = self.parse(start, path).map_err(|p| p.at(path, self.line));
             return Ok(Some(item));
+        }
+    }
+
+    /// Parses the line in `buf` from byte `start`, as a line of the file's
+    /// shape.
+    fn parse(&mut self, start: usize, path: &Path) -> Result<Item, Problem> {
+        let object = object(&self.buf[start..])?;
+        let this = Shape::of(&object);
+        let (shape, first) = *self.shape.get_or_insert((this, self.line));
+        if this != shape {
+            return Err(Problem::record(format!(
+                "this line is {}, but line {first} is {}: every line of a job must have the \
+                 shape of its first",
+                this.name(),
+                shape.name()
+            )));
+        }
+        match shape {
+            Shape::Keyfan => parse(object, self.line, path),
+            Shape::OpenAi => batchfile::openai(object, self.line),
+            Shape::Gemini => batchfile::gemini(object, self.line),
         }
     }
 }
 
-/// Parses the line numbered `line`.
-fn parse(bytes: &[u8], line: u64, path: &Path) -> Result<Item, Problem> {
-    let object = object(bytes)?;
+/// Builds the item of keyfan's fields on the line numbered `line`.
+fn parse(object: Map<String, Value>, line: u64, path: &Path) -> Result<Item, Problem> {
     let mut values = Values::default();
     for (name, raw) in &object {
         values.set(Field::parse(name, "field")?, Raw::Json(raw));

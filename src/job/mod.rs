@@ -12,9 +12,13 @@
 //! Unknown fields are errors, to catch typos such as `promt`. An id used
 //! twice is an error on its later line, naming the first.
 //!
+//! A JSONL job may also be a provider's own batch file, OpenAI's or
+//! Gemini's, recognised by the shape of its first line (`batchfile`).
+//!
 //! Files are streamed: a million-line job is never held in memory, neither by
 //! [`JobReader`] nor by [`validate`].
 
+mod batchfile;
 mod csv;
 mod fields;
 mod jsonl;
@@ -26,7 +30,7 @@ mod tests;
 
 pub use media::{Media, MediaKind, MAX_FILE_BYTES};
 
-use crate::provider::{Generation, Turn};
+use crate::provider::{Generation, ProviderKind, RawBody, Turn};
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
@@ -62,6 +66,9 @@ pub struct Item {
     /// Its media inputs (`video`, `image`, `audio`, `document`), in field
     /// order, every file checked when the item was read.
     pub media: Vec<Media>,
+    /// The body of a line of a provider's own batch file, sent as it is;
+    /// `prompt` then holds only its texts, for the token estimates.
+    pub raw: Option<RawBody>,
 }
 
 /// How many times an answer that does not fit its schema is asked for
@@ -249,6 +256,16 @@ impl JobReader {
         }
     }
 
+    /// The provider whose own batch file the job is (a JSONL job whose
+    /// first line has the shape of one of its lines), once that line has
+    /// been read; `None` for keyfan's own formats.
+    pub fn batch(&self) -> Option<ProviderKind> {
+        match &self.format {
+            Format::Jsonl(lines) => lines.batch(),
+            _ => None,
+        }
+    }
+
     /// The sha256 (hex) of the bytes read so far.
     fn hash_so_far(&self) -> String {
         let hasher = match &self.format {
@@ -311,10 +328,16 @@ impl JobReader {
             }
             Entry::Occupied(entry) => *entry.get(),
         };
+        // A batch file's ids are its `custom_id`s or `key`s.
+        let field = match self.batch() {
+            Some(ProviderKind::Openai) => "custom_id",
+            Some(_) => "key",
+            None => "id",
+        };
         Err(ItemError {
             path: self.items_path().to_owned(),
             line: item.line,
-            field: Some("id".to_owned()),
+            field: Some(field.to_owned()),
             reason: format!("duplicate id `{}`, first used on line {first}", item.id),
         })
     }
@@ -339,6 +362,9 @@ pub struct Validation {
     /// each where it is first used; at most [`MAX_MODELS`]. The run checks
     /// each against the API of the model's provider.
     pub settings: Vec<SettingUse>,
+    /// The provider whose own batch file the job is, if it is one: its
+    /// items must go to accounts of that provider.
+    pub batch: Option<ProviderKind>,
 }
 
 /// A generation setting a job uses with a model, and where it first does.
@@ -384,6 +410,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         content_hash: String::new(),
         models: Vec::new(),
         settings: Vec::new(),
+        batch: None,
     };
     let mut models = HashSet::new();
     let mut settings = HashSet::new();
@@ -425,6 +452,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         });
     }
     validation.content_hash = reader.hash_so_far();
+    validation.batch = reader.batch();
     Ok(validation)
 }
 

@@ -13,7 +13,9 @@
 
 use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorBody};
 use super::transport::post_json;
-use super::{ApiError, Client, ErrorClass, MediaPart, QuotaScope, Reply, Request, Role, Usage};
+use super::{
+    ApiError, Client, ErrorClass, MediaPart, QuotaScope, RawRequest, Reply, Request, Role, Usage,
+};
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,6 +34,37 @@ pub(super) async fn generate(
         &GenerateBody::new(req),
     )
     .await?;
+    parse_generate(&body)
+}
+
+/// Sends a `GenerateContentRequest` written elsewhere (a batch file's line)
+/// to the request's model: as it is, without a `model` of its own (the URL
+/// names it) and, when it sets no output cap, with the request's as
+/// `maxOutputTokens` (in the casing of its `generationConfig`).
+pub(super) async fn generate_raw(
+    client: &Client,
+    key: &ApiKey,
+    req: &RawRequest<'_>,
+) -> Result<Reply, ApiError> {
+    let mut body = (*req.body.body).clone();
+    body.remove("model");
+    if let Some(cap) = req.max_output_tokens {
+        let (config, field) = if body.contains_key("generation_config") {
+            ("generation_config", "max_output_tokens")
+        } else {
+            ("generationConfig", "maxOutputTokens")
+        };
+        let config = body
+            .entry(config)
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(config) = config {
+            if !config.contains_key("maxOutputTokens") && !config.contains_key("max_output_tokens")
+            {
+                config.insert(field.to_owned(), cap.into());
+            }
+        }
+    }
+    let body = call(client, key, req.model, "generateContent", &body).await?;
     parse_generate(&body)
 }
 

@@ -17,6 +17,8 @@
 //! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
 //!   `anthropic-ratelimit-*` headers every answer carries.
 //! - `files`: Gemini's Files API (resumable upload, polling until `ACTIVE`).
+//! - `batchline`: the line shapes of OpenAI's and Gemini's own batch files.
+//!   A body from such a line is sent as it is ([`RawBody`], [`Client::generate_raw`]).
 //! - `models`: the model lists, to check a job's models before a run.
 //! - `common`: error envelopes (Google's, OpenAI's, Anthropic's, array-wrapped), the
 //!   status fallback and the wait/limit hints in messages.
@@ -29,6 +31,7 @@
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
 
 mod anthropic;
+pub mod batchline;
 mod common;
 mod error;
 mod files;
@@ -50,7 +53,7 @@ use transport::Transport;
 
 use crate::types::{ApiKey, QuotaUse};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -74,6 +77,33 @@ pub struct Request<'a> {
     pub generation: &'a Generation,
     /// Media parts, sent before the text (Gemini only).
     pub media: &'a [MediaPart],
+}
+
+/// A request body someone else wrote (a line of a provider's own batch
+/// file), for the API of `kind`: an OpenAI chat completions body, or a
+/// Gemini `GenerateContentRequest`. It is sent as it is, apart from its
+/// model and, when the run needs a cap and the body has none, an output
+/// cap; its answer is read like any other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawBody {
+    /// The API the body is written for: [`ProviderKind::Openai`] or
+    /// [`ProviderKind::Gemini`].
+    pub kind: ProviderKind,
+    /// The body.
+    pub body: Arc<Map<String, Value>>,
+}
+
+/// A [`RawBody`] to send.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RawRequest<'a> {
+    /// The model to send it to (OpenAI: written into the body's `model`;
+    /// Gemini: the URL's, any `model` in the body left out).
+    pub model: &'a str,
+    /// The body.
+    pub body: &'a RawBody,
+    /// An output cap, written into the body only when it sets none
+    /// (OpenAI `max_tokens`, Gemini `generationConfig.maxOutputTokens`).
+    pub max_output_tokens: Option<u32>,
 }
 
 /// One earlier turn of a conversation.
@@ -322,6 +352,32 @@ impl Client {
             )),
             ProviderKind::Openai => openai::generate(self, key, req).await,
             ProviderKind::Anthropic => anthropic::generate(self, key, req).await,
+        };
+        without_key(result, key)
+    }
+
+    /// Sends a [`RawBody`] as it is (see [`RawRequest`]) and returns the
+    /// reply or a classified error, as [`Client::generate`] does. A body
+    /// written for another API than this client's fails as
+    /// [`ErrorClass::ItemInvalid`].
+    pub async fn generate_raw(
+        &self,
+        key: &ApiKey,
+        req: &RawRequest<'_>,
+    ) -> Result<Reply, ApiError> {
+        let result = match (self.kind, req.body.kind) {
+            (ProviderKind::Openai, ProviderKind::Openai) => {
+                openai::generate_raw(self, key, req).await
+            }
+            (ProviderKind::Gemini, ProviderKind::Gemini) => {
+                gemini::generate_raw(self, key, req).await
+            }
+            (client, body) => Err(common::api_error(
+                ErrorClass::ItemInvalid,
+                None,
+                format!("{body:?} request bodies cannot be sent to {client:?} accounts")
+                    .to_lowercase(),
+            )),
         };
         without_key(result, key)
     }

@@ -19,7 +19,7 @@ use super::common::{
     retry_after_header, ErrorBody,
 };
 use super::transport::{get, post_json};
-use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, Reply, Request, Usage};
+use super::{gemini, ApiError, Client, ErrorClass, QuotaScope, RawRequest, Reply, Request, Usage};
 use crate::types::ApiKey;
 use chrono::Utc;
 use reqwest::header::HeaderMap;
@@ -37,6 +37,34 @@ pub(super) async fn generate(
         "authorization",
         &format!("Bearer {}", key.expose()),
         &ChatBody::new(req),
+        classify,
+    )
+    .await?;
+    parse_chat(&body)
+}
+
+/// Sends a body written elsewhere (a batch file's line) to
+/// `chat/completions`: as it is, with the request's model as its `model`
+/// and, when it names no `max_tokens` nor `max_completion_tokens`, the
+/// request's cap as `max_tokens`.
+pub(super) async fn generate_raw(
+    client: &Client,
+    key: &ApiKey,
+    req: &RawRequest<'_>,
+) -> Result<Reply, ApiError> {
+    let mut body = (*req.body.body).clone();
+    body.insert("model".to_owned(), req.model.into());
+    if let Some(cap) = req.max_output_tokens {
+        if !body.contains_key("max_tokens") && !body.contains_key("max_completion_tokens") {
+            body.insert("max_tokens".to_owned(), cap.into());
+        }
+    }
+    let body = post_json(
+        client,
+        &chat_url(&client.base_url),
+        "authorization",
+        &format!("Bearer {}", key.expose()),
+        &body,
         classify,
     )
     .await?;

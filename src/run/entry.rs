@@ -18,7 +18,7 @@ use crate::pool::{Pool, PoolError};
 use crate::provider::Scrubber;
 use crate::report::Report;
 use crate::sim::{SimConfig, SimServer};
-use crate::sink::Sink;
+use crate::sink::{OutFormat, Sink};
 use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -136,6 +136,16 @@ pub enum StartError {
         /// How many.
         count: usize,
     },
+    /// `--out-format batch` for a job that is not a provider's batch file.
+    #[error(
+        "--out-format batch writes the output lines of a provider's batch API, but {job} is not \
+         an OpenAI or Gemini batch file: nothing was sent (leave --out-format out for keyfan's \
+         results)"
+    )]
+    NotBatch {
+        /// The job's label.
+        job: String,
+    },
     /// The job changed since its latest run in the state file.
     #[error(
         "{job} has changed since run {} of it (started {}, {}): its sha256 was {}…, it is {}… \
@@ -198,6 +208,7 @@ impl StartError {
             | StartError::TooCostly { .. }
             | StartError::Models { .. }
             | StartError::Settings { .. }
+            | StartError::NotBatch { .. }
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
             | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
@@ -267,6 +278,12 @@ pub async fn run(
             .into());
         }
     }
+    // Batch output lines need the batch file whose lines they answer.
+    let batch_output = match (outputs.format, validation.batch) {
+        (OutFormat::Keyfan, _) => None,
+        (OutFormat::Batch, Some(batch)) => Some(batch),
+        (OutFormat::Batch, None) => return Err(StartError::NotBatch { job: job.label }.into()),
+    };
     if let Some(cap) = config.max_cost_per_item {
         let costly = crate::estimate::over_cap(&job.file, &config, cap).map_err(StartError::Job)?;
         if costly.count > 0 {
@@ -296,6 +313,9 @@ pub async fn run(
         }
     };
     let routes = models::route(&config, &validation.models).map_err(refuse)?;
+    if let Some(batch) = validation.batch {
+        models::batch_routes(&routes, batch).map_err(refuse)?;
+    }
     let unsupported = models::unsupported_settings(&config, &validation.settings);
     if !unsupported.is_empty() {
         observer.notice(&Notice::InvalidLines {
@@ -367,8 +387,11 @@ pub async fn run(
             .into())
         }
     };
-    let mut sink = Sink::create(&outputs.target)
-        .map_err(StartError::io(format!("create {}", outputs.target)))?;
+    let sink = match batch_output {
+        Some(batch) => Sink::create_batch(&outputs.target, batch),
+        None => Sink::create(&outputs.target),
+    };
+    let mut sink = sink.map_err(StartError::io(format!("create {}", outputs.target)))?;
     let Start {
         run: run_id,
         resumed,
@@ -539,6 +562,7 @@ mod tests {
                 report_md: PathBuf::from("r.md"),
                 report_json: PathBuf::from("r.json"),
                 report_html: PathBuf::from("r.html"),
+                format: OutFormat::Keyfan,
             },
         }
     }

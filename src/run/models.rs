@@ -52,6 +52,22 @@ pub enum ModelError {
          (`provider: openai`), and the config has none"
     )]
     NoAccount(Wanted),
+    /// The job is a provider's own batch file, and the model goes to
+    /// accounts of another provider, whose API cannot take its bodies.
+    #[error(
+        "model {wanted} is served by {} accounts, but the job is {} file, whose request \
+         bodies go as they are to {} accounts only (the config's `models` map can route the \
+         model to one)",
+        provider_name(*served), batch_name(*batch), provider_name(*batch)
+    )]
+    NotBatchProvider {
+        /// The model.
+        wanted: Wanted,
+        /// The provider whose accounts serve it.
+        served: ProviderKind,
+        /// The provider whose batch file the job is.
+        batch: ProviderKind,
+    },
     /// Its provider does not list it.
     #[error("unknown model {wanted}{} (not in the {list}; --offline skips this check)",
         .suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
@@ -98,6 +114,38 @@ pub fn route(config: &Config, uses: &[ModelUse]) -> Result<Routes, Vec<ModelErro
         Ok(routes)
     } else {
         Err(errors)
+    }
+}
+
+/// The models of `routes` that go to another provider than `batch`, the
+/// provider whose own batch file the job is: its bodies can go only to
+/// accounts of that provider.
+pub fn batch_routes(routes: &Routes, batch: ProviderKind) -> Result<(), Vec<ModelError>> {
+    let errors: Vec<ModelError> = routes
+        .iter()
+        .filter(|(&served, _)| served != batch)
+        .flat_map(|(&served, wanted)| {
+            wanted
+                .iter()
+                .map(move |wanted| ModelError::NotBatchProvider {
+                    wanted: wanted.clone(),
+                    served,
+                    batch,
+                })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// How the job is named in [`ModelError::NotBatchProvider`].
+fn batch_name(batch: ProviderKind) -> &'static str {
+    match batch {
+        ProviderKind::Gemini => "a Gemini batch",
+        _ => "an OpenAI Batch API",
     }
 }
 

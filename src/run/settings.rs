@@ -7,7 +7,7 @@ use super::Resume;
 use crate::config::Config;
 use crate::paths;
 use crate::pool::Strategy;
-use crate::sink::Target;
+use crate::sink::{OutFormat, Target};
 use std::path::{Path, PathBuf};
 
 /// Everything a run needs, with every choice made.
@@ -154,6 +154,9 @@ pub struct Outputs {
     pub report_json: PathBuf,
     /// The HTML report.
     pub report_html: PathBuf,
+    /// The shape of the results rows: keyfan's, or the output lines of the
+    /// batch API whose batch file the job is.
+    pub format: OutFormat,
 }
 
 impl Outputs {
@@ -162,7 +165,8 @@ impl Outputs {
     /// `.html`) or
     /// by default beside the job: `<job>.results.jsonl`, `<job>.keyfan.db`
     /// (`<job>.simulated.db` under `simulate`), and the report beside `out`
-    /// when it is a file, else beside the job.
+    /// when it is a file, else beside the job. Results are keyfan's rows
+    /// ([`OutFormat::Keyfan`]; set `format` for others).
     pub fn pick(
         job: &Job,
         out: Option<&str>,
@@ -188,6 +192,7 @@ impl Outputs {
             report_md,
             report_json,
             report_html,
+            format: OutFormat::Keyfan,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::estimate::item_tokens;
 use crate::job::{id_hash, Item};
 use crate::pool::{Need, Unavailable};
 use crate::price::{Price, PriceTable};
-use crate::provider::{ApiError, Billed, ErrorClass, Request, Usage};
+use crate::provider::{ApiError, Billed, ErrorClass, RawRequest, Request, Usage};
 use crate::store::{AttemptClass, AttemptRow, ItemRow, ItemStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -102,7 +102,7 @@ impl Worker {
             generation: &item.generation,
             media: &[],
         };
-        let (slots, media) = (&slots, &self.media);
+        let (slots, media, raw) = (&slots, &self.media, item.raw.as_ref());
         let schema = item.generation.response_schema.as_deref();
         let mut schema_tries = item
             .schema_retries
@@ -127,6 +127,15 @@ impl Worker {
                     |client, key| {
                         let request = request.clone();
                         async move {
+                            // A batch file's body goes as it is.
+                            if let Some(body) = raw {
+                                let request = RawRequest {
+                                    model: request.model,
+                                    body,
+                                    max_output_tokens: request.max_output_tokens,
+                                };
+                                return client.generate_raw(&key, &request).await;
+                            }
                             if slots.is_empty() {
                                 return client.generate(&key, &request).await;
                             }

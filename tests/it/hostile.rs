@@ -1,7 +1,7 @@
 //! A hostile HTTP server for tests: every answer comes from a script (a
 //! closure of the request), so a test can send what no real API and no
 //! simulator fault sends (absurd waits, redirects, echoed keys, absurd token
-//! counts). It records every request it receives, headers included.
+//! counts). It records every request it receives, headers and body included.
 
 use crate::support::{jsonl_job, run_args, Workdir};
 use axum::body::{to_bytes, Body};
@@ -21,6 +21,8 @@ pub struct Seen {
     pub path: String,
     /// Header names (lowercase) and values, in the order received.
     pub headers: Vec<(String, String)>,
+    /// The request's body.
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -78,7 +80,7 @@ impl Hostile {
                 async move {
                     let (parts, body) = request.into_parts();
                     // Read to the end, as a real server does, before answering.
-                    let _ = to_bytes(body, usize::MAX).await;
+                    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
                     let request = {
                         let mut seen = seen.lock().unwrap();
                         let request = Seen {
@@ -94,6 +96,7 @@ impl Hostile {
                                     (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into())
                                 })
                                 .collect(),
+                            body: body.to_vec(),
                         };
                         seen.push(request.clone());
                         request
