@@ -72,7 +72,7 @@ impl Simulator {
             .route("/v1/models", get(list_models))
             .route("/v1beta/openai/chat/completions", post(chat_completions))
             .route("/upload/v1beta/files", post(upload_file))
-            .route("/v1beta/files/{id}", get(get_file))
+            .route("/v1beta/files/{id}", get(get_file).delete(delete_file))
             .route("/__stats", get(stats))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&self.shared))
@@ -287,7 +287,7 @@ impl Shared {
             bad_answers: Mutex::default(),
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
-            files: Files::new(Duration::from_millis(config.files.processing_ms)),
+            files: Files::new(config.files),
         }
     }
 
@@ -715,6 +715,17 @@ async fn get_file(
 ) -> Response {
     let key = google_key(&headers, query.key.as_deref());
     shared.file_request(key, |project| shared.files.get(project, &id))
+}
+
+/// `DELETE /v1beta/files/{id}`.
+async fn delete_file(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<FileQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    shared.file_request(key, |project| shared.files.delete(project, &id))
 }
 
 /// A Gemini key: header `x-goog-api-key`, else `?key=`.
