@@ -73,6 +73,9 @@ pub(super) fn render(r: &Report) -> String {
     }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
+    if !r.uploads.is_empty() {
+        uploads(&mut md, r);
+    }
     let _ = writeln!(md, "\n## Per key\n");
     table(&mut md, "key", &r.keys, |u| {
         format!("`{}` ({})", u.name, u.account.as_deref().unwrap_or(""))
@@ -98,6 +101,38 @@ pub(super) fn render(r: &Report) -> String {
         );
     }
     md
+}
+
+/// The run's uploads per account, and what `media.on_unavailable` did.
+fn uploads(md: &mut String, r: &Report) {
+    let _ = writeln!(md, "\n## Uploads\n");
+    let _ = writeln!(
+        md,
+        "| account | uploads | re-uploads | reused | bytes uploaded | deleted |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for u in &r.uploads {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} |",
+            u.account, u.uploads, u.reuploads, u.reused, u.bytes, u.deleted
+        );
+    }
+    for u in &r.uploads {
+        if u.repins > 0 {
+            let _ = writeln!(
+                md,
+                "\nmedia.on_unavailable: reupload: {} could not serve; its items went to another account.",
+                u.account
+            );
+        }
+        if u.waits > 0 {
+            let _ = writeln!(
+                md,
+                "\nmedia.on_unavailable: wait: {} item(s) wait for {} (deferred).",
+                u.waits, u.account
+            );
+        }
+    }
 }
 
 fn table(md: &mut String, first: &str, rows: &[Usage], name: impl Fn(&Usage) -> String) {

@@ -12,6 +12,7 @@ mod markdown;
 use crate::config::AccountConfig;
 use crate::store::{
     AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
+    UploadCount,
 };
 use crate::types::{Limits, QuotaDay};
 use serde::Serialize;
@@ -51,6 +52,9 @@ pub struct Report {
     /// When some items are deferred: when the daily quotas reset (the next
     /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
     pub quota_resets_at: Option<String>,
+    /// What the run did with Files API uploads, per account (empty when it
+    /// uploaded nothing).
+    pub uploads: Vec<UploadCount>,
 }
 
 /// One model's estimate against what the run used.
@@ -327,6 +331,7 @@ impl Report {
             per_minute: minutes.finish(),
             latency_histogram,
             ledger: store.ledger(today)?,
+            uploads: store.upload_counts(run)?,
         })
     }
 

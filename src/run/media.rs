@@ -82,8 +82,8 @@ pub(super) struct Uploads {
     events: mpsc::UnboundedSender<Event>,
     /// By (content hash, account).
     files: Mutex<HashMap<(String, AccountId), Arc<Entry>>>,
-    /// Accounts that could not serve, whose items went elsewhere
-    /// (`on_unavailable: reupload`), or were told to wait.
+    /// Accounts that could not serve (the run was told): under
+    /// `on_unavailable: reupload` their items go elsewhere.
     unavailable: Mutex<HashSet<AccountId>>,
     /// Uploads in flight at most (`media.upload_concurrency`).
     transfers: Semaphore,
@@ -192,7 +192,11 @@ impl Uploads {
             Slot::Upload { sha256, .. } => Some(sha256),
             Slot::Ready(_) => None,
         })?;
-        let unavailable = lock(&self.unavailable).clone();
+        // Under `wait`, the account stays the one to wait for.
+        let unavailable = match self.config.on_unavailable {
+            OnUnavailable::Reupload => lock(&self.unavailable).clone(),
+            OnUnavailable::Wait => HashSet::new(),
+        };
         lock(&self.files)
             .keys()
             .filter(|(hash, account)| hash == sha && !unavailable.contains(account))
@@ -239,7 +243,9 @@ impl Uploads {
         let account = self.pool.account_of(key).ok_or_else(not_in_pool)?;
         let mut again = true;
         loop {
-            let (parts, used) = self.parts(slots, client, key, account, request.model).await?;
+            let (parts, used) = self
+                .parts(slots, client, key, account, request.model)
+                .await?;
             let sent = Request {
                 media: &parts,
                 ..request.clone()
@@ -279,7 +285,16 @@ impl Uploads {
                     sha256,
                 } => (path, *mime, *size, sha256),
             };
-            let entry = Arc::clone(lock(&self.files).entry((sha256.clone(), account)).or_default());
+            // A file the API failed to process under one account fails
+            // under any: it is not uploaded again.
+            if let Some((name, reason)) = self.failed(sha256) {
+                return Err(failed(&name, &reason));
+            }
+            let entry = Arc::clone(
+                lock(&self.files)
+                    .entry((sha256.clone(), account))
+                    .or_default(),
+            );
             let held = entry
                 .held
                 .get_or_try_init(|| async {
@@ -310,6 +325,15 @@ impl Uploads {
             });
         }
         Ok((parts, used))
+    }
+
+    /// The name of the upload of `sha256` the API failed to process, and
+    /// why, under whichever account it was.
+    fn failed(&self, sha256: &str) -> Option<(String, String)> {
+        lock(&self.files).iter().find_map(|((sha, _), entry)| {
+            let held = entry.held.get().filter(|_| sha == sha256)?;
+            Some((held.file.name.clone(), held.failed.clone()?))
+        })
     }
 
     /// Uploads a file under `key` and waits for its processing; an upload
@@ -480,7 +504,9 @@ impl Leftovers {
             pool.count_request(account, model);
             if clients.get(account).delete_file(&key, &name).await.is_ok() {
                 let account = pool.account_name(account).to_owned();
-                batch.upload_events.push(event(account.clone(), UploadEventKind::Delete, 0));
+                batch
+                    .upload_events
+                    .push(event(account.clone(), UploadEventKind::Delete, 0));
                 batch.uploads.push(UploadChange::Gone { sha256, account });
             }
         }
