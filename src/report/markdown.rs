@@ -1,6 +1,8 @@
 //! The Markdown rendering of a report.
 
-use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
+use super::{
+    upload_cells, upload_policy, usd, Report, Usage, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
+};
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -106,32 +108,13 @@ pub(super) fn render(r: &Report) -> String {
 /// The run's uploads per account, and what `media.on_unavailable` did.
 fn uploads(md: &mut String, r: &Report) {
     let _ = writeln!(md, "\n## Uploads\n");
-    let _ = writeln!(
-        md,
-        "| account | uploads | re-uploads | reused | bytes uploaded | deleted |\n|---|---:|---:|---:|---:|---:|"
-    );
-    for u in &r.uploads {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} |",
-            u.account, u.uploads, u.reuploads, u.reused, u.bytes, u.deleted
-        );
-    }
-    for u in &r.uploads {
-        if u.repins > 0 {
-            let _ = writeln!(
-                md,
-                "\nmedia.on_unavailable: reupload: {} could not serve; its items went to another account.",
-                u.account
-            );
-        }
-        if u.waits > 0 {
-            let _ = writeln!(
-                md,
-                "\nmedia.on_unavailable: wait: {} item(s) wait for {} (deferred).",
-                u.waits, u.account
-            );
-        }
+    let rows = r
+        .uploads
+        .iter()
+        .map(|u| (u.account.clone(), upload_cells(u)));
+    cells_table(md, "account", &UPLOAD_COLUMNS, rows);
+    for line in upload_policy(r) {
+        let _ = writeln!(md, "\n{line}");
     }
 }
 

@@ -82,6 +82,40 @@ pub struct Actual {
     pub cost_usd: Option<f64>,
 }
 
+/// The columns of the uploads tables (after the account).
+const UPLOAD_COLUMNS: [&str; 5] = [
+    "uploads",
+    "re-uploads",
+    "reused",
+    "bytes uploaded",
+    "deleted",
+];
+
+/// An account's row of the uploads tables.
+fn upload_cells(u: &UploadCount) -> [String; 5] {
+    [u.uploads, u.reuploads, u.reused, u.bytes, u.deleted].map(|n| n.to_string())
+}
+
+/// What `media.on_unavailable` did in the run, one sentence per decision.
+fn upload_policy(r: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    for u in &r.uploads {
+        if u.repins > 0 {
+            lines.push(format!(
+                "media.on_unavailable: reupload: {} could not serve; its items went to another account.",
+                u.account
+            ));
+        }
+        if u.waits > 0 {
+            lines.push(format!(
+                "media.on_unavailable: wait: {} item(s) wait for {} (deferred).",
+                u.waits, u.account
+            ));
+        }
+    }
+    lines
+}
+
 /// The columns of the estimate-against-actual tables.
 const VERSUS_COLUMNS: [&str; 10] = [
     "items est.",

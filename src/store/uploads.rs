@@ -156,6 +156,11 @@ pub(super) fn apply(
             UploadChange::Gone { sha256, account } => gone.execute(params![sha256, account])?,
         };
     }
+    if !changes.is_empty() {
+        // Expired uploads are of no use to any run: forgotten on the way.
+        tx.prepare_cached("DELETE FROM uploads WHERE expires_at <= ?1")?
+            .execute([super::now()])?;
+    }
     let mut event = tx.prepare_cached(
         "INSERT INTO upload_events (run_id, account, kind, bytes, at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
@@ -234,5 +239,96 @@ impl Store {
             },
         )?;
         Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Batch;
+
+    fn row(sha256: &str, account: &str, expires_at: &str) -> UploadRow {
+        UploadRow {
+            sha256: sha256.to_owned(),
+            account: account.to_owned(),
+            name: format!("files/{sha256}"),
+            uri: format!("https://example.test/v1beta/files/{sha256}"),
+            mime: "video/mp4".to_owned(),
+            size: 100,
+            created_at: "2026-11-28T10:00:00.000Z".to_owned(),
+            expires_at: expires_at.to_owned(),
+            state: UploadState::Active,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn uploads_are_remembered_until_they_expire_and_counted_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let run = store.create_run("job.jsonl", "hash", false).unwrap();
+        let event = |account: &str, kind, bytes| UploadEvent {
+            account: account.to_owned(),
+            kind,
+            bytes,
+        };
+        let batch = Batch {
+            uploads: vec![
+                UploadChange::Put(row("aa", "a", "2999-01-01T00:00:00.000Z")),
+                UploadChange::Put(row("bb", "b", "2999-01-01T00:00:00.000Z")),
+                UploadChange::Put(row("cc", "a", "2000-01-01T00:00:00.000Z")),
+            ],
+            upload_events: vec![
+                event("a", UploadEventKind::Upload, 100),
+                event("a", UploadEventKind::Reupload, 100),
+                event("b", UploadEventKind::Reuse, 0),
+                event("b", UploadEventKind::Repin, 0),
+            ],
+            ..Batch::default()
+        };
+        store.commit(run, &batch).unwrap();
+        let live = store.live_uploads(&crate::store::now()).unwrap();
+        let names: Vec<_> = live
+            .iter()
+            .map(|u| (u.sha256.as_str(), u.account.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("aa", "a"), ("bb", "b")],
+            "the expired one is not reused"
+        );
+
+        let gone = Batch {
+            uploads: vec![UploadChange::Gone {
+                sha256: "aa".into(),
+                account: "a".into(),
+            }],
+            upload_events: vec![event("a", UploadEventKind::Delete, 0)],
+            ..Batch::default()
+        };
+        store.commit(run, &gone).unwrap();
+        let live = store.live_uploads(&crate::store::now()).unwrap();
+        assert_eq!(live, [row("bb", "b", "2999-01-01T00:00:00.000Z")]);
+
+        let counts = store.upload_counts(run).unwrap();
+        assert_eq!(
+            counts,
+            [
+                UploadCount {
+                    account: "a".into(),
+                    uploads: 1,
+                    reuploads: 1,
+                    bytes: 200,
+                    deleted: 1,
+                    ..UploadCount::default()
+                },
+                UploadCount {
+                    account: "b".into(),
+                    reused: 1,
+                    repins: 1,
+                    ..UploadCount::default()
+                },
+            ]
+        );
     }
 }

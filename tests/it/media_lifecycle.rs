@@ -124,6 +124,7 @@ async fn the_next_run_reuses_kept_uploads_and_deletes_them_after_it() {
         first.iter().map(|u| u.bytes).sum::<u64>()
     );
     assert!(work.read("job.report.md").contains("## Uploads"));
+    assert!(work.read("job.report.html").contains("<h2>Uploads</h2>"));
 
     // The next morning's job names the same files: nothing is uploaded,
     // and after the run its uploads are deleted.
