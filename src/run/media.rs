@@ -359,7 +359,11 @@ impl Uploads {
         let (name, uri) = (file.name.clone(), file.uri.clone());
         let (file, failed) = match client.wait_active(key, file, self.config.poll).await {
             Ok(file) => (file, None),
-            Err(error) if matches!(error.class, ErrorClass::ItemInvalid) => {
+            // `FAILED` (no HTTP status: the file's own state), not a
+            // failed poll.
+            Err(error)
+                if matches!(error.class, ErrorClass::ItemInvalid) && error.status.is_none() =>
+            {
                 let file = RemoteFile {
                     name,
                     uri,
