@@ -227,6 +227,18 @@ impl Observer for Display {
             Notice::BudgetReached { cap } => self.tell(&format!(
                 "keyfan: --max-cost {cap} USD reached: no new requests; finishing those in flight"
             )),
+            Notice::MediaUnavailable {
+                account,
+                policy,
+                why,
+            } => self.tell(&format!(
+                "keyfan: account {account} cannot serve the items whose files it holds ({why}); media.on_unavailable: {}: {}",
+                policy.as_str(),
+                match policy {
+                    crate::config::OnUnavailable::Wait => "they wait for it (deferred to a run after its quota resets)",
+                    crate::config::OnUnavailable::Reupload => "they go to another account with room, which uploads their files",
+                }
+            )),
         }
     }
 

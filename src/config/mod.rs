@@ -84,7 +84,41 @@ pub struct MediaConfig {
     /// The first wait between two polls of an uploaded file still
     /// processing; each next wait doubles.
     pub poll: Duration,
+    /// Leave the run's uploads in the Files API (and in the state file,
+    /// for later runs) instead of deleting them after the run.
+    pub keep_uploads: bool,
+    /// What an item pinned to an account that cannot serve does.
+    pub on_unavailable: OnUnavailable,
+    /// Uploads in flight at most.
+    pub upload_concurrency: usize,
 }
+
+/// What an item does when the account holding its uploaded file cannot
+/// serve it (its day quota is spent, or all its keys are refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Waits for that account: the item is deferred to a run after its
+    /// quota resets.
+    Wait,
+    /// Goes to another account with room, which uploads the file.
+    #[default]
+    Reupload,
+}
+
+impl OnUnavailable {
+    /// The name the config gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnUnavailable::Wait => "wait",
+            OnUnavailable::Reupload => "reupload",
+        }
+    }
+}
+
+/// Uploads in flight at most by default: a few large transfers share a
+/// link better than many.
+pub const DEFAULT_UPLOAD_CONCURRENCY: usize = 4;
 
 /// Gemini's inline payload limit: "we are increasing the maximum payload
 /// size for inline data from 20MB to 100MB (base64 encoded ...)", 2026-01-12
@@ -97,6 +131,9 @@ impl Default for MediaConfig {
             inline_max_bytes: DEFAULT_INLINE_MAX_BYTES,
             // The docs' sample polls every 5 s; most small files are ready sooner.
             poll: Duration::from_secs(1),
+            keep_uploads: false,
+            on_unavailable: OnUnavailable::default(),
+            upload_concurrency: DEFAULT_UPLOAD_CONCURRENCY,
         }
     }
 }
@@ -447,6 +484,12 @@ impl Config {
                 .inline_max_bytes
                 .unwrap_or(defaults.inline_max_bytes),
             poll: raw.media.poll.map_or(defaults.poll, |d| d.0),
+            keep_uploads: raw.media.keep_uploads.unwrap_or(defaults.keep_uploads),
+            on_unavailable: raw.media.on_unavailable.unwrap_or(defaults.on_unavailable),
+            upload_concurrency: raw
+                .media
+                .upload_concurrency
+                .map_or(defaults.upload_concurrency, |n| n.0),
         };
         Ok(Config {
             media,

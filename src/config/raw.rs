@@ -47,6 +47,9 @@ pub(super) struct RawConfig {
 pub(super) struct RawMedia {
     pub inline_max_bytes: Option<u64>,
     pub poll: Option<HumanDuration>,
+    pub keep_uploads: Option<bool>,
+    pub on_unavailable: Option<super::OnUnavailable>,
+    pub upload_concurrency: Option<Positive<usize>>,
 }
 
 /// A `models.<name>` entry: which provider serves the name, and as what.

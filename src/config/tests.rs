@@ -639,3 +639,26 @@ fn a_key_that_cannot_be_a_header_is_named_but_not_shown() {
         "{message}"
     );
 }
+
+#[test]
+fn the_media_section_reads_the_upload_lifecycle_keys() {
+    let defaults = parse(FULL).unwrap().media;
+    assert!(!defaults.keep_uploads);
+    assert_eq!(defaults.on_unavailable, OnUnavailable::Reupload);
+    assert_eq!(defaults.upload_concurrency, DEFAULT_UPLOAD_CONCURRENCY);
+    let media = parse(&with(
+        "media:\n  keep_uploads: true\n  on_unavailable: wait\n  upload_concurrency: 2\n",
+    ))
+    .unwrap()
+    .media;
+    assert!(media.keep_uploads);
+    assert_eq!(media.on_unavailable, OnUnavailable::Wait);
+    assert_eq!(media.upload_concurrency, 2);
+    let message = error(&with("media:\n  on_unavailable: later\n"));
+    assert!(
+        message.contains("media.on_unavailable") && message.contains("wait"),
+        "{message}"
+    );
+    let message = error(&with("media:\n  upload_concurrency: 0\n"));
+    assert!(message.contains("media.upload_concurrency"), "{message}");
+}

@@ -466,6 +466,41 @@ impl Pool {
         &self.accounts[account.0].name
     }
 
+    /// The account named `name` (in the config), if the pool has it.
+    pub fn account_named(&self, name: &str) -> Option<AccountId> {
+        self.accounts
+            .iter()
+            .position(|a| a.name == name)
+            .map(AccountId)
+    }
+
+    /// A key of `account` the run has not disabled, for a request outside
+    /// the attempt loop (deleting the account's uploads after the run).
+    pub fn usable_key(&self, account: AccountId) -> Option<ApiKey> {
+        let state = self.lock();
+        self.keys
+            .iter()
+            .zip(&state.keys)
+            .find(|(key, ks)| {
+                key.account == account.0 && !matches!(ks.health, Health::Disabled { .. })
+            })
+            .map(|(key, _)| key.key.clone())
+    }
+
+    /// Counts one request sent outside a lease (a Files API upload made
+    /// under the key a request leased, a deletion) in `account`'s
+    /// per-minute window for `model`: the next leases wait for the room it
+    /// took.
+    pub fn count_request(&self, account: AccountId, model: &str) {
+        let (_, model) = self.route(model);
+        let mut state = self.lock();
+        let quota = state
+            .quotas
+            .entry((account.0, model.to_owned()))
+            .or_default();
+        quota.window.record(Instant::now(), Cost::default());
+    }
+
     /// Leases a key for one request that needs `need`: a key of the pinned
     /// account if there is one, preferring a key other than `need.avoid`.
     /// Waits, without polling, until some account has room; fails when none

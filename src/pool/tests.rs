@@ -581,3 +581,30 @@ async fn a_name_of_the_models_map_is_served_by_its_provider_under_its_real_name(
     // The alias and the real name share the model's quota.
     assert!(pool.lease(Need::new(HAIKU, 10)).now_or_never().is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_counted_outside_a_lease_takes_its_accounts_room() {
+    let pool = pool(
+        "  - name: a\n    keys: [k1]\n    limits: { gemini-2.5-flash: { rpm: 1 } }\n  - name: b\n    keys: [k2]\n",
+        Strategy::RoundRobin,
+        None,
+    );
+    let a = pool.account_named("a").expect("account a");
+    assert_eq!(pool.account_named("c"), None);
+    assert_eq!(
+        pool.usable_key(a).map(|k| k.expose().to_owned()),
+        Some("k1".into())
+    );
+    // An upload under a's key: a has no room left this minute.
+    pool.count_request(a, MODEL);
+    let pinned = Need::new(MODEL, 10).pinned(a);
+    assert!(pool.lease(pinned).now_or_never().is_none(), "a is full");
+    let lease = pool.lease(Need::new(MODEL, 10)).await.unwrap();
+    assert_eq!(lease.account_name(), "b", "the work goes to b");
+    pool.settle(lease, ANSWERED);
+    advance(Duration::from_secs(61)).await;
+    let lease = pool.lease(pinned).await.unwrap();
+    assert_eq!(lease.account_name(), "a", "a has room again");
+    pool.settle(lease, refused());
+    assert_eq!(pool.usable_key(a), None, "its one key is refused");
+}

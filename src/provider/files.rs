@@ -14,12 +14,20 @@
 //!    server answers `X-Goog-Upload-Status: active`, then `final` with
 //!    `{"file": File}`.
 //! 3. `GET {base}/v1beta/files/{id}` until `state` is `ACTIVE` (or `FAILED`).
+//! 4. `DELETE {base}/v1beta/files/{id}` once it is no longer needed.
+//!
+//! A project stores at most 20 GB of files ("The File API lets you store up
+//! to 20 GB of files per project", <https://ai.google.dev/gemini-api/docs/files>);
+//! an upload past it is a 429 `RESOURCE_EXHAUSTED` on the
+//! `file_storage_bytes` metric (quoted in
+//! <https://github.com/googleapis/python-genai/issues/1172>), which no wait
+//! within a run cures: it fails the item with the API's message.
 //!
 //! The file is read from disk one chunk at a time, never whole.
 
 use super::common::api_error;
 use super::gemini::classify;
-use super::transport::{get, post_bytes};
+use super::transport::{delete, get, post_bytes};
 use super::{ApiError, Client, ErrorClass};
 use crate::types::ApiKey;
 use serde::Deserialize;
@@ -84,6 +92,9 @@ pub struct Upload<'a> {
 
 const AUTH: &str = "x-goog-api-key";
 
+/// The quota metric of a project's Files API storage, in its 429.
+const STORAGE_METRIC: &str = "file_storage_bytes";
+
 impl Client {
     /// Uploads a file with the resumable protocol, streaming it from disk in
     /// chunks of `upload.chunk_bytes`; returns the file as finalized (usually
@@ -109,7 +120,14 @@ impl Client {
                 ("X-Goog-Upload-Header-Content-Type", up.mime),
             ],
             ("application/json", meta.to_string().into_bytes()),
-            |status, _, body| classify(status, body),
+            |status, _, body| match classify(status, body) {
+                full if status == 429 && full.message.contains(STORAGE_METRIC) => ApiError {
+                    class: ErrorClass::ItemInvalid,
+                    message: format!("the project's Files API storage is full: {}", full.message),
+                    ..full
+                },
+                error => error,
+            },
         )
         .await?;
         let url = headers
@@ -183,6 +201,17 @@ impl Client {
             serde_json::from_slice(&body)
                 .map_err(|e| transient(&format!("unreadable file description: {e}")))
         });
+        super::without_key(result, key)
+    }
+
+    /// `DELETE files/{id}`: the file is gone from the project.
+    pub async fn delete_file(&self, key: &ApiKey, name: &str) -> Result<(), ApiError> {
+        let url = format!("{}/v1beta/{name}", self.base_url);
+        let result = delete(self, &url, (AUTH, key.expose()), |status, _, body| {
+            classify(status, body)
+        })
+        .await
+        .map(drop);
         super::without_key(result, key)
     }
 

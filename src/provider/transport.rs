@@ -103,6 +103,17 @@ pub(super) async fn get_with(
     Ok(body)
 }
 
+/// Deletes `url` with the auth header, as [`get`] gets it.
+pub(super) async fn delete(
+    client: &Client,
+    url: &str,
+    auth: (&'static str, &str),
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<Vec<u8>, ApiError> {
+    let (body, _) = send(client, Method::DELETE, url, None, auth, &[], classify).await?;
+    Ok(body)
+}
+
 /// One exchange over the client's transport; both transports answer alike
 /// (a redirect is an error, a 2xx gives the body, anything else goes to
 /// `classify`).

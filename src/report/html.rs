@@ -2,7 +2,9 @@
 //! SVG charts, no script, nothing fetched), written as XHTML-compatible
 //! markup (every element closed) so a plain XML check can read it.
 
-use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
+use super::{
+    upload_cells, upload_policy, usd, Report, Usage, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
+};
 use std::fmt::Write;
 
 /// Width of a full-width chart, in pixels.
@@ -197,6 +199,14 @@ pub(super) fn render(r: &Report) -> String {
 
     h.push_str("\n<h2>Per account</h2>");
     usage_table(&mut h, "account", &r.accounts);
+    if !r.uploads.is_empty() {
+        h.push_str("\n<h2>Uploads</h2>");
+        let rows = r.uploads.iter().map(|u| (&*u.account, upload_cells(u)));
+        table(&mut h, "account", &UPLOAD_COLUMNS, rows);
+        for line in upload_policy(r) {
+            let _ = write!(h, "<p>{}</p>", esc(&line));
+        }
+    }
     h.push_str("\n</body></html>\n");
     h
 }

@@ -1,6 +1,8 @@
 //! The Markdown rendering of a report.
 
-use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
+use super::{
+    upload_cells, upload_policy, usd, Report, Usage, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
+};
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -73,6 +75,9 @@ pub(super) fn render(r: &Report) -> String {
     }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
+    if !r.uploads.is_empty() {
+        uploads(&mut md, r);
+    }
     let _ = writeln!(md, "\n## Per key\n");
     table(&mut md, "key", &r.keys, |u| {
         format!("`{}` ({})", u.name, u.account.as_deref().unwrap_or(""))
@@ -98,6 +103,19 @@ pub(super) fn render(r: &Report) -> String {
         );
     }
     md
+}
+
+/// The run's uploads per account, and what `media.on_unavailable` did.
+fn uploads(md: &mut String, r: &Report) {
+    let _ = writeln!(md, "\n## Uploads\n");
+    let rows = r
+        .uploads
+        .iter()
+        .map(|u| (u.account.clone(), upload_cells(u)));
+    cells_table(md, "account", &UPLOAD_COLUMNS, rows);
+    for line in upload_policy(r) {
+        let _ = writeln!(md, "\n{line}");
+    }
 }
 
 fn table(md: &mut String, first: &str, rows: &[Usage], name: impl Fn(&Usage) -> String) {

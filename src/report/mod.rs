@@ -12,6 +12,7 @@ mod markdown;
 use crate::config::AccountConfig;
 use crate::store::{
     AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
+    UploadCount,
 };
 use crate::types::{Limits, QuotaDay};
 use serde::Serialize;
@@ -51,6 +52,9 @@ pub struct Report {
     /// When some items are deferred: when the daily quotas reset (the next
     /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
     pub quota_resets_at: Option<String>,
+    /// What the run did with Files API uploads, per account (empty when it
+    /// uploaded nothing).
+    pub uploads: Vec<UploadCount>,
 }
 
 /// One model's estimate against what the run used.
@@ -76,6 +80,40 @@ pub struct Actual {
     pub output_tokens: u64,
     /// Cost in USD; `None` when the price is unknown.
     pub cost_usd: Option<f64>,
+}
+
+/// The columns of the uploads tables (after the account).
+const UPLOAD_COLUMNS: [&str; 5] = [
+    "uploads",
+    "re-uploads",
+    "reused",
+    "bytes uploaded",
+    "deleted",
+];
+
+/// An account's row of the uploads tables.
+fn upload_cells(u: &UploadCount) -> [String; 5] {
+    [u.uploads, u.reuploads, u.reused, u.bytes, u.deleted].map(|n| n.to_string())
+}
+
+/// What `media.on_unavailable` did in the run, one sentence per decision.
+fn upload_policy(r: &Report) -> Vec<String> {
+    let mut lines = Vec::new();
+    for u in &r.uploads {
+        if u.repins > 0 {
+            lines.push(format!(
+                "media.on_unavailable: reupload: {} could not serve; its items went to another account.",
+                u.account
+            ));
+        }
+        if u.waits > 0 {
+            lines.push(format!(
+                "media.on_unavailable: wait: {} item(s) wait for {} (deferred).",
+                u.waits, u.account
+            ));
+        }
+    }
+    lines
 }
 
 /// The columns of the estimate-against-actual tables.
@@ -327,6 +365,7 @@ impl Report {
             per_minute: minutes.finish(),
             latency_histogram,
             ledger: store.ledger(today)?,
+            uploads: store.upload_counts(run)?,
         })
     }
 

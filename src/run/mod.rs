@@ -117,6 +117,16 @@ pub enum Event {
     Tick(Load),
     /// Something the person running the job should hear of at once.
     Notice(Notice),
+    /// Uploads became usable or are gone, or were used: `committed` hears
+    /// once it is in the state file.
+    Uploads {
+        /// Uploads to remember or forget.
+        changes: Vec<crate::store::UploadChange>,
+        /// What the run did, for the report.
+        events: Vec<crate::store::UploadEvent>,
+        /// Told after the commit.
+        committed: oneshot::Sender<()>,
+    },
 }
 
 /// How often the observer hears from a run even when nothing happens.
@@ -255,6 +265,10 @@ pub async fn execute(
     // Unbounded: workers must never block on recording, and at most a few
     // events per request in flight can be waiting.
     let (event_tx, event_rx) = mpsc::unbounded_channel();
+    // Uploads of earlier runs that have not expired are reused.
+    let remembered = recording.store.live_uploads(&crate::store::now())?;
+    let run = recording.run;
+    let (media_pool, media_clients) = (Arc::clone(&pool), Arc::clone(&clients));
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
     let ticker = {
         let events = event_tx.clone();
@@ -305,6 +319,8 @@ pub async fn execute(
     let media = Arc::new(media::Uploads::new(
         options.media,
         Arc::clone(caller.pool()),
+        event_tx.clone(),
+        remembered,
     ));
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..options.concurrency {
@@ -352,6 +368,9 @@ pub async fn execute(
     // Dropping the workers and the ticker drops their event senders; the
     // recorder then drains what was sent and returns the store.
     drop(workers);
+    // The workers are gone, and with them every other holder of the
+    // uploads (and of their channel to the recorder).
+    let leftovers = Arc::into_inner(media).map(media::Uploads::leftovers);
     ticker.abort();
     let _ = ticker.await;
     // The feeder ends once the workers' receiver is gone or it is cancelled.
@@ -359,7 +378,7 @@ pub async fn execute(
     // A panicked feeder has already stopped feeding; the recorder's counts
     // show the items it never sent as missing.
     let _ = feeder.await;
-    let (store, output_closed) = recorder.join().await?;
+    let (mut store, output_closed) = recorder.join().await?;
     let errors = take_all(&faults.errors);
     let keys_refused = take_all(&faults.keys_refused);
     let status = if !errors.is_empty() {
@@ -375,6 +394,22 @@ pub async fn execute(
     } else {
         RunStatus::Done
     };
+    if let Some(leftovers) = leftovers {
+        // Deleted only when nothing is left for a later run to send.
+        let deferred = store
+            .status_counts(run)?
+            .iter()
+            .any(|&(status, n)| status == ItemStatus::Deferred && n > 0);
+        let finished = status == RunStatus::Done && !deferred;
+        leftovers
+            .delete(
+                finished,
+                (&media_pool, &media_clients),
+                &options.default_model,
+                (&mut store, run),
+            )
+            .await?;
+    }
     Ok((
         Summary {
             status,

@@ -74,6 +74,16 @@ pub enum Notice {
         /// The cap, in USD.
         cap: f64,
     },
+    /// An account holding uploaded files cannot serve the items that need
+    /// them; `media.on_unavailable` says what they do.
+    MediaUnavailable {
+        /// The account.
+        account: String,
+        /// What its items do.
+        policy: crate::config::OnUnavailable,
+        /// Why it cannot serve.
+        why: String,
+    },
 }
 
 /// What the pool is doing, as of the last tick.

@@ -181,6 +181,7 @@ fn record(
     let mut commit = Batch::default();
     let mut replies = Vec::new();
     let mut notices = Vec::new();
+    let mut acks = Vec::new();
     for event in batch {
         match event {
             Event::Reserve { reservation, reply } => {
@@ -199,6 +200,15 @@ fn record(
                 scrubber.clean_option(&mut item.error);
                 commit.items.push(item);
             }
+            Event::Uploads {
+                changes,
+                events,
+                committed,
+            } => {
+                commit.uploads.extend(changes);
+                commit.upload_events.extend(events);
+                acks.push(committed);
+            }
             Event::Tick(load) => progress.load = load,
             Event::Notice(mut notice) => {
                 if let Notice::KeyDisabled { reason, .. } = &mut notice {
@@ -211,12 +221,17 @@ fn record(
     let ticks_only = commit.releases.is_empty()
         && commit.reservations.is_empty()
         && commit.attempts.is_empty()
-        && commit.items.is_empty();
+        && commit.items.is_empty()
+        && commit.uploads.is_empty()
+        && commit.upload_events.is_empty();
     if !ticks_only {
         let verdicts = store.commit(run, &commit)?;
         // A counted request may go out now: the count is durable.
         for (reply, verdict) in replies.into_iter().zip(verdicts) {
             let _ = reply.send(verdict);
+        }
+        for ack in acks {
+            let _ = ack.send(());
         }
     }
     if !commit.items.is_empty() {

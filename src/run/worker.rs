@@ -141,12 +141,7 @@ impl Worker {
                             }
                             // Uploads (once per file and account) go with the
                             // leased key: only its account can see them.
-                            let parts = media.parts(slots, &client, &key).await?;
-                            let request = Request {
-                                media: &parts,
-                                ..request
-                            };
-                            client.generate(&key, &request).await
+                            media.generate(slots, &client, &key, &request).await
                         }
                     },
                     |attempt, reply| {
@@ -200,6 +195,18 @@ impl Worker {
                     },
                 )
                 .await;
+            // The account holding the item's files cannot serve it:
+            // `media.on_unavailable` says whether it goes elsewhere.
+            if let (Err(CallError::Unavailable(why)), Some(account)) = (&result, need.pin) {
+                let cannot_serve = matches!(
+                    why,
+                    Unavailable::DayExhausted { .. } | Unavailable::NoKey { .. }
+                );
+                if cannot_serve && self.media.unavailable(account, &why.to_string()) {
+                    need.pin = self.media.pin(slots);
+                    continue;
+                }
+            }
             match answer {
                 Some(Err(_)) if result.is_ok() && schema_tries > 0 && self.reserve(worst) => {
                     schema_tries -= 1;
@@ -238,17 +245,20 @@ impl Worker {
                 outcome.output_json = answer.and_then(Result::ok).map(|v| v.to_string());
             }
             // Nothing more can be sent for the model: the run stops, and
-            // the item stays pending like the rest.
-            (Err(CallError::Unavailable(Unavailable::NoKey { model, .. })), _) => {
+            // the item stays pending like the rest. (Only the keys of the
+            // account holding the item's files: it waits, deferred.)
+            (Err(CallError::Unavailable(Unavailable::NoKey { model, .. })), _)
+                if need.pin.is_none() =>
+            {
                 self.faults.refuse_keys(model);
                 self.stop.cancel();
                 return;
             }
             (Err(CallError::Unavailable(unavailable)), _) => {
                 outcome.status = match unavailable {
-                    Unavailable::DayExhausted { .. } | Unavailable::ServerDelay { .. } => {
-                        ItemStatus::Deferred
-                    }
+                    Unavailable::DayExhausted { .. }
+                    | Unavailable::ServerDelay { .. }
+                    | Unavailable::NoKey { .. } => ItemStatus::Deferred,
                     _ => ItemStatus::Failed,
                 };
                 outcome.error = Some(unavailable.to_string());

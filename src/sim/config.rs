@@ -55,6 +55,12 @@ pub struct SimConfig {
 pub struct FilesConfig {
     /// How long an uploaded file stays `PROCESSING` before it is `ACTIVE`.
     pub processing_ms: u64,
+    /// How long a file lives after its upload (default 48 h, as the API
+    /// keeps files); after it, using the file is the real 403.
+    pub expiry_ms: Option<u64>,
+    /// Bytes of live files a project may store (default 20 GiB, the API's
+    /// `FileStorageBytesPerProject`); an upload past it is the real 429.
+    pub storage_bytes: Option<u64>,
 }
 
 /// Uniform latency in `[min_ms, max_ms]`, drawn per request from the seeded RNG.

@@ -2,14 +2,21 @@
 //! offsets, finalize) with the real headers and status values, `GET
 //! files/{id}` (`PROCESSING` until `files.processing_ms` have passed, then
 //! `ACTIVE`; `FAILED` when the display name holds `[[sim:file_failed]]`),
-//! and the checks of a `generateContent` naming files: a file of another
-//! project (or none) is the real 403, one still processing a 400
-//! `FAILED_PRECONDITION`.
+//! `DELETE files/{id}`, and the checks of a `generateContent` naming files:
+//! a file of another project (or none, or one deleted or expired) is the
+//! real 403, one still processing a 400 `FAILED_PRECONDITION`.
+//!
+//! A file lives `files.expiry_ms` after its upload (the API keeps files 48
+//! hours), and a project stores at most `files.storage_bytes` of live files
+//! (the API's 20 GiB `FileStorageBytesPerProject`): an upload past it is
+//! the real 429 `RESOURCE_EXHAUSTED` on `file_storage_bytes`, as quoted in
+//! <https://github.com/alphaXiv/feedback/issues/16> (2025-10-22).
 //!
 //! Files are project-scoped as in the real API. Their bytes are never kept:
 //! only their SHA-256, which answers carry (the first 16 hex characters) so
 //! a test can prove which file reached which item.
 
+use super::config::FilesConfig;
 use super::gemini::Gemini;
 use super::server::lock;
 use super::stats::UploadStats;
@@ -31,6 +38,14 @@ static NO_PERMISSION: LazyLock<Value> = fixture_json!("gemini_403_file_permissio
 /// The directive in a display name that makes the file end `FAILED`.
 const FAIL_DIRECTIVE: &str = "[[sim:file_failed]]";
 
+/// How long the API keeps a file: "Files are stored for 48 hours"
+/// (<https://ai.google.dev/gemini-api/docs/files>).
+const DEFAULT_EXPIRY: Duration = Duration::from_secs(48 * 3600);
+
+/// "The File API lets you store up to 20 GB of files per project"; the
+/// quota's value in the API's error is 21474836480.
+const DEFAULT_STORAGE_BYTES: u64 = 21_474_836_480;
+
 /// An upload under way.
 struct Session {
     project: usize,
@@ -50,11 +65,26 @@ struct Stored {
     sha256: String,
     ready_at: Instant,
     failed: bool,
+    /// Wall time of its upload, for `createTime` and `expirationTime`.
+    created: chrono::DateTime<chrono::Utc>,
+    /// When it is gone.
+    expires_at: Instant,
+    /// Deleted by `DELETE files/{id}`; kept for the counters.
+    deleted: bool,
+}
+
+impl Stored {
+    /// Not deleted and not expired: usable, and counted in the storage.
+    fn live(&self) -> bool {
+        !self.deleted && Instant::now() < self.expires_at
+    }
 }
 
 /// Every upload session and file, by id.
 pub(crate) struct Files {
     processing: Duration,
+    expiry: Duration,
+    storage_bytes: u64,
     next: AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
     files: Mutex<HashMap<String, Stored>>,
@@ -87,10 +117,15 @@ struct StartFile {
 }
 
 impl Files {
-    /// No files yet; each becomes `ACTIVE` `processing` after its finalize.
-    pub(crate) fn new(processing: Duration) -> Files {
+    /// No files yet; each becomes `ACTIVE` `processing_ms` after its
+    /// finalize, and is gone `expiry_ms` after it.
+    pub(crate) fn new(config: FilesConfig) -> Files {
         Files {
-            processing,
+            processing: Duration::from_millis(config.processing_ms),
+            expiry: config
+                .expiry_ms
+                .map_or(DEFAULT_EXPIRY, Duration::from_millis),
+            storage_bytes: config.storage_bytes.unwrap_or(DEFAULT_STORAGE_BYTES),
             next: AtomicU64::new(0),
             sessions: Mutex::default(),
             files: Mutex::default(),
@@ -131,6 +166,14 @@ impl Files {
                 "X-Goog-Upload-Header-Content-Length is missing or not a number",
             );
         };
+        let stored: u64 = lock(&self.files)
+            .values()
+            .filter(|f| f.project == project && f.live())
+            .map(|f| f.size)
+            .sum();
+        if stored.saturating_add(size) > self.storage_bytes {
+            return storage_exhausted(self.storage_bytes);
+        }
         let start: StartBody = serde_json::from_slice(body).unwrap_or_default();
         let id = format!("upload-{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
         lock(&self.sessions).insert(
@@ -204,8 +247,11 @@ impl Files {
             display_name: session.display_name,
             sha256: hex::encode(session.hasher.finalize()),
             ready_at: Instant::now() + self.processing,
+            created: chrono::Utc::now(),
+            expires_at: Instant::now() + self.expiry,
+            deleted: false,
         };
-        let body = json!({ "file": describe(&file_id, &stored, false) });
+        let body = json!({ "file": self.describe(&file_id, &stored, false) });
         lock(&self.files).insert(file_id, stored);
         let mut response = Gemini::json(StatusCode::OK, encode(&body));
         response
@@ -217,11 +263,27 @@ impl Files {
     /// `GET /v1beta/files/{id}` from `project`.
     pub(crate) fn get(&self, project: usize, id: &str) -> Response {
         let files = lock(&self.files);
-        match files.get(id).filter(|f| f.project == project) {
+        match files.get(id).filter(|f| f.project == project && f.live()) {
             Some(file) => Gemini::json(
                 StatusCode::OK,
-                encode(&describe(id, file, Instant::now() >= file.ready_at)),
+                encode(&self.describe(id, file, Instant::now() >= file.ready_at)),
             ),
+            None => no_permission(id),
+        }
+    }
+
+    /// `DELETE /v1beta/files/{id}` from `project`: `{}`, or the 403 for a
+    /// file it cannot see (another project's, gone or never there).
+    pub(crate) fn delete(&self, project: usize, id: &str) -> Response {
+        let mut files = lock(&self.files);
+        match files
+            .get_mut(id)
+            .filter(|f| f.project == project && f.live())
+        {
+            Some(file) => {
+                file.deleted = true;
+                Gemini::json(StatusCode::OK, "{}")
+            }
             None => no_permission(id),
         }
     }
@@ -254,7 +316,7 @@ impl Files {
                 ))));
                 continue;
             };
-            let stored = match files.get(id).filter(|f| f.project == project) {
+            let stored = match files.get(id).filter(|f| f.project == project && f.live()) {
                 Some(stored) => stored,
                 None => return Err(Box::new(no_permission(id))),
             };
@@ -280,6 +342,7 @@ impl Files {
                 project: project_name(f.project),
                 sha256: f.sha256.clone(),
                 bytes: f.size,
+                deleted: f.deleted,
             })
             .collect();
         uploads.sort_by(|a, b| a.file.cmp(&b.file));
@@ -311,8 +374,57 @@ fn final_error(status: StatusCode, rpc: &str, message: &str) -> Response {
     response
 }
 
-/// The File resource's JSON (fields as in the API reference).
-fn describe(id: &str, file: &Stored, ready: bool) -> Value {
+/// The 429 of an upload past the project's storage, with the quota's value.
+fn storage_exhausted(limit: u64) -> Response {
+    let message = format!(
+        "You exceeded your current quota, please check your plan and billing details. For more \
+         information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n\
+         * Quota exceeded for metric: generativelanguage.googleapis.com/file_storage_bytes, \
+         limit: {limit}"
+    );
+    let body = json!({"error": {
+        "code": 429,
+        "message": message,
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
+                "quotaMetric": "generativelanguage.googleapis.com/file_storage_bytes",
+                "quotaId": "FileStorageBytesPerProject",
+                "quotaValue": limit.to_string(),
+            }]},
+            {"@type": "type.googleapis.com/google.rpc.Help", "links": [{
+                "description": "Learn more about Gemini API quotas",
+                "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+            }]},
+        ],
+    }});
+    let mut response = Gemini::json(StatusCode::TOO_MANY_REQUESTS, encode(&body));
+    response
+        .headers_mut()
+        .insert("x-goog-upload-status", HeaderValue::from_static("final"));
+    response
+}
+
+impl Files {
+    /// The File resource's JSON (fields as in the API reference).
+    fn describe(&self, id: &str, file: &Stored, ready: bool) -> Value {
+        let mut value = resource(id, file, ready);
+        let time = |t: chrono::DateTime<chrono::Utc>| {
+            t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+        };
+        let expires = chrono::Duration::from_std(self.expiry)
+            .ok()
+            .and_then(|d| file.created.checked_add_signed(d))
+            .unwrap_or(file.created);
+        value["createTime"] = json!(time(file.created));
+        value["updateTime"] = json!(time(file.created));
+        value["expirationTime"] = json!(time(expires));
+        value
+    }
+}
+
+/// The File resource's JSON without its times.
+fn resource(id: &str, file: &Stored, ready: bool) -> Value {
     let state = match (file.failed, ready) {
         (true, true) => "FAILED",
         (false, true) => "ACTIVE",

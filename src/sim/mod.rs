@@ -32,8 +32,10 @@
 //! - `GET /v1beta/models` (`pageSize`, `pageToken`): Gemini's model list,
 //!   free, in the API's shape and pagination.
 //! - The Files API (`files`): `POST /upload/v1beta/files` (the resumable
-//!   upload: start, chunks, finalize) and `GET /v1beta/files/{id}`; a file is
-//!   `PROCESSING` for `files.processing_ms`, then `ACTIVE`. A
+//!   upload: start, chunks, finalize), `GET` and `DELETE /v1beta/files/{id}`;
+//!   a file is `PROCESSING` for `files.processing_ms`, then `ACTIVE`, and
+//!   gone after `files.expiry_ms` (48 h); a project stores at most
+//!   `files.storage_bytes` (20 GiB) of live files. A
 //!   `generateContent` naming a file of another project gets the real 403,
 //!   one still processing a 400 `FAILED_PRECONDITION`.
 //! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.

@@ -14,7 +14,7 @@ use super::wire::{Answer, Turn, Wire};
 use crate::types::ApiKey;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -72,7 +72,7 @@ impl Simulator {
             .route("/v1/models", get(list_models))
             .route("/v1beta/openai/chat/completions", post(chat_completions))
             .route("/upload/v1beta/files", post(upload_file))
-            .route("/v1beta/files/{id}", get(get_file))
+            .route("/v1beta/files/{id}", get(file).delete(file))
             .route("/__stats", get(stats))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&self.shared))
@@ -287,7 +287,7 @@ impl Shared {
             bad_answers: Mutex::default(),
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
-            files: Files::new(Duration::from_millis(config.files.processing_ms)),
+            files: Files::new(config.files),
         }
     }
 
@@ -706,15 +706,19 @@ async fn upload_file(
     })
 }
 
-/// `GET /v1beta/files/{id}`.
-async fn get_file(
+/// `GET /v1beta/files/{id}` (its description) or `DELETE` (it is gone).
+async fn file(
     State(shared): State<Arc<Shared>>,
+    method: Method,
     Path(id): Path<String>,
     Query(query): Query<FileQuery>,
     headers: HeaderMap,
 ) -> Response {
     let key = google_key(&headers, query.key.as_deref());
-    shared.file_request(key, |project| shared.files.get(project, &id))
+    shared.file_request(key, |project| match method {
+        Method::DELETE => shared.files.delete(project, &id),
+        _ => shared.files.get(project, &id),
+    })
 }
 
 /// A Gemini key: header `x-goog-api-key`, else `?key=`.

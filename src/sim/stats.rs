@@ -37,6 +37,9 @@ pub struct UploadStats {
     pub sha256: String,
     /// Its size.
     pub bytes: u64,
+    /// Deleted (`DELETE files/{id}`) since.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// What one key sent and got.

@@ -13,12 +13,16 @@ mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod uploads;
 
 pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
     round_usd, AttemptClass, AttemptRow, Batch, EstimateRow, ItemRow, ItemStatus, KeyRow, KeyState,
     LedgerRow, RunId, RunRow, RunStatus, UnknownValue,
+};
+pub use uploads::{
+    UploadChange, UploadCount, UploadEvent, UploadEventKind, UploadRow, UploadState,
 };
 
 use crate::types::{Limits, QuotaDay};
@@ -238,6 +242,7 @@ impl Store {
         let tx = self.conn.transaction().map_err(wrap)?;
         ledger::release_all(&tx, &batch.releases).map_err(wrap)?;
         let verdicts = ledger::reserve_all(&tx, &batch.reservations).map_err(wrap)?;
+        uploads::apply(&tx, run, &batch.uploads, &batch.upload_events).map_err(wrap)?;
         {
             let mut ledger = tx
                 .prepare_cached(

@@ -74,6 +74,8 @@ macro_rules! stored_as_text {
     };
 }
 
+pub(super) use stored_as_text;
+
 /// How an item ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ItemStatus {
@@ -513,6 +515,10 @@ pub struct Batch {
     pub attempts: Vec<AttemptRow>,
     /// Items finished.
     pub items: Vec<ItemRow>,
+    /// Uploads that became usable, or are gone.
+    pub uploads: Vec<super::UploadChange>,
+    /// What the run did with uploads, for the report.
+    pub upload_events: Vec<super::UploadEvent>,
 }
 
 // Counts and amounts are read defensively: a state file written by an older

@@ -137,6 +137,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (run_id, model)
     );
 ",
+    "
+    CREATE TABLE uploads (
+        sha256     TEXT NOT NULL,
+        account    TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        uri        TEXT NOT NULL,
+        mime       TEXT NOT NULL,
+        size       INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        state      TEXT NOT NULL,
+        error      TEXT,
+        PRIMARY KEY (sha256, account)
+    );
+    CREATE TABLE upload_events (
+        run_id  INTEGER NOT NULL REFERENCES runs (id),
+        account TEXT NOT NULL,
+        kind    TEXT NOT NULL,
+        bytes   INTEGER NOT NULL,
+        at      TEXT NOT NULL
+    );
+    CREATE INDEX upload_events_by_run ON upload_events (run_id);
+    ",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

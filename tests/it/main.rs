@@ -33,6 +33,8 @@ mod keys;
 mod library;
 /// Media items: inline, the Files API, account affinity.
 mod media;
+/// Uploads across runs: reuse, deletion, expiry, failure, `on_unavailable`, kills.
+mod media_lifecycle;
 /// Money: usage billed item by item, the budget, `--sample`.
 mod money;
 /// The quota bench's pacing scenarios under paused time, in process.
