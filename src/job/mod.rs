@@ -16,6 +16,7 @@
 //! [`JobReader`] nor by [`validate`].
 
 mod csv;
+pub mod deps;
 mod fields;
 mod jsonl;
 mod media;
@@ -62,6 +63,9 @@ pub struct Item {
     /// Its media inputs (`video`, `image`, `audio`, `document`), in field
     /// order, every file checked when the item was read.
     pub media: Vec<Media>,
+    /// The ids of the items whose answers it waits for (`depends_on`),
+    /// each once, in the order given.
+    pub depends_on: Vec<String>,
 }
 
 /// How many times an answer that does not fit its schema is asked for
@@ -273,7 +277,7 @@ impl Iterator for JobReader {
             Format::Spec(rows) => (rows.next(), rows.line()),
         };
         match next {
-            Ok(Some(Ok(item))) => Some(self.unique(item)),
+            Ok(Some(Ok(item))) => Some(self.checked(item)),
             Ok(None) => {
                 self.ended = true;
                 None
@@ -300,6 +304,21 @@ impl JobReader {
             Format::Spec(rows) => rows.items_path(),
             _ => &self.path,
         }
+    }
+
+    /// `item`, or the error of its dependencies ([`deps::check`]), or of a
+    /// duplicate id. An item in error never takes its id, so its children
+    /// find no parent of that id.
+    fn checked(&mut self, item: Item) -> Result<Item, ItemError> {
+        if let Err((field, reason)) = deps::check(&item) {
+            return Err(ItemError {
+                path: self.items_path().to_owned(),
+                line: item.line,
+                field: Some(field.to_owned()),
+                reason,
+            });
+        }
+        self.unique(item)
     }
 
     /// `item`, or the error of a duplicate id when its id was seen before.
@@ -339,6 +358,9 @@ pub struct Validation {
     /// each where it is first used; at most [`MAX_MODELS`]. The run checks
     /// each against the API of the model's provider.
     pub settings: Vec<SettingUse>,
+    /// The items' dependencies (`depends_on`); the errors of its invalid
+    /// items are among `errors`.
+    pub deps: std::sync::Arc<deps::Graph>,
 }
 
 /// A generation setting a job uses with a model, and where it first does.
@@ -384,7 +406,9 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         content_hash: String::new(),
         models: Vec::new(),
         settings: Vec::new(),
+        deps: Default::default(),
     };
+    let mut graph = deps::Builder::default();
     let mut models = HashSet::new();
     let mut settings = HashSet::new();
     let items_path = reader.items_path().to_owned();
@@ -392,6 +416,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         match result {
             Ok(item) => {
                 validation.items += 1;
+                graph.add(&item);
                 for setting in item.generation.names() {
                     if settings.len() < MAX_MODELS && settings.insert((item.model.clone(), setting))
                     {
@@ -425,6 +450,16 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         });
     }
     validation.content_hash = reader.hash_so_far();
+    let graph = graph.finish(path, &items_path, &reader.first_lines)?;
+    // An item whose dependencies are wrong is not valid.
+    for error in graph.errors() {
+        validation.items -= 1;
+        validation.error_count += 1;
+        if validation.errors.len() < MAX_ERRORS {
+            validation.errors.push(error);
+        }
+    }
+    validation.deps = std::sync::Arc::new(graph);
     Ok(validation)
 }
 

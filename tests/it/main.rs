@@ -12,6 +12,8 @@ mod anthropic;
 mod cli;
 /// The README's demo.
 mod demo;
+/// Dependencies between items: held back, answers passed on, skipped.
+mod depends;
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
 /// The engine under stress: huge delays, closed outputs, dead endpoints,
