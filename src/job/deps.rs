@@ -491,3 +491,161 @@ fn cycles(nodes: &[Node], index: &HashMap<u64, usize>) -> Vec<Vec<usize>> {
     }
     found
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item(id: &str, prompt: &str, parents: &[&str]) -> Item {
+        Item {
+            id: id.to_owned(),
+            prompt: prompt.to_owned(),
+            depends_on: parents.iter().map(|p| (*p).to_owned()).collect(),
+            ..Item::default()
+        }
+    }
+
+    #[test]
+    fn placeholders_name_a_parent_its_json_or_a_value_inside_it() {
+        let parents = ["a".to_owned(), "a.b".to_owned()];
+        let found = placeholders(
+            "{{outputs.a}} {{ outputs.a.b }} {{outputs.a.json}} {{outputs.a.b.json.x.0}} {{row}}",
+            &parents,
+        )
+        .unwrap();
+        let named: Vec<(&str, Option<Vec<String>>)> = found
+            .iter()
+            .map(|p| (p.parent.as_str(), p.json.clone()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("a", None),
+                ("a.b", None),
+                ("a", Some(vec![])),
+                ("a.b", Some(vec!["x".to_owned(), "0".to_owned()])),
+            ]
+        );
+        for wrong in [
+            "{{outputs.c}}",
+            "{{outputs.a.jsonx}}",
+            "{{outputs.a.json.}}",
+        ] {
+            let error = placeholders(wrong, &parents).unwrap_err();
+            assert!(
+                error.contains("names no item of `depends_on` (`a`, `a.b`)"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_child_is_filled_from_its_parents_answers_everywhere() {
+        let mut child = item(
+            "c",
+            "{{outputs.p}} | {{outputs.s.json.tags.1}} | {{outputs.s.json.n}} | {{outputs.s.json}}",
+            &["p", "s"],
+        );
+        child.system = Some("Be like {{outputs.p}}".to_owned());
+        let answers: HashMap<&str, Answer> = HashMap::from([
+            (
+                "p",
+                Answer {
+                    text: "plain".to_owned(),
+                    json: None,
+                },
+            ),
+            (
+                "s",
+                Answer {
+                    text: String::new(),
+                    json: Some(json!({"tags": ["x", "y"], "n": 3})),
+                },
+            ),
+        ]);
+        fill(&mut child, &|id| answers.get(id)).unwrap();
+        assert_eq!(child.prompt, r#"plain | y | 3 | {"n":3,"tags":["x","y"]}"#);
+        assert_eq!(child.system.as_deref(), Some("Be like plain"));
+        assert_eq!(child.depends_on, ["p", "s"]);
+
+        let mut missing = item("c", "{{outputs.s.json.tags.5}}", &["s"]);
+        let error = fill(&mut missing, &|id| answers.get(id)).unwrap_err();
+        assert_eq!(
+            error,
+            "`{{outputs.s.json.tags.5}}`: the answer of `s` has no `5` there"
+        );
+        let mut not_json = item("c", "{{outputs.p.json.x}}", &["p"]);
+        let error = fill(&mut not_json, &|id| answers.get(id)).unwrap_err();
+        assert!(error.contains("the answer of `p` is not JSON"), "{error}");
+    }
+
+    #[test]
+    fn an_item_may_not_depend_on_itself_nor_name_other_items() {
+        assert_eq!(
+            check(&item("a", "x", &["a"])).err().unwrap().0,
+            "depends_on"
+        );
+        let (field, reason) = check(&item("a", "{{outputs.b}}", &[])).err().unwrap();
+        assert_eq!(field, "prompt");
+        assert!(reason.contains("(empty)"), "{reason}");
+        assert_eq!(
+            check(&item("a", "{{outputs.b.json.x}}", &["b"]))
+                .unwrap()
+                .json,
+            ["b"]
+        );
+    }
+
+    #[test]
+    fn cycles_are_found_once_each_and_what_hangs_below_them_is_not_one() {
+        let node = |id: &str, parents: &[&str]| Node {
+            id: id.to_owned(),
+            line: 0,
+            parents: parents.iter().map(|p| (*p).to_owned()).collect(),
+            json: Vec::new(),
+        };
+        let nodes = [
+            node("a", &["c"]),
+            node("b", &["a", "root"]),
+            node("c", &["b"]),
+            node("below", &["c"]),
+            node("self", &["x", "self"]),
+            node("fine", &["root"]),
+        ];
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (id_hash(&n.id), i))
+            .collect();
+        assert_eq!(cycles(&nodes, &index), [vec![0, 2, 1], vec![4]]);
+    }
+
+    #[test]
+    fn a_csv_lists_parents_separated_by_bars_and_the_graph_keeps_the_valid_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.csv");
+        std::fs::write(
+            &path,
+            "id,prompt,depends_on\nb,\"{{outputs.a}}, {{outputs.c}}\",a | c\na,x,\nc,y,\nd,z,b|gone\n",
+        )
+        .unwrap();
+        let validation = super::super::validate(&path).unwrap();
+        assert_eq!(validation.items, 3);
+        let errors: Vec<String> = validation.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].ends_with(
+                "job.csv:5: field `depends_on`: unknown id `gone`: no valid item of the job has it"
+            ),
+            "{errors:?}"
+        );
+        let edges: Vec<(u64, Vec<u64>)> = validation
+            .deps
+            .edges()
+            .map(|(c, p)| (c, p.to_vec()))
+            .collect();
+        assert_eq!(edges, [(id_hash("b"), vec![id_hash("a"), id_hash("c")])]);
+        assert!(validation.deps.invalid("d").is_some());
+    }
+}

@@ -122,11 +122,11 @@ mod tests {
         assert_eq!(names, ["lang", "text"]);
         let row = [Some(Cow::Borrowed("French")), Some(Cow::Borrowed("hi"))];
         assert_eq!(t.fill(&row).unwrap(), "Say hi in French. <a.txt>hi");
+        assert_eq!(t.fill(&[Some(Cow::Borrowed("x")), None]), Err(1));
         // Other items' answers are filled when the item is sent.
         let t = parse("{{lang}}: {{ outputs.a.json.x }}", &mut names).unwrap();
         assert_eq!(names, ["lang", "text"]);
         assert_eq!(t.fill(&row).unwrap(), "French: {{outputs.a.json.x}}");
-        assert_eq!(t.fill(&[Some(Cow::Borrowed("x")), None]), Err(1));
     }
 
     #[test]
