@@ -87,6 +87,17 @@ async fn a_child_is_sent_with_its_parents_answers_in_its_prompt() {
         ],
     )
     .await;
+    // The estimate counts the children with their placeholders unfilled,
+    // and says so.
+    let out = work
+        .keyfan(&["estimate", "job.jsonl", "--config", "config.yaml"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("Depending on other items: 2 item(s), estimated with their {{outputs.…}} placeholders unfilled"),
+        "{table}"
+    );
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     let rows = by_id(&work);
