@@ -246,3 +246,30 @@ async fn a_child_resumed_after_a_kill_is_built_from_its_parents_stored_answer() 
     let sent = stats(&sim).await.requests;
     assert!((2..=3).contains(&sent), "A once, B once or twice: {sent}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sample_chooses_only_items_whose_parents_are_finished() {
+    let (sim, work) = chain(
+        0,
+        &[
+            json!({"id": "A", "prompt": "A"}),
+            json!({"id": "B", "prompt": "B {{outputs.A}}", "depends_on": ["A"]}),
+            json!({"id": "C", "prompt": "C"}),
+        ],
+    )
+    .await;
+    let out = work
+        .keyfan(&run_args("s.db", &["-q", "--sample", "3"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let rows = by_id(&work);
+    let mut sampled: Vec<&str> = rows.keys().map(String::as_str).collect();
+    sampled.sort();
+    assert_eq!(sampled, ["A", "C"], "B waits for A to be finished");
+    let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let rows = by_id(&work);
+    let a = output(&rows, "A");
+    assert!(output(&rows, "B").contains(&digest(&format!("B {a}"))));
+    assert_eq!(stats(&sim).await.requests, 3);
+}
