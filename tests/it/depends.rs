@@ -273,3 +273,32 @@ async fn a_sample_chooses_only_items_whose_parents_are_finished() {
     assert!(output(&rows, "B").contains(&digest(&format!("B {a}"))));
     assert_eq!(stats(&sim).await.requests, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupt_with_children_held_ends_at_once_and_a_rerun_finishes_the_chain() {
+    // Every answer takes 1 s: B and C are held while A is in flight.
+    let (sim, work) = chain(
+        1000,
+        &[
+            json!({"id": "A", "prompt": "A"}),
+            json!({"id": "B", "prompt": "B {{outputs.A}}", "depends_on": ["A"]}),
+            json!({"id": "C", "prompt": "C {{outputs.B}}", "depends_on": ["B"]}),
+        ],
+    )
+    .await;
+    let args = run_args("s.db", &["-q"]);
+    let mut child = work.spawn(&args);
+    wait_until("A is sent", Duration::from_secs(20), async || {
+        stats(&sim).await.requests >= 1
+    })
+    .await;
+    sigterm(&child);
+    let status = exit_within(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(130));
+    let out = work.keyfan(&args, &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let rows = by_id(&work);
+    let b = output(&rows, "B");
+    assert!(output(&rows, "C").contains(&digest(&format!("C {b}"))));
+    assert_eq!(rows["A"]["attempts"], 1, "A finished in run 1: {rows:?}");
+}
