@@ -60,7 +60,18 @@ async fn a_failed_middle_skips_its_descendants_naming_it_and_the_rest_runs() {
     let sent = 2 + rows["B"]["attempts"].as_u64().unwrap();
     assert_eq!(stats(&sim).await.requests, sent);
     let report: Value = serde_json::from_str(&work.read("job.report.json")).unwrap();
-    assert!(report.to_string().contains("skipped"), "{report}");
+    assert_eq!(
+        report["totals"]["skipped_children"],
+        json!([
+            {"id": "C", "line": 1, "error": "depends on `B`, which failed"},
+            {"id": "E", "line": 4, "error": "depends on `C`, which was skipped"},
+        ])
+    );
+    let markdown = work.read("job.report.md");
+    assert!(
+        markdown.contains("- `C` (line 1): depends on `B`, which failed"),
+        "{markdown}"
+    );
 
     // --retry-failed sends B again and, B failing again, skips C and E again.
     let out = work
