@@ -455,3 +455,97 @@ impl Feed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{validate, JobReader};
+
+    /// The tracker of a JSONL job, its items in file order, and the events
+    /// it sends.
+    fn tracker(
+        job: &str,
+    ) -> (
+        Arc<Tracker>,
+        mpsc::UnboundedReceiver<Item>,
+        Vec<Item>,
+        mpsc::UnboundedReceiver<Event>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.jsonl");
+        std::fs::write(&path, job).unwrap();
+        let graph = validate(&path).unwrap().deps;
+        let items = JobReader::open(&path).unwrap().flatten().collect();
+        let deps = Dependencies {
+            graph,
+            earlier: HashMap::new(),
+        };
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let scrubber = Scrubber::new(std::iter::empty::<&crate::types::ApiKey>());
+        let (tracker, released) = deps
+            .tracker(&HashSet::new(), "m", scrubber, events)
+            .unwrap();
+        (tracker, released, items, events_rx)
+    }
+
+    fn answered(id: &str, status: ItemStatus, output: &str) -> ItemRow {
+        ItemRow {
+            output: Some(output.to_owned()),
+            ..unsent(id.to_owned(), 0, status, Some("m"))
+        }
+    }
+
+    #[test]
+    fn an_answer_is_kept_until_its_last_child_is_built_and_a_failure_skips_down() {
+        let job = r#"{"id":"c1","prompt":"1 {{outputs.p}}","depends_on":["p"]}
+{"id":"p","prompt":"p"}
+{"id":"c2","prompt":"2 {{outputs.p}}","depends_on":["p"]}
+{"id":"q","prompt":"q"}
+{"id":"d","prompt":"d","depends_on":["q"]}
+{"id":"e","prompt":"e","depends_on":["d"]}
+"#;
+        let (tracker, mut released, items, mut events) = tracker(job);
+        let mut items = items.into_iter();
+        let mut next = || tracker.admit(items.next().unwrap());
+        assert!(next().is_none(), "c1 waits for p");
+        assert_eq!(next().unwrap().prompt, "p");
+        let row = answered("p", ItemStatus::Ok, "P!");
+        tracker.end(tracker.outcome(&row).unwrap());
+        assert_eq!(released.try_recv().unwrap().prompt, "1 P!");
+        assert!(
+            tracker.lock().ended.contains_key(&id_hash("p")),
+            "c2 needs it"
+        );
+        assert_eq!(next().unwrap().prompt, "2 P!");
+        assert!(tracker.lock().ended.is_empty(), "no child needs p any more");
+        assert!(!tracker.lock().remaining.contains_key(&id_hash("p")));
+
+        assert_eq!(next().unwrap().prompt, "q");
+        assert!(next().is_none(), "d waits for q");
+        assert!(next().is_none(), "e waits for d");
+        let row = answered("q", ItemStatus::Failed, "");
+        tracker.end(tracker.outcome(&row).unwrap());
+        let mut skipped = Vec::new();
+        while let Ok(Event::Finished(row)) = events.try_recv() {
+            skipped.push((row.id, row.status, row.error.unwrap()));
+        }
+        assert_eq!(
+            skipped,
+            [
+                (
+                    "d".to_owned(),
+                    ItemStatus::Skipped,
+                    "depends on `q`, which failed".to_owned()
+                ),
+                (
+                    "e".to_owned(),
+                    ItemStatus::Skipped,
+                    "depends on `d`, which was skipped".to_owned()
+                ),
+            ]
+        );
+        let state = tracker.lock();
+        assert!(state.held.is_empty() && state.ended.is_empty() && state.waiters.is_empty());
+        assert!(state.remaining.is_empty());
+    }
+}
