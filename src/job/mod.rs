@@ -343,7 +343,8 @@ impl JobReader {
 /// What [`validate`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
-    /// Records that parsed into an item with an id not used before.
+    /// Records that parsed into an item with an id not used before and
+    /// valid dependencies.
     pub items: u64,
     /// The first [`MAX_ERRORS`] errors, in file order.
     pub errors: Vec<ItemError>,
