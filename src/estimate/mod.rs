@@ -169,6 +169,10 @@ pub struct Estimate {
     /// Items whose input tokens the API counted (`--count-tokens`) instead
     /// of the heuristic.
     pub input_counted: u64,
+    /// Items that depend on others (`depends_on`): their prompts are
+    /// estimated with the `{{outputs.…}}` placeholders unfilled, so their
+    /// input is larger than estimated by their parents' answers.
+    pub with_outputs: u64,
     /// Per model, in order of first use.
     pub models: Vec<ModelEstimate>,
     /// The whole job.
@@ -266,17 +270,18 @@ struct Tally {
 type Invalid = (u64, Option<ItemError>);
 
 /// Per model, in order of first use, the sums of the job's valid items at
-/// `path` under `config` with `expected` output per item; and how many
-/// lines were invalid, with the first.
+/// `path` under `config` with `expected` output per item; how many lines
+/// were invalid, with the first; and how many items depend on others.
 fn tally(
     path: &Path,
     config: &Config,
     expected: &Expected,
     counts: &Counts,
-) -> Result<(Vec<Tally>, Invalid), JobError> {
+) -> Result<(Vec<Tally>, Invalid, u64), JobError> {
     let mut tallies: Vec<Tally> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut invalid: Invalid = (0, None);
+    let mut with_outputs = 0;
     for result in JobReader::open(path)? {
         let item = match result {
             Ok(item) => item,
@@ -286,6 +291,7 @@ fn tally(
                 continue;
             }
         };
+        with_outputs += u64::from(!item.depends_on.is_empty());
         let model = item.model.as_deref().unwrap_or(&config.model);
         let at = match index.get(model) {
             Some(&at) => at,
@@ -324,7 +330,7 @@ fn tally(
             });
         }
     }
-    Ok((tallies, invalid))
+    Ok((tallies, invalid, with_outputs))
 }
 
 /// What a run stores before it sends anything, so that its report can set
@@ -333,7 +339,7 @@ fn tally(
 /// config's expected output. A model with no known price has no cost
 /// (`None`) rather than failing, as a plain run only warns of it.
 pub fn plan(path: &Path, config: &Config) -> Result<Vec<EstimateRow>, JobError> {
-    let (tallies, _) = tally(path, config, &Expected::pick(None, config), &Counts::new())?;
+    let (tallies, ..) = tally(path, config, &Expected::pick(None, config), &Counts::new())?;
     Ok(tallies
         .into_iter()
         .map(|t| {
@@ -361,7 +367,7 @@ pub fn estimate(
     ledger: &[LedgerRow],
     counts: &Counts,
 ) -> Result<Estimate, EstimateError> {
-    let (tallies, invalid) = tally(path, config, &expected, counts)?;
+    let (tallies, invalid, with_outputs) = tally(path, config, &expected, counts)?;
     if let (count, Some(first)) = invalid {
         return Err(EstimateError::Invalid {
             count,
@@ -404,6 +410,7 @@ pub fn estimate(
         worst_output_default: DEFAULT_OUTPUT_CAP,
         heuristic: HEURISTIC,
         input_counted: counts.len() as u64,
+        with_outputs,
         models,
         total,
         total_minutes,

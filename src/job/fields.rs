@@ -33,6 +33,7 @@ pub(super) enum Field {
     Image,
     Audio,
     Document,
+    DependsOn,
 }
 
 /// The most answers an item may send again for not fitting its schema.
@@ -46,7 +47,7 @@ const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 21] = [
+    pub(super) const ALL: [Field; 22] = [
         Field::Id,
         Field::Prompt,
         Field::Messages,
@@ -68,6 +69,7 @@ impl Field {
         Field::Image,
         Field::Audio,
         Field::Document,
+        Field::DependsOn,
     ];
 
     /// The media fields, with what they hold.
@@ -102,6 +104,7 @@ impl Field {
             Field::Image => "image",
             Field::Audio => "audio",
             Field::Document => "document",
+            Field::DependsOn => "depends_on",
         }
     }
 
@@ -324,6 +327,7 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
         Field::SchemaRetries => {
             item.schema_retries = Some(integer(field, raw, 0, MAX_SCHEMA_RETRIES)? as u32)
         }
+        Field::DependsOn => item.depends_on = depends_on(raw)?,
         // A file is checked where its item is read (its paths are relative
         // to the job's folder): it is not a setting a spec's defaults give.
         Field::Video | Field::Image | Field::Audio | Field::Document => {
@@ -415,6 +419,37 @@ fn schema(raw: Raw) -> Result<Value, Problem> {
     })?;
     crate::schema::check_schema(&value).map_err(|e| problem(e.to_string()))?;
     Ok(value)
+}
+
+/// The ids of an item's parents: a list of ids (strings or integers), one
+/// id, or in a CSV cell ids separated by `|`. Each is kept once.
+fn depends_on(raw: Raw) -> Result<Vec<String>, Problem> {
+    let field = Field::DependsOn.name();
+    let ids: Vec<String> = match raw {
+        Raw::Text(text) => text
+            .split('|')
+            .map(str::trim)
+            .filter(|id| !id.is_empty())
+            .map(|id| id.to_owned())
+            .collect(),
+        Raw::Json(Value::Array(values)) => values
+            .iter()
+            .map(|value| {
+                id(Raw::Json(value))
+                    .map_err(|p| Problem::field(field, format!("in the list: {}", p.reason)))
+            })
+            .collect::<Result<_, _>>()?,
+        Raw::Json(value) => {
+            vec![id(Raw::Json(value)).map_err(|p| Problem::field(field, p.reason))?]
+        }
+    };
+    let mut unique = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    Ok(unique)
 }
 
 /// A number, JSON or text.

@@ -8,7 +8,8 @@
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
 //! `system`, `max_output_tokens` (integer >= 1), `temperature` (0.0–2.0)
-//! and the media fields `video`, `image`, `audio` and `document` (`media`).
+//! and the media fields `video`, `image`, `audio` and `document` (`media`),
+//! and `depends_on` with its `{{outputs.ID}}` placeholders ([`deps`]).
 //! Unknown fields are errors, to catch typos such as `promt`. An id used
 //! twice is an error on its later line, naming the first.
 //!
@@ -20,6 +21,7 @@
 
 mod batchfile;
 mod csv;
+pub mod deps;
 mod fields;
 mod jsonl;
 mod media;
@@ -69,6 +71,9 @@ pub struct Item {
     /// The body of a line of a provider's own batch file, sent as it is;
     /// `prompt` then holds only its texts, for the token estimates.
     pub raw: Option<RawBody>,
+    /// The ids of the items whose answers it waits for (`depends_on`),
+    /// each once, in the order given.
+    pub depends_on: Vec<String>,
 }
 
 /// How many times an answer that does not fit its schema is asked for
@@ -290,7 +295,7 @@ impl Iterator for JobReader {
             Format::Spec(rows) => (rows.next(), rows.line()),
         };
         match next {
-            Ok(Some(Ok(item))) => Some(self.unique(item)),
+            Ok(Some(Ok(item))) => Some(self.checked(item)),
             Ok(None) => {
                 self.ended = true;
                 None
@@ -317,6 +322,21 @@ impl JobReader {
             Format::Spec(rows) => rows.items_path(),
             _ => &self.path,
         }
+    }
+
+    /// `item`, or the error of its dependencies ([`deps::check`]), or of a
+    /// duplicate id. An item in error never takes its id, so its children
+    /// find no parent of that id.
+    fn checked(&mut self, item: Item) -> Result<Item, ItemError> {
+        if let Err((field, reason)) = deps::check(&item) {
+            return Err(ItemError {
+                path: self.items_path().to_owned(),
+                line: item.line,
+                field: Some(field.to_owned()),
+                reason,
+            });
+        }
+        self.unique(item)
     }
 
     /// `item`, or the error of a duplicate id when its id was seen before.
@@ -346,7 +366,8 @@ impl JobReader {
 /// What [`validate`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Validation {
-    /// Records that parsed into an item with an id not used before.
+    /// Records that parsed into an item with an id not used before and
+    /// valid dependencies.
     pub items: u64,
     /// The first [`MAX_ERRORS`] errors, in file order.
     pub errors: Vec<ItemError>,
@@ -365,6 +386,9 @@ pub struct Validation {
     /// The provider whose own batch file the job is, if it is one: its
     /// items must go to accounts of that provider.
     pub batch: Option<ProviderKind>,
+    /// The items' dependencies (`depends_on`); the errors of its invalid
+    /// items are among `errors`.
+    pub deps: std::sync::Arc<deps::Graph>,
 }
 
 /// A generation setting a job uses with a model, and where it first does.
@@ -411,7 +435,9 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         models: Vec::new(),
         settings: Vec::new(),
         batch: None,
+        deps: Default::default(),
     };
+    let mut graph = deps::Builder::default();
     let mut models = HashSet::new();
     let mut settings = HashSet::new();
     let items_path = reader.items_path().to_owned();
@@ -419,6 +445,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         match result {
             Ok(item) => {
                 validation.items += 1;
+                graph.add(&item);
                 for setting in item.generation.names() {
                     if settings.len() < MAX_MODELS && settings.insert((item.model.clone(), setting))
                     {
@@ -453,6 +480,16 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
     }
     validation.content_hash = reader.hash_so_far();
     validation.batch = reader.batch();
+    let graph = graph.finish(path, &items_path, &reader.first_lines)?;
+    // An item whose dependencies are wrong is not valid.
+    for error in graph.errors() {
+        validation.items -= 1;
+        validation.error_count += 1;
+        if validation.errors.len() < MAX_ERRORS {
+            validation.errors.push(error);
+        }
+    }
+    validation.deps = std::sync::Arc::new(graph);
     Ok(validation)
 }
 

@@ -1,6 +1,8 @@
 //! Prompt templates: text with `{{name}}` placeholders, filled from a row,
 //! and `{{file:path}}` placeholders, replaced by a text file's content when
-//! the spec is read.
+//! the spec is read. `{{outputs.…}}` placeholders are left in the text:
+//! they name other items' answers, filled when the item is sent
+//! ([`super::deps`]).
 
 /// A parsed template: literal text and the placeholders between.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,10 @@ impl Template {
             rest = &after[close + 2..];
             if let Some(file) = name.strip_prefix("file:") {
                 literal.push_str(&include(file.trim())?);
+                continue;
+            }
+            if name.starts_with("outputs.") {
+                literal.push_str(&format!("{{{{{name}}}}}"));
                 continue;
             }
             check_name(name)?;
@@ -117,6 +123,10 @@ mod tests {
         let row = [Some(Cow::Borrowed("French")), Some(Cow::Borrowed("hi"))];
         assert_eq!(t.fill(&row).unwrap(), "Say hi in French. <a.txt>hi");
         assert_eq!(t.fill(&[Some(Cow::Borrowed("x")), None]), Err(1));
+        // Other items' answers are filled when the item is sent.
+        let t = parse("{{lang}}: {{ outputs.a.json.x }}", &mut names).unwrap();
+        assert_eq!(names, ["lang", "text"]);
+        assert_eq!(t.fill(&row).unwrap(), "French: {{outputs.a.json.x}}");
     }
 
     #[test]

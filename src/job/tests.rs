@@ -119,7 +119,7 @@ fn jsonl_errors_name_line_and_field() {
         ("[1, 2]", "2: -: expected a JSON object, found an array"),
         (
             "{\"id\": \"a\", \"promt\": \"x\"}",
-            "2: promt: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document",
+            "2: promt: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document, depends_on",
         ),
         ("{\"id\": \"a\"}", "2: prompt: is required"),
         ("{\"prompt\": \"x\"}", "2: id: is required"),
@@ -180,7 +180,7 @@ fn csv_errors_name_line_and_column() {
     let header_error = |header: &str| errors("job.csv", format!("{header}\na,b\n").as_bytes());
     assert_eq!(
         header_error("id,promt"),
-        ["1: promt: unknown column; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document"]
+        ["1: promt: unknown column; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document, depends_on"]
     );
     assert_eq!(
         header_error("id,model"),
@@ -303,7 +303,7 @@ fn item_errors_display_path_line_and_field() {
     assert_eq!(
         shown,
         [
-            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document"),
+            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document, depends_on"),
             format!("{p}:2: invalid JSON: expected ident at column 2"),
         ]
     );

@@ -32,6 +32,17 @@ pub(super) fn render(r: &Report) -> String {
         let _ = writeln!(md, "| {status} | {n} |");
     }
     let _ = writeln!(md, "| **total** | **{}** |\n", r.totals.items);
+    if !r.totals.skipped_children.is_empty() {
+        let _ = writeln!(md, "**Skipped for their parents** (`depends_on`):\n");
+        for child in &r.totals.skipped_children {
+            let _ = writeln!(
+                md,
+                "- `{}` (line {}): {}",
+                child.id, child.line, child.error
+            );
+        }
+        let _ = writeln!(md);
+    }
     if r.totals.usage.schema_failures > 0 {
         let _ = writeln!(
             md,

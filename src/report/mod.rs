@@ -222,6 +222,24 @@ pub struct Totals {
     /// cost (billed answers tried again), in USD to 6 decimals; `None`
     /// (JSON `null`) when one of them went to a model whose price is unknown.
     pub wasted_on_retries_usd: Option<f64>,
+    /// The first [`SHOWN_SKIPPED_CHILDREN`] items skipped because a parent
+    /// (`depends_on`) did not end ok, each naming it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped_children: Vec<SkippedChild>,
+}
+
+/// How many items skipped for their parents a report lists.
+pub const SHOWN_SKIPPED_CHILDREN: u32 = 20;
+
+/// An item skipped because a parent of it did not end ok.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedChild {
+    /// Its id.
+    pub id: String,
+    /// Its line in the job.
+    pub line: u64,
+    /// Why, naming the parent (``depends on `B`, which failed``).
+    pub error: String,
 }
 
 /// What one key, one account or the whole run did.
@@ -347,6 +365,11 @@ impl Report {
             totals: Totals {
                 usage: all.finish(String::new(), None, elapsed_s),
                 wasted_on_retries_usd: store.retries_cost(run)?.map(round6),
+                skipped_children: store
+                    .skipped_children(run, SHOWN_SKIPPED_CHILDREN)?
+                    .into_iter()
+                    .map(|(id, line, error)| SkippedChild { id, line, error })
+                    .collect(),
                 ..totals
             },
             keys: keys.finish(elapsed_s),

@@ -406,9 +406,11 @@ pub async fn run(
         simulate,
         resume,
     )?;
+    // The answers of the parents finished earlier, for the children to do.
+    let deps = super::Dependencies::load(Arc::clone(&validation.deps), &store, run_id, &done)?;
     let chosen = match sample {
         Some(sample) => Some(Arc::new(
-            sample::choose(&job.file, &validation.content_hash, &done, sample)
+            sample::choose(&job.file, &validation.content_hash, &done, &deps, sample)
                 .map_err(StartError::Job)?,
         )),
         None => None,
@@ -464,6 +466,7 @@ pub async fn run(
             .then_some(COST_OUTPUT_CAP),
         prices: Arc::new(config.prices.clone()),
         media: config.media,
+        deps: Arc::new(deps),
     };
     let scrubber = scrubber(&config);
     let recording = Recording {

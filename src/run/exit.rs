@@ -40,7 +40,7 @@ pub const TABLE: &[(u8, &str)] = &[
     ),
     (
         ITEMS_FAILED,
-        "the run finished but some items failed or were skipped (--skip-invalid)",
+        "the run finished but some items failed or were skipped (--skip-invalid, or a parent that did not end ok)",
     ),
     (
         DEFERRED,

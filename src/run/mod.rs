@@ -11,6 +11,7 @@
 mod budget;
 mod call;
 mod clients;
+mod deps;
 mod entry;
 pub mod exit;
 mod media;
@@ -29,6 +30,7 @@ mod worker;
 pub use budget::Budget;
 pub use call::{Attempt, CallError, Caller, CallerError, Metered};
 pub use clients::{ClientError, Clients, UNREACHABLE_AFTER};
+pub use deps::Dependencies;
 pub use entry::{run, scrubber, RunOutcome, StartError};
 pub use observe::{Load, Notice};
 pub use recorder::{Observer, Progress};
@@ -91,6 +93,9 @@ pub struct Options {
     pub prices: Arc<crate::price::PriceTable>,
     /// How media items are sent (the config's `media:`).
     pub media: crate::config::MediaConfig,
+    /// The items' dependencies, and the answers of the parents finished
+    /// earlier: items with parents are held back until those end.
+    pub deps: Arc<Dependencies>,
 }
 
 /// Something a worker reports.
@@ -269,6 +274,12 @@ pub async fn execute(
     let remembered = recording.store.live_uploads(&crate::store::now())?;
     let run = recording.run;
     let (media_pool, media_clients) = (Arc::clone(&pool), Arc::clone(&clients));
+    let tracker = options.deps.tracker(
+        &options.done,
+        &options.default_model,
+        recording.scrubber.clone(),
+        event_tx.clone(),
+    );
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
     let ticker = {
         let events = event_tx.clone();
@@ -298,7 +309,12 @@ pub async fn execute(
     // the workers keeps memory flat whatever the job's size.
     let (item_tx, item_rx) = mpsc::channel::<Item>(options.concurrency * 2);
     let reader = JobReader::open(&options.job)?;
+    let (tracker, released) = tracker.unzip();
     let feeder = {
+        let held = tracker
+            .clone()
+            .zip(released)
+            .map(|(tracker, released)| deps::Feed { tracker, released });
         let cancel = cancel.clone();
         let events = event_tx.clone();
         let done = Arc::clone(&options.done);
@@ -306,7 +322,15 @@ pub async fn execute(
         let validated = options.job_hash.clone();
         let faults = Arc::clone(&faults);
         tokio::task::spawn_blocking(move || {
-            let reader = feed(reader, &done, only.as_deref(), item_tx, events, cancel);
+            let reader = feed(
+                reader,
+                &done,
+                only.as_deref(),
+                item_tx,
+                events,
+                cancel,
+                held,
+            );
             // The items sent were read from the file: if it is not the file
             // that was validated (and resumed by), the run must say so.
             if let Err(changed) = reader.verify(&validated) {
@@ -335,6 +359,7 @@ pub async fn execute(
             prior_attempts: Arc::clone(&options.prior_attempts),
             faults: Arc::clone(&faults),
             media: Arc::clone(&media),
+            deps: tracker.clone(),
         };
         let item_rx = Arc::clone(&item_rx);
         let cancel = cancel.clone();
@@ -355,11 +380,16 @@ pub async fn execute(
                         panic_message(&*panic)
                     ));
                 }
+                // A parent that did not end leaves its children pending.
+                if let Some(deps) = &worker.deps {
+                    deps.settled(&id);
+                }
             }
         });
     }
     drop(event_tx);
     drop(caller);
+    drop(tracker);
 
     tokio::select! {
         _ = async { while workers.join_next().await.is_some() {} } => {}
@@ -423,8 +453,9 @@ pub async fn execute(
 
 /// Reads the job into the workers' channel, all but the `done` items (or
 /// only those in `only`); invalid lines (only present when the user chose
-/// `--skip-invalid`) become `skipped` outcomes, except in a sample. Returns
-/// the reader, which knows the hash of what it read.
+/// `--skip-invalid`) become `skipped` outcomes, except in a sample. Items
+/// with parents go through `deps` (held back until their parents end).
+/// Returns the reader, which knows the hash of what it read.
 fn feed(
     mut reader: JobReader,
     done: &HashSet<u64>,
@@ -432,18 +463,34 @@ fn feed(
     items: mpsc::Sender<Item>,
     events: mpsc::UnboundedSender<Event>,
     cancel: CancellationToken,
+    mut deps: Option<deps::Feed>,
 ) -> JobReader {
     let left_out = |id: &str| {
         let id = id_hash(id);
         done.contains(&id) || only.is_some_and(|only| !only.contains(&id))
     };
     for entry in &mut reader {
-        if cancel.is_cancelled() {
+        if cancel.is_cancelled() || deps.as_mut().is_some_and(|d| !d.forward(&items, &cancel)) {
             break;
         }
+        let entry = match &deps {
+            Some(deps) => deps.tracker.check(entry),
+            None => entry,
+        };
         let sent = match entry {
-            Ok(item) if left_out(&item.id) => true,
-            Ok(item) => send_unless_cancelled(&items, item, &cancel),
+            Ok(item) if left_out(&item.id) => {
+                if let Some(deps) = deps.as_ref().filter(|_| !done.contains(&id_hash(&item.id))) {
+                    deps.tracker.passed(&item);
+                }
+                true
+            }
+            Ok(item) => match &deps {
+                Some(deps) => deps
+                    .tracker
+                    .admit(item)
+                    .is_none_or(|item| send_unless_cancelled(&items, item, &cancel)),
+                None => send_unless_cancelled(&items, item, &cancel),
+            },
             Err(_) if only.is_some() => true,
             Err(error) if done.contains(&id_hash(&error.skipped_id())) => true,
             Err(error) => events.send(Event::Finished(skipped(&error))).is_ok(),
@@ -451,6 +498,9 @@ fn feed(
         if !sent {
             break;
         }
+    }
+    if let Some(deps) = deps {
+        deps.finish(&items, &cancel);
     }
     reader
 }

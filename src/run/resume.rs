@@ -97,8 +97,13 @@ pub fn start(
     let mut done = HashSet::new();
     store
         .for_each_item(run, |row| {
+            // An item skipped because its parent did not end ok (it has
+            // its own id, unlike a skipped line) goes with its parent.
+            let skipped_child = row.status == ItemStatus::Skipped
+                && !row.id.starts_with(crate::job::SKIPPED_ID_PREFIX);
             let again = row.status == ItemStatus::Deferred
-                || (row.status == ItemStatus::Failed && resume == Resume::RetryFailed);
+                || ((row.status == ItemStatus::Failed || skipped_child)
+                    && resume == Resume::RetryFailed);
             if again {
                 return Ok(());
             }

@@ -10,6 +10,7 @@
 //! (a bounded max-heap), the same for the same job, ids and seed, and as
 //! spread over the file as a uniform random choice.
 
+use super::Dependencies;
 use crate::job::{id_hash, JobError, JobReader};
 use crate::store::{ItemStatus, RunId, Store, StoreError};
 use serde::Serialize;
@@ -27,12 +28,14 @@ pub struct Sample {
 }
 
 /// The ids (as [`id_hash`]es) of the `sample.items` valid items of the job
-/// at `path`, not in `done`, with the lowest ranks under `sample.seed`.
-/// The file must be the one validated (`validated` is its content hash).
+/// at `path`, not in `done` and whose parents are (see `deps`), with the
+/// lowest ranks under `sample.seed`. The file must be the one validated
+/// (`validated` is its content hash).
 pub(super) fn choose(
     path: &Path,
     validated: &str,
     done: &HashSet<u64>,
+    deps: &Dependencies,
     sample: Sample,
 ) -> Result<HashSet<u64>, JobError> {
     let keep = usize::try_from(sample.items).unwrap_or(usize::MAX);
@@ -41,7 +44,7 @@ pub(super) fn choose(
     let mut reader = JobReader::open(path)?;
     for item in (&mut reader).flatten() {
         let id = id_hash(&item.id);
-        if done.contains(&id) {
+        if done.contains(&id) || !deps.may_sample(&item, done) {
             continue;
         }
         let rank = rank(sample.seed, &item.id);
@@ -165,6 +168,10 @@ mod tests {
         (dir, path, hash)
     }
 
+    fn none_deps() -> Dependencies {
+        Dependencies::default()
+    }
+
     fn sample(items: u64, seed: u64) -> Sample {
         Sample { items, seed }
     }
@@ -173,9 +180,12 @@ mod tests {
     fn the_choice_is_spread_seeded_and_skips_what_is_done() {
         let (_dir, path, hash) = job(1000);
         let none = HashSet::new();
-        let chosen = choose(&path, &hash, &none, sample(50, 0)).unwrap();
+        let chosen = choose(&path, &hash, &none, &none_deps(), sample(50, 0)).unwrap();
         assert_eq!(chosen.len(), 50);
-        assert_eq!(chosen, choose(&path, &hash, &none, sample(50, 0)).unwrap());
+        assert_eq!(
+            chosen,
+            choose(&path, &hash, &none, &none_deps(), sample(50, 0)).unwrap()
+        );
         let positions: Vec<usize> = (0..1000)
             .filter(|i| chosen.contains(&id_hash(&format!("item-{i}"))))
             .collect();
@@ -184,15 +194,15 @@ mod tests {
             let within = positions.iter().filter(|&&i| i / 250 == quarter).count();
             assert!(within >= 2, "quarter {quarter}: {positions:?}");
         }
-        let other = choose(&path, &hash, &none, sample(50, 1)).unwrap();
+        let other = choose(&path, &hash, &none, &none_deps(), sample(50, 1)).unwrap();
         assert_ne!(chosen, other, "another seed chooses otherwise");
         // What is done is never chosen again: a second sample takes others.
-        let again = choose(&path, &hash, &chosen, sample(50, 0)).unwrap();
+        let again = choose(&path, &hash, &chosen, &none_deps(), sample(50, 0)).unwrap();
         assert_eq!(again.len(), 50);
         assert!(again.is_disjoint(&chosen));
         // More than the job holds takes what is left.
         assert_eq!(
-            choose(&path, &hash, &chosen, sample(5000, 0))
+            choose(&path, &hash, &chosen, &none_deps(), sample(5000, 0))
                 .unwrap()
                 .len(),
             950
@@ -202,7 +212,7 @@ mod tests {
     #[test]
     fn a_changed_job_is_refused() {
         let (_dir, path, _) = job(10);
-        let error = choose(&path, "0000", &HashSet::new(), sample(5, 0)).unwrap_err();
+        let error = choose(&path, "0000", &HashSet::new(), &none_deps(), sample(5, 0)).unwrap_err();
         assert!(matches!(error, JobError::Changed { .. }), "{error}");
     }
 }

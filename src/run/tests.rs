@@ -65,6 +65,7 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         default_output_cap: None,
         prices: Default::default(),
         media: Default::default(),
+        deps: Default::default(),
     };
     let recording = Recording {
         store,

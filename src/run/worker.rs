@@ -3,6 +3,7 @@
 
 use super::budget::Fits;
 use super::call::{refused_reason, Attempt, CallError, Caller};
+use super::deps::Tracker;
 use super::media::Uploads;
 use super::{unsent, Budget, Event, Faults, Notice};
 use crate::estimate::item_tokens;
@@ -35,6 +36,9 @@ pub(super) struct Worker {
     pub(super) faults: Arc<Faults>,
     /// The run's media uploads, shared by every worker.
     pub(super) media: Arc<Uploads>,
+    /// Told when an item ends, to release the items waiting for it; `None`
+    /// for a job without dependencies.
+    pub(super) deps: Option<Arc<Tracker>>,
 }
 
 impl Worker {
@@ -281,9 +285,19 @@ impl Worker {
                 return;
             }
         }
-        // The recorder only goes away when the run is being torn down; the
-        // outcome then stays unrecorded and the item pending.
+        self.finish(outcome);
+    }
+
+    /// Sends the outcome of an item to the recorder, then tells the
+    /// tracker, so a child's events always come after its parent's
+    /// outcome. The recorder only goes away when the run is being torn
+    /// down; the outcome then stays unrecorded and the item pending.
+    fn finish(&self, outcome: ItemRow) {
+        let ended = self.deps.as_ref().and_then(|deps| deps.outcome(&outcome));
         let _ = self.events.send(Event::Finished(outcome));
+        if let (Some(deps), Some(ended)) = (&self.deps, ended) {
+            deps.end(ended);
+        }
     }
 
     /// Ends `item` as failed before anything was sent for it, with `error`.
@@ -292,7 +306,7 @@ impl Worker {
             error: Some(error),
             ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
         };
-        let _ = self.events.send(Event::Finished(outcome));
+        self.finish(outcome);
     }
 
     /// Reserves `worst` USD under the budget, if there is one. When it does

@@ -403,6 +403,23 @@ impl Store {
         Ok(failed)
     }
 
+    /// The first `limit` items of a run, in job-file order, that ended
+    /// `skipped` because a parent of theirs did not end ok (unlike a
+    /// skipped line, such an item keeps its own id): id, line and error.
+    pub fn skipped_children(
+        &self,
+        run: RunId,
+        limit: u32,
+    ) -> Result<Vec<(String, u64, String)>, StoreError> {
+        self.collect(
+            "SELECT item_id, line, coalesce(error, '') FROM items
+             WHERE run_id = ?1 AND status = 'skipped' AND substr(item_id, 1, 6) <> '#line:'
+             ORDER BY line LIMIT ?2",
+            rusqlite::params![run.0, limit],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+    }
+
     /// Calls `each` with every attempt of a run, in the order they were
     /// committed, one row in memory at a time.
     pub fn for_each_attempt(

@@ -279,6 +279,7 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
         default_output_cap: None,
         prices: Default::default(),
         media: Default::default(),
+        deps: Default::default(),
     };
     let recording = Recording {
         store,

@@ -14,6 +14,8 @@ mod batchfile;
 mod cli;
 /// The README's demo.
 mod demo;
+/// Dependencies between items: held back, answers passed on, skipped.
+mod depends;
 /// Crashes, resumes, locks, daily quotas.
 mod durable;
 /// The engine under stress: huge delays, closed outputs, dead endpoints,
