@@ -91,7 +91,7 @@ fn table(e: &Estimate) -> String {
     out.push_str(&format!(
         "\nExpected output: {} tokens per item ({}), or the item's max_output_tokens if lower.\n\
          Worst case: each item's max_output_tokens, else {}. Batch: half the online price.\n\
-         Input tokens: {}.\n\nWall time at the configured quotas:\n",
+         Input tokens: {}.\n",
         n(u64::from(e.expected_output.tokens_per_item)),
         e.expected_output.from,
         n(u64::from(e.worst_output_default)),
@@ -104,6 +104,23 @@ fn table(e: &Estimate) -> String {
             ),
         }
     ));
+    if e.media_items > 0 {
+        out.push_str(&format!(
+            "Media tokens ({} item(s)): {}.\n",
+            n(e.media_items),
+            e.media_rule
+        ));
+    }
+    for note in &e.notes {
+        out.push_str(&format!("  {note}\n"));
+    }
+    if e.note_count > e.notes.len() as u64 {
+        out.push_str(&format!(
+            "  … and {} more such notes\n",
+            n(e.note_count - e.notes.len() as u64)
+        ));
+    }
+    out.push_str("\nWall time at the configured quotas:\n");
     for m in &e.models {
         out.push_str(&format!("  {}: {}\n", m.model, m.wall_time.summary));
     }

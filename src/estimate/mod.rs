@@ -12,10 +12,17 @@
 //! model's long-context threshold is priced at its own tier.
 
 mod count;
+mod media;
+mod mp4;
 mod tokens;
 mod wall;
 
 pub use count::{count_tokens, CountError, Counts};
+pub use media::{
+    media_tokens, video_tokens, MediaTokens, AUDIO_BITS_PER_SECOND, PDF_BYTES_PER_PAGE,
+    VIDEO_BITS_PER_SECOND,
+};
+pub use mp4::duration as mp4_duration;
 pub use tokens::{estimate_tokens, item_tokens, prompt_tokens};
 pub use wall::{thousands, WallTime};
 
@@ -39,6 +46,12 @@ pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 /// The input heuristic as it is described beside the figures.
 pub const HEURISTIC: &str = "estimated from the text: ASCII 4 characters per token, CJK \
      (hanzi, kana, hangul) 1 token per character, other scripts 2 characters per token";
+
+/// The media rule as it is described beside the figures.
+pub const MEDIA_RULE: &str = "video: seconds (from the MP4/MOV header, cut to      start_offset/end_offset) × fps (default 1) × tokens per frame (Gemini 2.x: 258, 66 at      low resolution; Gemini 3: 70, 280 at high) + 32 tokens per second of sound; audio: 32      tokens per second; images: 258 per 768 px tile (one tile up to 384 px); PDF: 258 per page";
+
+/// How many notes on guessed media figures an estimate keeps.
+pub const MAX_NOTES: usize = 50;
 
 /// The expected output per item, and where that figure comes from.
 #[derive(Debug, Clone, Serialize)]
@@ -83,15 +96,23 @@ pub struct ItemCost {
 impl ItemCost {
     /// The figures of `item` for `model` at `prices`.
     pub fn of(item: &Item, model: &str, prices: &PriceTable) -> ItemCost {
-        let input_tokens = item_tokens(item);
+        ItemCost::noted(item, model, prices).0
+    }
+
+    /// The figures of `item` for `model` at `prices`, with the notes on its
+    /// media whose tokens had to be guessed ([`MediaTokens::notes`]).
+    pub fn noted(item: &Item, model: &str, prices: &PriceTable) -> (ItemCost, Vec<String>) {
+        let media = media_tokens(item, model);
+        let input_tokens = tokens::text_tokens(item) + media.tokens;
         let worst_output = u64::from(item.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_CAP));
-        ItemCost {
+        let cost = ItemCost {
             input_tokens,
             worst_output,
             worst_usd: prices
                 .price(model)
                 .map(|p| p.cost(&usage(input_tokens, worst_output))),
-        }
+        };
+        (cost, media.notes)
     }
 }
 
@@ -166,6 +187,16 @@ pub struct Estimate {
     pub worst_output_default: u32,
     /// How input tokens are estimated.
     pub heuristic: &'static str,
+    /// How media tokens are estimated.
+    pub media_rule: &'static str,
+    /// Items with media.
+    pub media_items: u64,
+    /// Where a media figure had to be guessed (a duration from the size, an
+    /// uncounted YouTube video …): the first [`MAX_NOTES`], each
+    /// `line N: \`file\`: what`.
+    pub notes: Vec<String>,
+    /// All such notes, also those beyond the list.
+    pub note_count: u64,
     /// Items whose input tokens the API counted (`--count-tokens`) instead
     /// of the heuristic.
     pub input_counted: u64,
@@ -265,6 +296,14 @@ struct Tally {
 /// How many lines of a job were invalid, and the first.
 type Invalid = (u64, Option<ItemError>);
 
+/// What [`tally`] saw of the job's media.
+#[derive(Debug, Default)]
+struct MediaSeen {
+    items: u64,
+    notes: Vec<String>,
+    note_count: u64,
+}
+
 /// Per model, in order of first use, the sums of the job's valid items at
 /// `path` under `config` with `expected` output per item; and how many
 /// lines were invalid, with the first.
@@ -273,10 +312,11 @@ fn tally(
     config: &Config,
     expected: &Expected,
     counts: &Counts,
-) -> Result<(Vec<Tally>, Invalid), JobError> {
+) -> Result<(Vec<Tally>, Invalid, MediaSeen), JobError> {
     let mut tallies: Vec<Tally> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut invalid: Invalid = (0, None);
+    let mut seen = MediaSeen::default();
     for result in JobReader::open(path)? {
         let item = match result {
             Ok(item) => item,
@@ -302,7 +342,14 @@ fn tally(
             }
         };
         let tally = &mut tallies[at];
-        let mut cost = ItemCost::of(&item, model, &config.prices);
+        let (mut cost, notes) = ItemCost::noted(&item, model, &config.prices);
+        seen.items += u64::from(!item.media.is_empty());
+        seen.note_count += notes.len() as u64;
+        for note in notes {
+            if seen.notes.len() < MAX_NOTES {
+                seen.notes.push(format!("line {}: {note}", item.line));
+            }
+        }
         if let Some(&counted) = counts.get(&item.line) {
             cost.input_tokens = counted;
         }
@@ -324,7 +371,7 @@ fn tally(
             });
         }
     }
-    Ok((tallies, invalid))
+    Ok((tallies, invalid, seen))
 }
 
 /// What a run stores before it sends anything, so that its report can set
@@ -333,7 +380,7 @@ fn tally(
 /// config's expected output. A model with no known price has no cost
 /// (`None`) rather than failing, as a plain run only warns of it.
 pub fn plan(path: &Path, config: &Config) -> Result<Vec<EstimateRow>, JobError> {
-    let (tallies, _) = tally(path, config, &Expected::pick(None, config), &Counts::new())?;
+    let (tallies, ..) = tally(path, config, &Expected::pick(None, config), &Counts::new())?;
     Ok(tallies
         .into_iter()
         .map(|t| {
@@ -361,7 +408,7 @@ pub fn estimate(
     ledger: &[LedgerRow],
     counts: &Counts,
 ) -> Result<Estimate, EstimateError> {
-    let (tallies, invalid) = tally(path, config, &expected, counts)?;
+    let (tallies, invalid, media) = tally(path, config, &expected, counts)?;
     if let (count, Some(first)) = invalid {
         return Err(EstimateError::Invalid {
             count,
@@ -403,6 +450,10 @@ pub fn estimate(
         expected_output: expected,
         worst_output_default: DEFAULT_OUTPUT_CAP,
         heuristic: HEURISTIC,
+        media_rule: MEDIA_RULE,
+        media_items: media.items,
+        notes: media.notes,
+        note_count: media.note_count,
         input_counted: counts.len() as u64,
         models,
         total,
