@@ -377,11 +377,11 @@ struct VideoMetadata {
 
 impl VideoMetadata {
     /// What the answer shows of it after the part's digest, so a test sees
-    /// it arrive: `@START-END/FPSfps`, each `-` when absent.
+    /// it arrive: `@START~END/FPSfps`, each `-` when absent.
     fn tag(&self) -> String {
         let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
         format!(
-            "@{}-{}/{}fps",
+            "@{}~{}/{}fps",
             or_dash(&self.start_offset),
             or_dash(&self.end_offset),
             self.fps.map_or_else(|| "-".to_owned(), |f| f.to_string())

@@ -31,6 +31,8 @@ mod keys;
 mod library;
 /// Media items: inline, the Files API, account affinity.
 mod media;
+/// Media estimates from video headers; media settings on the wire.
+mod media_estimate;
 /// Money: usage billed item by item, the budget, `--sample`.
 mod money;
 /// The quota bench's pacing scenarios under paused time, in process.

@@ -2,38 +2,6 @@ use crate::support::*;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 
-/// A valid small MP4: an `ftyp` box, then `moov` holding an `mvhd` (version
-/// 0) of `seconds` at timescale 1000, then `pad` bytes of `mdat` that make
-/// each file distinct.
-pub fn mp4(seconds: u32, pad: u8) -> Vec<u8> {
-    fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(body);
-        out
-    }
-    let ftyp = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2mp41");
-    let mut mvhd = vec![0u8; 4 + 4 + 4]; // version+flags, creation, modification
-    mvhd.extend_from_slice(&1000u32.to_be_bytes()); // timescale
-    mvhd.extend_from_slice(&(seconds * 1000).to_be_bytes()); // duration
-    mvhd.extend_from_slice(&0x0001_0000u32.to_be_bytes()); // rate 1.0
-    mvhd.extend_from_slice(&[0x01, 0x00]); // volume 1.0
-    mvhd.extend_from_slice(&[0u8; 10]); // reserved
-    for m in [0x0001_0000u32, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000] {
-        mvhd.extend_from_slice(&m.to_be_bytes()); // unity matrix
-    }
-    mvhd.extend_from_slice(&[0u8; 24]); // pre_defined
-    mvhd.extend_from_slice(&2u32.to_be_bytes()); // next_track_ID
-    let moov = boxed(b"moov", &boxed(b"mvhd", &mvhd));
-    let mdat = boxed(b"mdat", &vec![pad; 2048 + usize::from(pad)]);
-    [ftyp, moov, mdat].concat()
-}
-
-/// The digest the simulator puts in its answer for a media part's bytes.
-fn media_digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))[..16].to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_video_items_over_six_files_upload_each_once_per_project_and_see_no_403() {
     let sim = simulator(
