@@ -33,15 +33,15 @@ use std::path::Path;
 
 /// The bit rate a video whose duration is unknown is assumed to have:
 /// 1 Mbit/s, low for HD video, so the estimate errs high.
-pub const VIDEO_BITS_PER_SECOND: u64 = 1_000_000;
+const VIDEO_BITS_PER_SECOND: u64 = 1_000_000;
 
 /// The bit rate an audio file whose duration is unknown is assumed to
 /// have: 128 kbit/s, a common MP3/AAC rate.
-pub const AUDIO_BITS_PER_SECOND: u64 = 128_000;
+const AUDIO_BITS_PER_SECOND: u64 = 128_000;
 
 /// The bytes per page a PDF whose pages cannot be counted is assumed to
 /// have.
-pub const PDF_BYTES_PER_PAGE: u64 = 50_000;
+const PDF_BYTES_PER_PAGE: u64 = 50_000;
 
 /// Bytes read at a time where a file is streamed.
 const CHUNK: usize = 64 * 1024;
@@ -153,7 +153,7 @@ fn file_tokens(
 
 /// The tokens of `seconds` of video cut to `clip`: its frames at the
 /// clip's fps (else the default) and its sound.
-pub fn video_tokens(seconds: f64, clip: &VideoClip, rates: &MediaRates) -> u64 {
+fn video_tokens(seconds: f64, clip: &VideoClip, rates: &MediaRates) -> u64 {
     let start = clip.start.map_or(0.0, |d| d.as_secs_f64()).min(seconds);
     let end = clip.end.map_or(seconds, |d| d.as_secs_f64()).min(seconds);
     let length = (end - start).max(0.0);

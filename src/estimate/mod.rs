@@ -18,11 +18,7 @@ mod tokens;
 mod wall;
 
 pub use count::{count_tokens, CountError, Counts};
-pub use media::{
-    media_tokens, video_tokens, MediaTokens, AUDIO_BITS_PER_SECOND, PDF_BYTES_PER_PAGE,
-    VIDEO_BITS_PER_SECOND,
-};
-pub use mp4::duration as mp4_duration;
+pub use media::{media_tokens, MediaTokens};
 pub use tokens::{estimate_tokens, item_tokens, prompt_tokens};
 pub use wall::{thousands, WallTime};
 

@@ -20,7 +20,7 @@ struct BoxAt {
 /// The duration in seconds the movie header of `file` states; `None` when
 /// there is no readable `moov/mvhd`, or it states no duration (all ones,
 /// or a time scale of 0).
-pub fn duration<R: Read + Seek>(file: &mut R) -> io::Result<Option<f64>> {
+pub(super) fn duration<R: Read + Seek>(file: &mut R) -> io::Result<Option<f64>> {
     let len = file.seek(SeekFrom::End(0))?;
     let Some(moov) = find(file, 0, len, b"moov")? else {
         return Ok(None);
