@@ -44,7 +44,10 @@ pub const HEURISTIC: &str = "estimated from the text: ASCII 4 characters per tok
      (hanzi, kana, hangul) 1 token per character, other scripts 2 characters per token";
 
 /// The media rule as it is described beside the figures.
-pub const MEDIA_RULE: &str = "video: seconds (from the MP4/MOV header, cut to      start_offset/end_offset) × fps (default 1) × tokens per frame (Gemini 2.x: 258, 66 at      low resolution; Gemini 3: 70, 280 at high) + 32 tokens per second of sound; audio: 32      tokens per second; images: 258 per 768 px tile (one tile up to 384 px); PDF: 258 per page";
+pub const MEDIA_RULE: &str = "video: seconds (from the MP4/MOV header, cut to \
+     start_offset/end_offset) × fps (default 1) × tokens per frame (Gemini 2.x: 258, 66 at \
+     low resolution; Gemini 3: 70, 280 at high) + 32 tokens per second of sound; audio: 32 \
+     tokens per second; images: 258 per 768 px tile (one tile up to 384 px); PDF: 258 per page";
 
 /// How many notes on guessed media figures an estimate keeps.
 pub const MAX_NOTES: usize = 50;
