@@ -12,7 +12,6 @@
 
 mod common;
 
-use keyfan::sim::{SimConfig, SimServer};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -31,15 +30,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let video = dir.path().join("big.mp4");
     sparse_mp4(&video, size);
-    let sim = runtime.block_on(async {
-        let config: SimConfig = serde_yaml::from_str(
-            "files: { processing_ms: 0 }\nprojects:\n  - name: p\n    keys: [bench-upload-key]\n",
-        )
-        .expect("sim config");
-        SimServer::start(config, ([127, 0, 0, 1], 0).into())
-            .await
-            .expect("simulator")
-    });
+    let sim = common::simulator(
+        &runtime,
+        "files: { processing_ms: 0 }\nprojects:\n  - name: p\n    keys: [bench-upload-key]\n",
+    );
     std::fs::write(
         dir.path().join("config.yaml"),
         format!(

@@ -103,3 +103,14 @@ pub fn peak_rss_kb(pid: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
+
+/// Starts a simulator from `yaml` on 127.0.0.1 (an ephemeral port) in
+/// `runtime`.
+pub fn simulator(runtime: &tokio::runtime::Runtime, yaml: &str) -> keyfan::sim::SimServer {
+    let config: keyfan::sim::SimConfig = serde_yaml::from_str(yaml).expect("sim config");
+    runtime.block_on(async {
+        keyfan::sim::SimServer::start(config, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("simulator")
+    })
+}
