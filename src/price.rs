@@ -12,7 +12,7 @@
 //! the standard interactive API cost", cache hits priced as online:
 //! <https://ai.google.dev/gemini-api/docs/batch-mode>).
 
-use crate::provider::Usage;
+use crate::provider::{MediaResolution, Usage};
 use serde::Serialize;
 
 /// Prices of one model in USD per 1M tokens.
@@ -234,6 +234,66 @@ impl Price {
                 ..l
             }),
         }
+    }
+}
+
+/// The tokens Gemini counts for media, by model family and media
+/// resolution. Sources:
+///
+/// - Video, Gemini 2.x and earlier: "videos are sampled at 1 frame per
+///   second … If mediaResolution is set to low, frames are tokenized at 66
+///   tokens per frame. Otherwise, frames are tokenized at 258 tokens per
+///   frame. Audio: 32 tokens per second"
+///   (<https://ai.google.dev/gemini-api/docs/video-understanding>).
+/// - Video, Gemini 3: 70 tokens per frame by default, at `low` and
+///   `medium`; 280 at `high` ("The default resolution for videos is 70
+///   tokens per frame", the token counts of
+///   <https://ai.google.dev/gemini-api/docs/media-resolution> and of the
+///   Gemini 3 video docs of Google Cloud's Agent Platform);
+///   audio as above (assumed: no other figure is published).
+/// - Images (Gemini 2.0 and later): at most 384 px on both sides, 258
+///   tokens; larger ones are cut into 768 × 768 tiles of 258 tokens each
+///   (<https://ai.google.dev/gemini-api/docs/tokens>).
+/// - PDF pages: no rule is published with the others; keyfan counts each
+///   page as one image tile (258 tokens), an approximation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MediaRates {
+    /// Tokens per video frame.
+    pub frame: u64,
+    /// Frames sampled per second when the item sets no `fps`.
+    pub fps: f64,
+    /// Tokens per second of audio (a video's sound track included).
+    pub audio_per_second: u64,
+    /// Tokens per image tile, or per small image.
+    pub tile: u64,
+    /// The side of an image tile, in pixels.
+    pub tile_px: u32,
+    /// An image at most this many pixels on both sides is one tile.
+    pub small_px: u32,
+    /// Tokens per PDF page (approximation).
+    pub page: u64,
+}
+
+/// The [`MediaRates`] of `model` at `resolution` (`None`: the API's
+/// default). Gemini 3 models (`gemini-3…`) have their own frame rates;
+/// every other model is counted by the Gemini 2.x rules.
+pub fn media_rates(model: &str, resolution: Option<MediaResolution>) -> MediaRates {
+    let model = model.strip_prefix("models/").unwrap_or(model);
+    let gemini_3 = model.starts_with("gemini-3");
+    let frame = match (gemini_3, resolution) {
+        (true, Some(MediaResolution::High)) => 280,
+        (true, _) => 70,
+        (false, Some(MediaResolution::Low)) => 66,
+        (false, _) => 258,
+    };
+    MediaRates {
+        frame,
+        fps: 1.0,
+        audio_per_second: 32,
+        tile: 258,
+        tile_px: 768,
+        small_px: 384,
+        page: 258,
     }
 }
 

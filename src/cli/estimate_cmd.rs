@@ -111,6 +111,22 @@ fn table(e: &Estimate) -> String {
             n(e.with_outputs)
         ));
     }
+    if e.media_items > 0 {
+        out.push_str(&format!(
+            "Media tokens ({} item(s)): {}.\n",
+            n(e.media_items),
+            e.media_rule
+        ));
+    }
+    for note in &e.notes {
+        out.push_str(&format!("  {note}\n"));
+    }
+    if e.note_count > e.notes.len() as u64 {
+        out.push_str(&format!(
+            "  … and {} more such notes\n",
+            n(e.note_count - e.notes.len() as u64)
+        ));
+    }
     out.push_str("\nWall time at the configured quotas:\n");
     for m in &e.models {
         out.push_str(&format!("  {}: {}\n", m.model, m.wall_time.summary));

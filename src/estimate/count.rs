@@ -5,7 +5,9 @@
 //! heuristic for their items. The Developer API counts only the prompt's
 //! `contents` (it rejects a system instruction there: googleapis/python-genai
 //! `_CountTokensConfig_to_mldev`), so an item's system instruction and
-//! earlier turns keep the heuristic.
+//! earlier turns keep the heuristic. Media are not sent to be counted (that
+//! would upload them first): an item's media keep the estimate of
+//! [`super::media_tokens`].
 
 use crate::config::Config;
 use crate::job::{Item, JobError, JobReader};
@@ -87,7 +89,7 @@ async fn count_one(caller: &Caller, item: &Item, default_model: &str) -> Result<
         generation: &item.generation,
         media: &[],
     };
-    let estimated = super::item_tokens(item);
+    let estimated = super::item_tokens(item, model);
     let need = Need::new(model, estimated);
     let stop = CancellationToken::new();
     let counted = caller

@@ -12,10 +12,13 @@
 //! model's long-context threshold is priced at its own tier.
 
 mod count;
+mod media;
+mod mp4;
 mod tokens;
 mod wall;
 
 pub use count::{count_tokens, CountError, Counts};
+pub use media::{media_tokens, MediaTokens};
 pub use tokens::{estimate_tokens, item_tokens, prompt_tokens};
 pub use wall::{thousands, WallTime};
 
@@ -39,6 +42,15 @@ pub const DEFAULT_EXPECTED_OUTPUT: u32 = 256;
 /// The input heuristic as it is described beside the figures.
 pub const HEURISTIC: &str = "estimated from the text: ASCII 4 characters per token, CJK \
      (hanzi, kana, hangul) 1 token per character, other scripts 2 characters per token";
+
+/// The media rule as it is described beside the figures.
+pub const MEDIA_RULE: &str = "video: seconds (from the MP4/MOV header, cut to \
+     start_offset/end_offset) × fps (default 1) × tokens per frame (Gemini 2.x: 258, 66 at \
+     low resolution; Gemini 3: 70, 280 at high) + 32 tokens per second of sound; audio: 32 \
+     tokens per second; images: 258 per 768 px tile (one tile up to 384 px); PDF: 258 per page";
+
+/// How many notes on guessed media figures an estimate keeps.
+pub const MAX_NOTES: usize = 50;
 
 /// The expected output per item, and where that figure comes from.
 #[derive(Debug, Clone, Serialize)]
@@ -83,15 +95,23 @@ pub struct ItemCost {
 impl ItemCost {
     /// The figures of `item` for `model` at `prices`.
     pub fn of(item: &Item, model: &str, prices: &PriceTable) -> ItemCost {
-        let input_tokens = item_tokens(item);
+        ItemCost::noted(item, model, prices).0
+    }
+
+    /// The figures of `item` for `model` at `prices`, with the notes on its
+    /// media whose tokens had to be guessed ([`MediaTokens::notes`]).
+    pub fn noted(item: &Item, model: &str, prices: &PriceTable) -> (ItemCost, Vec<String>) {
+        let media = media_tokens(item, model);
+        let input_tokens = tokens::text_tokens(item) + media.tokens;
         let worst_output = u64::from(item.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_CAP));
-        ItemCost {
+        let cost = ItemCost {
             input_tokens,
             worst_output,
             worst_usd: prices
                 .price(model)
                 .map(|p| p.cost(&usage(input_tokens, worst_output))),
-        }
+        };
+        (cost, media.notes)
     }
 }
 
@@ -166,6 +186,16 @@ pub struct Estimate {
     pub worst_output_default: u32,
     /// How input tokens are estimated.
     pub heuristic: &'static str,
+    /// How media tokens are estimated.
+    pub media_rule: &'static str,
+    /// Items with media.
+    pub media_items: u64,
+    /// Where a media figure had to be guessed (a duration from the size, an
+    /// uncounted YouTube video …): the first [`MAX_NOTES`], each
+    /// `line N: \`file\`: what`.
+    pub notes: Vec<String>,
+    /// All such notes, also those beyond the list.
+    pub note_count: u64,
     /// Items whose input tokens the API counted (`--count-tokens`) instead
     /// of the heuristic.
     pub input_counted: u64,
@@ -269,6 +299,18 @@ struct Tally {
 /// How many lines of a job were invalid, and the first.
 type Invalid = (u64, Option<ItemError>);
 
+/// What [`tally`] saw of the job's media and dependencies.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Items with media.
+    items: u64,
+    /// The first notes on media estimated by a rule of thumb.
+    notes: Vec<String>,
+    note_count: u64,
+    /// Items whose prompts wait for other items' answers.
+    with_outputs: u64,
+}
+
 /// Per model, in order of first use, the sums of the job's valid items at
 /// `path` under `config` with `expected` output per item; how many lines
 /// were invalid, with the first; and how many items depend on others.
@@ -277,11 +319,11 @@ fn tally(
     config: &Config,
     expected: &Expected,
     counts: &Counts,
-) -> Result<(Vec<Tally>, Invalid, u64), JobError> {
+) -> Result<(Vec<Tally>, Invalid, Seen), JobError> {
     let mut tallies: Vec<Tally> = Vec::new();
     let mut index: BTreeMap<String, usize> = BTreeMap::new();
     let mut invalid: Invalid = (0, None);
-    let mut with_outputs = 0;
+    let mut seen = Seen::default();
     for result in JobReader::open(path)? {
         let item = match result {
             Ok(item) => item,
@@ -291,7 +333,7 @@ fn tally(
                 continue;
             }
         };
-        with_outputs += u64::from(!item.depends_on.is_empty());
+        seen.with_outputs += u64::from(!item.depends_on.is_empty());
         let model = item.model.as_deref().unwrap_or(&config.model);
         let at = match index.get(model) {
             Some(&at) => at,
@@ -308,7 +350,14 @@ fn tally(
             }
         };
         let tally = &mut tallies[at];
-        let mut cost = ItemCost::of(&item, model, &config.prices);
+        let (mut cost, notes) = ItemCost::noted(&item, model, &config.prices);
+        seen.items += u64::from(!item.media.is_empty());
+        seen.note_count += notes.len() as u64;
+        for note in notes {
+            if seen.notes.len() < MAX_NOTES {
+                seen.notes.push(format!("line {}: {note}", item.line));
+            }
+        }
         if let Some(&counted) = counts.get(&item.line) {
             cost.input_tokens = counted;
         }
@@ -330,7 +379,7 @@ fn tally(
             });
         }
     }
-    Ok((tallies, invalid, with_outputs))
+    Ok((tallies, invalid, seen))
 }
 
 /// What a run stores before it sends anything, so that its report can set
@@ -367,7 +416,7 @@ pub fn estimate(
     ledger: &[LedgerRow],
     counts: &Counts,
 ) -> Result<Estimate, EstimateError> {
-    let (tallies, invalid, with_outputs) = tally(path, config, &expected, counts)?;
+    let (tallies, invalid, seen) = tally(path, config, &expected, counts)?;
     if let (count, Some(first)) = invalid {
         return Err(EstimateError::Invalid {
             count,
@@ -409,8 +458,12 @@ pub fn estimate(
         expected_output: expected,
         worst_output_default: DEFAULT_OUTPUT_CAP,
         heuristic: HEURISTIC,
+        media_rule: MEDIA_RULE,
+        media_items: seen.items,
+        notes: seen.notes,
+        note_count: seen.note_count,
         input_counted: counts.len() as u64,
-        with_outputs,
+        with_outputs: seen.with_outputs,
         models,
         total,
         total_minutes,

@@ -35,9 +35,16 @@ pub fn prompt_tokens(prompt: &str, system: Option<&str>) -> u64 {
     estimate_tokens(prompt) + system.map_or(0, estimate_tokens)
 }
 
-/// The estimated input tokens of a job item: its prompt, its system
+/// The estimated input tokens of a job item sent to `model`: its prompt,
+/// its system instruction, the turns of its conversation and its media
+/// ([`super::media_tokens`]).
+pub fn item_tokens(item: &crate::job::Item, model: &str) -> u64 {
+    text_tokens(item) + super::media_tokens(item, model).tokens
+}
+
+/// The estimated tokens of an item's text: its prompt, its system
 /// instruction and the turns of its conversation.
-pub fn item_tokens(item: &crate::job::Item) -> u64 {
+pub(super) fn text_tokens(item: &crate::job::Item) -> u64 {
     prompt_tokens(&item.prompt, item.system.as_deref())
         + item
             .turns

@@ -4,10 +4,11 @@
 
 use super::media::{self, Media, MediaKind};
 use super::{Item, ItemError};
-use crate::provider::{Role, Turn};
+use crate::provider::{MediaResolution, Role, Turn};
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A known field of a job item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,10 @@ pub(super) enum Field {
     ResponseMimeType,
     ResponseSchema,
     SchemaRetries,
+    MediaResolution,
+    StartOffset,
+    EndOffset,
+    Fps,
     Video,
     Image,
     Audio,
@@ -42,12 +47,16 @@ const MAX_SCHEMA_RETRIES: i64 = 10;
 /// The values `thinking_level` and `reasoning_effort` take.
 const LEVELS: [&str; 4] = ["minimal", "low", "medium", "high"];
 
+/// The largest `fps`: "The valid range is (0.0, 24.0]" (googleapis/python-genai
+/// `types.py`, `class VideoMetadata`).
+const MAX_FPS: f64 = 24.0;
+
 /// The values `response_mime_type` takes.
 const MIME_TYPES: [&str; 2] = ["application/json", "text/plain"];
 
 impl Field {
     /// Every field, in the order messages list them.
-    pub(super) const ALL: [Field; 22] = [
+    pub(super) const ALL: [Field; 26] = [
         Field::Id,
         Field::Prompt,
         Field::Messages,
@@ -65,6 +74,10 @@ impl Field {
         Field::ResponseMimeType,
         Field::ResponseSchema,
         Field::SchemaRetries,
+        Field::MediaResolution,
+        Field::StartOffset,
+        Field::EndOffset,
+        Field::Fps,
         Field::Video,
         Field::Image,
         Field::Audio,
@@ -100,6 +113,10 @@ impl Field {
             Field::ResponseMimeType => "response_mime_type",
             Field::ResponseSchema => "response_schema",
             Field::SchemaRetries => "schema_retries",
+            Field::MediaResolution => "media_resolution",
+            Field::StartOffset => "start_offset",
+            Field::EndOffset => "end_offset",
+            Field::Fps => "fps",
             Field::Video => "video",
             Field::Image => "image",
             Field::Audio => "audio",
@@ -328,6 +345,44 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
             item.schema_retries = Some(integer(field, raw, 0, MAX_SCHEMA_RETRIES)? as u32)
         }
         Field::DependsOn => item.depends_on = depends_on(raw)?,
+        Field::MediaResolution => {
+            let levels = MediaResolution::ALL.map(|(name, _)| name);
+            let name = one_of(field, raw, &levels)?;
+            item.generation.media_resolution = MediaResolution::ALL
+                .into_iter()
+                .find_map(|(n, level)| (n == name).then_some(level));
+        }
+        Field::StartOffset | Field::EndOffset => {
+            let at = offset(field, raw)?;
+            let clip = &mut item.generation.clip;
+            let (start, end) = match field {
+                Field::StartOffset => (Some(at), clip.end),
+                _ => (clip.start, Some(at)),
+            };
+            if let (Some(start), Some(end)) = (start, end) {
+                if end <= start {
+                    return Err(Problem::field(
+                        field.name(),
+                        format!(
+                            "end_offset ({}s) must be after start_offset ({}s)",
+                            end.as_secs_f64(),
+                            start.as_secs_f64()
+                        ),
+                    ));
+                }
+            }
+            (clip.start, clip.end) = (start, end);
+        }
+        Field::Fps => {
+            let fps = number(field, raw)?;
+            if !(fps > 0.0 && fps <= MAX_FPS) {
+                return Err(Problem::field(
+                    field.name(),
+                    format!("must be above 0 and at most {MAX_FPS} frames per second, found {fps}"),
+                ));
+            }
+            item.generation.clip.fps = Some(fps);
+        }
         // A file is checked where its item is read (its paths are relative
         // to the job's folder): it is not a setting a spec's defaults give.
         Field::Video | Field::Image | Field::Audio | Field::Document => {
@@ -338,6 +393,53 @@ pub(super) fn set(item: &mut Item, field: Field, raw: Raw) -> Result<(), Problem
         }
     }
     Ok(())
+}
+
+/// A video offset: seconds (a number, or its text), or a duration like
+/// `90s`, `1.5s`, `1m30s` or `1h2m3s`.
+fn offset(field: Field, raw: Raw) -> Result<Duration, Problem> {
+    let bad = |found: String| {
+        Problem::field(
+            field.name(),
+            format!("expected seconds (e.g. 90) or a duration like `1m30s`, found {found}"),
+        )
+    };
+    let seconds = match raw {
+        Raw::Json(Value::Number(n)) => n.as_f64().ok_or_else(|| bad(n.to_string()))?,
+        Raw::Json(Value::String(s)) => duration_seconds(s).ok_or_else(|| bad(format!("`{s}`")))?,
+        Raw::Text(s) => duration_seconds(s).ok_or_else(|| bad(format!("`{s}`")))?,
+        Raw::Json(v) => return Err(bad(kind(v).to_owned())),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| bad(seconds.to_string()))
+}
+
+/// The seconds of `90`, `90s`, `1.5s`, `1m30s`, `2h`, `1h2m3.5s`: hours,
+/// minutes and seconds in that order, each at most once; only the seconds
+/// may have a fraction; a bare number is seconds.
+pub(super) fn duration_seconds(text: &str) -> Option<f64> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Some(seconds);
+    }
+    let mut units: &[(char, f64)] = &[('h', 3600.0), ('m', 60.0), ('s', 1.0)];
+    let (mut total, mut rest) = (0.0, text);
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(end);
+        let unit = tail.chars().next()?;
+        let at = units.iter().position(|&(u, _)| u == unit)?;
+        let scale = units[at].1;
+        units = &units[at + 1..];
+        if number.is_empty() || (unit != 's' && number.contains('.')) {
+            return None;
+        }
+        total += number.parse::<f64>().ok()? * scale;
+        rest = &tail[1..];
+    }
+    Some(total)
 }
 
 /// A conversation: a list (or, in a CSV cell, its JSON text) of

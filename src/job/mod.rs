@@ -8,8 +8,9 @@
 //! Both formats accept the same fields with the same checks (`fields`):
 //! `id` (string or integer, required), `prompt` (required), `model`,
 //! `system`, `max_output_tokens` (integer >= 1), `temperature` (0.0–2.0)
-//! and the media fields `video`, `image`, `audio` and `document` (`media`),
-//! and `depends_on` with its `{{outputs.ID}}` placeholders ([`deps`]).
+//! and the media fields `video`, `image`, `audio` and `document` (`media`)
+//! with their settings `media_resolution`, `start_offset`, `end_offset` and
+//! `fps`, and `depends_on` with its `{{outputs.ID}}` placeholders ([`deps`]).
 //! Unknown fields are errors, to catch typos such as `promt`. An id used
 //! twice is an error on its later line, naming the first.
 //!

@@ -119,7 +119,7 @@ fn jsonl_errors_name_line_and_field() {
         ("[1, 2]", "2: -: expected a JSON object, found an array"),
         (
             "{\"id\": \"a\", \"promt\": \"x\"}",
-            "2: promt: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document, depends_on",
+            "2: promt: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, media_resolution, start_offset, end_offset, fps, video, image, audio, document, depends_on",
         ),
         ("{\"id\": \"a\"}", "2: prompt: is required"),
         ("{\"prompt\": \"x\"}", "2: id: is required"),
@@ -161,6 +161,68 @@ fn jsonl_errors_name_line_and_field() {
 }
 
 #[test]
+fn media_settings_parse_and_bad_ones_name_their_field() {
+    use crate::provider::{MediaResolution, VideoClip};
+    use std::time::Duration;
+    let parsed = items(
+        "job.jsonl",
+        "{\"id\": 1, \"prompt\": \"p\", \"media_resolution\": \"LOW\", \"start_offset\": \"1m30s\", \"end_offset\": 120.5, \"fps\": 2}\n",
+    );
+    assert_eq!(
+        parsed[0].generation.media_resolution,
+        Some(MediaResolution::Low)
+    );
+    assert_eq!(
+        parsed[0].generation.clip,
+        VideoClip {
+            start: Some(Duration::from_secs(90)),
+            end: Some(Duration::from_millis(120_500)),
+            fps: Some(2.0),
+        }
+    );
+    let csv = items(
+        "job.csv",
+        "id,prompt,start_offset,end_offset\n1,p,1h2m3.5s,3725\n",
+    );
+    assert_eq!(
+        csv[0].generation.clip.start,
+        Some(Duration::from_millis(3_723_500))
+    );
+    assert_eq!(csv[0].generation.clip.end, Some(Duration::from_secs(3725)));
+    for (line, says) in [
+        (
+            "{\"id\": 2, \"prompt\": \"p\", \"media_resolution\": \"ultra\"}",
+            "2: media_resolution: expected one of low, medium, high, found `ultra`",
+        ),
+        (
+            "{\"id\": 2, \"prompt\": \"p\", \"start_offset\": \"1:30\"}",
+            "2: start_offset: expected seconds (e.g. 90) or a duration like `1m30s`, found `1:30`",
+        ),
+        (
+            "{\"id\": 2, \"prompt\": \"p\", \"end_offset\": -5}",
+            "2: end_offset: expected seconds (e.g. 90) or a duration like `1m30s`, found -5",
+        ),
+        (
+            "{\"id\": 2, \"prompt\": \"p\", \"start_offset\": \"30s\", \"end_offset\": \"10s\"}",
+            "2: end_offset: end_offset (10s) must be after start_offset (30s)",
+        ),
+        (
+            "{\"id\": 2, \"prompt\": \"p\", \"fps\": 30}",
+            "2: fps: must be above 0 and at most 24 frames per second, found 30",
+        ),
+        (
+            "{\"id\": 2, \"prompt\": \"p\", \"fps\": 0}",
+            "2: fps: must be above 0 and at most 24 frames per second, found 0",
+        ),
+    ] {
+        assert_eq!(jsonl_error(line), says);
+    }
+    for bad in ["1m30", "30s1m", "1.5m", "s", "1m1m"] {
+        assert_eq!(super::fields::duration_seconds(bad), None, "{bad}");
+    }
+}
+
+#[test]
 fn invalid_utf8_is_reported_on_its_line() {
     let content =
         b"{\"id\": \"a\", \"prompt\": \"ok\"}\n{\"id\": \"b\", \"prompt\": \"\xC4\xE3\xBA\xC3\"}\n";
@@ -180,7 +242,7 @@ fn csv_errors_name_line_and_column() {
     let header_error = |header: &str| errors("job.csv", format!("{header}\na,b\n").as_bytes());
     assert_eq!(
         header_error("id,promt"),
-        ["1: promt: unknown column; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document, depends_on"]
+        ["1: promt: unknown column; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, media_resolution, start_offset, end_offset, fps, video, image, audio, document, depends_on"]
     );
     assert_eq!(
         header_error("id,model"),
@@ -303,7 +365,7 @@ fn item_errors_display_path_line_and_field() {
     assert_eq!(
         shown,
         [
-            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, video, image, audio, document, depends_on"),
+            format!("{p}:1: field `promt`: unknown field; expected one of: id, prompt, messages, model, system, max_output_tokens, temperature, top_p, top_k, stop, seed, thinking_budget, thinking_level, reasoning_effort, response_mime_type, response_schema, schema_retries, media_resolution, start_offset, end_offset, fps, video, image, audio, document, depends_on"),
             format!("{p}:2: invalid JSON: expected ident at column 2"),
         ]
     );

@@ -15,6 +15,7 @@ use super::common::{self, api_error, blocked, class_by_status, no_output, ErrorB
 use super::transport::post_json;
 use super::{
     ApiError, Client, ErrorClass, MediaPart, QuotaScope, RawRequest, Reply, Request, Role, Usage,
+    VideoClip,
 };
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
@@ -133,7 +134,9 @@ pub(super) struct GenerateBody<'a> {
 }
 
 /// The [`super::Generation`] settings Gemini has, as [`super::supports`]
-/// asks; `generationConfig` carries each under its own name.
+/// asks; `generationConfig` carries each under its own name, but the clip
+/// (`start_offset`, `end_offset`, `fps`), which each video part carries as
+/// its `videoMetadata`.
 pub(super) const SETTINGS: &[&str] = &[
     "top_p",
     "top_k",
@@ -143,6 +146,10 @@ pub(super) const SETTINGS: &[&str] = &[
     "thinking_level",
     "response_mime_type",
     "response_schema",
+    "media_resolution",
+    "start_offset",
+    "end_offset",
+    "fps",
 ];
 
 /// A `countTokens` body: only `contents`, because the Developer API rejects
@@ -172,11 +179,44 @@ enum PartOut<'a> {
     Inline {
         #[serde(rename = "inlineData")]
         inline_data: Blob<'a>,
+        #[serde(rename = "videoMetadata", skip_serializing_if = "Option::is_none")]
+        video_metadata: Option<VideoMetadata>,
     },
     File {
         #[serde(rename = "fileData")]
         file_data: FileData<'a>,
+        #[serde(rename = "videoMetadata", skip_serializing_if = "Option::is_none")]
+        video_metadata: Option<VideoMetadata>,
     },
+}
+
+/// A video part's `videoMetadata`: offsets as protobuf Duration strings
+/// (`"10s"`, `"1.5s"`) and the frames per second sampled (the request in
+/// `_Part_to_mldev`, googleapis/python-genai `models.py`; the docs' REST
+/// sample at <https://ai.google.dev/gemini-api/docs/video-understanding>).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct VideoMetadata {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_offset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_offset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fps: Option<f64>,
+}
+
+impl VideoMetadata {
+    /// The metadata of `clip` for a part of type `mime` (`None`: a YouTube
+    /// URL, a video): none for a part that is no video, or an unset clip.
+    fn of(clip: &VideoClip, mime: Option<&str>) -> Option<VideoMetadata> {
+        let video = mime.is_none_or(|m| m.starts_with("video/"));
+        let seconds = |d: std::time::Duration| format!("{}s", d.as_secs_f64());
+        (video && clip.is_set()).then(|| VideoMetadata {
+            start_offset: clip.start.map(seconds),
+            end_offset: clip.end.map(seconds),
+            fps: clip.fps,
+        })
+    }
 }
 
 /// `inlineData`: the bytes, base64-encoded as they are written.
@@ -229,6 +269,8 @@ struct GenerationConfig<'a> {
     response_mime_type: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response_json_schema: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_resolution: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -242,11 +284,12 @@ struct ThinkingConfig {
 
 impl<'a> Content<'a> {
     fn user(text: &'a str) -> Self {
-        Content::said(Role::User, &[], text)
+        Content::said(Role::User, &[], &VideoClip::default(), text)
     }
 
-    /// A turn of `role`: its `media` (in order), then its `text`.
-    fn said(role: Role, media: &'a [MediaPart], text: &'a str) -> Self {
+    /// A turn of `role`: its `media` (in order, each video with `clip`),
+    /// then its `text`.
+    fn said(role: Role, media: &'a [MediaPart], clip: &VideoClip, text: &'a str) -> Self {
         let mut parts: Vec<PartOut<'a>> = media
             .iter()
             .map(|part| match part {
@@ -255,12 +298,14 @@ impl<'a> Content<'a> {
                         mime_type: mime,
                         data,
                     },
+                    video_metadata: VideoMetadata::of(clip, Some(mime)),
                 },
                 MediaPart::File { mime, uri } => PartOut::File {
                     file_data: FileData {
                         mime_type: mime.as_deref(),
                         file_uri: uri,
                     },
+                    video_metadata: VideoMetadata::of(clip, mime.as_deref()),
                 },
             })
             .collect();
@@ -292,10 +337,10 @@ impl<'a> GenerateBody<'a> {
         let turns = req
             .turns
             .iter()
-            .map(|t| Content::said(t.role, &[], &t.text));
+            .map(|t| Content::said(t.role, &[], &g.clip, &t.text));
         GenerateBody {
             contents: turns
-                .chain([Content::said(Role::User, req.media, req.prompt)])
+                .chain([Content::said(Role::User, req.media, &g.clip, req.prompt)])
                 .collect(),
             system_instruction: req.system.map(Content::user),
             generation_config: GenerationConfig {
@@ -308,16 +353,23 @@ impl<'a> GenerateBody<'a> {
                 thinking_config: thinking,
                 response_mime_type: mime,
                 response_json_schema: schema,
+                media_resolution: g.media_resolution.map(|r| r.wire()),
             },
         }
     }
 }
 
 impl<'a> CountBody<'a> {
-    /// The body for `req`: its prompt and media only.
+    /// The body for `req`: its prompt and media (videos with their clip)
+    /// only; a media resolution cannot be sent with a count.
     pub(super) fn new(req: &Request<'a>) -> Self {
         CountBody {
-            contents: [Content::said(Role::User, req.media, req.prompt)],
+            contents: [Content::said(
+                Role::User,
+                req.media,
+                &req.generation.clip,
+                req.prompt,
+            )],
         }
     }
 }

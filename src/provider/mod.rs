@@ -159,6 +159,64 @@ pub struct Generation {
     pub response_mime_type: Option<String>,
     /// A JSON Schema the answer must follow (structured output).
     pub response_schema: Option<Arc<Value>>,
+    /// How finely media are tokenized (Gemini `mediaResolution`).
+    pub media_resolution: Option<MediaResolution>,
+    /// The part of each video to use and its sampling rate (Gemini
+    /// `videoMetadata`).
+    pub clip: VideoClip,
+}
+
+/// How finely Gemini tokenizes media: `generationConfig.mediaResolution`
+/// `MEDIA_RESOLUTION_LOW|MEDIUM|HIGH` (googleapis/python-genai `types.py`,
+/// `class MediaResolution`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaResolution {
+    /// `low`.
+    Low,
+    /// `medium`.
+    Medium,
+    /// `high`.
+    High,
+}
+
+impl MediaResolution {
+    /// Every level, as jobs spell them.
+    pub const ALL: [(&'static str, MediaResolution); 3] = [
+        ("low", MediaResolution::Low),
+        ("medium", MediaResolution::Medium),
+        ("high", MediaResolution::High),
+    ];
+
+    /// The API's name: `MEDIA_RESOLUTION_LOW`, …
+    pub fn wire(self) -> &'static str {
+        match self {
+            MediaResolution::Low => "MEDIA_RESOLUTION_LOW",
+            MediaResolution::Medium => "MEDIA_RESOLUTION_MEDIUM",
+            MediaResolution::High => "MEDIA_RESOLUTION_HIGH",
+        }
+    }
+}
+
+/// Which part of each video of an item is used, and how many frames per
+/// second are sampled from it: Gemini's part-level `videoMetadata`
+/// (`startOffset`, `endOffset`, `fps`; googleapis/python-genai `types.py`,
+/// `class VideoMetadata`). Unset fields are left to the API (the whole
+/// video, 1 frame per second).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VideoClip {
+    /// Where the clip starts.
+    pub start: Option<Duration>,
+    /// Where the clip ends.
+    pub end: Option<Duration>,
+    /// Frames sampled per second, in (0, 24].
+    pub fps: Option<f64>,
+}
+
+impl VideoClip {
+    /// Whether any field is set.
+    pub fn is_set(&self) -> bool {
+        self.start.is_some() || self.end.is_some() || self.fps.is_some()
+    }
 }
 
 impl Generation {
@@ -180,6 +238,10 @@ impl Generation {
             ("reasoning_effort", self.reasoning_effort.is_some()),
             ("response_mime_type", self.response_mime_type.is_some()),
             ("response_schema", self.response_schema.is_some()),
+            ("media_resolution", self.media_resolution.is_some()),
+            ("start_offset", self.clip.start.is_some()),
+            ("end_offset", self.clip.end.is_some()),
+            ("fps", self.clip.fps.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

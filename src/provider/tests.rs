@@ -808,6 +808,65 @@ fn model_names_in_the_providers_character_set() {
 }
 
 #[test]
+fn media_settings_go_out_as_gemini_takes_them() {
+    use super::{MediaPart, MediaResolution, VideoClip};
+    let settings = Generation {
+        media_resolution: Some(MediaResolution::Low),
+        clip: VideoClip {
+            start: Some(Duration::from_secs(90)),
+            end: Some(Duration::from_millis(120_500)),
+            fps: Some(2.0),
+        },
+        ..Generation::default()
+    };
+    let media = [
+        MediaPart::File {
+            mime: Some("video/mp4".into()),
+            uri: "https://generativelanguage.googleapis.com/v1beta/files/abc".into(),
+        },
+        MediaPart::Inline {
+            mime: "image/png".into(),
+            data: vec![1, 2, 3],
+        },
+        MediaPart::File {
+            mime: None,
+            uri: "https://youtu.be/x".into(),
+        },
+    ];
+    let req = Request {
+        model: "m",
+        prompt: "What happens?",
+        turns: &[],
+        system: None,
+        max_output_tokens: None,
+        temperature: None,
+        generation: &settings,
+        media: &media,
+    };
+    let gemini = wire(&GenerateBody::new(&req));
+    assert_eq!(
+        gemini["generationConfig"],
+        serde_json::json!({"mediaResolution": "MEDIA_RESOLUTION_LOW"})
+    );
+    let clip = serde_json::json!({"startOffset": "90s", "endOffset": "120.5s", "fps": 2.0});
+    let parts = &gemini["contents"][0]["parts"];
+    // Videos (a YouTube URL is one) carry the clip; an image does not.
+    assert_eq!(parts[0]["videoMetadata"], clip);
+    assert!(parts[1].get("videoMetadata").is_none(), "{parts}");
+    assert_eq!(parts[2]["videoMetadata"], clip);
+    // A count carries the clip but no generation config.
+    let count = wire(&CountBody::new(&req));
+    assert_eq!(count["contents"][0]["parts"][0]["videoMetadata"], clip);
+    assert!(count.get("generationConfig").is_none());
+    for name in ["media_resolution", "start_offset", "end_offset", "fps"] {
+        assert!(settings.names().contains(&name));
+        assert!(super::supports(super::ProviderKind::Gemini, name));
+        assert!(!super::supports(super::ProviderKind::Openai, name));
+        assert!(!super::supports(super::ProviderKind::Anthropic, name));
+    }
+}
+
+#[test]
 fn generation_settings_go_out_under_each_api_s_own_names() {
     let settings = Generation {
         top_p: Some(0.5),
@@ -818,7 +877,7 @@ fn generation_settings_go_out_under_each_api_s_own_names() {
         thinking_level: Some("low".into()),
         reasoning_effort: Some("high".into()),
         response_mime_type: Some("text/plain".into()),
-        response_schema: None,
+        ..Generation::default()
     };
     let turns = [
         super::Turn {

@@ -60,9 +60,9 @@ impl Worker {
                 .unwrap_or(0),
         };
         let model = item.model.as_deref().unwrap_or(&self.default_model);
-        let tokens = item_tokens(&item);
         // A name of the config's `models` map goes out as the model it names.
         let wire_model = self.caller.pool().model_name(model);
+        let tokens = item_tokens(&item, wire_model);
         let price = self.prices.price(wire_model);
         // Under a budget (or `max_cost_per_item`) every request carries an
         // output cap, so its worst case is known before it is sent.

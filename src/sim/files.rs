@@ -300,12 +300,16 @@ impl Files {
         let files = lock(&self.files);
         let mut digests = Vec::new();
         for part in request.contents.iter().flat_map(|c| &c.parts) {
+            let at = digests.len();
             if let Some(data) = &part.inline_data {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(&data.data)
                     .unwrap_or_default();
                 digests.push(short_digest(&hex::encode(Sha256::digest(&bytes))));
+            }
+            if let (Some(clip), Some(digest)) = (&part.video_metadata, digests.get_mut(at)) {
+                digest.push_str(&clip.tag());
             }
             let Some(file) = &part.file_data else {
                 continue;
@@ -329,6 +333,9 @@ impl Files {
                 )));
             }
             digests.push(short_digest(&stored.sha256));
+            if let Some(clip) = &part.video_metadata {
+                digests[at].push_str(&clip.tag());
+            }
         }
         Ok(digests)
     }
@@ -465,6 +472,33 @@ struct MediaPart {
     inline_data: Option<InlineData>,
     #[serde(alias = "file_data", rename = "fileData")]
     file_data: Option<FileData>,
+    #[serde(alias = "video_metadata", rename = "videoMetadata")]
+    video_metadata: Option<VideoMetadata>,
+}
+
+/// A video part's clip, as the API takes it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VideoMetadata {
+    #[serde(alias = "start_offset")]
+    start_offset: Option<String>,
+    #[serde(alias = "end_offset")]
+    end_offset: Option<String>,
+    fps: Option<f64>,
+}
+
+impl VideoMetadata {
+    /// What the answer shows of it after the part's digest, so a test sees
+    /// it arrive: `@START~END/FPSfps`, each `-` when absent.
+    fn tag(&self) -> String {
+        let or_dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
+        format!(
+            "@{}~{}/{}fps",
+            or_dash(&self.start_offset),
+            or_dash(&self.end_offset),
+            self.fps.map_or_else(|| "-".to_owned(), |f| f.to_string())
+        )
+    }
 }
 
 #[derive(Deserialize)]

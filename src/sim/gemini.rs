@@ -63,7 +63,15 @@ struct GenerationConfig {
     max_output_tokens: Option<u32>,
     #[serde(alias = "response_json_schema")]
     response_json_schema: Option<Value>,
+    #[serde(alias = "media_resolution")]
+    media_resolution: Option<String>,
 }
+
+/// Tokens a media part counts at `MEDIA_RESOLUTION_LOW`: a frame at low
+/// resolution on Gemini 2.x ("frames are tokenized at 66 tokens per frame",
+/// <https://ai.google.dev/gemini-api/docs/video-understanding>), so a test
+/// sees the resolution arrive in `promptTokenCount`.
+const LOW_MEDIA_PART_TOKENS: u64 = 66;
 
 #[derive(Deserialize)]
 struct Content {
@@ -85,16 +93,16 @@ struct Part {
 }
 
 impl Part {
-    fn tokens(&self) -> u64 {
-        let media = self.inline_data.is_some() || self.file_data.is_some();
-        self.text.as_deref().map_or(0, reply::text_tokens)
-            + if media { MEDIA_PART_TOKENS } else { 0 }
+    /// Its tokens, a media part counting `media` tokens.
+    fn tokens(&self, media: u64) -> u64 {
+        let is_media = self.inline_data.is_some() || self.file_data.is_some();
+        self.text.as_deref().map_or(0, reply::text_tokens) + if is_media { media } else { 0 }
     }
 }
 
 impl Content {
-    fn tokens(&self) -> u64 {
-        self.parts.iter().map(Part::tokens).sum()
+    fn tokens(&self, media: u64) -> u64 {
+        self.parts.iter().map(|p| p.tokens(media)).sum()
     }
 }
 
@@ -106,11 +114,20 @@ pub(crate) fn parse_generate(model: &str, body: &[u8]) -> Result<Prompt, String>
     if request.contents.is_empty() {
         return Err("* GenerateContentRequest.contents: contents is not specified\n".to_owned());
     }
+    let media = match config.as_ref().and_then(|c| c.media_resolution.as_deref()) {
+        Some("MEDIA_RESOLUTION_LOW") => LOW_MEDIA_PART_TOKENS,
+        _ => MEDIA_PART_TOKENS,
+    };
     let system = request
         .system_instruction
         .as_ref()
-        .map_or(0, Content::tokens);
-    let input = request.contents.iter().map(Content::tokens).sum::<u64>() + system;
+        .map_or(0, |c| c.tokens(media));
+    let input = request
+        .contents
+        .iter()
+        .map(|c| c.tokens(media))
+        .sum::<u64>()
+        + system;
     // The digest covers the last user turn (role "user" or unset).
     let user_text = request
         .contents
@@ -146,12 +163,12 @@ pub(crate) fn count_tokens(body: &[u8]) -> Response {
     let per_content: Vec<Value> = request
         .contents
         .iter()
-        .map(|c| json!({"partTokens": c.parts.iter().map(Part::tokens).collect::<Vec<_>>(), "roleTokens": 0}))
+        .map(|c| json!({"partTokens": c.parts.iter().map(|p| p.tokens(MEDIA_PART_TOKENS)).collect::<Vec<_>>(), "roleTokens": 0}))
         .collect();
     let total = request
         .contents
         .iter()
-        .map(Content::tokens)
+        .map(|c| c.tokens(MEDIA_PART_TOKENS))
         .sum::<u64>()
         .max(1);
     let mut body = COUNT_TOKENS.clone();

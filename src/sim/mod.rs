@@ -62,7 +62,9 @@
 //! `[simulated MODEL] digest:HEX — a few words`, HEX being the first 16 hex
 //! characters of the SHA-256 of the user text (the text parts of the last
 //! user turn). Input tokens ≈ ⌈characters / 4⌉ per text part (system
-//! included) plus 258 per media part, at least 1; output tokens ≈ the
+//! included) plus 258 per media part (66 at `MEDIA_RESOLUTION_LOW`), at
+//! least 1; a video part's `videoMetadata` shows after its media digest as
+//! `@START~END/FPSfps`; output tokens ≈ the
 //! reply's ⌈characters / 4⌉. A smaller `maxOutputTokens` cuts the text
 //! (finishReason `MAX_TOKENS`, OpenAI `length`).
 //!

@@ -10,7 +10,6 @@
 
 mod common;
 
-use keyfan::sim::{SimConfig, SimServer};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,15 +24,10 @@ fn main() {
     let runtime = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     write_job(&dir.path().join("job.jsonl"), items);
-    let sim = runtime.block_on(async {
-        let config: SimConfig = serde_yaml::from_str(
-            "projects:\n  - name: p\n    keys: [bench-k1, bench-k2, bench-k3, bench-k4]\n",
-        )
-        .expect("sim config");
-        SimServer::start(config, ([127, 0, 0, 1], 0).into())
-            .await
-            .expect("simulator")
-    });
+    let sim = common::simulator(
+        &runtime,
+        "projects:\n  - name: p\n    keys: [bench-k1, bench-k2, bench-k3, bench-k4]\n",
+    );
     std::fs::write(
         dir.path().join("config.yaml"),
         format!(

@@ -35,6 +35,8 @@ mod keys;
 mod library;
 /// Media items: inline, the Files API, account affinity.
 mod media;
+/// Media estimates from video headers; media settings on the wire.
+mod media_estimate;
 /// Uploads across runs: reuse, deletion, expiry, failure, `on_unavailable`, kills.
 mod media_lifecycle;
 /// Money: usage billed item by item, the budget, `--sample`.

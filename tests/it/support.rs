@@ -208,6 +208,58 @@ pub fn digest(text: &str) -> String {
     )
 }
 
+/// A valid small MP4: an `ftyp` box, then `moov` holding an `mvhd` (version
+/// 0) of `seconds` at timescale 1000, then `pad` bytes of `mdat` that make
+/// each file distinct.
+pub fn mp4(seconds: u32, pad: u8) -> Vec<u8> {
+    mp4_with(
+        0,
+        1000,
+        u64::from(seconds) * 1000,
+        2048 + usize::from(pad),
+        pad,
+    )
+}
+
+/// An MP4 whose `mvhd` box of `version` (0: 32-bit times, 1: 64-bit) states
+/// `duration` units of `timescale` per second, its `mdat` holding `mdat`
+/// bytes of `fill`.
+pub fn mp4_with(version: u8, timescale: u32, duration: u64, mdat: usize, fill: u8) -> Vec<u8> {
+    fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(body);
+        out
+    }
+    let ftyp = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2mp41");
+    let mut mvhd = vec![version, 0, 0, 0]; // version, flags
+    if version == 1 {
+        mvhd.extend_from_slice(&[0u8; 16]); // creation, modification
+        mvhd.extend_from_slice(&timescale.to_be_bytes());
+        mvhd.extend_from_slice(&duration.to_be_bytes());
+    } else {
+        mvhd.extend_from_slice(&[0u8; 8]);
+        mvhd.extend_from_slice(&timescale.to_be_bytes());
+        mvhd.extend_from_slice(&(duration as u32).to_be_bytes());
+    }
+    mvhd.extend_from_slice(&0x0001_0000u32.to_be_bytes()); // rate 1.0
+    mvhd.extend_from_slice(&[0x01, 0x00]); // volume 1.0
+    mvhd.extend_from_slice(&[0u8; 10]); // reserved
+    for m in [0x0001_0000u32, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000] {
+        mvhd.extend_from_slice(&m.to_be_bytes()); // unity matrix
+    }
+    mvhd.extend_from_slice(&[0u8; 24]); // pre_defined
+    mvhd.extend_from_slice(&2u32.to_be_bytes()); // next_track_ID
+    let moov = boxed(b"moov", &boxed(b"mvhd", &mvhd));
+    let mdat = boxed(b"mdat", &vec![fill; mdat]);
+    [ftyp, moov, mdat].concat()
+}
+
+/// The digest the simulator puts in its answer for a media part's bytes.
+pub fn media_digest(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))[..16].to_owned()
+}
+
 /// A config with one Gemini account per `(name, keys)` pointed at `base_url`.
 pub fn config(base_url: &str, accounts: &[(&str, &[&str])], extra: &str) -> String {
     let mut yaml = format!(
@@ -334,35 +386,3 @@ pub fn two_providers(base_url: &str, n: usize, openai_model: &str) -> Workdir {
 /// The simulator's projects `g` and `o` of [`two_providers`].
 pub const TWO_PROVIDER_PROJECTS: &str =
     "projects:\n  - name: g\n    keys: [test-key-g1]\n  - name: o\n    keys: [test-key-o1]\n";
-
-/// A valid small MP4: an `ftyp` box, then `moov` holding an `mvhd` (version
-/// 0) of `seconds` at timescale 1000, then `pad` bytes of `mdat` that make
-/// each file distinct.
-pub fn mp4(seconds: u32, pad: u8) -> Vec<u8> {
-    fn boxed(kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
-        let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(kind);
-        out.extend_from_slice(body);
-        out
-    }
-    let ftyp = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2mp41");
-    let mut mvhd = vec![0u8; 4 + 4 + 4]; // version+flags, creation, modification
-    mvhd.extend_from_slice(&1000u32.to_be_bytes()); // timescale
-    mvhd.extend_from_slice(&(seconds * 1000).to_be_bytes()); // duration
-    mvhd.extend_from_slice(&0x0001_0000u32.to_be_bytes()); // rate 1.0
-    mvhd.extend_from_slice(&[0x01, 0x00]); // volume 1.0
-    mvhd.extend_from_slice(&[0u8; 10]); // reserved
-    for m in [0x0001_0000u32, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000] {
-        mvhd.extend_from_slice(&m.to_be_bytes()); // unity matrix
-    }
-    mvhd.extend_from_slice(&[0u8; 24]); // pre_defined
-    mvhd.extend_from_slice(&2u32.to_be_bytes()); // next_track_ID
-    let moov = boxed(b"moov", &boxed(b"mvhd", &mvhd));
-    let mdat = boxed(b"mdat", &vec![pad; 2048 + usize::from(pad)]);
-    [ftyp, moov, mdat].concat()
-}
-
-/// The digest the simulator puts in its answer for a media part's bytes.
-pub fn media_digest(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))[..16].to_owned()
-}

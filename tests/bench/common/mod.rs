@@ -80,17 +80,11 @@ pub fn cores() -> usize {
 /// Waits for `child` to exit, sampling its peak resident set (VmHWM) on the
 /// way; returns it in KiB.
 pub fn watch_peak_rss(child: &mut Child) -> u64 {
-    let status_file = format!("/proc/{}/status", child.id());
+    let pid = child.id().to_string();
     let mut peak = 0;
     loop {
-        if let Ok(status) = std::fs::read_to_string(&status_file) {
-            if let Some(kb) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            {
-                peak = peak.max(kb);
-            }
+        if let Some(kb) = peak_rss_kb(&pid) {
+            peak = peak.max(kb);
         }
         if let Some(status) = child.try_wait().expect("wait") {
             assert!(status.success(), "keyfan failed: {status}");
@@ -98,4 +92,25 @@ pub fn watch_peak_rss(child: &mut Child) -> u64 {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The peak resident set (VmHWM) in KiB of the process `pid` (`self`: this
+/// one), while it runs.
+pub fn peak_rss_kb(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Starts a simulator from `yaml` on 127.0.0.1 (an ephemeral port) in
+/// `runtime`.
+pub fn simulator(runtime: &tokio::runtime::Runtime, yaml: &str) -> keyfan::sim::SimServer {
+    let config: keyfan::sim::SimConfig = serde_yaml::from_str(yaml).expect("sim config");
+    runtime.block_on(async {
+        keyfan::sim::SimServer::start(config, ([127, 0, 0, 1], 0).into())
+            .await
+            .expect("simulator")
+    })
 }
