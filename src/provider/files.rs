@@ -26,10 +26,11 @@
 //! The file is read from disk one chunk at a time, never whole.
 
 use super::common::api_error;
-use super::gemini::classify;
+use super::gemini::{classify, classify_answer};
 use super::transport::{delete, get, post_bytes};
 use super::{ApiError, Client, ErrorClass};
 use crate::types::ApiKey;
+use reqwest::header::HeaderMap;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -120,14 +121,7 @@ impl Client {
                 ("X-Goog-Upload-Header-Content-Type", up.mime),
             ],
             ("application/json", meta.to_string().into_bytes()),
-            |status, _, body| match classify(status, body) {
-                full if status == 429 && full.message.contains(STORAGE_METRIC) => ApiError {
-                    class: ErrorClass::ItemInvalid,
-                    message: format!("the project's Files API storage is full: {}", full.message),
-                    ..full
-                },
-                error => error,
-            },
+            upload_start_error,
         )
         .await?;
         let url = headers
@@ -167,7 +161,7 @@ impl Client {
                     ("X-Goog-Upload-Offset", &at),
                 ],
                 ("application/octet-stream", buf),
-                |status, _, body| classify(status, body),
+                classify_answer,
             )
             .await?;
             let status = headers
@@ -193,25 +187,21 @@ impl Client {
     /// `GET files/{id}`: the file's state.
     pub async fn file(&self, key: &ApiKey, name: &str) -> Result<RemoteFile, ApiError> {
         let url = format!("{}/v1beta/{name}", self.base_url);
-        let result = get(self, &url, AUTH, key.expose(), |status, _, body| {
-            classify(status, body)
-        })
-        .await
-        .and_then(|body| {
-            serde_json::from_slice(&body)
-                .map_err(|e| transient(&format!("unreadable file description: {e}")))
-        });
+        let result = get(self, &url, AUTH, key.expose(), classify_answer)
+            .await
+            .and_then(|body| {
+                serde_json::from_slice(&body)
+                    .map_err(|e| transient(&format!("unreadable file description: {e}")))
+            });
         super::without_key(result, key)
     }
 
     /// `DELETE files/{id}`: the file is gone from the project.
     pub async fn delete_file(&self, key: &ApiKey, name: &str) -> Result<(), ApiError> {
         let url = format!("{}/v1beta/{name}", self.base_url);
-        let result = delete(self, &url, (AUTH, key.expose()), |status, _, body| {
-            classify(status, body)
-        })
-        .await
-        .map(drop);
+        let result = delete(self, &url, (AUTH, key.expose()), classify_answer)
+            .await
+            .map(drop);
         super::without_key(result, key)
     }
 
@@ -241,6 +231,19 @@ impl Client {
             poll = (poll * 2).min(MAX_POLL);
             file = self.file(key, &file.name).await?;
         }
+    }
+}
+
+/// The upload start's error: a 429 on the project's storage metric fails the
+/// item (no wait within a run frees storage); anything else as Gemini's.
+fn upload_start_error(status: u16, _headers: &HeaderMap, body: &[u8]) -> ApiError {
+    match classify(status, body) {
+        full if status == 429 && full.message.contains(STORAGE_METRIC) => ApiError {
+            class: ErrorClass::ItemInvalid,
+            message: format!("the project's Files API storage is full: {}", full.message),
+            ..full
+        },
+        error => error,
     }
 }
 

@@ -18,6 +18,7 @@ use super::{
     VideoClip,
 };
 use crate::types::ApiKey;
+use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -94,7 +95,7 @@ async fn call(
         "x-goog-api-key",
         key.expose(),
         body,
-        |status, _, body| classify(status, body),
+        classify_answer,
     )
     .await
 }
@@ -581,6 +582,12 @@ pub(super) fn parse_count(body: &[u8]) -> Result<u64, ApiError> {
 /// Classifies a non-2xx Gemini response from its status and body.
 pub(super) fn classify(status: u16, body: &[u8]) -> ApiError {
     classify_parsed(status, body, common::parse_error(body).as_ref())
+}
+
+/// [`classify`] in the shape the transport calls it with: Gemini's headers
+/// say nothing about an error, so they are not read.
+pub(super) fn classify_answer(status: u16, _headers: &HeaderMap, body: &[u8]) -> ApiError {
+    classify(status, body)
 }
 
 /// [`classify`] for a body already parsed (Gemini's OpenAI-compatible

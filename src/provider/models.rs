@@ -102,7 +102,7 @@ async fn gemini_models(client: &Client, key: &ApiKey) -> Result<Vec<String>, Api
             url.as_str(),
             "x-goog-api-key",
             key.expose(),
-            |s, _, b| gemini::classify(s, b),
+            gemini::classify_answer,
         )
         .await?;
         let page = parse_gemini(&body)?;
