@@ -5,8 +5,10 @@
 //! resets as RFC 3339 times (as in `anthropic_429_headers.json`).
 
 use super::quota::{Headroom, Rejection, Scope, WindowUse};
-use super::reply::{self, Directive, Prompt, MEDIA_PART_TOKENS};
-use super::wire::{encode, fixture_json, fixture_text, put, Answer, Turn, Wire};
+use super::reply::{self, Directive, Prompt};
+use super::wire::{
+    encode, fixture_json, fixture_text, last_user_text, put, Answer, Content, Turn, Wire,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use chrono::SecondsFormat;
@@ -46,43 +48,6 @@ struct Message {
     content: Content,
 }
 
-/// A string, or a list of typed blocks (`text`, `image`, `document`, …).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Blocks(Vec<Block>),
-}
-
-#[derive(Deserialize)]
-struct Block {
-    #[serde(default)]
-    text: Option<String>,
-}
-
-impl Content {
-    fn text(&self) -> String {
-        match self {
-            Content::Text(text) => text.clone(),
-            Content::Blocks(blocks) => blocks.iter().filter_map(|b| b.text.as_deref()).collect(),
-        }
-    }
-
-    fn tokens(&self) -> u64 {
-        match self {
-            Content::Text(text) => reply::text_tokens(text),
-            Content::Blocks(blocks) => blocks
-                .iter()
-                .map(|b| {
-                    b.text
-                        .as_deref()
-                        .map_or(MEDIA_PART_TOKENS, reply::text_tokens)
-                })
-                .sum(),
-        }
-    }
-}
-
 /// Parses a Messages body sent with `version` (the `anthropic-version`
 /// header), or says why not in Anthropic's words.
 pub(crate) fn parse_messages(version: Option<&str>, body: &[u8]) -> Result<Prompt, String> {
@@ -103,13 +68,12 @@ pub(crate) fn parse_messages(version: Option<&str>, body: &[u8]) -> Result<Promp
             .iter()
             .map(|m| m.content.tokens())
             .sum::<u64>();
-    let user_text = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map(|m| m.content.text())
-        .unwrap_or_default();
+    let user_text = last_user_text(
+        request
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), Some(&m.content))),
+    );
     Ok(Prompt {
         model: request.model,
         user_text,
@@ -362,6 +326,7 @@ fn thousands(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::reply::MEDIA_PART_TOKENS;
 
     #[test]
     fn bodies_parse_with_system_on_top_and_max_tokens_required() {

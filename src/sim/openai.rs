@@ -4,8 +4,10 @@
 //! `x-ratelimit-*` headers.
 
 use super::quota::{Headroom, Rejection, Scope};
-use super::reply::{self, Directive, Prompt, MEDIA_PART_TOKENS};
-use super::wire::{encode, fixture, fixture_json, fixture_text, put, Answer, Turn, Wire};
+use super::reply::{self, Directive, Prompt};
+use super::wire::{
+    encode, fixture, fixture_json, fixture_text, last_user_text, put, Answer, Content, Turn, Wire,
+};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -48,49 +50,9 @@ struct JsonSchema {
 #[derive(Deserialize)]
 struct Message {
     role: String,
-    content: Option<MessageContent>,
+    content: Option<Content>,
 }
 
-/// A string, or a list of typed parts (`text`, `image_url`, …).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum MessageContent {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Deserialize)]
-struct ContentPart {
-    text: Option<String>,
-}
-
-impl MessageContent {
-    fn text(&self) -> String {
-        match self {
-            MessageContent::Text(text) => text.clone(),
-            MessageContent::Parts(parts) => {
-                parts.iter().filter_map(|p| p.text.as_deref()).collect()
-            }
-        }
-    }
-
-    fn tokens(&self) -> u64 {
-        match self {
-            MessageContent::Text(text) => reply::text_tokens(text),
-            MessageContent::Parts(parts) => parts
-                .iter()
-                .map(|p| {
-                    p.text
-                        .as_deref()
-                        .map_or(MEDIA_PART_TOKENS, reply::text_tokens)
-                })
-                .sum(),
-        }
-    }
-}
-
-/// Parses a chat completion body, or says why not in OpenAI's words
-/// (rendered by [`Wire::bad_request`]).
 /// The answer to `GET /v1/models`: OpenAI's list shape, one entry per model
 /// the simulator serves, sorted.
 pub(crate) fn model_list<'a>(models: impl IntoIterator<Item = &'a String>) -> Response {
@@ -106,6 +68,8 @@ pub(crate) fn model_list<'a>(models: impl IntoIterator<Item = &'a String>) -> Re
     )
 }
 
+/// Parses a chat completion body, or says why not in OpenAI's words
+/// (rendered by [`Wire::bad_request`]).
 pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
     let request: ChatRequest = serde_json::from_slice(body)
         .map_err(|e| format!("We could not parse the JSON body of your request: {e}"))?;
@@ -116,16 +80,14 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
         .messages
         .iter()
         .filter_map(|m| m.content.as_ref())
-        .map(MessageContent::tokens)
+        .map(Content::tokens)
         .sum();
-    let user_text = request
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .and_then(|m| m.content.as_ref())
-        .map(MessageContent::text)
-        .unwrap_or_default();
+    let user_text = last_user_text(
+        request
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_ref())),
+    );
     Ok(Prompt {
         model: request.model,
         user_text,
@@ -422,6 +384,7 @@ impl Wire for OpenAi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::reply::MEDIA_PART_TOKENS;
 
     #[test]
     fn keys_are_masked_never_echoed() {

@@ -1,13 +1,15 @@
-//! What a wire format (Gemini, OpenAI) must render, and the helpers both use
-//! to serve real fixture bodies: parse once, patch a few fields, so every
-//! error body stays the one the real API sent.
+//! What a wire format (Gemini, OpenAI, Anthropic) must render, and the
+//! helpers they all use to serve real fixture bodies: parse once, patch a few
+//! fields, so every error body stays the one the real API sent. Also the one
+//! reading of a message's content that OpenAI's and Anthropic's requests
+//! share ([`Content`]). Never: a format's own request fields or checks.
 
 use super::quota::{Headroom, Rejection};
-use super::reply::Prompt;
+use super::reply::{self, Prompt, MEDIA_PART_TOKENS};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One admitted request about to be answered.
@@ -119,6 +121,64 @@ pub(crate) fn put(body: &mut Value, pointer: &str, value: impl Into<Value>) {
 /// Serializes a body. Our values have string keys only, so this cannot fail.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A message's content as OpenAI's chat completions and Anthropic's Messages
+/// both send it: a string, or a list of typed parts (`text`, `image_url`,
+/// `image`, `document`, …) of which only `text` is read.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Content {
+    /// A plain string.
+    Text(String),
+    /// Typed parts.
+    Parts(Vec<ContentPart>),
+}
+
+/// One typed part; any part without `text` counts as media.
+#[derive(Deserialize)]
+pub(crate) struct ContentPart {
+    #[serde(default)]
+    text: Option<String>,
+}
+
+impl Content {
+    /// The text parts, joined.
+    pub(crate) fn text(&self) -> String {
+        match self {
+            Content::Text(text) => text.clone(),
+            Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
+        }
+    }
+
+    /// Input tokens: each text part by its length, each other part as
+    /// [`MEDIA_PART_TOKENS`].
+    pub(crate) fn tokens(&self) -> u64 {
+        match self {
+            Content::Text(text) => reply::text_tokens(text),
+            Content::Parts(parts) => parts
+                .iter()
+                .map(|p| {
+                    p.text
+                        .as_deref()
+                        .map_or(MEDIA_PART_TOKENS, reply::text_tokens)
+                })
+                .sum(),
+        }
+    }
+}
+
+/// The text of the last message whose role is `user` (empty when there is
+/// none, or it has no content), from `(role, content)` in order.
+pub(crate) fn last_user_text<'a>(
+    messages: impl DoubleEndedIterator<Item = (&'a str, Option<&'a Content>)>,
+) -> String {
+    messages
+        .rev()
+        .find(|(role, _)| *role == "user")
+        .and_then(|(_, content)| content)
+        .map(Content::text)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
