@@ -31,16 +31,7 @@ pub(super) async fn generate(
     key: &ApiKey,
     req: &Request<'_>,
 ) -> Result<Reply, ApiError> {
-    let body = post_json(
-        client,
-        &chat_url(&client.base_url),
-        "authorization",
-        &format!("Bearer {}", key.expose()),
-        &ChatBody::new(req),
-        classify,
-    )
-    .await?;
-    parse_chat(&body)
+    chat(client, key, &ChatBody::new(req)).await
 }
 
 /// Sends a body written elsewhere (a batch file's line) to
@@ -59,12 +50,18 @@ pub(super) async fn generate_raw(
             body.insert("max_tokens".to_owned(), cap.into());
         }
     }
+    chat(client, key, &body).await
+}
+
+/// Posts `body` to `chat/completions` with the key as a bearer token and
+/// reads the completion.
+async fn chat(client: &Client, key: &ApiKey, body: &impl Serialize) -> Result<Reply, ApiError> {
     let body = post_json(
         client,
         &chat_url(&client.base_url),
         "authorization",
         &format!("Bearer {}", key.expose()),
-        &body,
+        body,
         classify,
     )
     .await?;
