@@ -22,6 +22,9 @@
 //!
 //! Files are read a few bytes at a time where they say their size, and
 //! streamed in bounded chunks where they do not (PDF pages).
+//!
+//! Owns: these local rules and the notes on where they guess. Never: asking
+//! an API (the count from `countTokens` is elsewhere), nor a file read whole.
 
 use super::mp4;
 use crate::job::{Item, Media};

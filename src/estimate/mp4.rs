@@ -3,6 +3,9 @@
 //! §8.2.2; QuickTime's "movie header atom" is the same box). Boxes are
 //! walked by their sizes, seeking over each one's body, so a 2 GB file costs
 //! a few small reads wherever its `moov` is (before or after `mdat`).
+//!
+//! Owns: walking the boxes to the movie header. Never: decoding or reading
+//! the media data (`mdat`), nor any other container.
 
 use std::io::{self, Read, Seek, SeekFrom};
 

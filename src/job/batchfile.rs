@@ -11,6 +11,10 @@
 //! request's optional `model`, `models/` prefix removed (Gemini: a batch
 //! file's lines name none, the batch's create call does, so it is
 //! otherwise the config's `model`); its `max_output_tokens` is the body's cap.
+//!
+//! Owns: recognising a batch file's shape and turning each of its lines into
+//! an item, or a problem naming the line and field. Never: the wire types
+//! (in [`crate::provider::batchline`]), nor sending or rewriting a body.
 
 use super::fields::{kind, Problem};
 use super::{Item, SKIPPED_ID_PREFIX};

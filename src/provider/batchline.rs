@@ -19,6 +19,9 @@
 //!   `quickstarts/Batch_mode.ipynb`), or `{"error": Status, "key"}` for a
 //!   failed request (read also under the name `status`, which some readers
 //!   of the results accept).
+//!
+//! Owns: these line types and the constants they name. Never: reading or
+//! writing a file, checking a line against a job, or sending anything.
 
 use super::Usage;
 use serde::{Deserialize, Serialize};

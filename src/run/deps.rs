@@ -12,6 +12,11 @@
 //! Memory: a parent's answer is kept only while a child of it is still to
 //! be built, and an item is held only while a parent of it is unfinished;
 //! a job without dependencies has no tracker at all.
+//!
+//! Owns: the held children, the parents' answers they wait for, and the
+//! `skipped` rows of children whose parent did not end `ok`. Never: the
+//! graph's checks or the placeholders' syntax (in [`crate::job::deps`]),
+//! nor reading the job file or sending a request.
 
 use super::{send_unless_cancelled, unsent, Event};
 use crate::job::deps::{fill, Answer, Graph};

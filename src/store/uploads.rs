@@ -2,6 +2,10 @@
 //! a later run reuses them, and what each run did with uploads (for the
 //! report). Keyed by (content SHA-256, account): a file is visible only to
 //! the project that uploaded it.
+//!
+//! Owns: the upload rows and upload events, written in the recorder's
+//! transaction, and their queries. Never: talking to a Files API or
+//! deciding when to upload, reuse or delete (the run's media stage does).
 
 use super::rows::stored_as_text;
 use super::{RunId, Store, StoreError, UnknownValue};
