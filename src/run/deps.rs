@@ -420,7 +420,9 @@ fn built(state: &mut State, item: &Item) {
 
 /// The feeder's side of the tracker: the items it releases.
 pub(super) struct Feed {
+    /// The tracker the feeder hands each item with parents to.
     pub(super) tracker: Arc<Tracker>,
+    /// Children the tracker released, for the feeder to send.
     pub(super) released: mpsc::UnboundedReceiver<Item>,
 }
 
