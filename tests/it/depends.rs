@@ -1,7 +1,6 @@
 use crate::support::*;
 use keyfan::sim::SimServer;
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// A simulator with `latency_ms` of latency on every answer, and a work
@@ -17,19 +16,6 @@ async fn chain(latency_ms: u64, items: &[Value]) -> (SimServer, Workdir) {
 }
 
 /// The results of `job.jsonl`, by id.
-fn by_id(work: &Workdir) -> HashMap<String, Value> {
-    results(&work.path("job.results.jsonl"))
-        .into_iter()
-        .map(|row| (row["id"].as_str().unwrap().to_owned(), row))
-        .collect()
-}
-
-fn output<'a>(rows: &'a HashMap<String, Value>, id: &str) -> &'a str {
-    rows[id]["output"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{id}: {}", rows[id]))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_middle_skips_its_descendants_naming_it_and_the_rest_runs() {
     let (sim, work) = chain(
@@ -46,7 +32,7 @@ async fn a_failed_middle_skips_its_descendants_naming_it_and_the_rest_runs() {
     .await;
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let rows = by_id(&work);
+    let rows = results_by_id(&work.path("job.results.jsonl"));
     assert_eq!(rows.len(), 5, "{rows:?}");
     let status = |id: &str| rows[id]["status"].as_str().unwrap().to_owned();
     assert_eq!(
@@ -78,7 +64,7 @@ async fn a_failed_middle_skips_its_descendants_naming_it_and_the_rest_runs() {
         .keyfan(&run_args("s.db", &["-q", "--retry-failed"]), &[])
         .await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let again = by_id(&work);
+    let again = results_by_id(&work.path("job.results.jsonl"));
     assert_eq!(again["C"]["error"], "depends on `B`, which failed");
     assert!(again["B"]["attempts"].as_u64().unwrap() > rows["B"]["attempts"].as_u64().unwrap());
 }
@@ -111,10 +97,10 @@ async fn a_child_is_sent_with_its_parents_answers_in_its_prompt() {
     );
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let rows = by_id(&work);
-    let (a, b) = (output(&rows, "A"), output(&rows, "B"));
+    let rows = results_by_id(&work.path("job.results.jsonl"));
+    let (a, b) = (output_of(&rows, "A"), output_of(&rows, "B"));
     assert!(b.contains(&digest(&format!("Draft from: {a}"))), "{b}");
-    let c = output(&rows, "C");
+    let c = output_of(&rows, "C");
     assert!(c.contains(&digest(&format!("Compare {a} with {b}"))), "{c}");
     assert_eq!(stats(&sim).await.requests, 3);
 }
@@ -130,24 +116,21 @@ async fn a_structured_parents_fields_go_into_the_child_of_the_example_spec() {
     let args = run_job("chain.yaml", "config.yaml", &["--state", "s.db", "-q"]);
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let rows: HashMap<String, Value> = results(&work.path("chain.results.jsonl"))
-        .into_iter()
-        .map(|row| (row["id"].as_str().unwrap().to_owned(), row))
-        .collect();
+    let rows = results_by_id(&work.path("chain.results.jsonl"));
     assert_eq!(rows.len(), 5);
     let facts = &rows["facts"]["output_json"];
     let (colour, scattering) = (
         facts["colour"].as_str().unwrap(),
         facts["scattering"].as_str().unwrap(),
     );
-    let headline = output(&rows, "headline");
+    let headline = output_of(&rows, "headline");
     let asked = format!("Write a headline: the sky is {colour} because of {scattering}.");
     assert!(headline.contains(&digest(&asked)), "{headline}");
-    let critique = output(&rows, "critique");
+    let critique = output_of(&rows, "critique");
     let asked = format!(
         "Critique this essay against its outline.\nOutline:\n{}\nEssay:\n{}",
-        output(&rows, "outline"),
-        output(&rows, "draft")
+        output_of(&rows, "outline"),
+        output_of(&rows, "draft")
     );
     assert!(critique.contains(&digest(&asked)), "{critique}");
     assert_eq!(stats(&sim).await.requests, 5);
@@ -180,7 +163,7 @@ async fn a_cycle_is_refused_naming_its_ids_and_nothing_is_sent() {
         .keyfan(&run_args("s.db", &["-q", "--skip-invalid"]), &[])
         .await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let rows = by_id(&work);
+    let rows = results_by_id(&work.path("job.results.jsonl"));
     assert_eq!(rows["free"]["status"], "ok");
     assert_eq!(rows.len(), 5, "{rows:?}");
     assert_eq!(stats(&sim).await.requests, 1);
@@ -244,15 +227,15 @@ async fn a_child_resumed_after_a_kill_is_built_from_its_parents_stored_answer() 
     .await;
     child.kill().expect("SIGKILL");
     let _ = child.wait();
-    let first = by_id(&work);
+    let first = results_by_id(&work.path("job.results.jsonl"));
     assert_eq!(first.len(), 1, "B must not have finished: {first:?}");
-    let a = output(&first, "A").to_owned();
+    let a = output_of(&first, "A").to_owned();
 
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let rows = by_id(&work);
+    let rows = results_by_id(&work.path("job.results.jsonl"));
     assert_eq!(rows["A"]["attempts"], 1, "A is not sent again");
-    let b = output(&rows, "B");
+    let b = output_of(&rows, "B");
     assert!(b.contains(&digest(&format!("Draft from: {a}"))), "{b}");
     let sent = stats(&sim).await.requests;
     assert!((2..=3).contains(&sent), "A once, B once or twice: {sent}");
@@ -273,15 +256,15 @@ async fn a_sample_chooses_only_items_whose_parents_are_finished() {
         .keyfan(&run_args("s.db", &["-q", "--sample", "3"]), &[])
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let rows = by_id(&work);
+    let rows = results_by_id(&work.path("job.results.jsonl"));
     let mut sampled: Vec<&str> = rows.keys().map(String::as_str).collect();
     sampled.sort();
     assert_eq!(sampled, ["A", "C"], "B waits for A to be finished");
     let out = work.keyfan(&run_args("s.db", &["-q"]), &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let rows = by_id(&work);
-    let a = output(&rows, "A");
-    assert!(output(&rows, "B").contains(&digest(&format!("B {a}"))));
+    let rows = results_by_id(&work.path("job.results.jsonl"));
+    let a = output_of(&rows, "A");
+    assert!(output_of(&rows, "B").contains(&digest(&format!("B {a}"))));
     assert_eq!(stats(&sim).await.requests, 3);
 }
 
@@ -308,8 +291,8 @@ async fn an_interrupt_with_children_held_ends_at_once_and_a_rerun_finishes_the_c
     assert_eq!(status.code(), Some(130));
     let out = work.keyfan(&args, &[]).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    let rows = by_id(&work);
-    let b = output(&rows, "B");
-    assert!(output(&rows, "C").contains(&digest(&format!("C {b}"))));
+    let rows = results_by_id(&work.path("job.results.jsonl"));
+    let b = output_of(&rows, "B");
+    assert!(output_of(&rows, "C").contains(&digest(&format!("C {b}"))));
     assert_eq!(rows["A"]["attempts"], 1, "A finished in run 1: {rows:?}");
 }

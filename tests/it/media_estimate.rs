@@ -97,10 +97,9 @@ async fn the_run_s_quota_gate_counts_the_video() {
         "{\"id\":\"v\",\"prompt\":\"Describe.\",\"video\":\"ten.mp4\"}\n{\"id\":\"t\",\"prompt\":\"Describe.\"}\n",
     );
     let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
-    let rows = results(&work.path("job.results.jsonl"));
-    let row = |id: &str| rows.iter().find(|r| r["id"] == id).expect("a row").clone();
-    assert_eq!(row("t")["status"], "ok", "{}", explain(&out));
-    let video = row("v");
+    let rows = results_by_id(&work.path("job.results.jsonl"));
+    assert_eq!(rows["t"]["status"], "ok", "{}", explain(&out));
+    let video = &rows["v"];
     assert_ne!(video["status"], "ok");
     assert!(
         video["error"]
@@ -146,9 +145,8 @@ async fn the_clip_fps_and_resolution_reach_the_simulator() {
     );
     let out = work.keyfan(&run_args("state.db", &[]), &[]).await;
     assert!(out.status.success(), "{}", explain(&out));
-    let rows = results(&work.path("job.results.jsonl"));
-    let row = |id: &str| rows.iter().find(|r| r["id"] == id).expect("a row").clone();
-    let said = |id: &str| row(id)["output"].as_str().unwrap().to_owned();
+    let rows = results_by_id(&work.path("job.results.jsonl"));
+    let said = |id: &str| output_of(&rows, id);
     let (big, small) = (media_digest(&big), media_digest(&small));
     assert!(
         said("clip").contains(&format!("media:{big}@2s~90s/0.5fps ")),
@@ -166,7 +164,7 @@ async fn the_clip_fps_and_resolution_reach_the_simulator() {
         said("inline")
     );
     // At low resolution the simulator counts the part at 66 tokens, not 258.
-    let input = |id: &str| row(id)["input_tokens"].as_u64().unwrap();
+    let input = |id: &str| rows[id]["input_tokens"].as_u64().unwrap();
     assert_eq!(input("plain") - input("clip"), 258 - 66);
     assert_eq!(stats(&sim).await.uploads.len(), 1, "big.mp4 uploaded once");
 }

@@ -3,6 +3,7 @@
 
 use keyfan::sim::{SimConfig, SimServer, Stats};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -315,6 +316,21 @@ pub fn results(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON results line"))
         .collect()
+}
+
+/// The rows of a JSONL results file by their `id`.
+pub fn results_by_id(path: &Path) -> HashMap<String, serde_json::Value> {
+    results(path)
+        .into_iter()
+        .map(|row| (row["id"].as_str().expect("a string id").to_owned(), row))
+        .collect()
+}
+
+/// The `output` of row `id`; fails showing the row when it has none.
+pub fn output_of<'a>(rows: &'a HashMap<String, serde_json::Value>, id: &str) -> &'a str {
+    rows[id]["output"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{id}: {}", rows[id]))
 }
 
 /// The simulator's counters, fetched over HTTP like any client would.
