@@ -336,6 +336,7 @@ impl Shared {
                 .map(|p| (p.name.clone(), lock(&p.state).stats()))
                 .collect(),
             uploads: self.files.stats(|i| self.projects[i].name.clone()),
+            uploads_in_progress_max: self.files.in_progress_max(),
         }
     }
 
@@ -695,6 +696,9 @@ async fn upload_file(
         .or_else(|| headers.get(header::HOST)?.to_str().ok().map(str::to_owned))
         .unwrap_or_default();
     let origin = format!("http://{host}");
+    if query.upload_id.is_some() {
+        tokio::time::sleep(shared.files.chunk_delay()).await;
+    }
     shared.file_request(key, |project| {
         shared.files.upload(
             project,
