@@ -2,7 +2,8 @@
 //! offsets, finalize) with the real headers and status values, `GET
 //! files/{id}` (`PROCESSING` until `files.processing_ms` have passed, then
 //! `ACTIVE`; `FAILED` when the display name holds `[[sim:file_failed]]`),
-//! `DELETE files/{id}`, and the checks of a `generateContent` naming files:
+//! `DELETE files/{id}`, and the checks of a `generateContent` (or
+//! `countTokens`) naming files:
 //! a file of another project (or none, or one deleted or expired) is the
 //! real 403, one still processing a 400 `FAILED_PRECONDITION`.
 //!
