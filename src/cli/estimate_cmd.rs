@@ -1,6 +1,7 @@
 //! `keyfan estimate`: the job's tokens, cost and wall time, as a table or
-//! JSON. Sends nothing (but free token counts with `--count-tokens`); reads
-//! the state file only for today's ledger.
+//! JSON. Sends nothing (but free token counts with `--count-tokens`, which
+//! uploads the media files it counts and remembers them in the state file
+//! for the run); reads the state file for today's ledger.
 
 use super::{exit, print_json, EstimateArgs, Failure};
 use crate::config::{Config, MissingEnv};
@@ -17,23 +18,27 @@ pub(super) async fn run(args: EstimateArgs) -> Result<u8, Failure> {
     };
     let config = Config::load(&args.config, |name| std::env::var(name).ok(), missing)
         .map_err(Failure::usage)?;
-    let counts = match args.count_tokens {
-        true => estimate::count_tokens(&args.job, &config).await?,
-        false => estimate::Counts::new(),
-    };
     let state = args
         .state
         .clone()
         .unwrap_or_else(|| crate::run::default_state(&args.job, false));
-    let ledger = if state.exists() {
-        Store::open(&state)?.ledger(QuotaDay::of(chrono::Utc::now()))?
-    } else if args.state.is_some() {
+    if args.state.is_some() && !state.exists() {
         return Err(Failure::usage(anyhow::anyhow!(
             "state file {} does not exist",
             state.display()
         )));
-    } else {
-        Vec::new()
+    }
+    // Counting media uploads their files, remembered in the state file.
+    let (counts, media_counted) = match args.count_tokens {
+        true => {
+            let (counts, media) = estimate::count_tokens(&args.job, &config, &state).await?;
+            (counts, Some(media))
+        }
+        false => (estimate::Counts::new(), None),
+    };
+    let ledger = match state.exists() {
+        true => Store::open(&state)?.ledger(QuotaDay::of(chrono::Utc::now()))?,
+        false => Vec::new(),
     };
     let expected = Expected::pick(args.expect_output, &config);
     let estimate = estimate::estimate(&args.job, &config, expected, &ledger, &counts).map_err(
@@ -44,6 +49,10 @@ pub(super) async fn run(args: EstimateArgs) -> Result<u8, Failure> {
             EstimateError::UnknownPrices(_) => Failure::usage(e),
         },
     )?;
+    let estimate = Estimate {
+        media_counted,
+        ..estimate
+    };
     if args.json {
         print_json(&estimate)?;
     } else {
@@ -55,7 +64,11 @@ pub(super) async fn run(args: EstimateArgs) -> Result<u8, Failure> {
 /// The estimate as the terminal shows it.
 fn table(e: &Estimate) -> String {
     use crate::estimate::thousands as n;
-    let mut out = format!("Estimate of {} (nothing sent)\n\n", e.job);
+    let sent = match e.media_counted.map_or(0, |m| m.uploads.files) {
+        0 => "nothing sent",
+        _ => "nothing generated; media files uploaded to be counted",
+    };
+    let mut out = format!("Estimate of {} ({sent})\n\n", e.job);
     out.push_str(&format!(
         "{:<28} {:>10} {:>14} {:>14} {:>14} {:>12} {:>12} {:>12} {:>12}\n",
         "model",
@@ -111,11 +124,25 @@ fn table(e: &Estimate) -> String {
             n(e.with_outputs)
         ));
     }
-    if e.media_items > 0 {
+    let media_counted = e.media_counted.map_or(0, |m| m.items);
+    if e.media_items > media_counted {
         out.push_str(&format!(
             "Media tokens ({} item(s)): {}.\n",
-            n(e.media_items),
+            n(e.media_items - media_counted),
             e.media_rule
+        ));
+    }
+    if let Some(m) = e.media_counted.filter(|m| m.items > 0) {
+        out.push_str(&format!(
+            "Media counted by the API ({} item(s)): counting media uploads their files first \
+             (those too large to go inline, once per file and account, through the free Files \
+             API): {} file(s), {} bytes uploaded now, {} earlier upload(s) reused. They are kept \
+             in the state file for `keyfan run` to reuse (and delete after it); unused, they \
+             expire after 48 h.\n",
+            n(m.items),
+            n(m.uploads.files),
+            n(m.uploads.bytes),
+            n(m.uploads.reused)
         ));
     }
     for note in &e.notes {

@@ -177,7 +177,8 @@ struct EstimateArgs {
     /// Ask the API for each item's exact input tokens (Gemini's free
     /// countTokens, through the key pool, within the accounts' limits)
     /// instead of estimating them; needs the keys. Other providers' items
-    /// keep the estimate.
+    /// keep the estimate. Media files too large to go inline are uploaded
+    /// to be counted, and remembered in the state file for the run to reuse.
     #[arg(long)]
     count_tokens: bool,
     /// Print JSON instead of a table.

@@ -17,7 +17,7 @@ mod mp4;
 mod tokens;
 mod wall;
 
-pub use count::{count_tokens, CountError, Counts};
+pub use count::{count_tokens, CountError, Counts, MediaCounted};
 pub use media::{media_tokens, MediaTokens};
 pub use tokens::{estimate_tokens, item_tokens, prompt_tokens};
 pub use wall::{thousands, WallTime};
@@ -199,6 +199,9 @@ pub struct Estimate {
     /// Items whose input tokens the API counted (`--count-tokens`) instead
     /// of the heuristic.
     pub input_counted: u64,
+    /// Under `--count-tokens`: the items whose media the API counted, and
+    /// the files uploaded (and earlier uploads reused) to count them.
+    pub media_counted: Option<MediaCounted>,
     /// Items that depend on others (`depends_on`): their prompts are
     /// estimated with the `{{outputs.…}}` placeholders unfilled, so their
     /// input is larger than estimated by their parents' answers.
@@ -352,6 +355,9 @@ fn tally(
         let tally = &mut tallies[at];
         let (mut cost, notes) = ItemCost::noted(&item, model, &config.prices);
         seen.items += u64::from(!item.media.is_empty());
+        // The API counted the media: nothing of them was guessed.
+        let counted = counts.contains_key(&item.line) && count::counts_media(&item);
+        let notes = if counted { Vec::new() } else { notes };
         seen.note_count += notes.len() as u64;
         for note in notes {
             if seen.notes.len() < MAX_NOTES {
@@ -463,6 +469,7 @@ pub fn estimate(
         notes: seen.notes,
         note_count: seen.note_count,
         input_counted: counts.len() as u64,
+        media_counted: None,
         with_outputs: seen.with_outputs,
         models,
         total,

@@ -40,7 +40,7 @@ const FILE_LIFETIME: chrono::TimeDelta = chrono::TimeDelta::hours(48);
 
 /// One media input of an item, ready to send or to upload.
 #[derive(Debug, Clone)]
-pub(super) enum Slot {
+pub(crate) enum Slot {
     /// Sent as it is (inline bytes, a YouTube URL).
     Ready(MediaPart),
     /// A file to upload (or already uploaded) under the sending account.
@@ -75,7 +75,7 @@ struct Entry {
 
 /// The run's uploads.
 #[derive(Debug)]
-pub(super) struct Uploads {
+pub(crate) struct Uploads {
     config: MediaConfig,
     pool: Arc<Pool>,
     /// To the recorder, which owns the state file.
@@ -149,7 +149,7 @@ impl Uploads {
     /// The item's media as it will be sent: every file inline when the
     /// request stays under `inline_max_bytes` (base64 takes 4 bytes per 3),
     /// else every file to upload, hashed here.
-    pub(super) async fn prepare(&self, item: &Item) -> Result<Vec<Slot>, String> {
+    pub(crate) async fn prepare(&self, item: &Item) -> Result<Vec<Slot>, String> {
         let file_bytes: u64 = item
             .media
             .iter()
@@ -187,7 +187,7 @@ impl Uploads {
     /// The account the item must be sent with: one that has (or is
     /// uploading) its first file to upload and has not been found unable
     /// to serve; `None` when none has.
-    pub(super) fn pin(&self, slots: &[Slot]) -> Option<AccountId> {
+    pub(crate) fn pin(&self, slots: &[Slot]) -> Option<AccountId> {
         let sha = slots.iter().find_map(|s| match s {
             Slot::Upload { sha256, .. } => Some(sha256),
             Slot::Ready(_) => None,
@@ -240,17 +240,55 @@ impl Uploads {
         key: &ApiKey,
         request: &Request<'_>,
     ) -> Result<Reply, ApiError> {
-        let account = self.pool.account_of(key).ok_or_else(not_in_pool)?;
-        let mut again = true;
-        loop {
-            let (parts, used) = self
-                .parts(slots, client, key, account, request.model)
-                .await?;
+        self.send(slots, client, key, request.model, |parts| async move {
             let sent = Request {
                 media: &parts,
                 ..request.clone()
             };
-            match client.generate(key, &sent).await {
+            client.generate(key, &sent).await
+        })
+        .await
+    }
+
+    /// Counts `request`'s input tokens with the API (`countTokens`) and
+    /// `key`, its files uploaded under that account first, exactly as
+    /// [`Uploads::generate`] would send them.
+    pub(crate) async fn count(
+        &self,
+        slots: &[Slot],
+        client: &Client,
+        key: &ApiKey,
+        request: &Request<'_>,
+    ) -> Result<u64, ApiError> {
+        self.send(slots, client, key, request.model, |parts| async move {
+            let sent = Request {
+                media: &parts,
+                ..request.clone()
+            };
+            client.count_tokens(key, &sent).await
+        })
+        .await
+    }
+
+    /// `op` with the media parts of `slots` for `key` (uploaded under its
+    /// account first); a file the API no longer knows is uploaded again,
+    /// once, and `op` made again.
+    async fn send<T, Fut>(
+        &self,
+        slots: &[Slot],
+        client: &Client,
+        key: &ApiKey,
+        model: &str,
+        op: impl Fn(Vec<MediaPart>) -> Fut,
+    ) -> Result<T, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let account = self.pool.account_of(key).ok_or_else(not_in_pool)?;
+        let mut again = true;
+        loop {
+            let (parts, used) = self.parts(slots, client, key, account, model).await?;
+            match op(parts).await {
                 Err(error) if again && file_gone(&error) => {
                     again = false;
                     self.forget(account, &used, &error.message);
@@ -480,6 +518,101 @@ impl Uploads {
             keep: self.config.keep_uploads,
             uploads,
         }
+    }
+}
+
+/// What the uploads made outside a run came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct UploadTally {
+    /// Files uploaded (or uploaded again).
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Uploads of earlier runs reused.
+    pub reused: u64,
+}
+
+/// Uploads made outside a run (`keyfan estimate --count-tokens`): those
+/// the state file remembers are reused, and each new one is remembered in
+/// it as soon as it is `ACTIVE` (by a thread of its own, as the run's
+/// recorder does), for the runs that follow to reuse. None is deleted:
+/// the run that uses them deletes them after it (unless
+/// `media.keep_uploads`), or they expire.
+#[derive(Debug)]
+pub(crate) struct Detached {
+    uploads: Uploads,
+    writer: std::thread::JoinHandle<Result<UploadTally, StoreError>>,
+}
+
+impl Detached {
+    /// Uploads under `pool`'s accounts, remembered in the state file at
+    /// `state` (created at the first upload if it does not exist).
+    pub(crate) fn open(
+        config: MediaConfig,
+        pool: Arc<Pool>,
+        state: &Path,
+    ) -> Result<Detached, StoreError> {
+        let mut store = match state.exists() {
+            true => Some(Store::open(state)?),
+            false => None,
+        };
+        let remembered = match &store {
+            Some(store) => store.live_uploads(&crate::store::now())?,
+            None => Vec::new(),
+        };
+        let (events, mut received) = mpsc::unbounded_channel();
+        let state = state.to_owned();
+        let writer = std::thread::spawn(move || {
+            let mut tally = UploadTally::default();
+            while let Some(event) = received.blocking_recv() {
+                let Event::Uploads {
+                    changes,
+                    events,
+                    committed,
+                } = event
+                else {
+                    continue;
+                };
+                if !changes.is_empty() {
+                    if store.is_none() {
+                        store = Some(Store::open(&state)?);
+                    }
+                    if let Some(store) = &mut store {
+                        store.remember_uploads(&changes)?;
+                    }
+                }
+                for e in events {
+                    match e.kind {
+                        UploadEventKind::Upload | UploadEventKind::Reupload => {
+                            tally.files += 1;
+                            tally.bytes += e.bytes;
+                        }
+                        UploadEventKind::Reuse => tally.reused += 1,
+                        _ => {}
+                    }
+                }
+                let _ = committed.send(());
+            }
+            Ok(tally)
+        });
+        Ok(Detached {
+            uploads: Uploads::new(config, pool, events, remembered),
+            writer,
+        })
+    }
+
+    /// The uploads, to prepare, pin and count items with.
+    pub(crate) fn uploads(&self) -> &Uploads {
+        &self.uploads
+    }
+
+    /// Waits until every upload is in the state file; what was uploaded
+    /// and reused.
+    pub(crate) fn finish(self) -> Result<UploadTally, StoreError> {
+        drop(self.uploads);
+        self.writer
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 

@@ -32,6 +32,8 @@ pub use call::{Attempt, CallError, Caller, CallerError, Metered};
 pub use clients::{ClientError, Clients, UNREACHABLE_AFTER};
 pub use deps::Dependencies;
 pub use entry::{run, scrubber, RunOutcome, StartError};
+pub use media::UploadTally;
+pub(crate) use media::{Detached, Slot, Uploads};
 pub use observe::{Load, Notice};
 pub use recorder::{Observer, Progress};
 pub use resume::{earlier, start, Earlier, Resume, Start};

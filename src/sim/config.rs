@@ -61,6 +61,9 @@ pub struct FilesConfig {
     /// Bytes of live files a project may store (default 20 GiB, the API's
     /// `FileStorageBytesPerProject`); an upload past it is the real 429.
     pub storage_bytes: Option<u64>,
+    /// How long each upload chunk waits before it is answered (default 0),
+    /// so uploads stay in progress long enough to overlap.
+    pub chunk_ms: u64,
 }
 
 /// Uniform latency in `[min_ms, max_ms]`, drawn per request from the seeded RNG.

@@ -2,7 +2,8 @@
 //! offsets, finalize) with the real headers and status values, `GET
 //! files/{id}` (`PROCESSING` until `files.processing_ms` have passed, then
 //! `ACTIVE`; `FAILED` when the display name holds `[[sim:file_failed]]`),
-//! `DELETE files/{id}`, and the checks of a `generateContent` naming files:
+//! `DELETE files/{id}`, and the checks of a `generateContent` (or
+//! `countTokens`) naming files:
 //! a file of another project (or none, or one deleted or expired) is the
 //! real 403, one still processing a 400 `FAILED_PRECONDITION`.
 //!
@@ -85,6 +86,10 @@ pub(crate) struct Files {
     processing: Duration,
     expiry: Duration,
     storage_bytes: u64,
+    /// How long each chunk waits before it is answered.
+    chunk: Duration,
+    /// The most upload sessions open at once.
+    in_progress_max: AtomicU64,
     next: AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
     files: Mutex<HashMap<String, Stored>>,
@@ -126,6 +131,8 @@ impl Files {
                 .expiry_ms
                 .map_or(DEFAULT_EXPIRY, Duration::from_millis),
             storage_bytes: config.storage_bytes.unwrap_or(DEFAULT_STORAGE_BYTES),
+            chunk: Duration::from_millis(config.chunk_ms),
+            in_progress_max: AtomicU64::new(0),
             next: AtomicU64::new(0),
             sessions: Mutex::default(),
             files: Mutex::default(),
@@ -176,7 +183,8 @@ impl Files {
         }
         let start: StartBody = serde_json::from_slice(body).unwrap_or_default();
         let id = format!("upload-{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
-        lock(&self.sessions).insert(
+        let mut sessions = lock(&self.sessions);
+        sessions.insert(
             id.clone(),
             Session {
                 project,
@@ -187,6 +195,9 @@ impl Files {
                 hasher: Sha256::new(),
             },
         );
+        self.in_progress_max
+            .fetch_max(sessions.len() as u64, Ordering::Relaxed);
+        drop(sessions);
         let url = format!("{origin}/upload/v1beta/files?upload_id={id}&upload_protocol=resumable");
         let mut response = Gemini::json(StatusCode::OK, "");
         let headers = response.headers_mut();
@@ -338,6 +349,18 @@ impl Files {
             }
         }
         Ok(digests)
+    }
+
+    /// How long each upload chunk waits before it is answered
+    /// (`files.chunk_ms`).
+    pub(crate) fn chunk_delay(&self) -> Duration {
+        self.chunk
+    }
+
+    /// The most uploads in progress at once (sessions started and not yet
+    /// finalized), for the counters.
+    pub(crate) fn in_progress_max(&self) -> u64 {
+        self.in_progress_max.load(Ordering::Relaxed)
     }
 
     /// Every file, for the counters.

@@ -35,9 +35,10 @@
 //!   upload: start, chunks, finalize), `GET` and `DELETE /v1beta/files/{id}`;
 //!   a file is `PROCESSING` for `files.processing_ms`, then `ACTIVE`, and
 //!   gone after `files.expiry_ms` (48 h); a project stores at most
-//!   `files.storage_bytes` (20 GiB) of live files. A
-//!   `generateContent` naming a file of another project gets the real 403,
-//!   one still processing a 400 `FAILED_PRECONDITION`.
+//!   `files.storage_bytes` (20 GiB) of live files; each chunk is answered
+//!   after `files.chunk_ms`. A `generateContent` (or `countTokens`) naming
+//!   a file of another project gets the real 403, one still processing a
+//!   400 `FAILED_PRECONDITION`.
 //! - `GET /__stats`: [`Stats`] as JSON; keys only by fingerprint.
 //!
 //! # Order of checks

@@ -336,6 +336,7 @@ impl Shared {
                 .map(|p| (p.name.clone(), lock(&p.state).stats()))
                 .collect(),
             uploads: self.files.stats(|i| self.projects[i].name.clone()),
+            uploads_in_progress_max: self.files.in_progress_max(),
         }
     }
 
@@ -574,7 +575,9 @@ async fn gemini_models(
     }
 }
 
-/// `countTokens` is free: no quota, no faults, no latency, not numbered.
+/// `countTokens` is free: no quota, no faults, no latency, not numbered. A
+/// file it names that the key's project cannot see (or that is still
+/// processing) is refused as `generateContent` refuses it.
 fn count_tokens(shared: &Shared, key: Option<&str>, model: &str, body: &[u8]) -> Response {
     let caller = shared.caller(key);
     let response = match caller {
@@ -583,7 +586,13 @@ fn count_tokens(shared: &Shared, key: Option<&str>, model: &str, body: &[u8]) ->
         Caller::Valid(..) if !shared.models.contains(model) => {
             gemini::model_not_found_for(model, "countTokens")
         }
-        Caller::Valid(..) => gemini::count_tokens(body),
+        // The files it names are checked as for `generateContent`.
+        Caller::Valid(_, project) => {
+            match shared.files.media(shared.project_index(project), body) {
+                Ok(_) => gemini::count_tokens(body),
+                Err(refusal) => *refusal,
+            }
+        }
     };
     let status = response.status();
     shared.record(&caller, key, status, status == StatusCode::OK);
@@ -695,6 +704,9 @@ async fn upload_file(
         .or_else(|| headers.get(header::HOST)?.to_str().ok().map(str::to_owned))
         .unwrap_or_default();
     let origin = format!("http://{host}");
+    if query.upload_id.is_some() {
+        tokio::time::sleep(shared.files.chunk_delay()).await;
+    }
     shared.file_request(key, |project| {
         shared.files.upload(
             project,

@@ -24,6 +24,9 @@ pub struct Stats {
     /// Every file uploaded to the Files API, by file name.
     #[serde(default)]
     pub uploads: Vec<UploadStats>,
+    /// The most uploads in progress at once (started, not yet finalized).
+    #[serde(default)]
+    pub uploads_in_progress_max: u64,
 }
 
 /// One file uploaded to the simulated Files API.

@@ -135,7 +135,29 @@ pub(super) fn apply(
     changes: &[UploadChange],
     events: &[UploadEvent],
 ) -> rusqlite::Result<()> {
-    if changes.is_empty() && events.is_empty() {
+    put_changes(tx, changes)?;
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut event = tx.prepare_cached(
+        "INSERT INTO upload_events (run_id, account, kind, bytes, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let at = super::now();
+    for e in events {
+        event.execute(params![
+            run.0,
+            e.account,
+            e.kind,
+            i64::try_from(e.bytes).unwrap_or(i64::MAX),
+            at
+        ])?;
+    }
+    Ok(())
+}
+
+/// Applies upload changes (none: nothing), in the transaction `tx`.
+fn put_changes(tx: &Transaction<'_>, changes: &[UploadChange]) -> rusqlite::Result<()> {
+    if changes.is_empty() {
         return Ok(());
     }
     let mut put = tx.prepare_cached(
@@ -160,28 +182,27 @@ pub(super) fn apply(
             UploadChange::Gone { sha256, account } => gone.execute(params![sha256, account])?,
         };
     }
-    if !changes.is_empty() {
-        // Expired uploads are of no use to any run: forgotten on the way.
-        tx.prepare_cached("DELETE FROM uploads WHERE expires_at <= ?1")?
-            .execute([super::now()])?;
-    }
-    let mut event = tx.prepare_cached(
-        "INSERT INTO upload_events (run_id, account, kind, bytes, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let at = super::now();
-    for e in events {
-        event.execute(params![
-            run.0,
-            e.account,
-            e.kind,
-            i64::try_from(e.bytes).unwrap_or(i64::MAX),
-            at
-        ])?;
-    }
+    // Expired uploads are of no use to any run: forgotten on the way.
+    tx.prepare_cached("DELETE FROM uploads WHERE expires_at <= ?1")?
+        .execute([super::now()])?;
     Ok(())
 }
 
 impl Store {
+    /// Remembers (or forgets) uploads made outside a run (`keyfan estimate
+    /// --count-tokens` uploads the files it counts), in one transaction, for
+    /// the runs that follow to reuse.
+    pub fn remember_uploads(&mut self, changes: &[UploadChange]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let wrap = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(wrap)?;
+        put_changes(&tx, changes).map_err(wrap)?;
+        tx.commit().map_err(wrap)
+    }
+
     /// The uploads that have not expired by `now` (as the store keeps
     /// times), for a run to reuse.
     pub fn live_uploads(&self, now: &str) -> Result<Vec<UploadRow>, StoreError> {

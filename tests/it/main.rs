@@ -35,6 +35,8 @@ mod keys;
 mod library;
 /// Media items: inline, the Files API, account affinity.
 mod media;
+/// `estimate --count-tokens` on media: uploads reused by the run.
+mod media_count;
 /// Media estimates from video headers; media settings on the wire.
 mod media_estimate;
 /// Uploads across runs: reuse, deletion, expiry, failure, `on_unavailable`, kills.

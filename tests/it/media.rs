@@ -206,6 +206,12 @@ async fn the_files_api_uploads_in_chunks_and_keeps_each_file_to_its_project() {
         .await
         .expect_err("another project");
     assert_eq!(foreign.status, Some(403));
+    // So does a count naming it.
+    let foreign = client
+        .count_tokens(&b, &request)
+        .await
+        .expect_err("another project");
+    assert_eq!(foreign.status, Some(403));
 
     let active = client
         .wait_active(&a, file, Duration::from_millis(20))
@@ -213,6 +219,9 @@ async fn the_files_api_uploads_in_chunks_and_keeps_each_file_to_its_project() {
         .expect("active");
     assert_eq!(active.state.as_deref(), Some("ACTIVE"));
     let reply = client.generate(&a, &request).await.expect("answered");
+    // The count of the same request is what the answer is charged.
+    let counted = client.count_tokens(&a, &request).await.expect("counted");
+    assert_eq!(counted, reply.usage.input_tokens);
     assert!(
         reply
             .text

@@ -423,3 +423,28 @@ async fn killed_during_uploads_a_rerun_uploads_nothing_twice_and_ends_every_item
         );
     }
 }
+
+/// The most uploads the simulator saw in progress at once, for 6 items over
+/// 6 distinct files under `media.upload_concurrency: limit`, each chunk
+/// answered after 200 ms.
+async fn uploads_at_once(limit: usize) -> u64 {
+    let sim = sim(0, ", chunk_ms: 200").await;
+    let work = Workdir::new();
+    let clips = clips(&work, 6);
+    work.write("job.jsonl", &video_job(6, 6));
+    work.write(
+        "config.yaml",
+        &media_config(&sim, &format!(", upload_concurrency: {limit}"), ""),
+    );
+    let out = work.keyfan(&run_args("state.db", &["-q"]), &[]).await;
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_items_saw_their_files(&work, "job.results.jsonl", &clips, 6);
+    stats(&sim).await.uploads_in_progress_max
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_concurrency_bounds_the_uploads_in_progress() {
+    assert_eq!(uploads_at_once(2).await, 2);
+    // Without the bound's effect the six uploads overlap: the check can fail.
+    assert!(uploads_at_once(6).await > 2);
+}
