@@ -23,7 +23,7 @@ pub use rows::{
 
 use crate::types::{Limits, QuotaDay};
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// A failure of the state file.
@@ -275,6 +275,11 @@ impl Store {
                        updated_at = excluded.updated_at",
                 )
                 .map_err(wrap)?;
+            // What the attempts used and each key's last word are summed
+            // per ledger row and per key first: one statement each, with
+            // what one statement per attempt would have left.
+            let mut used: BTreeMap<(&str, &str, &str), Used> = BTreeMap::new();
+            let mut key_states: BTreeMap<&str, &AttemptRow> = BTreeMap::new();
             for a in &batch.attempts {
                 insert_attempt
                     .execute(params![
@@ -297,31 +302,34 @@ impl Store {
                     ])
                     .map_err(wrap)?;
                 // What the request used; its reservation is settled apart.
-                ledger
-                    .execute(params![
-                        a.account,
-                        a.model,
-                        a.day,
-                        0,
-                        a.class == AttemptClass::Ok,
-                        a.input_tokens,
-                        a.output_tokens,
-                        a.cost_usd.unwrap_or(0.0),
-                        a.cost_usd.is_none(),
-                    ])
-                    .map_err(wrap)?;
+                used.entry((&a.account, &a.model, &a.day))
+                    .or_default()
+                    .add(a);
                 // A key's last word is kept across runs for `keys status`:
                 // refused (with the API's reason), or answering.
-                let key_state = match a.class {
-                    AttemptClass::KeyInvalid => Some("disabled"),
-                    AttemptClass::Ok => Some("ok"),
-                    _ => None,
-                };
-                if let Some(state) = key_state {
-                    upsert_key
-                        .execute(params![a.key, a.account, state, a.error, a.at])
-                        .map_err(wrap)?;
+                if key_state(a.class).is_some() {
+                    key_states.insert(&a.key, a);
                 }
+            }
+            for ((account, model, day), u) in &used {
+                ledger
+                    .execute(params![
+                        account,
+                        model,
+                        day,
+                        0,
+                        u.ok,
+                        u.input_tokens,
+                        u.output_tokens,
+                        u.cost_usd,
+                        u.cost_unknown,
+                    ])
+                    .map_err(wrap)?;
+            }
+            for a in key_states.values() {
+                upsert_key
+                    .execute(params![a.key, a.account, key_state(a.class), a.error, a.at])
+                    .map_err(wrap)?;
             }
             let mut upsert_item = tx
                 .prepare_cached(
@@ -661,6 +669,38 @@ impl Store {
             true
         })?;
         Ok(all)
+    }
+}
+
+/// The stored state a key takes from an attempt of `class`, if any:
+/// refused, or answering.
+fn key_state(class: AttemptClass) -> Option<&'static str> {
+    match class {
+        AttemptClass::KeyInvalid => Some("disabled"),
+        AttemptClass::Ok => Some("ok"),
+        _ => None,
+    }
+}
+
+/// What a batch's attempts used of one ledger row (account, model, day).
+#[derive(Debug, Default)]
+struct Used {
+    ok: u64,
+    /// Token sums saturate at SQLite's largest integer, as the upsert does.
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: f64,
+    cost_unknown: u64,
+}
+
+impl Used {
+    fn add(&mut self, a: &AttemptRow) {
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.ok += u64::from(a.class == AttemptClass::Ok);
+        self.input_tokens = self.input_tokens.saturating_add(tokens(a.input_tokens));
+        self.output_tokens = self.output_tokens.saturating_add(tokens(a.output_tokens));
+        self.cost_usd += a.cost_usd.unwrap_or(0.0);
+        self.cost_unknown += u64::from(a.cost_usd.is_none());
     }
 }
 
