@@ -136,13 +136,23 @@ impl Store {
         )
     }
 
-    /// Items of a run per status.
+    /// Items of a run per status, in the order of their stored names.
     pub fn status_counts(&self, run: RunId) -> Result<Vec<(ItemStatus, u64)>, StoreError> {
-        self.collect(
-            "SELECT status, count(*) FROM items WHERE run_id = ?1 GROUP BY status ORDER BY status",
+        // Counted here rather than with GROUP BY, which would sort every
+        // item of a million-item run to count a handful of statuses.
+        let mut counts: HashMap<ItemStatus, u64> = HashMap::new();
+        self.each(
+            "SELECT status FROM items WHERE run_id = ?1",
             [run.0],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+            |row| row.get::<_, ItemStatus>(0),
+            |status| {
+                *counts.entry(status).or_default() += 1;
+                true
+            },
+        )?;
+        let mut counts: Vec<(ItemStatus, u64)> = counts.into_iter().collect();
+        counts.sort_by_key(|(status, _)| status.as_str());
+        Ok(counts)
     }
 
     /// What a run's retries cost: the summed cost of every attempt of a
@@ -426,24 +436,24 @@ impl Store {
         )
     }
 
-    /// Requests sent so far for each item of a run that is not finished
-    /// for good (pending, failed or deferred): `(item id, attempts)`.
-    pub fn unfinished_attempts(&self, run: RunId) -> Result<HashMap<String, u32>, StoreError> {
-        // Counted here rather than with GROUP BY, which would sort every
-        // attempt of a half-done million-item run: the attempts of
-        // unfinished items are few, and the scan streams.
-        let mut counts = HashMap::new();
-        self.each(
-            "SELECT a.item_id FROM attempts a
-             WHERE a.run_id = ?1 AND NOT EXISTS (
-               SELECT 1 FROM items i WHERE i.run_id = ?1 AND i.item_id = a.item_id
-               AND i.status NOT IN ('failed', 'deferred'))",
-            [run.0],
-            |row| row.get::<_, String>(0),
+    /// Requests sent so far for each item of a run that `unfinished`
+    /// accepts (by its id): `(item id, attempts)`. One streaming pass over
+    /// the run's attempts, which a half-done million-item run has half a
+    /// million of; only the accepted ids are kept.
+    pub fn unfinished_attempts(
+        &self,
+        run: RunId,
+        mut unfinished: impl FnMut(&str) -> bool,
+    ) -> Result<HashMap<String, u32>, StoreError> {
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        self.each_text(
+            "SELECT item_id FROM attempts WHERE run_id = ?1",
+            run,
             |id| {
-                let count: &mut u32 = counts.entry(id).or_default();
-                *count = count.saturating_add(1);
-                true
+                if unfinished(id) {
+                    let count = counts.entry(id.to_owned()).or_default();
+                    *count = count.saturating_add(1);
+                }
             },
         )?;
         Ok(counts)
@@ -564,15 +574,17 @@ impl Store {
 
     /// Finished items of `run` per model.
     pub fn model_counts(&self, run: RunId) -> Result<HashMap<String, u64>, StoreError> {
-        let mut counts = HashMap::new();
-        self.each(
-            "SELECT model, count(*) FROM items WHERE run_id = ?1 AND model IS NOT NULL
-             GROUP BY model",
-            [run.0],
-            |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)),
-            |(model, n)| {
-                counts.insert(model, n);
-                true
+        // Counted here rather than with GROUP BY, which would sort every
+        // item of the run.
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        self.each_text(
+            "SELECT model FROM items WHERE run_id = ?1 AND model IS NOT NULL",
+            run,
+            |model| match counts.get_mut(model) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(model.to_owned(), 1);
+                }
             },
         )?;
         Ok(counts)
@@ -652,6 +664,26 @@ impl Store {
             if !each(row.map_err(|e| self.wrap(e))?) {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Runs a query of one text column over `run` and hands each value to
+    /// `each`, borrowed from the row: nothing is allocated per row.
+    fn each_text(
+        &self,
+        sql: &str,
+        run: RunId,
+        mut each: impl FnMut(&str),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.wrap(e))?;
+        let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.wrap(e))? {
+            let text = row
+                .get_ref(0)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(|e| self.wrap(e))?;
+            each(text);
         }
         Ok(())
     }
