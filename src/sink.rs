@@ -79,6 +79,10 @@ enum Format {
 /// An open results writer.
 pub struct Sink {
     format: Format,
+    /// A JSONL row is serialized here first and written in one call: the
+    /// writer behind `format` is dynamic, and serde_json writes each token
+    /// apart.
+    line: Vec<u8>,
 }
 
 impl std::fmt::Debug for Sink {
@@ -101,7 +105,10 @@ impl Sink {
         } else {
             Format::Jsonl(out)
         };
-        Ok(Sink { format })
+        Ok(Sink {
+            format,
+            line: Vec::new(),
+        })
     }
 
     /// Creates (truncating) the results file, or wraps standard output, for
@@ -129,8 +136,10 @@ impl Sink {
     pub fn write(&mut self, row: &ItemRow) -> io::Result<()> {
         match &mut self.format {
             Format::Jsonl(out) => {
-                serde_json::to_writer(&mut *out, row)?;
-                out.write_all(b"\n")
+                self.line.clear();
+                serde_json::to_writer(&mut self.line, row)?;
+                self.line.push(b'\n');
+                out.write_all(&self.line)
             }
             Format::Csv(writer) => {
                 let num = |n: u64| n.to_string();

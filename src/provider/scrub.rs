@@ -9,6 +9,7 @@
 
 use crate::types::ApiKey;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The shortest fragment of a key that is scrubbed. Keys shorter than this
 /// are scrubbed when they appear whole.
@@ -25,9 +26,41 @@ const NEUTRAL: &str = "…";
 #[derive(Debug, Clone, Default)]
 pub struct Scrubber {
     /// Fragment length (in characters) → each fragment of that length of
-    /// any key → the index of its key's fingerprint.
-    fragments: BTreeMap<usize, HashMap<String, usize>>,
+    /// any key that is all ASCII (as keys sent in headers are), its bytes
+    /// packed into a `u64` → the index of its key's fingerprint. Looked up
+    /// by a rolling value over the text's bytes, with no allocation and no
+    /// hashing of strings.
+    ascii: BTreeMap<usize, HashMap<u64, usize, BuildHasherDefault<PackedHasher>>>,
+    /// The same for fragments holding other characters.
+    other: BTreeMap<usize, HashMap<String, usize>>,
     fingerprints: Vec<String>,
+}
+
+/// Hashes a packed fragment with one folded multiplication: the values
+/// are the key's own bytes, so nothing needs a keyed hash.
+#[derive(Debug, Clone, Copy, Default)]
+struct PackedHasher(u64);
+
+impl Hasher for PackedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 << 8 | u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        let product = u128::from(value ^ self.0) * 0x9E37_79B9_7F4A_7C15;
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
+    }
+}
+
+/// The bytes of an ASCII fragment of at most 8 characters as one value.
+fn pack(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |v, &b| v << 8 | u64::from(b))
 }
 
 /// Part of a text to replace: a byte range and the key it is a fragment of.
@@ -50,9 +83,15 @@ impl Scrubber {
             let index = scrubber.fingerprints.len();
             scrubber.fingerprints.push(key.fingerprint().to_owned());
             let length = chars.len().min(FRAGMENT_CHARS);
-            let fragments = scrubber.fragments.entry(length).or_default();
             for window in chars.windows(length) {
-                fragments.entry(window.iter().collect()).or_insert(index);
+                let fragment: String = window.iter().collect();
+                if fragment.is_ascii() {
+                    let fragments = scrubber.ascii.entry(length).or_default();
+                    fragments.entry(pack(fragment.as_bytes())).or_insert(index);
+                } else {
+                    let fragments = scrubber.other.entry(length).or_default();
+                    fragments.entry(fragment).or_insert(index);
+                }
             }
         }
         scrubber
@@ -86,7 +125,30 @@ impl Scrubber {
     /// overlap or touch, in order.
     fn hits(&self, text: &str) -> Vec<Hit> {
         let mut hits = Vec::new();
-        for (&length, fragments) in &self.fragments {
+        // An ASCII fragment of `length` characters can only be `length`
+        // ASCII bytes of the text: a rolling value over each run of them.
+        for (&length, fragments) in &self.ascii {
+            let mask = u64::MAX >> (64 - 8 * length);
+            let (mut packed, mut run) = (0u64, 0);
+            for (i, &b) in text.as_bytes().iter().enumerate() {
+                if !b.is_ascii() {
+                    run = 0;
+                    continue;
+                }
+                packed = (packed << 8 | u64::from(b)) & mask;
+                run += 1;
+                if run >= length {
+                    if let Some(&key) = fragments.get(&packed) {
+                        hits.push(Hit {
+                            start: i + 1 - length,
+                            end: i + 1,
+                            key,
+                        });
+                    }
+                }
+            }
+        }
+        for (&length, fragments) in &self.other {
             // The byte offsets where the last `length` characters start.
             let mut starts = VecDeque::with_capacity(length + 1);
             let ends = text.char_indices().map(|(i, _)| i).chain([text.len()]);
@@ -188,6 +250,55 @@ mod tests {
             format!("x {} y {} z shor", a.fingerprint(), b.fingerprint())
         );
         assert_eq!(scrubbed(&Scrubber::new([&empty]), "anything"), "anything");
+    }
+
+    #[test]
+    fn finds_what_a_plain_search_of_every_window_finds() {
+        use rand::{Rng, SeedableRng};
+        let keys = [
+            ApiKey::new(KEY),
+            ApiKey::new("sk-proj-AAAAbbbbCCCC"),
+            ApiKey::new("ключ-совсем-секретный"),
+            ApiKey::new("short"),
+        ];
+        let scrubber = Scrubber::new(&keys);
+        // Every fragment of every key, as a plain list of strings.
+        let fragments: Vec<(usize, String)> = keys
+            .iter()
+            .enumerate()
+            .flat_map(|(index, key)| {
+                let chars: Vec<char> = key.expose().chars().collect();
+                let length = chars.len().min(FRAGMENT_CHARS);
+                let windows: Vec<String> =
+                    chars.windows(length).map(|w| w.iter().collect()).collect();
+                windows.into_iter().map(move |w| (index, w))
+            })
+            .collect();
+        let alphabet: Vec<char> = "AIzaSyD-thisk3Qfsk-projbC ключсовем机器.".chars().collect();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for _ in 0..2000 {
+            let mut text = String::new();
+            for _ in 0..rng.gen_range(0..40) {
+                if rng.gen_bool(0.1) {
+                    let (_, fragment) = &fragments[rng.gen_range(0..fragments.len())];
+                    text.push_str(fragment);
+                } else {
+                    text.push(alphabet[rng.gen_range(0..alphabet.len())]);
+                }
+            }
+            // The plain search: every window of every fragment's length.
+            let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+            let found = fragments.iter().any(|(_, fragment)| {
+                let n = fragment.chars().count();
+                (0..starts.len()).any(|s| {
+                    let end = starts.get(s + n).copied().unwrap_or(text.len());
+                    s + n <= starts.len() && text[starts[s]..end] == **fragment
+                })
+            });
+            assert_eq!(!scrubber.hits(&text).is_empty(), found, "{text:?}");
+            let cleaned = scrubbed(&scrubber, &text);
+            assert!(scrubber.hits(&cleaned).is_empty(), "{text:?} → {cleaned:?}");
+        }
     }
 
     #[test]

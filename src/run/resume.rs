@@ -113,11 +113,12 @@ pub fn start(
         .and_then(|()| sink.flush())
         .map_err(RunError::Sink)?;
     let prior_attempts = match earlier {
+        // Every item not kept is sent (again): failed and deferred ones
+        // included, as their attempts count on.
         Some(_) => store
-            .unfinished_attempts(run)?
+            .unfinished_attempts(run, |id| !done.contains(&id_hash(id)))?
             .into_iter()
             .map(|(id, n)| (id_hash(&id), n))
-            .filter(|(hash, _)| !done.contains(hash))
             .collect(),
         None => HashMap::new(),
     };

@@ -27,7 +27,7 @@ pub use uploads::{
 
 use crate::types::{Limits, QuotaDay};
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// A failure of the state file.
@@ -140,13 +140,23 @@ impl Store {
         )
     }
 
-    /// Items of a run per status.
+    /// Items of a run per status, in the order of their stored names.
     pub fn status_counts(&self, run: RunId) -> Result<Vec<(ItemStatus, u64)>, StoreError> {
-        self.collect(
-            "SELECT status, count(*) FROM items WHERE run_id = ?1 GROUP BY status ORDER BY status",
+        // Counted here rather than with GROUP BY, which would sort every
+        // item of a million-item run to count a handful of statuses.
+        let mut counts: HashMap<ItemStatus, u64> = HashMap::new();
+        self.each(
+            "SELECT status FROM items WHERE run_id = ?1",
             [run.0],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+            |row| row.get::<_, ItemStatus>(0),
+            |status| {
+                *counts.entry(status).or_default() += 1;
+                true
+            },
+        )?;
+        let mut counts: Vec<(ItemStatus, u64)> = counts.into_iter().collect();
+        counts.sort_by_key(|(status, _)| status.as_str());
+        Ok(counts)
     }
 
     /// What a run's retries cost: the summed cost of every attempt of a
@@ -280,6 +290,11 @@ impl Store {
                        updated_at = excluded.updated_at",
                 )
                 .map_err(wrap)?;
+            // What the attempts used and each key's last word are summed
+            // per ledger row and per key first: one statement each, with
+            // what one statement per attempt would have left.
+            let mut used: BTreeMap<(&str, &str, &str), Used> = BTreeMap::new();
+            let mut key_states: BTreeMap<&str, &AttemptRow> = BTreeMap::new();
             for a in &batch.attempts {
                 insert_attempt
                     .execute(params![
@@ -302,31 +317,34 @@ impl Store {
                     ])
                     .map_err(wrap)?;
                 // What the request used; its reservation is settled apart.
-                ledger
-                    .execute(params![
-                        a.account,
-                        a.model,
-                        a.day,
-                        0,
-                        a.class == AttemptClass::Ok,
-                        a.input_tokens,
-                        a.output_tokens,
-                        a.cost_usd.unwrap_or(0.0),
-                        a.cost_usd.is_none(),
-                    ])
-                    .map_err(wrap)?;
+                used.entry((&a.account, &a.model, &a.day))
+                    .or_default()
+                    .add(a);
                 // A key's last word is kept across runs for `keys status`:
                 // refused (with the API's reason), or answering.
-                let key_state = match a.class {
-                    AttemptClass::KeyInvalid => Some("disabled"),
-                    AttemptClass::Ok => Some("ok"),
-                    _ => None,
-                };
-                if let Some(state) = key_state {
-                    upsert_key
-                        .execute(params![a.key, a.account, state, a.error, a.at])
-                        .map_err(wrap)?;
+                if key_state(a.class).is_some() {
+                    key_states.insert(&a.key, a);
                 }
+            }
+            for ((account, model, day), u) in &used {
+                ledger
+                    .execute(params![
+                        account,
+                        model,
+                        day,
+                        0,
+                        u.ok,
+                        u.input_tokens,
+                        u.output_tokens,
+                        u.cost_usd,
+                        u.cost_unknown,
+                    ])
+                    .map_err(wrap)?;
+            }
+            for a in key_states.values() {
+                upsert_key
+                    .execute(params![a.key, a.account, key_state(a.class), a.error, a.at])
+                    .map_err(wrap)?;
             }
             let mut upsert_item = tx
                 .prepare_cached(
@@ -440,24 +458,24 @@ impl Store {
         )
     }
 
-    /// Requests sent so far for each item of a run that is not finished
-    /// for good (pending, failed or deferred): `(item id, attempts)`.
-    pub fn unfinished_attempts(&self, run: RunId) -> Result<HashMap<String, u32>, StoreError> {
-        // Counted here rather than with GROUP BY, which would sort every
-        // attempt of a half-done million-item run: the attempts of
-        // unfinished items are few, and the scan streams.
-        let mut counts = HashMap::new();
-        self.each(
-            "SELECT a.item_id FROM attempts a
-             WHERE a.run_id = ?1 AND NOT EXISTS (
-               SELECT 1 FROM items i WHERE i.run_id = ?1 AND i.item_id = a.item_id
-               AND i.status NOT IN ('failed', 'deferred'))",
-            [run.0],
-            |row| row.get::<_, String>(0),
+    /// Requests sent so far for each item of a run that `unfinished`
+    /// accepts (by its id): `(item id, attempts)`. One streaming pass over
+    /// the run's attempts, which a half-done million-item run has half a
+    /// million of; only the accepted ids are kept.
+    pub fn unfinished_attempts(
+        &self,
+        run: RunId,
+        mut unfinished: impl FnMut(&str) -> bool,
+    ) -> Result<HashMap<String, u32>, StoreError> {
+        let mut counts: HashMap<String, u32> = HashMap::new();
+        self.each_text(
+            "SELECT item_id FROM attempts WHERE run_id = ?1",
+            run,
             |id| {
-                let count: &mut u32 = counts.entry(id).or_default();
-                *count = count.saturating_add(1);
-                true
+                if unfinished(id) {
+                    let count = counts.entry(id.to_owned()).or_default();
+                    *count = count.saturating_add(1);
+                }
             },
         )?;
         Ok(counts)
@@ -578,15 +596,17 @@ impl Store {
 
     /// Finished items of `run` per model.
     pub fn model_counts(&self, run: RunId) -> Result<HashMap<String, u64>, StoreError> {
-        let mut counts = HashMap::new();
-        self.each(
-            "SELECT model, count(*) FROM items WHERE run_id = ?1 AND model IS NOT NULL
-             GROUP BY model",
-            [run.0],
-            |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)),
-            |(model, n)| {
-                counts.insert(model, n);
-                true
+        // Counted here rather than with GROUP BY, which would sort every
+        // item of the run.
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        self.each_text(
+            "SELECT model FROM items WHERE run_id = ?1 AND model IS NOT NULL",
+            run,
+            |model| match counts.get_mut(model) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(model.to_owned(), 1);
+                }
             },
         )?;
         Ok(counts)
@@ -670,6 +690,26 @@ impl Store {
         Ok(())
     }
 
+    /// Runs a query of one text column over `run` and hands each value to
+    /// `each`, borrowed from the row: nothing is allocated per row.
+    fn each_text(
+        &self,
+        sql: &str,
+        run: RunId,
+        mut each: impl FnMut(&str),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.wrap(e))?;
+        let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.wrap(e))? {
+            let text = row
+                .get_ref(0)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(|e| self.wrap(e))?;
+            each(text);
+        }
+        Ok(())
+    }
+
     /// Runs a query and collects its mapped rows.
     fn collect<T>(
         &self,
@@ -683,6 +723,38 @@ impl Store {
             true
         })?;
         Ok(all)
+    }
+}
+
+/// The stored state a key takes from an attempt of `class`, if any:
+/// refused, or answering.
+fn key_state(class: AttemptClass) -> Option<&'static str> {
+    match class {
+        AttemptClass::KeyInvalid => Some("disabled"),
+        AttemptClass::Ok => Some("ok"),
+        _ => None,
+    }
+}
+
+/// What a batch's attempts used of one ledger row (account, model, day).
+#[derive(Debug, Default)]
+struct Used {
+    ok: u64,
+    /// Token sums saturate at SQLite's largest integer, as the upsert does.
+    input_tokens: i64,
+    output_tokens: i64,
+    cost_usd: f64,
+    cost_unknown: u64,
+}
+
+impl Used {
+    fn add(&mut self, a: &AttemptRow) {
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.ok += u64::from(a.class == AttemptClass::Ok);
+        self.input_tokens = self.input_tokens.saturating_add(tokens(a.input_tokens));
+        self.output_tokens = self.output_tokens.saturating_add(tokens(a.output_tokens));
+        self.cost_usd += a.cost_usd.unwrap_or(0.0);
+        self.cost_unknown += u64::from(a.cost_usd.is_none());
     }
 }
 
