@@ -9,6 +9,7 @@
 
 mod ledger;
 mod lock;
+pub mod postgres;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -46,6 +47,9 @@ pub enum StoreError {
         /// What it is instead.
         what: &'static str,
     },
+    /// The shared state in PostgreSQL failed.
+    #[error(transparent)]
+    Shared(#[from] postgres::PgError),
     /// The state file was written by a newer keyfan.
     #[error("state file {path} has schema version {found}, newer than this keyfan's {supported}: upgrade keyfan")]
     TooNew {

@@ -1,0 +1,339 @@
+//! PostgreSQL as the shared state of several hosts: the day's ledger, the
+//! minute slices, learned limits, the run row and the work queue.
+//!
+//! These tests need a PostgreSQL server: `KEYFAN_TEST_PG_URL` names it
+//! (`.ci/with-postgres` starts a throwaway one and sets it). Without it each
+//! test says it is skipped and passes, unless `KEYFAN_REQUIRE_PG=1` (as in
+//! CI), when it fails. Each test works in its own database, so they run in
+//! parallel.
+
+use keyfan::store::postgres::{Claim, JoinError, PgState, PgUrl, SliceRefused};
+use keyfan::store::{QuotaLedger, Reservation, Reserved};
+use keyfan::types::Limits;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A database of its own for one test, on the server the environment names;
+/// `None` (the test is skipped) when none is named and none is required.
+pub fn test_db(name: &str) -> Option<PgUrl> {
+    let Ok(server) = std::env::var("KEYFAN_TEST_PG_URL") else {
+        assert!(
+            std::env::var("KEYFAN_REQUIRE_PG").as_deref() != Ok("1"),
+            "KEYFAN_REQUIRE_PG=1 but KEYFAN_TEST_PG_URL is not set"
+        );
+        eprintln!("{name}: skipped: set KEYFAN_TEST_PG_URL (see README, PostgreSQL tests)");
+        return None;
+    };
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let db = format!(
+        "kf_{name}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = postgres::Client::connect(&server, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("KEYFAN_TEST_PG_URL {server} cannot be reached: {e}"));
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {db}"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin
+            .batch_execute(&statement)
+            .expect("create the test's database");
+    }
+    let (base, _) = server.rsplit_once('/').expect("a URL with a database");
+    Some(PgUrl::parse(&format!("{base}/{db}")).expect("a postgres URL"))
+}
+
+fn connect(url: &PgUrl, host: &str) -> PgState {
+    PgState::connect(url, host).expect("connect to the test database")
+}
+
+fn request(account: &str, limit: Option<u64>) -> Reservation {
+    Reservation {
+        account: account.to_owned(),
+        model: "gemini-2.5-flash".to_owned(),
+        day: "2026-11-28".parse().unwrap(),
+        limit,
+    }
+}
+
+#[test]
+fn two_hosts_never_pass_a_daily_limit_together() {
+    let Some(url) = test_db("daily") else { return };
+    let limit = 150;
+    let counted: usize = std::thread::scope(|scope| {
+        let hosts: Vec<_> = (0..2)
+            .map(|h| {
+                let url = &url;
+                scope.spawn(move || {
+                    let mut state = connect(url, &format!("host{h}"));
+                    (0..100)
+                        .map(|_| {
+                            let verdicts = state.reserve(&[request("a", Some(limit))]).unwrap();
+                            usize::from(verdicts[0] == Reserved::Reserved)
+                        })
+                        .sum::<usize>()
+                })
+            })
+            .collect();
+        hosts.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(counted, limit as usize);
+    let mut state = connect(&url, "check");
+    assert_eq!(
+        state
+            .day_count("a", "gemini-2.5-flash", "2026-11-28")
+            .unwrap(),
+        limit
+    );
+    // Refused: the reset is the quota day's end; a release gives one back.
+    let verdict = state.reserve(&[request("a", Some(limit))]).unwrap()[0];
+    let reset = "2026-11-28"
+        .parse::<keyfan::types::QuotaDay>()
+        .unwrap()
+        .reset();
+    assert_eq!(verdict, Reserved::Exhausted { reset });
+    state.release(&[request("a", Some(limit))]).unwrap();
+    assert_eq!(
+        state.reserve(&[request("a", Some(limit))]).unwrap()[0],
+        Reserved::Reserved
+    );
+    // Another account is not held back; a zero limit refuses at once.
+    assert_eq!(
+        state.reserve(&[request("b", Some(limit))]).unwrap()[0],
+        Reserved::Reserved
+    );
+    assert!(matches!(
+        state.reserve(&[request("c", Some(0))]).unwrap()[0],
+        Reserved::Exhausted { .. }
+    ));
+}
+
+#[test]
+fn minute_slices_of_two_hosts_stay_within_the_limit_and_come_back() {
+    let Some(url) = test_db("slices") else { return };
+    let limits = Limits {
+        rpm: Some(30),
+        tpm: Some(10_000),
+        ..Limits::default()
+    };
+    let model = "gemini-2.5-flash";
+    // Two hosts race for slices of 4 requests: together they get exactly
+    // the minute's 30, never more.
+    let granted: u64 = std::thread::scope(|scope| {
+        let hosts: Vec<_> = (0..2)
+            .map(|h| {
+                let url = &url;
+                scope.spawn(move || {
+                    let mut state = connect(url, &format!("host{h}"));
+                    let mut granted = 0;
+                    while let Ok(slice) = state
+                        .take_slice("proj-a", model, limits, 4, 100, Duration::from_secs(5))
+                        .unwrap()
+                    {
+                        granted += slice.requests;
+                    }
+                    granted
+                })
+            })
+            .collect();
+        hosts.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(granted, 30, "the hosts' slices add up to the limit");
+    let mut a = connect(&url, "a");
+    let refused = a
+        .take_slice("proj-a", model, limits, 1, 0, Duration::from_secs(5))
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.retry_in > Duration::from_secs(55) && refused.retry_in <= Duration::from_secs(65),
+        "the oldest slice counts 60 s past its expiry: {refused:?}"
+    );
+    // Another account, and the token limit: a slice is cut to the tokens left.
+    let slice = a
+        .take_slice("proj-b", model, limits, 10, 9_000, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!((slice.requests, slice.tokens), (10, 9_000));
+    let cut = a
+        .take_slice("proj-b", model, limits, 10, 5_000, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!((cut.requests, cut.tokens), (10, 1_000));
+    // Giving back what was not used frees it for every host at once.
+    a.give_back(slice.id, 2, 100).unwrap();
+    let mut b = connect(&url, "b");
+    let freed = b
+        .take_slice("proj-b", model, limits, 20, 8_000, Duration::from_secs(5))
+        .unwrap()
+        .unwrap();
+    assert_eq!((freed.requests, freed.tokens), (18, 8_000));
+    assert!(matches!(
+        b.take_slice("proj-b", model, limits, 1, 0, Duration::from_secs(5))
+            .unwrap(),
+        Err(SliceRefused { .. })
+    ));
+}
+
+#[test]
+fn limits_learned_by_one_host_are_seen_by_the_other() {
+    let Some(url) = test_db("learned") else {
+        return;
+    };
+    let mut a = connect(&url, "a");
+    let mut b = connect(&url, "b");
+    assert!(b.learned().unwrap().is_empty());
+    let rpm = Limits {
+        rpm: Some(10),
+        ..Limits::default()
+    };
+    a.learn("proj-a", "gemini-2.5-flash", rpm).unwrap();
+    let rpd = Limits {
+        rpd: Some(250),
+        ..Limits::default()
+    };
+    a.learn("proj-a", "gemini-2.5-flash", rpd).unwrap();
+    let learned = b.learned().unwrap();
+    assert_eq!(
+        learned,
+        vec![(
+            "proj-a".to_owned(),
+            "gemini-2.5-flash".to_owned(),
+            Limits {
+                rpm: Some(10),
+                rpd: Some(250),
+                ..Limits::default()
+            }
+        )]
+    );
+}
+
+fn items(n: u64) -> Vec<(u64, String)> {
+    (1..=n).map(|line| (line, format!("q{line}"))).collect()
+}
+
+#[test]
+fn hosts_claim_each_item_once_and_a_dead_hosts_claims_come_back() {
+    let Some(url) = test_db("queue") else { return };
+    let stale = Duration::from_secs(30);
+    let lease = Duration::from_millis(800);
+    let mut first = connect(&url, "first:1");
+    let run = first
+        .open_run("job.jsonl", "hash1", items(100), false, stale)
+        .unwrap();
+    assert!(matches!(run, Claim::Started(_)));
+    let run = run.run();
+    // A second plain run is refused, naming who holds the run.
+    let mut second = connect(&url, "second:2");
+    let held = second
+        .open_run("job.jsonl", "hash1", items(100), false, stale)
+        .unwrap_err();
+    assert!(matches!(held, JoinError::Held { .. }), "{held}");
+    let message = held.to_string();
+    assert!(
+        message.contains("first:1") && message.contains("--join"),
+        "{message}"
+    );
+    assert_eq!(
+        second
+            .open_run("job.jsonl", "hash1", items(100), true, stale)
+            .unwrap(),
+        Claim::Joined(run)
+    );
+
+    // Both claim in chunks at once: no item is claimed twice.
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let claimed = Instant::now();
+    for _ in 0..5 {
+        a.extend(first.claim(run, 10, lease).unwrap());
+        b.extend(second.claim(run, 10, lease).unwrap());
+    }
+    let lines: HashSet<u64> = a.iter().chain(&b).map(|c| c.line).collect();
+    assert_eq!(lines.len(), 100, "every item claimed once");
+    assert!(first.claim(run, 10, lease).unwrap().is_empty());
+
+    // The first host finishes its items; the second dies holding its own.
+    for item in &a {
+        assert!(first
+            .finish(run, item.line, &format!("{{\"id\":\"{}\"}}", item.id))
+            .unwrap());
+    }
+    assert_eq!(first.open_items(run).unwrap(), 50);
+    assert!(
+        !first.close_run(run).unwrap(),
+        "open items keep the run open"
+    );
+    // Before the lease runs out nothing is claimable; a live host renews.
+    assert!(first.claim(run, 100, lease).unwrap().is_empty());
+    let mut taken = Vec::new();
+    while taken.len() < 50 {
+        assert!(
+            claimed.elapsed() < Duration::from_secs(10),
+            "the dead host's claims never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let back = first.claim(run, 100, lease).unwrap();
+        assert!(
+            back.is_empty() || claimed.elapsed() >= lease,
+            "claims came back before their lease ran out"
+        );
+        taken.extend(back);
+    }
+    assert_eq!(taken.len(), 50);
+    // The dead host, back from the dead, cannot finish what it lost.
+    assert!(!second.finish(run, b[0].line, "{}").unwrap());
+    for item in &taken {
+        assert!(first
+            .finish(run, item.line, &format!("{{\"id\":\"{}\"}}", item.id))
+            .unwrap());
+    }
+    assert!(first.close_run(run).unwrap());
+    let mut out = Vec::new();
+    assert_eq!(first.results(run, &mut out).unwrap(), 100);
+    let text = String::from_utf8(out).unwrap();
+    let ids: Vec<&str> = text.lines().collect();
+    assert_eq!(ids[0], "{\"id\":\"q1\"}");
+    assert_eq!(ids[99], "{\"id\":\"q100\"}");
+}
+
+#[test]
+fn a_renewed_claim_is_kept_and_an_unreachable_database_is_a_clear_error() {
+    let Some(url) = test_db("renew") else { return };
+    let lease = Duration::from_millis(600);
+    let mut host = connect(&url, "live:1");
+    let run = host
+        .open_run(
+            "job.jsonl",
+            "hash2",
+            items(3),
+            false,
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        .run();
+    assert_eq!(host.claim(run, 3, lease).unwrap().len(), 3);
+    let mut other = connect(&url, "other:2");
+    let until = Instant::now() + lease * 3;
+    while Instant::now() < until {
+        assert_eq!(host.heartbeat(run, lease).unwrap(), 3);
+        assert!(
+            other.claim(run, 3, lease).unwrap().is_empty(),
+            "a renewed claim was taken"
+        );
+        std::thread::sleep(lease / 4);
+    }
+    assert_eq!(host.unclaim(run).unwrap(), 3);
+    assert_eq!(other.claim(run, 3, lease).unwrap().len(), 3);
+
+    // Nothing listens on port 1: a clear, prompt error without the password.
+    let dead = PgUrl::parse("postgres://kf:s3cr3t@127.0.0.1:1/keyfan").unwrap();
+    let started = Instant::now();
+    let error = PgState::connect(&dead, "x").unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        error.contains("postgres://kf@127.0.0.1:1/keyfan"),
+        "{error}"
+    );
+    assert!(!error.contains("s3cr3t"), "{error}");
+}
