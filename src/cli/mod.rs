@@ -260,10 +260,20 @@ struct RunArgs {
     /// when --out is the default or `-`]
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
-    /// SQLite state file. [default: <job>.keyfan.db beside the job,
-    /// or <job>.simulated.db with --simulate]
+    /// SQLite state file, or `postgres://user@host/db`: PostgreSQL, the
+    /// state several hosts share (quotas, the job's work queue, results);
+    /// this host's detail then stays in the default file. [default:
+    /// <job>.keyfan.db beside the job, or <job>.simulated.db with --simulate]
     #[arg(long)]
     state: Option<PathBuf>,
+    /// With `--state postgres://…`: work the job's run alongside the hosts
+    /// already on it, claiming items from its queue.
+    #[arg(long)]
+    join: bool,
+    /// With `--state postgres://…`: seconds a host's claim on items lasts
+    /// unless renewed; a dead host's items return to the queue after it.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::run::DEFAULT_LEASE.as_secs_f64(), value_parser = lease_seconds)]
+    lease: f64,
     /// Requests in flight at most, 1 to 10000. [default: the config's
     /// `concurrency`]
     #[arg(short = 'j', long, value_parser = concurrency)]
@@ -393,6 +403,16 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
             code: exit::ERROR,
             error: error.into(),
         }
+    }
+}
+
+/// A claim lease in seconds: from 0.5 s to a day.
+fn lease_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.5..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "{text} is not a number of seconds from 0.5 to 86400"
+        )),
     }
 }
 

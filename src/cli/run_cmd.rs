@@ -71,13 +71,25 @@ impl Settings {
     /// and each output not given goes to its default place.
     fn resolve(args: RunArgs, config: Config) -> Result<Settings, Failure> {
         let job = Job::open(&args.job).context("failed to read the job from standard input")?;
-        let outputs = Outputs::pick(
+        let mut outputs = Outputs::pick(
             &job,
             args.out.as_deref(),
             args.state,
             args.report.as_deref(),
             args.simulate,
         );
+        match &mut outputs.shared {
+            Some(shared) => {
+                shared.join = args.join;
+                shared.lease = std::time::Duration::from_secs_f64(args.lease);
+            }
+            None if args.join => {
+                return Err(Failure::usage(anyhow!(
+                    "--join works a run several hosts share: it needs --state postgres://…"
+                )))
+            }
+            None => {}
+        }
         let resume = match (args.new_run, args.retry_failed) {
             (true, _) => Resume::Fresh,
             (false, true) => Resume::RetryFailed,

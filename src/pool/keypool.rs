@@ -377,11 +377,15 @@ impl Lease<'_> {
     /// The account's requests-per-day limit for the leased model, configured
     /// or learned, for the day's ledger.
     pub fn day_limit(&self) -> Option<u64> {
+        self.limits().rpd.map(u64::from)
+    }
+
+    /// The account's limits for the leased model, configured or learned.
+    pub fn limits(&self) -> Limits {
         let state = self.pool.lock();
         let account = self.pool.keys[self.key].account;
         let quota = state.quotas.get(&(account, self.model.clone()));
-        let limits = self.pool.accounts[account].limits(&self.model, quota);
-        limits.rpd.map(u64::from)
+        self.pool.accounts[account].limits(&self.model, quota)
     }
 }
 

@@ -20,7 +20,7 @@ use crate::estimate::prompt_tokens;
 use crate::pool::{after, Lease, Need, Outcome, Pool, PoolError, Strategy, Unavailable};
 use crate::provider::{ApiError, Client, ErrorClass, Reply, Request};
 use crate::store::{MemoryLedger, QuotaLedger, Reservation, Reserved};
-use crate::types::{ApiKey, QuotaDay, QuotaUse};
+use crate::types::{ApiKey, Limits, QuotaDay, QuotaUse};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,13 +106,23 @@ pub(crate) enum Gate {
     Recorder(mpsc::UnboundedSender<Event>),
     /// Memory: a program without a state file.
     Memory(Mutex<MemoryLedger>),
+    /// The shared state in PostgreSQL, which also shares the minute.
+    Shared(super::shared::SharedGate),
 }
 
 impl Gate {
     /// Counts one request, or says the day is spent; `Err` when the ledger
     /// is gone.
-    async fn reserve(&self, reservation: Reservation) -> Result<Reserved, CallError> {
+    async fn reserve(
+        &self,
+        reservation: Reservation,
+        minute: Limits,
+    ) -> Result<Reserved, CallError> {
         match self {
+            Gate::Shared(shared) => shared
+                .reserve(reservation, minute)
+                .await
+                .ok_or(CallError::Ledger),
             Gate::Recorder(events) => {
                 let (reply, verdict) = oneshot::channel();
                 events
@@ -134,6 +144,10 @@ impl Gate {
         let _ = match self {
             Gate::Recorder(events) => events.send(Event::Release(reservation)).is_ok(),
             Gate::Memory(ledger) => lock(ledger).release(&[reservation]).is_ok(),
+            Gate::Shared(shared) => {
+                shared.release(reservation);
+                true
+            }
         };
     }
 }
@@ -351,7 +365,11 @@ impl Caller {
             day: QuotaDay::today(),
             limit: lease.day_limit(),
         };
-        match self.gate.reserve(reservation.clone()).await? {
+        match self
+            .gate
+            .reserve(reservation.clone(), lease.limits())
+            .await?
+        {
             Reserved::Reserved => Ok(Some(reservation)),
             Reserved::Exhausted { reset } => {
                 self.pool.exhaust(lease.account(), model, reset);

@@ -19,6 +19,7 @@ use crate::provider::Scrubber;
 use crate::report::Report;
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::Sink;
+use crate::store::postgres::PgState;
 use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -177,6 +178,10 @@ pub enum StartError {
     /// The state file's lock is held or cannot be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The shared state (PostgreSQL) cannot be reached or refused its
+    /// schema.
+    #[error("{0}: nothing was sent (check --state and that the database is up)")]
+    Shared(#[from] crate::store::postgres::PgError),
     /// An I/O failure while setting the run up.
     #[error("failed to {what}")]
     Io {
@@ -202,7 +207,10 @@ impl StartError {
             | StartError::SameFile { .. }
             | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
             StartError::Lock(LockError::Held { .. }) => exit::LOCKED,
-            StartError::Client(_) | StartError::Lock(_) | StartError::Io { .. } => exit::ERROR,
+            StartError::Client(_)
+            | StartError::Lock(_)
+            | StartError::Io { .. }
+            | StartError::Shared(_) => exit::ERROR,
         }
     }
 
@@ -337,6 +345,24 @@ pub async fn run(
     let pool = Arc::new(Pool::new(&config, strategy, group.as_deref()).map_err(StartError::from)?);
     let clients = Arc::new(Clients::new(&config).map_err(StartError::from)?);
     let _lock = RunLock::acquire(&outputs.state).map_err(StartError::from)?;
+    // The shared state is reached before anything is sent: unreachable, the
+    // run sends nothing.
+    let shared = match &outputs.shared {
+        Some(shared) => {
+            let url = shared.url.clone();
+            let state = tokio::task::spawn_blocking(move || {
+                PgState::connect(&url, &crate::store::postgres::this_host())
+            })
+            .await
+            .map_err(|e| StartError::Io {
+                what: "connect to the shared state".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(StartError::from)?;
+            Some(state)
+        }
+        None => None,
+    };
     // By its canonical path, the one the lock is named after.
     let state = paths::canonical(&outputs.state).map_err(StartError::io(format!(
         "resolve --state {}",
@@ -450,8 +476,15 @@ pub async fn run(
         observer: Box::new(observer.clone()),
         scrubber: scrubber.clone(),
     };
-    let (summary, store) =
-        super::execute(&options, Arc::clone(&pool), clients, recording, &stop).await?;
+    let (summary, store) = super::execute_with(
+        &options,
+        Arc::clone(&pool),
+        clients,
+        recording,
+        &stop,
+        shared,
+    )
+    .await?;
     if let Some(signals) = signals {
         signals.abort();
     }
@@ -539,6 +572,7 @@ mod tests {
                 report_md: PathBuf::from("r.md"),
                 report_json: PathBuf::from("r.json"),
                 report_html: PathBuf::from("r.html"),
+                shared: None,
             },
         }
     }

@@ -21,6 +21,7 @@ mod resume;
 mod retry;
 mod sample;
 mod settings;
+mod shared;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -35,7 +36,7 @@ pub use recorder::{Observer, Progress};
 pub use resume::{earlier, start, Earlier, Resume, Start};
 pub use retry::{Decision, Retries, RetryPolicy};
 pub use sample::{Sample, SampleSummary};
-pub use settings::{default_state, Job, Outputs, Settings};
+pub use settings::{default_state, Job, Outputs, Settings, SharedState, DEFAULT_LEASE};
 
 use observe::Shared;
 
@@ -248,6 +249,20 @@ pub async fn execute(
     recording: Recording,
     stop: &Stop,
 ) -> Result<(Summary, Store), RunError> {
+    execute_with(options, pool, clients, recording, stop, None).await
+}
+
+/// [`execute`], with the quotas reserved in the state several hosts share
+/// when `shared` is given: losing it stops dispatch, fails the run, and
+/// leaves the unsent items pending.
+pub(crate) async fn execute_with(
+    options: &Options,
+    pool: Arc<Pool>,
+    clients: Arc<Clients>,
+    recording: Recording,
+    stop: &Stop,
+    shared: Option<crate::store::postgres::PgState>,
+) -> Result<(Summary, Store), RunError> {
     let started = std::time::Instant::now();
     // Dispatch stops on Ctrl-C (the parent token) and also, on its own, when
     // the budget is reached or the recorder fails: neither is an interrupt.
@@ -272,13 +287,27 @@ pub async fn execute(
     };
     let faults = Arc::new(Faults::default());
     // The day's ledger is reached through the recorder, which owns the
-    // state file.
-    let caller = Arc::new(Caller::with(
-        pool,
-        clients,
-        call::Gate::Recorder(event_tx.clone()),
-        options.policy.clone(),
-    ));
+    // state file, or through the thread that owns the shared state.
+    let gate = match shared {
+        None => call::Gate::Recorder(event_tx.clone()),
+        Some(state) => {
+            let (faults, cancel) = (Arc::clone(&faults), cancel.clone());
+            let lost = move |error: String| {
+                faults.push(format!(
+                    "the shared state was lost ({error}): dispatch stopped; unsent items stay \
+                     pending"
+                ));
+                cancel.cancel();
+            };
+            let thread =
+                shared::SharedGate::spawn(state, lost).map_err(|source| StartError::Io {
+                    what: "start the shared-state thread".to_owned(),
+                    source,
+                })?;
+            call::Gate::Shared(thread)
+        }
+    };
+    let caller = Arc::new(Caller::with(pool, clients, gate, options.policy.clone()));
 
     // The job is streamed: a bounded channel between the reader thread and
     // the workers keeps memory flat whatever the job's size.

@@ -45,6 +45,12 @@ pub fn test_db(name: &str) -> Option<PgUrl> {
     Some(PgUrl::parse(&format!("{base}/{db}")).expect("a postgres URL"))
 }
 
+/// Runs `f` on a thread of its own: the synchronous client must not run on
+/// a thread that drives the test's async runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().expect("no panic"))
+}
+
 fn connect(url: &PgUrl, host: &str) -> PgState {
     PgState::connect(url, host).expect("connect to the test database")
 }
@@ -336,4 +342,166 @@ fn a_renewed_claim_is_kept_and_an_unreachable_database_is_a_clear_error() {
         "{error}"
     );
     assert!(!error.contains("s3cr3t"), "{error}");
+}
+
+// ---- keyfan processes on one PostgreSQL, against the simulator ----
+
+use crate::support::{explain, simulator, stats, wait_until, Workdir};
+use keyfan::sim::SimServer;
+
+const MODEL: &str = "gemini-2.5-flash";
+
+/// The simulator's 2 projects × 2 keys, each project held to `limits`
+/// (YAML flow map, e.g. `rpm: 30`) for the model.
+fn sim_yaml(limits: &str) -> String {
+    format!(
+        "seed: 3\nlatency: {{ min_ms: 5, max_ms: 20 }}\nprojects:\n  - name: proj-a\n    keys: [pg-key-a1, pg-key-a2]\n    limits: {{ {MODEL}: {{ {limits} }} }}\n  - name: proj-b\n    keys: [pg-key-b1, pg-key-b2]\n    limits: {{ {MODEL}: {{ {limits} }} }}\n"
+    )
+}
+
+/// A host: a work directory with `job` and a config for the same accounts
+/// and `limits`.
+fn host(sim: &SimServer, job: &str, limits: &str) -> Workdir {
+    let work = Workdir::new();
+    work.write("job.jsonl", job);
+    let mut yaml = format!(
+        "providers:\n  gemini:\n    base_url: {}\nmodel: {MODEL}\nconcurrency: 8\ntimeout: 5s\naccounts:\n",
+        sim.base_url()
+    );
+    for project in ["a", "b"] {
+        yaml.push_str(&format!(
+            "  - name: proj-{project}\n    limits: {{ {MODEL}: {{ {limits} }} }}\n    keys: [pg-key-{project}1, pg-key-{project}2]\n"
+        ));
+    }
+    work.write("config.yaml", &yaml);
+    work
+}
+
+/// A job of `n` items; `variant` makes its content (and so its run) its own.
+fn job(n: usize, variant: &str) -> String {
+    crate::support::jsonl_job_with(n, |_| serde_json::json!({ "system": variant }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_with_separate_jobs_share_the_days_quota() {
+    let Some(url) = off_runtime(|| test_db("day_e2e")) else {
+        return;
+    };
+    let sim = simulator(&sim_yaml("rpd: 10")).await;
+    let (one, two) = (
+        host(&sim, &job(15, "one"), "rpd: 10"),
+        host(&sim, &job(15, "two"), "rpd: 10"),
+    );
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        &url.to_string(),
+    ];
+    let (a, b) = tokio::join!(one.keyfan(&args, &[]), two.keyfan(&args, &[]));
+    // Each host defers what the shared day has no room for.
+    assert_eq!(a.status.code(), Some(4), "{}", explain(&a));
+    assert_eq!(b.status.code(), Some(4), "{}", explain(&b));
+    let stats = stats(&sim).await;
+    for (name, project) in &stats.projects {
+        assert_eq!(
+            project.requests, 10,
+            "{name} got more than its day: {stats:?}"
+        );
+        assert_eq!(project.rate_limited, 0, "{name}: {stats:?}");
+    }
+    let day = keyfan::types::QuotaDay::today().to_string();
+    let counts = off_runtime(|| {
+        let mut state = connect(&url, "check");
+        ["proj-a", "proj-b"].map(|p| state.day_count(p, MODEL, &day).unwrap())
+    });
+    assert_eq!(
+        counts,
+        [10, 10],
+        "the shared ledger counted each project's day"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_with_separate_jobs_share_each_minute() {
+    let Some(url) = off_runtime(|| test_db("minute_e2e")) else {
+        return;
+    };
+    let sim = simulator(&sim_yaml("rpm: 30")).await;
+    let (one, two) = (
+        host(&sim, &job(40, "one"), "rpm: 30"),
+        host(&sim, &job(40, "two"), "rpm: 30"),
+    );
+    let url = url.to_string();
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        &url,
+    ];
+    let mut hosts = [one.spawn(&args), two.spawn(&args)];
+    // 80 items, a minute's room for 60: both hosts fill it, then wait.
+    let sent = async || {
+        let stats = stats(&sim).await;
+        stats.projects.values().map(|p| p.requests).sum::<u64>()
+    };
+    wait_until(
+        "the hosts fill the minute",
+        Duration::from_secs(30),
+        async || sent().await >= 60,
+    )
+    .await;
+    // Whatever either host sends past the minute's room shows within a
+    // second or so: watch for it before stopping them.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            sent().await <= 60,
+            "the hosts together passed the minute's limit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for host in &mut hosts {
+        host.kill().expect("kill keyfan");
+        host.wait().expect("reap keyfan");
+    }
+    let stats = stats(&sim).await;
+    for (name, project) in &stats.projects {
+        assert_eq!(project.rate_limited, 0, "{name}: {stats:?}");
+        let max = project.models[MODEL].max_requests_in_60s;
+        assert!(max <= 30, "{name}: {max} requests in 60 s: {stats:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_sends_nothing_and_hides_its_password() {
+    let sim = simulator(&sim_yaml("rpm: 30")).await;
+    let work = host(&sim, &job(5, "x"), "rpm: 30");
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        "postgres://kf:s3cr3t-pw@127.0.0.1:1/keyfan",
+    ];
+    let out = work.keyfan(&args, &[]).await;
+    let said = explain(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("postgres://kf@127.0.0.1:1/keyfan"), "{said}");
+    assert!(said.contains("nothing was sent"), "{said}");
+    assert!(!said.contains("s3cr3t"), "{said}");
+    assert_eq!(stats(&sim).await.requests, 0);
+    // --join means nothing without a shared state.
+    let out = work
+        .keyfan(
+            &["run", "job.jsonl", "--config", "config.yaml", "--join"],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
 }

@@ -209,8 +209,9 @@ impl PgState {
         }))
     }
 
-    /// Ends `slice` now, keeping only what was used of it: the rest goes
-    /// back to the account's minute for every host.
+    /// Ends `slice` now (a second from now: requests admitted under it may
+    /// still be on their way), keeping only what was used of it: the rest
+    /// goes back to the account's minute for every host.
     pub fn give_back(
         &mut self,
         slice: i64,
@@ -221,7 +222,7 @@ impl PgState {
             .execute(
                 "UPDATE keyfan.minute_slices
                  SET requests = least(requests, $2), tokens = least(tokens, $3),
-                     expires_at = least(expires_at, clock_timestamp())
+                     expires_at = least(expires_at, clock_timestamp() + interval '1 second')
                  WHERE id = $1",
                 &[&slice, &to_i64(used_requests), &to_i64(used_tokens)],
             )
