@@ -6,6 +6,7 @@
 mod estimate_cmd;
 mod keys_cmd;
 mod progress;
+mod results_cmd;
 mod run_cmd;
 mod sim_cmd;
 mod state_cmd;
@@ -79,6 +80,9 @@ enum Command {
     Runs(RunsArgs),
     /// Rebuild a run's report from its state file alone (sends nothing).
     Report(ReportArgs),
+    /// Write every result of a run several hosts worked, from the shared
+    /// state (`--state postgres://…`), in job order.
+    Results(ResultsArgs),
     /// Start the local simulator of the Gemini and OpenAI APIs.
     #[command(after_help = SIM_EXAMPLES)]
     Sim(SimArgs),
@@ -194,6 +198,19 @@ struct RunsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// `keyfan results`.
+#[derive(Debug, Args)]
+struct ResultsArgs {
+    /// The run in the shared state. [default: the newest]
+    run: Option<i64>,
+    /// The shared state: `postgres://user@host/db`.
+    #[arg(long)]
+    state: String,
+    /// The JSONL file to write.
+    #[arg(short, long)]
+    out: PathBuf,
 }
 
 /// `keyfan report`.
@@ -444,6 +461,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Keys(args) => keys_cmd::run(args, verbosity).await,
         Command::Runs(args) => state_cmd::runs(args),
         Command::Report(args) => state_cmd::report(args),
+        Command::Results(args) => results_cmd::run(args).await,
         Command::Sim(args) => sim_cmd::run(args, verbosity).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

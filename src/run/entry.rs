@@ -182,6 +182,10 @@ pub enum StartError {
     /// schema.
     #[error("{0}: nothing was sent (check --state and that the database is up)")]
     Shared(#[from] crate::store::postgres::PgError),
+    /// The job's run in the shared state is worked by another live host,
+    /// and `--join` was not given.
+    #[error("{0}")]
+    Held(crate::store::postgres::JoinError),
     /// An I/O failure while setting the run up.
     #[error("failed to {what}")]
     Io {
@@ -206,7 +210,7 @@ impl StartError {
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
             | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
-            StartError::Lock(LockError::Held { .. }) => exit::LOCKED,
+            StartError::Lock(LockError::Held { .. }) | StartError::Held(_) => exit::LOCKED,
             StartError::Client(_)
             | StartError::Lock(_)
             | StartError::Io { .. }
@@ -234,6 +238,57 @@ impl RunError {
 /// The first 12 hex digits of a hash.
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+/// Opens (or, with `--join`, joins) the job's run in the shared state,
+/// loading its items as the queue when the run is new, and ends there every
+/// item this host finished locally that the queue still has open (what it
+/// recorded while the database was out of reach).
+async fn join_queue(
+    mut state: PgState,
+    how: &super::SharedState,
+    job: &super::Job,
+    hash: &str,
+    store: &Store,
+    local: RunId,
+) -> Result<super::shared::Link, RunError> {
+    let mut finished = Vec::new();
+    store
+        .for_each_item(local, |row| {
+            if row.status != ItemStatus::Deferred && row.status != ItemStatus::Skipped {
+                let json = serde_json::to_string(&row).map_err(|e| e.to_string())?;
+                finished.push((row.line, json, row.status.as_str()));
+            }
+            Ok::<(), String>(())
+        })?
+        .map_err(|e| StartError::io("record a finished item")(std::io::Error::other(e)))?;
+    let (file, key, hash, join, lease) = (
+        job.file.clone(),
+        job.key().to_owned(),
+        hash.to_owned(),
+        how.join,
+        how.lease,
+    );
+    tokio::task::spawn_blocking(move || {
+        let items = job::JobReader::open(&file)
+            .map_err(StartError::Job)?
+            .filter_map(Result::ok)
+            .map(|item| (item.line, item.id));
+        let run = state
+            .open_run(&key, &hash, items, join, lease)
+            .map_err(|e| match e {
+                crate::store::postgres::JoinError::Db(e) => StartError::Shared(e),
+                held => StartError::Held(held),
+            })?
+            .run();
+        for (line, json, outcome) in finished {
+            state.settle(run, line, &json, outcome)?;
+        }
+        Ok::<_, StartError>(super::shared::Link { state, run, lease })
+    })
+    .await
+    .map_err(|e| StartError::io("join the shared run")(std::io::Error::other(e.to_string())))?
+    .map_err(RunError::from)
 }
 
 /// Runs the job of `settings` to its end (or until stopped), telling
@@ -426,6 +481,12 @@ pub async fn run(
         let plan = crate::estimate::plan(&job.file, &config).map_err(StartError::Job)?;
         store.save_estimate(run_id, &plan)?;
     }
+    let shared = match (shared, &outputs.shared) {
+        (Some(state), Some(how)) => {
+            Some(join_queue(state, how, &job, &validation.content_hash, &store, run_id).await?)
+        }
+        _ => None,
+    };
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {

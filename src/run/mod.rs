@@ -253,15 +253,16 @@ pub async fn execute(
 }
 
 /// [`execute`], with the quotas reserved in the state several hosts share
-/// when `shared` is given: losing it stops dispatch, fails the run, and
-/// leaves the unsent items pending.
+/// when `shared` is given, and the items those of the job's queue that this
+/// host claims: losing it stops dispatch, fails the run, and leaves the
+/// unsent items pending.
 pub(crate) async fn execute_with(
     options: &Options,
     pool: Arc<Pool>,
     clients: Arc<Clients>,
     recording: Recording,
     stop: &Stop,
-    shared: Option<crate::store::postgres::PgState>,
+    shared: Option<shared::Link>,
 ) -> Result<(Summary, Store), RunError> {
     let started = std::time::Instant::now();
     // Dispatch stops on Ctrl-C (the parent token) and also, on its own, when
@@ -270,6 +271,30 @@ pub(crate) async fn execute_with(
     // Unbounded: workers must never block on recording, and at most a few
     // events per request in flight can be waiting.
     let (event_tx, event_rx) = mpsc::unbounded_channel();
+    let faults = Arc::new(Faults::default());
+    let shared = match shared {
+        None => None,
+        Some(link) => {
+            let (faults, cancel) = (Arc::clone(&faults), cancel.clone());
+            let lost = move |error: String| {
+                faults.push(format!(
+                    "the shared state was lost ({error}): dispatch stopped; unsent items stay \
+                     pending"
+                ));
+                cancel.cancel();
+            };
+            Some(
+                shared::SharedGate::spawn(link, lost).map_err(|source| StartError::Io {
+                    what: "start the shared-state thread".to_owned(),
+                    source,
+                })?,
+            )
+        }
+    };
+    let mut recording = recording;
+    if let Some(gate) = &shared {
+        recording.observer = Box::new(shared::Finisher::new(recording.observer, gate));
+    }
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
     let ticker = {
         let events = event_tx.clone();
@@ -285,27 +310,11 @@ pub(crate) async fn execute_with(
             }
         })
     };
-    let faults = Arc::new(Faults::default());
     // The day's ledger is reached through the recorder, which owns the
     // state file, or through the thread that owns the shared state.
-    let gate = match shared {
+    let gate = match &shared {
         None => call::Gate::Recorder(event_tx.clone()),
-        Some(state) => {
-            let (faults, cancel) = (Arc::clone(&faults), cancel.clone());
-            let lost = move |error: String| {
-                faults.push(format!(
-                    "the shared state was lost ({error}): dispatch stopped; unsent items stay \
-                     pending"
-                ));
-                cancel.cancel();
-            };
-            let thread =
-                shared::SharedGate::spawn(state, lost).map_err(|source| StartError::Io {
-                    what: "start the shared-state thread".to_owned(),
-                    source,
-                })?;
-            call::Gate::Shared(thread)
-        }
+        Some(shared) => call::Gate::Shared(shared.clone()),
     };
     let caller = Arc::new(Caller::with(pool, clients, gate, options.policy.clone()));
 
@@ -320,7 +329,16 @@ pub(crate) async fn execute_with(
         let only = options.only.clone();
         let validated = options.job_hash.clone();
         let faults = Arc::clone(&faults);
+        let (queue, job) = (shared.clone(), options.job.clone());
+        let chunk = options.concurrency as u64;
         tokio::task::spawn_blocking(move || {
+            if let Some(queue) = queue {
+                // The job's hash was checked against its run's when joining.
+                if let Err(error) = feed_claims(reader, &job, &queue, chunk, &item_tx, &cancel) {
+                    faults.push(error.to_string());
+                }
+                return;
+            }
             let reader = feed(reader, &done, only.as_deref(), item_tx, events, cancel);
             // The items sent were read from the file: if it is not the file
             // that was validated (and resumed by), the run must say so.
@@ -448,6 +466,54 @@ fn feed(
     }
     reader
 }
+
+/// Feeds the workers the items this host claims from the job's queue in
+/// the shared state, `chunk` at a time, until no item is open (or the run
+/// stops, or the shared state is gone). Claims come in job order; a claim
+/// of an earlier line (another host's lapsed claim) reads the job again
+/// from its start.
+fn feed_claims(
+    mut reader: JobReader,
+    job: &std::path::Path,
+    queue: &shared::SharedGate,
+    chunk: u64,
+    items: &mpsc::Sender<Item>,
+    cancel: &CancellationToken,
+) -> Result<(), crate::job::JobError> {
+    let mut last = 0;
+    while !cancel.is_cancelled() {
+        let Some(claimed) = queue.claim(chunk) else {
+            return Ok(());
+        };
+        if claimed.items.is_empty() {
+            if claimed.open == 0 {
+                return Ok(());
+            }
+            // Other hosts hold the rest: their claims may yet lapse.
+            std::thread::sleep(CLAIM_POLL);
+            continue;
+        }
+        for wanted in claimed.items {
+            if wanted.line <= last {
+                reader = JobReader::open(job)?;
+            }
+            last = wanted.line;
+            let found = reader
+                .by_ref()
+                .filter_map(Result::ok)
+                .find(|item| item.line == wanted.line);
+            let Some(item) = found else { continue };
+            if !send_unless_cancelled(items, item, cancel) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How often a host with nothing to claim asks again while other hosts
+/// hold the last items.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
 
 /// Sends `item` to the workers, waiting for room unless the run stops
 /// meanwhile (workers that stopped read no more, so a plain blocking send

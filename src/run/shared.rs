@@ -8,12 +8,21 @@
 //!   with no room in the minute, the request waits until a share comes free),
 //!   then the day's ledger. Requests that arrive together are reserved
 //!   together: one round trip per (account, model, day) when they all fit.
+//! - **The queue.** The job's run is a row with a heartbeat, and its items
+//!   a queue ([`crate::store::postgres::queue`]): the feeder claims chunks
+//!   here, each finished item is ended here with its results line (through
+//!   [`Finisher`], the observer that sees it once committed locally), and
+//!   the thread renews this host's claims every third of the lease. When
+//!   the run ends, claims not finished go back to pending, and the last
+//!   host out marks the run done.
 //! - **Loss.** When the database fails, every waiting and later reservation
 //!   is refused: dispatch stops and nothing is sent that was not reserved.
 //!   The thread says so once, through `lost`.
 
-use crate::store::postgres::{PgState, Slice};
-use crate::store::{QuotaLedger, Reservation, Reserved};
+use super::Notice;
+use super::{Observer, Progress, RunOutcome};
+use crate::store::postgres::{ClaimedItem, PgState, Slice};
+use crate::store::{AttemptRow, ItemRow, ItemStatus, QuotaLedger, Reservation, Reserved};
 use crate::types::Limits;
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
@@ -33,11 +42,43 @@ enum Command {
     },
     /// Give back a request the server did not count.
     Release(Reservation),
+    /// Claim up to `n` items; an empty claim says whether any is still
+    /// open (held by another host).
+    Claim {
+        n: u64,
+        reply: oneshot::Sender<Option<Claimed>>,
+    },
+    /// End a claimed item with its results line and outcome.
+    Finish {
+        line: u64,
+        result: String,
+        outcome: &'static str,
+    },
+}
+
+/// What a claim got.
+#[derive(Debug)]
+pub(crate) struct Claimed {
+    /// The items now this host's, in job order.
+    pub(crate) items: Vec<ClaimedItem>,
+    /// Items of the run not finished yet, this claim's included.
+    pub(crate) open: u64,
+}
+
+/// The run in the shared state: its queue, and how long a claim lasts.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// The connection, migrated.
+    pub(crate) state: PgState,
+    /// The run's row.
+    pub(crate) run: i64,
+    /// How long a claim lasts unless renewed.
+    pub(crate) lease: Duration,
 }
 
 /// The run's handle on the shared-state thread. Dropping it ends the
 /// thread, which gives back what its slices did not use.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct SharedGate {
     commands: mpsc::Sender<Command>,
 }
@@ -46,14 +87,22 @@ impl SharedGate {
     /// Starts the thread that owns `state`. `lost` is called once, with the
     /// error, if the database fails.
     pub(crate) fn spawn(
-        state: PgState,
+        link: Link,
         lost: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<SharedGate> {
         let (commands, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("keyfan-shared".into())
-            .spawn(move || Server::new(state).serve(&inbox, lost))?;
+            .spawn(move || Server::new(link).serve(&inbox, lost))?;
         Ok(SharedGate { commands })
+    }
+
+    /// Claims up to `n` items, blocking (the feeder's thread): `None` when
+    /// the shared state is gone.
+    pub(crate) fn claim(&self, n: u64) -> Option<Claimed> {
+        let (reply, claimed) = oneshot::channel();
+        self.commands.send(Command::Claim { n, reply }).ok()?;
+        claimed.blocking_recv().ok().flatten()
     }
 
     /// Admits one request: `None` when the shared state is gone (nothing may
@@ -80,6 +129,56 @@ impl SharedGate {
     }
 }
 
+/// The run's observer, and the queue told of each item once it is
+/// committed locally: a deferred item ends too (a later run of the job
+/// takes it up again).
+pub(crate) struct Finisher {
+    inner: Box<dyn Observer>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Finisher {
+    /// `inner`, with every finished item also ended in the queue of `gate`.
+    pub(crate) fn new(inner: Box<dyn Observer>, gate: &SharedGate) -> Finisher {
+        Finisher {
+            inner,
+            commands: gate.commands.clone(),
+        }
+    }
+}
+
+impl Observer for Finisher {
+    fn attempt(&mut self, attempt: &AttemptRow) {
+        self.inner.attempt(attempt);
+    }
+
+    fn finished(&mut self, item: &ItemRow) {
+        // A skipped line has no item in the queue.
+        if item.status != ItemStatus::Skipped {
+            if let Ok(result) = serde_json::to_string(item) {
+                let _ = self.commands.send(Command::Finish {
+                    line: item.line,
+                    result,
+                    outcome: item.status.as_str(),
+                });
+            }
+        }
+        self.inner.finished(item);
+    }
+
+    fn progress(&mut self, progress: &Progress) {
+        self.inner.progress(progress);
+    }
+
+    fn notice(&mut self, notice: &Notice) {
+        self.inner.notice(notice);
+    }
+
+    fn done(&mut self, outcome: &RunOutcome) {
+        self.inner.done(outcome);
+    }
+}
+
 /// A slice of an account's minute that this host holds.
 struct Held {
     slice: Slice,
@@ -96,6 +195,9 @@ struct Waiting {
 
 struct Server {
     state: PgState,
+    run: i64,
+    lease: Duration,
+    heartbeat_at: Instant,
     slices: HashMap<(String, String), Held>,
     /// Requests with no room in their minute, and when to ask again.
     waiting: VecDeque<Waiting>,
@@ -103,9 +205,12 @@ struct Server {
 }
 
 impl Server {
-    fn new(state: PgState) -> Server {
+    fn new(link: Link) -> Server {
         Server {
-            state,
+            state: link.state,
+            run: link.run,
+            lease: link.lease,
+            heartbeat_at: Instant::now() + link.lease / 3,
             slices: HashMap::new(),
             waiting: VecDeque::new(),
             retry_at: HashMap::new(),
@@ -119,6 +224,7 @@ impl Server {
                 .retry_at
                 .values()
                 .chain(self.slices.values().map(|h| &h.until))
+                .chain([&self.heartbeat_at])
                 .min()
                 .copied();
             let first = match wake {
@@ -135,6 +241,7 @@ impl Server {
                 },
             };
             let mut releases = Vec::new();
+            let mut work = Vec::new();
             for command in first.into_iter().chain(inbox.try_iter()) {
                 match command {
                     Command::Reserve {
@@ -147,13 +254,15 @@ impl Server {
                         reply,
                     }),
                     Command::Release(reservation) => releases.push(reservation),
+                    other => work.push(other),
                 }
             }
             let step = self
                 .state
                 .release(&releases)
                 .map_err(|e| e.to_string())
-                .and_then(|()| self.admit().map_err(|e| e.to_string()));
+                .and_then(|()| self.admit().map_err(|e| e.to_string()))
+                .and_then(|()| self.queue(work).map_err(|e| e.to_string()));
             if let Err(error) = step {
                 // Every request waiting, and every later one, is refused.
                 for waiting in self.waiting.drain(..) {
@@ -162,6 +271,7 @@ impl Server {
                 if let Some(lost) = lost.take() {
                     lost(error);
                 }
+                // Dropping each command answers its sender with nothing.
                 for command in inbox.iter() {
                     if let Command::Reserve { reply, .. } = command {
                         let _ = reply.send(None);
@@ -171,6 +281,34 @@ impl Server {
             }
         }
         self.give_back_all();
+    }
+
+    /// Claims, finishes and the heartbeat.
+    fn queue(&mut self, work: Vec<Command>) -> Result<(), crate::store::postgres::PgError> {
+        for command in work {
+            match command {
+                Command::Claim { n, reply } => {
+                    let items = self.state.claim(self.run, n, self.lease)?;
+                    let open = self.state.open_items(self.run)?;
+                    let _ = reply.send(Some(Claimed { items, open }));
+                }
+                Command::Finish {
+                    line,
+                    result,
+                    outcome,
+                } => {
+                    // `false`: this host's claim lapsed and another host
+                    // took the item; it ends there.
+                    self.state.finish(self.run, line, &result, outcome)?;
+                }
+                Command::Reserve { .. } | Command::Release(_) => {}
+            }
+        }
+        if Instant::now() >= self.heartbeat_at {
+            self.state.heartbeat(self.run, self.lease)?;
+            self.heartbeat_at = Instant::now() + self.lease / 3;
+        }
+        Ok(())
     }
 
     /// Admits every waiting request that has a unit of its minute, then
@@ -287,10 +425,15 @@ impl Server {
         Ok(())
     }
 
-    /// At the end of the run: every slice's unused part goes back.
+    /// At the end of the run: every slice's unused part goes back, claims
+    /// not finished go back to pending, and the last host out closes the
+    /// run. Failures here lose nothing: slices and claims lapse by
+    /// themselves.
     fn give_back_all(&mut self) {
         for (_, held) in self.slices.drain() {
             let _ = self.state.give_back(held.slice.id, held.used, 0);
         }
+        let _ = self.state.unclaim(self.run);
+        let _ = self.state.close_run(self.run);
     }
 }

@@ -127,6 +127,16 @@ impl PgState {
                 &[&run, &host, &pid],
             )
             .map_err(wrap)?;
+            // A run taken up again sends what it deferred (as a resume does).
+            if status != "running" {
+                tx.execute(
+                    "UPDATE keyfan.items SET status = 'pending', host = NULL, result = NULL,
+                            outcome = NULL, finished_at = NULL
+                     WHERE run_id = $1 AND outcome = 'deferred'",
+                    &[&run],
+                )
+                .map_err(wrap)?;
+            }
             tx.commit().map_err(wrap)?;
             return Ok(Claim::Joined(run));
         }
@@ -212,19 +222,51 @@ impl PgState {
         Ok(renewed)
     }
 
-    /// Ends the claimed item at `line` with its results line. `false` when
-    /// this host no longer holds its claim (the lease ran out and another
-    /// host took it): the item ends there, not here.
-    pub fn finish(&mut self, run: i64, line: u64, result: &str) -> Result<bool, PgError> {
+    /// Ends the claimed item at `line` with its results line and outcome
+    /// (`ok`, `failed`, …). `false` when this host no longer holds its
+    /// claim (the lease ran out and another host took it): the item ends
+    /// there, not here.
+    pub fn finish(
+        &mut self,
+        run: i64,
+        line: u64,
+        result: &str,
+        outcome: &str,
+    ) -> Result<bool, PgError> {
+        self.end(run, line, result, outcome, true)
+    }
+
+    /// Ends the item at `line` with what this host recorded of it while the
+    /// database was out of reach (its claim may since have lapsed), unless
+    /// it ended already: the next start's reconciliation.
+    pub fn settle(
+        &mut self,
+        run: i64,
+        line: u64,
+        result: &str,
+        outcome: &str,
+    ) -> Result<bool, PgError> {
+        self.end(run, line, result, outcome, false)
+    }
+
+    fn end(
+        &mut self,
+        run: i64,
+        line: u64,
+        result: &str,
+        outcome: &str,
+        claimed: bool,
+    ) -> Result<bool, PgError> {
         let host = self.host.clone();
         let changed = self
             .client
             .execute(
                 "UPDATE keyfan.items
-                 SET status = 'done', result = $3, finished_at = clock_timestamp(),
-                     lease_until = NULL
-                 WHERE run_id = $1 AND line = $2 AND status = 'claimed' AND host = $4",
-                &[&run, &line_of(line), &result, &host],
+                 SET status = 'done', result = $3, outcome = $5,
+                     finished_at = clock_timestamp(), lease_until = NULL, host = $4
+                 WHERE run_id = $1 AND line = $2 AND status <> 'done'
+                   AND (NOT $6 OR (status = 'claimed' AND host = $4))",
+                &[&run, &line_of(line), &result, &host, &outcome, &claimed],
             )
             .map_err(|e| self.wrap(e))?;
         Ok(changed == 1)
@@ -268,6 +310,15 @@ impl PgState {
             )
             .map_err(|e| self.wrap(e))?;
         Ok(changed == 1)
+    }
+
+    /// The newest run's id, if any.
+    pub fn latest_run(&mut self) -> Result<Option<i64>, PgError> {
+        let row = self
+            .client
+            .query_one("SELECT max(id) FROM keyfan.runs", &[])
+            .map_err(|e| self.wrap(e))?;
+        Ok(row.get(0))
     }
 
     /// Writes every finished item's results line of `run`, in job order,

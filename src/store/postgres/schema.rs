@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
         host text,
         lease_until timestamptz,
         claims integer NOT NULL DEFAULT 0,
+        outcome text,
         result text,
         finished_at timestamptz,
         PRIMARY KEY (run_id, line)
