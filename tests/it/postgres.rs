@@ -656,3 +656,68 @@ async fn a_killed_hosts_items_are_finished_by_the_other_after_the_lease() {
         assert_eq!(project.rate_limited, 0, "{name}: {stats:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_lost_mid_run_stops_dispatch_and_the_next_start_reconciles() {
+    let Some(url) = off_runtime(|| test_db("lost_e2e")) else {
+        return;
+    };
+    let (sim, one, _) = joined_hosts("rpm: 30").await;
+    let state = url.to_string();
+    let args = [
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        &state,
+        "--lease",
+        "1",
+    ];
+    let mut host = one.spawn_piped(&args);
+    wait_until(
+        "the host finishes a few items",
+        Duration::from_secs(20),
+        async || off_runtime(|| done_items(&url)) >= 5,
+    )
+    .await;
+    // The database drops keyfan's connection: as good as lost.
+    off_runtime(|| {
+        let mut admin = postgres::Client::connect(&state, postgres::NoTls).expect("connect");
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = 'keyfan'",
+                &[],
+            )
+            .expect("terminate keyfan's connection");
+    });
+    let status = crate::support::exit_within(&mut host, Duration::from_secs(30)).await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut host.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the shared state was lost"), "{stderr}");
+    // Nothing went out that the shared ledger had not counted.
+    let day = keyfan::types::QuotaDay::today().to_string();
+    let counted: u64 = off_runtime(|| {
+        let mut state = connect(&url, "check");
+        ["proj-a", "proj-b"]
+            .map(|p| state.day_count(p, MODEL, &day).unwrap())
+            .iter()
+            .sum()
+    });
+    let sent = stats(&sim).await.requests;
+    assert!(sent <= counted, "{sent} sent, {counted} reserved");
+    assert!(sent < 40, "dispatch went on after the loss");
+
+    // The next start settles what the host finished locally after the loss,
+    // then sends only the rest.
+    let again = one.keyfan(&[&args[..], &["--join"]].concat(), &[]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", explain(&again));
+    let out = one
+        .keyfan(&["results", "--state", &state, "--out", "all.jsonl"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    crate::support::assert_each_item_once_with_its_reply(&one.path("all.jsonl"), 40);
+    assert_eq!(stats(&sim).await.requests, 40, "an item was sent twice");
+}
