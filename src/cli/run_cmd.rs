@@ -74,7 +74,8 @@ impl Settings {
         let mut outputs = Outputs::pick(
             &job,
             args.out.as_deref(),
-            args.state,
+            args.state
+                .or_else(|| config.state.as_ref().map(|s| s.as_arg())),
             args.report.as_deref(),
             args.simulate,
         );

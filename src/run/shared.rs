@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// How long a minute slice may be used before what is left goes back.
-const SLICE_TTL: Duration = Duration::from_secs(5);
+const SLICE_TTL: Duration = Duration::from_secs(3);
 
 /// What the run asks of the shared state.
 enum Command {
@@ -364,15 +364,17 @@ impl Server {
         if let Some(held) = self.slices.get_mut(key) {
             if held.used < held.slice.requests {
                 held.used += 1;
+                // Used up: it ends now, so it counts no longer than it must.
+                if held.used == held.slice.requests {
+                    let (id, used) = (held.slice.id, held.used);
+                    self.slices.remove(key);
+                    self.state.give_back(id, used, 0)?;
+                }
                 return Ok(true);
             }
         }
         if self.retry_at.contains_key(key) {
             return Ok(false);
-        }
-        // A used-up slice ends now: it counts no longer than it was used.
-        if let Some(held) = self.slices.remove(key) {
-            self.state.give_back(held.slice.id, held.used, 0)?;
         }
         // A tenth of the minute at a time: small enough that hosts share
         // it, large enough that the database is asked rarely.
@@ -389,14 +391,17 @@ impl Server {
                 // Nothing is admitted in its last second: what was admitted
                 // is sent before the database stops counting the slice live.
                 let until = now + slice.valid_for.saturating_sub(Duration::from_secs(1));
-                self.slices.insert(
-                    key.clone(),
-                    Held {
+                if slice.requests == 1 {
+                    // Used up by this request: it ends now.
+                    self.state.give_back(slice.id, 1, 0)?;
+                } else {
+                    let held = Held {
                         until,
                         slice,
                         used: 1,
-                    },
-                );
+                    };
+                    self.slices.insert(key.clone(), held);
+                }
                 Ok(true)
             }
             Err(refused) => {

@@ -105,6 +105,28 @@ fn two_hosts_never_pass_a_daily_limit_together() {
         state.reserve(&[request("a", Some(limit))]).unwrap()[0],
         Reserved::Reserved
     );
+    // Requests that arrive together are counted together when they all
+    // fit, and one by one up to the limit when they do not.
+    let together = |verdicts: Vec<Reserved>| {
+        verdicts
+            .iter()
+            .filter(|v| **v == Reserved::Reserved)
+            .count()
+    };
+    assert_eq!(
+        together(state.reserve(&vec![request("e", Some(10)); 6]).unwrap()),
+        6
+    );
+    assert_eq!(
+        together(state.reserve(&vec![request("e", Some(10)); 6]).unwrap()),
+        4
+    );
+    assert_eq!(
+        state
+            .day_count("e", "gemini-2.5-flash", "2026-11-28")
+            .unwrap(),
+        10
+    );
     // Another account is not held back; a zero limit refuses at once.
     assert_eq!(
         state.reserve(&[request("b", Some(limit))]).unwrap()[0],
@@ -392,14 +414,8 @@ async fn two_hosts_with_separate_jobs_share_the_days_quota() {
         host(&sim, &job(15, "one"), "rpd: 10"),
         host(&sim, &job(15, "two"), "rpd: 10"),
     );
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        &url.to_string(),
-    ];
+    let state = url.to_string();
+    let args = shared_run(&state, &[]);
     let (a, b) = tokio::join!(one.keyfan(&args, &[]), two.keyfan(&args, &[]));
     // 30 items, a shared day of 20: what one host took, the other cannot,
     // and it defers the rest (exit 4).
@@ -442,14 +458,7 @@ async fn two_hosts_with_separate_jobs_share_each_minute() {
         host(&sim, &job(40, "two"), "rpm: 30"),
     );
     let url = url.to_string();
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        &url,
-    ];
+    let args = shared_run(&url, &[]);
     let mut hosts = [one.spawn(&args), two.spawn(&args)];
     // 80 items, a minute's room for 60: both hosts fill it, then wait.
     let sent = async || {
@@ -488,14 +497,7 @@ async fn two_hosts_with_separate_jobs_share_each_minute() {
 async fn an_unreachable_database_sends_nothing_and_hides_its_password() {
     let sim = simulator(&sim_yaml("rpm: 30")).await;
     let work = host(&sim, &job(5, "x"), "rpm: 30");
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        "postgres://kf:s3cr3t-pw@127.0.0.1:1/keyfan",
-    ];
+    let args = shared_run("postgres://kf:s3cr3t-pw@127.0.0.1:1/keyfan", &[]);
     let out = work.keyfan(&args, &[]).await;
     let said = explain(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -503,13 +505,23 @@ async fn an_unreachable_database_sends_nothing_and_hides_its_password() {
     assert!(said.contains("nothing was sent"), "{said}");
     assert!(!said.contains("s3cr3t"), "{said}");
     assert_eq!(stats(&sim).await.requests, 0);
-    // --join means nothing without a shared state.
+    // The same from the config's `state:`, its password from the environment.
+    let config = work.read("config.yaml");
+    work.write(
+        "config.yaml",
+        &format!("state: \"postgres://kf:${{KF_TEST_PG_PW}}@127.0.0.1:1/keyfan\"\n{config}"),
+    );
     let out = work
-        .keyfan(
-            &["run", "job.jsonl", "--config", "config.yaml", "--join"],
-            &[],
-        )
+        .keyfan(&args[..4], &[("KF_TEST_PG_PW", "s3cr3t-pw")])
         .await;
+    let said = explain(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("postgres://kf@127.0.0.1:1/keyfan"), "{said}");
+    assert!(!said.contains("s3cr3t"), "{said}");
+    assert_eq!(stats(&sim).await.requests, 0);
+    work.write("config.yaml", &config);
+    // --join means nothing without a shared state.
+    let out = work.keyfan(&[&args[..4], &["--join"]].concat(), &[]).await;
     assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
 }
 
@@ -532,15 +544,47 @@ fn has_run(url: &PgUrl) -> bool {
         .is_ok_and(|row| row.get::<_, i64>(0) > 0)
 }
 
-/// Two hosts with the same 40-item job and config, answers slow enough
-/// (200–400 ms) that both work it.
-async fn joined_hosts(sim_limits: &str) -> (SimServer, Workdir, Workdir) {
-    let sim = simulator(
-        &sim_yaml(sim_limits).replace("min_ms: 5, max_ms: 20", "min_ms: 200, max_ms: 400"),
-    )
+/// `run job.jsonl --config config.yaml --state STATE`, then `extra`.
+fn shared_run<'a>(state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "job.jsonl",
+        "--config",
+        "config.yaml",
+        "--state",
+        state,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Waits until the newest run has `n` finished items.
+async fn wait_for_done(url: &PgUrl, n: i64, what: &str) {
+    wait_until(what, Duration::from_secs(20), async || {
+        off_runtime(|| done_items(url)) >= n
+    })
     .await;
+}
+
+/// `keyfan results` writes every one of the job's `n` items once, each
+/// with its own prompt's digest.
+async fn assert_whole_results(work: &Workdir, state: &str, n: usize) {
+    let out = work
+        .keyfan(&["results", "--state", state, "--out", "all.jsonl"], &[])
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    crate::support::assert_each_item_once_with_its_reply(&work.path("all.jsonl"), n);
+}
+
+/// Two hosts with the same 40-item job and config, `limits` on the
+/// simulator and in the config, and answers slow enough (200–400 ms) that
+/// both work it.
+async fn joined_hosts(limits: &str) -> (SimServer, Workdir, Workdir) {
+    let sim =
+        simulator(&sim_yaml(limits).replace("min_ms: 5, max_ms: 20", "min_ms: 200, max_ms: 400"))
+            .await;
     let job = crate::support::jsonl_job(40);
-    let (one, two) = (host(&sim, &job, "rpm: 30"), host(&sim, &job, "rpm: 30"));
+    let (one, two) = (host(&sim, &job, limits), host(&sim, &job, limits));
     (sim, one, two)
 }
 
@@ -551,14 +595,7 @@ async fn two_hosts_joined_on_one_job_end_each_item_once_within_the_limits() {
     };
     let (sim, one, two) = joined_hosts("rpm: 30").await;
     let state = url.to_string();
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        &state,
-    ];
+    let args = shared_run(&state, &[]);
     let mut first = one.spawn_piped(&args);
     wait_until(
         "the first host opens the run",
@@ -592,11 +629,7 @@ async fn two_hosts_joined_on_one_job_end_each_item_once_within_the_limits() {
     );
     assert_eq!(a.len() + b.len(), 40);
     // The whole run's results, from the shared state.
-    let out = one
-        .keyfan(&["results", "--state", &state, "--out", "all.jsonl"], &[])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    crate::support::assert_each_item_once_with_its_reply(&one.path("all.jsonl"), 40);
+    assert_whole_results(&one, &state, 40).await;
     let stats = stats(&sim).await;
     assert_eq!(stats.requests, 40, "{stats:?}");
     for (name, project) in &stats.projects {
@@ -613,25 +646,13 @@ async fn a_killed_hosts_items_are_finished_by_the_other_after_the_lease() {
     let Some(url) = off_runtime(|| test_db("kill_e2e")) else {
         return;
     };
-    let (sim, one, two) = joined_hosts("rpm: 30").await;
+    // Room enough that the slices the dead host held (counted for a minute)
+    // do not hold up the other.
+    let (sim, one, two) = joined_hosts("rpm: 120").await;
     let state = url.to_string();
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        &state,
-        "--lease",
-        "1",
-    ];
+    let args = shared_run(&state, &["--lease", "1"]);
     let mut first = one.spawn(&args);
-    wait_until(
-        "the first host finishes a few items",
-        Duration::from_secs(20),
-        async || off_runtime(|| done_items(&url)) >= 5,
-    )
-    .await;
+    wait_for_done(&url, 5, "the first host finishes a few items").await;
     let mut second = two.spawn(&[&args[..], &["--join"]].concat());
     wait_until(
         "the second host joins",
@@ -646,11 +667,7 @@ async fn a_killed_hosts_items_are_finished_by_the_other_after_the_lease() {
     first.wait().expect("reap it");
     let status = crate::support::exit_within(&mut second, Duration::from_secs(40)).await;
     assert_eq!(status.code(), Some(0), "the second host finishes the run");
-    let out = two
-        .keyfan(&["results", "--state", &state, "--out", "all.jsonl"], &[])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    crate::support::assert_each_item_once_with_its_reply(&two.path("all.jsonl"), 40);
+    assert_whole_results(&two, &state, 40).await;
     let stats = stats(&sim).await;
     for (name, project) in &stats.projects {
         assert_eq!(project.rate_limited, 0, "{name}: {stats:?}");
@@ -662,25 +679,11 @@ async fn a_database_lost_mid_run_stops_dispatch_and_the_next_start_reconciles() 
     let Some(url) = off_runtime(|| test_db("lost_e2e")) else {
         return;
     };
-    let (sim, one, _) = joined_hosts("rpm: 30").await;
+    let (sim, one, _) = joined_hosts("rpm: 120").await;
     let state = url.to_string();
-    let args = [
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        &state,
-        "--lease",
-        "1",
-    ];
+    let args = shared_run(&state, &["--lease", "1"]);
     let mut host = one.spawn_piped(&args);
-    wait_until(
-        "the host finishes a few items",
-        Duration::from_secs(20),
-        async || off_runtime(|| done_items(&url)) >= 5,
-    )
-    .await;
+    wait_for_done(&url, 5, "the host finishes a few items").await;
     // The database drops keyfan's connection: as good as lost.
     off_runtime(|| {
         let mut admin = postgres::Client::connect(&state, postgres::NoTls).expect("connect");
@@ -714,10 +717,6 @@ async fn a_database_lost_mid_run_stops_dispatch_and_the_next_start_reconciles() 
     // then sends only the rest.
     let again = one.keyfan(&[&args[..], &["--join"]].concat(), &[]).await;
     assert_eq!(again.status.code(), Some(0), "{}", explain(&again));
-    let out = one
-        .keyfan(&["results", "--state", &state, "--out", "all.jsonl"], &[])
-        .await;
-    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    crate::support::assert_each_item_once_with_its_reply(&one.path("all.jsonl"), 40);
+    assert_whole_results(&one, &state, 40).await;
     assert_eq!(stats(&sim).await.requests, 40, "an item was sent twice");
 }

@@ -54,6 +54,7 @@ fn seconds(d: f64) -> Duration {
 /// is then one round trip.
 pub(super) struct Statements {
     reserve: Statement,
+    reserve_all: Statement,
     release: Statement,
 }
 
@@ -69,6 +70,14 @@ impl Statements {
                  ON CONFLICT (account, model, day) DO UPDATE SET requests = l.requests + 1
                  WHERE $4::bigint IS NULL OR l.requests < $4::bigint",
             )?,
+            // Requests that arrive together for one (account, model, day):
+            // all of them, if all fit.
+            reserve_all: client.prepare(
+                "INSERT INTO keyfan.ledger AS l (account, model, day, requests)
+                 VALUES ($1, $2, $3, $4::bigint)
+                 ON CONFLICT (account, model, day) DO UPDATE SET requests = l.requests + $4::bigint
+                 WHERE $5::bigint IS NULL OR l.requests + $4::bigint <= $5::bigint",
+            )?,
             release: client.prepare(
                 "UPDATE keyfan.ledger SET requests = greatest(requests - 1, 0)
                  WHERE account = $1 AND model = $2 AND day = $3",
@@ -78,35 +87,59 @@ impl Statements {
 }
 
 impl QuotaLedger for PgState {
+    /// Requests for one (account, model, day) are reserved together, in one
+    /// round trip, when they all fit; else one by one, so each is counted
+    /// or refused exactly as alone.
     fn reserve(&mut self, requests: &[Reservation]) -> Result<Vec<Reserved>, StoreError> {
-        let statement = self.statements.reserve.clone();
-        let mut verdicts = Vec::with_capacity(requests.len());
-        for r in requests {
-            let counted = r.limit != Some(0) && {
-                let limit = r.limit.map(to_i64);
-                let day = r.day.to_string();
-                self.client
-                    .execute(&statement, &[&r.account, &r.model, &day, &limit])
-                    .map_err(|e| self.wrap(e))?
-                    == 1
-            };
-            verdicts.push(if counted {
-                Reserved::Reserved
-            } else {
-                Reserved::Exhausted {
-                    reset: r.day.reset(),
-                }
-            });
+        let mut verdicts = vec![None; requests.len()];
+        let mut groups: Vec<(&Reservation, Vec<usize>)> = Vec::new();
+        for (index, r) in requests.iter().enumerate() {
+            match groups.iter_mut().find(|(first, _)| *first == r) {
+                Some((_, members)) => members.push(index),
+                None => groups.push((r, vec![index])),
+            }
         }
-        Ok(verdicts)
+        for (r, members) in groups {
+            let (limit, day) = (r.limit.map(to_i64), r.day.to_string());
+            let count = to_i64(members.len() as u64);
+            let together = members.len() > 1
+                && limit.is_none_or(|l| l >= count)
+                && self
+                    .client
+                    .execute(
+                        &self.statements.reserve_all,
+                        &[&r.account, &r.model, &day, &count, &limit],
+                    )
+                    .map_err(|e| self.wrap(e))?
+                    == 1;
+            for index in members {
+                let counted = together
+                    || (r.limit != Some(0)
+                        && self
+                            .client
+                            .execute(
+                                &self.statements.reserve,
+                                &[&r.account, &r.model, &day, &limit],
+                            )
+                            .map_err(|e| self.wrap(e))?
+                            == 1);
+                verdicts[index] = Some(if counted {
+                    Reserved::Reserved
+                } else {
+                    Reserved::Exhausted {
+                        reset: r.day.reset(),
+                    }
+                });
+            }
+        }
+        Ok(verdicts.into_iter().flatten().collect())
     }
 
     fn release(&mut self, requests: &[Reservation]) -> Result<(), StoreError> {
-        let statement = self.statements.release.clone();
         for r in requests {
             let day = r.day.to_string();
             self.client
-                .execute(&statement, &[&r.account, &r.model, &day])
+                .execute(&self.statements.release, &[&r.account, &r.model, &day])
                 .map_err(|e| self.wrap(e))?;
         }
         Ok(())
@@ -141,11 +174,7 @@ impl PgState {
         valid_for: Duration,
     ) -> Result<Result<Slice, SliceRefused>, PgError> {
         let host = self.host.clone();
-        let url = self.url.clone();
-        let wrap = |source| PgError::Db {
-            url: url.clone(),
-            source,
-        };
+        let wrap = &self.wrapper();
         let mut tx = self.client.transaction().map_err(wrap)?;
         // Grants of one (account, model) are serialised; others go on.
         tx.execute(

@@ -199,6 +199,16 @@ impl PgState {
         self.client.is_closed()
     }
 
+    /// A function that wraps PostgreSQL's errors with this URL, for use
+    /// while the client is borrowed (in a transaction).
+    fn wrapper(&self) -> impl Fn(postgres::Error) -> PgError {
+        let url = self.url.clone();
+        move |source| PgError::Db {
+            url: url.clone(),
+            source,
+        }
+    }
+
     fn wrap(&self, source: postgres::Error) -> PgError {
         PgError::Db {
             url: self.url.clone(),

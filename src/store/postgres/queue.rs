@@ -91,11 +91,7 @@ impl PgState {
         stale_after: Duration,
     ) -> Result<Claim, JoinError> {
         let (host, pid) = (self.host.clone(), i64::from(std::process::id()));
-        let url = self.url.clone();
-        let wrap = |source| PgError::Db {
-            url: url.clone(),
-            source,
-        };
+        let wrap = &self.wrapper();
         let mut tx = self.client.transaction().map_err(wrap)?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('keyfan-run/' || $1))",
@@ -324,11 +320,7 @@ impl PgState {
     /// Writes every finished item's results line of `run`, in job order,
     /// to `out`, one per line. How many.
     pub fn results(&mut self, run: i64, out: &mut dyn Write) -> Result<u64, ResultsError> {
-        let url = self.url.clone();
-        let wrap = |source| PgError::Db {
-            url: url.clone(),
-            source,
-        };
+        let wrap = &self.wrapper();
         let mut written = 0;
         let mut rows = self
             .client
