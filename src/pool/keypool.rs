@@ -760,6 +760,19 @@ impl Pool {
         drop(lease);
     }
 
+    /// Gives `account`'s minute for `model` no request for `wait` (hosts
+    /// sharing it hold its room): its keys serve others meanwhile.
+    pub fn cool_down(&self, account: AccountId, model: &str, wait: Duration) {
+        let mut state = self.lock();
+        let quota = state
+            .quotas
+            .entry((account.0, model.to_owned()))
+            .or_default();
+        quota.learn(QuotaScope::MinuteRequests, Some(wait), None, Instant::now());
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
     /// Marks `account`'s day quota for `model` spent until `reset` (the
     /// ledger refused a reservation): its keys serve no request of the model
     /// before then.

@@ -14,6 +14,7 @@
 
 use super::clients::{ClientError, Clients};
 use super::retry::{Decision, Retries, RetryPolicy};
+use super::shared::Admission;
 use super::Event;
 use crate::config::Config;
 use crate::estimate::prompt_tokens;
@@ -111,18 +112,20 @@ pub(crate) enum Gate {
 }
 
 impl Gate {
-    /// Counts one request, or says the day is spent; `Err` when the ledger
-    /// is gone.
+    /// Counts one request, or says the day is spent (or, with a shared
+    /// minute, how long until it has room); `Err` when the ledger is gone.
     async fn reserve(
         &self,
         reservation: Reservation,
         minute: Limits,
-    ) -> Result<Reserved, CallError> {
-        match self {
-            Gate::Shared(shared) => shared
-                .reserve(reservation, minute)
-                .await
-                .ok_or(CallError::Ledger),
+    ) -> Result<Admission, CallError> {
+        let verdict = match self {
+            Gate::Shared(shared) => {
+                return shared
+                    .reserve(reservation, minute)
+                    .await
+                    .ok_or(CallError::Ledger)
+            }
             Gate::Recorder(events) => {
                 let (reply, verdict) = oneshot::channel();
                 events
@@ -135,7 +138,8 @@ impl Gate {
                 .ok()
                 .and_then(|verdicts| verdicts.into_iter().next())
                 .ok_or(CallError::Ledger),
-        }
+        };
+        verdict.map(Admission::Now)
     }
 
     /// Gives back a request the server did not count.
@@ -370,9 +374,14 @@ impl Caller {
             .reserve(reservation.clone(), lease.limits())
             .await?
         {
-            Reserved::Reserved => Ok(Some(reservation)),
-            Reserved::Exhausted { reset } => {
+            Admission::Now(Reserved::Reserved) => Ok(Some(reservation)),
+            Admission::Now(Reserved::Exhausted { reset }) => {
                 self.pool.exhaust(lease.account(), model, reset);
+                Ok(None)
+            }
+            // Other hosts hold the account's minute: lease another meanwhile.
+            Admission::Later(wait) => {
+                self.pool.cool_down(lease.account(), model, wait);
                 Ok(None)
             }
         }

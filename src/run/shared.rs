@@ -5,8 +5,9 @@
 //! - **The gate.** Each request is admitted here before it is sent: first a
 //!   unit of its account's minute, from a slice this host holds (a new slice
 //!   is taken from the database when the held one is used up or expired;
-//!   with no room in the minute, the request waits until a share comes free),
-//!   then the day's ledger. Requests that arrive together are reserved
+//!   with no room in the minute, the caller is told how long until a share
+//!   comes free, and its pool leases another account or waits), then the
+//!   day's ledger. Requests that arrive together are reserved
 //!   together: one round trip per (account, model, day) when they all fit.
 //! - **The queue.** The job's run is a row with a heartbeat, and its items
 //!   a queue ([`crate::store::postgres::queue`]): the feeder claims chunks
@@ -38,7 +39,7 @@ enum Command {
     Reserve {
         reservation: Reservation,
         minute: Limits,
-        reply: oneshot::Sender<Option<Reserved>>,
+        reply: oneshot::Sender<Option<Admission>>,
     },
     /// Give back a request the server did not count.
     Release(Reservation),
@@ -54,6 +55,16 @@ enum Command {
         result: String,
         outcome: &'static str,
     },
+}
+
+/// What the gate said to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// The day's ledger's answer (the minute had room).
+    Now(Reserved),
+    /// The account's minute has no room before this long: lease another
+    /// account meanwhile, or wait.
+    Later(Duration),
 }
 
 /// What a claim got.
@@ -111,7 +122,7 @@ impl SharedGate {
         &self,
         reservation: Reservation,
         minute: Limits,
-    ) -> Option<Reserved> {
+    ) -> Option<Admission> {
         let (reply, verdict) = oneshot::channel();
         self.commands
             .send(Command::Reserve {
@@ -186,11 +197,11 @@ struct Held {
     until: Instant,
 }
 
-/// A request waiting for its minute.
+/// A request to admit.
 struct Waiting {
     reservation: Reservation,
     minute: Limits,
-    reply: oneshot::Sender<Option<Reserved>>,
+    reply: oneshot::Sender<Option<Admission>>,
 }
 
 struct Server {
@@ -199,8 +210,9 @@ struct Server {
     lease: Duration,
     heartbeat_at: Instant,
     slices: HashMap<(String, String), Held>,
-    /// Requests with no room in their minute, and when to ask again.
+    /// Requests received, to admit together.
     waiting: VecDeque<Waiting>,
+    /// Minutes with no room, and when to ask the database again.
     retry_at: HashMap<(String, String), Instant>,
 }
 
@@ -318,7 +330,6 @@ impl Server {
         self.expire(now)?;
         self.retry_at.retain(|_, at| *at > now);
         let mut admitted = Vec::new();
-        let mut still = VecDeque::new();
         while let Some(waiting) = self.waiting.pop_front() {
             let key = (
                 waiting.reservation.account.clone(),
@@ -327,10 +338,12 @@ impl Server {
             if self.minute_unit(&key, waiting.minute, now)? {
                 admitted.push(waiting);
             } else {
-                still.push_back(waiting);
+                // The pool leases another account meanwhile, or waits.
+                let at = self.retry_at.get(&key).copied().unwrap_or(now);
+                let later = Admission::Later(at.saturating_duration_since(now));
+                let _ = waiting.reply.send(Some(later));
             }
         }
-        self.waiting = still;
         if admitted.is_empty() {
             return Ok(());
         }
@@ -345,7 +358,7 @@ impl Server {
                     held.used = held.used.saturating_sub(1);
                 }
             }
-            let _ = waiting.reply.send(Some(verdict));
+            let _ = waiting.reply.send(Some(Admission::Now(verdict)));
         }
         Ok(())
     }

@@ -175,8 +175,8 @@ fn minute_slices_of_two_hosts_stay_within_the_limit_and_come_back() {
         .unwrap()
         .unwrap_err();
     assert!(
-        refused.retry_in > Duration::from_secs(55) && refused.retry_in <= Duration::from_secs(65),
-        "the oldest slice counts 60 s past its expiry: {refused:?}"
+        refused.retry_in <= Duration::from_secs(5),
+        "the open slices may come back when they end: {refused:?}"
     );
     // Another account, and the token limit: a slice is cut to the tokens left.
     let slice = a

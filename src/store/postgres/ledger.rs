@@ -30,8 +30,9 @@ pub struct Slice {
     pub valid_for: Duration,
 }
 
-/// No room in the account's minute: try again after `retry_in`, when the
-/// oldest live slice stops counting.
+/// No room in the account's minute: try again after `retry_in`, when a
+/// share may come free: a slice still open may be given back when it ends,
+/// a closed one stops counting 60 s after.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SliceRefused {
     /// Until a share comes free.
@@ -192,7 +193,8 @@ impl PgState {
         let live = tx
             .query_one(
                 "SELECT coalesce(sum(requests), 0)::bigint, coalesce(sum(tokens), 0)::bigint,
-                        extract(epoch FROM min(expires_at) + interval '60 seconds'
+                        extract(epoch FROM min(CASE WHEN expires_at > clock_timestamp()
+                                THEN expires_at ELSE expires_at + interval '60 seconds' END)
                                 - clock_timestamp())::float8
                  FROM keyfan.minute_slices
                  WHERE account = $1 AND model = $2
