@@ -6,6 +6,11 @@
 //! Owns: the SQLite schema and its migrations, runs, items, attempts, the
 //! day ledger, the queries a resume needs, and the run lock. Never:
 //! formatting for people (the report and the sinks do that) or the network.
+//!
+//! [`postgres`] is the second backend, behind the same [`QuotaLedger`]
+//! trait: the state several hosts share (`--state postgres://…`): the day's
+//! ledger, the minute's slices, the run row and the job's work queue. A
+//! host then keeps its own detail here, in SQLite.
 
 mod ledger;
 mod lock;
