@@ -760,6 +760,22 @@ impl Pool {
         drop(lease);
     }
 
+    /// Takes limits another host learned for the account named `account`
+    /// and `model`, where this pool knows none (an account it lacks is
+    /// ignored).
+    pub fn adopt(&self, account: &str, model: &str, limits: Limits) {
+        let Some(index) =
+            (0..self.accounts.len()).find(|&a| self.account_name(AccountId(a)) == account)
+        else {
+            return;
+        };
+        let mut state = self.lock();
+        let quota = state.quotas.entry((index, model.to_owned())).or_default();
+        quota.learned = quota.learned.or(limits);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
     /// Gives `account`'s minute for `model` no request for `wait` (hosts
     /// sharing it hold its room): its keys serve others meanwhile.
     pub fn cool_down(&self, account: AccountId, model: &str, wait: Duration) {

@@ -330,6 +330,17 @@ impl Caller {
                 .observe(lease.account(), result.as_ref().map(drop));
             need.avoid = Some(lease.key_id());
             let outcome = outcome(&result);
+            if let (
+                Gate::Shared(shared),
+                Outcome::RateLimited {
+                    scope,
+                    limit: Some(limit),
+                    ..
+                },
+            ) = (&self.gate, &outcome)
+            {
+                shared.learn(&reservation.account, &reservation.model, *scope, *limit);
+            }
             if !outcome.counted() {
                 self.gate.release(reservation);
             }

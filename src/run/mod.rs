@@ -284,9 +284,11 @@ pub(crate) async fn execute_with(
                 cancel.cancel();
             };
             Some(
-                shared::SharedGate::spawn(link, lost).map_err(|source| StartError::Io {
-                    what: "start the shared-state thread".to_owned(),
-                    source,
+                shared::SharedGate::spawn(link, Arc::clone(&pool), lost).map_err(|source| {
+                    StartError::Io {
+                        what: "start the shared-state thread".to_owned(),
+                        source,
+                    }
                 })?,
             )
         }

@@ -16,17 +16,20 @@
 //!   the thread renews this host's claims every third of the lease. When
 //!   the run ends, claims not finished go back to pending, and the last
 //!   host out marks the run done.
+//! - **Learned limits.** A limit a 429 states is written to the shared
+//!   state; with each heartbeat (and at the start) the limits every host
+//!   learned are given to this host's pool.
 //! - **Loss.** When the database fails, every waiting and later reservation
 //!   is refused: dispatch stops and nothing is sent that was not reserved.
 //!   The thread says so once, through `lost`.
 
-use super::Notice;
-use super::{Observer, Progress, RunOutcome};
+use super::{Notice, Observer, Progress, RunOutcome};
+use crate::pool::Pool;
 use crate::store::postgres::{ClaimedItem, PgState, Slice};
 use crate::store::{AttemptRow, ItemRow, ItemStatus, QuotaLedger, Reservation, Reserved};
-use crate::types::Limits;
+use crate::types::{Limits, QuotaScope};
 use std::collections::{HashMap, VecDeque};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -48,6 +51,12 @@ enum Command {
     Claim {
         n: u64,
         reply: oneshot::Sender<Option<Claimed>>,
+    },
+    /// Share a limit a 429 stated.
+    Learn {
+        account: String,
+        model: String,
+        limits: Limits,
     },
     /// End a claimed item with its results line and outcome.
     Finish {
@@ -97,15 +106,48 @@ pub(crate) struct SharedGate {
 impl SharedGate {
     /// Starts the thread that owns `state`. `lost` is called once, with the
     /// error, if the database fails.
+    /// The limits every host has learned are given to `pool` at the start
+    /// and with every heartbeat.
     pub(crate) fn spawn(
         link: Link,
+        pool: Arc<Pool>,
         lost: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<SharedGate> {
         let (commands, inbox) = mpsc::channel();
         std::thread::Builder::new()
             .name("keyfan-shared".into())
-            .spawn(move || Server::new(link).serve(&inbox, lost))?;
+            .spawn(move || Server::new(link, pool).serve(&inbox, lost))?;
         Ok(SharedGate { commands })
+    }
+
+    /// Shares what a 429 said of `account`'s limit for `model` (`limit` of
+    /// the quota `scope`) with every host.
+    pub(crate) fn learn(&self, account: &str, model: &str, scope: QuotaScope, limit: u64) {
+        let narrow = || Some(u32::try_from(limit).unwrap_or(u32::MAX));
+        let limits = match scope {
+            QuotaScope::MinuteRequests => Limits {
+                rpm: narrow(),
+                ..Limits::default()
+            },
+            QuotaScope::MinuteTokens => Limits {
+                tpm: Some(limit),
+                ..Limits::default()
+            },
+            QuotaScope::MinuteOutputTokens => Limits {
+                otpm: Some(limit),
+                ..Limits::default()
+            },
+            QuotaScope::Day => Limits {
+                rpd: narrow(),
+                ..Limits::default()
+            },
+            QuotaScope::Unknown => return,
+        };
+        let _ = self.commands.send(Command::Learn {
+            account: account.to_owned(),
+            model: model.to_owned(),
+            limits,
+        });
     }
 
     /// Claims up to `n` items, blocking (the feeder's thread): `None` when
@@ -206,6 +248,7 @@ struct Waiting {
 
 struct Server {
     state: PgState,
+    pool: Arc<Pool>,
     run: i64,
     lease: Duration,
     heartbeat_at: Instant,
@@ -217,12 +260,14 @@ struct Server {
 }
 
 impl Server {
-    fn new(link: Link) -> Server {
+    fn new(link: Link, pool: Arc<Pool>) -> Server {
         Server {
             state: link.state,
+            pool,
             run: link.run,
             lease: link.lease,
-            heartbeat_at: Instant::now() + link.lease / 3,
+            // The first at once: it reads the limits hosts learned.
+            heartbeat_at: Instant::now(),
             slices: HashMap::new(),
             waiting: VecDeque::new(),
             retry_at: HashMap::new(),
@@ -313,11 +358,19 @@ impl Server {
                     // took the item; it ends there.
                     self.state.finish(self.run, line, &result, outcome)?;
                 }
+                Command::Learn {
+                    account,
+                    model,
+                    limits,
+                } => self.state.learn(&account, &model, limits)?,
                 Command::Reserve { .. } | Command::Release(_) => {}
             }
         }
         if Instant::now() >= self.heartbeat_at {
             self.state.heartbeat(self.run, self.lease)?;
+            for (account, model, limits) in self.state.learned()? {
+                self.pool.adopt(&account, &model, limits);
+            }
             self.heartbeat_at = Instant::now() + self.lease / 3;
         }
         Ok(())

@@ -720,3 +720,60 @@ async fn a_database_lost_mid_run_stops_dispatch_and_the_next_start_reconciles() 
     assert_whole_results(&one, &state, 40).await;
     assert_eq!(stats(&sim).await.requests, 40, "an item was sent twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_one_host_learns_from_a_429_is_shared_and_adopted() {
+    let Some(url) = off_runtime(|| test_db("learn_e2e")) else {
+        return;
+    };
+    // The simulator holds each project to 5 a minute; the config says
+    // nothing, so the host learns it from the first 429.
+    let sim = simulator(&sim_yaml("rpm: 5")).await;
+    let work = host(&sim, &job(14, "learn"), "rpm: 5");
+    let config = work.read("config.yaml");
+    work.write(
+        "config.yaml",
+        &config.replace(&format!("    limits: {{ {MODEL}: {{ rpm: 5 }} }}\n"), ""),
+    );
+    let state = url.to_string();
+    let mut learner = work.spawn(&shared_run(&state, &[]));
+    let learned = async || {
+        off_runtime(|| connect(&url, "check").learned().unwrap())
+            .iter()
+            .filter(|(_, model, limits)| model == MODEL && limits.rpm == Some(5))
+            .count()
+    };
+    wait_until(
+        "both 429s' limits reach the shared state",
+        Duration::from_secs(30),
+        async || learned().await == 2,
+    )
+    .await;
+    learner.kill().expect("stop the learner");
+    learner.wait().expect("reap it");
+    assert!(stats(&sim)
+        .await
+        .projects
+        .values()
+        .any(|p| p.rate_limited > 0));
+
+    // Another host's pool takes the shared limits as its own.
+    let mut config = keyfan::config::Config::parse(
+        &work.read("config.yaml"),
+        std::path::Path::new("config.yaml"),
+        |_| None,
+        keyfan::config::MissingEnv::Placeholder,
+    )
+    .unwrap();
+    config.model = MODEL.to_owned();
+    let pool = keyfan::pool::Pool::new(&config, keyfan::pool::Strategy::Hybrid, None).unwrap();
+    assert_eq!(pool.requests_per_minute(MODEL), None, "nothing known yet");
+    for (account, model, limits) in off_runtime(|| connect(&url, "other").learned().unwrap()) {
+        pool.adopt(&account, &model, limits);
+    }
+    assert_eq!(
+        pool.requests_per_minute(MODEL),
+        Some(10),
+        "5 + 5, learned elsewhere"
+    );
+}
