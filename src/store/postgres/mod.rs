@@ -184,21 +184,6 @@ impl PgState {
         })
     }
 
-    /// The URL, for messages (without password).
-    pub fn url(&self) -> &PgUrl {
-        &self.url
-    }
-
-    /// This process's name in the rows it holds.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// Whether the connection is gone (the database was lost).
-    pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
-    }
-
     /// A function that wraps PostgreSQL's errors with this URL, for use
     /// while the client is borrowed (in a transaction).
     fn wrapper(&self) -> impl Fn(postgres::Error) -> PgError {
