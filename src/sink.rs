@@ -129,6 +129,7 @@ impl Sink {
         };
         Ok(Sink {
             format: Format::Batch(out, batch),
+            line: Vec::new(),
         })
     }
 

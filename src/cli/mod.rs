@@ -6,6 +6,7 @@
 mod estimate_cmd;
 mod keys_cmd;
 mod progress;
+mod results_cmd;
 mod run_cmd;
 mod sim_cmd;
 mod state_cmd;
@@ -79,6 +80,9 @@ enum Command {
     Runs(RunsArgs),
     /// Rebuild a run's report from its state file alone (sends nothing).
     Report(ReportArgs),
+    /// Write every result of a run several hosts worked, from the shared
+    /// state (`--state postgres://…`), in job order.
+    Results(ResultsArgs),
     /// Start the local simulator of the Gemini and OpenAI APIs.
     #[command(after_help = SIM_EXAMPLES)]
     Sim(SimArgs),
@@ -197,6 +201,19 @@ struct RunsArgs {
     json: bool,
 }
 
+/// `keyfan results`.
+#[derive(Debug, Args)]
+struct ResultsArgs {
+    /// The run in the shared state. [default: the newest]
+    run: Option<i64>,
+    /// The shared state: `postgres://user@host/db`.
+    #[arg(long)]
+    state: String,
+    /// The JSONL file to write.
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
 /// `keyfan report`.
 #[derive(Debug, Args)]
 struct ReportArgs {
@@ -267,10 +284,20 @@ struct RunArgs {
     /// when --out is the default or `-`]
     #[arg(long, value_name = "PATH")]
     report: Option<PathBuf>,
-    /// SQLite state file. [default: <job>.keyfan.db beside the job,
-    /// or <job>.simulated.db with --simulate]
+    /// SQLite state file, or `postgres://user@host/db`: PostgreSQL, the
+    /// state several hosts share (quotas, the job's work queue, results);
+    /// this host's detail then stays in the default file. [default:
+    /// <job>.keyfan.db beside the job, or <job>.simulated.db with --simulate]
     #[arg(long)]
     state: Option<PathBuf>,
+    /// With `--state postgres://…`: work the job's run alongside the hosts
+    /// already on it, claiming items from its queue.
+    #[arg(long)]
+    join: bool,
+    /// With `--state postgres://…`: seconds a host's claim on items lasts
+    /// unless renewed; a dead host's items return to the queue after it.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::run::DEFAULT_LEASE.as_secs_f64(), value_parser = lease_seconds)]
+    lease: f64,
     /// Requests in flight at most, 1 to 10000. [default: the config's
     /// `concurrency`]
     #[arg(short = 'j', long, value_parser = concurrency)]
@@ -403,6 +430,16 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// A claim lease in seconds: from 0.5 s to a day.
+fn lease_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.5..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "{text} is not a number of seconds from 0.5 to 86400"
+        )),
+    }
+}
+
 /// Opens an existing state file for reading commands; a missing one is a
 /// usage error (those commands must not create it).
 fn open_state(state: &std::path::Path) -> Result<crate::store::Store, Failure> {
@@ -431,6 +468,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Keys(args) => keys_cmd::run(args, verbosity).await,
         Command::Runs(args) => state_cmd::runs(args),
         Command::Report(args) => state_cmd::report(args),
+        Command::Results(args) => results_cmd::run(args).await,
         Command::Sim(args) => sim_cmd::run(args, verbosity).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -71,16 +71,29 @@ impl Settings {
     /// and each output not given goes to its default place.
     fn resolve(args: RunArgs, config: Config) -> Result<Settings, Failure> {
         let job = Job::open(&args.job).context("failed to read the job from standard input")?;
-        let outputs = Outputs {
+        let mut outputs = Outputs {
             format: args.out_format,
             ..Outputs::pick(
                 &job,
                 args.out.as_deref(),
-                args.state,
+                args.state
+                    .or_else(|| config.state.as_ref().map(|s| s.as_arg())),
                 args.report.as_deref(),
                 args.simulate,
             )
         };
+        match &mut outputs.shared {
+            Some(shared) => {
+                shared.join = args.join;
+                shared.lease = std::time::Duration::from_secs_f64(args.lease);
+            }
+            None if args.join => {
+                return Err(Failure::usage(anyhow!(
+                    "--join works a run several hosts share: it needs --state postgres://…"
+                )))
+            }
+            None => {}
+        }
         let resume = match (args.new_run, args.retry_failed) {
             (true, _) => Resume::Fresh,
             (false, true) => Resume::RetryFailed,

@@ -72,6 +72,30 @@ pub struct Config {
     pub max_cost_per_item: Option<f64>,
     /// How media items are sent (`media:`).
     pub media: MediaConfig,
+    /// Where runs keep their state (`state:`, `${ENV}` expanded) when
+    /// `--state` names none.
+    pub state: Option<StateSetting>,
+}
+
+/// The config's `state:`: a SQLite file, or `postgres://…`, the state
+/// several hosts share. Shown (`Debug`) without a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StateSetting(String);
+
+impl StateSetting {
+    /// The setting as `--state` takes it.
+    pub fn as_arg(&self) -> PathBuf {
+        PathBuf::from(&self.0)
+    }
+}
+
+impl std::fmt::Debug for StateSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match crate::store::postgres::PgUrl::parse(&self.0) {
+            Some(url) => write!(f, "StateSetting({url})"),
+            None => write!(f, "StateSetting({:?})", self.0),
+        }
+    }
 }
 
 /// How media items are sent.
@@ -477,6 +501,19 @@ impl Config {
             ));
         }
 
+        let state = match raw.state.as_deref().map(|t| env::expand(t, &env)) {
+            None => None,
+            Some(Ok(state)) => Some(StateSetting(state)),
+            Some(Err(env::ExpandError::Missing(var))) => {
+                return Err(invalid(
+                    "state".to_owned(),
+                    format!("environment variable {var} is not set"),
+                ))
+            }
+            Some(Err(env::ExpandError::Syntax(reason))) => {
+                return Err(invalid("state".to_owned(), reason.to_owned()))
+            }
+        };
         let defaults = MediaConfig::default();
         let media = MediaConfig {
             inline_max_bytes: raw
@@ -492,6 +529,7 @@ impl Config {
                 .map_or(defaults.upload_concurrency, |n| n.0),
         };
         Ok(Config {
+            state,
             media,
             prices,
             expected_output_tokens: raw.expected_output_tokens.map(|n| n.0),

@@ -39,6 +39,7 @@ pub(super) struct RawConfig {
     pub max_cost_per_item: Option<Usd>,
     #[serde(default)]
     pub media: RawMedia,
+    pub state: Option<String>,
 }
 
 /// The `media:` section.

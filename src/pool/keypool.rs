@@ -377,11 +377,15 @@ impl Lease<'_> {
     /// The account's requests-per-day limit for the leased model, configured
     /// or learned, for the day's ledger.
     pub fn day_limit(&self) -> Option<u64> {
+        self.limits().rpd.map(u64::from)
+    }
+
+    /// The account's limits for the leased model, configured or learned.
+    pub fn limits(&self) -> Limits {
         let state = self.pool.lock();
         let account = self.pool.keys[self.key].account;
         let quota = state.quotas.get(&(account, self.model.clone()));
-        let limits = self.pool.accounts[account].limits(&self.model, quota);
-        limits.rpd.map(u64::from)
+        self.pool.accounts[account].limits(&self.model, quota)
     }
 }
 
@@ -789,6 +793,35 @@ impl Pool {
         }
         drop(guard);
         drop(lease);
+    }
+
+    /// Takes limits another host learned for the account named `account`
+    /// and `model`, where this pool knows none (an account it lacks is
+    /// ignored).
+    pub fn adopt(&self, account: &str, model: &str, limits: Limits) {
+        let Some(index) =
+            (0..self.accounts.len()).find(|&a| self.account_name(AccountId(a)) == account)
+        else {
+            return;
+        };
+        let mut state = self.lock();
+        let quota = state.quotas.entry((index, model.to_owned())).or_default();
+        quota.learned = quota.learned.or(limits);
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    /// Gives `account`'s minute for `model` no request for `wait` (hosts
+    /// sharing it hold its room): its keys serve others meanwhile.
+    pub fn cool_down(&self, account: AccountId, model: &str, wait: Duration) {
+        let mut state = self.lock();
+        let quota = state
+            .quotas
+            .entry((account.0, model.to_owned()))
+            .or_default();
+        quota.learn(QuotaScope::MinuteRequests, Some(wait), None, Instant::now());
+        drop(state);
+        self.changed.notify_waiters();
     }
 
     /// Marks `account`'s day quota for `model` spent until `reset` (the

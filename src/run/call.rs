@@ -14,13 +14,14 @@
 
 use super::clients::{ClientError, Clients};
 use super::retry::{Decision, Retries, RetryPolicy};
+use super::shared::Admission;
 use super::Event;
 use crate::config::Config;
 use crate::estimate::prompt_tokens;
 use crate::pool::{after, Lease, Need, Outcome, Pool, PoolError, Strategy, Unavailable};
 use crate::provider::{ApiError, Client, ErrorClass, Reply, Request};
 use crate::store::{MemoryLedger, QuotaLedger, Reservation, Reserved};
-use crate::types::{ApiKey, QuotaDay, QuotaUse};
+use crate::types::{ApiKey, Limits, QuotaDay, QuotaUse};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -106,13 +107,25 @@ pub(crate) enum Gate {
     Recorder(mpsc::UnboundedSender<Event>),
     /// Memory: a program without a state file.
     Memory(Mutex<MemoryLedger>),
+    /// The shared state in PostgreSQL, which also shares the minute.
+    Shared(super::shared::SharedGate),
 }
 
 impl Gate {
-    /// Counts one request, or says the day is spent; `Err` when the ledger
-    /// is gone.
-    async fn reserve(&self, reservation: Reservation) -> Result<Reserved, CallError> {
-        match self {
+    /// Counts one request, or says the day is spent (or, with a shared
+    /// minute, how long until it has room); `Err` when the ledger is gone.
+    async fn reserve(
+        &self,
+        reservation: Reservation,
+        minute: Limits,
+    ) -> Result<Admission, CallError> {
+        let verdict = match self {
+            Gate::Shared(shared) => {
+                return shared
+                    .reserve(reservation, minute)
+                    .await
+                    .ok_or(CallError::Ledger)
+            }
             Gate::Recorder(events) => {
                 let (reply, verdict) = oneshot::channel();
                 events
@@ -125,7 +138,8 @@ impl Gate {
                 .ok()
                 .and_then(|verdicts| verdicts.into_iter().next())
                 .ok_or(CallError::Ledger),
-        }
+        };
+        verdict.map(Admission::Now)
     }
 
     /// Gives back a request the server did not count.
@@ -134,6 +148,10 @@ impl Gate {
         let _ = match self {
             Gate::Recorder(events) => events.send(Event::Release(reservation)).is_ok(),
             Gate::Memory(ledger) => lock(ledger).release(&[reservation]).is_ok(),
+            Gate::Shared(shared) => {
+                shared.release(reservation);
+                true
+            }
         };
     }
 }
@@ -312,6 +330,17 @@ impl Caller {
                 .observe(lease.account(), result.as_ref().map(drop));
             need.avoid = Some(lease.key_id());
             let outcome = outcome(&result);
+            if let (
+                Gate::Shared(shared),
+                Outcome::RateLimited {
+                    scope,
+                    limit: Some(limit),
+                    ..
+                },
+            ) = (&self.gate, &outcome)
+            {
+                shared.learn(&reservation.account, &reservation.model, *scope, *limit);
+            }
             if !outcome.counted() {
                 self.gate.release(reservation);
             }
@@ -351,10 +380,19 @@ impl Caller {
             day: QuotaDay::today(),
             limit: lease.day_limit(),
         };
-        match self.gate.reserve(reservation.clone()).await? {
-            Reserved::Reserved => Ok(Some(reservation)),
-            Reserved::Exhausted { reset } => {
+        match self
+            .gate
+            .reserve(reservation.clone(), lease.limits())
+            .await?
+        {
+            Admission::Now(Reserved::Reserved) => Ok(Some(reservation)),
+            Admission::Now(Reserved::Exhausted { reset }) => {
                 self.pool.exhaust(lease.account(), model, reset);
+                Ok(None)
+            }
+            // Other hosts hold the account's minute: lease another meanwhile.
+            Admission::Later(wait) => {
+                self.pool.cool_down(lease.account(), model, wait);
                 Ok(None)
             }
         }

@@ -19,6 +19,7 @@ use crate::provider::Scrubber;
 use crate::report::Report;
 use crate::sim::{SimConfig, SimServer};
 use crate::sink::{OutFormat, Sink};
+use crate::store::postgres::PgState;
 use crate::store::{ItemStatus, LockError, RunId, RunLock, RunRow, RunStatus, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,6 +188,24 @@ pub enum StartError {
     /// The state file's lock is held or cannot be taken.
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// The shared state (PostgreSQL) cannot be reached or refused its
+    /// schema.
+    #[error("{0}: nothing was sent (check --state and that the database is up)")]
+    Shared(#[from] crate::store::postgres::PgError),
+    /// A job with `depends_on` was given a shared state: the shared queue
+    /// hands items out in chunks, with no regard to their parents.
+    #[error(
+        "{job} has items with depends_on, which a run on a shared state (--state postgres://…) \
+         does not support yet: nothing was sent; run it with a local state file"
+    )]
+    SharedDependencies {
+        /// The job's label.
+        job: String,
+    },
+    /// The job's run in the shared state is worked by another live host,
+    /// and `--join` was not given.
+    #[error("{0}")]
+    Held(crate::store::postgres::JoinError),
     /// An I/O failure while setting the run up.
     #[error("failed to {what}")]
     Io {
@@ -209,11 +228,15 @@ impl StartError {
             | StartError::Models { .. }
             | StartError::Settings { .. }
             | StartError::NotBatch { .. }
+            | StartError::SharedDependencies { .. }
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
             | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
-            StartError::Lock(LockError::Held { .. }) => exit::LOCKED,
-            StartError::Client(_) | StartError::Lock(_) | StartError::Io { .. } => exit::ERROR,
+            StartError::Lock(LockError::Held { .. }) | StartError::Held(_) => exit::LOCKED,
+            StartError::Client(_)
+            | StartError::Lock(_)
+            | StartError::Io { .. }
+            | StartError::Shared(_) => exit::ERROR,
         }
     }
 
@@ -237,6 +260,57 @@ impl RunError {
 /// The first 12 hex digits of a hash.
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+/// Opens (or, with `--join`, joins) the job's run in the shared state,
+/// loading its items as the queue when the run is new, and ends there every
+/// item this host finished locally that the queue still has open (what it
+/// recorded while the database was out of reach).
+async fn join_queue(
+    mut state: PgState,
+    how: &super::SharedState,
+    job: &super::Job,
+    hash: &str,
+    store: &Store,
+    local: RunId,
+) -> Result<super::shared::Link, RunError> {
+    let mut finished = Vec::new();
+    store
+        .for_each_item(local, |row| {
+            if row.status != ItemStatus::Deferred && row.status != ItemStatus::Skipped {
+                let json = serde_json::to_string(&row).map_err(|e| e.to_string())?;
+                finished.push((row.line, json, row.status.as_str()));
+            }
+            Ok::<(), String>(())
+        })?
+        .map_err(|e| StartError::io("record a finished item")(std::io::Error::other(e)))?;
+    let (file, key, hash, join, lease) = (
+        job.file.clone(),
+        job.key().to_owned(),
+        hash.to_owned(),
+        how.join,
+        how.lease,
+    );
+    tokio::task::spawn_blocking(move || {
+        let items = job::JobReader::open(&file)
+            .map_err(StartError::Job)?
+            .filter_map(Result::ok)
+            .map(|item| (item.line, item.id));
+        let run = state
+            .open_run(&key, &hash, items, join, lease)
+            .map_err(|e| match e {
+                crate::store::postgres::JoinError::Db(e) => StartError::Shared(e),
+                held => StartError::Held(held),
+            })?
+            .run();
+        for (line, json, outcome) in finished {
+            state.settle(run, line, &json, outcome)?;
+        }
+        Ok::<_, StartError>(super::shared::Link { state, run, lease })
+    })
+    .await
+    .map_err(|e| StartError::io("join the shared run")(std::io::Error::other(e.to_string())))?
+    .map_err(RunError::from)
 }
 
 /// Runs the job of `settings` to its end (or until stopped), telling
@@ -357,6 +431,27 @@ pub async fn run(
     let pool = Arc::new(Pool::new(&config, strategy, group.as_deref()).map_err(StartError::from)?);
     let clients = Arc::new(Clients::new(&config).map_err(StartError::from)?);
     let _lock = RunLock::acquire(&outputs.state).map_err(StartError::from)?;
+    // The shared state is reached before anything is sent: unreachable, the
+    // run sends nothing.
+    if outputs.shared.is_some() && !validation.deps.is_empty() {
+        return Err(StartError::SharedDependencies { job: job.label }.into());
+    }
+    let shared = match &outputs.shared {
+        Some(shared) => {
+            let url = shared.url.clone();
+            let state = tokio::task::spawn_blocking(move || {
+                PgState::connect(&url, &crate::store::postgres::this_host())
+            })
+            .await
+            .map_err(|e| StartError::Io {
+                what: "connect to the shared state".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(StartError::from)?;
+            Some(state)
+        }
+        None => None,
+    };
     // By its canonical path, the one the lock is named after.
     let state = paths::canonical(&outputs.state).map_err(StartError::io(format!(
         "resolve --state {}",
@@ -425,6 +520,12 @@ pub async fn run(
         let plan = crate::estimate::plan(&job.file, &config).map_err(StartError::Job)?;
         store.save_estimate(run_id, &plan)?;
     }
+    let shared = match (shared, &outputs.shared) {
+        (Some(state), Some(how)) => {
+            Some(join_queue(state, how, &job, &validation.content_hash, &store, run_id).await?)
+        }
+        _ => None,
+    };
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {
@@ -476,8 +577,15 @@ pub async fn run(
         observer: Box::new(observer.clone()),
         scrubber: scrubber.clone(),
     };
-    let (summary, store) =
-        super::execute(&options, Arc::clone(&pool), clients, recording, &stop).await?;
+    let (summary, store) = super::execute_with(
+        &options,
+        Arc::clone(&pool),
+        clients,
+        recording,
+        &stop,
+        shared,
+    )
+    .await?;
     if let Some(signals) = signals {
         signals.abort();
     }
@@ -566,6 +674,7 @@ mod tests {
                 report_json: PathBuf::from("r.json"),
                 report_html: PathBuf::from("r.html"),
                 format: OutFormat::Keyfan,
+                shared: None,
             },
         }
     }

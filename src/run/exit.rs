@@ -29,8 +29,8 @@ pub const TABLE: &[(u8, &str)] = &[
     (OK, "every item ok (or blocked by the API's safety filters)"),
     (
         ERROR,
-        "keyfan itself failed (state file, results file, I/O, an internal error, no endpoint \
-         reachable): unfinished items stay pending",
+        "keyfan itself failed (state file, shared database unreachable or lost, results file, \
+         I/O, an internal error, no endpoint reachable): unfinished items stay pending",
     ),
     (
         USAGE,

@@ -22,6 +22,7 @@ mod resume;
 mod retry;
 mod sample;
 mod settings;
+mod shared;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -39,7 +40,7 @@ pub use recorder::{Observer, Progress};
 pub use resume::{earlier, start, Earlier, Resume, Start};
 pub use retry::{Decision, Retries, RetryPolicy};
 pub use sample::{Sample, SampleSummary};
-pub use settings::{default_state, Job, Outputs, Settings};
+pub use settings::{default_state, Job, Outputs, Settings, SharedState, DEFAULT_LEASE};
 
 use observe::Shared;
 
@@ -265,6 +266,21 @@ pub async fn execute(
     recording: Recording,
     stop: &Stop,
 ) -> Result<(Summary, Store), RunError> {
+    execute_with(options, pool, clients, recording, stop, None).await
+}
+
+/// [`execute`], with the quotas reserved in the state several hosts share
+/// when `shared` is given, and the items those of the job's queue that this
+/// host claims: losing it stops dispatch, fails the run, and leaves the
+/// unsent items pending.
+pub(crate) async fn execute_with(
+    options: &Options,
+    pool: Arc<Pool>,
+    clients: Arc<Clients>,
+    recording: Recording,
+    stop: &Stop,
+    shared: Option<shared::Link>,
+) -> Result<(Summary, Store), RunError> {
     let started = std::time::Instant::now();
     // Dispatch stops on Ctrl-C (the parent token) and also, on its own, when
     // the budget is reached or the recorder fails: neither is an interrupt.
@@ -282,6 +298,32 @@ pub async fn execute(
         recording.scrubber.clone(),
         event_tx.clone(),
     );
+    let faults = Arc::new(Faults::default());
+    let shared = match shared {
+        None => None,
+        Some(link) => {
+            let (faults, cancel) = (Arc::clone(&faults), cancel.clone());
+            let lost = move |error: String| {
+                faults.push(format!(
+                    "the shared state was lost ({error}): dispatch stopped; unsent items stay \
+                     pending"
+                ));
+                cancel.cancel();
+            };
+            Some(
+                shared::SharedGate::spawn(link, Arc::clone(&pool), lost).map_err(|source| {
+                    StartError::Io {
+                        what: "start the shared-state thread".to_owned(),
+                        source,
+                    }
+                })?,
+            )
+        }
+    };
+    let mut recording = recording;
+    if let Some(gate) = &shared {
+        recording.observer = Box::new(shared::Finisher::new(recording.observer, gate));
+    }
     let recorder = recorder::spawn(recording, options.total, event_rx, cancel.clone());
     let ticker = {
         let events = event_tx.clone();
@@ -297,15 +339,13 @@ pub async fn execute(
             }
         })
     };
-    let faults = Arc::new(Faults::default());
     // The day's ledger is reached through the recorder, which owns the
-    // state file.
-    let caller = Arc::new(Caller::with(
-        pool,
-        clients,
-        call::Gate::Recorder(event_tx.clone()),
-        options.policy.clone(),
-    ));
+    // state file, or through the thread that owns the shared state.
+    let gate = match &shared {
+        None => call::Gate::Recorder(event_tx.clone()),
+        Some(shared) => call::Gate::Shared(shared.clone()),
+    };
+    let caller = Arc::new(Caller::with(pool, clients, gate, options.policy.clone()));
 
     // The job is streamed: a bounded channel between the reader thread and
     // the workers keeps memory flat whatever the job's size.
@@ -323,7 +363,16 @@ pub async fn execute(
         let only = options.only.clone();
         let validated = options.job_hash.clone();
         let faults = Arc::clone(&faults);
+        let (queue, job) = (shared.clone(), options.job.clone());
+        let chunk = options.concurrency as u64;
         tokio::task::spawn_blocking(move || {
+            if let Some(queue) = queue {
+                // The job's hash was checked against its run's when joining.
+                if let Err(error) = feed_claims(reader, &job, &queue, chunk, &item_tx, &cancel) {
+                    faults.push(error.to_string());
+                }
+                return;
+            }
             let reader = feed(
                 reader,
                 &done,
@@ -506,6 +555,54 @@ fn feed(
     }
     reader
 }
+
+/// Feeds the workers the items this host claims from the job's queue in
+/// the shared state, `chunk` at a time, until no item is open (or the run
+/// stops, or the shared state is gone). Claims come in job order; a claim
+/// of an earlier line (another host's lapsed claim) reads the job again
+/// from its start.
+fn feed_claims(
+    mut reader: JobReader,
+    job: &std::path::Path,
+    queue: &shared::SharedGate,
+    chunk: u64,
+    items: &mpsc::Sender<Item>,
+    cancel: &CancellationToken,
+) -> Result<(), crate::job::JobError> {
+    let mut last = 0;
+    while !cancel.is_cancelled() {
+        let Some(claimed) = queue.claim(chunk) else {
+            return Ok(());
+        };
+        if claimed.items.is_empty() {
+            if claimed.open == 0 {
+                return Ok(());
+            }
+            // Other hosts hold the rest: their claims may yet lapse.
+            std::thread::sleep(CLAIM_POLL);
+            continue;
+        }
+        for wanted in claimed.items {
+            if wanted.line <= last {
+                reader = JobReader::open(job)?;
+            }
+            last = wanted.line;
+            let found = reader
+                .by_ref()
+                .filter_map(Result::ok)
+                .find(|item| item.line == wanted.line);
+            let Some(item) = found else { continue };
+            if !send_unless_cancelled(items, item, cancel) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How often a host with nothing to claim asks again while other hosts
+/// hold the last items.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
 
 /// Sends `item` to the workers, waiting for room unless the run stops
 /// meanwhile (workers that stopped read no more, so a plain blocking send

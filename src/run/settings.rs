@@ -157,7 +157,25 @@ pub struct Outputs {
     /// The shape of the results rows: keyfan's, or the output lines of the
     /// batch API whose batch file the job is.
     pub format: OutFormat,
+    /// The state several hosts share (`--state postgres://…`), if any; the
+    /// SQLite file at `state` then keeps this host's own detail.
+    pub shared: Option<SharedState>,
 }
+
+/// How a run takes part in the state several hosts share.
+#[derive(Debug, Clone)]
+pub struct SharedState {
+    /// The database.
+    pub url: crate::store::postgres::PgUrl,
+    /// Work the job's run alongside the hosts already on it (`--join`).
+    pub join: bool,
+    /// How long a claim lasts unless renewed: a dead host's items return to
+    /// the queue after it.
+    pub lease: std::time::Duration,
+}
+
+/// The claim lease when none is given: a live host renews a third of it.
+pub const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Outputs {
     /// The outputs of `job`, each where it was asked to go (`out`: a path or
@@ -178,7 +196,20 @@ impl Outputs {
             || Target::File(beside(&job.base, "results.jsonl")),
             Target::parse,
         );
-        let state = state.unwrap_or_else(|| default_state(&job.base, simulate));
+        // A PostgreSQL URL is the shared state; this host's detail stays
+        // in the default file.
+        let shared = state
+            .as_deref()
+            .and_then(Path::to_str)
+            .and_then(crate::store::postgres::PgUrl::parse)
+            .map(|url| SharedState {
+                url,
+                join: false,
+                lease: DEFAULT_LEASE,
+            });
+        let state = state
+            .filter(|_| shared.is_none())
+            .unwrap_or_else(|| default_state(&job.base, simulate));
         let report_path = |ext: &str| match (report, out, &target) {
             (Some(path), _, _) => path.with_extension(ext),
             (None, Some(_), Target::File(out)) => beside(out, &format!("report.{ext}")),
@@ -193,6 +224,7 @@ impl Outputs {
             report_json,
             report_html,
             format: OutFormat::Keyfan,
+            shared,
         }
     }
 

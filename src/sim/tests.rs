@@ -702,6 +702,7 @@ async fn rehearsal_mirrors_the_accounts() {
         proxy: None,
     };
     let user_config = Config {
+        state: None,
         providers: BTreeMap::new(),
         accounts: vec![
             account("proj-a", &["AIzaKeyOne", "AIzaKeyTwo"], 1),

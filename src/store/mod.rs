@@ -6,9 +6,15 @@
 //! Owns: the SQLite schema and its migrations, runs, items, attempts, the
 //! day ledger, the queries a resume needs, and the run lock. Never:
 //! formatting for people (the report and the sinks do that) or the network.
+//!
+//! [`postgres`] is the second backend, behind the same [`QuotaLedger`]
+//! trait: the state several hosts share (`--state postgres://…`): the day's
+//! ledger, the minute's slices, the run row and the job's work queue. A
+//! host then keeps its own detail here, in SQLite.
 
 mod ledger;
 mod lock;
+pub mod postgres;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -50,6 +56,9 @@ pub enum StoreError {
         /// What it is instead.
         what: &'static str,
     },
+    /// The shared state in PostgreSQL failed.
+    #[error(transparent)]
+    Shared(#[from] postgres::PgError),
     /// The state file was written by a newer keyfan.
     #[error("state file {path} has schema version {found}, newer than this keyfan's {supported}: upgrade keyfan")]
     TooNew {

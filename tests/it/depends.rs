@@ -203,6 +203,29 @@ async fn an_unknown_parent_or_a_placeholder_outside_depends_on_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_state_refuses_a_job_with_dependencies_before_connecting() {
+    let (sim, work) = chain(
+        0,
+        &[
+            json!({"id": "A", "prompt": "A"}),
+            json!({"id": "B", "prompt": "B {{outputs.A}}", "depends_on": ["A"]}),
+        ],
+    )
+    .await;
+    // Port 1 has no database: the refusal comes before any connection.
+    let out = work
+        .keyfan(&run_args("postgres://keyfan@127.0.0.1:1/none", &[]), &[])
+        .await;
+    assert_exit_saying(
+        &out,
+        2,
+        "has items with depends_on, which a run on a shared state (--state postgres://…) does \
+         not support yet: nothing was sent",
+    );
+    assert_eq!(stats(&sim).await.requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_resumed_after_a_kill_is_built_from_its_parents_stored_answer() {
     // Every answer takes 1.5 s: the child is in flight when run 1 is killed.
     let (sim, work) = chain(

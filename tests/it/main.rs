@@ -45,6 +45,8 @@ mod media_lifecycle;
 mod money;
 /// The quota bench's pacing scenarios under paused time, in process.
 mod pacing;
+/// PostgreSQL as the state of several hosts (needs KEYFAN_TEST_PG_URL).
+mod postgres;
 /// `keyfan report` in every format; the HTML report.
 mod report;
 /// A whole job, end to end: results, report, digests.
