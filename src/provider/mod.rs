@@ -16,6 +16,8 @@
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
 //! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
 //!   `anthropic-ratelimit-*` headers every answer carries.
+//! - `batch`: the Batch APIs (Gemini's, OpenAI's): input lines, create, get,
+//!   list, cancel, results downloaded to disk and parsed line by line.
 //! - `files`: Gemini's Files API (resumable upload, polling until `ACTIVE`).
 //! - `models`: the model lists, to check a job's models before a run.
 //! - `common`: error envelopes (Google's, OpenAI's, Anthropic's, array-wrapped), the
@@ -29,6 +31,7 @@
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
 
 mod anthropic;
+pub mod batch;
 mod common;
 mod error;
 mod files;

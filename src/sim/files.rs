@@ -6,9 +6,10 @@
 //! project (or none) is the real 403, one still processing a 400
 //! `FAILED_PRECONDITION`.
 //!
-//! Files are project-scoped as in the real API. Their bytes are never kept:
-//! only their SHA-256, which answers carry (the first 16 hex characters) so
-//! a test can prove which file reached which item.
+//! Files are project-scoped as in the real API. Their bytes are not kept
+//! (JSONL files, a batch's input, excepted): only their SHA-256, which
+//! answers carry (the first 16 hex characters) so a test can prove which
+//! file reached which item.
 
 use super::gemini::Gemini;
 use super::server::lock;
@@ -21,7 +22,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -39,6 +40,9 @@ struct Session {
     display_name: String,
     received: u64,
     hasher: Sha256,
+    /// The bytes of a JSONL upload (a batch's input), kept for the Batch
+    /// API; other files keep only their digest.
+    kept: Option<Vec<u8>>,
 }
 
 /// A finalized file.
@@ -50,6 +54,7 @@ struct Stored {
     sha256: String,
     ready_at: Instant,
     failed: bool,
+    kept: Option<Arc<[u8]>>,
 }
 
 /// Every upload session and file, by id.
@@ -61,7 +66,7 @@ pub(crate) struct Files {
 }
 
 /// Google's error envelope without details.
-fn envelope(status: StatusCode, rpc: &str, message: &str) -> Response {
+pub(super) fn envelope(status: StatusCode, rpc: &str, message: &str) -> Response {
     let body = json!({"error": {"code": status.as_u16(), "message": message, "status": rpc}});
     Gemini::json(status, encode(&body))
 }
@@ -133,12 +138,14 @@ impl Files {
         };
         let start: StartBody = serde_json::from_slice(body).unwrap_or_default();
         let id = format!("upload-{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
+        let mime = header(headers, "x-goog-upload-header-content-type");
         lock(&self.sessions).insert(
             id.clone(),
             Session {
                 project,
                 size,
-                mime: header(headers, "x-goog-upload-header-content-type").to_owned(),
+                kept: mime.contains("jsonl").then(Vec::new),
+                mime: mime.to_owned(),
                 display_name: start.file.display_name,
                 received: 0,
                 hasher: Sha256::new(),
@@ -173,6 +180,9 @@ impl Files {
             );
         }
         session.hasher.update(body);
+        if let Some(kept) = &mut session.kept {
+            kept.extend_from_slice(body);
+        }
         session.received += body.len() as u64;
         if !finalize {
             let mut response = Gemini::json(StatusCode::OK, "");
@@ -204,6 +214,7 @@ impl Files {
             display_name: session.display_name,
             sha256: hex::encode(session.hasher.finalize()),
             ready_at: Instant::now() + self.processing,
+            kept: session.kept.map(Arc::from),
         };
         let body = json!({ "file": describe(&file_id, &stored, false) });
         lock(&self.files).insert(file_id, stored);
@@ -224,6 +235,14 @@ impl Files {
             ),
             None => no_permission(id),
         }
+    }
+
+    /// The bytes of `project`'s JSONL file `id` (`files/` stripped), if it
+    /// has one by that id.
+    pub(crate) fn jsonl(&self, project: usize, id: &str) -> Option<Arc<[u8]>> {
+        let files = lock(&self.files);
+        let file = files.get(id).filter(|f| f.project == project)?;
+        file.kept.clone()
     }
 
     /// Checks the files a `generateContent` body from `project` names, and

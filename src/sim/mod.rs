@@ -94,6 +94,7 @@
 //! Shutdown aborts hangs and latency waits by closing their connections.
 
 mod anthropic;
+mod batch;
 mod config;
 mod files;
 mod gemini;
@@ -107,8 +108,8 @@ mod tests;
 mod wire;
 
 pub use config::{
-    Burst, FaultConfig, FilesConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig,
-    SimConfigError,
+    BatchEnd, BatchesConfig, Burst, FaultConfig, FilesConfig, LatencyConfig, ModelLimits,
+    ProjectConfig, SimConfig, SimConfigError,
 };
 pub use server::{SimServer, Simulator};
 pub use stats::{KeyStats, ModelStats, ProjectStats, Stats, UploadStats};
