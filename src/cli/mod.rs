@@ -314,6 +314,24 @@ struct RunArgs {
     /// ranks lowest are sent.
     #[arg(long, value_name = "SEED", default_value_t = 0, requires = "sample")]
     sample_seed: u64,
+    /// Submit the job to the providers' Batch APIs (half price, results
+    /// within 24 hours) instead of sending it, after collecting what earlier
+    /// `--batch` runs submitted. Exits 10 while batches are open: run the
+    /// same command again (e.g. from cron) until it exits 0.
+    #[arg(long, conflicts_with_all = ["sample", "max_cost"])]
+    batch: bool,
+    /// With --batch: requests per batch at most. [default: 100000 for
+    /// Gemini, 50000 for OpenAI]
+    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: Option<u64>,
+    /// With --batch: bytes of input file per batch at most. [default: 2 GB
+    /// for Gemini, 200 MB for OpenAI]
+    #[arg(long, value_name = "BYTES", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_bytes: Option<u64>,
+    /// With --batch: estimated input tokens per batch at most (your tier's
+    /// enqueued-token limit for the model). [default: no limit]
+    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_tokens: Option<u64>,
     /// Not a keyfan flag: caught to say what to use instead.
     #[arg(long, hide = true)]
     dry_run: bool,

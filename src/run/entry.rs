@@ -76,6 +76,7 @@ impl RunOutcome {
             RunStatus::KeysRefused => exit::KEYS_REFUSED,
             RunStatus::Interrupted | RunStatus::OutputClosed => exit::INTERRUPTED,
             RunStatus::BudgetReached => exit::BUDGET,
+            RunStatus::Batched => exit::SUBMITTED,
             // A finished run is never `running`; were it so, its items decide.
             RunStatus::Done | RunStatus::Sampled | RunStatus::Running => {
                 if self.count(ItemStatus::Deferred) > 0 {
@@ -206,7 +207,8 @@ impl StartError {
         }
     }
 
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    /// An I/O failure while doing `what`, as the error of a `map_err`.
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
         let what = what.into();
         |source| StartError::Io { what, source }
     }
@@ -250,6 +252,7 @@ pub async fn run(
         max_cost,
         sample,
         stop_on_signals,
+        batch,
     } = settings;
     let observer = super::Shared::new(observer);
     let validation = job::validate(&job.file).map_err(StartError::Job)?;
@@ -450,8 +453,26 @@ pub async fn run(
         observer: Box::new(observer.clone()),
         scrubber: scrubber.clone(),
     };
-    let (summary, store) =
-        super::execute(&options, Arc::clone(&pool), clients, recording, &stop).await?;
+    let (summary, store) = match batch {
+        Some(limits) => {
+            let batcher = crate::batch::Batcher {
+                config: &config,
+                clients: &clients,
+                pool: &pool,
+                providers: routes
+                    .iter()
+                    .flat_map(|(kind, wanted)| wanted.iter().map(|w| (w.model.clone(), *kind)))
+                    .collect(),
+                job: &job.file,
+                job_hash: &validation.content_hash,
+                limits,
+                resume,
+                dir: crate::batch::work_dir(&state),
+            };
+            batcher.run(recording).await?
+        }
+        None => super::execute(&options, Arc::clone(&pool), clients, recording, &stop).await?,
+    };
     if let Some(signals) = signals {
         signals.abort();
     }
@@ -555,6 +576,7 @@ mod tests {
             (RunStatus::KeysRefused, exit::KEYS_REFUSED),
             (RunStatus::Interrupted, exit::INTERRUPTED),
             (RunStatus::BudgetReached, exit::BUDGET),
+            (RunStatus::Batched, exit::SUBMITTED),
             (RunStatus::Done, exit::DEFERRED),
             (RunStatus::Sampled, exit::DEFERRED),
         ] {
@@ -581,11 +603,12 @@ mod tests {
             exit::DEFERRED,
             exit::BUDGET,
             exit::KEYS_REFUSED,
+            exit::SUBMITTED,
             exit::LOCKED,
             exit::INTERRUPTED,
         ] {
             assert!(listed(code), "{code}");
         }
-        assert_eq!(exit::TABLE.len(), 9, "one row per code");
+        assert_eq!(exit::TABLE.len(), 10, "one row per code");
     }
 }

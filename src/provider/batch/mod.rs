@@ -211,11 +211,6 @@ impl Client {
             _ => openai::parse_line(line),
         }
     }
-
-    /// Whether this client's provider has a Batch API keyfan speaks.
-    pub fn has_batches(&self) -> bool {
-        matches!(self.kind, ProviderKind::Gemini | ProviderKind::Openai)
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,229 @@
+//! `keyfan run --batch` against the simulator's Batch APIs: submit, reruns
+//! that change nothing, collection exactly once at half the price, expired
+//! batches resubmitted, a batch created but not recorded adopted.
+
+use crate::support::*;
+use keyfan::batch::store::all as batches_of;
+use keyfan::batch::{BatchRow, Stage};
+use keyfan::price::PriceTable;
+use keyfan::provider::batch::BatchState;
+use keyfan::provider::{Client, ProviderKind, Usage};
+use keyfan::store::Store;
+use keyfan::types::{ApiKey, QuotaDay};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// The exit code of `run --batch` while batches are open.
+const SUBMITTED: i32 = keyfan::run::exit::SUBMITTED as i32;
+
+/// Longer than a simulated batch's wait and run (2 × 60 s).
+const PAST_THE_END: Duration = Duration::from_secs(180);
+
+/// Two projects of two keys each, batches pending 60 s and running 60 s on
+/// the simulator's clock, then ending as `end` says, the first `lose`
+/// creates' replies lost.
+fn sim_yaml(end: &str, lose: u32) -> String {
+    format!(
+        "seed: 7\nprojects:\n  - name: proj-a\n    keys: [test-key-a1, test-key-a2]\n  - name: proj-b\n    keys: [test-key-b1, test-key-b2]\nbatches: {{ pending_ms: 60000, running_ms: 60000, end: {end}, lose_create_replies: {lose} }}\n"
+    )
+}
+
+fn accounts(base_url: &str) -> String {
+    config(
+        base_url,
+        &[
+            ("proj-a", &["test-key-a1", "test-key-a2"]),
+            ("proj-b", &["test-key-b1", "test-key-b2"]),
+        ],
+        "",
+    )
+}
+
+/// The batches each project holds on the simulator, by the provider.
+async fn server_batches(base_url: &str) -> HashMap<&'static str, usize> {
+    let client = Client::new(ProviderKind::Gemini, base_url, Duration::from_secs(5), None)
+        .expect("a client");
+    let mut counts = HashMap::new();
+    for (project, key) in [("proj-a", "test-key-a1"), ("proj-b", "test-key-b1")] {
+        let listed = client
+            .list_batches(&ApiKey::new(key))
+            .await
+            .expect("the list");
+        counts.insert(project, listed.len());
+    }
+    counts
+}
+
+fn recorded(work: &Workdir) -> Vec<BatchRow> {
+    let store = Store::open(&work.path("s.db")).expect("the state file");
+    batches_of(&store, None).expect("the batches")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
+    let n = 10_000;
+    let (sim, work) = scenario(&sim_yaml("succeeded", 0), n, accounts).await;
+    let args = run_args("s.db", &["--batch", "--batch-size", "2000"]);
+
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "submitted batch");
+    // 5000 items per account, 2000 per batch: 3 batches per account.
+    let per_account = server_batches(&sim.base_url()).await;
+    assert_eq!(per_account, HashMap::from([("proj-a", 3), ("proj-b", 3)]));
+    let rows = recorded(&work);
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.iter().map(|b| b.items).sum::<u64>(), n as u64);
+    assert!(rows
+        .iter()
+        .all(|b| b.stage == Stage::Provider(BatchState::Pending)));
+
+    // While the batches run, a rerun changes nothing and submits nothing.
+    sim.advance_clock(Duration::from_secs(70));
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "");
+    assert_eq!(server_batches(&sim.base_url()).await, per_account);
+    assert!(results(&work.path("job.results.jsonl")).is_empty());
+    let rows = recorded(&work);
+    assert!(rows
+        .iter()
+        .all(|b| b.stage == Stage::Provider(BatchState::Running)));
+
+    // After the delay one run collects every item once, with its digest.
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "collected batch");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    assert!(recorded(&work).iter().all(|b| b.stage == Stage::Collected));
+    assert_eq!(server_batches(&sim.base_url()).await, per_account);
+
+    // The ledger holds the batch price: half the online cost of the usage.
+    let price = PriceTable::built_in()
+        .price("gemini-2.5-flash")
+        .expect("a price");
+    let online: f64 = results(&work.path("job.results.jsonl"))
+        .iter()
+        .map(|row| {
+            price.cost(&Usage {
+                input_tokens: row["input_tokens"].as_u64().expect("input tokens"),
+                output_tokens: row["output_tokens"].as_u64().expect("output tokens"),
+                ..Usage::default()
+            })
+        })
+        .sum();
+    let store = Store::open(&work.path("s.db")).expect("the state file");
+    let ledger: f64 = store
+        .ledger(QuotaDay::today())
+        .expect("the ledger")
+        .iter()
+        .map(|row| row.cost_usd.expect("a known cost"))
+        .sum();
+    assert!(online > 0.0);
+    assert!(
+        (ledger - online / 2.0).abs() < 1e-9 * online,
+        "ledger {ledger} vs online {online}"
+    );
+
+    // Nothing left: a further run sends nothing and ends ok.
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "");
+    assert_eq!(server_batches(&sim.base_url()).await, per_account);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_batch_gives_its_items_back_and_they_are_submitted_again() {
+    let n = 40;
+    let (sim, work) = scenario(&sim_yaml("expired", 0), n, accounts).await;
+    let args = run_args("s.db", &["--batch"]);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "");
+    assert_eq!(
+        server_batches(&sim.base_url()).await,
+        HashMap::from([("proj-a", 1), ("proj-b", 1)])
+    );
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "pending again");
+    assert_eq!(
+        server_batches(&sim.base_url()).await,
+        HashMap::from([("proj-a", 2), ("proj-b", 2)])
+    );
+    let rows = recorded(&work);
+    let (old, new): (Vec<_>, Vec<_>) = rows.iter().partition(|b| b.stage == Stage::Collected);
+    assert_eq!(old.len(), 2, "{rows:?}");
+    assert!(old
+        .iter()
+        .all(|b| b.error.as_deref().is_some_and(|e| e.contains("48 hours"))));
+    assert_eq!(new.iter().map(|b| b.items).sum::<u64>(), n as u64);
+    assert!(results(&work.path("job.results.jsonl")).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_created_but_not_recorded_is_adopted_not_duplicated() {
+    let n = 40;
+    let (sim, work) = scenario(&sim_yaml("succeeded", 1), n, accounts).await;
+    let args = run_args("s.db", &["--batch"]);
+    // The first create is carried out, but its answer is lost: keyfan
+    // cannot know the batch exists.
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "looks for it by name");
+    let both = HashMap::from([("proj-a", 1), ("proj-b", 1)]);
+    assert_eq!(server_batches(&sim.base_url()).await, both);
+    let rows = recorded(&work);
+    assert_eq!(
+        rows.iter().filter(|b| b.stage == Stage::Creating).count(),
+        1,
+        "{rows:?}"
+    );
+
+    // The next run finds it by its name and adopts it: no second batch.
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "adopted batch");
+    assert_eq!(server_batches(&sim.base_url()).await, both);
+    assert!(recorded(&work).iter().all(|b| b.name.is_some()));
+
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_batches_fail_a_bad_request_with_the_api_message_and_keep_the_rest() {
+    let sim = simulator(&sim_yaml("succeeded", 0)).await;
+    let work = Workdir::new();
+    let n = 12;
+    let job = jsonl_job_with(n, |i| {
+        let mut item = serde_json::json!({ "model": "gpt-4o-mini" });
+        if i == 5 {
+            item["prompt"] = serde_json::json!("this one breaks [[sim:batch_error]]");
+        }
+        item
+    });
+    work.write("job.jsonl", &job);
+    let base = sim.base_url();
+    work.write(
+        "config.yaml",
+        &format!(
+            "providers:\n  openai: {{ base_url: \"{base}\" }}\nmodel: gpt-4o-mini\naccounts:\n  - name: proj-a\n    provider: openai\n    keys: [test-key-a1]\n  - name: proj-b\n    provider: openai\n    keys: [test-key-b1]\n"
+        ),
+    );
+    let args = run_args("s.db", &["--batch", "--offline"]);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "submitted batch");
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 3, "collected batch");
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), n);
+    let ids: HashSet<&str> = rows.iter().map(|r| r["id"].as_str().expect("id")).collect();
+    assert_eq!(ids.len(), n);
+    for row in &rows {
+        if row["id"] == "item-5" {
+            assert_eq!(row["status"], "failed", "{row}");
+            let error = row["error"].as_str().expect("an error");
+            assert!(error.contains("invalid argument"), "{error}");
+        } else {
+            assert_eq!(row["status"], "ok", "{row}");
+        }
+    }
+}
