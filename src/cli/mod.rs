@@ -3,6 +3,7 @@
 //! lives here: `keyfan run` is [`crate::run()`]; its exit codes come from
 //! [`crate::run::exit`].
 
+mod batches_cmd;
 mod estimate_cmd;
 mod keys_cmd;
 mod progress;
@@ -77,6 +78,9 @@ enum Command {
     Keys(KeysArgs),
     /// List the runs recorded in a state file.
     Runs(RunsArgs),
+    /// Show and control the provider batches of a state file (`run --batch`).
+    #[command(after_help = BATCHES_EXAMPLES)]
+    Batches(BatchesArgs),
     /// Rebuild a run's report from its state file alone (sends nothing).
     Report(ReportArgs),
     /// Start the local simulator of the Gemini and OpenAI APIs.
@@ -183,6 +187,57 @@ struct EstimateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+const BATCHES_EXAMPLES: &str = "\
+Examples:
+  keyfan batches list --state prompts.keyfan.db
+  keyfan batches status --state prompts.keyfan.db --config config.yaml --json
+  keyfan batches cancel keyfan-1a2b3c4d-r1-b2 --state prompts.keyfan.db --config config.yaml
+
+Exit codes:
+  0    done
+  1    keyfan failed (e.g. the state file cannot be read, a provider refused)
+  2    invalid command line or config, or no such batch";
+
+/// `keyfan batches`.
+#[derive(Debug, Args)]
+struct BatchesArgs {
+    /// The SQLite state file of your `run --batch` runs.
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// The config file: the keys `status` and `cancel` ask the providers
+    /// with.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "KEYFAN_CONFIG",
+        default_value = "config.yaml"
+    )]
+    config: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: BatchesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchesCommand {
+    /// Every batch of the state file as last recorded: stage, items, age or
+    /// duration, account (sends nothing; needs no key).
+    List,
+    /// The open batches as their providers see them now: state and counts
+    /// (one request per batch).
+    Status,
+    /// Ask the provider to cancel a batch (by its display name or the
+    /// provider's id); the next `run --batch` collects what it finished and
+    /// puts the rest back to pending.
+    Cancel {
+        /// The batch's display name (`keyfan-…`) or provider id.
+        batch: String,
+    },
 }
 
 /// `keyfan runs`.
@@ -441,6 +496,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Estimate(args) => estimate_cmd::run(args).await,
         Command::Keys(args) => keys_cmd::run(args, verbosity).await,
         Command::Runs(args) => state_cmd::runs(args),
+        Command::Batches(args) => batches_cmd::run(args).await,
         Command::Report(args) => state_cmd::report(args),
         Command::Sim(args) => sim_cmd::run(args, verbosity).await,
         Command::Completions { shell } => {

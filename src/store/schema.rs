@@ -165,6 +165,7 @@ const MIGRATIONS: &[&str] = &[
         attempt  INTEGER NOT NULL,
         PRIMARY KEY (batch_id, item_id)
     );
+    CREATE INDEX batch_items_by_item ON batch_items (item_id);
 ",
 ];
 

@@ -227,3 +227,56 @@ async fn openai_batches_fail_a_bad_request_with_the_api_message_and_keep_the_res
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_are_listed_polled_and_cancelled_from_the_command_line() {
+    let n = 40;
+    let (sim, work) = scenario(&sim_yaml("succeeded", 0), n, accounts).await;
+    let args = run_args("s.db", &["--batch"]);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "");
+    let json = |args: &[&str]| {
+        let out = work.command(args).output().expect("keyfan batches");
+        assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")
+    };
+    let listed = json(&["batches", "list", "--state", "s.db", "--json"]);
+    let listed = listed.as_array().expect("a list");
+    assert_eq!(listed.len(), 2);
+    assert!(listed
+        .iter()
+        .all(|b| b["stage"] == "pending" && b["items"] == 20));
+    let first = listed[0]["display_name"]
+        .as_str()
+        .expect("a name")
+        .to_owned();
+    let seen = json(&["batches", "status", "--state", "s.db", "--json"]);
+    let states: Vec<&str> = seen
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["provider"]["state"].as_str().expect("a state"))
+        .collect();
+    assert_eq!(states, ["pending", "pending"]);
+
+    let out = work
+        .command(&["batches", "cancel", &first, "--state", "s.db"])
+        .output()
+        .expect("keyfan batches cancel");
+    assert_exit_saying(&out, 0, "cancel");
+    let seen = json(&["batches", "status", "--state", "s.db", "--json"]);
+    assert_eq!(seen[0]["provider"]["state"], "cancelled", "{seen}");
+
+    // The next run collects the cancelled batch: its items go back to
+    // pending and into new batches, spread over both accounts.
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "pending again");
+    assert_eq!(
+        server_batches(&sim.base_url()).await,
+        HashMap::from([("proj-a", 2), ("proj-b", 2)])
+    );
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+}
