@@ -138,8 +138,8 @@ impl Batcher<'_> {
         std::fs::create_dir_all(&self.dir)
             .map_err(StartError::io(format!("create {}", self.dir.display())))?;
         let mut errors = Vec::new();
-        let collected = self.collect(&mut recording, &mut errors).await?;
-        self.submit(&mut recording, &collected, &mut errors).await?;
+        let failed_now = self.collect(&mut recording, &mut errors).await?;
+        self.submit(&mut recording, failed_now, &mut errors).await?;
         let open = store::open(&recording.store, Some(recording.run))?.len();
         let status = if open > 0 {
             RunStatus::Batched
@@ -179,14 +179,14 @@ impl Batcher<'_> {
     // Collect
 
     /// Polls every open batch of the run and collects the ended ones.
-    /// Returns the items finished now (by id hash): not submitted again in
-    /// this invocation even when they failed.
+    /// Returns the items that failed now (by id hash): not submitted again
+    /// in this invocation, even under `--retry-failed`.
     async fn collect(
         &self,
         recording: &mut Recording,
         errors: &mut Vec<String>,
     ) -> Result<HashSet<u64>, RunError> {
-        let mut finished = HashSet::new();
+        let mut failed = HashSet::new();
         // Each account's batches, listed once, for the unconfirmed ones.
         let mut listed: HashMap<String, Vec<BatchJob>> = HashMap::new();
         for batch in store::open(&recording.store, Some(recording.run))? {
@@ -270,11 +270,11 @@ impl Batcher<'_> {
                 job.error.as_deref(),
             )?;
             if job.state.is_terminal() {
-                self.collect_one(recording, &batch, &job, client, key, &mut finished)
+                self.collect_one(recording, &batch, &job, client, key, &mut failed)
                     .await?;
             }
         }
-        Ok(finished)
+        Ok(failed)
     }
 
     /// Collects the ended batch `job` (recorded as `batch`): its results,
@@ -286,7 +286,7 @@ impl Batcher<'_> {
         job: &BatchJob,
         client: &Client,
         key: &ApiKey,
-        finished: &mut HashSet<u64>,
+        failed: &mut HashSet<u64>,
     ) -> Result<(), RunError> {
         let mut unknown = (0u64, Vec::new());
         let mut results = 0u64;
@@ -304,7 +304,7 @@ impl Batcher<'_> {
                 );
                 return Ok(());
             }
-            let read = self.read_results(recording, batch, client, &path, finished, &mut unknown);
+            let read = self.read_results(recording, batch, client, &path, failed, &mut unknown);
             let _ = std::fs::remove_file(&path);
             results = read?;
         }
@@ -346,7 +346,7 @@ impl Batcher<'_> {
         batch: &BatchRow,
         client: &Client,
         path: &Path,
-        finished: &mut HashSet<u64>,
+        failed: &mut HashSet<u64>,
         unknown: &mut (u64, Vec<String>),
     ) -> Result<u64, RunError> {
         let file = std::fs::File::open(path)
@@ -434,7 +434,9 @@ impl Batcher<'_> {
                 at: crate::store::now(),
                 day: day.clone(),
             });
-            finished.insert(id_hash(&result.key));
+            if status == ItemStatus::Failed {
+                failed.insert(id_hash(&result.key));
+            }
             pending.items.push(item_row(
                 result.key, member, status, output, error, reason, &usage, cost, batch,
             ));
@@ -455,10 +457,10 @@ impl Batcher<'_> {
     async fn submit(
         &self,
         recording: &mut Recording,
-        collected: &HashSet<u64>,
+        failed_now: HashSet<u64>,
         errors: &mut Vec<String>,
     ) -> Result<(), RunError> {
-        let mut skip = collected.clone();
+        let mut skip = failed_now;
         let retry_failed = self.resume == Resume::RetryFailed;
         recording
             .store
