@@ -238,7 +238,7 @@ impl Batcher<'_> {
                                 &batch,
                                 Stage::Abandoned,
                                 Some("no batch of this name was created"),
-                                (0, &[]),
+                                &store::Collected::default(),
                             )?;
                             Self::tell(
                                 recording,
@@ -288,7 +288,7 @@ impl Batcher<'_> {
         key: &ApiKey,
         failed: &mut HashSet<u64>,
     ) -> Result<(), RunError> {
-        let mut unknown = (0u64, Vec::new());
+        let mut found = store::Collected::default();
         let mut results = 0u64;
         if !job.results.is_empty() {
             let path = self
@@ -304,18 +304,12 @@ impl Batcher<'_> {
                 );
                 return Ok(());
             }
-            let read = self.read_results(recording, batch, client, &path, failed, &mut unknown);
+            let read = self.read_results(recording, batch, client, &path, failed, &mut found);
             let _ = std::fs::remove_file(&path);
             results = read?;
         }
         let stage = Stage::Collected;
-        let back = store::close(
-            &recording.store,
-            batch,
-            stage,
-            job.error.as_deref(),
-            (unknown.0, &unknown.1),
-        )?;
+        let back = store::close(&recording.store, batch, stage, job.error.as_deref(), &found)?;
         let state = store::Stage::Provider(job.state);
         let mut message = format!(
             "collected batch {} ({state}): {results} result(s)",
@@ -327,11 +321,11 @@ impl Batcher<'_> {
         if let Some(error) = &job.error {
             message.push_str(&format!(" ({error})"));
         }
-        if unknown.0 > 0 {
+        if found.unknown > 0 {
             message.push_str(&format!(
                 ", {} line(s) with unknown keys ({})",
-                unknown.0,
-                unknown.1.join(", ")
+                found.unknown,
+                found.unknown_first.join(", ")
             ));
         }
         Self::tell(recording, message);
@@ -347,11 +341,12 @@ impl Batcher<'_> {
         client: &Client,
         path: &Path,
         failed: &mut HashSet<u64>,
-        unknown: &mut (u64, Vec<String>),
+        found: &mut store::Collected,
     ) -> Result<u64, RunError> {
         let file = std::fs::File::open(path)
             .map_err(StartError::io(format!("read {}", path.display())))?;
-        let price = self.config.prices.price(&batch.model).map(|p| p.batch());
+        let online = self.config.prices.price(&batch.model);
+        let price = online.map(|p| p.batch());
         let day = QuotaDay::today().to_string();
         let latency_ms = (batch.duration_s() * 1000.0) as u64;
         let mut pending = Batch::default();
@@ -365,9 +360,9 @@ impl Batcher<'_> {
             let result = match client.parse_batch_line(&line) {
                 Ok(result) => result,
                 Err(e) => {
-                    unknown.0 += 1;
-                    if unknown.1.len() < UNKNOWN_SHOWN {
-                        unknown.1.push(format!("(unreadable line: {e})"));
+                    found.unknown += 1;
+                    if found.unknown_first.len() < UNKNOWN_SHOWN {
+                        found.unknown_first.push(format!("(unreadable line: {e})"));
                     }
                     continue;
                 }
@@ -377,9 +372,9 @@ impl Batcher<'_> {
                 // Collected before (a rerun after a crash midway): once only.
                 Some(_) => continue,
                 None => {
-                    unknown.0 += 1;
-                    if unknown.1.len() < UNKNOWN_SHOWN {
-                        unknown.1.push(result.key);
+                    found.unknown += 1;
+                    if found.unknown_first.len() < UNKNOWN_SHOWN {
+                        found.unknown_first.push(result.key);
                     }
                     continue;
                 }
@@ -414,6 +409,8 @@ impl Batcher<'_> {
                 }
             };
             let cost = price.map(|p| p.cost(&usage));
+            found.cost_usd += cost.unwrap_or(0.0);
+            found.online_usd += online.map_or(0.0, |p| p.cost(&usage));
             pending.attempts.push(AttemptRow {
                 item_id: result.key.clone(),
                 attempt: member.attempt,
@@ -528,7 +525,7 @@ impl Batcher<'_> {
                             &row,
                             Stage::Abandoned,
                             Some(&message),
-                            (0, &[]),
+                            &store::Collected::default(),
                         )?;
                     }
                     let text = format!(

@@ -106,6 +106,10 @@ pub struct BatchRow {
     pub unknown_keys: u64,
     /// The first few of those keys, comma-separated.
     pub unknown_first: Option<String>,
+    /// What its results cost at the batch price (USD).
+    pub cost_usd: f64,
+    /// What the same usage would have cost online (USD).
+    pub online_usd: f64,
 }
 
 fn run_id<S: serde::Serializer>(run: &RunId, s: S) -> Result<S::Ok, S::Error> {
@@ -113,7 +117,7 @@ fn run_id<S: serde::Serializer>(run: &RunId, s: S) -> Result<S::Ok, S::Error> {
 }
 
 const COLUMNS: &str = "id, run_id, display_name, name, account, key, model, state, items, \
-     submitted_at, ended_at, collected_at, error, unknown_keys, unknown_first";
+     submitted_at, ended_at, collected_at, error, unknown_keys, unknown_first, cost_usd, online_usd";
 
 impl BatchRow {
     fn from_row(row: &Row<'_>) -> rusqlite::Result<BatchRow> {
@@ -133,6 +137,8 @@ impl BatchRow {
             error: row.get(12)?,
             unknown_keys: row.get::<_, i64>(13)?.unsigned_abs(),
             unknown_first: row.get(14)?,
+            cost_usd: row.get(15)?,
+            online_usd: row.get(16)?,
         })
     }
 
@@ -262,6 +268,19 @@ pub(crate) fn update(
     Ok(())
 }
 
+/// What collecting a batch found.
+#[derive(Debug, Default)]
+pub(crate) struct Collected {
+    /// Result lines whose key named no item of the batch.
+    pub unknown: u64,
+    /// The first few of those keys.
+    pub unknown_first: Vec<String>,
+    /// The results' cost at the batch price (USD).
+    pub cost_usd: f64,
+    /// The same usage's cost online (USD).
+    pub online_usd: f64,
+}
+
 /// Closes a batch at `stage` (collected or abandoned): its items still
 /// `submitted` go back to pending, in the same transaction. Returns how
 /// many went back.
@@ -270,7 +289,7 @@ pub(crate) fn close(
     batch: &BatchRow,
     stage: Stage,
     error: Option<&str>,
-    unknown: (u64, &[String]),
+    found: &Collected,
 ) -> Result<u64, StoreError> {
     let conn = store.conn();
     let tx = conn.unchecked_transaction().map_err(|e| store.error(e))?;
@@ -282,17 +301,20 @@ pub(crate) fn close(
         )
         .map_err(|e| store.error(e))?;
     let now = crate::store::now();
-    let first = (!unknown.1.is_empty()).then(|| unknown.1.join(", "));
+    let first = (!found.unknown_first.is_empty()).then(|| found.unknown_first.join(", "));
     tx.execute(
         "UPDATE batches SET state = ?2, error = coalesce(?3, error), collected_at = ?4,
-         ended_at = coalesce(ended_at, ?4), unknown_keys = ?5, unknown_first = ?6 WHERE id = ?1",
+         ended_at = coalesce(ended_at, ?4), unknown_keys = ?5, unknown_first = ?6,
+         cost_usd = ?7, online_usd = ?8 WHERE id = ?1",
         params![
             batch.id,
             stage.as_str(),
             error,
             now,
-            unknown.0 as i64,
-            first
+            found.unknown as i64,
+            first,
+            found.cost_usd,
+            found.online_usd
         ],
     )
     .map_err(|e| store.error(e))?;

@@ -71,6 +71,9 @@ pub(super) fn render(r: &Report) -> String {
             .map(|v| (v.model.clone(), v.cells()));
         cells_table(&mut md, "model", &VERSUS_COLUMNS, rows);
     }
+    if !r.batches.is_empty() {
+        batches(&mut md, &r.batches);
+    }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
     let _ = writeln!(md, "\n## Per key\n");
@@ -98,6 +101,54 @@ pub(super) fn render(r: &Report) -> String {
         );
     }
     md
+}
+
+/// The batches of a `run --batch`: what the batch price saved, and each
+/// batch's duration from submission to the end keyfan saw.
+fn batches(md: &mut String, batches: &[crate::batch::BatchRow]) {
+    let cost: f64 = batches.iter().map(|b| b.cost_usd).sum();
+    let online: f64 = batches.iter().map(|b| b.online_usd).sum();
+    let _ = writeln!(
+        md,
+        "\n## Batches\n\nThe batch price saved ${:.4}: the results collected cost ${:.4}, the \
+         same usage online ${:.4}. Duration: from submission to the end keyfan saw (or to now).\n",
+        online - cost,
+        cost,
+        online
+    );
+    let _ = writeln!(
+        md,
+        "| batch | account | model | stage | items | duration | cost (USD) | online (USD) | saved (USD) |\n|---|---|---|---|---:|---:|---:|---:|---:|"
+    );
+    for b in batches {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.0} s | {:.4} | {:.4} | {:.4} |",
+            b.display_name,
+            b.account,
+            b.model,
+            b.stage,
+            b.items,
+            b.duration_s(),
+            b.cost_usd,
+            b.online_usd,
+            b.online_usd - b.cost_usd
+        );
+    }
+    for b in batches {
+        if let Some(error) = &b.error {
+            let _ = writeln!(md, "\n- {}: {error}", b.display_name);
+        }
+        if b.unknown_keys > 0 {
+            let _ = writeln!(
+                md,
+                "\n- {}: {} result line(s) whose key names no item of the batch: {}",
+                b.display_name,
+                b.unknown_keys,
+                b.unknown_first.as_deref().unwrap_or_default()
+            );
+        }
+    }
 }
 
 fn table(md: &mut String, first: &str, rows: &[Usage], name: impl Fn(&Usage) -> String) {

@@ -51,6 +51,9 @@ pub struct Report {
     /// When some items are deferred: when the daily quotas reset (the next
     /// midnight US/Pacific, RFC 3339 UTC), so the next run can be planned.
     pub quota_resets_at: Option<String>,
+    /// The provider batches of a `run --batch`, oldest first (empty for a
+    /// run that sent online).
+    pub batches: Vec<crate::batch::BatchRow>,
 }
 
 /// One model's estimate against what the run used.
@@ -297,6 +300,7 @@ impl Report {
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
         let models = models.finish(elapsed_s);
         Ok(Report {
+            batches: crate::batch::store::all(store, Some(run))?,
             estimate_vs_actual: versus(store.estimate(run)?, &models, &store.model_counts(run)?),
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
                 today

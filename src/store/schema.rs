@@ -155,7 +155,9 @@ const MIGRATIONS: &[&str] = &[
         collected_at  TEXT,
         error         TEXT,
         unknown_keys  INTEGER NOT NULL DEFAULT 0,
-        unknown_first TEXT
+        unknown_first TEXT,
+        cost_usd      REAL NOT NULL DEFAULT 0,
+        online_usd    REAL NOT NULL DEFAULT 0
     );
     CREATE INDEX batches_by_run ON batches (run_id, state);
     CREATE TABLE batch_items (

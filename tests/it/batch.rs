@@ -123,6 +123,36 @@ async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
         "ledger {ledger} vs online {online}"
     );
 
+    // The report says what the batch price saved, and each batch's duration.
+    let report = work
+        .command(&["report", "--state", "s.db", "--json"])
+        .output()
+        .expect("keyfan report");
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("JSON");
+    let batches = report["batches"].as_array().expect("the batches");
+    assert_eq!(batches.len(), 6);
+    let sum = |field: &str| -> f64 {
+        batches
+            .iter()
+            .map(|b| b[field].as_f64().expect("usd"))
+            .sum()
+    };
+    // (The JSON report rounds costs to 6 decimals.)
+    assert!(
+        (sum("online_usd") - online).abs() < 1e-4 * online,
+        "{report}"
+    );
+    assert!((sum("cost_usd") - ledger).abs() < 1e-4 * online, "{report}");
+    let md = work
+        .command(&["report", "--state", "s.db"])
+        .output()
+        .expect("keyfan report");
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(
+        md.contains("## Batches") && md.contains("The batch price saved $"),
+        "{md}"
+    );
+
     // Nothing left: a further run sends nothing and ends ok.
     let out = work.keyfan(&args, &[]).await;
     assert_exit_saying(&out, 0, "");
