@@ -457,6 +457,13 @@ impl Batcher<'_> {
         failed_now: HashSet<u64>,
         errors: &mut Vec<String>,
     ) -> Result<(), RunError> {
+        let orphans = store::orphans_to_pending(&recording.store, recording.run)?;
+        if orphans > 0 {
+            Self::tell(
+                recording,
+                format!("{orphans} submitted item(s) were in no open batch: pending again"),
+            );
+        }
         let mut skip = failed_now;
         let retry_failed = self.resume == Resume::RetryFailed;
         recording

@@ -322,6 +322,27 @@ pub(crate) fn close(
     Ok(returned as u64)
 }
 
+/// Puts back to pending every item of `run` marked `submitted` that no open
+/// batch holds (a state file edited by hand, or a batch row lost): nothing
+/// is left waiting for a batch that will never answer it. Returns how many.
+pub(crate) fn orphans_to_pending(store: &Store, run: RunId) -> Result<u64, StoreError> {
+    let gone = store
+        .conn()
+        .execute(
+            "DELETE FROM items WHERE run_id = ?1 AND status = ?2 AND item_id NOT IN
+             (SELECT bi.item_id FROM batch_items bi JOIN batches b ON b.id = bi.batch_id
+              WHERE b.run_id = ?1 AND b.state NOT IN (?3, ?4))",
+            params![
+                run.0,
+                ItemStatus::Submitted.as_str(),
+                Stage::Collected.as_str(),
+                Stage::Abandoned.as_str()
+            ],
+        )
+        .map_err(|e| store.error(e))?;
+    Ok(gone as u64)
+}
+
 /// The open batches of `run` (all runs: `None`), oldest first.
 pub(crate) fn open(store: &Store, run: Option<RunId>) -> Result<Vec<BatchRow>, StoreError> {
     Ok(all(store, run)?

@@ -1165,3 +1165,90 @@ fn gemini_not_found(name: &str) -> Response {
 fn openai_error(status: StatusCode, message: &str) -> Response {
     openai::error(status, message, "invalid_request_error", None)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::sim::{BatchesConfig, ProjectConfig, SimConfig, Simulator};
+    use crate::types::ApiKey;
+    use axum::body::Body;
+    use axum::http::Request;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    async fn call(sim: &Simulator, method: &str, path: &str, body: Option<Value>) -> Value {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("x-goog-api-key", "key-p")
+            .header("content-type", "application/json")
+            .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+            .expect("a request");
+        let Ok(response) = sim.router().oneshot(request).await;
+        assert_eq!(response.status(), 200);
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("a body");
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn an_inline_gemini_batch_answers_inline_in_the_recorded_shape() {
+        let config = SimConfig {
+            projects: vec![ProjectConfig {
+                name: "p".into(),
+                keys: vec![ApiKey::new("key-p")],
+                limits: Default::default(),
+            }],
+            batches: BatchesConfig {
+                pending_ms: 1000,
+                running_ms: 1000,
+                ..BatchesConfig::default()
+            },
+            ..SimConfig::default()
+        };
+        let sim = Simulator::new(&config).expect("a simulator");
+        let request = |text: &str, key: &str| json!({"request": {"contents": [{"parts": [{"text": text}]}]}, "metadata": {"key": key}});
+        let body = json!({"batch": {"display_name": "inline", "input_config": {"requests": {
+            "requests": [request("one", "a"), request("two", "b")]}}}});
+        let created = call(
+            &sim,
+            "POST",
+            "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            Some(body),
+        )
+        .await;
+        assert_eq!(created["metadata"]["state"], "BATCH_STATE_PENDING");
+        assert!(
+            created.get("done").is_none(),
+            "no done key until done: {created}"
+        );
+        assert_eq!(
+            created["metadata"]["batchStats"],
+            json!({"requestCount": "2", "pendingRequestCount": "2"})
+        );
+        sim.advance_clock(Duration::from_secs(3));
+        let name = created["name"].as_str().expect("a name");
+        let done = call(&sim, "GET", &format!("/v1beta/{name}"), None).await;
+        assert_eq!(done["done"], true);
+        assert_eq!(done["metadata"]["state"], "BATCH_STATE_SUCCEEDED");
+        assert_eq!(
+            done["metadata"]["batchStats"],
+            json!({"requestCount": "2", "successfulRequestCount": "2"})
+        );
+        let inlined = &done["response"]["inlinedResponses"]["inlinedResponses"];
+        assert_eq!(inlined[1]["metadata"]["key"], "b");
+        assert!(
+            inlined[0]["response"]["candidates"][0]["content"]["parts"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("digest:"))
+        );
+        assert_eq!(
+            done["metadata"]["output"]["inlinedResponses"],
+            done["response"]["inlinedResponses"]
+        );
+        let listed = call(&sim, "GET", "/v1beta/batches", None).await;
+        assert_eq!(listed["operations"][0]["name"], name);
+        assert!(listed["operations"][0].get("response").is_none());
+    }
+}

@@ -310,3 +310,40 @@ async fn batches_are_listed_polled_and_cancelled_from_the_command_line() {
     assert_exit_saying(&out, 0, "");
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_whose_key_names_no_item_is_reported_not_dropped() {
+    let n = 10;
+    let (sim, work) = scenario(&sim_yaml("succeeded", 0), n, one_account).await;
+    let args = run_args("s.db", &["--batch"]);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "");
+    // The state file forgets that item-3 is in the batch: its result line
+    // then names no item of it.
+    let db = rusqlite::Connection::open(work.path("s.db")).expect("the state file");
+    db.execute("DELETE FROM batch_items WHERE item_id = 'item-3'", [])
+        .expect("forget item-3");
+    drop(db);
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    let said = assert_exit_saying(&out, SUBMITTED, "1 line(s) with unknown keys (item-3)");
+    assert!(
+        said.contains("1 submitted item(s) were in no open batch"),
+        "{said}"
+    );
+    let rows = recorded(&work);
+    assert_eq!(rows[0].unknown_keys, 1);
+    assert_eq!(rows[0].unknown_first.as_deref(), Some("item-3"));
+    let md = work
+        .command(&["report", "--state", "s.db"])
+        .output()
+        .expect("keyfan report");
+    let md = String::from_utf8_lossy(&md.stdout);
+    assert!(
+        md.contains("1 result line(s) whose key names no item of the batch: item-3"),
+        "{md}"
+    );
+    // The item itself was not lost: it went into a new batch.
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].items, 1);
+}
