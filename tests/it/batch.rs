@@ -8,6 +8,7 @@ use keyfan::batch::{BatchRow, Stage};
 use keyfan::price::PriceTable;
 use keyfan::provider::batch::BatchState;
 use keyfan::provider::{Client, ProviderKind, Usage};
+use keyfan::sim::SimServer;
 use keyfan::store::Store;
 use keyfan::types::{ApiKey, QuotaDay};
 use std::collections::{HashMap, HashSet};
@@ -52,6 +53,21 @@ async fn server_batches(base_url: &str) -> HashMap<&'static str, usize> {
         counts.insert(project, listed.len());
     }
     counts
+}
+
+/// `run job.jsonl --batch` on state file `s.db`.
+fn batch_run() -> Vec<&'static str> {
+    run_args("s.db", &["--batch"])
+}
+
+/// A simulator of [`sim_yaml`]`(end, lose)`, a job of `n` items for both
+/// accounts, and its first `run --batch`, which submits it (its stderr
+/// saying `says`).
+async fn submitted(end: &str, lose: u32, n: usize, says: &str) -> (SimServer, Workdir) {
+    let (sim, work) = scenario(&sim_yaml(end, lose), n, accounts).await;
+    let out = work.keyfan(&batch_run(), &[]).await;
+    assert_exit_saying(&out, SUBMITTED, says);
+    (sim, work)
 }
 
 fn recorded(work: &Workdir) -> Vec<BatchRow> {
@@ -162,10 +178,8 @@ async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_batch_gives_its_items_back_and_they_are_submitted_again() {
     let n = 40;
-    let (sim, work) = scenario(&sim_yaml("expired", 0), n, accounts).await;
-    let args = run_args("s.db", &["--batch"]);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "");
+    let (sim, work) = submitted("expired", 0, n, "").await;
+    let args = batch_run();
     assert_eq!(
         server_batches(&sim.base_url()).await,
         HashMap::from([("proj-a", 1), ("proj-b", 1)])
@@ -190,12 +204,10 @@ async fn an_expired_batch_gives_its_items_back_and_they_are_submitted_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_created_but_not_recorded_is_adopted_not_duplicated() {
     let n = 40;
-    let (sim, work) = scenario(&sim_yaml("succeeded", 1), n, accounts).await;
-    let args = run_args("s.db", &["--batch"]);
     // The first create is carried out, but its answer is lost: keyfan
     // cannot know the batch exists.
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "looks for it by name");
+    let (sim, work) = submitted("succeeded", 1, n, "looks for it by name").await;
+    let args = batch_run();
     let both = HashMap::from([("proj-a", 1), ("proj-b", 1)]);
     assert_eq!(server_batches(&sim.base_url()).await, both);
     let rows = recorded(&work);
@@ -261,10 +273,8 @@ async fn openai_batches_fail_a_bad_request_with_the_api_message_and_keep_the_res
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_are_listed_polled_and_cancelled_from_the_command_line() {
     let n = 40;
-    let (sim, work) = scenario(&sim_yaml("succeeded", 0), n, accounts).await;
-    let args = run_args("s.db", &["--batch"]);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "");
+    let (sim, work) = submitted("succeeded", 0, n, "").await;
+    let args = batch_run();
     let json = |args: &[&str]| {
         let out = work.command(args).output().expect("keyfan batches");
         assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
@@ -315,7 +325,7 @@ async fn batches_are_listed_polled_and_cancelled_from_the_command_line() {
 async fn a_result_whose_key_names_no_item_is_reported_not_dropped() {
     let n = 10;
     let (sim, work) = scenario(&sim_yaml("succeeded", 0), n, one_account).await;
-    let args = run_args("s.db", &["--batch"]);
+    let args = batch_run();
     let out = work.keyfan(&args, &[]).await;
     assert_exit_saying(&out, SUBMITTED, "");
     // The state file forgets that item-3 is in the batch: its result line

@@ -11,7 +11,7 @@ use super::super::files::UPLOAD_CHUNK_BYTES;
 use super::super::gemini::{classify, method_url, parse_generate, GenerateBody};
 use super::super::transport::{self, get_to_file, post_json};
 use super::super::{ApiError, Client, ErrorClass, Request, Upload};
-use super::{BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
+use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
 use crate::types::ApiKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -153,14 +153,6 @@ fn count(text: &Option<String>) -> u64 {
     text.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
-fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
-    api_error(
-        ErrorClass::Transient,
-        None,
-        format!("the {what} answer is not what the Batch API sends: {e}"),
-    )
-}
-
 /// The batch an Operation describes.
 fn job(body: &[u8]) -> Result<BatchJob, ApiError> {
     let op: Operation = serde_json::from_slice(body).map_err(|e| undecodable("batch", &e))?;
@@ -203,17 +195,7 @@ fn describe(op: Operation) -> BatchJob {
 /// a URL.
 fn batch_path(name: &str) -> Result<&str, ApiError> {
     let id = name.strip_prefix("batches/").unwrap_or_default();
-    if id.is_empty()
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(api_error(
-            ErrorClass::ItemInvalid,
-            None,
-            format!("`{name}` is not a Gemini batch name (batches/ID)"),
-        ));
-    }
+    checked(id, "a Gemini batch id (batches/ID)")?;
     Ok(name)
 }
 
@@ -301,17 +283,7 @@ pub(super) async fn download(
     out: &mut tokio::fs::File,
 ) -> Result<u64, ApiError> {
     let id = file.strip_prefix("files/").unwrap_or_default();
-    if id.is_empty()
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(api_error(
-            ErrorClass::ItemInvalid,
-            None,
-            format!("`{file}` is not a results file name (files/ID)"),
-        ));
-    }
+    checked(id, "a results file id (files/ID)")?;
     let url = format!(
         "{}/download/v1beta/{file}:download?alt=media",
         client.base_url

@@ -114,6 +114,29 @@ pub enum BatchOutcome {
     Unfinished,
 }
 
+/// Checks that `id` (a batch's or a file's id, from the API or the state
+/// file) is letters, digits, `-` and `_` only, before it goes into a URL.
+fn checked(id: &str, what: &str) -> Result<(), ApiError> {
+    let fine = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if id.is_empty() || !id.bytes().all(fine) {
+        return Err(super::common::api_error(
+            super::ErrorClass::ItemInvalid,
+            None,
+            format!("`{id}` is not {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An answer that is not what the Batch API sends: worth asking again.
+fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
+    super::common::api_error(
+        super::ErrorClass::Transient,
+        None,
+        format!("the {what} answer is not what the Batch API sends: {e}"),
+    )
+}
+
 impl Client {
     /// Writes `req`, keyed `key`, as one line (newline included) of this
     /// provider's batch input file.

@@ -10,7 +10,7 @@ use super::super::common::api_error;
 use super::super::openai::{api_url, classify, parse_chat, ChatBody};
 use super::super::transport::{self, get_to_file, post_bytes, post_json};
 use super::super::{ApiError, Client, ErrorClass, Request};
-use super::{BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
+use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -145,14 +145,6 @@ struct FileObject {
     id: String,
 }
 
-fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
-    api_error(
-        ErrorClass::Transient,
-        None,
-        format!("the {what} answer is not what the Batch API sends: {e}"),
-    )
-}
-
 fn describe(batch: Batch) -> BatchJob {
     let state = match batch.status.as_str() {
         "validating" => BatchState::Pending,
@@ -210,20 +202,9 @@ fn job(body: &[u8]) -> Result<BatchJob, ApiError> {
     Ok(describe(batch))
 }
 
-/// Checks that `id` is an id (`batch_…`, `file-…`) before it goes into a
-/// URL.
-fn checked<'a>(id: &'a str, what: &str) -> Result<&'a str, ApiError> {
-    if id.is_empty()
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(api_error(
-            ErrorClass::ItemInvalid,
-            None,
-            format!("`{id}` is not an OpenAI {what} id"),
-        ));
-    }
+/// `id`, checked to be an OpenAI id (`batch_…`, `file-…`) of `what`.
+fn id<'a>(id: &'a str, what: &str) -> Result<&'a str, ApiError> {
+    checked(id, &format!("an OpenAI {what} id"))?;
     Ok(id)
 }
 
@@ -292,10 +273,7 @@ pub(super) async fn create(
 }
 
 pub(super) async fn get(client: &Client, key: &ApiKey, name: &str) -> Result<BatchJob, ApiError> {
-    let url = api_url(
-        &client.base_url,
-        &format!("batches/{}", checked(name, "batch")?),
-    );
+    let url = api_url(&client.base_url, &format!("batches/{}", id(name, "batch")?));
     let body = transport::get(client, &url, "authorization", &bearer(key), classify).await?;
     job(&body)
 }
@@ -303,7 +281,7 @@ pub(super) async fn get(client: &Client, key: &ApiKey, name: &str) -> Result<Bat
 pub(super) async fn cancel(client: &Client, key: &ApiKey, name: &str) -> Result<(), ApiError> {
     let url = api_url(
         &client.base_url,
-        &format!("batches/{}/cancel", checked(name, "batch")?),
+        &format!("batches/{}/cancel", id(name, "batch")?),
     );
     post_json(
         client,
@@ -323,7 +301,7 @@ pub(super) async fn list(client: &Client, key: &ApiKey) -> Result<Vec<BatchJob>,
     loop {
         let mut path = "batches?limit=100".to_owned();
         if let Some(after) = &after {
-            path.push_str(&format!("&after={}", checked(after, "batch")?));
+            path.push_str(&format!("&after={}", id(after, "batch")?));
         }
         let url = api_url(&client.base_url, &path);
         let body = transport::get(client, &url, "authorization", &bearer(key), classify).await?;
@@ -345,7 +323,7 @@ pub(super) async fn download(
 ) -> Result<u64, ApiError> {
     let url = api_url(
         &client.base_url,
-        &format!("files/{}/content", checked(file, "file")?),
+        &format!("files/{}/content", id(file, "file")?),
     );
     get_to_file(client, &url, ("authorization", &bearer(key)), out, classify).await
 }
