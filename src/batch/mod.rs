@@ -116,6 +116,9 @@ pub struct Batcher<'a> {
     pub resume: Resume,
     /// Where input and results files are kept while in use.
     pub dir: PathBuf,
+    /// Whether the batches go to the run's own simulator (`--simulate`),
+    /// which ends with the run: what it submitted is collected at once.
+    pub simulated: bool,
 }
 
 /// One account's part of the job for one model, being written.
@@ -140,6 +143,9 @@ impl Batcher<'_> {
         let mut errors = Vec::new();
         let failed_now = self.collect(&mut recording, &mut errors).await?;
         self.submit(&mut recording, failed_now, &mut errors).await?;
+        if self.simulated {
+            self.collect(&mut recording, &mut errors).await?;
+        }
         let open = store::open(&recording.store, Some(recording.run))?.len();
         let status = if open > 0 {
             RunStatus::Batched

@@ -468,6 +468,7 @@ pub async fn run(
                 limits,
                 resume,
                 dir: crate::batch::work_dir(&state),
+                simulated: simulate,
             };
             batcher.run(recording).await?
         }

@@ -357,3 +357,16 @@ async fn a_result_whose_key_names_no_item_is_reported_not_dropped() {
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].items, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_batch_run_collects_what_it_submitted_before_its_simulator_ends() {
+    let work = Workdir::new();
+    work.write("job.jsonl", &jsonl_job(30));
+    work.write("config.yaml", &accounts("http://unused.invalid"));
+    let out = work
+        .keyfan(&run_args("s.db", &["--batch", "--simulate"]), &[])
+        .await;
+    let said = assert_exit_saying(&out, 0, "submitted batch");
+    assert!(said.contains("collected batch"), "{said}");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 30);
+}
