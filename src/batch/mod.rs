@@ -147,7 +147,11 @@ impl Batcher<'_> {
             self.collect(&mut recording, &mut errors).await?;
         }
         let open = store::open(&recording.store, Some(recording.run))?.len();
-        let status = if open > 0 {
+        // A refused create leaves its items pending: not done, and no batch
+        // holds them (the next run submits them again).
+        let status = if !errors.is_empty() {
+            RunStatus::Failed
+        } else if open > 0 {
             RunStatus::Batched
         } else {
             RunStatus::Done

@@ -370,3 +370,21 @@ async fn a_simulated_batch_run_collects_what_it_submitted_before_its_simulator_e
     assert!(said.contains("collected batch"), "{said}");
     assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), 30);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_create_leaves_its_items_pending_and_the_run_failed() {
+    let yaml = format!("{}disabled_keys: [test-key-b1]\n", sim_yaml("succeeded", 0));
+    let (_sim, work) = scenario(&yaml, 10, accounts).await;
+    let out = work
+        .keyfan(&run_args("s.db", &["--batch", "--offline"]), &[])
+        .await;
+    let said = assert_exit_saying(&out, 1, "account proj-b refused batch");
+    assert!(said.contains("5 item(s) stay pending"), "{said}");
+    let rows = recorded(&work);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1].stage, Stage::Abandoned);
+    let store = Store::open(&work.path("s.db")).expect("the state file");
+    let run = store.runs().expect("runs")[0].id;
+    let counts = store.status_counts(run).expect("counts");
+    assert_eq!(counts, [(keyfan::store::ItemStatus::Submitted, 5)]);
+}
