@@ -2,7 +2,7 @@
 //! SVG charts, no script, nothing fetched), written as XHTML-compatible
 //! markup (every element closed) so a plain XML check can read it.
 
-use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
+use super::{batch_cells, usd, Report, Usage, BATCH_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS};
 use std::fmt::Write;
 
 /// Width of a full-width chart, in pixels.
@@ -164,6 +164,20 @@ pub(super) fn render(r: &Report) -> String {
         h.push_str(&bars(&costs, "#f59e0b", WIDTH));
         let rows = r.estimate_vs_actual.iter().map(|v| (&*v.model, v.cells()));
         table(&mut h, "model", &VERSUS_COLUMNS, rows);
+    }
+
+    if !r.batches.is_empty() {
+        let (saving, notes) = r.batch_notes();
+        let _ = write!(
+            h,
+            "\n<h2>Batches</h2><p class=\"meta\">{}</p>",
+            esc(&saving)
+        );
+        let rows = r.batches.iter().map(|b| (&*b.display_name, batch_cells(b)));
+        table(&mut h, "batch", &BATCH_COLUMNS, rows);
+        for note in notes {
+            let _ = write!(h, "<p>{}</p>", esc(&note));
+        }
     }
 
     h.push_str("\n<h2>Quota used today (US/Pacific day, all runs)</h2>");

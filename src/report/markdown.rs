@@ -1,6 +1,6 @@
 //! The Markdown rendering of a report.
 
-use super::{usd, Report, Usage, USAGE_COLUMNS, VERSUS_COLUMNS};
+use super::{batch_cells, usd, Report, Usage, BATCH_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS};
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -72,7 +72,7 @@ pub(super) fn render(r: &Report) -> String {
         cells_table(&mut md, "model", &VERSUS_COLUMNS, rows);
     }
     if !r.batches.is_empty() {
-        batches(&mut md, &r.batches);
+        batches(&mut md, r);
     }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
@@ -105,49 +105,27 @@ pub(super) fn render(r: &Report) -> String {
 
 /// The batches of a `run --batch`: what the batch price saved, and each
 /// batch's duration from submission to the end keyfan saw.
-fn batches(md: &mut String, batches: &[crate::batch::BatchRow]) {
-    let cost: f64 = batches.iter().map(|b| b.cost_usd).sum();
-    let online: f64 = batches.iter().map(|b| b.online_usd).sum();
+fn batches(md: &mut String, r: &Report) {
+    let (saving, notes) = r.batch_notes();
     let _ = writeln!(
         md,
-        "\n## Batches\n\nThe batch price saved ${:.4}: the results collected cost ${:.4}, the \
-         same usage online ${:.4}. Duration: from submission to the end keyfan saw (or to now).\n",
-        online - cost,
-        cost,
-        online
+        "
+## Batches
+
+{saving}
+"
     );
-    let _ = writeln!(
-        md,
-        "| batch | account | model | stage | items | duration | cost (USD) | online (USD) | saved (USD) |\n|---|---|---|---|---:|---:|---:|---:|---:|"
-    );
-    for b in batches {
+    let rows = r
+        .batches
+        .iter()
+        .map(|b| (b.display_name.clone(), batch_cells(b)));
+    cells_table(md, "batch", &BATCH_COLUMNS, rows);
+    for note in notes {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {:.0} s | {:.4} | {:.4} | {:.4} |",
-            b.display_name,
-            b.account,
-            b.model,
-            b.stage,
-            b.items,
-            b.duration_s(),
-            b.cost_usd,
-            b.online_usd,
-            b.online_usd - b.cost_usd
+            "
+- {note}"
         );
-    }
-    for b in batches {
-        if let Some(error) = &b.error {
-            let _ = writeln!(md, "\n- {}: {error}", b.display_name);
-        }
-        if b.unknown_keys > 0 {
-            let _ = writeln!(
-                md,
-                "\n- {}: {} result line(s) whose key names no item of the batch: {}",
-                b.display_name,
-                b.unknown_keys,
-                b.unknown_first.as_deref().unwrap_or_default()
-            );
-        }
     }
 }
 

@@ -81,6 +81,62 @@ pub struct Actual {
     pub cost_usd: Option<f64>,
 }
 
+/// The columns of the batches tables (the batch's display name first).
+const BATCH_COLUMNS: [&str; 8] = [
+    "account",
+    "model",
+    "stage",
+    "items",
+    "duration",
+    "cost (USD)",
+    "online (USD)",
+    "saved (USD)",
+];
+
+/// A batch's cells under [`BATCH_COLUMNS`].
+fn batch_cells(b: &crate::batch::BatchRow) -> [String; 8] {
+    [
+        b.account.clone(),
+        b.model.clone(),
+        b.stage.to_string(),
+        b.items.to_string(),
+        format!("{:.0} s", b.duration_s()),
+        format!("{:.4}", b.cost_usd),
+        format!("{:.4}", b.online_usd),
+        format!("{:.4}", b.online_usd - b.cost_usd),
+    ]
+}
+
+impl Report {
+    /// The sentence that says what the batch price saved, and the notes on
+    /// batches (their errors, their unknown result keys).
+    fn batch_notes(&self) -> (String, Vec<String>) {
+        let cost: f64 = self.batches.iter().map(|b| b.cost_usd).sum();
+        let online: f64 = self.batches.iter().map(|b| b.online_usd).sum();
+        let saving = format!(
+            "The batch price saved ${:.4}: the results collected cost ${cost:.4}, the same \
+             usage online ${online:.4}. Duration: from submission to the end keyfan saw (or to \
+             now).",
+            online - cost
+        );
+        let mut notes = Vec::new();
+        for b in &self.batches {
+            if let Some(error) = &b.error {
+                notes.push(format!("{}: {error}", b.display_name));
+            }
+            if b.unknown_keys > 0 {
+                notes.push(format!(
+                    "{}: {} result line(s) whose key names no item of the batch: {}",
+                    b.display_name,
+                    b.unknown_keys,
+                    b.unknown_first.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        (saving, notes)
+    }
+}
+
 /// The columns of the estimate-against-actual tables.
 const VERSUS_COLUMNS: [&str; 10] = [
     "items est.",

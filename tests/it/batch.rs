@@ -353,6 +353,12 @@ async fn a_result_whose_key_names_no_item_is_reported_not_dropped() {
         md.contains("1 result line(s) whose key names no item of the batch: item-3"),
         "{md}"
     );
+    let html = work.read("job.report.html");
+    assert!(html.contains("<h2>Batches</h2>"), "{html}");
+    assert!(
+        html.contains("names no item of the batch: item-3"),
+        "{html}"
+    );
     // The item itself was not lost: it went into a new batch.
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1].items, 1);
