@@ -172,10 +172,13 @@ async fn serve(fake: Arc<Fake>) -> String {
 type Shared = State<(Arc<Fake>, String)>;
 
 /// The resumable upload: the start gives the URL, the last chunk the file.
+/// Each chunk is read whole (and dropped): an unread body breaks the
+/// connection under the sender.
 async fn upload(
     State((_, base)): Shared,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    _chunk: Bytes,
 ) -> Response {
     let mut response = StatusCode::OK.into_response();
     let set = |response: &mut Response, name: &'static str, value: &str| {
