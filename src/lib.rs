@@ -14,6 +14,7 @@
 //! a [`run::RunOutcome`] (with its exit code) out.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod estimate;

@@ -226,7 +226,7 @@ fn gemini_error(status: ItemStatus) -> (i32, &'static str) {
     match status {
         ItemStatus::Blocked => (400, "FAILED_PRECONDITION"),
         ItemStatus::Skipped => (400, "INVALID_ARGUMENT"),
-        ItemStatus::Deferred => (429, "RESOURCE_EXHAUSTED"),
+        ItemStatus::Deferred | ItemStatus::Submitted => (429, "RESOURCE_EXHAUSTED"),
         ItemStatus::Ok | ItemStatus::Failed => (500, "UNKNOWN"),
     }
 }

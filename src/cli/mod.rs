@@ -3,6 +3,7 @@
 //! lives here: `keyfan run` is [`crate::run()`]; its exit codes come from
 //! [`crate::run::exit`].
 
+mod batches_cmd;
 mod estimate_cmd;
 mod keys_cmd;
 mod progress;
@@ -78,6 +79,9 @@ enum Command {
     Keys(KeysArgs),
     /// List the runs recorded in a state file.
     Runs(RunsArgs),
+    /// Show and control the provider batches of a state file (`run --batch`).
+    #[command(after_help = BATCHES_EXAMPLES)]
+    Batches(BatchesArgs),
     /// Rebuild a run's report from its state file alone (sends nothing).
     Report(ReportArgs),
     /// Write every result of a run several hosts worked, from the shared
@@ -188,6 +192,57 @@ struct EstimateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+const BATCHES_EXAMPLES: &str = "\
+Examples:
+  keyfan batches list --state prompts.keyfan.db
+  keyfan batches status --state prompts.keyfan.db --config config.yaml --json
+  keyfan batches cancel keyfan-1a2b3c4d-r1-b2 --state prompts.keyfan.db --config config.yaml
+
+Exit codes:
+  0    done
+  1    keyfan failed (e.g. the state file cannot be read, a provider refused)
+  2    invalid command line or config, or no such batch";
+
+/// `keyfan batches`.
+#[derive(Debug, Args)]
+struct BatchesArgs {
+    /// The SQLite state file of your `run --batch` runs.
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// The config file: the keys `status` and `cancel` ask the providers
+    /// with.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "KEYFAN_CONFIG",
+        default_value = "config.yaml"
+    )]
+    config: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: BatchesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BatchesCommand {
+    /// Every batch of the state file as last recorded: stage, items, age or
+    /// duration, account (sends nothing; needs no key).
+    List,
+    /// The open batches as their providers see them now: state and counts
+    /// (one request per batch).
+    Status,
+    /// Ask the provider to cancel a batch (by its display name or the
+    /// provider's id); the next `run --batch` collects what it finished and
+    /// puts the rest back to pending.
+    Cancel {
+        /// The batch's display name (`keyfan-…`) or provider id.
+        batch: String,
+    },
 }
 
 /// `keyfan runs`.
@@ -348,6 +403,24 @@ struct RunArgs {
     /// ranks lowest are sent.
     #[arg(long, value_name = "SEED", default_value_t = 0, requires = "sample")]
     sample_seed: u64,
+    /// Submit the job to the providers' Batch APIs (half price, results
+    /// within 24 hours) instead of sending it, after collecting what earlier
+    /// `--batch` runs submitted. Exits 10 while batches are open: run the
+    /// same command again (e.g. from cron) until it exits 0.
+    #[arg(long, conflicts_with_all = ["sample", "max_cost"])]
+    batch: bool,
+    /// With --batch: requests per batch at most. [default: 100000 for
+    /// Gemini, 50000 for OpenAI]
+    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: Option<u64>,
+    /// With --batch: bytes of input file per batch at most. [default: 2 GB
+    /// for Gemini, 200 MB for OpenAI]
+    #[arg(long, value_name = "BYTES", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_bytes: Option<u64>,
+    /// With --batch: estimated input tokens per batch at most (your tier's
+    /// enqueued-token limit for the model). [default: no limit]
+    #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
+    batch_tokens: Option<u64>,
     /// Not a keyfan flag: caught to say what to use instead.
     #[arg(long, hide = true)]
     dry_run: bool,
@@ -467,6 +540,7 @@ pub async fn main(cli: Cli) -> ExitCode {
         Command::Estimate(args) => estimate_cmd::run(args).await,
         Command::Keys(args) => keys_cmd::run(args, verbosity).await,
         Command::Runs(args) => state_cmd::runs(args),
+        Command::Batches(args) => batches_cmd::run(args).await,
         Command::Report(args) => state_cmd::report(args),
         Command::Results(args) => results_cmd::run(args).await,
         Command::Sim(args) => sim_cmd::run(args, verbosity).await,

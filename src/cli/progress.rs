@@ -224,6 +224,7 @@ impl Observer for Display {
                     ));
                 }
             }
+            Notice::Batch(message) => self.tell(&format!("keyfan: {message}")),
             Notice::BudgetReached { cap } => self.tell(&format!(
                 "keyfan: --max-cost {cap} USD reached: no new requests; finishing those in flight"
             )),

@@ -117,6 +117,11 @@ impl Settings {
                 seed: args.sample_seed,
             }),
             stop_on_signals: true,
+            batch: args.batch.then_some(crate::batch::BatchLimits {
+                max_requests: args.batch_size,
+                max_bytes: args.batch_bytes,
+                max_tokens: args.batch_tokens,
+            }),
         })
     }
 }

@@ -16,6 +16,8 @@
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
 //! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
 //!   `anthropic-ratelimit-*` headers every answer carries.
+//! - `batch`: the Batch APIs (Gemini's, OpenAI's): input lines, create, get,
+//!   list, cancel, results downloaded to disk and parsed line by line.
 //! - `files`: Gemini's Files API (resumable upload, polling until `ACTIVE`).
 //! - `batchline`: the line shapes of OpenAI's and Gemini's own batch files.
 //!   A body from such a line is sent as it is ([`RawBody`], [`Client::generate_raw`]).
@@ -31,6 +33,7 @@
 //! tested on the real recorded bodies in `tests/fixtures/` without HTTP.
 
 mod anthropic;
+pub mod batch;
 pub mod batchline;
 mod common;
 mod error;

@@ -83,7 +83,7 @@ pub(super) fn chat_url(base_url: &str) -> String {
 
 /// `endpoint` under `base_url`'s API version, adding `/v1` when the base
 /// names no version (see the module docs).
-fn api_url(base_url: &str, endpoint: &str) -> String {
+pub(super) fn api_url(base_url: &str, endpoint: &str) -> String {
     let path = base_url
         .split_once("://")
         .map_or(base_url, |(_, rest)| rest);

@@ -8,7 +8,7 @@
 
 use super::common::api_error;
 use super::{ApiError, Client, ErrorClass};
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
@@ -181,6 +181,103 @@ async fn send(
     } else {
         Err(classify(status.as_u16(), &headers, &body))
     }
+}
+
+/// How long one download of a results file may take in all: a file of
+/// millions of lines outlasts the per-request timeout of a prompt.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Gets `url` with the auth header and appends its 2xx body to `out` as it
+/// arrives, never holding it whole (a batch's results file). Returns the
+/// bytes written; any other status goes to `classify`, as [`get`].
+pub(super) async fn get_to_file(
+    client: &Client,
+    url: &str,
+    (auth_name, auth_value): (&'static str, &str),
+    out: &mut tokio::fs::File,
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<u64, ApiError> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    let mut auth =
+        HeaderValue::from_str(auth_value).map_err(|_| unbuildable(&"a malformed key"))?;
+    auth.set_sensitive(true);
+    let failed = |e: std::io::Error| {
+        api_error(
+            ErrorClass::ItemInvalid,
+            None,
+            format!("could not write the downloaded results: {e}"),
+        )
+    };
+    let mut written = 0u64;
+    let download = async {
+        let (status, headers, mut chunks) = match &client.transport {
+            Transport::Http(http) => {
+                let response = http
+                    .get(url)
+                    .header(auth_name, auth)
+                    .timeout(DOWNLOAD_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|e| transport_error(client, e))?;
+                let (status, headers) = (response.status(), response.headers().clone());
+                let stream = futures_util::stream::unfold(Some(response), |response| async {
+                    let mut response = response?;
+                    match response.chunk().await {
+                        Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
+                        Ok(None) => None,
+                        Err(e) => Some((Err(transport_error(client, e)), None)),
+                    }
+                })
+                .boxed();
+                (status, headers, stream)
+            }
+            Transport::Memory(router) => {
+                let request = axum::http::Request::builder()
+                    .method(Method::GET)
+                    .uri(url)
+                    .header(auth_name, auth)
+                    .body(Body::empty())
+                    .map_err(|e| unbuildable(&e))?;
+                let Ok(response) = router.clone().oneshot(request).await;
+                let (parts, body) = response.into_parts();
+                let stream = body
+                    .into_data_stream()
+                    .map(|chunk| {
+                        chunk.map_err(|e| {
+                            api_error(
+                                ErrorClass::Transient,
+                                None,
+                                format!("response body truncated: {e}"),
+                            )
+                        })
+                    })
+                    .boxed();
+                (parts.status, parts.headers, stream)
+            }
+        };
+        if status.is_redirection() {
+            return Err(redirect_error(status.as_u16(), &headers, url));
+        }
+        if !status.is_success() {
+            let mut body = Vec::new();
+            while let Some(chunk) = chunks.next().await {
+                let chunk: Bytes = chunk?;
+                body.extend_from_slice(&chunk);
+            }
+            return Err(classify(status.as_u16(), &headers, &body));
+        }
+        while let Some(chunk) = chunks.next().await {
+            let chunk: Bytes = chunk?;
+            out.write_all(&chunk).await.map_err(failed)?;
+            written += chunk.len() as u64;
+        }
+        out.flush().await.map_err(failed)?;
+        Ok(written)
+    };
+    tokio::time::timeout(DOWNLOAD_TIMEOUT, download)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(DOWNLOAD_TIMEOUT)))
 }
 
 /// Sends `request` with `reqwest` (which enforces the client's timeout).

@@ -3,7 +3,8 @@
 //! markup (every element closed) so a plain XML check can read it.
 
 use super::{
-    upload_cells, upload_policy, usd, Report, Usage, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
+    batch_cells, upload_cells, upload_policy, usd, Report, Usage, BATCH_COLUMNS, UPLOAD_COLUMNS,
+    USAGE_COLUMNS, VERSUS_COLUMNS,
 };
 use std::fmt::Write;
 
@@ -166,6 +167,20 @@ pub(super) fn render(r: &Report) -> String {
         h.push_str(&bars(&costs, "#f59e0b", WIDTH));
         let rows = r.estimate_vs_actual.iter().map(|v| (&*v.model, v.cells()));
         table(&mut h, "model", &VERSUS_COLUMNS, rows);
+    }
+
+    if !r.batches.is_empty() {
+        let (saving, notes) = r.batch_notes();
+        let _ = write!(
+            h,
+            "\n<h2>Batches</h2><p class=\"meta\">{}</p>",
+            esc(&saving)
+        );
+        let rows = r.batches.iter().map(|b| (&*b.display_name, batch_cells(b)));
+        table(&mut h, "batch", &BATCH_COLUMNS, rows);
+        for note in notes {
+            let _ = write!(h, "<p>{}</p>", esc(&note));
+        }
     }
 
     h.push_str("\n<h2>Quota used today (US/Pacific day, all runs)</h2>");

@@ -1,7 +1,8 @@
 //! The Markdown rendering of a report.
 
 use super::{
-    upload_cells, upload_policy, usd, Report, Usage, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
+    batch_cells, upload_cells, upload_policy, usd, Report, Usage, BATCH_COLUMNS, UPLOAD_COLUMNS,
+    USAGE_COLUMNS, VERSUS_COLUMNS,
 };
 use std::fmt::Write;
 
@@ -84,6 +85,9 @@ pub(super) fn render(r: &Report) -> String {
             .map(|v| (v.model.clone(), v.cells()));
         cells_table(&mut md, "model", &VERSUS_COLUMNS, rows);
     }
+    if !r.batches.is_empty() {
+        batches(&mut md, r);
+    }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
     if !r.uploads.is_empty() {
@@ -126,6 +130,32 @@ fn uploads(md: &mut String, r: &Report) {
     cells_table(md, "account", &UPLOAD_COLUMNS, rows);
     for line in upload_policy(r) {
         let _ = writeln!(md, "\n{line}");
+    }
+}
+
+/// The batches of a `run --batch`: what the batch price saved, and each
+/// batch's duration from submission to the end keyfan saw.
+fn batches(md: &mut String, r: &Report) {
+    let (saving, notes) = r.batch_notes();
+    let _ = writeln!(
+        md,
+        "
+## Batches
+
+{saving}
+"
+    );
+    let rows = r
+        .batches
+        .iter()
+        .map(|b| (b.display_name.clone(), batch_cells(b)));
+    cells_table(md, "batch", &BATCH_COLUMNS, rows);
+    for note in notes {
+        let _ = writeln!(
+            md,
+            "
+- {note}"
+        );
     }
 }
 

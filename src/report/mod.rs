@@ -55,6 +55,9 @@ pub struct Report {
     /// What the run did with Files API uploads, per account (empty when it
     /// uploaded nothing).
     pub uploads: Vec<UploadCount>,
+    /// The provider batches of a `run --batch`, oldest first (empty for a
+    /// run that sent online).
+    pub batches: Vec<crate::batch::BatchRow>,
 }
 
 /// One model's estimate against what the run used.
@@ -114,6 +117,62 @@ fn upload_policy(r: &Report) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The columns of the batches tables (the batch's display name first).
+const BATCH_COLUMNS: [&str; 8] = [
+    "account",
+    "model",
+    "stage",
+    "items",
+    "duration",
+    "cost (USD)",
+    "online (USD)",
+    "saved (USD)",
+];
+
+/// A batch's cells under [`BATCH_COLUMNS`].
+fn batch_cells(b: &crate::batch::BatchRow) -> [String; 8] {
+    [
+        b.account.clone(),
+        b.model.clone(),
+        b.stage.to_string(),
+        b.items.to_string(),
+        format!("{:.0} s", b.duration_s()),
+        format!("{:.4}", b.cost_usd),
+        format!("{:.4}", b.online_usd),
+        format!("{:.4}", b.online_usd - b.cost_usd),
+    ]
+}
+
+impl Report {
+    /// The sentence that says what the batch price saved, and the notes on
+    /// batches (their errors, their unknown result keys).
+    fn batch_notes(&self) -> (String, Vec<String>) {
+        let cost: f64 = self.batches.iter().map(|b| b.cost_usd).sum();
+        let online: f64 = self.batches.iter().map(|b| b.online_usd).sum();
+        let saving = format!(
+            "The batch price saved ${:.4}: the results collected cost ${cost:.4}, the same \
+             usage online ${online:.4}. Duration: from submission to the end keyfan saw (or to \
+             now).",
+            online - cost
+        );
+        let mut notes = Vec::new();
+        for b in &self.batches {
+            if let Some(error) = &b.error {
+                notes.push(format!("{}: {error}", b.display_name));
+            }
+            if b.unknown_keys > 0 {
+                notes.push(format!(
+                    "{}: {} result line(s) whose key names no item of the batch: {}",
+                    b.display_name,
+                    b.unknown_keys,
+                    b.unknown_first.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        (saving, notes)
+    }
 }
 
 /// The columns of the estimate-against-actual tables.
@@ -353,6 +412,7 @@ impl Report {
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
         let models = models.finish(elapsed_s);
         Ok(Report {
+            batches: crate::batch::store::all(store, Some(run))?,
             estimate_vs_actual: versus(store.estimate(run)?, &models, &store.model_counts(run)?),
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
                 today

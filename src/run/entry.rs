@@ -77,6 +77,7 @@ impl RunOutcome {
             RunStatus::KeysRefused => exit::KEYS_REFUSED,
             RunStatus::Interrupted | RunStatus::OutputClosed => exit::INTERRUPTED,
             RunStatus::BudgetReached => exit::BUDGET,
+            RunStatus::Batched => exit::SUBMITTED,
             // A finished run is never `running`; were it so, its items decide.
             RunStatus::Done | RunStatus::Sampled | RunStatus::Running => {
                 if self.count(ItemStatus::Deferred) > 0 {
@@ -192,15 +193,19 @@ pub enum StartError {
     /// schema.
     #[error("{0}: nothing was sent (check --state and that the database is up)")]
     Shared(#[from] crate::store::postgres::PgError),
-    /// A job with `depends_on` was given a shared state: the shared queue
-    /// hands items out in chunks, with no regard to their parents.
-    #[error(
-        "{job} has items with depends_on, which a run on a shared state (--state postgres://…) \
-         does not support yet: nothing was sent; run it with a local state file"
-    )]
-    SharedDependencies {
+    /// A combination keyfan does not support yet: `depends_on` or
+    /// `--batch` on a shared state (the shared queue hands items out in
+    /// chunks with no regard to their parents; batches are kept in the
+    /// state file), or `depends_on` under `--batch` (a child needs its
+    /// parents' answers before it can be written into a batch).
+    #[error("{job}: {what} is not supported yet: nothing was sent; {instead}")]
+    NotSupported {
         /// The job's label.
         job: String,
+        /// What was asked.
+        what: &'static str,
+        /// What to do instead.
+        instead: &'static str,
     },
     /// The job's run in the shared state is worked by another live host,
     /// and `--join` was not given.
@@ -228,7 +233,7 @@ impl StartError {
             | StartError::Models { .. }
             | StartError::Settings { .. }
             | StartError::NotBatch { .. }
-            | StartError::SharedDependencies { .. }
+            | StartError::NotSupported { .. }
             | StartError::JobChanged { .. }
             | StartError::SameFile { .. }
             | StartError::Pool(PoolError::UnknownGroup(..)) => exit::USAGE,
@@ -240,7 +245,8 @@ impl StartError {
         }
     }
 
-    fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    /// An I/O failure while doing `what`, as the error of a `map_err`.
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
         let what = what.into();
         |source| StartError::Io { what, source }
     }
@@ -335,6 +341,7 @@ pub async fn run(
         max_cost,
         sample,
         stop_on_signals,
+        batch,
     } = settings;
     let observer = super::Shared::new(observer);
     let validation = job::validate(&job.file).map_err(StartError::Job)?;
@@ -433,8 +440,25 @@ pub async fn run(
     let _lock = RunLock::acquire(&outputs.state).map_err(StartError::from)?;
     // The shared state is reached before anything is sent: unreachable, the
     // run sends nothing.
-    if outputs.shared.is_some() && !validation.deps.is_empty() {
-        return Err(StartError::SharedDependencies { job: job.label }.into());
+    let unsupported = match (&outputs.shared, &batch, validation.deps.is_empty()) {
+        (Some(_), _, false) => Some((
+            "depends_on on a shared state (--state postgres://…)",
+            "run the job with a state file",
+        )),
+        (Some(_), Some(_), _) => Some((
+            "--batch on a shared state (--state postgres://…)",
+            "run it with a state file",
+        )),
+        (None, Some(_), false) => Some(("depends_on under --batch", "run the job without --batch")),
+        (None, Some(_), true) if validation.batch.is_some() => Some((
+            "a provider's own batch file under --batch",
+            "run it without --batch",
+        )),
+        _ => None,
+    };
+    if let Some((what, instead)) = unsupported {
+        let job = job.label;
+        return Err(StartError::NotSupported { job, what, instead }.into());
     }
     let shared = match &outputs.shared {
         Some(shared) => {
@@ -577,15 +601,37 @@ pub async fn run(
         observer: Box::new(observer.clone()),
         scrubber: scrubber.clone(),
     };
-    let (summary, store) = super::execute_with(
-        &options,
-        Arc::clone(&pool),
-        clients,
-        recording,
-        &stop,
-        shared,
-    )
-    .await?;
+    let (summary, store) = match batch {
+        Some(limits) => {
+            let batcher = crate::batch::Batcher {
+                config: &config,
+                clients: &clients,
+                pool: &pool,
+                providers: routes
+                    .iter()
+                    .flat_map(|(kind, wanted)| wanted.iter().map(|w| (w.model.clone(), *kind)))
+                    .collect(),
+                job: &job.file,
+                job_hash: &validation.content_hash,
+                limits,
+                resume,
+                dir: crate::batch::work_dir(&state),
+                simulated: simulate,
+            };
+            batcher.run(recording).await?
+        }
+        None => {
+            super::execute_with(
+                &options,
+                Arc::clone(&pool),
+                clients,
+                recording,
+                &stop,
+                shared,
+            )
+            .await?
+        }
+    };
     if let Some(signals) = signals {
         signals.abort();
     }
@@ -691,6 +737,7 @@ mod tests {
             (RunStatus::KeysRefused, exit::KEYS_REFUSED),
             (RunStatus::Interrupted, exit::INTERRUPTED),
             (RunStatus::BudgetReached, exit::BUDGET),
+            (RunStatus::Batched, exit::SUBMITTED),
             (RunStatus::Done, exit::DEFERRED),
             (RunStatus::Sampled, exit::DEFERRED),
         ] {
@@ -717,11 +764,12 @@ mod tests {
             exit::DEFERRED,
             exit::BUDGET,
             exit::KEYS_REFUSED,
+            exit::SUBMITTED,
             exit::LOCKED,
             exit::INTERRUPTED,
         ] {
             assert!(listed(code), "{code}");
         }
-        assert_eq!(exit::TABLE.len(), 9, "one row per code");
+        assert_eq!(exit::TABLE.len(), 10, "one row per code");
     }
 }

@@ -17,6 +17,9 @@ pub const DEFERRED: u8 = 4;
 pub const BUDGET: u8 = 5;
 /// Every key for a model was refused; the rest of the items stay pending.
 pub const KEYS_REFUSED: u8 = 6;
+/// `--batch`: items wait in the providers' batches; run again later to
+/// collect them.
+pub const SUBMITTED: u8 = 10;
 /// Another run holds the state file; nothing was sent (try again later).
 pub const LOCKED: u8 = 75;
 /// Interrupted by Ctrl-C or SIGTERM (or the results pipe closed); finished
@@ -55,6 +58,11 @@ pub const TABLE: &[(u8, &str)] = &[
         KEYS_REFUSED,
         "no key can serve a model: every key for it was refused (invalid, disabled); the \
          remaining items stay pending",
+    ),
+    (
+        SUBMITTED,
+        "--batch: items wait in the providers' batches (submitted now or earlier): run the same \
+         command again later to collect them",
     ),
     (
         LOCKED,

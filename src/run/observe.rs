@@ -68,6 +68,9 @@ pub enum Notice {
         /// The API's message.
         reason: String,
     },
+    /// What `--batch` did: a batch submitted, adopted, collected or
+    /// refused (keys scrubbed).
+    Batch(String),
     /// `--max-cost` was reached: nothing more is sent, and the requests in
     /// flight finish.
     BudgetReached {

@@ -108,6 +108,10 @@ pub fn start(
                 return Ok(());
             }
             done.insert(id_hash(&row.id));
+            // In a provider's batch: not a result yet.
+            if row.status == ItemStatus::Submitted {
+                return Ok(());
+            }
             sink.write(&row)
         })?
         .and_then(|()| sink.flush())

@@ -45,6 +45,9 @@ pub struct Settings {
     /// Whether Ctrl-C and SIGTERM stop the run (first gracefully, then for
     /// good): the CLI's way; a program embedding keyfan may not want it.
     pub stop_on_signals: bool,
+    /// `--batch`: submit to the providers' Batch APIs (and collect what
+    /// earlier runs submitted) within these limits, instead of sending.
+    pub batch: Option<crate::batch::BatchLimits>,
 }
 
 /// The job as the run sees it.

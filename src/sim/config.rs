@@ -47,6 +47,43 @@ pub struct SimConfig {
     pub faults: FaultConfig,
     /// The Files API.
     pub files: FilesConfig,
+    /// The Batch APIs (Gemini's and OpenAI's).
+    pub batches: BatchesConfig,
+}
+
+/// The simulated Batch APIs: how long a batch waits and runs on the
+/// simulator's clock, and how it ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchesConfig {
+    /// How long a new batch stays pending (Gemini `BATCH_STATE_PENDING`,
+    /// OpenAI `validating`).
+    pub pending_ms: u64,
+    /// How long it then runs (`BATCH_STATE_RUNNING`, `in_progress`) before
+    /// it ends.
+    pub running_ms: u64,
+    /// How every batch ends (a display name or OpenAI metadata value holding
+    /// `[[sim:batch_expired]]` or `[[sim:batch_failed]]` ends that batch so).
+    pub end: BatchEnd,
+    /// The first this many batch creates are carried out, but their reply is
+    /// a 503, as when a connection drops after the server acted: the client
+    /// cannot know the batch exists.
+    pub lose_create_replies: u32,
+}
+
+/// How a simulated batch ends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchEnd {
+    /// Results for every request (Gemini `SUCCEEDED`, OpenAI `completed`).
+    #[default]
+    Succeeded,
+    /// The batch failed as a whole, with no results (`FAILED`, `failed`).
+    Failed,
+    /// The window passed: Gemini `EXPIRED` with no results; OpenAI
+    /// `expired` with the first half of the requests done and the rest in
+    /// the error file as `batch_expired`.
+    Expired,
 }
 
 /// The simulated Files API.
@@ -243,6 +280,7 @@ impl SimConfig {
             disabled_keys: Vec::new(),
             faults: FaultConfig::default(),
             files: FilesConfig::default(),
+            batches: BatchesConfig::default(),
         }
     }
 

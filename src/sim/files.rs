@@ -13,9 +13,10 @@
 //! the real 429 `RESOURCE_EXHAUSTED` on `file_storage_bytes`, as quoted in
 //! <https://github.com/alphaXiv/feedback/issues/16> (2025-10-22).
 //!
-//! Files are project-scoped as in the real API. Their bytes are never kept:
-//! only their SHA-256, which answers carry (the first 16 hex characters) so
-//! a test can prove which file reached which item.
+//! Files are project-scoped as in the real API. Their bytes are not kept
+//! (JSONL files, a batch's input, excepted): only their SHA-256, which
+//! answers carry (the first 16 hex characters) so a test can prove which
+//! file reached which item.
 
 use super::config::FilesConfig;
 use super::gemini::Gemini;
@@ -29,7 +30,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -55,6 +56,9 @@ struct Session {
     display_name: String,
     received: u64,
     hasher: Sha256,
+    /// The bytes of a JSONL upload (a batch's input), kept for the Batch
+    /// API; other files keep only their digest.
+    kept: Option<Vec<u8>>,
 }
 
 /// A finalized file.
@@ -72,6 +76,8 @@ struct Stored {
     expires_at: Instant,
     /// Deleted by `DELETE files/{id}`; kept for the counters.
     deleted: bool,
+    /// The bytes of a JSONL upload (a batch's input), for the Batch API.
+    kept: Option<Arc<[u8]>>,
 }
 
 impl Stored {
@@ -96,7 +102,7 @@ pub(crate) struct Files {
 }
 
 /// Google's error envelope without details.
-fn envelope(status: StatusCode, rpc: &str, message: &str) -> Response {
+pub(super) fn envelope(status: StatusCode, rpc: &str, message: &str) -> Response {
     let body = json!({"error": {"code": status.as_u16(), "message": message, "status": rpc}});
     Gemini::json(status, encode(&body))
 }
@@ -183,13 +189,15 @@ impl Files {
         }
         let start: StartBody = serde_json::from_slice(body).unwrap_or_default();
         let id = format!("upload-{}", self.next.fetch_add(1, Ordering::Relaxed) + 1);
+        let mime = header(headers, "x-goog-upload-header-content-type");
         let mut sessions = lock(&self.sessions);
         sessions.insert(
             id.clone(),
             Session {
                 project,
                 size,
-                mime: header(headers, "x-goog-upload-header-content-type").to_owned(),
+                kept: mime.contains("jsonl").then(Vec::new),
+                mime: mime.to_owned(),
                 display_name: start.file.display_name,
                 received: 0,
                 hasher: Sha256::new(),
@@ -227,6 +235,9 @@ impl Files {
             );
         }
         session.hasher.update(body);
+        if let Some(kept) = &mut session.kept {
+            kept.extend_from_slice(body);
+        }
         session.received += body.len() as u64;
         if !finalize {
             let mut response = Gemini::json(StatusCode::OK, "");
@@ -261,6 +272,7 @@ impl Files {
             created: chrono::Utc::now(),
             expires_at: Instant::now() + self.expiry,
             deleted: false,
+            kept: session.kept.map(Arc::from),
         };
         let body = json!({ "file": self.describe(&file_id, &stored, false) });
         lock(&self.files).insert(file_id, stored);
@@ -297,6 +309,14 @@ impl Files {
             }
             None => no_permission(id),
         }
+    }
+
+    /// The bytes of `project`'s JSONL file `id` (`files/` stripped), if it
+    /// has one by that id.
+    pub(crate) fn jsonl(&self, project: usize, id: &str) -> Option<Arc<[u8]>> {
+        let files = lock(&self.files);
+        let file = files.get(id).filter(|f| f.project == project)?;
+        file.kept.clone()
     }
 
     /// Checks the files a `generateContent` body from `project` names, and

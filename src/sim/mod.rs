@@ -99,6 +99,7 @@
 //! Shutdown aborts hangs and latency waits by closing their connections.
 
 mod anthropic;
+mod batch;
 mod config;
 mod files;
 mod gemini;
@@ -112,8 +113,8 @@ mod tests;
 mod wire;
 
 pub use config::{
-    Burst, FaultConfig, FilesConfig, LatencyConfig, ModelLimits, ProjectConfig, SimConfig,
-    SimConfigError,
+    BatchEnd, BatchesConfig, Burst, FaultConfig, FilesConfig, LatencyConfig, ModelLimits,
+    ProjectConfig, SimConfig, SimConfigError,
 };
 pub use server::{SimServer, Simulator};
 pub use stats::{KeyStats, ModelStats, ProjectStats, Stats, UploadStats};

@@ -103,7 +103,7 @@ pub(crate) fn parse_chat(body: &[u8]) -> Result<Prompt, String> {
 }
 
 /// OpenAI's error envelope.
-fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
+pub(super) fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
     let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
     OpenAi::json(status, encode(&body))
 }

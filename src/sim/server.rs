@@ -3,6 +3,7 @@
 //! start/shutdown.
 
 use super::anthropic::{self, Anthropic};
+use super::batch::Batches;
 use super::config::{FaultConfig, LatencyConfig, ModelLimits, SimConfig};
 use super::files::Files;
 use super::gemini::{self, Gemini};
@@ -73,6 +74,17 @@ impl Simulator {
             .route("/v1beta/openai/chat/completions", post(chat_completions))
             .route("/upload/v1beta/files", post(upload_file))
             .route("/v1beta/files/{id}", get(file).delete(file))
+            .route("/v1beta/batches", get(gemini_batches))
+            .route(
+                "/v1beta/batches/{target}",
+                get(gemini_batch).post(gemini_batch_cancel),
+            )
+            .route("/download/v1beta/files/{target}", get(gemini_results))
+            .route("/v1/files", post(openai_upload))
+            .route("/v1/files/{id}/content", get(openai_content))
+            .route("/v1/batches", post(openai_create).get(openai_batches))
+            .route("/v1/batches/{id}", get(openai_batch))
+            .route("/v1/batches/{id}/cancel", post(openai_cancel))
             .route("/__stats", get(stats))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&self.shared))
@@ -224,6 +236,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// The Files API's uploads and files.
     files: Files,
+    /// The Batch APIs' batches.
+    batches: Batches,
 }
 
 /// Who sent a request.
@@ -288,6 +302,7 @@ impl Shared {
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
             files: Files::new(config.files),
+            batches: Batches::new(config.batches, config.seed),
         }
     }
 
@@ -571,6 +586,14 @@ async fn gemini_models(
                 .await
         }
         "countTokens" => count_tokens(&shared, key, model, &body),
+        "batchGenerateContent" if !shared.models.contains(model) => {
+            gemini::model_not_found_for(model, method)
+        }
+        "batchGenerateContent" => shared.file_request::<Gemini>(key, |project| {
+            shared
+                .batches
+                .gemini_create(&shared.clock, &shared.files, project, model, &body)
+        }),
         _ => gemini::model_not_found_for(model, method),
     }
 }
@@ -707,7 +730,7 @@ async fn upload_file(
     if query.upload_id.is_some() {
         tokio::time::sleep(shared.files.chunk_delay()).await;
     }
-    shared.file_request(key, |project| {
+    shared.file_request::<Gemini>(key, |project| {
         shared.files.upload(
             project,
             query.upload_id.as_deref(),
@@ -727,7 +750,7 @@ async fn file(
     headers: HeaderMap,
 ) -> Response {
     let key = google_key(&headers, query.key.as_deref());
-    shared.file_request(key, |project| match method {
+    shared.file_request::<Gemini>(key, |project| match method {
         Method::DELETE => shared.files.delete(project, &id),
         _ => shared.files.get(project, &id),
     })
@@ -750,19 +773,166 @@ impl Shared {
             .unwrap_or_default()
     }
 
-    /// A Files API request: free (no quota, no faults), answered by `serve`
-    /// for a valid key's project, and counted for its key.
-    fn file_request(&self, key: Option<&str>, serve: impl FnOnce(usize) -> Response) -> Response {
+    /// A Files or Batch API request in format `W`: free (no quota, no
+    /// faults), answered by `serve` for a valid key's project, and counted
+    /// for its key.
+    fn file_request<W: Wire>(
+        &self,
+        key: Option<&str>,
+        serve: impl FnOnce(usize) -> Response,
+    ) -> Response {
         let caller = self.caller(key);
         let response = match caller {
-            Caller::Unknown => Gemini::invalid_key(key),
-            Caller::Disabled(_) => Gemini::disabled_key(),
+            Caller::Unknown => W::invalid_key(key),
+            Caller::Disabled(_) => W::disabled_key(),
             Caller::Valid(_, project) => serve(self.project_index(project)),
         };
         let status = response.status();
         self.record(&caller, key, status, status == StatusCode::OK);
         response
     }
+}
+
+/// `GET /v1beta/batches?pageSize=&pageToken=`: the key's project's batches.
+async fn gemini_batches(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    shared.file_request::<Gemini>(key, |project| {
+        shared.batches.gemini_list(
+            &shared.clock,
+            project,
+            query.page_size,
+            query.page_token.as_deref(),
+        )
+    })
+}
+
+/// `GET /v1beta/batches/{id}`.
+async fn gemini_batch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    shared.file_request::<Gemini>(key, |project| {
+        shared.batches.gemini_get(&shared.clock, project, &id)
+    })
+}
+
+/// `POST /v1beta/batches/{id}:cancel`.
+async fn gemini_batch_cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    let Some(id) = target.strip_suffix(":cancel") else {
+        return gemini::model_not_found_for(&target, "");
+    };
+    shared.file_request::<Gemini>(key, |project| {
+        shared.batches.gemini_cancel(&shared.clock, project, id)
+    })
+}
+
+/// `GET /download/v1beta/files/batch-{id}:download?alt=media`.
+async fn gemini_results(
+    State(shared): State<Arc<Shared>>,
+    Path(target): Path<String>,
+    Query(query): Query<KeyQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let key = google_key(&headers, query.key.as_deref());
+    shared.file_request::<Gemini>(key, |project| {
+        shared
+            .batches
+            .gemini_download(&shared.clock, project, &target)
+    })
+}
+
+/// `POST /v1/files`: a multipart upload (`purpose=batch`).
+async fn openai_upload(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    shared.file_request::<OpenAi>(bearer(&headers), |project| {
+        shared
+            .batches
+            .openai_upload(&shared.clock, project, content_type, &body)
+    })
+}
+
+/// `GET /v1/files/{id}/content`.
+async fn openai_content(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<OpenAi>(bearer(&headers), |project| {
+        shared.batches.openai_content(&shared.clock, project, &id)
+    })
+}
+
+/// `POST /v1/batches`.
+async fn openai_create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.file_request::<OpenAi>(bearer(&headers), |project| {
+        shared.batches.openai_create(&shared.clock, project, &body)
+    })
+}
+
+/// `GET /v1/batches?limit=&after=`'s query.
+#[derive(Debug, Deserialize)]
+struct BatchListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /v1/batches`.
+async fn openai_batches(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<BatchListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<OpenAi>(bearer(&headers), |project| {
+        shared
+            .batches
+            .openai_list(&shared.clock, project, query.limit, query.after.as_deref())
+    })
+}
+
+/// `GET /v1/batches/{id}`.
+async fn openai_batch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<OpenAi>(bearer(&headers), |project| {
+        shared.batches.openai_get(&shared.clock, project, &id)
+    })
+}
+
+/// `POST /v1/batches/{id}/cancel`.
+async fn openai_cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<OpenAi>(bearer(&headers), |project| {
+        shared.batches.openai_cancel(&shared.clock, project, &id)
+    })
 }
 
 /// `GET /__stats`.

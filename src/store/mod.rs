@@ -108,6 +108,17 @@ impl Store {
         })
     }
 
+    /// The state file's connection, for the tables of [`crate::batch`]
+    /// (its own SQL, beside the run's).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// A state file error of `source`, naming the file.
+    pub(crate) fn error(&self, source: rusqlite::Error) -> StoreError {
+        self.wrap(source)
+    }
+
     fn wrap(&self, source: rusqlite::Error) -> StoreError {
         let path = self.path.clone();
         if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &source {

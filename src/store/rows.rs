@@ -89,6 +89,8 @@ pub enum ItemStatus {
     Skipped,
     /// Every account's daily quota was spent: left for a later run.
     Deferred,
+    /// In a provider's batch (`run --batch`): collected by a later run.
+    Submitted,
 }
 
 stored_as_text!(ItemStatus in "items"."status" {
@@ -97,6 +99,7 @@ stored_as_text!(ItemStatus in "items"."status" {
     Blocked => "blocked",
     Skipped => "skipped",
     Deferred => "deferred",
+    Submitted => "submitted",
 });
 
 /// Where a run stands, as `keyfan runs` and the report show it.
@@ -120,6 +123,9 @@ pub enum RunStatus {
     KeysRefused,
     /// `--sample` sent its items: the rest stay pending for the next run.
     Sampled,
+    /// `--batch` left items in the providers' batches: a later run
+    /// collects them.
+    Batched,
 }
 
 stored_as_text!(RunStatus in "runs"."status" {
@@ -131,6 +137,7 @@ stored_as_text!(RunStatus in "runs"."status" {
     Failed => "failed",
     KeysRefused => "keys refused",
     Sampled => "sampled",
+    Batched => "waiting for batches",
 });
 
 /// A key's last known state, kept across runs for `keys status`.

@@ -160,6 +160,38 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX upload_events_by_run ON upload_events (run_id);
     ",
+    // Batch API jobs (`run --batch`): one row per provider batch, recorded
+    // (as `creating`) before its create is sent, and the items in each.
+    "
+    CREATE TABLE batches (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id        INTEGER NOT NULL REFERENCES runs (id),
+        display_name  TEXT NOT NULL UNIQUE,
+        name          TEXT,
+        account       TEXT NOT NULL,
+        key           TEXT NOT NULL,
+        model         TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        items         INTEGER NOT NULL,
+        submitted_at  TEXT NOT NULL,
+        ended_at      TEXT,
+        collected_at  TEXT,
+        error         TEXT,
+        unknown_keys  INTEGER NOT NULL DEFAULT 0,
+        unknown_first TEXT,
+        cost_usd      REAL NOT NULL DEFAULT 0,
+        online_usd    REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX batches_by_run ON batches (run_id, state);
+    CREATE TABLE batch_items (
+        batch_id INTEGER NOT NULL REFERENCES batches (id),
+        item_id  TEXT NOT NULL,
+        line     INTEGER NOT NULL,
+        attempt  INTEGER NOT NULL,
+        PRIMARY KEY (batch_id, item_id)
+    );
+    CREATE INDEX batch_items_by_item ON batch_items (item_id);
+",
 ];
 
 /// Brings the database at `path` to the newest schema, in WAL mode. A file

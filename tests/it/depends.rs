@@ -219,8 +219,8 @@ async fn a_shared_state_refuses_a_job_with_dependencies_before_connecting() {
     assert_exit_saying(
         &out,
         2,
-        "has items with depends_on, which a run on a shared state (--state postgres://…) does \
-         not support yet: nothing was sent",
+        "job.jsonl: depends_on on a shared state (--state postgres://…) is not supported yet: \
+         nothing was sent; run the job with a state file",
     );
     assert_eq!(stats(&sim).await.requests, 0);
 }

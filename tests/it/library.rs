@@ -56,6 +56,7 @@ fn settings(work: &Workdir) -> Settings {
         max_cost: None,
         sample: None,
         stop_on_signals: false,
+        batch: None,
     }
 }
 

@@ -8,6 +8,8 @@ mod support;
 
 /// Anthropic's Messages API, a mixed-provider job, OTPM pacing.
 mod anthropic;
+/// `run --batch`: the providers' Batch APIs, submit and collect.
+mod batch;
 /// The providers' own batch files as jobs, and results in their output shape.
 mod batchfile;
 /// The command line: outputs, standard input, completions, version.

@@ -114,6 +114,7 @@ pub fn sim_config(scenario: Scenario) -> SimConfig {
             .collect(),
         disabled_keys: Vec::new(),
         files: Default::default(),
+        batches: Default::default(),
         faults: match scenario {
             Scenario::Faults => FaultConfig {
                 error_503: 0.05,

@@ -1,0 +1,240 @@
+//! The providers' Batch APIs, on the wire: one JSONL input line per request,
+//! create (input uploaded through the Files API), get, list, cancel, the
+//! results downloaded to disk as they arrive, and each results line parsed
+//! into its key and its reply or error. Half the online price, results
+//! within 24 hours (Gemini: 48 h before `EXPIRED`).
+//!
+//! - `gemini`: `models/{m}:batchGenerateContent` with a JSONL file uploaded
+//!   through the resumable Files API (`{"key", "request"}` lines, field names
+//!   in snake_case as the batch parser wants them), `batches/{id}`, `:cancel`,
+//!   the list, and `download/v1beta/{responsesFile}:download?alt=media`.
+//!   Sources: <https://ai.google.dev/gemini-api/docs/batch-api>,
+//!   <https://ai.google.dev/api/batch-api>.
+//! - `openai`: `POST /v1/files` (multipart, `purpose=batch`), `/v1/batches`
+//!   create, get, list and cancel, and `/v1/files/{id}/content` of the
+//!   output and error files. Source:
+//!   <https://platform.openai.com/docs/guides/batch>.
+//!
+//! Creates are not idempotent ("If you send the same creation request
+//! twice, two separate batch jobs will be created", Gemini's guide): the
+//! caller names each batch (Gemini's display name, OpenAI's metadata) so
+//! that a batch whose create answer was lost can be found by listing.
+
+mod gemini;
+mod openai;
+
+pub use gemini::{GeminiBatchLine, GeminiBatchResultLine};
+pub use openai::{OpenAiBatchLine, OpenAiBatchResultLine};
+
+use super::{ApiError, Client, ProviderKind, Reply, Request};
+use crate::types::ApiKey;
+use std::path::Path;
+
+/// Where a batch stands, across providers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BatchState {
+    /// Accepted, not started (Gemini `PENDING`, OpenAI `validating`).
+    Pending,
+    /// Being processed (`RUNNING`, `in_progress`, `finalizing`,
+    /// `cancelling`).
+    Running,
+    /// Ended with results (`SUCCEEDED`, `completed`).
+    Succeeded,
+    /// Ended without results (`FAILED`, `failed`).
+    Failed,
+    /// Cancelled (`CANCELLED`, `cancelled`).
+    Cancelled,
+    /// Not done within its window (`EXPIRED`, `expired`): Gemini returns
+    /// nothing, OpenAI what was done.
+    Expired,
+}
+
+impl BatchState {
+    /// Whether the batch will not change any more.
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, BatchState::Pending | BatchState::Running)
+    }
+}
+
+/// A batch as the provider describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchJob {
+    /// The provider's id: `batches/…` (Gemini), `batch_…` (OpenAI).
+    pub name: String,
+    /// The name keyfan gave it (Gemini `displayName`, OpenAI
+    /// `metadata.keyfan_name`); empty when none.
+    pub display_name: String,
+    /// Where it stands.
+    pub state: BatchState,
+    /// Requests in it.
+    pub total: u64,
+    /// Requests that succeeded, once known.
+    pub succeeded: u64,
+    /// Requests that failed, once known.
+    pub failed: u64,
+    /// The files to download for its results, in order (Gemini's responses
+    /// file; OpenAI's output file, then its error file).
+    pub results: Vec<String>,
+    /// Why it failed, expired or was cancelled, in the API's words.
+    pub error: Option<String>,
+}
+
+/// A batch's input, written to disk beforehand.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchInput<'a> {
+    /// The JSONL file ([`Client::write_batch_line`] lines).
+    pub path: &'a Path,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The model every line asks for.
+    pub model: &'a str,
+    /// The name to find it by again.
+    pub display_name: &'a str,
+}
+
+/// One line of a batch's results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchResult {
+    /// The key (custom id) of the request it answers.
+    pub key: String,
+    /// What became of the request.
+    pub outcome: BatchOutcome,
+}
+
+/// What became of one request of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOutcome {
+    /// Answered.
+    Reply(Reply),
+    /// Failed inside the batch (or answered with no usable output), with
+    /// the API's message and class.
+    Failed(ApiError),
+    /// Not carried out before the batch ended (OpenAI `batch_expired`):
+    /// worth submitting again.
+    Unfinished,
+}
+
+/// Checks that `id` (a batch's or a file's id, from the API or the state
+/// file) is letters, digits, `-` and `_` only, before it goes into a URL.
+fn checked(id: &str, what: &str) -> Result<(), ApiError> {
+    let fine = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    if id.is_empty() || !id.bytes().all(fine) {
+        return Err(super::common::api_error(
+            super::ErrorClass::ItemInvalid,
+            None,
+            format!("`{id}` is not {what}"),
+        ));
+    }
+    Ok(())
+}
+
+/// An answer that is not what the Batch API sends: worth asking again.
+fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
+    super::common::api_error(
+        super::ErrorClass::Transient,
+        None,
+        format!("the {what} answer is not what the Batch API sends: {e}"),
+    )
+}
+
+impl Client {
+    /// Writes `req`, keyed `key`, as one line (newline included) of this
+    /// provider's batch input file.
+    pub fn write_batch_line(
+        &self,
+        key: &str,
+        req: &Request<'_>,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let line = match self.kind {
+            ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchLine::new(key, req)),
+            _ => serde_json::to_vec(&OpenAiBatchLine::new(key, req)),
+        }
+        .map_err(std::io::Error::other)?;
+        out.write_all(&line)?;
+        out.write_all(b"\n")
+    }
+
+    /// Uploads `input` and creates a batch of it. A failure after the
+    /// create was sent may hide a batch that exists: find it by its display
+    /// name ([`Client::list_batches`]) before creating another.
+    pub async fn create_batch(
+        &self,
+        key: &ApiKey,
+        input: BatchInput<'_>,
+    ) -> Result<BatchJob, ApiError> {
+        let result = match self.kind {
+            ProviderKind::Gemini => gemini::create(self, key, input).await,
+            _ => openai::create(self, key, input).await,
+        };
+        super::without_key(result, key)
+    }
+
+    /// The batch `name` as it stands.
+    pub async fn get_batch(&self, key: &ApiKey, name: &str) -> Result<BatchJob, ApiError> {
+        let result = match self.kind {
+            ProviderKind::Gemini => gemini::get(self, key, name).await,
+            _ => openai::get(self, key, name).await,
+        };
+        super::without_key(result, key)
+    }
+
+    /// Asks for the batch `name` to be cancelled; it ends `Cancelled` (or
+    /// with what it finished) a little later.
+    pub async fn cancel_batch(&self, key: &ApiKey, name: &str) -> Result<(), ApiError> {
+        let result = match self.kind {
+            ProviderKind::Gemini => gemini::cancel(self, key, name).await,
+            _ => openai::cancel(self, key, name).await,
+        };
+        super::without_key(result, key)
+    }
+
+    /// Every batch the key's account (project) has, newest first, all pages.
+    pub async fn list_batches(&self, key: &ApiKey) -> Result<Vec<BatchJob>, ApiError> {
+        let result = match self.kind {
+            ProviderKind::Gemini => gemini::list(self, key).await,
+            _ => openai::list(self, key).await,
+        };
+        super::without_key(result, key)
+    }
+
+    /// Downloads `batch`'s results files to `dest` (created or truncated),
+    /// streamed: never whole in memory. Returns the bytes written.
+    pub async fn download_batch_results(
+        &self,
+        key: &ApiKey,
+        batch: &BatchJob,
+        dest: &Path,
+    ) -> Result<u64, ApiError> {
+        let result = async {
+            let mut out = tokio::fs::File::create(dest).await.map_err(|e| {
+                super::common::api_error(
+                    super::ErrorClass::ItemInvalid,
+                    None,
+                    format!("could not create {}: {e}", dest.display()),
+                )
+            })?;
+            let mut written = 0;
+            for file in &batch.results {
+                written += match self.kind {
+                    ProviderKind::Gemini => gemini::download(self, key, file, &mut out).await?,
+                    _ => openai::download(self, key, file, &mut out).await?,
+                };
+            }
+            Ok(written)
+        }
+        .await;
+        super::without_key(result, key)
+    }
+
+    /// Parses one line of this provider's batch results.
+    pub fn parse_batch_line(&self, line: &[u8]) -> Result<BatchResult, ApiError> {
+        match self.kind {
+            ProviderKind::Gemini => gemini::parse_line(line),
+            _ => openai::parse_line(line),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
