@@ -25,7 +25,6 @@ use axum::Router;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::io::AsyncReadExt;
@@ -39,11 +38,14 @@ struct Fake {
     results: PathBuf,
 }
 
+/// `run --batch` with every item in one batch, no model-list check.
+const BATCH: [&str; 4] = ["--batch", "--batch-size", "100000000", "--offline"];
+
 fn main() {
     let items = common::items(1_000_000, 2_000);
     let runtime = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    write_job(&dir.path().join("job.jsonl"), items);
+    common::write_job(&dir.path().join("job.jsonl"), items);
     let results = dir.path().join("served-results.jsonl");
     write_results(&results, items);
     let fake = Arc::new(Fake {
@@ -60,12 +62,14 @@ fn main() {
     .expect("config");
 
     // 1. Submit: one batch of every item.
-    let status = keyfan(dir.path()).wait().expect("the submitting run");
+    let status = common::spawn_run(dir.path(), "state.db", &BATCH)
+        .wait()
+        .expect("the submitting run");
     assert_eq!(status.code(), Some(10), "the first run submits: {status}");
 
     // 2. Collect it, sampling keyfan's peak RSS.
     let started = Instant::now();
-    let mut child = keyfan(dir.path());
+    let mut child = common::spawn_run(dir.path(), "state.db", &BATCH);
     let peak_kb = common::watch_peak_rss(&mut child);
     let wall = started.elapsed().as_secs_f64();
     let rss_mb = peak_kb as f64 / 1024.0;
@@ -100,18 +104,6 @@ fn main() {
     }
 }
 
-fn write_job(path: &Path, items: u64) {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("job file"));
-    for i in 0..items {
-        writeln!(
-            out,
-            "{{\"id\":\"item-{i}\",\"prompt\":\"Question {i}: explain in one sentence why the sky is blue.\"}}"
-        )
-        .expect("write job");
-    }
-    out.flush().expect("flush job");
-}
-
 /// The results file, last item first, in the shape of the recorded line
 /// (google-gemini/cookbook `quickstarts/Batch_mode.ipynb`).
 fn write_results(path: &Path, items: u64) {
@@ -128,28 +120,6 @@ fn write_results(path: &Path, items: u64) {
         .expect("write results");
     }
     out.flush().expect("flush results");
-}
-
-fn keyfan(dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyfan"))
-        .args([
-            "run",
-            "job.jsonl",
-            "--config",
-            "config.yaml",
-            "--state",
-            "state.db",
-            "--batch",
-            "--batch-size",
-            "100000000",
-            "--offline",
-            "-q",
-        ])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start keyfan")
 }
 
 /// Starts the stand-in on a loopback port; returns its base URL.

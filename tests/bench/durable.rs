@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const GOAL_RSS_MB: f64 = 150.0;
@@ -23,7 +22,7 @@ fn main() {
     let items = common::items(1_000_000, 5_000);
     let runtime = common::runtime();
     let dir = tempfile::tempdir().expect("tempdir");
-    write_job(&dir.path().join("job.jsonl"), items);
+    common::write_job(&dir.path().join("job.jsonl"), items);
     let sim = common::simulator(
         &runtime,
         "projects:\n  - name: p\n    keys: [bench-k1, bench-k2, bench-k3, bench-k4]\n",
@@ -39,7 +38,7 @@ fn main() {
 
     // 1. The whole job from scratch.
     let started = Instant::now();
-    let mut child = keyfan(dir.path(), &["--new-run"]);
+    let mut child = common::spawn_run(dir.path(), "state.db", &["--new-run"]);
     let peak_kb = common::watch_peak_rss(&mut child);
     let wall = started.elapsed().as_secs_f64();
     let rate = items as f64 / wall;
@@ -48,13 +47,13 @@ fn main() {
     // 2. Half of it again, killed, then resumed. (The first run's results
     // go first, so the count below is the second run's.)
     std::fs::remove_file(dir.path().join("job.results.jsonl")).expect("results of run 1");
-    let mut child = keyfan(dir.path(), &["--new-run"]);
+    let mut child = common::spawn_run(dir.path(), "state.db", &["--new-run"]);
     wait_for_results(dir.path(), items / 2, &mut child);
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     let before = sim.stats().requests;
     let started = Instant::now();
-    let mut child = keyfan(dir.path(), &[]);
+    let mut child = common::spawn_run(dir.path(), "state.db", &[]);
     while sim.stats().requests == before {
         assert!(
             child.try_wait().expect("wait").is_none(),
@@ -94,37 +93,6 @@ fn main() {
         println!("(smoke mode: correctness only; `cargo bench --bench durable` measures)");
     }
     runtime.block_on(sim.shutdown());
-}
-
-fn write_job(path: &Path, items: u64) {
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("job file"));
-    for i in 0..items {
-        writeln!(
-            out,
-            "{{\"id\":\"item-{i}\",\"prompt\":\"Question {i}: explain in one sentence why the sky is blue.\"}}"
-        )
-        .expect("write job");
-    }
-    out.flush().expect("flush job");
-}
-
-fn keyfan(dir: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyfan"))
-        .args([
-            "run",
-            "job.jsonl",
-            "--config",
-            "config.yaml",
-            "--state",
-            "state.db",
-            "-q",
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start keyfan")
 }
 
 /// Waits until `child` has written `lines` results; fails if it exits first

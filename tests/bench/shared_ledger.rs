@@ -27,7 +27,7 @@ use keyfan::store::{QuotaLedger, Reservation, Reserved};
 use keyfan::types::Limits;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const GOAL_PER_S: f64 = 2_000.0;
@@ -152,7 +152,7 @@ fn two_hosts(base: &str, items: u64) -> bool {
         .expect("config");
     }
     let started = Instant::now();
-    let mut first = keyfan(dirs[0].path(), &url, &[]);
+    let mut first = common::spawn_run(dirs[0].path(), &url, &[]);
     let mut probe = PgState::connect(&PgUrl::parse(&url).unwrap(), "probe").expect("connect");
     while probe.latest_run().expect("runs").is_none() {
         assert!(
@@ -161,7 +161,7 @@ fn two_hosts(base: &str, items: u64) -> bool {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut second = keyfan(dirs[1].path(), &url, &["--join"]);
+    let mut second = common::spawn_run(dirs[1].path(), &url, &["--join"]);
     for host in [&mut first, &mut second] {
         let status = host.wait().expect("wait for keyfan");
         if !status.success() {
@@ -215,25 +215,6 @@ fn write_job(path: &Path, items: u64) {
         writeln!(out, "{line}").expect("write job");
     }
     out.flush().expect("flush job");
-}
-
-fn keyfan(dir: &Path, url: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_keyfan"))
-        .args([
-            "run",
-            "job.jsonl",
-            "--config",
-            "config.yaml",
-            "--state",
-            url,
-            "-q",
-        ])
-        .args(extra)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start keyfan")
 }
 
 /// Every item of the job exactly once, `ok`, with its own prompt's digest.

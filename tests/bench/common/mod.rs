@@ -5,7 +5,9 @@
 pub mod pacing;
 
 use sha2::{Digest, Sha256};
-use std::process::Child;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// Whether the binary was started by `cargo bench` (which passes `--bench`).
@@ -113,4 +115,39 @@ pub fn simulator(runtime: &tokio::runtime::Runtime, yaml: &str) -> keyfan::sim::
             .await
             .expect("simulator")
     })
+}
+
+/// Writes a JSONL job of `items` short prompts (`item-0`, `item-1`, …) to
+/// `path`.
+pub fn write_job(path: &Path, items: u64) {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).expect("job file"));
+    for i in 0..items {
+        writeln!(
+            out,
+            "{{\"id\":\"item-{i}\",\"prompt\":\"Question {i}: explain in one sentence why the sky is blue.\"}}"
+        )
+        .expect("write job");
+    }
+    out.flush().expect("flush job");
+}
+
+/// Starts `keyfan run job.jsonl --config config.yaml --state STATE -q`
+/// and `extra` in `dir`, its stdout discarded.
+pub fn spawn_run(dir: &Path, state: &str, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_keyfan"))
+        .args([
+            "run",
+            "job.jsonl",
+            "--config",
+            "config.yaml",
+            "--state",
+            state,
+            "-q",
+        ])
+        .args(extra)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start keyfan")
 }
