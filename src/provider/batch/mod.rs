@@ -15,6 +15,10 @@
 //!   output and error files. Source:
 //!   <https://platform.openai.com/docs/guides/batch>.
 //!
+//! The lines themselves are the shared wire types of
+//! [`super::batchline`]: this module builds a request's input line and
+//! reads a results line into a [`BatchResult`].
+//!
 //! Creates are not idempotent ("If you send the same creation request
 //! twice, two separate batch jobs will be created", Gemini's guide): the
 //! caller names each batch (Gemini's display name, OpenAI's metadata) so
@@ -23,9 +27,7 @@
 mod gemini;
 mod openai;
 
-pub use gemini::{GeminiBatchLine, GeminiBatchResultLine};
-pub use openai::{OpenAiBatchLine, OpenAiBatchResultLine};
-
+use super::batchline::{GeminiBatchInputLine, OpenAiBatchInputLine};
 use super::{ApiError, Client, ProviderKind, Reply, Request};
 use crate::types::ApiKey;
 use std::path::Path;
@@ -147,8 +149,8 @@ impl Client {
         out: &mut impl std::io::Write,
     ) -> std::io::Result<()> {
         let line = match self.kind {
-            ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchLine::new(key, req)),
-            _ => serde_json::to_vec(&OpenAiBatchLine::new(key, req)),
+            ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchInputLine::new(key, req)),
+            _ => serde_json::to_vec(&OpenAiBatchInputLine::new(key, req)),
         }
         .map_err(std::io::Error::other)?;
         out.write_all(&line)?;

@@ -167,7 +167,7 @@ async fn the_gemini_input_line_is_snake_case_but_keeps_the_schema_names() {
     client
         .write_batch_line("id-1", &req, &mut out)
         .expect("a line");
-    let line: GeminiBatchLine = serde_json::from_slice(&out).expect("JSON");
+    let line: GeminiBatchInputLine = serde_json::from_slice(&out).expect("JSON");
     assert_eq!(line.key, "id-1");
     let config = &line.request["generation_config"];
     assert_eq!(config["max_output_tokens"], 64);
