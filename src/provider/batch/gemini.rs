@@ -9,9 +9,9 @@
 use super::super::batchline::{GeminiBatchInputLine, GeminiBatchOutputLine};
 use super::super::common::api_error;
 use super::super::files::UPLOAD_CHUNK_BYTES;
-use super::super::gemini::{classify, method_url, parse_generate, GenerateBody};
+use super::super::gemini::{classify, method_url, parse_generate, raw_body, GenerateBody};
 use super::super::transport::{self, get_to_file, post_json};
-use super::super::{ApiError, Client, ErrorClass, Request, Upload};
+use super::super::{ApiError, Client, ErrorClass, RawRequest, Request, Upload};
 use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
 use crate::types::ApiKey;
 use serde::Deserialize;
@@ -34,6 +34,16 @@ impl GeminiBatchInputLine {
         GeminiBatchInputLine {
             key: key.to_owned(),
             request,
+        }
+    }
+
+    /// The line for a `GenerateContentRequest` written elsewhere, keyed
+    /// `key`: the body that would be sent online ([`RawRequest`]: as
+    /// written, without a `model`; the batch names it), its casing kept.
+    pub fn raw(key: &str, req: &RawRequest<'_>) -> GeminiBatchInputLine {
+        GeminiBatchInputLine {
+            key: key.to_owned(),
+            request: raw_body(req),
         }
     }
 }

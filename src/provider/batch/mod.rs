@@ -28,7 +28,7 @@ mod gemini;
 mod openai;
 
 use super::batchline::{GeminiBatchInputLine, OpenAiBatchInputLine};
-use super::{ApiError, Client, ProviderKind, Reply, Request};
+use super::{ApiError, Client, ProviderKind, RawRequest, Reply, Request};
 use crate::types::ApiKey;
 use std::path::Path;
 
@@ -139,6 +139,15 @@ fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
     )
 }
 
+/// Writes a serialized input line and its newline.
+fn write_line(
+    line: serde_json::Result<Vec<u8>>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(&line.map_err(std::io::Error::other)?)?;
+    out.write_all(b"\n")
+}
+
 impl Client {
     /// Writes `req`, keyed `key`, as one line (newline included) of this
     /// provider's batch input file.
@@ -151,10 +160,37 @@ impl Client {
         let line = match self.kind {
             ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchInputLine::new(key, req)),
             _ => serde_json::to_vec(&OpenAiBatchInputLine::new(key, req)),
-        }
-        .map_err(std::io::Error::other)?;
-        out.write_all(&line)?;
-        out.write_all(b"\n")
+        };
+        write_line(line, out)
+    }
+
+    /// Writes `req`, a body written elsewhere (a line of a provider's own
+    /// batch file), keyed `key`, as one line (newline included) of this
+    /// provider's batch input file: the body [`Client::generate_raw`] would
+    /// send. A body written for another API than this client's is an
+    /// [`std::io::ErrorKind::InvalidInput`] error.
+    pub fn write_raw_batch_line(
+        &self,
+        key: &str,
+        req: &RawRequest<'_>,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let line = match (self.kind, req.body.kind) {
+            (ProviderKind::Gemini, ProviderKind::Gemini) => {
+                serde_json::to_vec(&GeminiBatchInputLine::raw(key, req))
+            }
+            (ProviderKind::Openai, ProviderKind::Openai) => {
+                serde_json::to_vec(&OpenAiBatchInputLine::raw(key, req))
+            }
+            (client, body) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{body:?} request bodies cannot go in a {client:?} batch")
+                        .to_lowercase(),
+                ))
+            }
+        };
+        write_line(line, out)
     }
 
     /// Uploads `input` and creates a batch of it. A failure after the

@@ -8,9 +8,9 @@
 
 use super::super::batchline::{OpenAiBatchInputLine, OpenAiBatchOutputLine, OPENAI_CHAT_URL};
 use super::super::common::api_error;
-use super::super::openai::{api_url, classify, parse_chat, ChatBody};
+use super::super::openai::{api_url, classify, parse_chat, raw_body, ChatBody};
 use super::super::transport::{self, get_to_file, post_bytes, post_json};
-use super::super::{ApiError, Client, ErrorClass, Request};
+use super::super::{ApiError, Client, ErrorClass, RawRequest, Request};
 use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
@@ -32,6 +32,18 @@ impl OpenAiBatchInputLine {
             method: "POST".to_owned(),
             url: OPENAI_CHAT_URL.to_owned(),
             body,
+        }
+    }
+
+    /// The line for a body written elsewhere, keyed `key`: the body that
+    /// would be sent online ([`RawRequest`]: as written, the model the
+    /// wire's).
+    pub fn raw(key: &str, req: &RawRequest<'_>) -> OpenAiBatchInputLine {
+        OpenAiBatchInputLine {
+            custom_id: key.to_owned(),
+            method: "POST".to_owned(),
+            url: OPENAI_CHAT_URL.to_owned(),
+            body: raw_body(req),
         }
     }
 }
