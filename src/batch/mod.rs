@@ -20,7 +20,8 @@
 //!   and limit unit (requests, bytes and estimated tokens per batch). Each
 //!   batch and its items are recorded (`creating`, items `submitted`)
 //!   before its create is sent: an item is never in two batches, and a
-//!   batch is never created twice.
+//!   batch is never created twice. An item of a provider's own batch file
+//!   goes in as its line's body, as written but for the model.
 //!
 //! Owns: the batches table and the batch workflow. Never: the wire formats
 //! ([`crate::provider::batch`]) or the results format ([`crate::sink`]).
@@ -33,7 +34,7 @@ use crate::config::Config;
 use crate::job::{id_hash, Item, JobReader};
 use crate::pool::Pool;
 use crate::provider::batch::{BatchInput, BatchJob, BatchOutcome};
-use crate::provider::{ApiError, Client, ErrorClass, ProviderKind, Request, Usage};
+use crate::provider::{ApiError, Client, ErrorClass, ProviderKind, RawRequest, Request, Usage};
 use crate::run::{Clients, Notice, Recording, Resume, RunError, StartError, Summary};
 use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunStatus, Store};
 use crate::types::{AccountId, ApiKey, QuotaDay};
@@ -104,7 +105,8 @@ pub struct Batcher<'a> {
     pub clients: &'a Clients,
     /// The pool, for the names the config gives models.
     pub pool: &'a Pool,
-    /// The provider of each model the job names.
+    /// The provider of each model the job names, by the name it is sent
+    /// as (a name of the config's `models` map resolved).
     pub providers: HashMap<String, ProviderKind>,
     /// The job file.
     pub job: &'a Path,
@@ -588,7 +590,7 @@ impl Batcher<'_> {
             }
             let model = item.model.as_deref().unwrap_or(&self.config.model);
             let wire = self.pool.model_name(model).to_owned();
-            let kind = self.providers.get(model).copied();
+            let kind = self.providers.get(&wire).copied();
             let accounts: Vec<usize> = self
                 .config
                 .accounts
@@ -614,20 +616,32 @@ impl Batcher<'_> {
             let kind = kind.unwrap_or(ProviderKind::Gemini);
             let unit = self.limits.unit(kind);
             let mut line = Vec::new();
-            let request = Request {
-                model: &wire,
-                prompt: &item.prompt,
-                turns: &item.turns,
-                system: item.system.as_deref(),
-                max_output_tokens: item.max_output_tokens,
-                temperature: item.temperature,
-                generation: &item.generation,
-                media: &[],
-            };
             let client = self.clients.get(AccountId(account));
-            client
-                .write_batch_line(&item.id, &request, &mut line)
-                .map_err(StartError::io("write a batch input line".to_owned()))?;
+            // A batch file's body goes as it is, but for the model.
+            let written = match &item.raw {
+                Some(body) => {
+                    let request = RawRequest {
+                        model: &wire,
+                        body,
+                        max_output_tokens: item.max_output_tokens,
+                    };
+                    client.write_raw_batch_line(&item.id, &request, &mut line)
+                }
+                None => {
+                    let request = Request {
+                        model: &wire,
+                        prompt: &item.prompt,
+                        turns: &item.turns,
+                        system: item.system.as_deref(),
+                        max_output_tokens: item.max_output_tokens,
+                        temperature: item.temperature,
+                        generation: &item.generation,
+                        media: &[],
+                    };
+                    client.write_batch_line(&item.id, &request, &mut line)
+                }
+            };
+            written.map_err(StartError::io("write a batch input line".to_owned()))?;
             let tokens = crate::estimate::item_tokens(&item, &wire);
             let slot = (wire.clone(), account);
             let full = open.get(&slot).is_some_and(|c| {

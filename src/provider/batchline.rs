@@ -2,7 +2,9 @@
 //! OpenAI Batch API input or output file, or of a Gemini batch input or
 //! results file, holds. Pure wire types (serde), shared by whatever reads
 //! or writes such files: a batch file run as a job, results written in the
-//! batch output shape, a client of the batch endpoints.
+//! batch output shape, a client of the batch endpoints (`provider::batch`,
+//! whose input lines and results parsing use these types) and the
+//! simulator's batch endpoints.
 //!
 //! - OpenAI (<https://platform.openai.com/docs/guides/batch>; openai-openapi
 //!   `BatchRequestInput` / `BatchRequestOutput`): input
@@ -20,8 +22,13 @@
 //!   failed request (read also under the name `status`, which some readers
 //!   of the results accept).
 //!
+//! Read leniently: a field a reader can do without (an output line's `id`,
+//! a response's `request_id`, an error's `code`) is empty when missing.
+//!
 //! Owns: these line types and the constants they name. Never: reading or
-//! writing a file, checking a line against a job, or sending anything.
+//! writing a file, checking a line against a job, or sending anything (the
+//! lines of a keyfan request are built beside its online body, in
+//! `provider::batch`).
 
 use super::Usage;
 use serde::{Deserialize, Serialize};
@@ -49,6 +56,7 @@ pub struct OpenAiBatchInputLine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenAiBatchOutputLine {
     /// The request's id in the batch (`batch_req_…`).
+    #[serde(default)]
     pub id: String,
     /// The `custom_id` of the input line.
     pub custom_id: String,
@@ -64,8 +72,10 @@ pub struct OpenAiBatchResponse {
     /// The HTTP status: 200 for an answer.
     pub status_code: u16,
     /// The API's id of the request.
+    #[serde(default)]
     pub request_id: String,
     /// The endpoint's answer (a `chat.completion`), or its error envelope.
+    #[serde(default)]
     pub body: Value,
 }
 
@@ -73,8 +83,10 @@ pub struct OpenAiBatchResponse {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OpenAiBatchError {
     /// A machine-readable code, e.g. `batch_expired`.
+    #[serde(default)]
     pub code: String,
     /// What happened.
+    #[serde(default)]
     pub message: String,
 }
 
@@ -103,13 +115,18 @@ pub struct GeminiBatchOutputLine {
 /// A `google.rpc.Status` as a failed line of a Gemini results file carries it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeminiBatchStatus {
-    /// An HTTP-like code, e.g. 400.
+    /// An HTTP-like code, e.g. 400 (0 when missing).
+    #[serde(default)]
     pub code: i32,
     /// What happened.
+    #[serde(default)]
     pub message: String,
     /// The status's name, e.g. `INVALID_ARGUMENT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Further details (`google.rpc` detail messages), kept as they came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
 }
 
 /// What an answered request said, to be written as a provider's answer body.
@@ -231,6 +248,7 @@ impl GeminiBatchOutputLine {
                 code,
                 message: message.to_owned(),
                 status: Some(status.to_owned()),
+                details: None,
             }),
             key: key.to_owned(),
         }

@@ -20,7 +20,7 @@ use super::{
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Sends one prompt to `generateContent`.
 pub(super) async fn generate(
@@ -40,14 +40,21 @@ pub(super) async fn generate(
 }
 
 /// Sends a `GenerateContentRequest` written elsewhere (a batch file's line)
-/// to the request's model: as it is, without a `model` of its own (the URL
-/// names it) and, when it sets no output cap, with the request's as
-/// `maxOutputTokens` (in the casing of its `generationConfig`).
+/// to the request's model, as [`raw_body`] makes it.
 pub(super) async fn generate_raw(
     client: &Client,
     key: &ApiKey,
     req: &RawRequest<'_>,
 ) -> Result<Reply, ApiError> {
+    let body = call(client, key, req.model, "generateContent", &raw_body(req)).await?;
+    parse_generate(&body)
+}
+
+/// The request body of a `GenerateContentRequest` written elsewhere: as it
+/// is, without a `model` of its own (the URL, or the batch, names it) and,
+/// when it sets no output cap, with the request's as `maxOutputTokens` (in
+/// the casing of its `generationConfig`).
+pub(super) fn raw_body(req: &RawRequest<'_>) -> Map<String, Value> {
     let mut body = (*req.body.body).clone();
     body.remove("model");
     if let Some(cap) = req.max_output_tokens {
@@ -66,8 +73,7 @@ pub(super) async fn generate_raw(
             }
         }
     }
-    let body = call(client, key, req.model, "generateContent", &body).await?;
-    parse_generate(&body)
+    body
 }
 
 /// Counts the prompt's tokens with the free `countTokens`.

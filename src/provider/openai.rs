@@ -24,6 +24,7 @@ use crate::types::ApiKey;
 use chrono::Utc;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Sends one prompt to `chat/completions`.
 pub(super) async fn generate(
@@ -35,14 +36,19 @@ pub(super) async fn generate(
 }
 
 /// Sends a body written elsewhere (a batch file's line) to
-/// `chat/completions`: as it is, with the request's model as its `model`
-/// and, when it names no `max_tokens` nor `max_completion_tokens`, the
-/// request's cap as `max_tokens`.
+/// `chat/completions`, as [`raw_body`] makes it.
 pub(super) async fn generate_raw(
     client: &Client,
     key: &ApiKey,
     req: &RawRequest<'_>,
 ) -> Result<Reply, ApiError> {
+    chat(client, key, &raw_body(req)).await
+}
+
+/// The `chat/completions` body of a body written elsewhere: as it is, with
+/// the request's model as its `model` and, when it names no `max_tokens`
+/// nor `max_completion_tokens`, the request's cap as `max_tokens`.
+pub(super) fn raw_body(req: &RawRequest<'_>) -> Map<String, Value> {
     let mut body = (*req.body.body).clone();
     body.insert("model".to_owned(), req.model.into());
     if let Some(cap) = req.max_output_tokens {
@@ -50,7 +56,7 @@ pub(super) async fn generate_raw(
             body.insert("max_tokens".to_owned(), cap.into());
         }
     }
-    chat(client, key, &body).await
+    body
 }
 
 /// Posts `body` to `chat/completions` with the key as a bearer token and

@@ -450,10 +450,6 @@ pub async fn run(
             "run it with a state file",
         )),
         (None, Some(_), false) => Some(("depends_on under --batch", "run the job without --batch")),
-        (None, Some(_), true) if validation.batch.is_some() => Some((
-            "a provider's own batch file under --batch",
-            "run it without --batch",
-        )),
         _ => None,
     };
     if let Some((what, instead)) = unsupported {

@@ -40,6 +40,9 @@ use super::quota::{Clock, Headroom};
 use super::reply::{self, Prompt};
 use super::server::lock;
 use super::wire::{encode, Turn, Wire};
+use crate::provider::batchline::{
+    GeminiBatchOutputLine, OpenAiBatchOutputLine, OpenAiBatchResponse,
+};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -474,11 +477,16 @@ impl Batches {
             let outcomes = self.outcomes(job);
             let mut text = Vec::new();
             for (line, outcome) in job.lines.iter().zip(outcomes.iter()) {
-                let value = match outcome {
-                    Outcome::Answer { body, .. } => json!({"response": body, "key": line.key}),
-                    Outcome::Error(error) => json!({"error": error, "key": line.key}),
+                let (response, error) = match outcome {
+                    Outcome::Answer { body, .. } => (Some(body.clone()), None),
+                    Outcome::Error(error) => (None, serde_json::from_value(error.clone()).ok()),
                 };
-                text.extend_from_slice(&encode(&value));
+                let result = GeminiBatchOutputLine {
+                    response,
+                    error,
+                    key: line.key.clone(),
+                };
+                text.extend_from_slice(&encode(&result));
                 text.push(b'\n');
             }
             Some(text)
@@ -803,7 +811,11 @@ impl Batches {
     /// The result lines of an ended OpenAI batch, each with whether it goes
     /// to the output file (else the error file); `None` before the end or
     /// for a batch without results.
-    fn openai_results(&self, job: &mut Job, phase: Phase) -> Option<Vec<(bool, Value)>> {
+    fn openai_results(
+        &self,
+        job: &mut Job,
+        phase: Phase,
+    ) -> Option<Vec<(bool, OpenAiBatchOutputLine)>> {
         let done = match phase {
             Phase::Ended(BatchEnd::Succeeded) => job.lines.len(),
             Phase::Ended(BatchEnd::Expired) => job.lines.len() / 2,
@@ -816,24 +828,31 @@ impl Batches {
             let id = format!("batch_req_{}_{n}", job.id);
             let request_id = reply::response_id(self.seed ^ 0x7e9, (job.number << 32) | n as u64);
             if n >= done {
-                lines.push((
-                    false,
-                    json!({"id": id, "custom_id": line.key, "response": null, "error": {
-                        "code": "batch_expired",
-                        "message": "This request could not be executed before the completion window expired."
-                    }}),
-                ));
+                let expired = OpenAiBatchOutputLine::failed(
+                    &line.key,
+                    "batch_expired",
+                    "This request could not be executed before the completion window expired.",
+                );
+                lines.push((false, OpenAiBatchOutputLine { id, ..expired }));
                 continue;
             }
-            let (ok, status, body) = match outcome {
+            let (ok, status_code, body) = match outcome {
                 Outcome::Answer { body, .. } => (true, 200, body.clone()),
                 Outcome::Error(error) => (false, 400, json!({ "error": error })),
             };
+            let response = OpenAiBatchResponse {
+                status_code,
+                request_id,
+                body,
+            };
             lines.push((
                 ok,
-                json!({"id": id, "custom_id": line.key, "response": {
-                    "status_code": status, "request_id": request_id, "body": body
-                }, "error": null}),
+                OpenAiBatchOutputLine {
+                    id,
+                    custom_id: line.key.clone(),
+                    response: Some(response),
+                    error: None,
+                },
             ));
         }
         Some(lines)

@@ -417,19 +417,115 @@ async fn batch_combinations_keyfan_cannot_keep_are_refused_before_anything_is_se
     );
     let out = work.keyfan(&batch_run(), &[]).await;
     refused(&out, "depends_on under --batch is not supported yet");
-    // A provider's own batch file goes online, as written.
-    work.write(
-        "job.jsonl",
-        "{\"key\": \"k1\", \"request\": {\"contents\": [{\"parts\": [{\"text\": \"hi\"}]}]}}\n",
-    );
-    let out = work.keyfan(&batch_run(), &[]).await;
-    refused(
-        &out,
-        "a provider's own batch file under --batch is not supported yet",
-    );
     assert_eq!(stats(&sim).await.requests, 0);
     assert!(server_batches(&sim.base_url())
         .await
         .values()
         .all(|&n| n == 0));
+}
+
+/// The `(custom_id, body)` of every request in the OpenAI batches the
+/// simulator holds, read back from their input files as the API serves them.
+async fn openai_batch_bodies(base_url: &str) -> HashMap<String, serde_json::Value> {
+    let http = reqwest::Client::new();
+    let get = |path: String, key: &'static str| {
+        let request = http.get(format!("{base_url}/v1/{path}")).bearer_auth(key);
+        async move {
+            let reply = request.send().await.expect("an answer");
+            assert!(reply.status().is_success(), "{}", reply.status());
+            reply.bytes().await.expect("a body")
+        }
+    };
+    let mut bodies = HashMap::new();
+    for key in ["test-key-a1", "test-key-b1"] {
+        let listed: serde_json::Value =
+            serde_json::from_slice(&get("batches".into(), key).await).expect("JSON");
+        for batch in listed["data"].as_array().expect("batches") {
+            let file = batch["input_file_id"].as_str().expect("an input file");
+            let text = get(format!("files/{file}/content"), key).await;
+            for line in text.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let line: serde_json::Value = serde_json::from_slice(line).expect("a line");
+                let id = line["custom_id"].as_str().expect("an id").to_owned();
+                assert!(bodies.insert(id, line["body"].clone()).is_none());
+            }
+        }
+    }
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_providers_own_batch_file_goes_in_a_batch_as_written_but_for_the_model() {
+    let n = 30;
+    let sim = simulator(&sim_yaml("succeeded", 0)).await;
+    let base = sim.base_url();
+    let args = run_args("s.db", &["--batch", "--offline"]);
+
+    // OpenAI: `cheap` names the wire model; all else goes as written.
+    let work = Workdir::new();
+    let body = |i: usize| {
+        serde_json::json!({"model": "cheap", "temperature": 0.2, "max_tokens": 100, "user": "u-1",
+            "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": prompt(i)}]})
+    };
+    let file: String = (0..n)
+        .map(|i| {
+            let line = serde_json::json!({"custom_id": format!("item-{i}"), "method": "POST",
+                                          "url": "/v1/chat/completions", "body": body(i)});
+            format!("{line}\n")
+        })
+        .collect();
+    work.write("job.jsonl", &file);
+    work.write(
+        "config.yaml",
+        &format!(
+            "providers:\n  openai: {{ base_url: \"{base}\" }}\nmodel: gpt-4o-mini\nmodels:\n  cheap: {{ provider: openai, name: gpt-4o-mini }}\naccounts:\n  - name: proj-a\n    provider: openai\n    keys: [test-key-a1]\n  - name: proj-b\n    provider: openai\n    keys: [test-key-b1]\n"
+        ),
+    );
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "submitted batch");
+    assert_eq!(recorded(&work).len(), 2, "one batch per account");
+    let sent = openai_batch_bodies(&base).await;
+    assert_eq!(sent.len(), n);
+    for i in 0..n {
+        let mut expected = body(i);
+        expected["model"] = "gpt-4o-mini".into();
+        assert_eq!(sent[&format!("item-{i}")], expected);
+    }
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "collected batch");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+
+    // Gemini: the batch names the model, so the request's own goes; its
+    // snake_case settings reach the model (a schema-shaped answer).
+    let work = Workdir::new();
+    let schema = serde_json::json!({"type": "object", "properties": {"answer": {"type": "string"}},
+                                    "required": ["answer"]});
+    let file: String = (0..n)
+        .map(|i| {
+            let request = serde_json::json!({"model": "models/gemini-2.5-flash",
+                "contents": [{"role": "user", "parts": [{"text": prompt(i)}]}],
+                "system_instruction": {"parts": [{"text": "be brief"}]},
+                "generation_config": {"response_mime_type": "application/json",
+                                      "response_json_schema": schema}});
+            format!(
+                "{}\n",
+                serde_json::json!({"key": format!("item-{i}"), "request": request})
+            )
+        })
+        .collect();
+    work.write("job.jsonl", &file);
+    work.write("config.yaml", &accounts(&base));
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "submitted batch");
+    assert_eq!(recorded(&work).len(), 2, "one batch per account");
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "collected batch");
+    let path = work.path("job.results.jsonl");
+    assert_each_item_once_with_its_reply(&path, n);
+    for row in results(&path) {
+        let output = row["output"].as_str().expect("an output");
+        let answer: serde_json::Value = serde_json::from_str(output).expect("JSON, as asked");
+        assert!(answer["answer"].is_string(), "{output}");
+    }
 }

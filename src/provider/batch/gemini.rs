@@ -6,54 +6,46 @@
 //! before `responsesFile` is set (polled again until it is); results lines
 //! are `{"response", "key"}` or `{"error", "key"}` and are matched by key.
 
+use super::super::batchline::{GeminiBatchInputLine, GeminiBatchOutputLine};
 use super::super::common::api_error;
 use super::super::files::UPLOAD_CHUNK_BYTES;
-use super::super::gemini::{classify, method_url, parse_generate, GenerateBody};
+use super::super::gemini::{classify, method_url, parse_generate, raw_body, GenerateBody};
 use super::super::transport::{self, get_to_file, post_json};
-use super::super::{ApiError, Client, ErrorClass, Request, Upload};
+use super::super::{ApiError, Client, ErrorClass, RawRequest, Request, Upload};
 use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
 use crate::types::ApiKey;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 const AUTH: &str = "x-goog-api-key";
 
-/// One line of a Gemini batch input file: the request's key and its
-/// `GenerateContentRequest`, field names in snake_case ("the batch JSONL
-/// file parser requires protobuf field names", tidyverse/ellmer
-/// `R/provider-google.R`; the guide's sample writes `generation_config`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeminiBatchLine {
-    /// The key its result line carries back.
-    pub key: String,
-    /// The `GenerateContentRequest`.
-    pub request: Value,
-}
-
-impl GeminiBatchLine {
+impl GeminiBatchInputLine {
     /// The line for `req`, keyed `key`: the online request body with its
-    /// field names in snake_case (a response schema's own names kept).
-    pub fn new(key: &str, req: &Request<'_>) -> GeminiBatchLine {
+    /// field names in snake_case (a response schema's own names kept): "the
+    /// batch JSONL file parser requires protobuf field names"
+    /// (tidyverse/ellmer `R/provider-google.R`; the guide's sample writes
+    /// `generation_config`).
+    pub fn new(key: &str, req: &Request<'_>) -> GeminiBatchInputLine {
         let body = serde_json::to_value(GenerateBody::new(req)).unwrap_or(Value::Null);
-        GeminiBatchLine {
+        let request = match snake_keys(body) {
+            Value::Object(request) => request,
+            _ => Map::new(),
+        };
+        GeminiBatchInputLine {
             key: key.to_owned(),
-            request: snake_keys(body),
+            request,
         }
     }
-}
 
-/// One line of a Gemini batch results file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GeminiBatchResultLine {
-    /// The key of the request it answers.
-    pub key: String,
-    /// The `GenerateContentResponse`, when answered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response: Option<Value>,
-    /// The `google.rpc.Status`, when it failed (some sources name it
-    /// `status`).
-    #[serde(default, alias = "status", skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
+    /// The line for a `GenerateContentRequest` written elsewhere, keyed
+    /// `key`: the body that would be sent online ([`RawRequest`]: as
+    /// written, without a `model`; the batch names it), its casing kept.
+    pub fn raw(key: &str, req: &RawRequest<'_>) -> GeminiBatchInputLine {
+        GeminiBatchInputLine {
+            key: key.to_owned(),
+            request: raw_body(req),
+        }
+    }
 }
 
 /// Field names in snake_case, recursively, except inside a response
@@ -295,7 +287,7 @@ pub(super) async fn download(
 }
 
 pub(super) fn parse_line(line: &[u8]) -> Result<BatchResult, ApiError> {
-    let line: GeminiBatchResultLine =
+    let line: GeminiBatchOutputLine =
         serde_json::from_slice(line).map_err(|e| undecodable("results line", &e))?;
     let outcome = match (line.response, line.error) {
         (Some(response), _) => {
@@ -306,9 +298,8 @@ pub(super) fn parse_line(line: &[u8]) -> Result<BatchResult, ApiError> {
             }
         }
         (None, Some(error)) => {
-            let status = error["code"]
-                .as_u64()
-                .and_then(|c| u16::try_from(c).ok())
+            let status = u16::try_from(error.code)
+                .ok()
                 .filter(|c| (400..600).contains(c))
                 .unwrap_or(400);
             let body = serde_json::to_vec(&json!({ "error": error })).unwrap_or_default();

@@ -15,6 +15,10 @@
 //!   output and error files. Source:
 //!   <https://platform.openai.com/docs/guides/batch>.
 //!
+//! The lines themselves are the shared wire types of
+//! [`super::batchline`]: this module builds a request's input line and
+//! reads a results line into a [`BatchResult`].
+//!
 //! Creates are not idempotent ("If you send the same creation request
 //! twice, two separate batch jobs will be created", Gemini's guide): the
 //! caller names each batch (Gemini's display name, OpenAI's metadata) so
@@ -23,10 +27,8 @@
 mod gemini;
 mod openai;
 
-pub use gemini::{GeminiBatchLine, GeminiBatchResultLine};
-pub use openai::{OpenAiBatchLine, OpenAiBatchResultLine};
-
-use super::{ApiError, Client, ProviderKind, Reply, Request};
+use super::batchline::{GeminiBatchInputLine, OpenAiBatchInputLine};
+use super::{ApiError, Client, ProviderKind, RawRequest, Reply, Request};
 use crate::types::ApiKey;
 use std::path::Path;
 
@@ -137,6 +139,15 @@ fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
     )
 }
 
+/// Writes a serialized input line and its newline.
+fn write_line(
+    line: serde_json::Result<Vec<u8>>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(&line.map_err(std::io::Error::other)?)?;
+    out.write_all(b"\n")
+}
+
 impl Client {
     /// Writes `req`, keyed `key`, as one line (newline included) of this
     /// provider's batch input file.
@@ -147,12 +158,39 @@ impl Client {
         out: &mut impl std::io::Write,
     ) -> std::io::Result<()> {
         let line = match self.kind {
-            ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchLine::new(key, req)),
-            _ => serde_json::to_vec(&OpenAiBatchLine::new(key, req)),
-        }
-        .map_err(std::io::Error::other)?;
-        out.write_all(&line)?;
-        out.write_all(b"\n")
+            ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchInputLine::new(key, req)),
+            _ => serde_json::to_vec(&OpenAiBatchInputLine::new(key, req)),
+        };
+        write_line(line, out)
+    }
+
+    /// Writes `req`, a body written elsewhere (a line of a provider's own
+    /// batch file), keyed `key`, as one line (newline included) of this
+    /// provider's batch input file: the body [`Client::generate_raw`] would
+    /// send. A body written for another API than this client's is an
+    /// [`std::io::ErrorKind::InvalidInput`] error.
+    pub fn write_raw_batch_line(
+        &self,
+        key: &str,
+        req: &RawRequest<'_>,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        let line = match (self.kind, req.body.kind) {
+            (ProviderKind::Gemini, ProviderKind::Gemini) => {
+                serde_json::to_vec(&GeminiBatchInputLine::raw(key, req))
+            }
+            (ProviderKind::Openai, ProviderKind::Openai) => {
+                serde_json::to_vec(&OpenAiBatchInputLine::raw(key, req))
+            }
+            (client, body) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{body:?} request bodies cannot go in a {client:?} batch")
+                        .to_lowercase(),
+                ))
+            }
+        };
+        write_line(line, out)
     }
 
     /// Uploads `input` and creates a batch of it. A failure after the

@@ -6,85 +6,46 @@
 //! error file; output order does not follow the input (matched by
 //! `custom_id`); `error_file_id` may be null, missing or empty.
 
+use super::super::batchline::{OpenAiBatchInputLine, OpenAiBatchOutputLine, OPENAI_CHAT_URL};
 use super::super::common::api_error;
-use super::super::openai::{api_url, classify, parse_chat, ChatBody};
+use super::super::openai::{api_url, classify, parse_chat, raw_body, ChatBody};
 use super::super::transport::{self, get_to_file, post_bytes, post_json};
-use super::super::{ApiError, Client, ErrorClass, Request};
+use super::super::{ApiError, Client, ErrorClass, RawRequest, Request};
 use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-
-/// The endpoint every keyfan batch request goes to.
-const ENDPOINT: &str = "/v1/chat/completions";
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
 
 /// The metadata key that holds the name keyfan gave a batch.
 const NAME_KEY: &str = "keyfan_name";
 
-/// One line of an OpenAI batch input file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenAiBatchLine {
-    /// Unique in its batch; its result line carries it back.
-    pub custom_id: String,
-    /// Always `POST`.
-    pub method: String,
-    /// The endpoint, the batch's own: `/v1/chat/completions`.
-    pub url: String,
-    /// The chat completions body, `model` included.
-    pub body: Value,
-}
-
-impl OpenAiBatchLine {
+impl OpenAiBatchInputLine {
     /// The line for `req`, keyed `key`: the online request body.
-    pub fn new(key: &str, req: &Request<'_>) -> OpenAiBatchLine {
-        OpenAiBatchLine {
+    pub fn new(key: &str, req: &Request<'_>) -> OpenAiBatchInputLine {
+        let body = match serde_json::to_value(ChatBody::new(req)) {
+            Ok(Value::Object(body)) => body,
+            _ => Map::new(),
+        };
+        OpenAiBatchInputLine {
             custom_id: key.to_owned(),
             method: "POST".to_owned(),
-            url: ENDPOINT.to_owned(),
-            body: serde_json::to_value(ChatBody::new(req)).unwrap_or(Value::Null),
+            url: OPENAI_CHAT_URL.to_owned(),
+            body,
         }
     }
-}
 
-/// One line of an OpenAI batch output or error file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenAiBatchResultLine {
-    /// `batch_req_…`.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// The request's `custom_id`.
-    pub custom_id: String,
-    /// The HTTP answer, when the request was sent.
-    #[serde(default)]
-    pub response: Option<OpenAiBatchResponse>,
-    /// A failure that is not an HTTP answer (`batch_expired`).
-    #[serde(default)]
-    pub error: Option<OpenAiBatchError>,
-}
-
-/// The HTTP answer inside a result line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenAiBatchResponse {
-    /// 200 for an answer.
-    pub status_code: u16,
-    /// The request's id.
-    #[serde(default)]
-    pub request_id: Option<String>,
-    /// The chat completion, or an error envelope.
-    #[serde(default)]
-    pub body: Value,
-}
-
-/// A result line's non-HTTP error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OpenAiBatchError {
-    /// e.g. `batch_expired`.
-    #[serde(default)]
-    pub code: Option<String>,
-    /// The API's message.
-    #[serde(default)]
-    pub message: String,
+    /// The line for a body written elsewhere, keyed `key`: the body that
+    /// would be sent online ([`RawRequest`]: as written, the model the
+    /// wire's).
+    pub fn raw(key: &str, req: &RawRequest<'_>) -> OpenAiBatchInputLine {
+        OpenAiBatchInputLine {
+            custom_id: key.to_owned(),
+            method: "POST".to_owned(),
+            url: OPENAI_CHAT_URL.to_owned(),
+            body: raw_body(req),
+        }
+    }
 }
 
 /// A Batch object, only what keyfan reads.
@@ -256,7 +217,7 @@ pub(super) async fn create(
         serde_json::from_slice(&answer).map_err(|e| undecodable("file upload", &e))?;
     let body = json!({
         "input_file_id": file.id,
-        "endpoint": ENDPOINT,
+        "endpoint": OPENAI_CHAT_URL,
         "completion_window": "24h",
         "metadata": {NAME_KEY: input.display_name},
     });
@@ -329,7 +290,7 @@ pub(super) async fn download(
 }
 
 pub(super) fn parse_line(line: &[u8]) -> Result<BatchResult, ApiError> {
-    let line: OpenAiBatchResultLine =
+    let line: OpenAiBatchOutputLine =
         serde_json::from_slice(line).map_err(|e| undecodable("results line", &e))?;
     let outcome = match (line.response, line.error) {
         (Some(response), _) if response.status_code == 200 => {
@@ -343,15 +304,17 @@ pub(super) fn parse_line(line: &[u8]) -> Result<BatchResult, ApiError> {
             let body = serde_json::to_vec(&response.body).unwrap_or_default();
             BatchOutcome::Failed(classify(response.status_code, &HeaderMap::new(), &body))
         }
-        (None, Some(error)) if error.code.as_deref() == Some("batch_expired") => {
-            BatchOutcome::Unfinished
-        }
+        (None, Some(error)) if error.code == "batch_expired" => BatchOutcome::Unfinished,
         (None, Some(error)) => BatchOutcome::Failed(api_error(
             ErrorClass::ItemInvalid,
             None,
             format!(
                 "{}: {}",
-                error.code.as_deref().unwrap_or("error"),
+                if error.code.is_empty() {
+                    "error"
+                } else {
+                    &error.code
+                },
                 error.message
             ),
         )),

@@ -2,7 +2,7 @@
 //! through the same code as over HTTP.
 
 use super::*;
-use crate::provider::Generation;
+use crate::provider::{Generation, RawBody};
 use crate::sim::{BatchEnd, BatchesConfig, ProjectConfig, SimConfig, Simulator};
 use std::time::Duration;
 
@@ -167,7 +167,7 @@ async fn the_gemini_input_line_is_snake_case_but_keeps_the_schema_names() {
     client
         .write_batch_line("id-1", &req, &mut out)
         .expect("a line");
-    let line: GeminiBatchLine = serde_json::from_slice(&out).expect("JSON");
+    let line: GeminiBatchInputLine = serde_json::from_slice(&out).expect("JSON");
     assert_eq!(line.key, "id-1");
     let config = &line.request["generation_config"];
     assert_eq!(config["max_output_tokens"], 64);
@@ -255,4 +255,51 @@ async fn a_cancelled_batch_ends_cancelled_and_a_failed_one_says_why() {
         );
         assert!(failed.results.is_empty());
     }
+}
+
+#[tokio::test]
+async fn a_body_written_elsewhere_goes_in_the_line_as_written_but_for_the_model() {
+    // A line of a `client` batch for `body`, written for the API of `kind`.
+    let line = |client: ProviderKind, kind: ProviderKind, body: &serde_json::Value| {
+        let client = Client::in_memory(
+            client,
+            sim(BatchEnd::Succeeded).router(),
+            Duration::from_secs(5),
+        );
+        let body = RawBody {
+            kind,
+            body: std::sync::Arc::new(body.as_object().expect("an object").clone()),
+        };
+        let req = RawRequest {
+            model: "wire-model",
+            body: &body,
+            max_output_tokens: None,
+        };
+        let mut out = Vec::new();
+        client
+            .write_raw_batch_line("id-1", &req, &mut out)
+            .map(|()| serde_json::from_slice::<serde_json::Value>(&out).expect("JSON"))
+    };
+    let (openai, gemini) = (ProviderKind::Openai, ProviderKind::Gemini);
+    let chat = serde_json::json!({"model": "alias", "messages": [{"role": "user", "content": "hi"}],
+                                  "logit_bias": {"50256": -100}, "user": "u-1"});
+    let mut expected = chat.clone();
+    expected["model"] = "wire-model".into();
+    assert_eq!(
+        line(openai, openai, &chat).expect("a line"),
+        serde_json::json!({"custom_id": "id-1", "method": "POST",
+                           "url": "/v1/chat/completions", "body": expected})
+    );
+    // Gemini: the batch names the model; the request keeps its own casing.
+    let generate = serde_json::json!({"model": "models/x", "contents": [{"parts": [{"text": "hi"}]}],
+                                      "generationConfig": {"temperature": 0.7}});
+    let mut expected = generate.clone();
+    expected.as_object_mut().expect("an object").remove("model");
+    assert_eq!(
+        line(gemini, gemini, &generate).expect("a line"),
+        serde_json::json!({"key": "id-1", "request": expected})
+    );
+    // A body for another API does not go in this provider's batch.
+    let error = line(gemini, openai, &chat).expect_err("refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
 }
