@@ -32,7 +32,7 @@ pub use store::{BatchRow, Stage};
 use crate::config::Config;
 use crate::job::{id_hash, Item, JobReader};
 use crate::pool::Pool;
-use crate::provider::batch::{BatchInput, BatchJob, BatchOutcome};
+use crate::provider::batch::{anthropic_custom_id, BatchInput, BatchJob, BatchOutcome};
 use crate::provider::{ApiError, Client, ErrorClass, ProviderKind, Request, Usage};
 use crate::run::{Clients, Notice, Recording, Resume, RunError, StartError, Summary};
 use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunStatus, Store};
@@ -53,6 +53,20 @@ pub const OPENAI_MAX_REQUESTS: u64 = 50_000;
 /// OpenAI: "The Batch API only supports `.jsonl` files up to 200 MB"
 /// (openai-python `resources/files.py`).
 pub const OPENAI_MAX_BYTES: u64 = 200_000_000;
+
+/// Anthropic: "A Message Batch is limited to either 100,000 Message
+/// requests or 256 MB in size, whichever is reached first"
+/// (<https://platform.claude.com/docs/en/build-with-claude/batch-processing>).
+pub const ANTHROPIC_MAX_REQUESTS: u64 = 100_000;
+/// Anthropic: 256 MB per batch, less a margin for the create's envelope
+/// (same source).
+pub const ANTHROPIC_MAX_BYTES: u64 = 255_000_000;
+
+/// How far before and after its recording an Anthropic batch that was
+/// created but not recorded may have been created (clock skew, then the
+/// create's own time).
+const UNNAMED_BEFORE: chrono::Duration = chrono::Duration::minutes(5);
+const UNNAMED_AFTER: chrono::Duration = chrono::Duration::minutes(30);
 
 /// Result rows committed (and written) together while collecting.
 const COMMIT_EVERY: usize = 1000;
@@ -79,6 +93,7 @@ impl BatchLimits {
     fn unit(&self, kind: ProviderKind) -> Unit {
         let (requests, bytes) = match kind {
             ProviderKind::Gemini => (GEMINI_MAX_REQUESTS, GEMINI_MAX_BYTES),
+            ProviderKind::Anthropic => (ANTHROPIC_MAX_REQUESTS, ANTHROPIC_MAX_BYTES),
             _ => (OPENAI_MAX_REQUESTS, OPENAI_MAX_BYTES),
         };
         Unit {
@@ -209,6 +224,12 @@ impl Batcher<'_> {
                 continue;
             };
             let job = match (&batch.name, batch.stage) {
+                (None, _) | (_, Stage::Creating) if self.unnamed(&batch.account) => {
+                    match self.adopt_unnamed(recording, &batch, client, key).await? {
+                        Some(job) => job,
+                        None => continue,
+                    }
+                }
                 (None, _) | (_, Stage::Creating) => {
                     if !listed.contains_key(&batch.account) {
                         match client.list_batches(key).await {
@@ -243,20 +264,7 @@ impl Batcher<'_> {
                             job.clone()
                         }
                         None => {
-                            let back = store::close(
-                                &recording.store,
-                                &batch,
-                                Stage::Abandoned,
-                                Some("no batch of this name was created"),
-                                &store::Collected::default(),
-                            )?;
-                            Self::tell(
-                                recording,
-                                format!(
-                                    "batch {} was never created: its {back} item(s) are pending again",
-                                    batch.display_name
-                                ),
-                            );
+                            never_created(recording, &batch, "no batch of this name was created")?;
                             continue;
                         }
                     }
@@ -362,12 +370,13 @@ impl Batcher<'_> {
         let mut pending = Batch::default();
         let mut in_pending = HashSet::new();
         let mut taken = 0;
+        let custom_ids = self.custom_ids(recording, batch)?;
         for line in std::io::BufReader::new(file).split(b'\n') {
             let line = line.map_err(StartError::io(format!("read {}", path.display())))?;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let result = match client.parse_batch_line(&line) {
+            let mut result = match client.parse_batch_line(&line) {
                 Ok(result) => result,
                 Err(e) => {
                     found.unknown += 1;
@@ -377,6 +386,9 @@ impl Batcher<'_> {
                     continue;
                 }
             };
+            if let Some(id) = custom_ids.as_ref().and_then(|ids| ids.get(&result.key)) {
+                result.key = id.clone();
+            }
             let member = match store::member(&recording.store, batch, &result.key)? {
                 Some(member) if member.waiting => member,
                 // Collected before (a rerun after a crash midway): once only.
@@ -455,6 +467,104 @@ impl Batcher<'_> {
         }
         flush(recording, &mut pending)?;
         Ok(taken)
+    }
+
+    /// Whether `account`'s batches carry no name (Anthropic's): one
+    /// created but not recorded is told by its creation time and size.
+    fn unnamed(&self, account: &str) -> bool {
+        self.config
+            .accounts
+            .iter()
+            .any(|a| a.name == account && a.provider == ProviderKind::Anthropic)
+    }
+
+    /// The run scope in every Anthropic custom id of this run: the job's
+    /// tag and the run's number.
+    fn scope(&self, recording: &Recording) -> String {
+        let tag = self.job_hash.get(..8).unwrap_or(self.job_hash);
+        format!("{tag}r{}", recording.run.0)
+    }
+
+    /// For an Anthropic batch, its custom ids mapped to its item ids; for
+    /// other providers the custom id is the item id (`None`).
+    fn custom_ids(
+        &self,
+        recording: &Recording,
+        batch: &BatchRow,
+    ) -> Result<Option<HashMap<String, String>>, RunError> {
+        if !self.unnamed(&batch.account) {
+            return Ok(None);
+        }
+        let scope = self.scope(recording);
+        let ids = store::member_ids(&recording.store, batch)?
+            .into_iter()
+            .map(|id| (anthropic_custom_id(&scope, &id), id))
+            .collect();
+        Ok(Some(ids))
+    }
+
+    /// Finds the Anthropic batch `batch` recorded but never confirmed: the
+    /// account's one created within minutes of its recording, holding as
+    /// many requests, and recorded by no other row of the state file (the
+    /// oldest such). Adopted, its results are matched by custom id, which
+    /// holds this run's scope: a wrong match leaves its lines unknown and
+    /// the items pending, never collected twice. None found: its items are
+    /// pending again. `None` means: nothing to poll now.
+    async fn adopt_unnamed(
+        &self,
+        recording: &mut Recording,
+        batch: &BatchRow,
+        client: &Client,
+        key: &ApiKey,
+    ) -> Result<Option<BatchJob>, RunError> {
+        let at = chrono::DateTime::parse_from_rfc3339(&batch.submitted_at)
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let candidates = match client
+            .anthropic_batches_created(key, at - UNNAMED_BEFORE, at + UNNAMED_AFTER)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                Self::tell(
+                    recording,
+                    format!(
+                        "could not list the batches of account {} to find {}: {e}",
+                        batch.account, batch.display_name
+                    ),
+                );
+                return Ok(None);
+            }
+        };
+        let recorded: HashSet<String> = store::all(&recording.store, None)?
+            .into_iter()
+            .filter_map(|b| b.name)
+            .collect();
+        let found = candidates
+            .into_iter()
+            .rev()
+            .find(|j| j.total == batch.items && !recorded.contains(&j.name));
+        match found {
+            Some(job) => {
+                Self::tell(
+                    recording,
+                    format!(
+                        "adopted batch {} ({}) of account {}: it was created but not recorded \
+                         (found by its creation time and size)",
+                        batch.display_name, job.name, batch.account
+                    ),
+                );
+                Ok(Some(job))
+            }
+            None => {
+                never_created(
+                    recording,
+                    batch,
+                    "no batch of this size was created at that time",
+                )?;
+                Ok(None)
+            }
+        }
     }
 
     // -----------------------------------------------------------------------
@@ -580,6 +690,7 @@ impl Batcher<'_> {
         let mut next_account: HashMap<String, usize> = HashMap::new();
         let mut refused = Batch::default();
         let mut serial = 0u64;
+        let scope = self.scope(recording);
         for item in JobReader::open(self.job)? {
             // Invalid lines were refused or skipped before.
             let Ok(item) = item else { continue };
@@ -625,8 +736,12 @@ impl Batcher<'_> {
                 media: &[],
             };
             let client = self.clients.get(AccountId(account));
+            let key = match kind {
+                ProviderKind::Anthropic => anthropic_custom_id(&scope, &item.id),
+                _ => item.id.clone(),
+            };
             client
-                .write_batch_line(&item.id, &request, &mut line)
+                .write_batch_line(&key, &request, &mut line)
                 .map_err(StartError::io("write a batch input line".to_owned()))?;
             let tokens = crate::estimate::item_tokens(&item, &wire);
             let slot = (wire.clone(), account);
@@ -675,6 +790,25 @@ impl Batcher<'_> {
         done.sort_by(|a, b| (&a.model, a.account).cmp(&(&b.model, b.account)));
         Ok(done)
     }
+}
+
+/// Closes `batch`, which was never created: its items are pending again.
+fn never_created(recording: &mut Recording, batch: &BatchRow, why: &str) -> Result<(), RunError> {
+    let back = store::close(
+        &recording.store,
+        batch,
+        Stage::Abandoned,
+        Some(why),
+        &store::Collected::default(),
+    )?;
+    Batcher::tell(
+        recording,
+        format!(
+            "batch {} was never created: its {back} item(s) are pending again",
+            batch.display_name
+        ),
+    );
+    Ok(())
 }
 
 /// Closes a chunk's input file.
@@ -806,5 +940,8 @@ pub fn work_dir(state: &Path) -> PathBuf {
 
 /// Whether keyfan speaks `kind`'s Batch API.
 fn speaks(kind: ProviderKind) -> bool {
-    matches!(kind, ProviderKind::Gemini | ProviderKind::Openai)
+    matches!(
+        kind,
+        ProviderKind::Gemini | ProviderKind::Openai | ProviderKind::Anthropic
+    )
 }

@@ -398,3 +398,17 @@ pub(crate) fn member(
         .optional()
         .map_err(|e| store.error(e))
 }
+
+/// The item ids batch `batch` holds.
+pub(crate) fn member_ids(store: &Store, batch: &BatchRow) -> Result<Vec<String>, StoreError> {
+    let conn = store.conn();
+    let mut statement = conn
+        .prepare_cached("SELECT item_id FROM batch_items WHERE batch_id = ?1")
+        .map_err(|e| store.error(e))?;
+    let ids = statement
+        .query_map(params![batch.id], |row| row.get::<_, String>(0))
+        .map_err(|e| store.error(e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| store.error(e))?;
+    Ok(ids)
+}
