@@ -34,12 +34,15 @@ use crate::job::{id_hash, Item, JobReader};
 use crate::pool::Pool;
 use crate::provider::batch::{anthropic_custom_id, BatchInput, BatchJob, BatchOutcome};
 use crate::provider::{ApiError, Client, ErrorClass, ProviderKind, Request, Usage};
-use crate::run::{Clients, Notice, Recording, Resume, RunError, StartError, Summary};
+use crate::run::{
+    Clients, Notice, Options, Recording, Resume, RunError, StartError, Stop, Summary,
+};
 use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunStatus, Store};
 use crate::types::{AccountId, ApiKey, QuotaDay};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Gemini: the input file may hold 2 GB ("The maximum allowed file size
 /// for an input file is 2GB", <https://ai.google.dev/gemini-api/docs/batch-api>).
@@ -86,6 +89,9 @@ pub struct BatchLimits {
     /// limits per model and tier: Gemini Tier 1 gemini-2.5-flash
     /// 3,000,000; OpenAI's are shown per organisation). None by default.
     pub max_tokens: Option<u64>,
+    /// `--online-fallback`: with `--retry-failed`, items that failed inside
+    /// a batch are sent online instead of batched again.
+    pub online_fallback: bool,
 }
 
 impl BatchLimits {
@@ -134,6 +140,21 @@ pub struct Batcher<'a> {
     /// Whether the batches go to the run's own simulator (`--simulate`),
     /// which ends with the run: what it submitted is collected at once.
     pub simulated: bool,
+    /// How to send items online (`--online-fallback`).
+    pub online: Online<'a>,
+}
+
+/// What sending items online takes: the online run's options, pool,
+/// clients and stop signal.
+pub struct Online<'a> {
+    /// The options of an online run of the job.
+    pub options: &'a Options,
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// One client per account.
+    pub clients: Arc<Clients>,
+    /// How the run is stopped early.
+    pub stop: &'a Stop,
 }
 
 /// One account's part of the job for one model, being written.
@@ -157,15 +178,28 @@ impl Batcher<'_> {
             .map_err(StartError::io(format!("create {}", self.dir.display())))?;
         let mut errors = Vec::new();
         let failed_now = self.collect(&mut recording, &mut errors).await?;
-        self.submit(&mut recording, failed_now, &mut errors).await?;
+        let online = self.online_items(&recording, &failed_now)?;
+        let mut skip = failed_now;
+        skip.extend(&online);
+        self.submit(&mut recording, skip, &mut errors).await?;
         if self.simulated {
             self.collect(&mut recording, &mut errors).await?;
         }
         let open = store::open(&recording.store, Some(recording.run))?.len();
+        let (sent, store) = self.send_online(recording, online).await?;
+        let mut keys_refused = Vec::new();
+        let mut online_status = RunStatus::Done;
+        if let Some(sent) = sent {
+            errors.extend(sent.errors);
+            keys_refused = sent.keys_refused;
+            online_status = sent.status;
+        }
         // A refused create leaves its items pending: not done, and no batch
         // holds them (the next run submits them again).
         let status = if !errors.is_empty() {
             RunStatus::Failed
+        } else if online_status != RunStatus::Done {
+            online_status
         } else if open > 0 {
             RunStatus::Batched
         } else {
@@ -175,11 +209,63 @@ impl Batcher<'_> {
             Summary {
                 status,
                 errors,
-                keys_refused: Vec::new(),
+                keys_refused,
                 elapsed: started.elapsed(),
             },
-            recording.store,
+            store,
         ))
+    }
+
+    /// Under `--retry-failed --online-fallback`, the items (by id hash)
+    /// that failed inside a batch in an earlier invocation: sent online
+    /// instead of batched again. Empty otherwise.
+    fn online_items(
+        &self,
+        recording: &Recording,
+        failed_now: &HashSet<u64>,
+    ) -> Result<HashSet<u64>, RunError> {
+        if !self.limits.online_fallback || self.resume != Resume::RetryFailed {
+            return Ok(HashSet::new());
+        }
+        Ok(store::failed_in_batches(&recording.store, recording.run)?
+            .iter()
+            .map(|id| id_hash(id))
+            .filter(|hash| !failed_now.contains(hash))
+            .collect())
+    }
+
+    /// Sends `items` online, as a run without `--batch` would, and returns
+    /// its summary (none when there was nothing to send) and the store.
+    async fn send_online(
+        &self,
+        mut recording: Recording,
+        items: HashSet<u64>,
+    ) -> Result<(Option<Summary>, Store), RunError> {
+        if items.is_empty() {
+            return Ok((None, recording.store));
+        }
+        Self::tell(
+            &mut recording,
+            format!(
+                "sending {} item(s) that failed inside a batch online (--online-fallback)",
+                items.len()
+            ),
+        );
+        let online = &self.online;
+        let mut options = online.options.clone();
+        options.total = items.len() as u64;
+        options.concurrency = options.concurrency.min(items.len()).max(1);
+        options.only = Some(Arc::new(items));
+        let (summary, store) = crate::run::execute_with(
+            &options,
+            Arc::clone(&online.pool),
+            Arc::clone(&online.clients),
+            recording,
+            online.stop,
+            None,
+        )
+        .await?;
+        Ok((Some(summary), store))
     }
 
     fn tell(recording: &mut Recording, message: String) {

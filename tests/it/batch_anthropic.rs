@@ -225,3 +225,44 @@ async fn an_anthropic_batch_created_but_not_recorded_is_adopted_not_duplicated()
     assert_exit_saying(&out, 0, "collected batch");
     assert_each_once(&work, n, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_fallback_sends_the_items_that_failed_in_a_batch_online_not_in_a_new_batch() {
+    let n = 10;
+    let (sim, work) = setup("succeeded", 0, n, true).await;
+    let args = run_args("s.db", &["--batch"]);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "submitted batch");
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 3, "collected batch");
+    let per_org = HashMap::from([("org-a", 1), ("org-b", 1)]);
+    assert_eq!(server_batches(&sim.base_url()).await, per_org);
+
+    let fallback = run_args("s.db", &["--batch", "--retry-failed", "--online-fallback"]);
+    let out = work.keyfan(&fallback, &[]).await;
+    assert_exit_saying(
+        &out,
+        0,
+        "sending 1 item(s) that failed inside a batch online",
+    );
+    // No new batch: item-5 went online, and its answer is its own.
+    assert_eq!(server_batches(&sim.base_url()).await, per_org);
+    let rows = results(&work.path("job.results.jsonl"));
+    let last = rows
+        .iter()
+        .rev()
+        .find(|r| r["id"] == "item-5")
+        .expect("item-5");
+    assert_eq!(last["status"], "ok", "{last}");
+    let output = last["output"].as_str().expect("output");
+    assert!(
+        output.contains(&digest("this one breaks [[sim:batch_error]]")),
+        "{output}"
+    );
+    let store = Store::open(&work.path("s.db")).expect("the state file");
+    let counts = store
+        .status_counts(recorded(&work)[0].run)
+        .expect("the counts");
+    assert_eq!(counts, [(keyfan::store::ItemStatus::Ok, n as u64)]);
+}
