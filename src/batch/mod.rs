@@ -323,13 +323,7 @@ impl Batcher<'_> {
                                 listed.insert(batch.account.clone(), jobs);
                             }
                             Err(e) => {
-                                Self::tell(
-                                    recording,
-                                    format!(
-                                        "could not list the batches of account {} to find {}: {e}",
-                                        batch.account, batch.display_name
-                                    ),
-                                );
+                                unlisted(recording, &batch, &e);
                                 continue;
                             }
                         }
@@ -612,13 +606,7 @@ impl Batcher<'_> {
         {
             Ok(jobs) => jobs,
             Err(e) => {
-                Self::tell(
-                    recording,
-                    format!(
-                        "could not list the batches of account {} to find {}: {e}",
-                        batch.account, batch.display_name
-                    ),
-                );
+                unlisted(recording, batch, &e);
                 return Ok(None);
             }
         };
@@ -876,6 +864,18 @@ impl Batcher<'_> {
         done.sort_by(|a, b| (&a.model, a.account).cmp(&(&b.model, b.account)));
         Ok(done)
     }
+}
+
+/// Says that the batches of `batch`'s account could not be listed to find
+/// it.
+fn unlisted(recording: &mut Recording, batch: &BatchRow, error: &ApiError) {
+    Batcher::tell(
+        recording,
+        format!(
+            "could not list the batches of account {} to find {}: {error}",
+            batch.account, batch.display_name
+        ),
+    );
 }
 
 /// Closes `batch`, which was never created: its items are pending again.

@@ -348,6 +348,41 @@ impl Batches {
         Some(f(job))
     }
 
+    /// One page of `project`'s batches of `api`, newest first, as OpenAI
+    /// and Anthropic list them: `limit` after the batch `after`, each
+    /// described by `describe`, with `first_id`, `last_id` and `has_more`.
+    fn page(
+        &self,
+        api: Api,
+        project: usize,
+        limit: usize,
+        after: Option<&str>,
+        mut describe: impl FnMut(&mut Job) -> Value,
+    ) -> Value {
+        let mut jobs = lock(&self.jobs);
+        let mine: Vec<&mut Job> = jobs
+            .iter_mut()
+            .rev()
+            .filter(|j| j.api == api && j.project == project)
+            .collect();
+        let skip = after
+            .and_then(|after| mine.iter().position(|j| j.id == after).map(|p| p + 1))
+            .unwrap_or(0);
+        let total = mine.len();
+        let data: Vec<Value> = mine
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(&mut describe)
+            .collect();
+        json!({
+            "first_id": data.first().map(|b| b["id"].clone()),
+            "last_id": data.last().map(|b| b["id"].clone()),
+            "has_more": skip + limit < total,
+            "data": data,
+        })
+    }
+
     // -----------------------------------------------------------------------
     // Gemini
 
@@ -771,29 +806,10 @@ impl Batches {
         after: Option<&str>,
     ) -> Response {
         let limit = limit.unwrap_or(20).clamp(1, 100);
-        let mut jobs = lock(&self.jobs);
-        let mine: Vec<&mut Job> = jobs
-            .iter_mut()
-            .rev()
-            .filter(|j| j.api == Api::OpenAi && j.project == project)
-            .collect();
-        let skip = after
-            .and_then(|after| mine.iter().position(|j| j.id == after).map(|p| p + 1))
-            .unwrap_or(0);
-        let total = mine.len();
-        let data: Vec<Value> = mine
-            .into_iter()
-            .skip(skip)
-            .take(limit)
-            .map(|job| self.openai_batch(job, clock))
-            .collect();
-        let body = json!({
-            "object": "list",
-            "first_id": data.first().map(|b| b["id"].clone()),
-            "last_id": data.last().map(|b| b["id"].clone()),
-            "has_more": skip + limit < total,
-            "data": data,
+        let mut body = self.page(Api::OpenAi, project, limit, after, |job| {
+            self.openai_batch(job, clock)
         });
+        body["object"] = json!("list");
         OpenAi::json(StatusCode::OK, encode(&body))
     }
 
@@ -1066,27 +1082,8 @@ impl Batches {
         after: Option<&str>,
     ) -> Response {
         let limit = limit.unwrap_or(20).clamp(1, 1000);
-        let mut jobs = lock(&self.jobs);
-        let mine: Vec<&mut Job> = jobs
-            .iter_mut()
-            .rev()
-            .filter(|j| j.api == Api::Anthropic && j.project == project)
-            .collect();
-        let skip = after
-            .and_then(|after| mine.iter().position(|j| j.id == after).map(|p| p + 1))
-            .unwrap_or(0);
-        let total = mine.len();
-        let data: Vec<Value> = mine
-            .into_iter()
-            .skip(skip)
-            .take(limit)
-            .map(|job| self.anthropic_batch(job, clock))
-            .collect();
-        let body = json!({
-            "first_id": data.first().map(|b| b["id"].clone()),
-            "last_id": data.last().map(|b| b["id"].clone()),
-            "has_more": skip + limit < total,
-            "data": data,
+        let body = self.page(Api::Anthropic, project, limit, after, |job| {
+            self.anthropic_batch(job, clock)
         });
         Anthropic::json(StatusCode::OK, encode(&body))
     }

@@ -5,14 +5,14 @@
 //! unfinished items resubmitted, a batch created but not recorded adopted,
 //! and `--online-fallback` sending failed items online.
 
+use crate::batch::assert_ledger_is_half_the_online_cost;
 use crate::support::*;
 use keyfan::batch::store::all as batches_of;
 use keyfan::batch::{BatchRow, Stage};
-use keyfan::price::PriceTable;
-use keyfan::provider::{Client, ProviderKind, Usage};
+use keyfan::provider::{Client, ProviderKind};
 use keyfan::sim::SimServer;
 use keyfan::store::Store;
-use keyfan::types::{ApiKey, QuotaDay};
+use keyfan::types::ApiKey;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -152,29 +152,7 @@ async fn anthropic_batches_are_submitted_once_and_collected_once_at_half_price()
     assert_eq!(server_batches(&sim.base_url()).await, per_org);
 
     // The ledger holds the batch price: half the online cost of the usage.
-    let price = PriceTable::built_in().price(HAIKU).expect("a price");
-    let online: f64 = rows
-        .iter()
-        .map(|row| {
-            price.cost(&Usage {
-                input_tokens: row["input_tokens"].as_u64().expect("input tokens"),
-                output_tokens: row["output_tokens"].as_u64().expect("output tokens"),
-                ..Usage::default()
-            })
-        })
-        .sum();
-    let store = Store::open(&work.path("s.db")).expect("the state file");
-    let ledger: f64 = store
-        .ledger(QuotaDay::today())
-        .expect("the ledger")
-        .iter()
-        .map(|row| row.cost_usd.expect("a known cost"))
-        .sum();
-    assert!(online > 0.0);
-    assert!(
-        (ledger - online / 2.0).abs() < 1e-9 * online,
-        "ledger {ledger} vs online {online}"
-    );
+    assert_ledger_is_half_the_online_cost(&work, HAIKU);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
