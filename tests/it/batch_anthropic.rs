@@ -244,3 +244,78 @@ async fn online_fallback_sends_the_items_that_failed_in_a_batch_online_not_in_a_
         .expect("the counts");
     assert_eq!(counts, [(keyfan::store::ItemStatus::Ok, n as u64)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_anthropic_batch_gives_its_items_back_and_they_are_collected_later() {
+    let n = 20;
+    let (sim, work) = setup("succeeded", 0, n, false).await;
+    let args = run_args("s.db", &["--batch"]);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "submitted batch");
+    let first = recorded(&work)[0].display_name.clone();
+    let out = work
+        .command(&["batches", "cancel", &first, "--state", "s.db"])
+        .output()
+        .expect("keyfan batches cancel");
+    assert_exit_saying(&out, 0, "cancel");
+    let out = work
+        .command(&["batches", "status", "--state", "s.db", "--json"])
+        .output()
+        .expect("keyfan batches status");
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(seen[0]["provider"]["state"], "cancelled", "{seen}");
+
+    // The next run collects it (every request `canceled`): its items are
+    // pending again and go into new batches, spread over both accounts.
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "pending again");
+    assert_eq!(
+        server_batches(&sim.base_url()).await,
+        HashMap::from([("org-a", 2), ("org-b", 2)])
+    );
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "collected batch");
+    assert_each_once(&work, n, None);
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_a_custom_id_the_api_would_refuse() {
+    let sim = simulator(&sim_yaml("succeeded", 0)).await;
+    let client = Client::new(
+        ProviderKind::Anthropic,
+        &sim.base_url(),
+        Duration::from_secs(5),
+        None,
+    )
+    .expect("a client");
+    let work = Workdir::new();
+    work.write(
+        "in.jsonl",
+        &format!(
+            "{}\n",
+            serde_json::json!({"custom_id": "has space", "params": {
+                "model": HAIKU, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}})
+        ),
+    );
+    let path = work.path("in.jsonl");
+    let input = keyfan::provider::batch::BatchInput {
+        path: &path,
+        size: 0,
+        model: HAIKU,
+        display_name: "unused",
+    };
+    let error = client
+        .create_batch(&ApiKey::new("sk-ant-a1"), input)
+        .await
+        .expect_err("refused");
+    assert_eq!(error.status, Some(400));
+    assert!(error.message.contains("custom_id"), "{}", error.message);
+    assert_eq!(
+        server_batches(&sim.base_url())
+            .await
+            .values()
+            .sum::<usize>(),
+        0
+    );
+}
