@@ -7,7 +7,9 @@
 //!   but never confirmed (`creating`: the process died, or the create's
 //!   answer was lost) is looked for by its display name among the
 //!   account's batches and adopted, or, when no such batch exists, its
-//!   items go back to pending. An ended batch's results are downloaded to
+//!   items go back to pending. Anthropic batches have no name: one is
+//!   looked for by its creation time and request count instead, and its
+//!   custom ids (run scope + item id hash) tell a wrong match at collect. An ended batch's results are downloaded to
 //!   disk and read line by line: each line is matched to its item by key,
 //!   its usage is recorded in the ledger at the batch price, and its result
 //!   goes to the results file; a request that failed inside the batch is
@@ -21,6 +23,9 @@
 //!   batch and its items are recorded (`creating`, items `submitted`)
 //!   before its create is sent: an item is never in two batches, and a
 //!   batch is never created twice.
+//! - **Online fallback.** Under `--retry-failed --online-fallback`, the
+//!   items that failed inside a batch are not batched again but sent
+//!   online by the run's engine, after the submit.
 //!
 //! Owns: the batches table and the batch workflow. Never: the wire formats
 //! ([`crate::provider::batch`]) or the results format ([`crate::sink`]).
@@ -784,8 +789,8 @@ impl Batcher<'_> {
                 .collect();
             let why = if !item.media.is_empty() {
                 Some("media items cannot go in a batch: run them without --batch")
-            } else if !kind.is_some_and(speaks) || accounts.is_empty() {
-                Some("this model's provider has no Batch API that keyfan speaks: run it without --batch")
+            } else if kind.is_none() || accounts.is_empty() {
+                Some("no account with a key serves this model's provider: run it without --batch")
             } else {
                 None
             };
@@ -1022,12 +1027,4 @@ pub fn work_dir(state: &Path) -> PathBuf {
     let mut name = state.file_name().unwrap_or_default().to_os_string();
     name.push(".batches");
     state.with_file_name(name)
-}
-
-/// Whether keyfan speaks `kind`'s Batch API.
-fn speaks(kind: ProviderKind) -> bool {
-    matches!(
-        kind,
-        ProviderKind::Gemini | ProviderKind::Openai | ProviderKind::Anthropic
-    )
 }
