@@ -7,7 +7,9 @@
 //!   but never confirmed (`creating`: the process died, or the create's
 //!   answer was lost) is looked for by its display name among the
 //!   account's batches and adopted, or, when no such batch exists, its
-//!   items go back to pending. An ended batch's results are downloaded to
+//!   items go back to pending. Anthropic batches have no name: one is
+//!   looked for by its creation time and request count instead, and its
+//!   custom ids (run scope + item id hash) tell a wrong match at collect. An ended batch's results are downloaded to
 //!   disk and read line by line: each line is matched to its item by key,
 //!   its usage is recorded in the ledger at the batch price, and its result
 //!   goes to the results file; a request that failed inside the batch is
@@ -22,6 +24,9 @@
 //!   before its create is sent: an item is never in two batches, and a
 //!   batch is never created twice. An item of a provider's own batch file
 //!   goes in as its line's body, as written but for the model.
+//! - **Online fallback.** Under `--retry-failed --online-fallback`, the
+//!   items that failed inside a batch are not batched again but sent
+//!   online by the run's engine, after the submit.
 //!
 //! Owns: the batches table and the batch workflow. Never: the wire formats
 //! ([`crate::provider::batch`]) or the results format ([`crate::sink`]).
@@ -33,14 +38,17 @@ pub use store::{BatchRow, Stage};
 use crate::config::Config;
 use crate::job::{id_hash, Item, JobReader};
 use crate::pool::Pool;
-use crate::provider::batch::{BatchInput, BatchJob, BatchOutcome};
+use crate::provider::batch::{anthropic_custom_id, BatchInput, BatchJob, BatchOutcome};
 use crate::provider::{ApiError, Client, ErrorClass, ProviderKind, RawRequest, Request, Usage};
-use crate::run::{Clients, Notice, Recording, Resume, RunError, StartError, Summary};
+use crate::run::{
+    Clients, Notice, Options, Recording, Resume, RunError, StartError, Stop, Summary,
+};
 use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunStatus, Store};
 use crate::types::{AccountId, ApiKey, QuotaDay};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Gemini: the input file may hold 2 GB ("The maximum allowed file size
 /// for an input file is 2GB", <https://ai.google.dev/gemini-api/docs/batch-api>).
@@ -54,6 +62,20 @@ pub const OPENAI_MAX_REQUESTS: u64 = 50_000;
 /// OpenAI: "The Batch API only supports `.jsonl` files up to 200 MB"
 /// (openai-python `resources/files.py`).
 pub const OPENAI_MAX_BYTES: u64 = 200_000_000;
+
+/// Anthropic: "A Message Batch is limited to either 100,000 Message
+/// requests or 256 MB in size, whichever is reached first"
+/// (<https://platform.claude.com/docs/en/build-with-claude/batch-processing>).
+pub const ANTHROPIC_MAX_REQUESTS: u64 = 100_000;
+/// Anthropic: 256 MB per batch, less a margin for the create's envelope
+/// (same source).
+pub const ANTHROPIC_MAX_BYTES: u64 = 255_000_000;
+
+/// How far before and after its recording an Anthropic batch that was
+/// created but not recorded may have been created (clock skew, then the
+/// create's own time).
+const UNNAMED_BEFORE: chrono::Duration = chrono::Duration::minutes(5);
+const UNNAMED_AFTER: chrono::Duration = chrono::Duration::minutes(30);
 
 /// Result rows committed (and written) together while collecting.
 const COMMIT_EVERY: usize = 1000;
@@ -73,6 +95,9 @@ pub struct BatchLimits {
     /// limits per model and tier: Gemini Tier 1 gemini-2.5-flash
     /// 3,000,000; OpenAI's are shown per organisation). None by default.
     pub max_tokens: Option<u64>,
+    /// `--online-fallback`: with `--retry-failed`, items that failed inside
+    /// a batch are sent online instead of batched again.
+    pub online_fallback: bool,
 }
 
 impl BatchLimits {
@@ -80,6 +105,7 @@ impl BatchLimits {
     fn unit(&self, kind: ProviderKind) -> Unit {
         let (requests, bytes) = match kind {
             ProviderKind::Gemini => (GEMINI_MAX_REQUESTS, GEMINI_MAX_BYTES),
+            ProviderKind::Anthropic => (ANTHROPIC_MAX_REQUESTS, ANTHROPIC_MAX_BYTES),
             _ => (OPENAI_MAX_REQUESTS, OPENAI_MAX_BYTES),
         };
         Unit {
@@ -121,6 +147,21 @@ pub struct Batcher<'a> {
     /// Whether the batches go to the run's own simulator (`--simulate`),
     /// which ends with the run: what it submitted is collected at once.
     pub simulated: bool,
+    /// How to send items online (`--online-fallback`).
+    pub online: Online<'a>,
+}
+
+/// What sending items online takes: the online run's options, pool,
+/// clients and stop signal.
+pub struct Online<'a> {
+    /// The options of an online run of the job.
+    pub options: &'a Options,
+    /// The pool.
+    pub pool: Arc<Pool>,
+    /// One client per account.
+    pub clients: Arc<Clients>,
+    /// How the run is stopped early.
+    pub stop: &'a Stop,
 }
 
 /// One account's part of the job for one model, being written.
@@ -144,15 +185,28 @@ impl Batcher<'_> {
             .map_err(StartError::io(format!("create {}", self.dir.display())))?;
         let mut errors = Vec::new();
         let failed_now = self.collect(&mut recording, &mut errors).await?;
-        self.submit(&mut recording, failed_now, &mut errors).await?;
+        let online = self.online_items(&recording, &failed_now)?;
+        let mut skip = failed_now;
+        skip.extend(&online);
+        self.submit(&mut recording, skip, &mut errors).await?;
         if self.simulated {
             self.collect(&mut recording, &mut errors).await?;
         }
         let open = store::open(&recording.store, Some(recording.run))?.len();
+        let (sent, store) = self.send_online(recording, online).await?;
+        let mut keys_refused = Vec::new();
+        let mut online_status = RunStatus::Done;
+        if let Some(sent) = sent {
+            errors.extend(sent.errors);
+            keys_refused = sent.keys_refused;
+            online_status = sent.status;
+        }
         // A refused create leaves its items pending: not done, and no batch
         // holds them (the next run submits them again).
         let status = if !errors.is_empty() {
             RunStatus::Failed
+        } else if online_status != RunStatus::Done {
+            online_status
         } else if open > 0 {
             RunStatus::Batched
         } else {
@@ -162,11 +216,63 @@ impl Batcher<'_> {
             Summary {
                 status,
                 errors,
-                keys_refused: Vec::new(),
+                keys_refused,
                 elapsed: started.elapsed(),
             },
-            recording.store,
+            store,
         ))
+    }
+
+    /// Under `--retry-failed --online-fallback`, the items (by id hash)
+    /// that failed inside a batch in an earlier invocation: sent online
+    /// instead of batched again. Empty otherwise.
+    fn online_items(
+        &self,
+        recording: &Recording,
+        failed_now: &HashSet<u64>,
+    ) -> Result<HashSet<u64>, RunError> {
+        if !self.limits.online_fallback || self.resume != Resume::RetryFailed {
+            return Ok(HashSet::new());
+        }
+        Ok(store::failed_in_batches(&recording.store, recording.run)?
+            .iter()
+            .map(|id| id_hash(id))
+            .filter(|hash| !failed_now.contains(hash))
+            .collect())
+    }
+
+    /// Sends `items` online, as a run without `--batch` would, and returns
+    /// its summary (none when there was nothing to send) and the store.
+    async fn send_online(
+        &self,
+        mut recording: Recording,
+        items: HashSet<u64>,
+    ) -> Result<(Option<Summary>, Store), RunError> {
+        if items.is_empty() {
+            return Ok((None, recording.store));
+        }
+        Self::tell(
+            &mut recording,
+            format!(
+                "sending {} item(s) that failed inside a batch online (--online-fallback)",
+                items.len()
+            ),
+        );
+        let online = &self.online;
+        let mut options = online.options.clone();
+        options.total = items.len() as u64;
+        options.concurrency = options.concurrency.min(items.len()).max(1);
+        options.only = Some(Arc::new(items));
+        let (summary, store) = crate::run::execute_with(
+            &options,
+            Arc::clone(&online.pool),
+            Arc::clone(&online.clients),
+            recording,
+            online.stop,
+            None,
+        )
+        .await?;
+        Ok((Some(summary), store))
     }
 
     fn tell(recording: &mut Recording, message: String) {
@@ -211,6 +317,12 @@ impl Batcher<'_> {
                 continue;
             };
             let job = match (&batch.name, batch.stage) {
+                (None, _) | (_, Stage::Creating) if self.unnamed(&batch.account) => {
+                    match self.adopt_unnamed(recording, &batch, client, key).await? {
+                        Some(job) => job,
+                        None => continue,
+                    }
+                }
                 (None, _) | (_, Stage::Creating) => {
                     if !listed.contains_key(&batch.account) {
                         match client.list_batches(key).await {
@@ -218,13 +330,7 @@ impl Batcher<'_> {
                                 listed.insert(batch.account.clone(), jobs);
                             }
                             Err(e) => {
-                                Self::tell(
-                                    recording,
-                                    format!(
-                                        "could not list the batches of account {} to find {}: {e}",
-                                        batch.account, batch.display_name
-                                    ),
-                                );
+                                unlisted(recording, &batch, &e);
                                 continue;
                             }
                         }
@@ -245,20 +351,7 @@ impl Batcher<'_> {
                             job.clone()
                         }
                         None => {
-                            let back = store::close(
-                                &recording.store,
-                                &batch,
-                                Stage::Abandoned,
-                                Some("no batch of this name was created"),
-                                &store::Collected::default(),
-                            )?;
-                            Self::tell(
-                                recording,
-                                format!(
-                                    "batch {} was never created: its {back} item(s) are pending again",
-                                    batch.display_name
-                                ),
-                            );
+                            never_created(recording, &batch, "no batch of this name was created")?;
                             continue;
                         }
                     }
@@ -364,12 +457,13 @@ impl Batcher<'_> {
         let mut pending = Batch::default();
         let mut in_pending = HashSet::new();
         let mut taken = 0;
+        let custom_ids = self.custom_ids(recording, batch)?;
         for line in std::io::BufReader::new(file).split(b'\n') {
             let line = line.map_err(StartError::io(format!("read {}", path.display())))?;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let result = match client.parse_batch_line(&line) {
+            let mut result = match client.parse_batch_line(&line) {
                 Ok(result) => result,
                 Err(e) => {
                     found.unknown += 1;
@@ -379,6 +473,9 @@ impl Batcher<'_> {
                     continue;
                 }
             };
+            if let Some(id) = custom_ids.as_ref().and_then(|ids| ids.get(&result.key)) {
+                result.key = id.clone();
+            }
             let member = match store::member(&recording.store, batch, &result.key)? {
                 Some(member) if member.waiting => member,
                 // Collected before (a rerun after a crash midway): once only.
@@ -457,6 +554,98 @@ impl Batcher<'_> {
         }
         flush(recording, &mut pending)?;
         Ok(taken)
+    }
+
+    /// Whether `account`'s batches carry no name (Anthropic's): one
+    /// created but not recorded is told by its creation time and size.
+    fn unnamed(&self, account: &str) -> bool {
+        self.config
+            .accounts
+            .iter()
+            .any(|a| a.name == account && a.provider == ProviderKind::Anthropic)
+    }
+
+    /// The run scope in every Anthropic custom id of this run: the job's
+    /// tag and the run's number.
+    fn scope(&self, recording: &Recording) -> String {
+        let tag = self.job_hash.get(..8).unwrap_or(self.job_hash);
+        format!("{tag}r{}", recording.run.0)
+    }
+
+    /// For an Anthropic batch, its custom ids mapped to its item ids; for
+    /// other providers the custom id is the item id (`None`).
+    fn custom_ids(
+        &self,
+        recording: &Recording,
+        batch: &BatchRow,
+    ) -> Result<Option<HashMap<String, String>>, RunError> {
+        if !self.unnamed(&batch.account) {
+            return Ok(None);
+        }
+        let scope = self.scope(recording);
+        let ids = store::member_ids(&recording.store, batch)?
+            .into_iter()
+            .map(|id| (anthropic_custom_id(&scope, &id), id))
+            .collect();
+        Ok(Some(ids))
+    }
+
+    /// Finds the Anthropic batch `batch` recorded but never confirmed: the
+    /// account's one created within minutes of its recording, holding as
+    /// many requests, and recorded by no other row of the state file (the
+    /// oldest such). Adopted, its results are matched by custom id, which
+    /// holds this run's scope: a wrong match leaves its lines unknown and
+    /// the items pending, never collected twice. None found: its items are
+    /// pending again. `None` means: nothing to poll now.
+    async fn adopt_unnamed(
+        &self,
+        recording: &mut Recording,
+        batch: &BatchRow,
+        client: &Client,
+        key: &ApiKey,
+    ) -> Result<Option<BatchJob>, RunError> {
+        let at = chrono::DateTime::parse_from_rfc3339(&batch.submitted_at)
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let candidates = match client
+            .anthropic_batches_created(key, at - UNNAMED_BEFORE, at + UNNAMED_AFTER)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                unlisted(recording, batch, &e);
+                return Ok(None);
+            }
+        };
+        let recorded: HashSet<String> = store::all(&recording.store, None)?
+            .into_iter()
+            .filter_map(|b| b.name)
+            .collect();
+        let found = candidates
+            .into_iter()
+            .rev()
+            .find(|j| j.total == batch.items && !recorded.contains(&j.name));
+        match found {
+            Some(job) => {
+                Self::tell(
+                    recording,
+                    format!(
+                        "adopted batch {} ({}) of account {}: it was created but not recorded \
+                         (found by its creation time and size)",
+                        batch.display_name, job.name, batch.account
+                    ),
+                );
+                Ok(Some(job))
+            }
+            None => {
+                never_created(
+                    recording,
+                    batch,
+                    "no batch of this size was created at that time",
+                )?;
+                Ok(None)
+            }
+        }
     }
 
     // -----------------------------------------------------------------------
@@ -582,6 +771,7 @@ impl Batcher<'_> {
         let mut next_account: HashMap<String, usize> = HashMap::new();
         let mut refused = Batch::default();
         let mut serial = 0u64;
+        let scope = self.scope(recording);
         for item in JobReader::open(self.job)? {
             // Invalid lines were refused or skipped before.
             let Ok(item) = item else { continue };
@@ -601,8 +791,8 @@ impl Batcher<'_> {
                 .collect();
             let why = if !item.media.is_empty() {
                 Some("media items cannot go in a batch: run them without --batch")
-            } else if !kind.is_some_and(speaks) || accounts.is_empty() {
-                Some("this model's provider has no Batch API that keyfan speaks: run it without --batch")
+            } else if kind.is_none() || accounts.is_empty() {
+                Some("no account with a key serves this model's provider: run it without --batch")
             } else {
                 None
             };
@@ -617,6 +807,10 @@ impl Batcher<'_> {
             let unit = self.limits.unit(kind);
             let mut line = Vec::new();
             let client = self.clients.get(AccountId(account));
+            let key = match kind {
+                ProviderKind::Anthropic => anthropic_custom_id(&scope, &item.id),
+                _ => item.id.clone(),
+            };
             // A batch file's body goes as it is, but for the model.
             let written = match &item.raw {
                 Some(body) => {
@@ -625,7 +819,7 @@ impl Batcher<'_> {
                         body,
                         max_output_tokens: item.max_output_tokens,
                     };
-                    client.write_raw_batch_line(&item.id, &request, &mut line)
+                    client.write_raw_batch_line(&key, &request, &mut line)
                 }
                 None => {
                     let request = Request {
@@ -638,7 +832,7 @@ impl Batcher<'_> {
                         generation: &item.generation,
                         media: &[],
                     };
-                    client.write_batch_line(&item.id, &request, &mut line)
+                    client.write_batch_line(&key, &request, &mut line)
                 }
             };
             written.map_err(StartError::io("write a batch input line".to_owned()))?;
@@ -689,6 +883,37 @@ impl Batcher<'_> {
         done.sort_by(|a, b| (&a.model, a.account).cmp(&(&b.model, b.account)));
         Ok(done)
     }
+}
+
+/// Says that the batches of `batch`'s account could not be listed to find
+/// it.
+fn unlisted(recording: &mut Recording, batch: &BatchRow, error: &ApiError) {
+    Batcher::tell(
+        recording,
+        format!(
+            "could not list the batches of account {} to find {}: {error}",
+            batch.account, batch.display_name
+        ),
+    );
+}
+
+/// Closes `batch`, which was never created: its items are pending again.
+fn never_created(recording: &mut Recording, batch: &BatchRow, why: &str) -> Result<(), RunError> {
+    let back = store::close(
+        &recording.store,
+        batch,
+        Stage::Abandoned,
+        Some(why),
+        &store::Collected::default(),
+    )?;
+    Batcher::tell(
+        recording,
+        format!(
+            "batch {} was never created: its {back} item(s) are pending again",
+            batch.display_name
+        ),
+    );
+    Ok(())
 }
 
 /// Closes a chunk's input file.
@@ -816,9 +1041,4 @@ pub fn work_dir(state: &Path) -> PathBuf {
     let mut name = state.file_name().unwrap_or_default().to_os_string();
     name.push(".batches");
     state.with_file_name(name)
-}
-
-/// Whether keyfan speaks `kind`'s Batch API.
-fn speaks(kind: ProviderKind) -> bool {
-    matches!(kind, ProviderKind::Gemini | ProviderKind::Openai)
 }

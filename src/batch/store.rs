@@ -398,3 +398,39 @@ pub(crate) fn member(
         .optional()
         .map_err(|e| store.error(e))
 }
+
+/// The item ids batch `batch` holds.
+pub(crate) fn member_ids(store: &Store, batch: &BatchRow) -> Result<Vec<String>, StoreError> {
+    let conn = store.conn();
+    let mut statement = conn
+        .prepare_cached("SELECT item_id FROM batch_items WHERE batch_id = ?1")
+        .map_err(|e| store.error(e))?;
+    let ids = statement
+        .query_map(params![batch.id], |row| row.get::<_, String>(0))
+        .map_err(|e| store.error(e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| store.error(e))?;
+    Ok(ids)
+}
+
+/// The ids of the items of run `run` that are `failed` after being in one
+/// of its batches.
+pub(crate) fn failed_in_batches(store: &Store, run: RunId) -> Result<Vec<String>, StoreError> {
+    let conn = store.conn();
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT DISTINCT i.item_id FROM items i
+             JOIN batch_items bi ON bi.item_id = i.item_id
+             JOIN batches b ON b.id = bi.batch_id AND b.run_id = i.run_id
+             WHERE i.run_id = ?1 AND i.status = ?2",
+        )
+        .map_err(|e| store.error(e))?;
+    let ids = statement
+        .query_map(params![run.0, ItemStatus::Failed.as_str()], |row| {
+            row.get::<_, String>(0)
+        })
+        .map_err(|e| store.error(e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| store.error(e))?;
+    Ok(ids)
+}

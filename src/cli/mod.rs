@@ -410,17 +410,21 @@ struct RunArgs {
     #[arg(long, conflicts_with_all = ["sample", "max_cost"])]
     batch: bool,
     /// With --batch: requests per batch at most. [default: 100000 for
-    /// Gemini, 50000 for OpenAI]
+    /// Gemini, 50000 for OpenAI, 100000 for Anthropic]
     #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: Option<u64>,
     /// With --batch: bytes of input file per batch at most. [default: 2 GB
-    /// for Gemini, 200 MB for OpenAI]
+    /// for Gemini, 200 MB for OpenAI, 255 MB for Anthropic]
     #[arg(long, value_name = "BYTES", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
     batch_bytes: Option<u64>,
     /// With --batch: estimated input tokens per batch at most (your tier's
     /// enqueued-token limit for the model). [default: no limit]
     #[arg(long, value_name = "N", requires = "batch", value_parser = clap::value_parser!(u64).range(1..))]
     batch_tokens: Option<u64>,
+    /// With --batch --retry-failed: send the items that failed inside a
+    /// batch online in this run instead of batching them again.
+    #[arg(long, requires_all = ["batch", "retry_failed"])]
+    online_fallback: bool,
     /// Not a keyfan flag: caught to say what to use instead.
     #[arg(long, hide = true)]
     dry_run: bool,

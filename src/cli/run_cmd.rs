@@ -121,6 +121,7 @@ impl Settings {
                 max_requests: args.batch_size,
                 max_bytes: args.batch_bytes,
                 max_tokens: args.batch_tokens,
+                online_fallback: args.online_fallback,
             }),
         })
     }

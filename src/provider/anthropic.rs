@@ -45,7 +45,7 @@ pub(super) const API_VERSION: &str = "2023-06-01";
 const PAGE_LIMIT: u32 = 1000;
 
 /// The headers every request carries besides the key.
-const HEADERS: [(&str, &str); 1] = [("anthropic-version", API_VERSION)];
+pub(super) const HEADERS: [(&str, &str); 1] = [("anthropic-version", API_VERSION)];
 
 /// Sends one prompt to `messages`.
 pub(super) async fn generate(
@@ -99,7 +99,7 @@ pub(super) const SETTINGS: &[&str] = &["top_p", "top_k", "stop", "thinking_budge
 /// A Messages body: the conversation's turns and the prompt, the system
 /// prompt at the top level.
 #[derive(Debug, Serialize)]
-struct MessagesBody<'a> {
+pub(super) struct MessagesBody<'a> {
     model: &'a str,
     max_tokens: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,7 +133,7 @@ struct Thinking {
 
 impl<'a> MessagesBody<'a> {
     /// The body for `req`; `default_cap` when it names no output cap.
-    fn new(req: &Request<'a>, default_cap: u32) -> Self {
+    pub(super) fn new(req: &Request<'a>, default_cap: u32) -> Self {
         let turns = req.turns.iter().map(|turn| Message {
             role: turn.role.chat_name(),
             content: &turn.text,
@@ -249,7 +249,7 @@ impl MessageUsage {
 
 /// Turns a 2xx Messages body into a reply, or into the error a 200 can
 /// still be: refused, capped before any text, or empty.
-fn parse_message(body: &[u8]) -> Result<Reply, ApiError> {
+pub(super) fn parse_message(body: &[u8]) -> Result<Reply, ApiError> {
     let response: MessageResponse =
         serde_json::from_slice(body).map_err(|e| common::undecodable(&e))?;
     let (usage, quota) = response.usage.unwrap_or_default().usage()?;
@@ -322,7 +322,7 @@ fn reset_in(headers: &HeaderMap, what: &str, now: DateTime<Utc>) -> Option<Durat
 
 /// Classifies a non-2xx response from its status, headers and body; the
 /// answer's stated limits go with it.
-fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
+pub(super) fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> ApiError {
     let parsed = common::parse_error(body);
     let message = common::error_message(status, body, parsed.as_ref());
     let kind = parsed.as_ref().and_then(|e| e.kind.as_deref());

@@ -16,7 +16,7 @@
 //!   version segment (`.../v1beta/openai`, `.../api/v1`, used as given).
 //! - `anthropic`: the Messages API under `{base_url}/v1/`, and the
 //!   `anthropic-ratelimit-*` headers every answer carries.
-//! - `batch`: the Batch APIs (Gemini's, OpenAI's): input lines, create, get,
+//! - `batch`: the Batch APIs (Gemini's, OpenAI's, Anthropic's): input lines, create, get,
 //!   list, cancel, results downloaded to disk and parsed line by line.
 //! - `files`: Gemini's Files API (resumable upload, polling until `ACTIVE`).
 //! - `batchline`: the line shapes of OpenAI's and Gemini's own batch files.

@@ -193,7 +193,19 @@ const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(super) async fn get_to_file(
     client: &Client,
     url: &str,
+    auth: (&'static str, &str),
+    out: &mut tokio::fs::File,
+    classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<u64, ApiError> {
+    get_to_file_with(client, url, auth, &[], out, classify).await
+}
+
+/// [`get_to_file`] with `extra` headers besides the auth header.
+pub(super) async fn get_to_file_with(
+    client: &Client,
+    url: &str,
     (auth_name, auth_value): (&'static str, &str),
+    extra: &[(&'static str, &'static str)],
     out: &mut tokio::fs::File,
     classify: impl FnOnce(u16, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<u64, ApiError> {
@@ -213,9 +225,11 @@ pub(super) async fn get_to_file(
     let download = async {
         let (status, headers, mut chunks) = match &client.transport {
             Transport::Http(http) => {
-                let response = http
-                    .get(url)
-                    .header(auth_name, auth)
+                let mut request = http.get(url).header(auth_name, auth);
+                for (name, value) in extra {
+                    request = request.header(*name, *value);
+                }
+                let response = request
                     .timeout(DOWNLOAD_TIMEOUT)
                     .send()
                     .await
@@ -233,12 +247,14 @@ pub(super) async fn get_to_file(
                 (status, headers, stream)
             }
             Transport::Memory(router) => {
-                let request = axum::http::Request::builder()
+                let mut request = axum::http::Request::builder()
                     .method(Method::GET)
                     .uri(url)
-                    .header(auth_name, auth)
-                    .body(Body::empty())
-                    .map_err(|e| unbuildable(&e))?;
+                    .header(auth_name, auth);
+                for (name, value) in extra {
+                    request = request.header(*name, *value);
+                }
+                let request = request.body(Body::empty()).map_err(|e| unbuildable(&e))?;
                 let Ok(response) = router.clone().oneshot(request).await;
                 let (parts, body) = response.into_parts();
                 let stream = body

@@ -613,6 +613,12 @@ pub async fn run(
                 resume,
                 dir: crate::batch::work_dir(&state),
                 simulated: simulate,
+                online: crate::batch::Online {
+                    options: &options,
+                    pool: Arc::clone(&pool),
+                    clients: Arc::clone(&clients),
+                    stop: &stop,
+                },
             };
             batcher.run(recording).await?
         }

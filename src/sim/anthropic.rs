@@ -104,7 +104,7 @@ pub(crate) fn model_list<'a>(models: impl IntoIterator<Item = &'a String>) -> Re
 }
 
 /// Anthropic's error envelope.
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, kind: &str, message: &str) -> Response {
     let body = json!({"type": "error", "error": {"type": kind, "message": message}});
     Anthropic::json(status, encode(&body))
 }

@@ -22,16 +22,30 @@
 //!   it). An expired OpenAI batch returns its first half done and the rest
 //!   as `batch_expired` errors.
 //!
+//! - Anthropic: `POST /v1/messages/batches` (the requests inline,
+//!   `{"custom_id", "params"}` each), `GET /v1/messages/batches` (`limit`,
+//!   `after_id`, newest first), `GET /v1/messages/batches/{id}`, `POST
+//!   /v1/messages/batches/{id}/cancel` (answers `canceling`, `ended` after)
+//!   and `GET /v1/messages/batches/{id}/results` (404 until `ended`, then
+//!   one `{"custom_id", "result"}` line per request, in reverse input
+//!   order). `processing_status` is `in_progress` until the end; the
+//!   counters other than `processing` stay 0 until then. An expired batch
+//!   ends with its first half done and the rest `expired`; a failed one
+//!   (Anthropic has no failed batch) with every request `errored`
+//!   (`api_error`); a cancelled one with every request `canceled`.
+//!
 //! Faults: a user text holding `[[sim:batch_error]]` fails its request
 //! inside the batch (Gemini `{"error": Status}` line, OpenAI status 400 in
 //! the error file); a display name (OpenAI: a metadata value) holding
-//! `[[sim:batch_expired]]` or `[[sim:batch_failed]]` ends that batch so;
+//! `[[sim:batch_expired]]` or `[[sim:batch_failed]]` ends that batch so
+//! (Anthropic batches have no name: a request's text holding it does);
 //! `batches.lose_create_replies` answers the first creates with a 503 after
 //! carrying them out.
 //!
 //! The answers are the online ones (same text, digest and usage), rendered
 //! once per batch when first needed.
 
+use super::anthropic::{self, Anthropic};
 use super::config::{BatchEnd, BatchesConfig};
 use super::files::{envelope, Files};
 use super::gemini::{self, Gemini};
@@ -67,6 +81,12 @@ const BATCH_TYPE: &str =
 const OUTPUT_TYPE: &str =
     "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatchOutput";
 
+/// The `anthropic-version` a batch's requests are read with.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Anthropic: the most requests one batch may hold ("maxItems: 100000").
+const ANTHROPIC_MAX_REQUESTS: usize = 100_000;
+
 /// The endpoints an OpenAI batch may name (`batch_create_params.py`).
 const OPENAI_ENDPOINTS: [&str; 8] = [
     "/v1/responses",
@@ -84,6 +104,7 @@ const OPENAI_ENDPOINTS: [&str; 8] = [
 enum Api {
     Gemini,
     OpenAi,
+    Anthropic,
 }
 
 /// Where a batch stands now.
@@ -267,6 +288,7 @@ impl Batches {
         let parsed = match job.api {
             Api::Gemini => gemini::parse_generate(&job.model, &line.body),
             Api::OpenAi => openai::parse_chat(&line.body),
+            Api::Anthropic => anthropic::parse_messages(Some(ANTHROPIC_VERSION), &line.body),
         };
         let error = |message: &str| match job.api {
             Api::Gemini => Outcome::Error(
@@ -275,6 +297,7 @@ impl Batches {
             Api::OpenAi => Outcome::Error(json!({
                 "message": message, "type": "invalid_request_error", "param": null, "code": null
             })),
+            Api::Anthropic => Outcome::Error(anthropic_error("invalid_request_error", message)),
         };
         let prompt: Prompt = match parsed {
             Ok(prompt) => prompt,
@@ -299,9 +322,15 @@ impl Batches {
         let answer = match job.api {
             Api::Gemini => Gemini::answer(&turn),
             Api::OpenAi => OpenAi::answer(&turn),
+            Api::Anthropic => Anthropic::answer(&turn),
         };
+        let mut body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        if job.api == Api::Anthropic {
+            // As recorded: a batch's message says which tier served it.
+            body["usage"]["service_tier"] = json!("batch");
+        }
         Outcome::Answer {
-            body: serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
+            body,
             input_tokens: prompt.input_tokens,
             output_tokens: answer.output_tokens,
         }
@@ -320,6 +349,41 @@ impl Batches {
             .iter_mut()
             .find(|j| j.api == api && j.project == project && j.id == id)?;
         Some(f(job))
+    }
+
+    /// One page of `project`'s batches of `api`, newest first, as OpenAI
+    /// and Anthropic list them: `limit` after the batch `after`, each
+    /// described by `describe`, with `first_id`, `last_id` and `has_more`.
+    fn page(
+        &self,
+        api: Api,
+        project: usize,
+        limit: usize,
+        after: Option<&str>,
+        mut describe: impl FnMut(&mut Job) -> Value,
+    ) -> Value {
+        let mut jobs = lock(&self.jobs);
+        let mine: Vec<&mut Job> = jobs
+            .iter_mut()
+            .rev()
+            .filter(|j| j.api == api && j.project == project)
+            .collect();
+        let skip = after
+            .and_then(|after| mine.iter().position(|j| j.id == after).map(|p| p + 1))
+            .unwrap_or(0);
+        let total = mine.len();
+        let data: Vec<Value> = mine
+            .into_iter()
+            .skip(skip)
+            .take(limit)
+            .map(&mut describe)
+            .collect();
+        json!({
+            "first_id": data.first().map(|b| b["id"].clone()),
+            "last_id": data.last().map(|b| b["id"].clone()),
+            "has_more": skip + limit < total,
+            "data": data,
+        })
     }
 
     // -----------------------------------------------------------------------
@@ -750,29 +814,10 @@ impl Batches {
         after: Option<&str>,
     ) -> Response {
         let limit = limit.unwrap_or(20).clamp(1, 100);
-        let mut jobs = lock(&self.jobs);
-        let mine: Vec<&mut Job> = jobs
-            .iter_mut()
-            .rev()
-            .filter(|j| j.api == Api::OpenAi && j.project == project)
-            .collect();
-        let skip = after
-            .and_then(|after| mine.iter().position(|j| j.id == after).map(|p| p + 1))
-            .unwrap_or(0);
-        let total = mine.len();
-        let data: Vec<Value> = mine
-            .into_iter()
-            .skip(skip)
-            .take(limit)
-            .map(|job| self.openai_batch(job, clock))
-            .collect();
-        let body = json!({
-            "object": "list",
-            "first_id": data.first().map(|b| b["id"].clone()),
-            "last_id": data.last().map(|b| b["id"].clone()),
-            "has_more": skip + limit < total,
-            "data": data,
+        let mut body = self.page(Api::OpenAi, project, limit, after, |job| {
+            self.openai_batch(job, clock)
         });
+        body["object"] = json!("list");
         OpenAi::json(StatusCode::OK, encode(&body))
     }
 
@@ -965,6 +1010,267 @@ impl Batches {
         }
         body
     }
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic
+
+impl Batches {
+    /// `POST /v1/messages/batches` from `project`.
+    pub(crate) fn anthropic_create(&self, clock: &Clock, project: usize, body: &[u8]) -> Response {
+        let Ok(body) = serde_json::from_slice::<Value>(body) else {
+            return Anthropic::bad_request("invalid request body: not JSON");
+        };
+        let lines = match anthropic_lines(&body) {
+            Ok(lines) => lines,
+            Err(message) => return Anthropic::bad_request(&message),
+        };
+        let model = serde_json::from_slice::<Value>(&lines[0].body)
+            .ok()
+            .and_then(|p| p["model"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let said = |directive: &str| {
+            let directive = directive.as_bytes();
+            lines
+                .iter()
+                .any(|l| l.body.windows(directive.len()).any(|w| w == directive))
+        };
+        let end = if said(EXPIRED_DIRECTIVE) {
+            Some(BatchEnd::Expired)
+        } else if said(FAILED_DIRECTIVE) {
+            Some(BatchEnd::Failed)
+        } else {
+            None
+        };
+        let mut job = self.job(Api::Anthropic, project, clock, &model, lines);
+        job.id = format!("msgbatch_{}", job.id);
+        if let Some(end) = end {
+            job.end = end;
+        }
+        self.create(
+            clock,
+            job,
+            || Anthropic::fault(StatusCode::SERVICE_UNAVAILABLE, 0),
+            |batches, job, clock| batches.anthropic_batch(job, clock),
+            |body| Anthropic::json(StatusCode::OK, encode(&body)),
+        )
+    }
+
+    /// `GET /v1/messages/batches/{id}` from `project`.
+    pub(crate) fn anthropic_get(&self, clock: &Clock, project: usize, id: &str) -> Response {
+        match self.with_job(Api::Anthropic, project, id, |job| {
+            self.anthropic_batch(job, clock)
+        }) {
+            Some(body) => Anthropic::json(StatusCode::OK, encode(&body)),
+            None => anthropic_not_found(id),
+        }
+    }
+
+    /// `POST /v1/messages/batches/{id}/cancel` from `project`: the batch,
+    /// `canceling` (an ended batch is answered as it is).
+    pub(crate) fn anthropic_cancel(&self, clock: &Clock, project: usize, id: &str) -> Response {
+        let now = (clock.now(), clock.wall());
+        let body = self.with_job(Api::Anthropic, project, id, |job| {
+            match self.phase(job, now.0) {
+                Phase::Pending | Phase::Running => {
+                    job.cancelled = Some(now);
+                    let mut body = self.anthropic_batch(job, clock);
+                    body["processing_status"] = json!("canceling");
+                    body["ended_at"] = Value::Null;
+                    body["results_url"] = Value::Null;
+                    body["request_counts"] = json!({"processing": job.lines.len(),
+                        "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0});
+                    body
+                }
+                Phase::Ended(_) | Phase::Cancelled => self.anthropic_batch(job, clock),
+            }
+        });
+        match body {
+            Some(body) => Anthropic::json(StatusCode::OK, encode(&body)),
+            None => anthropic_not_found(id),
+        }
+    }
+
+    /// `GET /v1/messages/batches?limit=&after_id=` from `project`: newest
+    /// first.
+    pub(crate) fn anthropic_list(
+        &self,
+        clock: &Clock,
+        project: usize,
+        limit: Option<usize>,
+        after: Option<&str>,
+    ) -> Response {
+        let limit = limit.unwrap_or(20).clamp(1, 1000);
+        let body = self.page(Api::Anthropic, project, limit, after, |job| {
+            self.anthropic_batch(job, clock)
+        });
+        Anthropic::json(StatusCode::OK, encode(&body))
+    }
+
+    /// `GET /v1/messages/batches/{id}/results` from `project`: JSONL once
+    /// the batch has ended, 404 before.
+    pub(crate) fn anthropic_results_file(
+        &self,
+        clock: &Clock,
+        project: usize,
+        id: &str,
+    ) -> Response {
+        let now = clock.now();
+        let text = self
+            .with_job(Api::Anthropic, project, id, |job| {
+                let phase = self.phase(job, now);
+                let lines = self.anthropic_results(job, phase)?;
+                let mut text = Vec::new();
+                for line in lines {
+                    text.extend_from_slice(&encode(&line));
+                    text.push(b'\n');
+                }
+                Some(text)
+            })
+            .flatten();
+        match text {
+            Some(text) => {
+                let mut response = Anthropic::json(StatusCode::OK, text);
+                response.headers_mut().insert(
+                    axum::http::header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/x-jsonl"),
+                );
+                response
+            }
+            None => anthropic_not_found(id),
+        }
+    }
+
+    /// The result lines of an ended Anthropic batch, in reverse input order;
+    /// `None` before the end.
+    fn anthropic_results(&self, job: &mut Job, phase: Phase) -> Option<Vec<Value>> {
+        let (done, rest) = match phase {
+            Phase::Pending | Phase::Running => return None,
+            Phase::Cancelled => (0, "canceled"),
+            Phase::Ended(BatchEnd::Expired) => (job.lines.len() / 2, "expired"),
+            Phase::Ended(_) => (job.lines.len(), "expired"),
+        };
+        let failed = phase == Phase::Ended(BatchEnd::Failed);
+        let outcomes = self.outcomes(job);
+        let lines = job
+            .lines
+            .iter()
+            .zip(outcomes.iter())
+            .enumerate()
+            .rev()
+            .map(|(n, (line, outcome))| {
+                let result = match outcome {
+                    _ if n >= done => json!({ "type": rest }),
+                    _ if failed => json!({"type": "errored", "error":
+                        anthropic_error("api_error", "[simulated] Internal server error")}),
+                    Outcome::Answer { body, .. } => json!({"type": "succeeded", "message": body}),
+                    Outcome::Error(error) => json!({"type": "errored", "error": error}),
+                };
+                json!({"custom_id": line.key, "result": result})
+            })
+            .collect();
+        Some(lines)
+    }
+
+    /// An Anthropic Message Batch object.
+    fn anthropic_batch(&self, job: &mut Job, clock: &Clock) -> Value {
+        let phase = self.phase(job, clock.now());
+        let created = job.created.1;
+        let total = job.lines.len();
+        let mut body = json!({
+            "id": job.id,
+            "type": "message_batch",
+            "processing_status": "in_progress",
+            "request_counts": {"processing": total, "succeeded": 0, "errored": 0,
+                "canceled": 0, "expired": 0},
+            "ended_at": null,
+            "created_at": rfc3339(created),
+            "expires_at": rfc3339(created + chrono::Duration::hours(24)),
+            "archived_at": null,
+            "cancel_initiated_at": job.cancelled.map(|(_, at)| rfc3339(at)),
+            "results_url": null,
+        });
+        let Some(lines) = self.anthropic_results(job, phase) else {
+            return body;
+        };
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for line in &lines {
+            let kind = line["result"]["type"].as_str().unwrap_or_default();
+            *counts.entry(kind).or_default() += 1;
+        }
+        let count = |kind: &str| counts.get(kind).copied().unwrap_or(0);
+        body["processing_status"] = json!("ended");
+        body["ended_at"] = json!(rfc3339(self.ended_at(job)));
+        body["request_counts"] = json!({"processing": 0, "succeeded": count("succeeded"),
+            "errored": count("errored"), "canceled": count("canceled"),
+            "expired": count("expired")});
+        body["results_url"] = json!(format!(
+            "https://api.anthropic.com/v1/messages/batches/{}/results",
+            job.id
+        ));
+        body
+    }
+}
+
+/// The requests of an Anthropic create body, checked as the API checks them
+/// at create time (the params themselves only when the batch runs).
+fn anthropic_lines(body: &Value) -> Result<Vec<Line>, String> {
+    let Some(requests) = body["requests"].as_array() else {
+        return Err("requests: Field required".to_owned());
+    };
+    if requests.is_empty() {
+        return Err("requests: List should have at least 1 item after validation, not 0".into());
+    }
+    if requests.len() > ANTHROPIC_MAX_REQUESTS {
+        return Err(format!(
+            "requests: List should have at most {ANTHROPIC_MAX_REQUESTS} items after validation, not {}",
+            requests.len()
+        ));
+    }
+    let fine = |id: &str| {
+        (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let mut seen = HashSet::new();
+    let mut lines = Vec::with_capacity(requests.len());
+    for (n, request) in requests.iter().enumerate() {
+        let Some(id) = request["custom_id"].as_str() else {
+            return Err(format!("requests.{n}.custom_id: Field required"));
+        };
+        if !fine(id) {
+            return Err(format!(
+                "requests.{n}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            ));
+        }
+        if !seen.insert(id) {
+            return Err(format!(
+                "Duplicate custom_id: {id}. Each request in a batch must have a unique custom_id."
+            ));
+        }
+        if !request["params"].is_object() {
+            return Err(format!("requests.{n}.params: Field required"));
+        }
+        lines.push(Line {
+            key: id.to_owned(),
+            body: encode(&request["params"]).to_vec(),
+        });
+    }
+    Ok(lines)
+}
+
+/// An Anthropic `ErrorResponse`, as a batch's errored result holds it.
+fn anthropic_error(kind: &str, message: &str) -> Value {
+    json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": null})
+}
+
+fn anthropic_not_found(id: &str) -> Response {
+    anthropic::error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        &format!("Message batch not found: {id}"),
+    )
 }
 
 /// `value[camel]`, else `value[snake]` (the API takes either spelling).

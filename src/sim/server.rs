@@ -85,6 +85,13 @@ impl Simulator {
             .route("/v1/batches", post(openai_create).get(openai_batches))
             .route("/v1/batches/{id}", get(openai_batch))
             .route("/v1/batches/{id}/cancel", post(openai_cancel))
+            .route(
+                "/v1/messages/batches",
+                post(anthropic_create).get(anthropic_batches),
+            )
+            .route("/v1/messages/batches/{id}", get(anthropic_batch))
+            .route("/v1/messages/batches/{id}/cancel", post(anthropic_cancel))
+            .route("/v1/messages/batches/{id}/results", get(anthropic_results))
             .route("/__stats", get(stats))
             .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&self.shared))
@@ -932,6 +939,77 @@ async fn openai_cancel(
 ) -> Response {
     shared.file_request::<OpenAi>(bearer(&headers), |project| {
         shared.batches.openai_cancel(&shared.clock, project, &id)
+    })
+}
+
+/// `POST /v1/messages/batches`.
+async fn anthropic_create(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.file_request::<Anthropic>(x_api_key(&headers), |project| {
+        shared
+            .batches
+            .anthropic_create(&shared.clock, project, &body)
+    })
+}
+
+/// `GET /v1/messages/batches?limit=&after_id=`'s query.
+#[derive(Debug, Deserialize)]
+struct AnthropicListQuery {
+    limit: Option<usize>,
+    after_id: Option<String>,
+}
+
+/// `GET /v1/messages/batches`.
+async fn anthropic_batches(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<AnthropicListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<Anthropic>(x_api_key(&headers), |project| {
+        shared.batches.anthropic_list(
+            &shared.clock,
+            project,
+            query.limit,
+            query.after_id.as_deref(),
+        )
+    })
+}
+
+/// `GET /v1/messages/batches/{id}`.
+async fn anthropic_batch(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<Anthropic>(x_api_key(&headers), |project| {
+        shared.batches.anthropic_get(&shared.clock, project, &id)
+    })
+}
+
+/// `POST /v1/messages/batches/{id}/cancel`.
+async fn anthropic_cancel(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<Anthropic>(x_api_key(&headers), |project| {
+        shared.batches.anthropic_cancel(&shared.clock, project, &id)
+    })
+}
+
+/// `GET /v1/messages/batches/{id}/results`.
+async fn anthropic_results(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    shared.file_request::<Anthropic>(x_api_key(&headers), |project| {
+        shared
+            .batches
+            .anthropic_results_file(&shared.clock, project, &id)
     })
 }
 

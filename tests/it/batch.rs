@@ -75,6 +75,36 @@ fn recorded(work: &Workdir) -> Vec<BatchRow> {
     batches_of(&store, None).expect("the batches")
 }
 
+/// The ledger of `work`'s state file holds half what the usage in its
+/// results file costs online at `model`'s price. Returns both (ledger,
+/// online).
+pub fn assert_ledger_is_half_the_online_cost(work: &Workdir, model: &str) -> (f64, f64) {
+    let price = PriceTable::built_in().price(model).expect("a price");
+    let online: f64 = results(&work.path("job.results.jsonl"))
+        .iter()
+        .map(|row| {
+            price.cost(&Usage {
+                input_tokens: row["input_tokens"].as_u64().expect("input tokens"),
+                output_tokens: row["output_tokens"].as_u64().expect("output tokens"),
+                ..Usage::default()
+            })
+        })
+        .sum();
+    let store = Store::open(&work.path("s.db")).expect("the state file");
+    let ledger: f64 = store
+        .ledger(QuotaDay::today())
+        .expect("the ledger")
+        .iter()
+        .map(|row| row.cost_usd.expect("a known cost"))
+        .sum();
+    assert!(online > 0.0);
+    assert!(
+        (ledger - online / 2.0).abs() < 1e-9 * online,
+        "ledger {ledger} vs online {online}"
+    );
+    (ledger, online)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
     let n = 10_000;
@@ -113,31 +143,7 @@ async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
     assert_eq!(server_batches(&sim.base_url()).await, per_account);
 
     // The ledger holds the batch price: half the online cost of the usage.
-    let price = PriceTable::built_in()
-        .price("gemini-2.5-flash")
-        .expect("a price");
-    let online: f64 = results(&work.path("job.results.jsonl"))
-        .iter()
-        .map(|row| {
-            price.cost(&Usage {
-                input_tokens: row["input_tokens"].as_u64().expect("input tokens"),
-                output_tokens: row["output_tokens"].as_u64().expect("output tokens"),
-                ..Usage::default()
-            })
-        })
-        .sum();
-    let store = Store::open(&work.path("s.db")).expect("the state file");
-    let ledger: f64 = store
-        .ledger(QuotaDay::today())
-        .expect("the ledger")
-        .iter()
-        .map(|row| row.cost_usd.expect("a known cost"))
-        .sum();
-    assert!(online > 0.0);
-    assert!(
-        (ledger - online / 2.0).abs() < 1e-9 * online,
-        "ledger {ledger} vs online {online}"
-    );
+    let (ledger, online) = assert_ledger_is_half_the_online_cost(&work, "gemini-2.5-flash");
 
     // The report says what the batch price saved, and each batch's duration.
     let report = work

@@ -10,6 +10,8 @@ mod support;
 mod anthropic;
 /// `run --batch`: the providers' Batch APIs, submit and collect.
 mod batch;
+/// `run --batch` with Anthropic's Message Batches.
+mod batch_anthropic;
 /// The providers' own batch files as jobs, and results in their output shape.
 mod batchfile;
 /// The command line: outputs, standard input, completions, version.

@@ -14,6 +14,11 @@
 //!   create, get, list and cancel, and `/v1/files/{id}/content` of the
 //!   output and error files. Source:
 //!   <https://platform.openai.com/docs/guides/batch>.
+//! - `anthropic`: Message Batches, `POST /v1/messages/batches` with the
+//!   requests inline (`{"custom_id", "params"}` each), get, list, cancel and
+//!   the `results_url` download. Sources:
+//!   <https://platform.claude.com/docs/en/build-with-claude/batch-processing>,
+//!   anthropic-sdk-python `resources/messages/batches.py`.
 //!
 //! The lines themselves are the shared wire types of
 //! [`super::batchline`]: this module builds a request's input line and
@@ -23,9 +28,14 @@
 //! twice, two separate batch jobs will be created", Gemini's guide): the
 //! caller names each batch (Gemini's display name, OpenAI's metadata) so
 //! that a batch whose create answer was lost can be found by listing.
+//! Anthropic's batches carry no name: see
+//! [`Client::anthropic_batches_created`].
 
+mod anthropic;
 mod gemini;
 mod openai;
+
+pub use anthropic::anthropic_custom_id;
 
 use super::batchline::{GeminiBatchInputLine, OpenAiBatchInputLine};
 use super::{ApiError, Client, ProviderKind, RawRequest, Reply, Request};
@@ -159,6 +169,11 @@ impl Client {
     ) -> std::io::Result<()> {
         let line = match self.kind {
             ProviderKind::Gemini => serde_json::to_vec(&GeminiBatchInputLine::new(key, req)),
+            ProviderKind::Anthropic => serde_json::to_vec(&anthropic::AnthropicBatchLine::new(
+                key,
+                req,
+                self.default_max_output_tokens,
+            )),
             _ => serde_json::to_vec(&OpenAiBatchInputLine::new(key, req)),
         };
         write_line(line, out)
@@ -203,6 +218,7 @@ impl Client {
     ) -> Result<BatchJob, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::create(self, key, input).await,
+            ProviderKind::Anthropic => anthropic::create(self, key, input).await,
             _ => openai::create(self, key, input).await,
         };
         super::without_key(result, key)
@@ -212,6 +228,7 @@ impl Client {
     pub async fn get_batch(&self, key: &ApiKey, name: &str) -> Result<BatchJob, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::get(self, key, name).await,
+            ProviderKind::Anthropic => anthropic::get(self, key, name).await,
             _ => openai::get(self, key, name).await,
         };
         super::without_key(result, key)
@@ -222,6 +239,7 @@ impl Client {
     pub async fn cancel_batch(&self, key: &ApiKey, name: &str) -> Result<(), ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::cancel(self, key, name).await,
+            ProviderKind::Anthropic => anthropic::cancel(self, key, name).await,
             _ => openai::cancel(self, key, name).await,
         };
         super::without_key(result, key)
@@ -231,6 +249,7 @@ impl Client {
     pub async fn list_batches(&self, key: &ApiKey) -> Result<Vec<BatchJob>, ApiError> {
         let result = match self.kind {
             ProviderKind::Gemini => gemini::list(self, key).await,
+            ProviderKind::Anthropic => anthropic::list(self, key).await,
             _ => openai::list(self, key).await,
         };
         super::without_key(result, key)
@@ -256,6 +275,9 @@ impl Client {
             for file in &batch.results {
                 written += match self.kind {
                     ProviderKind::Gemini => gemini::download(self, key, file, &mut out).await?,
+                    ProviderKind::Anthropic => {
+                        anthropic::download(self, key, &batch.name, file, &mut out).await?
+                    }
                     _ => openai::download(self, key, file, &mut out).await?,
                 };
             }
@@ -265,10 +287,29 @@ impl Client {
         super::without_key(result, key)
     }
 
+    /// An Anthropic account's batches created from `from` to `to`, newest
+    /// first. Anthropic batches carry no name nor metadata: a batch whose
+    /// create answer was lost can only be told by when it was created and
+    /// how many requests it holds (and, once ended, by the run scope in its
+    /// custom ids). Other providers: their whole list.
+    pub async fn anthropic_batches_created(
+        &self,
+        key: &ApiKey,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<BatchJob>, ApiError> {
+        let result = match self.kind {
+            ProviderKind::Anthropic => anthropic::created_between(self, key, from, to).await,
+            _ => self.list_batches(key).await,
+        };
+        super::without_key(result, key)
+    }
+
     /// Parses one line of this provider's batch results.
     pub fn parse_batch_line(&self, line: &[u8]) -> Result<BatchResult, ApiError> {
         match self.kind {
             ProviderKind::Gemini => gemini::parse_line(line),
+            ProviderKind::Anthropic => anthropic::parse_line(line),
             _ => openai::parse_line(line),
         }
     }
