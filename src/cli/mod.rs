@@ -267,6 +267,10 @@ struct ResultsArgs {
     /// The JSONL file to write.
     #[arg(short, long)]
     out: PathBuf,
+    /// Also write the run's Hosts section (what each host did, and the
+    /// whole run) here: JSON when the name ends in `.json`, else Markdown.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
 /// `keyfan report`.

@@ -35,6 +35,18 @@ fn write(args: ResultsArgs) -> Result<u8, Failure> {
     let written = state.results(run, &mut out)?;
     out.flush()
         .with_context(|| format!("failed to write {}", args.out.display()))?;
+    if let Some(path) = &args.report {
+        let hosts = state
+            .run_hosts(run)?
+            .ok_or_else(|| anyhow!("state {url} has no run {run}"))?;
+        let text = if path.extension().is_some_and(|e| e == "json") {
+            crate::report::hosts_json(&hosts)
+        } else {
+            crate::report::hosts_markdown(&hosts)
+        };
+        std::fs::write(path, text)
+            .with_context(|| format!("failed to write {}", path.display()))?;
+    }
     let open = state.open_items(run)?;
     eprintln!(
         "run {run}: {written} finished item(s) written to {}{}",

@@ -3,8 +3,8 @@
 //! markup (every element closed) so a plain XML check can read it.
 
 use super::{
-    batch_cells, upload_cells, upload_policy, usd, Report, Usage, BATCH_COLUMNS, UPLOAD_COLUMNS,
-    USAGE_COLUMNS, VERSUS_COLUMNS,
+    batch_cells, host_rows, hosts_note, upload_cells, upload_policy, usd, Report, Usage,
+    BATCH_COLUMNS, HOST_COLUMNS, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
 };
 use std::fmt::Write;
 
@@ -212,6 +212,10 @@ pub(super) fn render(r: &Report) -> String {
         h.push_str(&bars_of(&shares, "#ef4444", 1.0, WIDTH));
     }
 
+    if let Some(hosts) = &r.hosts {
+        let _ = write!(h, "\n<h2>Hosts</h2><p>{}</p>", esc(&hosts_note(hosts)));
+        table(&mut h, "host", &HOST_COLUMNS, host_rows(hosts));
+    }
     h.push_str("\n<h2>Per account</h2>");
     usage_table(&mut h, "account", &r.accounts);
     if !r.uploads.is_empty() {

@@ -1,9 +1,10 @@
 //! The Markdown rendering of a report.
 
 use super::{
-    batch_cells, upload_cells, upload_policy, usd, Report, Usage, BATCH_COLUMNS, UPLOAD_COLUMNS,
-    USAGE_COLUMNS, VERSUS_COLUMNS,
+    batch_cells, host_rows, hosts_note, upload_cells, upload_policy, usd, Report, Usage,
+    BATCH_COLUMNS, HOST_COLUMNS, UPLOAD_COLUMNS, USAGE_COLUMNS, VERSUS_COLUMNS,
 };
+use crate::store::postgres::RunHosts;
 use std::fmt::Write;
 
 pub(super) fn render(r: &Report) -> String {
@@ -88,6 +89,10 @@ pub(super) fn render(r: &Report) -> String {
     if !r.batches.is_empty() {
         batches(&mut md, r);
     }
+    if let Some(hosts) = &r.hosts {
+        md.push('\n');
+        section_hosts(&mut md, hosts);
+    }
     let _ = writeln!(md, "\n## Per account\n");
     table(&mut md, "account", &r.accounts, |u| u.name.clone());
     if !r.uploads.is_empty() {
@@ -118,6 +123,13 @@ pub(super) fn render(r: &Report) -> String {
         );
     }
     md
+}
+
+/// The Hosts section: a shared run, host by host.
+pub(super) fn section_hosts(md: &mut String, hosts: &RunHosts) {
+    let _ = writeln!(md, "## Hosts\n\n{}\n", hosts_note(hosts));
+    let rows = host_rows(hosts).map(|(host, cells)| (host.to_owned(), cells));
+    cells_table(md, "host", &HOST_COLUMNS, rows);
 }
 
 /// The run's uploads per account, and what `media.on_unavailable` did.

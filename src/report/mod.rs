@@ -10,6 +10,7 @@ mod html;
 mod markdown;
 
 use crate::config::AccountConfig;
+use crate::store::postgres::{HostRow, RunHosts};
 use crate::store::{
     AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
     UploadCount,
@@ -58,6 +59,10 @@ pub struct Report {
     /// The provider batches of a `run --batch`, oldest first (empty for a
     /// run that sent online).
     pub batches: Vec<crate::batch::BatchRow>,
+    /// On a shared state (`--state postgres://…`): the whole run, host by
+    /// host, from the shared queue (left out of the JSON otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<RunHosts>,
 }
 
 /// One model's estimate against what the run used.
@@ -117,6 +122,56 @@ fn upload_policy(r: &Report) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The columns of the hosts tables (after the host).
+const HOST_COLUMNS: [&str; 7] = [
+    "ok",
+    "failed",
+    "other ended",
+    "claimed",
+    "input tokens",
+    "output tokens",
+    "cost (USD)",
+];
+
+/// A host's cells under [`HOST_COLUMNS`].
+fn host_cells(h: &HostRow) -> [String; 7] {
+    let ended = |outcome: &str| h.ended.get(outcome).copied().unwrap_or(0);
+    let (ok, failed) = (ended("ok"), ended("failed"));
+    let n = |n: u64| n.to_string();
+    [
+        n(ok),
+        n(failed),
+        n(h.ended_total() - ok - failed),
+        n(h.claimed),
+        n(h.input_tokens),
+        n(h.output_tokens),
+        usd(h.cost_usd, 4),
+    ]
+}
+
+/// The sentence above the hosts tables.
+fn hosts_note(hosts: &RunHosts) -> String {
+    format!(
+        "Run {} in the shared state ({}), every host's part, as it stood when this report was \
+         written: {} item(s) ended, {} claimed, {} pending. Tokens and cost are those of the \
+         items each host ended.",
+        hosts.run,
+        hosts.status,
+        hosts.totals.ended_total(),
+        hosts.totals.claimed,
+        hosts.pending
+    )
+}
+
+/// The rows of the hosts tables: each host, then the whole run.
+fn host_rows(hosts: &RunHosts) -> impl Iterator<Item = (&str, [String; 7])> {
+    hosts
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), host_cells(h)))
+        .chain([("all hosts", host_cells(&hosts.totals))])
 }
 
 /// The columns of the batches tables (the batch's display name first).
@@ -449,6 +504,7 @@ impl Report {
             latency_histogram,
             ledger: store.ledger(today)?,
             uploads: store.upload_counts(run)?,
+            hosts: None,
         })
     }
 
@@ -475,6 +531,21 @@ impl Report {
         round_costs(&mut value);
         serde_json::to_string_pretty(&value).expect("the report serialises")
     }
+}
+
+/// The Hosts section alone, as Markdown (`keyfan results --report`).
+pub fn hosts_markdown(hosts: &RunHosts) -> String {
+    let mut md = String::new();
+    markdown::section_hosts(&mut md, hosts);
+    md
+}
+
+/// The Hosts section alone, as pretty JSON, costs rounded as in
+/// [`Report::to_json`].
+pub fn hosts_json(hosts: &RunHosts) -> String {
+    let mut value = serde_json::to_value(hosts).expect("the hosts serialise");
+    round_costs(&mut value);
+    serde_json::to_string_pretty(&value).expect("the hosts serialise")
 }
 
 /// A cost in USD as the tables show it: `decimals` places, or `?` when it

@@ -459,16 +459,8 @@ pub async fn run(
     let shared = match &outputs.shared {
         Some(shared) => {
             let url = shared.url.clone();
-            let state = tokio::task::spawn_blocking(move || {
-                PgState::connect(&url, &crate::store::postgres::this_host())
-            })
-            .await
-            .map_err(|e| StartError::Io {
-                what: "connect to the shared state".to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })?
-            .map_err(StartError::from)?;
-            Some(state)
+            let connect = move || PgState::connect(&url, &crate::store::postgres::this_host());
+            Some(off_runtime("connect to the shared state", connect).await?)
         }
         None => None,
     };
@@ -546,6 +538,8 @@ pub async fn run(
         }
         _ => None,
     };
+    // The shared run, for the report's Hosts section.
+    let shared_run = shared.as_ref().map(|link| link.run);
     let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {
@@ -657,7 +651,19 @@ pub async fn run(
     };
     store.finish_run(run_id, status)?;
 
-    let report = Report::build(&store, run_id)?;
+    let mut report = Report::build(&store, run_id)?;
+    // The whole run host by host, on a connection of its own (the run's is
+    // closed by now); a database gone since leaves the section out (the
+    // run's errors say so).
+    if let (Some(run), Some(how)) = (shared_run, &outputs.shared) {
+        let url = how.url.clone();
+        let read =
+            move || PgState::connect(&url, &crate::store::postgres::this_host())?.run_hosts(run);
+        report.hosts = off_runtime("read the shared run's hosts", read)
+            .await
+            .ok()
+            .flatten();
+    }
     for (path, text) in [
         (&outputs.report_md, report.to_markdown()),
         (&outputs.report_json, report.to_json()),
@@ -690,6 +696,20 @@ pub async fn run(
     };
     observer.done(&outcome);
     Ok(outcome)
+}
+
+/// Runs `f` (the synchronous PostgreSQL client) off the async runtime.
+async fn off_runtime<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, crate::store::postgres::PgError> + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StartError::Io {
+            what: what.to_owned(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(StartError::from)
 }
 
 /// The scrubber of every key in `config`: what keyfan writes or shows

@@ -299,27 +299,26 @@ pub(crate) async fn execute_with(
         event_tx.clone(),
     );
     let faults = Arc::new(Faults::default());
-    let shared = match shared {
-        None => None,
-        Some(link) => {
-            let (faults, cancel) = (Arc::clone(&faults), cancel.clone());
-            let lost = move |error: String| {
-                faults.push(format!(
-                    "the shared state was lost ({error}): dispatch stopped; unsent items stay \
+    let (shared, shared_thread) =
+        match shared {
+            None => (None, None),
+            Some(link) => {
+                let (faults, cancel) = (Arc::clone(&faults), cancel.clone());
+                let lost = move |error: String| {
+                    faults.push(format!(
+                        "the shared state was lost ({error}): dispatch stopped; unsent items stay \
                      pending"
-                ));
-                cancel.cancel();
-            };
-            Some(
-                shared::SharedGate::spawn(link, Arc::clone(&pool), lost).map_err(|source| {
-                    StartError::Io {
+                    ));
+                    cancel.cancel();
+                };
+                let (gate, thread) = shared::SharedGate::spawn(link, Arc::clone(&pool), lost)
+                    .map_err(|source| StartError::Io {
                         what: "start the shared-state thread".to_owned(),
                         source,
-                    }
-                })?,
-            )
-        }
-    };
+                    })?;
+                (Some(gate), Some(thread))
+            }
+        };
     let mut recording = recording;
     if let Some(gate) = &shared {
         recording.observer = Box::new(shared::Finisher::new(recording.observer, gate));
@@ -460,6 +459,13 @@ pub(crate) async fn execute_with(
     // show the items it never sent as missing.
     let _ = feeder.await;
     let (mut store, output_closed) = recorder.join().await?;
+    // The recorder's observer held the last other handle on the shared
+    // state: its thread ends the items it was sent, and the report that
+    // follows sees them ended.
+    drop(shared);
+    if let Some(thread) = shared_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     let errors = take_all(&faults.errors);
     let keys_refused = take_all(&faults.keys_refused);
     let status = if !errors.is_empty() {

@@ -107,17 +107,19 @@ impl SharedGate {
     /// Starts the thread that owns `state`. `lost` is called once, with the
     /// error, if the database fails.
     /// The limits every host has learned are given to `pool` at the start
-    /// and with every heartbeat.
+    /// and with every heartbeat. The thread ends, its last items finished
+    /// and its claims given back, once every handle is dropped: joining it
+    /// then waits for that.
     pub(crate) fn spawn(
         link: Link,
         pool: Arc<Pool>,
         lost: impl FnOnce(String) + Send + 'static,
-    ) -> std::io::Result<SharedGate> {
+    ) -> std::io::Result<(SharedGate, std::thread::JoinHandle<()>)> {
         let (commands, inbox) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("keyfan-shared".into())
             .spawn(move || Server::new(link, pool).serve(&inbox, lost))?;
-        Ok(SharedGate { commands })
+        Ok((SharedGate { commands }, thread))
     }
 
     /// Shares what a 429 said of `account`'s limit for `model` (`limit` of

@@ -576,6 +576,91 @@ async fn assert_whole_results(work: &Workdir, state: &str, n: usize) {
     crate::support::assert_each_item_once_with_its_reply(&work.path("all.jsonl"), n);
 }
 
+/// The Hosts section of a report's JSON: `(host name, items it ended,
+/// items it holds)` per host, and the run's pending items.
+fn hosts_of(report: &serde_json::Value) -> (Vec<(String, u64, u64)>, u64) {
+    let hosts = &report["hosts"];
+    let rows = hosts["hosts"].as_array().expect("a Hosts section").iter();
+    let rows = rows.map(|h| {
+        let ended = h["ended"].as_object().expect("ended").values();
+        let ended = ended.map(|n| n.as_u64().expect("a count")).sum();
+        (
+            h["host"].as_str().expect("a host").to_owned(),
+            ended,
+            h["claimed"].as_u64().expect("claimed"),
+        )
+    });
+    (rows.collect(), hosts["pending"].as_u64().expect("pending"))
+}
+
+/// Each host's report covers both hosts of a joined run: `last` (the first
+/// host, pid `pid`, out last, having written `last_results`) and `joined`
+/// (which wrote `joined_results`). Each host's row counts the items it
+/// ended, its report's items sum to the job's, and the last host's report,
+/// its Markdown and `keyfan results --report` show the whole run ended.
+async fn assert_hosts_sections(
+    (last, pid, last_results): (&Workdir, u32, &[serde_json::Value]),
+    (joined, joined_results): (&Workdir, &[serde_json::Value]),
+    state: &str,
+) {
+    let n = (last_results.len() + joined_results.len()) as u64;
+    let mine = format!(":{pid}");
+    for (work, own, first_is_own) in [(last, last_results, true), (joined, joined_results, false)] {
+        let report: serde_json::Value =
+            serde_json::from_str(&work.read("job.report.json")).expect("the report's JSON");
+        let (hosts, pending) = hosts_of(&report);
+        assert_eq!(hosts.len(), 2, "{hosts:?}");
+        let sum: u64 = hosts.iter().map(|(_, ended, held)| ended + held).sum();
+        assert_eq!(sum + pending, n, "{hosts:?}");
+        // A host's report counts every item it ended itself.
+        let (own_row, _) = hosts
+            .iter()
+            .partition::<Vec<_>, _>(|(host, ..)| host.ends_with(&mine) == first_is_own);
+        assert_eq!(own_row.len(), 1, "{hosts:?}");
+        assert_eq!(own_row[0].1, own.len() as u64, "{hosts:?}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&last.read("job.report.json")).expect("the report's JSON");
+    let whole = &report["hosts"];
+    assert_eq!(whole["status"], "done", "{whole}");
+    assert_eq!(whole["totals"]["ended"]["ok"], n, "{whole}");
+    let tokens: u64 = last_results
+        .iter()
+        .chain(joined_results)
+        .map(|r| r["input_tokens"].as_u64().expect("input_tokens"))
+        .sum();
+    assert_eq!(whole["totals"]["input_tokens"], tokens, "{whole}");
+    let md = last.read("job.report.md");
+    let (hosts, _) = hosts_of(&report);
+    assert!(
+        md.contains("## Hosts")
+            && hosts
+                .iter()
+                .all(|(host, ..)| md.contains(&format!("| {host} |")))
+            && md.contains(&format!("| all hosts | {n} | 0 | 0 | 0 |")),
+        "{md}"
+    );
+    // The same section from the shared state alone.
+    let out = last
+        .keyfan(
+            &[
+                "results",
+                "--state",
+                state,
+                "--out",
+                "all.jsonl",
+                "--report",
+                "hosts.json",
+            ],
+            &[],
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let alone: serde_json::Value =
+        serde_json::from_str(&last.read("hosts.json")).expect("the hosts JSON");
+    assert_eq!(&alone, whole);
+}
+
 /// Two hosts with the same 40-item job and config, `limits` on the
 /// simulator and in the config, and answers slow enough (200–400 ms) that
 /// both work it.
@@ -630,6 +715,7 @@ async fn two_hosts_joined_on_one_job_end_each_item_once_within_the_limits() {
     assert_eq!(a.len() + b.len(), 40);
     // The whole run's results, from the shared state.
     assert_whole_results(&one, &state, 40).await;
+    assert_hosts_sections((&one, first.id(), &a), (&two, &b), &state).await;
     let stats = stats(&sim).await;
     assert_eq!(stats.requests, 40, "{stats:?}");
     for (name, project) in &stats.projects {

@@ -17,7 +17,8 @@
 //!   seen by every host;
 //! - the run row with its heartbeat (the run lock across hosts) and the work
 //!   queue of a job's items, claimed in chunks with `FOR UPDATE SKIP LOCKED`
-//!   under a lease a live host renews ([`queue`]).
+//!   under a lease a live host renews ([`queue`]), and what each host did in
+//!   a run, for the reports ([`hosts`]).
 //!
 //! A host keeps its own detail (attempts, its results file) locally; what
 //! must be shared — quotas, the queue, the run lock, every item's result —
@@ -29,10 +30,12 @@
 //! synchronous, and each connection is owned by one thread (the run's
 //! shared-state thread), never by an async worker.
 
+pub mod hosts;
 mod ledger;
 pub mod queue;
 mod schema;
 
+pub use hosts::{HostRow, RunHosts};
 pub use ledger::{Slice, SliceRefused};
 pub use queue::{Claim, ClaimedItem, JoinError, ResultsError};
 
