@@ -640,6 +640,8 @@ async fn assert_hosts_sections(
             && md.contains(&format!("| all hosts | {n} | 0 | 0 | 0 |")),
         "{md}"
     );
+    let html = last.read("job.report.html");
+    assert!(html.contains("<h2>Hosts</h2>") && html.contains("<td>all hosts</td>"));
     // The same section from the shared state alone.
     let out = last
         .keyfan(
