@@ -351,6 +351,27 @@ impl Batches {
         Some(f(job))
     }
 
+    /// Cancels `project`'s batch `id` of `api` unless it has ended, then
+    /// answers `f(job, cancelled)`, `cancelled` telling whether this call
+    /// cancelled it. `None`: no such batch.
+    fn cancel<T>(
+        &self,
+        api: Api,
+        project: usize,
+        id: &str,
+        clock: &Clock,
+        f: impl FnOnce(&mut Job, bool) -> T,
+    ) -> Option<T> {
+        let now = (clock.now(), clock.wall());
+        self.with_job(api, project, id, |job| {
+            let open = matches!(self.phase(job, now.0), Phase::Pending | Phase::Running);
+            if open {
+                job.cancelled = Some(now);
+            }
+            f(job, open)
+        })
+    }
+
     /// One page of `project`'s batches of `api`, newest first, as OpenAI
     /// and Anthropic list them: `limit` after the batch `after`, each
     /// described by `describe`, with `first_id`, `last_id` and `has_more`.
@@ -463,16 +484,7 @@ impl Batches {
 
     /// `POST batches/{id}:cancel` from `project`: `{}`, or 400 once ended.
     pub(crate) fn gemini_cancel(&self, clock: &Clock, project: usize, id: &str) -> Response {
-        let now = (clock.now(), clock.wall());
-        let done = self.with_job(Api::Gemini, project, id, |job| {
-            match self.phase(job, now.0) {
-                Phase::Pending | Phase::Running => {
-                    job.cancelled = Some(now);
-                    true
-                }
-                Phase::Ended(_) | Phase::Cancelled => false,
-            }
-        });
+        let done = self.cancel(Api::Gemini, project, id, clock, |_, cancelled| cancelled);
         match done {
             Some(true) => Gemini::json(StatusCode::OK, "{}"),
             Some(false) => envelope(
@@ -779,22 +791,17 @@ impl Batches {
 
     /// `POST /v1/batches/{id}/cancel` from `project`: the batch, `cancelling`.
     pub(crate) fn openai_cancel(&self, clock: &Clock, project: usize, id: &str) -> Response {
-        let now = (clock.now(), clock.wall());
-        let body = self.with_job(Api::OpenAi, project, id, |job| {
-            match self.phase(job, now.0) {
-                Phase::Pending | Phase::Running => {
-                    job.cancelled = Some(now);
-                    let mut body = self.openai_batch(job, clock);
-                    body["status"] = json!("cancelling");
-                    body["cancelled_at"] = Value::Null;
-                    Ok(body)
-                }
-                Phase::Ended(_) | Phase::Cancelled => Err(()),
-            }
+        let body = self.cancel(Api::OpenAi, project, id, clock, |job, cancelled| {
+            cancelled.then(|| {
+                let mut body = self.openai_batch(job, clock);
+                body["status"] = json!("cancelling");
+                body["cancelled_at"] = Value::Null;
+                body
+            })
         });
         match body {
-            Some(Ok(body)) => OpenAi::json(StatusCode::OK, encode(&body)),
-            Some(Err(())) => openai_error(
+            Some(Some(body)) => OpenAi::json(StatusCode::OK, encode(&body)),
+            Some(None) => openai_error(
                 StatusCode::CONFLICT,
                 &format!("Cannot cancel a batch that has already ended: {id}."),
             ),
@@ -1069,21 +1076,16 @@ impl Batches {
     /// `POST /v1/messages/batches/{id}/cancel` from `project`: the batch,
     /// `canceling` (an ended batch is answered as it is).
     pub(crate) fn anthropic_cancel(&self, clock: &Clock, project: usize, id: &str) -> Response {
-        let now = (clock.now(), clock.wall());
-        let body = self.with_job(Api::Anthropic, project, id, |job| {
-            match self.phase(job, now.0) {
-                Phase::Pending | Phase::Running => {
-                    job.cancelled = Some(now);
-                    let mut body = self.anthropic_batch(job, clock);
-                    body["processing_status"] = json!("canceling");
-                    body["ended_at"] = Value::Null;
-                    body["results_url"] = Value::Null;
-                    body["request_counts"] = json!({"processing": job.lines.len(),
-                        "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0});
-                    body
-                }
-                Phase::Ended(_) | Phase::Cancelled => self.anthropic_batch(job, clock),
+        let body = self.cancel(Api::Anthropic, project, id, clock, |job, cancelled| {
+            let mut body = self.anthropic_batch(job, clock);
+            if cancelled {
+                body["processing_status"] = json!("canceling");
+                body["ended_at"] = Value::Null;
+                body["results_url"] = Value::Null;
+                body["request_counts"] = json!({"processing": job.lines.len(),
+                    "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0});
             }
+            body
         });
         match body {
             Some(body) => Anthropic::json(StatusCode::OK, encode(&body)),
