@@ -236,6 +236,63 @@ async fn a_batch_created_but_not_recorded_is_adopted_not_duplicated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_submission_a_rerun_puts_no_item_in_two_batches_and_loses_none() {
+    let n = 60;
+    // Each upload of a batch's input waits 1.5 s: the kill lands after the
+    // batch is recorded and before (or while) it is created.
+    let yaml = sim_yaml("succeeded", 0) + "files: { chunk_ms: 1500 }\n";
+    let (sim, work) = scenario(&yaml, n, accounts).await;
+    let args = batch_run();
+    let mut child = work.spawn(&args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let recorded_batches = || -> i64 {
+        rusqlite::Connection::open(work.path("s.db"))
+            .and_then(|db| db.query_row("SELECT count(*) FROM batches", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    while recorded_batches() == 0 {
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "keyfan ended before recording a batch"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no batch recorded in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let before = server_batches(&sim.base_url()).await;
+    assert!(
+        before.values().sum::<usize>() < 2,
+        "the kill came after both creates: {before:?}"
+    );
+
+    // The rerun adopts what was created and submits the rest, once.
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "");
+    let both = HashMap::from([("proj-a", 1), ("proj-b", 1)]);
+    assert_eq!(server_batches(&sim.base_url()).await, both);
+    let store = rusqlite::Connection::open(work.path("s.db")).expect("the state file");
+    let in_two: i64 = store
+        .query_row(
+            "SELECT count(*) FROM (SELECT item_id FROM batch_items i JOIN batches b \
+             ON b.id = i.batch_id WHERE b.name IS NOT NULL GROUP BY item_id HAVING count(*) > 1)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the batch items");
+    assert_eq!(in_two, 0, "an item is in two live batches");
+
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(&args, &[]).await;
+    assert_exit_saying(&out, 0, "");
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    assert_eq!(server_batches(&sim.base_url()).await, both);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_batches_fail_a_bad_request_with_the_api_message_and_keep_the_rest() {
     let sim = simulator(&sim_yaml("succeeded", 0)).await;
     let work = Workdir::new();
