@@ -83,10 +83,11 @@ const COMMIT_EVERY: usize = 1000;
 /// Unknown result keys named in the report, per batch.
 const UNKNOWN_SHOWN: usize = 5;
 
-/// How big one batch may be; what is not given comes from the provider's
-/// documented limit.
+/// How `--batch` submits: how big one batch may be (what is not given
+/// comes from the provider's documented limit), and whether items that
+/// failed in a batch go online instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchLimits {
+pub struct BatchSettings {
     /// Requests per batch.
     pub max_requests: Option<u64>,
     /// Bytes of input file per batch.
@@ -100,7 +101,7 @@ pub struct BatchLimits {
     pub online_fallback: bool,
 }
 
-impl BatchLimits {
+impl BatchSettings {
     /// The limits for a batch to `kind`'s API.
     fn unit(&self, kind: ProviderKind) -> Unit {
         let (requests, bytes) = match kind {
@@ -138,8 +139,8 @@ pub struct Batcher<'a> {
     pub job: &'a Path,
     /// The job's content hash.
     pub job_hash: &'a str,
-    /// The size limits.
-    pub limits: BatchLimits,
+    /// The size limits and the online fallback.
+    pub limits: BatchSettings,
     /// Whether failed items are sent again.
     pub resume: Resume,
     /// Where input and results files are kept while in use.

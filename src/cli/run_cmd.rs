@@ -117,7 +117,7 @@ impl Settings {
                 seed: args.sample_seed,
             }),
             stop_on_signals: true,
-            batch: args.batch.then_some(crate::batch::BatchLimits {
+            batch: args.batch.then_some(crate::batch::BatchSettings {
                 max_requests: args.batch_size,
                 max_bytes: args.batch_bytes,
                 max_tokens: args.batch_tokens,

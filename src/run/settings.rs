@@ -47,7 +47,7 @@ pub struct Settings {
     pub stop_on_signals: bool,
     /// `--batch`: submit to the providers' Batch APIs (and collect what
     /// earlier runs submitted) within these limits, instead of sending.
-    pub batch: Option<crate::batch::BatchLimits>,
+    pub batch: Option<crate::batch::BatchSettings>,
 }
 
 /// The job as the run sees it.
