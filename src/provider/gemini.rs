@@ -111,16 +111,22 @@ async fn call(
 /// the name holds, it cannot reach another path, a query or a fragment.
 pub(super) fn method_url(base_url: &str, model: &str, method: &str) -> String {
     let id = model.strip_prefix("models/").unwrap_or(model);
-    let mut segment = String::with_capacity(id.len());
-    for byte in id.bytes() {
-        // RFC 3986 unreserved characters stay as they are.
+    let segment = percent_encode(id);
+    format!("{base_url}/v1beta/models/{segment}:{method}")
+}
+
+/// `text` percent-encoded with only RFC 3986 unreserved characters kept as
+/// they are, so it is safe as one path segment or one query value.
+pub(super) fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            segment.push(char::from(byte));
+            encoded.push(char::from(byte));
         } else {
-            segment.push_str(&format!("%{byte:02X}"));
+            encoded.push_str(&format!("%{byte:02X}"));
         }
     }
-    format!("{base_url}/v1beta/models/{segment}:{method}")
+    encoded
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,9 @@
 use super::super::batchline::{GeminiBatchInputLine, GeminiBatchOutputLine};
 use super::super::common::api_error;
 use super::super::files::UPLOAD_CHUNK_BYTES;
-use super::super::gemini::{classify, method_url, parse_generate, raw_body, GenerateBody};
+use super::super::gemini::{
+    classify, method_url, parse_generate, percent_encode, raw_body, GenerateBody,
+};
 use super::super::transport::{self, get_to_file, post_json};
 use super::super::{ApiError, Client, ErrorClass, RawRequest, Request, Upload};
 use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
@@ -241,16 +243,7 @@ pub(super) async fn list(client: &Client, key: &ApiKey) -> Result<Vec<BatchJob>,
     loop {
         let mut url = format!("{}/v1beta/batches?pageSize=100", client.base_url);
         if let Some(token) = &token {
-            let token: String = token
-                .bytes()
-                .map(|b| match b {
-                    b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        char::from(b).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect();
-            url.push_str(&format!("&pageToken={token}"));
+            url.push_str(&format!("&pageToken={}", percent_encode(token)));
         }
         let body =
             transport::get(client, &url, AUTH, key.expose(), |s, _, b| classify(s, b)).await?;
