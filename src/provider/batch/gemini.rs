@@ -10,7 +10,7 @@ use super::super::batchline::{GeminiBatchInputLine, GeminiBatchOutputLine};
 use super::super::common::api_error;
 use super::super::files::UPLOAD_CHUNK_BYTES;
 use super::super::gemini::{
-    classify, method_url, parse_generate, percent_encode, raw_body, GenerateBody,
+    classify, classify_answer, method_url, parse_generate, percent_encode, raw_body, GenerateBody,
 };
 use super::super::transport::{self, get_to_file, post_json};
 use super::super::{ApiError, Client, ErrorClass, RawRequest, Request, Upload};
@@ -215,24 +215,26 @@ pub(super) async fn create(
         "input_config": {"file_name": file.name},
     }});
     let url = method_url(&client.base_url, input.model, "batchGenerateContent");
-    let answer = post_json(client, &url, AUTH, key.expose(), &body, |s, _, b| {
-        classify(s, b)
-    })
-    .await?;
+    let answer = post_json(client, &url, AUTH, key.expose(), &body, classify_answer).await?;
     job(&answer)
 }
 
 pub(super) async fn get(client: &Client, key: &ApiKey, name: &str) -> Result<BatchJob, ApiError> {
     let url = format!("{}/v1beta/{}", client.base_url, batch_path(name)?);
-    let body = transport::get(client, &url, AUTH, key.expose(), |s, _, b| classify(s, b)).await?;
+    let body = transport::get(client, &url, AUTH, key.expose(), classify_answer).await?;
     job(&body)
 }
 
 pub(super) async fn cancel(client: &Client, key: &ApiKey, name: &str) -> Result<(), ApiError> {
     let url = format!("{}/v1beta/{}:cancel", client.base_url, batch_path(name)?);
-    post_json(client, &url, AUTH, key.expose(), &json!({}), |s, _, b| {
-        classify(s, b)
-    })
+    post_json(
+        client,
+        &url,
+        AUTH,
+        key.expose(),
+        &json!({}),
+        classify_answer,
+    )
     .await?;
     Ok(())
 }
@@ -245,8 +247,7 @@ pub(super) async fn list(client: &Client, key: &ApiKey) -> Result<Vec<BatchJob>,
         if let Some(token) = &token {
             url.push_str(&format!("&pageToken={}", percent_encode(token)));
         }
-        let body =
-            transport::get(client, &url, AUTH, key.expose(), |s, _, b| classify(s, b)).await?;
+        let body = transport::get(client, &url, AUTH, key.expose(), classify_answer).await?;
         let page: Page =
             serde_json::from_slice(&body).map_err(|e| undecodable("batch list", &e))?;
         for op in page.operations {
@@ -273,10 +274,7 @@ pub(super) async fn download(
         "{}/download/v1beta/{file}:download?alt=media",
         client.base_url
     );
-    get_to_file(client, &url, (AUTH, key.expose()), out, |s, _, b| {
-        classify(s, b)
-    })
-    .await
+    get_to_file(client, &url, (AUTH, key.expose()), out, classify_answer).await
 }
 
 pub(super) fn parse_line(line: &[u8]) -> Result<BatchResult, ApiError> {
