@@ -232,8 +232,8 @@ pub(super) async fn cancel(client: &Client, key: &ApiKey, name: &str) -> Result<
     Ok(())
 }
 
-/// Pages through the list, newest first, until `more` says stop (given
-/// each page's batches).
+/// Pages through the list, newest first, giving each batch to `keep`, and
+/// stops after the page on which `keep` first answers false.
 async fn pages(
     client: &Client,
     key: &ApiKey,
