@@ -956,23 +956,8 @@ fn flush(recording: &mut Recording, batch: &mut Batch) -> Result<(), RunError> {
 /// The row of an item that could not go in a batch.
 fn unsent(item: &Item, model: &str, why: &str) -> ItemRow {
     ItemRow {
-        id: item.id.clone(),
-        line: item.line,
-        status: ItemStatus::Failed,
-        output: None,
-        model: Some(model.to_owned()),
-        input_tokens: 0,
-        output_tokens: 0,
-        latency_ms: 0,
-        attempts: 0,
-        key: None,
-        account: None,
         error: Some(why.to_owned()),
-        thinking_tokens: 0,
-        cached_tokens: 0,
-        finish_reason: None,
-        cost: Some(0.0),
-        output_json: None,
+        ..ItemRow::unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
     }
 }
 

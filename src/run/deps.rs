@@ -18,7 +18,7 @@
 //! graph's checks or the placeholders' syntax (in [`crate::job::deps`]),
 //! nor reading the job file or sending a request.
 
-use super::{send_unless_cancelled, unsent, Event};
+use super::{send_unless_cancelled, Event};
 use crate::job::deps::{fill, Answer, Graph};
 use crate::job::{id_hash, Item, ItemError};
 use crate::provider::Scrubber;
@@ -388,7 +388,7 @@ impl Tracker {
         let model = item.model.as_deref().unwrap_or(&self.default_model);
         let row = ItemRow {
             error: Some(error),
-            ..unsent(item.id.clone(), item.line, status, Some(model))
+            ..ItemRow::unsent(item.id.clone(), item.line, status, Some(model))
         };
         let _ = self.events.send(Event::Finished(row));
     }
@@ -498,7 +498,7 @@ mod tests {
     fn answered(id: &str, status: ItemStatus, output: &str) -> ItemRow {
         ItemRow {
             output: Some(output.to_owned()),
-            ..unsent(id.to_owned(), 0, status, Some("m"))
+            ..ItemRow::unsent(id.to_owned(), 0, status, Some("m"))
         }
     }
 

@@ -632,30 +632,6 @@ fn send_unless_cancelled(
 fn skipped(error: &ItemError) -> ItemRow {
     ItemRow {
         error: Some(error.to_string()),
-        ..unsent(error.skipped_id(), error.line, ItemStatus::Skipped, None)
-    }
-}
-
-/// The row of an item for which nothing was sent (yet); callers fill in
-/// what they know.
-fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> ItemRow {
-    ItemRow {
-        id,
-        line,
-        status,
-        output: None,
-        model: model.map(str::to_owned),
-        input_tokens: 0,
-        output_tokens: 0,
-        latency_ms: 0,
-        attempts: 0,
-        key: None,
-        account: None,
-        error: None,
-        thinking_tokens: 0,
-        cached_tokens: 0,
-        finish_reason: None,
-        cost: Some(0.0),
-        output_json: None,
+        ..ItemRow::unsent(error.skipped_id(), error.line, ItemStatus::Skipped, None)
     }
 }

@@ -5,7 +5,7 @@ use super::budget::Fits;
 use super::call::{refused_reason, Attempt, CallError, Caller};
 use super::deps::Tracker;
 use super::media::Uploads;
-use super::{unsent, Budget, Event, Faults, Notice};
+use super::{Budget, Event, Faults, Notice};
 use crate::estimate::item_tokens;
 use crate::job::{id_hash, Item};
 use crate::pool::{Need, Unavailable};
@@ -233,7 +233,7 @@ impl Worker {
             // Nothing sent costs nothing; what was sent to a model with no
             // known price costs an unknown amount, never 0.
             cost: (price.is_some() || last.is_none()).then_some(cost),
-            ..unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
+            ..ItemRow::unsent(item.id.clone(), item.line, ItemStatus::Ok, Some(model))
         };
         // The item's reservations are settled with what it cost, whether it
         // ends here or stays pending.
@@ -304,7 +304,7 @@ impl Worker {
     fn fail_unsent(&self, item: &Item, model: &str, error: String) {
         let outcome = ItemRow {
             error: Some(error),
-            ..unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
+            ..ItemRow::unsent(item.id.clone(), item.line, ItemStatus::Failed, Some(model))
         };
         self.finish(outcome);
     }

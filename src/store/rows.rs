@@ -301,6 +301,30 @@ fn serialize_usd<S: serde::Serializer>(cost: &Option<f64>, s: S) -> Result<S::Ok
 }
 
 impl ItemRow {
+    /// The row of an item for which nothing was sent (yet): no tokens, no
+    /// attempts, no cost; callers fill in what they know.
+    pub fn unsent(id: String, line: u64, status: ItemStatus, model: Option<&str>) -> ItemRow {
+        ItemRow {
+            id,
+            line,
+            status,
+            output: None,
+            model: model.map(str::to_owned),
+            input_tokens: 0,
+            output_tokens: 0,
+            latency_ms: 0,
+            attempts: 0,
+            key: None,
+            account: None,
+            error: None,
+            thinking_tokens: 0,
+            cached_tokens: 0,
+            finish_reason: None,
+            cost: Some(0.0),
+            output_json: None,
+        }
+    }
+
     pub(super) fn from_row(row: &Row<'_>) -> rusqlite::Result<ItemRow> {
         Ok(ItemRow {
             id: row.get(0)?,
