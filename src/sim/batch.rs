@@ -60,6 +60,7 @@ use crate::provider::batchline::{
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -551,21 +552,22 @@ impl Batches {
                 return None;
             }
             let outcomes = self.outcomes(job);
-            let mut text = Vec::new();
-            for (line, outcome) in job.lines.iter().zip(outcomes.iter()) {
-                let (response, error) = match outcome {
-                    Outcome::Answer { body, .. } => (Some(body.clone()), None),
-                    Outcome::Error(error) => (None, serde_json::from_value(error.clone()).ok()),
-                };
-                let result = GeminiBatchOutputLine {
-                    response,
-                    error,
-                    key: line.key.clone(),
-                };
-                text.extend_from_slice(&encode(&result));
-                text.push(b'\n');
-            }
-            Some(text)
+            let results = job
+                .lines
+                .iter()
+                .zip(outcomes.iter())
+                .map(|(line, outcome)| {
+                    let (response, error) = match outcome {
+                        Outcome::Answer { body, .. } => (Some(body.clone()), None),
+                        Outcome::Error(error) => (None, serde_json::from_value(error.clone()).ok()),
+                    };
+                    GeminiBatchOutputLine {
+                        response,
+                        error,
+                        key: line.key.clone(),
+                    }
+                });
+            Some(jsonl(results))
         });
         match lines.flatten() {
             Some(text) => Gemini::json(StatusCode::OK, text),
@@ -843,14 +845,10 @@ impl Batches {
             self.with_job(Api::OpenAi, project, batch, |job| {
                 let phase = self.phase(job, now);
                 let lines = self.openai_results(job, phase)?;
-                let mut text = Vec::new();
-                for (is_output, line) in lines {
-                    if is_output == output {
-                        text.extend_from_slice(&encode(&line));
-                        text.push(b'\n');
-                    }
-                }
-                Some(text)
+                let mine = lines
+                    .into_iter()
+                    .filter(|(is_output, _)| *is_output == output);
+                Some(jsonl(mine.map(|(_, line)| line)))
             })
             .flatten()
         });
@@ -1121,13 +1119,7 @@ impl Batches {
         let text = self
             .with_job(Api::Anthropic, project, id, |job| {
                 let phase = self.phase(job, now);
-                let lines = self.anthropic_results(job, phase)?;
-                let mut text = Vec::new();
-                for line in lines {
-                    text.extend_from_slice(&encode(&line));
-                    text.push(b'\n');
-                }
-                Some(text)
+                Some(jsonl(self.anthropic_results(job, phase)?))
             })
             .flatten();
         match text {
@@ -1458,6 +1450,16 @@ fn multipart<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<Field<'a>>> {
             data,
         });
     }
+}
+
+/// `values` as JSON Lines: one encoded value and a newline each.
+fn jsonl<T: Serialize>(values: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut text = Vec::new();
+    for value in values {
+        text.extend_from_slice(&encode(&value));
+        text.push(b'\n');
+    }
+    text
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
