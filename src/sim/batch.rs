@@ -196,11 +196,9 @@ impl Batches {
         describe: impl FnOnce(&Batches, &mut Job, &Clock) -> Value,
         json: impl FnOnce(Value) -> Response,
     ) -> Response {
-        let names = [&job.display_name, &job.metadata.to_string()];
-        if names.iter().any(|n| n.contains(EXPIRED_DIRECTIVE)) {
-            job.end = BatchEnd::Expired;
-        } else if names.iter().any(|n| n.contains(FAILED_DIRECTIVE)) {
-            job.end = BatchEnd::Failed;
+        let metadata = job.metadata.to_string();
+        if let Some(end) = directed_end(&[job.display_name.as_bytes(), metadata.as_bytes()]) {
+            job.end = end;
         }
         let body = describe(self, &mut job, clock);
         lock(&self.jobs).push(job);
@@ -1034,19 +1032,8 @@ impl Batches {
             .ok()
             .and_then(|p| p["model"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let said = |directive: &str| {
-            let directive = directive.as_bytes();
-            lines
-                .iter()
-                .any(|l| l.body.windows(directive.len()).any(|w| w == directive))
-        };
-        let end = if said(EXPIRED_DIRECTIVE) {
-            Some(BatchEnd::Expired)
-        } else if said(FAILED_DIRECTIVE) {
-            Some(BatchEnd::Failed)
-        } else {
-            None
-        };
+        let bodies: Vec<&[u8]> = lines.iter().map(|l| &l.body[..]).collect();
+        let end = directed_end(&bodies);
         let mut job = self.job(Api::Anthropic, project, clock, &model, lines);
         job.id = format!("msgbatch_{}", job.id);
         if let Some(end) = end {
@@ -1449,6 +1436,23 @@ fn multipart<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<Field<'a>>> {
             filename: param("filename"),
             data,
         });
+    }
+}
+
+/// The end that `texts` ask for: `[[sim:batch_expired]]` before
+/// `[[sim:batch_failed]]`; `None` if neither.
+fn directed_end(texts: &[&[u8]]) -> Option<BatchEnd> {
+    let said = |directive: &str| {
+        texts
+            .iter()
+            .any(|t| find(t, directive.as_bytes()).is_some())
+    };
+    if said(EXPIRED_DIRECTIVE) {
+        Some(BatchEnd::Expired)
+    } else if said(FAILED_DIRECTIVE) {
+        Some(BatchEnd::Failed)
+    } else {
+        None
     }
 }
 
