@@ -60,6 +60,7 @@ use crate::provider::batchline::{
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,11 +196,9 @@ impl Batches {
         describe: impl FnOnce(&Batches, &mut Job, &Clock) -> Value,
         json: impl FnOnce(Value) -> Response,
     ) -> Response {
-        let names = [&job.display_name, &job.metadata.to_string()];
-        if names.iter().any(|n| n.contains(EXPIRED_DIRECTIVE)) {
-            job.end = BatchEnd::Expired;
-        } else if names.iter().any(|n| n.contains(FAILED_DIRECTIVE)) {
-            job.end = BatchEnd::Failed;
+        let metadata = job.metadata.to_string();
+        if let Some(end) = directed_end(&[job.display_name.as_bytes(), metadata.as_bytes()]) {
+            job.end = end;
         }
         let body = describe(self, &mut job, clock);
         lock(&self.jobs).push(job);
@@ -551,21 +550,22 @@ impl Batches {
                 return None;
             }
             let outcomes = self.outcomes(job);
-            let mut text = Vec::new();
-            for (line, outcome) in job.lines.iter().zip(outcomes.iter()) {
-                let (response, error) = match outcome {
-                    Outcome::Answer { body, .. } => (Some(body.clone()), None),
-                    Outcome::Error(error) => (None, serde_json::from_value(error.clone()).ok()),
-                };
-                let result = GeminiBatchOutputLine {
-                    response,
-                    error,
-                    key: line.key.clone(),
-                };
-                text.extend_from_slice(&encode(&result));
-                text.push(b'\n');
-            }
-            Some(text)
+            let results = job
+                .lines
+                .iter()
+                .zip(outcomes.iter())
+                .map(|(line, outcome)| {
+                    let (response, error) = match outcome {
+                        Outcome::Answer { body, .. } => (Some(body.clone()), None),
+                        Outcome::Error(error) => (None, serde_json::from_value(error.clone()).ok()),
+                    };
+                    GeminiBatchOutputLine {
+                        response,
+                        error,
+                        key: line.key.clone(),
+                    }
+                });
+            Some(jsonl(results))
         });
         match lines.flatten() {
             Some(text) => Gemini::json(StatusCode::OK, text),
@@ -843,14 +843,10 @@ impl Batches {
             self.with_job(Api::OpenAi, project, batch, |job| {
                 let phase = self.phase(job, now);
                 let lines = self.openai_results(job, phase)?;
-                let mut text = Vec::new();
-                for (is_output, line) in lines {
-                    if is_output == output {
-                        text.extend_from_slice(&encode(&line));
-                        text.push(b'\n');
-                    }
-                }
-                Some(text)
+                let mine = lines
+                    .into_iter()
+                    .filter(|(is_output, _)| *is_output == output);
+                Some(jsonl(mine.map(|(_, line)| line)))
             })
             .flatten()
         });
@@ -1036,19 +1032,8 @@ impl Batches {
             .ok()
             .and_then(|p| p["model"].as_str().map(str::to_owned))
             .unwrap_or_default();
-        let said = |directive: &str| {
-            let directive = directive.as_bytes();
-            lines
-                .iter()
-                .any(|l| l.body.windows(directive.len()).any(|w| w == directive))
-        };
-        let end = if said(EXPIRED_DIRECTIVE) {
-            Some(BatchEnd::Expired)
-        } else if said(FAILED_DIRECTIVE) {
-            Some(BatchEnd::Failed)
-        } else {
-            None
-        };
+        let bodies: Vec<&[u8]> = lines.iter().map(|l| &l.body[..]).collect();
+        let end = directed_end(&bodies);
         let mut job = self.job(Api::Anthropic, project, clock, &model, lines);
         job.id = format!("msgbatch_{}", job.id);
         if let Some(end) = end {
@@ -1121,13 +1106,7 @@ impl Batches {
         let text = self
             .with_job(Api::Anthropic, project, id, |job| {
                 let phase = self.phase(job, now);
-                let lines = self.anthropic_results(job, phase)?;
-                let mut text = Vec::new();
-                for line in lines {
-                    text.extend_from_slice(&encode(&line));
-                    text.push(b'\n');
-                }
-                Some(text)
+                Some(jsonl(self.anthropic_results(job, phase)?))
             })
             .flatten();
         match text {
@@ -1458,6 +1437,33 @@ fn multipart<'a>(content_type: &str, body: &'a [u8]) -> Option<Vec<Field<'a>>> {
             data,
         });
     }
+}
+
+/// The end that `texts` ask for: `[[sim:batch_expired]]` before
+/// `[[sim:batch_failed]]`; `None` if neither.
+fn directed_end(texts: &[&[u8]]) -> Option<BatchEnd> {
+    let said = |directive: &str| {
+        texts
+            .iter()
+            .any(|t| find(t, directive.as_bytes()).is_some())
+    };
+    if said(EXPIRED_DIRECTIVE) {
+        Some(BatchEnd::Expired)
+    } else if said(FAILED_DIRECTIVE) {
+        Some(BatchEnd::Failed)
+    } else {
+        None
+    }
+}
+
+/// `values` as JSON Lines: one encoded value and a newline each.
+fn jsonl<T: Serialize>(values: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut text = Vec::new();
+    for value in values {
+        text.extend_from_slice(&encode(&value));
+        text.push(b'\n');
+    }
+    text
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

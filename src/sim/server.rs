@@ -566,10 +566,7 @@ async fn gemini_models(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = headers
-        .get("x-goog-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or(query.key.as_deref());
+    let key = google_key(&headers, query.key.as_deref());
     let (model, method) = target.rsplit_once(':').unwrap_or((target.as_str(), ""));
     match method {
         "generateContent" => {
