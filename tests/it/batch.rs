@@ -83,6 +83,15 @@ pub async fn assert_rerun_submits_again(
     assert_eq!(batches_held(kind, base_url, accounts).await, twice);
 }
 
+/// Past the end of the open batches, the next `run` (`args`) collects
+/// them, its stderr saying `says`: each of the `n` items once, with its reply.
+async fn collected_once_each(sim: &SimServer, work: &Workdir, args: &[&str], says: &str, n: usize) {
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(args, &[]).await;
+    assert_exit_saying(&out, 0, says);
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+}
+
 /// `work`'s recorded batches split into the two that ended with an error
 /// saying `why`, now collected, and the new ones.
 pub fn ended_and_new(work: &Workdir, why: &str) -> (Vec<BatchRow>, Vec<BatchRow>) {
@@ -180,10 +189,7 @@ async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
         .all(|b| b.stage == Stage::Provider(BatchState::Running)));
 
     // After the delay one run collects every item once, with its digest.
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "collected batch");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "collected batch", n).await;
     assert!(recorded(&work).iter().all(|b| b.stage == Stage::Collected));
     assert_eq!(server_batches(&sim.base_url()).await, per_account);
 
@@ -265,10 +271,7 @@ async fn a_batch_created_but_not_recorded_is_adopted_not_duplicated() {
     assert_eq!(server_batches(&sim.base_url()).await, both);
     assert!(recorded(&work).iter().all(|b| b.name.is_some()));
 
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,10 +324,7 @@ async fn killed_during_submission_a_rerun_puts_no_item_in_two_batches_and_loses_
         .expect("the batch items");
     assert_eq!(in_two, 0, "an item is in two live batches");
 
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "", n).await;
     assert_eq!(server_batches(&sim.base_url()).await, both);
 }
 
@@ -410,10 +410,7 @@ async fn batches_are_listed_polled_and_cancelled_from_the_command_line() {
     // pending and into new batches, spread over both accounts.
     let base_url = sim.base_url();
     assert_rerun_submits_again(&work, &args, ProviderKind::Gemini, &base_url, &PROJECTS).await;
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -585,10 +582,7 @@ async fn a_providers_own_batch_file_goes_in_a_batch_as_written_but_for_the_model
         expected["model"] = "gpt-4o-mini".into();
         assert_eq!(sent[&format!("item-{i}")], expected);
     }
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "collected batch");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "collected batch", n).await;
 
     // Gemini: the batch names the model, so the request's own goes; its
     // snake_case settings reach the model (a schema-shaped answer).
