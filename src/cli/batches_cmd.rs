@@ -53,7 +53,7 @@ pub(super) async fn run(args: BatchesArgs) -> Result<u8, Failure> {
 }
 
 fn config(path: &std::path::Path) -> Result<Config, Failure> {
-    Config::load(path, |name| std::env::var(name).ok(), MissingEnv::Error).map_err(Failure::usage)
+    super::load_config(path, MissingEnv::Error)
 }
 
 /// A batch's age (open) or duration (ended), as `3h12m`.
