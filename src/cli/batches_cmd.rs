@@ -53,17 +53,12 @@ pub(super) async fn run(args: BatchesArgs) -> Result<u8, Failure> {
 }
 
 fn config(path: &std::path::Path) -> Result<Config, Failure> {
-    Config::load(path, |name| std::env::var(name).ok(), MissingEnv::Error).map_err(Failure::usage)
+    super::load_config(path, MissingEnv::Error)
 }
 
 /// A batch's age (open) or duration (ended), as `3h12m`.
 fn age(batch: &BatchRow) -> String {
-    let s = batch.duration_s() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
+    super::progress::duration(std::time::Duration::from_secs(batch.duration_s() as u64))
 }
 
 fn list(batches: &[BatchRow], json: bool) -> Result<u8, Failure> {

@@ -4,7 +4,7 @@
 //! for the run); reads the state file for today's ledger.
 
 use super::{exit, print_json, EstimateArgs, Failure};
-use crate::config::{Config, MissingEnv};
+use crate::config::MissingEnv;
 use crate::estimate::{self, Estimate, EstimateError, Expected, Figures};
 use crate::store::Store;
 use crate::types::QuotaDay;
@@ -16,8 +16,7 @@ pub(super) async fn run(args: EstimateArgs) -> Result<u8, Failure> {
         true => MissingEnv::Error,
         false => MissingEnv::Placeholder,
     };
-    let config = Config::load(&args.config, |name| std::env::var(name).ok(), missing)
-        .map_err(Failure::usage)?;
+    let config = super::load_config(&args.config, missing)?;
     let state = args
         .state
         .clone()

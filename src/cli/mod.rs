@@ -533,6 +533,16 @@ fn open_state(state: &std::path::Path) -> Result<crate::store::Store, Failure> {
     Ok(crate::store::Store::open(state)?)
 }
 
+/// Loads the config file at `path` with the process environment, unset
+/// variables handled as `missing` says; a bad config is a usage error.
+fn load_config(
+    path: &std::path::Path,
+    missing: crate::config::MissingEnv,
+) -> Result<crate::config::Config, Failure> {
+    crate::config::Config::load(path, |name| std::env::var(name).ok(), missing)
+        .map_err(Failure::usage)
+}
+
 /// Prints `value` as pretty JSON on standard output, for `--json`.
 fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(anyhow::Error::from)?;

@@ -386,7 +386,7 @@ fn quota_eta(left: u64, rpm: u64) -> String {
 }
 
 /// A duration as `42s`, `3m05s` or `2h07m`.
-fn duration(d: Duration) -> String {
+pub(super) fn duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
         0..60 => format!("{s}s"),

@@ -25,8 +25,7 @@ pub(super) async fn run(args: RunArgs, verbosity: Verbosity) -> Result<u8, Failu
     } else {
         MissingEnv::Error
     };
-    let config = Config::load(&args.config, |name| std::env::var(name).ok(), missing)
-        .map_err(Failure::usage)?;
+    let config = super::load_config(&args.config, missing)?;
     let json = args.json;
     let settings = Settings::resolve(args, config)?;
     let outcome = crate::run(settings, Display::new(verbosity))

@@ -40,19 +40,73 @@ fn accounts(base_url: &str) -> String {
     )
 }
 
-/// The batches each project holds on the simulator, by the provider.
-async fn server_batches(base_url: &str) -> HashMap<&'static str, usize> {
-    let client = Client::new(ProviderKind::Gemini, base_url, Duration::from_secs(5), None)
-        .expect("a client");
+/// The projects of [`sim_yaml`], each with a key that lists its batches.
+const PROJECTS: [(&str, &str); 2] = [("proj-a", "test-key-a1"), ("proj-b", "test-key-b1")];
+
+/// The batches each account of `accounts` (name, key) holds on the
+/// simulator at `base_url`, listed through the `kind` provider's API.
+pub async fn batches_held(
+    kind: ProviderKind,
+    base_url: &str,
+    accounts: &[(&'static str, &str)],
+) -> HashMap<&'static str, usize> {
+    let client = Client::new(kind, base_url, Duration::from_secs(5), None).expect("a client");
     let mut counts = HashMap::new();
-    for (project, key) in [("proj-a", "test-key-a1"), ("proj-b", "test-key-b1")] {
+    for &(account, key) in accounts {
         let listed = client
             .list_batches(&ApiKey::new(key))
             .await
             .expect("the list");
-        counts.insert(project, listed.len());
+        counts.insert(account, listed.len());
     }
     counts
+}
+
+/// The batches each project holds on the simulator, by the provider.
+async fn server_batches(base_url: &str) -> HashMap<&'static str, usize> {
+    batches_held(ProviderKind::Gemini, base_url, &PROJECTS).await
+}
+
+/// The next `run` (`args`) collects the ended batches and gives their
+/// items back: it submits them anew, and each account of `accounts` then
+/// holds two batches on the simulator (see [`batches_held`]).
+pub async fn assert_rerun_submits_again(
+    work: &Workdir,
+    args: &[&str],
+    kind: ProviderKind,
+    base_url: &str,
+    accounts: &[(&'static str, &str)],
+) {
+    let out = work.keyfan(args, &[]).await;
+    assert_exit_saying(&out, SUBMITTED, "pending again");
+    let twice: HashMap<_, _> = accounts.iter().map(|&(account, _)| (account, 2)).collect();
+    assert_eq!(batches_held(kind, base_url, accounts).await, twice);
+}
+
+/// Past the end of the open batches, the next `run` (`args`) collects
+/// them, its stderr saying `says`: each of the `n` items once, with its reply.
+async fn collected_once_each(sim: &SimServer, work: &Workdir, args: &[&str], says: &str, n: usize) {
+    sim.advance_clock(PAST_THE_END);
+    let out = work.keyfan(args, &[]).await;
+    assert_exit_saying(&out, 0, says);
+    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+}
+
+/// `work`'s recorded batches split into the two that ended with an error
+/// saying `why`, now collected, and the new ones.
+pub fn ended_and_new(work: &Workdir, why: &str) -> (Vec<BatchRow>, Vec<BatchRow>) {
+    let rows = recorded(work);
+    let (old, new): (Vec<_>, Vec<_>) = rows
+        .iter()
+        .cloned()
+        .partition(|b| b.stage == Stage::Collected);
+    assert_eq!(old.len(), 2, "{rows:?}");
+    assert!(
+        old.iter()
+            .all(|b| b.error.as_deref().is_some_and(|e| e.contains(why))),
+        "{rows:?}"
+    );
+    (old, new)
 }
 
 /// `run job.jsonl --batch` on state file `s.db`.
@@ -70,7 +124,7 @@ async fn submitted(end: &str, lose: u32, n: usize, says: &str) -> (SimServer, Wo
     (sim, work)
 }
 
-fn recorded(work: &Workdir) -> Vec<BatchRow> {
+pub fn recorded(work: &Workdir) -> Vec<BatchRow> {
     let store = Store::open(&work.path("s.db")).expect("the state file");
     batches_of(&store, None).expect("the batches")
 }
@@ -135,10 +189,7 @@ async fn a_big_job_is_submitted_once_and_collected_once_at_half_price() {
         .all(|b| b.stage == Stage::Provider(BatchState::Running)));
 
     // After the delay one run collects every item once, with its digest.
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "collected batch");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "collected batch", n).await;
     assert!(recorded(&work).iter().all(|b| b.stage == Stage::Collected));
     assert_eq!(server_batches(&sim.base_url()).await, per_account);
 
@@ -191,18 +242,9 @@ async fn an_expired_batch_gives_its_items_back_and_they_are_submitted_again() {
         HashMap::from([("proj-a", 1), ("proj-b", 1)])
     );
     sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "pending again");
-    assert_eq!(
-        server_batches(&sim.base_url()).await,
-        HashMap::from([("proj-a", 2), ("proj-b", 2)])
-    );
-    let rows = recorded(&work);
-    let (old, new): (Vec<_>, Vec<_>) = rows.iter().partition(|b| b.stage == Stage::Collected);
-    assert_eq!(old.len(), 2, "{rows:?}");
-    assert!(old
-        .iter()
-        .all(|b| b.error.as_deref().is_some_and(|e| e.contains("48 hours"))));
+    let base_url = sim.base_url();
+    assert_rerun_submits_again(&work, &args, ProviderKind::Gemini, &base_url, &PROJECTS).await;
+    let (_, new) = ended_and_new(&work, "48 hours");
     assert_eq!(new.iter().map(|b| b.items).sum::<u64>(), n as u64);
     assert!(results(&work.path("job.results.jsonl")).is_empty());
 }
@@ -229,10 +271,7 @@ async fn a_batch_created_but_not_recorded_is_adopted_not_duplicated() {
     assert_eq!(server_batches(&sim.base_url()).await, both);
     assert!(recorded(&work).iter().all(|b| b.name.is_some()));
 
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,10 +324,7 @@ async fn killed_during_submission_a_rerun_puts_no_item_in_two_batches_and_loses_
         .expect("the batch items");
     assert_eq!(in_two, 0, "an item is in two live batches");
 
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "", n).await;
     assert_eq!(server_batches(&sim.base_url()).await, both);
 }
 
@@ -372,16 +408,9 @@ async fn batches_are_listed_polled_and_cancelled_from_the_command_line() {
 
     // The next run collects the cancelled batch: its items go back to
     // pending and into new batches, spread over both accounts.
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "pending again");
-    assert_eq!(
-        server_batches(&sim.base_url()).await,
-        HashMap::from([("proj-a", 2), ("proj-b", 2)])
-    );
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    let base_url = sim.base_url();
+    assert_rerun_submits_again(&work, &args, ProviderKind::Gemini, &base_url, &PROJECTS).await;
+    collected_once_each(&sim, &work, &args, "", n).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,10 +582,7 @@ async fn a_providers_own_batch_file_goes_in_a_batch_as_written_but_for_the_model
         expected["model"] = "gpt-4o-mini".into();
         assert_eq!(sent[&format!("item-{i}")], expected);
     }
-    sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, 0, "collected batch");
-    assert_each_item_once_with_its_reply(&work.path("job.results.jsonl"), n);
+    collected_once_each(&sim, &work, &args, "collected batch", n).await;
 
     // Gemini: the batch names the model, so the request's own goes; its
     // snake_case settings reach the model (a schema-shaped answer).

@@ -5,10 +5,12 @@
 //! unfinished items resubmitted, a batch created but not recorded adopted,
 //! and `--online-fallback` sending failed items online.
 
-use crate::batch::assert_ledger_is_half_the_online_cost;
+use crate::batch::{
+    assert_ledger_is_half_the_online_cost, assert_rerun_submits_again, batches_held, ended_and_new,
+    recorded,
+};
 use crate::support::*;
-use keyfan::batch::store::all as batches_of;
-use keyfan::batch::{BatchRow, Stage};
+use keyfan::batch::Stage;
 use keyfan::provider::{Client, ProviderKind};
 use keyfan::sim::SimServer;
 use keyfan::store::Store;
@@ -60,29 +62,13 @@ async fn setup(end: &str, lose: u32, n: usize, error_at_5: bool) -> (SimServer, 
     (sim, work)
 }
 
+/// The organisations of [`sim_yaml`], each with a key that lists its
+/// batches.
+const ORGS: [(&str, &str); 2] = [("org-a", "sk-ant-a1"), ("org-b", "sk-ant-b1")];
+
 /// The batches each organisation holds on the simulator.
 async fn server_batches(base_url: &str) -> HashMap<&'static str, usize> {
-    let client = Client::new(
-        ProviderKind::Anthropic,
-        base_url,
-        Duration::from_secs(5),
-        None,
-    )
-    .expect("a client");
-    let mut counts = HashMap::new();
-    for (org, key) in [("org-a", "sk-ant-a1"), ("org-b", "sk-ant-b1")] {
-        let listed = client
-            .list_batches(&ApiKey::new(key))
-            .await
-            .expect("the list");
-        counts.insert(org, listed.len());
-    }
-    counts
-}
-
-fn recorded(work: &Workdir) -> Vec<BatchRow> {
-    let store = Store::open(&work.path("s.db")).expect("the state file");
-    batches_of(&store, None).expect("the batches")
+    batches_held(ProviderKind::Anthropic, base_url, &ORGS).await
 }
 
 /// The job's item `i` id.
@@ -164,18 +150,9 @@ async fn an_expired_anthropic_batch_keeps_what_it_did_and_resubmits_the_rest() {
     assert_exit_saying(&out, SUBMITTED, "submitted batch");
 
     sim.advance_clock(PAST_THE_END);
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "pending again");
-    assert_eq!(
-        server_batches(&sim.base_url()).await,
-        HashMap::from([("org-a", 2), ("org-b", 2)])
-    );
-    let rows = recorded(&work);
-    let (old, new): (Vec<_>, Vec<_>) = rows.iter().partition(|b| b.stage == Stage::Collected);
-    assert_eq!(old.len(), 2, "{rows:?}");
-    assert!(old
-        .iter()
-        .all(|b| b.error.as_deref().is_some_and(|e| e.contains("expired"))));
+    let base_url = sim.base_url();
+    assert_rerun_submits_again(&work, &args, ProviderKind::Anthropic, &base_url, &ORGS).await;
+    let (_, new) = ended_and_new(&work, "expired");
     // Each expired batch did its first half: those are collected, the rest
     // went into the new batches.
     let done = results(&work.path("job.results.jsonl")).len();
@@ -267,12 +244,8 @@ async fn a_cancelled_anthropic_batch_gives_its_items_back_and_they_are_collected
 
     // The next run collects it (every request `canceled`): its items are
     // pending again and go into new batches, spread over both accounts.
-    let out = work.keyfan(&args, &[]).await;
-    assert_exit_saying(&out, SUBMITTED, "pending again");
-    assert_eq!(
-        server_batches(&sim.base_url()).await,
-        HashMap::from([("org-a", 2), ("org-b", 2)])
-    );
+    let base_url = sim.base_url();
+    assert_rerun_submits_again(&work, &args, ProviderKind::Anthropic, &base_url, &ORGS).await;
     sim.advance_clock(PAST_THE_END);
     let out = work.keyfan(&args, &[]).await;
     assert_exit_saying(&out, 0, "collected batch");
