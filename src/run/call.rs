@@ -12,10 +12,10 @@
 //! [`Caller`] is also keyfan's library face: a Rust program builds one from
 //! a config and gets lease, quota, retry and failover for its own requests.
 
+use super::allowance::Allowance;
 use super::clients::{ClientError, Clients};
 use super::retry::{Decision, Retries, RetryPolicy};
 use super::shared::Admission;
-use super::Event;
 use crate::config::Config;
 use crate::estimate::prompt_tokens;
 use crate::pool::{after, Lease, Need, Outcome, Pool, PoolError, Strategy, Unavailable};
@@ -25,7 +25,6 @@ use crate::types::{ApiKey, Limits, QuotaDay, QuotaUse};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -103,8 +102,9 @@ pub struct Attempt<'a> {
 /// Where the day's requests are counted before they are sent.
 #[derive(Debug)]
 pub(crate) enum Gate {
-    /// The state file, through the recorder thread that owns it.
-    Recorder(mpsc::UnboundedSender<Event>),
+    /// The state file, through the recorder thread that owns it, reserved
+    /// ahead a few requests at a time.
+    Recorder(Allowance),
     /// Memory: a program without a state file.
     Memory(Mutex<MemoryLedger>),
     /// The shared state in PostgreSQL, which also shares the minute.
@@ -126,13 +126,7 @@ impl Gate {
                     .await
                     .ok_or(CallError::Ledger)
             }
-            Gate::Recorder(events) => {
-                let (reply, verdict) = oneshot::channel();
-                events
-                    .send(Event::Reserve { reservation, reply })
-                    .map_err(|_| CallError::Ledger)?;
-                verdict.await.map_err(|_| CallError::Ledger)
-            }
+            Gate::Recorder(allowance) => allowance.reserve(reservation).await,
             Gate::Memory(ledger) => lock(ledger)
                 .reserve(&[reservation])
                 .ok()
@@ -146,7 +140,10 @@ impl Gate {
     fn release(&self, reservation: Reservation) {
         // A ledger that is gone has stopped the run: nothing to give back.
         let _ = match self {
-            Gate::Recorder(events) => events.send(Event::Release(reservation)).is_ok(),
+            Gate::Recorder(allowance) => {
+                allowance.release(reservation);
+                true
+            }
             Gate::Memory(ledger) => lock(ledger).release(&[reservation]).is_ok(),
             Gate::Shared(shared) => {
                 shared.release(reservation);

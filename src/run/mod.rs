@@ -8,6 +8,7 @@
 //! the budget guard and cancellation. Workers never print or write files:
 //! they emit [`Event`]s. The run parses no format and prints nothing.
 
+mod allowance;
 mod budget;
 mod call;
 mod clients;
@@ -48,9 +49,7 @@ use crate::job::{id_hash, Item, ItemError, JobReader};
 use crate::pool::Pool;
 use crate::provider::Scrubber;
 use crate::sink::Sink;
-use crate::store::{
-    AttemptRow, ItemRow, ItemStatus, Reservation, Reserved, RunId, RunStatus, Store,
-};
+use crate::store::{AttemptRow, ItemRow, ItemStatus, Reservation, RunId, RunStatus, Store};
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -104,14 +103,16 @@ pub struct Options {
 /// Something a worker reports.
 #[derive(Debug)]
 pub enum Event {
-    /// A request is about to be sent: a command, answered once the day's
-    /// ledger has counted it (durably) or refused it. Only a counted
-    /// request goes out.
+    /// Requests are about to be sent: a command, answered once the day's
+    /// ledger has counted them (durably), as many as the day's limit
+    /// allows. Only a counted request goes out.
     Reserve {
-        /// The request's account, model and day.
+        /// The requests' account, model and day.
         reservation: Reservation,
-        /// The ledger's answer.
-        reply: oneshot::Sender<Reserved>,
+        /// How many requests (at least one).
+        count: u64,
+        /// How many the ledger counted: 0 when the day is spent.
+        reply: oneshot::Sender<u64>,
     },
     /// A reserved request the server did not count (a 429, a refused key):
     /// given back to the day's ledger.
@@ -341,7 +342,10 @@ pub(crate) async fn execute_with(
     // The day's ledger is reached through the recorder, which owns the
     // state file, or through the thread that owns the shared state.
     let gate = match &shared {
-        None => call::Gate::Recorder(event_tx.clone()),
+        None => call::Gate::Recorder(allowance::Allowance::new(
+            event_tx.clone(),
+            options.concurrency,
+        )),
         Some(shared) => call::Gate::Shared(shared.clone()),
     };
     let caller = Arc::new(Caller::with(pool, clients, gate, options.policy.clone()));

@@ -12,12 +12,23 @@ use crate::provider::Scrubber;
 use crate::sink::Sink;
 use crate::store::{AttemptClass, AttemptRow, Batch, ItemRow, ItemStatus, RunId, Store};
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Largest batch committed in one transaction.
 const MAX_BATCH: usize = 4096;
+
+/// The longest an outcome waits for others to share its commit: a crash
+/// loses at most this much of the run's outcomes (their items are sent
+/// again), and nothing already written to the results.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// A batch this large is committed without lingering.
+const LINGER_UNTIL: usize = 512;
+
+/// How often a lingering batch looks for more.
+const LINGER_STEP: Duration = Duration::from_micros(200);
 
 /// Counters of a run in progress.
 #[derive(Debug, Clone)]
@@ -110,13 +121,7 @@ pub(super) fn spawn(
         };
         let result = (|| {
             while let Some(first) = events.blocking_recv() {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match events.try_recv() {
-                        Ok(event) => batch.push(event),
-                        Err(_) => break,
-                    }
-                }
+                let batch = gather(first, &mut events);
                 record(
                     &mut store,
                     run,
@@ -136,6 +141,37 @@ pub(super) fn spawn(
         result.map(|()| (store, closed))
     });
     Recorder { handle }
+}
+
+/// The batch that starts with `first`: what else is sent meanwhile, up to
+/// [`MAX_BATCH`]. While nobody waits for the commit (outcomes only, no
+/// reservation), it lingers up to [`LINGER`] for more: one commit of many
+/// outcomes costs far less than many commits of a few.
+fn gather(first: Event, events: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+    let until = Instant::now() + LINGER;
+    let mut waited_for = awaited(&first);
+    let mut batch = vec![first];
+    loop {
+        while batch.len() < MAX_BATCH {
+            match events.try_recv() {
+                Ok(event) => {
+                    waited_for |= awaited(&event);
+                    batch.push(event);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => return batch,
+            }
+        }
+        if waited_for || batch.len() >= LINGER_UNTIL || Instant::now() >= until {
+            return batch;
+        }
+        std::thread::sleep(LINGER_STEP);
+    }
+}
+
+/// Whether someone waits for `event` to be committed.
+fn awaited(event: &Event) -> bool {
+    matches!(event, Event::Reserve { .. } | Event::Uploads { .. })
 }
 
 /// The results file, as long as someone reads it.
@@ -184,8 +220,12 @@ fn record(
     let mut acks = Vec::new();
     for event in batch {
         match event {
-            Event::Reserve { reservation, reply } => {
-                commit.reservations.push(reservation);
+            Event::Reserve {
+                reservation,
+                count,
+                reply,
+            } => {
+                commit.reservations.push((reservation, count));
                 replies.push(reply);
             }
             Event::Release(reservation) => commit.releases.push(reservation),
@@ -225,10 +265,10 @@ fn record(
         && commit.uploads.is_empty()
         && commit.upload_events.is_empty();
     if !ticks_only {
-        let verdicts = store.commit(run, &commit)?;
+        let granted = store.commit(run, &commit)?;
         // A counted request may go out now: the count is durable.
-        for (reply, verdict) in replies.into_iter().zip(verdicts) {
-            let _ = reply.send(verdict);
+        for (reply, granted) in replies.into_iter().zip(granted) {
+            let _ = reply.send(granted);
         }
         for ack in acks {
             let _ = ack.send(());

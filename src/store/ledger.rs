@@ -15,7 +15,7 @@
 use super::{Store, StoreError};
 use crate::types::QuotaDay;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 
 /// One request to count against `account`'s quota for `model` on `day`.
@@ -77,8 +77,36 @@ pub(super) fn reserve_all(
 ) -> rusqlite::Result<Vec<Reserved>> {
     requests
         .iter()
-        .map(|r| reserve_one(conn, r).map(|counted| verdict(r, counted)))
+        .map(|r| reserve_up_to(conn, r, 1).map(|counted| verdict(r, counted == 1)))
         .collect()
+}
+
+/// Reserves `count` requests of each of `requests` on `conn`, as far as
+/// their limits allow, in order: the first asker of an account's last
+/// requests gets them. One statement per account, model and day, however
+/// many ask. How many each was granted.
+pub(super) fn reserve_each(
+    conn: &Connection,
+    requests: &[(Reservation, u64)],
+) -> rusqlite::Result<Vec<u64>> {
+    let mut granted = vec![0; requests.len()];
+    let mut done = vec![false; requests.len()];
+    for (i, (r, _)) in requests.iter().enumerate() {
+        if done[i] {
+            continue;
+        }
+        let group: Vec<usize> = (i..requests.len())
+            .filter(|&j| !done[j] && requests[j].0 == *r)
+            .collect();
+        let wanted = group.iter().map(|&j| requests[j].1).sum();
+        let mut left = reserve_up_to(conn, r, wanted)?;
+        for j in group {
+            granted[j] = requests[j].1.min(left);
+            left -= granted[j];
+            done[j] = true;
+        }
+    }
+    Ok(granted)
 }
 
 /// Gives back one request for each of `requests` on `conn`.
@@ -93,23 +121,41 @@ pub(super) fn release_all(conn: &Connection, requests: &[Reservation]) -> rusqli
     Ok(())
 }
 
-/// Counts one request unless its limit is reached: a single conditional
-/// upsert, so two processes on one state file can never both take the last
-/// request. Whether it was counted.
-fn reserve_one(conn: &Connection, r: &Reservation) -> rusqlite::Result<bool> {
-    if r.limit == Some(0) {
-        return Ok(false);
+/// Counts up to `wanted` requests of `r`, as many as its limit leaves room
+/// for: one conditional upsert, which never counts past the limit. How many
+/// it counted (0 when the day is spent).
+///
+/// The upsert takes what the row has room for in the same statement, so two
+/// processes on one state file can never both take the last request; the
+/// caller's transaction must be immediate, so that the count read back to
+/// learn what was taken is this statement's.
+fn reserve_up_to(conn: &Connection, r: &Reservation, wanted: u64) -> rusqlite::Result<u64> {
+    if r.limit == Some(0) || wanted == 0 {
+        return Ok(0);
     }
     let limit = r.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let wanted = i64::try_from(wanted).unwrap_or(i64::MAX);
+    let day = r.day.to_string();
+    let before: i64 = conn
+        .prepare_cached(
+            "SELECT requests FROM ledger WHERE account = ?1 AND model = ?2 AND day = ?3",
+        )?
+        .query_row(params![r.account, r.model, day], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0);
+    let room = limit.map_or(wanted, |limit| wanted.min(limit.saturating_sub(before)));
+    if room <= 0 {
+        return Ok(0);
+    }
     let changed = conn
         .prepare_cached(
             "INSERT INTO ledger (account, model, day, requests, ok, input_tokens, output_tokens, cost_usd)
-             VALUES (?1, ?2, ?3, 1, 0, 0, 0, 0.0)
-             ON CONFLICT (account, model, day) DO UPDATE SET requests = requests + 1
-             WHERE ?4 IS NULL OR requests < ?4",
+             VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0.0)
+             ON CONFLICT (account, model, day) DO UPDATE SET requests = requests + excluded.requests
+             WHERE ?5 IS NULL OR requests + excluded.requests <= ?5",
         )?
-        .execute(params![r.account, r.model, r.day.to_string(), limit])?;
-    Ok(changed == 1)
+        .execute(params![r.account, r.model, day, room, limit])?;
+    Ok(if changed == 1 { room as u64 } else { 0 })
 }
 
 fn verdict(r: &Reservation, counted: bool) -> Reserved {
@@ -163,6 +209,7 @@ impl QuotaLedger for MemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Batch;
 
     fn request(account: &str, limit: Option<u64>) -> Reservation {
         Reservation {
@@ -223,30 +270,74 @@ mod tests {
     }
 
     #[test]
-    fn two_processes_on_one_state_file_never_pass_the_limit_together() {
+    fn a_group_commit_grants_blocks_in_order_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let run = store.create_run("job.jsonl", "abc", false).unwrap();
+        let (a, free) = (request("a", Some(10)), request("b", None));
+        let batch = Batch {
+            reservations: vec![
+                (a.clone(), 4),
+                (free.clone(), 7),
+                (a.clone(), 4),
+                (a.clone(), 4),
+            ],
+            ..Batch::default()
+        };
+        // The first askers of the last requests get them.
+        assert_eq!(store.commit(run, &batch).unwrap(), [4, 7, 4, 2]);
+        let again = Batch {
+            reservations: vec![(a, 1), (free, 1)],
+            ..Batch::default()
+        };
+        assert_eq!(store.commit(run, &again).unwrap(), [0, 1]);
+        let rows = store.ledger("2026-11-28".parse().unwrap()).unwrap();
+        let requests = |account: &str| rows.iter().find(|r| r.account == account).unwrap().requests;
+        assert_eq!((requests("a"), requests("b")), (10, 8));
+    }
+
+    /// Two processes reserving `block` requests at a time, 100 times each,
+    /// on one file whose limit is 150 blocks: how many requests they got,
+    /// and how many the file counts.
+    fn two_processes_reserving(block: u64) -> (u64, u64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         Store::open(&path).unwrap();
-        let limit = 150;
-        let counted: usize = std::thread::scope(|scope| {
+        let limit = 150 * block;
+        let counted = std::thread::scope(|scope| {
             let reservers: Vec<_> = (0..2)
                 .map(|_| {
                     scope.spawn(|| {
                         let mut store = Store::open(&path).unwrap();
+                        let run = store.create_run("job.jsonl", "abc", false).unwrap();
+                        let r = request("a", Some(limit));
                         (0..100)
-                            .map(|_| {
-                                let verdicts = store.reserve(&[request("a", Some(limit))]).unwrap();
-                                counted(&verdicts)
+                            .map(|_| match block {
+                                1 => counted(&store.reserve(std::slice::from_ref(&r)).unwrap())
+                                    as u64,
+                                _ => {
+                                    let batch = Batch {
+                                        reservations: vec![(r.clone(), block)],
+                                        ..Batch::default()
+                                    };
+                                    store.commit(run, &batch).unwrap()[0]
+                                }
                             })
-                            .sum::<usize>()
+                            .sum::<u64>()
                     })
                 })
                 .collect();
             reservers.into_iter().map(|r| r.join().unwrap()).sum()
         });
-        assert_eq!(counted, limit as usize);
         let store = Store::open(&path).unwrap();
         let rows = store.ledger("2026-11-28".parse().unwrap()).unwrap();
-        assert_eq!(rows[0].requests, limit);
+        (counted, rows[0].requests)
+    }
+
+    #[test]
+    fn two_processes_on_one_state_file_never_pass_the_limit_together() {
+        assert_eq!(two_processes_reserving(1), (150, 150));
+        // In blocks, through the run's group commit, as a run reserves ahead.
+        assert_eq!(two_processes_reserving(7), (1050, 1050));
     }
 }

@@ -261,17 +261,23 @@ impl Store {
     /// released, then requests reserved, through the same gate as
     /// [`QuotaLedger`]), then attempts (with what they used, and key states)
     /// and finished items. After this returns the batch survives a crash;
-    /// before, none of it is visible. Returns the ledger's answer to each
-    /// reservation, in order: a request goes out only once it is counted.
-    pub fn commit(&mut self, run: RunId, batch: &Batch) -> Result<Vec<Reserved>, StoreError> {
+    /// before, none of it is visible. Returns how many requests of each
+    /// reservation the ledger counted, in order (0: the day is spent): a
+    /// request goes out only once it is counted.
+    pub fn commit(&mut self, run: RunId, batch: &Batch) -> Result<Vec<u64>, StoreError> {
         let path = self.path.clone();
         let wrap = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(wrap)?;
+        // Immediate: the ledger's counts are read and then raised, and no
+        // other process on the file may write in between.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(wrap)?;
         ledger::release_all(&tx, &batch.releases).map_err(wrap)?;
-        let verdicts = ledger::reserve_all(&tx, &batch.reservations).map_err(wrap)?;
+        let granted = ledger::reserve_each(&tx, &batch.reservations).map_err(wrap)?;
         uploads::apply(&tx, run, &batch.uploads, &batch.upload_events).map_err(wrap)?;
         {
             let mut ledger = tx
@@ -414,7 +420,7 @@ impl Store {
             }
         }
         tx.commit().map_err(wrap)?;
-        Ok(verdicts)
+        Ok(granted)
     }
 
     /// Calls `each` with every finished item of a run, in job-file order,

@@ -540,8 +540,9 @@ impl KeyRow {
 pub struct Batch {
     /// Reserved requests the server did not count, given back.
     pub releases: Vec<super::Reservation>,
-    /// Requests about to be sent, counted (or refused) against the day.
-    pub reservations: Vec<super::Reservation>,
+    /// Requests about to be sent, and how many of each: counted against the
+    /// day as far as its limit allows.
+    pub reservations: Vec<(super::Reservation, u64)>,
     /// Requests answered or failed (each settles an earlier reservation).
     pub attempts: Vec<AttemptRow>,
     /// Items finished.
