@@ -3,6 +3,11 @@
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: a run allocates and frees
+/// small buffers for every request on several threads at once.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = keyfan::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
