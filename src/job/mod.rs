@@ -427,6 +427,15 @@ pub const MAX_ERRORS: usize = 1000;
 /// errors (duplicate ids among them, see [`JobReader`]), collects the
 /// models asked for and computes the content hash.
 pub fn validate(path: &Path) -> Result<Validation, JobError> {
+    validate_with(path, |_| {})
+}
+
+/// [`validate`], handing `each` every item [`JobReader`] yields as valid,
+/// in file order, so that whoever needs them too (the run's estimate) does
+/// not read the job again. Items whose dependencies turn out wrong once
+/// the whole graph is known are among them, as they are among
+/// [`JobReader`]'s.
+pub fn validate_with(path: &Path, mut each: impl FnMut(&Item)) -> Result<Validation, JobError> {
     let mut reader = JobReader::open(path)?;
     let mut validation = Validation {
         items: 0,
@@ -446,6 +455,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         match result {
             Ok(item) => {
                 validation.items += 1;
+                each(&item);
                 graph.add(&item);
                 for setting in item.generation.names() {
                     if settings.len() < MAX_MODELS && settings.insert((item.model.clone(), setting))

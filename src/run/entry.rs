@@ -344,7 +344,11 @@ pub async fn run(
         batch,
     } = settings;
     let observer = super::Shared::new(observer);
-    let validation = job::validate(&job.file).map_err(StartError::Job)?;
+    // The estimate the run stores is tallied in the same pass.
+    let mut planner = crate::estimate::Planner::new(&config);
+    let validation =
+        job::validate_with(&job.file, |item| planner.add(item)).map_err(StartError::Job)?;
+    let plan = planner.rows();
     if validation.error_count > 0 {
         let shown = validation.errors.iter().take(SHOWN_ITEM_ERRORS);
         observer.notice(&Notice::InvalidLines {
@@ -529,7 +533,6 @@ pub async fn run(
     }
     // The estimate made before the run first sent anything, for its report.
     if !store.has_estimate(run_id)? {
-        let plan = crate::estimate::plan(&job.file, &config).map_err(StartError::Job)?;
         store.save_estimate(run_id, &plan)?;
     }
     let shared = match (shared, &outputs.shared) {
