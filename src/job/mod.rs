@@ -41,6 +41,7 @@ use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One prompt to send.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -179,8 +180,17 @@ pub struct JobReader {
     /// Set when the whole file has been read without a failure.
     ended: bool,
     /// The line where each id (by [`id_hash`]) was first used.
-    first_lines: HashMap<u64, u64>,
+    first_lines: FirstLines,
+    /// The same, as validation found it for the whole file, if given
+    /// ([`JobReader::validated`]).
+    validated: Arc<FirstLines>,
+    /// Lines to pass over without reading them as items.
+    skip: Arc<HashSet<u64>>,
 }
+
+/// Where each id of a job (by [`id_hash`]) was first used: its 1-based
+/// line.
+pub type FirstLines = HashMap<u64, u64>;
 
 /// The format readers, over the file. The file's bytes are hashed as they
 /// are read so that [`validate`] gets the content hash in the same pass.
@@ -236,6 +246,24 @@ impl JobReader {
             failure: None,
             ended: false,
             first_lines: HashMap::new(),
+            validated: Arc::default(),
+            skip: Arc::default(),
+        }
+    }
+
+    /// This reader of a job that [`validate`] read: the ids are checked
+    /// against `ids`, its [`Validation::first_lines`], so an item whose id
+    /// was first used on a line passed over is still a duplicate; and a
+    /// JSONL job's lines in `skip` are passed over without being parsed
+    /// (other formats yield them). The file's first item is always read,
+    /// as it sets a JSONL file's shape. Bytes passed over are hashed all
+    /// the same ([`JobReader::verify`]); an id `ids` lacks (the file
+    /// changed since) is checked as by a plain reader.
+    pub fn validated(self, ids: Arc<FirstLines>, skip: Arc<HashSet<u64>>) -> JobReader {
+        JobReader {
+            validated: ids,
+            skip,
+            ..self
         }
     }
 
@@ -291,7 +319,11 @@ impl Iterator for JobReader {
             return None;
         }
         let (next, line) = match &mut self.format {
-            Format::Jsonl(lines) => (lines.next(&self.path), lines.line()),
+            Format::Jsonl(lines) => {
+                let skip = &self.skip;
+                let next = lines.next(&self.path, |line| skip.contains(&line));
+                (next, lines.line())
+            }
             Format::Csv(rows) => (rows.next(&self.path), rows.line()),
             Format::Spec(rows) => (rows.next(), rows.line()),
         };
@@ -342,12 +374,17 @@ impl JobReader {
 
     /// `item`, or the error of a duplicate id when its id was seen before.
     fn unique(&mut self, item: Item) -> Result<Item, ItemError> {
-        let first = match self.first_lines.entry(id_hash(&item.id)) {
-            Entry::Vacant(entry) => {
-                entry.insert(item.line);
-                return Ok(item);
-            }
-            Entry::Occupied(entry) => *entry.get(),
+        let hash = id_hash(&item.id);
+        let first = match self.validated.get(&hash) {
+            Some(&first) if first == item.line => return Ok(item),
+            Some(&first) => first,
+            None => match self.first_lines.entry(hash) {
+                Entry::Vacant(entry) => {
+                    entry.insert(item.line);
+                    return Ok(item);
+                }
+                Entry::Occupied(entry) => *entry.get(),
+            },
         };
         // A batch file's ids are its `custom_id`s or `key`s.
         let field = match self.batch() {
@@ -390,6 +427,9 @@ pub struct Validation {
     /// The items' dependencies (`depends_on`); the errors of its invalid
     /// items are among `errors`.
     pub deps: std::sync::Arc<deps::Graph>,
+    /// Where each id was first used, for a [`JobReader::validated`] that
+    /// reads the file again.
+    pub first_lines: Arc<FirstLines>,
 }
 
 /// A generation setting a job uses with a model, and where it first does.
@@ -446,6 +486,7 @@ pub fn validate_with(path: &Path, mut each: impl FnMut(&Item)) -> Result<Validat
         settings: Vec::new(),
         batch: None,
         deps: Default::default(),
+        first_lines: Arc::default(),
     };
     let mut graph = deps::Builder::default();
     let mut models = HashSet::new();
@@ -501,6 +542,7 @@ pub fn validate_with(path: &Path, mut each: impl FnMut(&Item)) -> Result<Validat
         }
     }
     validation.deps = std::sync::Arc::new(graph);
+    validation.first_lines = Arc::new(std::mem::take(&mut reader.first_lines));
     Ok(validation)
 }
 
