@@ -24,7 +24,7 @@ pub use wall::{thousands, WallTime};
 
 use crate::config::Config;
 use crate::job::{Item, ItemError, JobError, JobReader};
-use crate::price::{PriceEntry, PriceTable};
+use crate::price::{Price, PriceEntry, PriceTable};
 use crate::provider::Usage;
 use crate::store::{EstimateRow, LedgerRow};
 use serde::Serialize;
@@ -101,15 +101,18 @@ impl ItemCost {
     /// The figures of `item` for `model` at `prices`, with the notes on its
     /// media whose tokens had to be guessed ([`MediaTokens::notes`]).
     pub fn noted(item: &Item, model: &str, prices: &PriceTable) -> (ItemCost, Vec<String>) {
+        ItemCost::priced(item, model, prices.price(model).as_ref())
+    }
+
+    /// [`ItemCost::noted`] with `model`'s price already looked up.
+    fn priced(item: &Item, model: &str, price: Option<&Price>) -> (ItemCost, Vec<String>) {
         let media = media_tokens(item, model);
         let input_tokens = tokens::text_tokens(item) + media.tokens;
         let worst_output = u64::from(item.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_CAP));
         let cost = ItemCost {
             input_tokens,
             worst_output,
-            worst_usd: prices
-                .price(model)
-                .map(|p| p.cost(&usage(input_tokens, worst_output))),
+            worst_usd: price.map(|p| p.cost(&usage(input_tokens, worst_output))),
         };
         (cost, media.notes)
     }
@@ -359,7 +362,9 @@ impl<'a> Tallies<'a> {
             }
         };
         let tally = &mut self.tallies[at];
-        let (mut cost, notes) = ItemCost::noted(item, model, &config.prices);
+        // The model's price as its tally holds it: not looked up per item.
+        let price = tally.price.as_ref().map(|entry| &entry.price);
+        let (mut cost, notes) = ItemCost::priced(item, model, price);
         seen.items += u64::from(!item.media.is_empty());
         let counted = self.counts.and_then(|counts| counts.get(&item.line));
         // The API counted the media: nothing of them was guessed.

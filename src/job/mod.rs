@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -190,7 +190,28 @@ pub struct JobReader {
 
 /// Where each id of a job (by [`id_hash`]) was first used: its 1-based
 /// line.
-pub type FirstLines = HashMap<u64, u64>;
+pub type FirstLines = HashMap<u64, u64, BuildHasherDefault<Hashed>>;
+
+/// The hasher of keys that are hashes already ([`id_hash`]es): it takes
+/// them as they are, rather than hash a million of them again.
+#[derive(Debug, Default)]
+pub struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
 
 /// The format readers, over the file. The file's bytes are hashed as they
 /// are read so that [`validate`] gets the content hash in the same pass.
@@ -245,7 +266,7 @@ impl JobReader {
             format,
             failure: None,
             ended: false,
-            first_lines: HashMap::new(),
+            first_lines: FirstLines::default(),
             validated: Arc::default(),
             skip: Arc::default(),
         }
