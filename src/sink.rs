@@ -193,7 +193,9 @@ impl Sink {
         first: impl FnOnce(&mut Sink) -> io::Result<()> + Send + 'static,
     ) -> io::Result<(Sink, Behind)> {
         let queue = Arc::new(Mutex::new(Queue::default()));
-        let held: Box<dyn Write + Send> = Box::new(Queued(Arc::clone(&queue)));
+        // Buffered, so that the queue is locked once per batch of rows,
+        // not once per piece of a row.
+        let held: Box<dyn Write + Send> = Box::new(BufWriter::new(Queued(Arc::clone(&queue))));
         let format = match &self.format {
             Format::Jsonl(_) => Format::Jsonl(held),
             // The header is the first sink's.
