@@ -10,6 +10,7 @@ use crate::store::{round_usd, ItemRow, ItemStatus};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Where results go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +180,134 @@ impl Sink {
             Format::Csv(writer) => writer.flush(),
             Format::Batch(out, _) => out.flush(),
         }
+    }
+
+    /// Has `first` write its rows to this sink on a thread of its own, and
+    /// returns the sink for the rows that follow, in the same format and
+    /// to the same output, after them: until `first` is done, what is
+    /// written to it is held in memory (and flushing it writes nothing),
+    /// then it goes out. A failure of `first` fails the returned sink's
+    /// next write or flush alike, and [`Behind::finish`] returns it.
+    pub fn behind(
+        self,
+        first: impl FnOnce(&mut Sink) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<(Sink, Behind)> {
+        let queue = Arc::new(Mutex::new(Queue::default()));
+        // Buffered, so that the queue is locked once per batch of rows,
+        // not once per piece of a row.
+        let held: Box<dyn Write + Send> = Box::new(BufWriter::new(Queued(Arc::clone(&queue))));
+        let format = match &self.format {
+            Format::Jsonl(_) => Format::Jsonl(held),
+            // The header is the first sink's.
+            Format::Csv(_) => Format::Csv(Box::new(csv::Writer::from_writer(held))),
+            Format::Batch(_, batch) => Format::Batch(held, *batch),
+        };
+        let mut sink = self;
+        let thread = std::thread::Builder::new()
+            .name("results".to_owned())
+            .spawn(move || {
+                let written = first(&mut sink).and_then(|()| sink.into_writer());
+                let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let passed = written.and_then(|mut out| {
+                    out.write_all(&std::mem::take(&mut queue.held))?;
+                    out.flush()?;
+                    queue.out = Some(out);
+                    Ok(())
+                });
+                if let Err(error) = &passed {
+                    queue.failed = Some((error.kind(), error.to_string()));
+                }
+                passed
+            })?;
+        let next = Sink {
+            format,
+            line: Vec::new(),
+        };
+        Ok((
+            next,
+            Behind {
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// The output, everything written to it flushed.
+    fn into_writer(self) -> io::Result<Box<dyn Write + Send>> {
+        let mut out = match self.format {
+            Format::Jsonl(out) | Format::Batch(out, _) => out,
+            Format::Csv(writer) => writer.into_inner().map_err(|e| e.into_error())?,
+        };
+        out.flush()?;
+        Ok(out)
+    }
+}
+
+/// The rows a [`Sink::behind`] has written first, on their thread.
+#[derive(Debug)]
+pub struct Behind {
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Behind {
+    /// Waits until they are written, with what was held behind them, and
+    /// returns how that ended.
+    pub fn finish(mut self) -> io::Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> io::Result<()> {
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            None => Ok(()),
+            Some(Ok(written)) => written,
+            Some(Err(_)) => Err(io::Error::other("the thread writing results panicked")),
+        }
+    }
+}
+
+impl Drop for Behind {
+    /// A run that stops before [`Behind::finish`] still leaves whole rows.
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}
+
+/// What the sink of [`Sink::behind`] writes to, shared with the thread
+/// writing the first rows.
+#[derive(Default)]
+struct Queue {
+    /// The output, once the first rows are in it.
+    out: Option<Box<dyn Write + Send>>,
+    /// What was written until then.
+    held: Vec<u8>,
+    /// How writing the first rows failed, if it did.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+struct Queued(Arc<Mutex<Queue>>);
+
+impl Queued {
+    fn with<T>(&self, f: impl FnOnce(&mut Queue) -> io::Result<T>) -> io::Result<T> {
+        let mut queue = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &queue.failed {
+            Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+            None => f(&mut queue),
+        }
+    }
+}
+
+impl Write for Queued {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.with(|queue| match &mut queue.out {
+            Some(out) => out.write(buf),
+            None => {
+                queue.held.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.with(|queue| queue.out.as_mut().map_or(Ok(()), |out| out.flush()))
     }
 }
 
@@ -374,5 +503,67 @@ mod tests {
                 assert_eq!(value["thinking_tokens"], 2, "{text}");
             }
         }
+    }
+
+    fn with_id(id: &str) -> ItemRow {
+        ItemRow {
+            id: id.into(),
+            ..row()
+        }
+    }
+
+    #[test]
+    fn the_rows_written_behind_come_after_the_first_ones_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["r.jsonl", "r.csv"] {
+            let path = dir.path().join(name);
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let sink = Sink::create(&Target::File(path.clone())).unwrap();
+            let (mut next, behind) = sink
+                .behind(move |sink| {
+                    sink.write(&with_id("old-1"))?;
+                    // The rows behind are written meanwhile.
+                    rx.recv().unwrap();
+                    sink.write(&with_id("old-2"))
+                })
+                .unwrap();
+            next.write(&with_id("new-1")).unwrap();
+            next.flush().unwrap();
+            tx.send(()).unwrap();
+            next.write(&with_id("new-2")).unwrap();
+            next.flush().unwrap();
+            drop(next);
+            behind.finish().unwrap();
+            let ids: Vec<String> = if name.ends_with("csv") {
+                let mut reader = csv::Reader::from_path(&path).unwrap();
+                assert_eq!(reader.headers().unwrap(), COLUMNS.as_slice(), "one header");
+                reader.records().map(|r| r.unwrap()[0].to_owned()).collect()
+            } else {
+                std::fs::read_to_string(&path)
+                    .unwrap()
+                    .lines()
+                    .map(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].to_string()
+                    })
+                    .map(|id| id.trim_matches('"').to_owned())
+                    .collect()
+            };
+            assert_eq!(ids, ["old-1", "old-2", "new-1", "new-2"], "{name}");
+        }
+    }
+
+    #[test]
+    fn a_failure_of_the_first_rows_fails_the_rows_behind_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Sink::create(&Target::File(dir.path().join("r.jsonl"))).unwrap();
+        let (mut next, behind) = sink
+            .behind(|_| Err(io::Error::new(io::ErrorKind::StorageFull, "disk full")))
+            .unwrap();
+        // Its thread may not have ended yet: then the row is held.
+        let _ = next.write(&row());
+        let error = behind.finish().unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull);
+        let error = next.write(&row()).and_then(|()| next.flush()).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::StorageFull, "{error}");
     }
 }

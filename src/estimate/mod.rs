@@ -24,7 +24,7 @@ pub use wall::{thousands, WallTime};
 
 use crate::config::Config;
 use crate::job::{Item, ItemError, JobError, JobReader};
-use crate::price::{PriceEntry, PriceTable};
+use crate::price::{Price, PriceEntry, PriceTable};
 use crate::provider::Usage;
 use crate::store::{EstimateRow, LedgerRow};
 use serde::Serialize;
@@ -101,15 +101,18 @@ impl ItemCost {
     /// The figures of `item` for `model` at `prices`, with the notes on its
     /// media whose tokens had to be guessed ([`MediaTokens::notes`]).
     pub fn noted(item: &Item, model: &str, prices: &PriceTable) -> (ItemCost, Vec<String>) {
+        ItemCost::priced(item, model, prices.price(model).as_ref())
+    }
+
+    /// [`ItemCost::noted`] with `model`'s price already looked up.
+    fn priced(item: &Item, model: &str, price: Option<&Price>) -> (ItemCost, Vec<String>) {
         let media = media_tokens(item, model);
         let input_tokens = tokens::text_tokens(item) + media.tokens;
         let worst_output = u64::from(item.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_CAP));
         let cost = ItemCost {
             input_tokens,
             worst_output,
-            worst_usd: prices
-                .price(model)
-                .map(|p| p.cost(&usage(input_tokens, worst_output))),
+            worst_usd: price.map(|p| p.cost(&usage(input_tokens, worst_output))),
         };
         (cost, media.notes)
     }
@@ -314,60 +317,71 @@ struct Seen {
     with_outputs: u64,
 }
 
-/// Per model, in order of first use, the sums of the job's valid items at
-/// `path` under `config` with `expected` output per item; how many lines
-/// were invalid, with the first; and how many items depend on others.
-fn tally(
-    path: &Path,
-    config: &Config,
-    expected: &Expected,
-    counts: &Counts,
-) -> Result<(Vec<Tally>, Invalid, Seen), JobError> {
-    let mut tallies: Vec<Tally> = Vec::new();
-    let mut index: BTreeMap<String, usize> = BTreeMap::new();
-    let mut invalid: Invalid = (0, None);
-    let mut seen = Seen::default();
-    for result in JobReader::open(path)? {
-        let item = match result {
-            Ok(item) => item,
-            Err(error) => {
-                invalid.0 += 1;
-                invalid.1.get_or_insert(error);
-                continue;
-            }
-        };
+/// Running sums of a job's valid items, per model in order of first use,
+/// and what was seen of their media and dependencies.
+struct Tallies<'a> {
+    config: &'a Config,
+    /// Expected output tokens per item (an item's cap lowers it).
+    expected_output: u32,
+    /// Input tokens the API counted, by line, if any were.
+    counts: Option<&'a Counts>,
+    tallies: Vec<Tally>,
+    index: BTreeMap<String, usize>,
+    seen: Seen,
+}
+
+impl<'a> Tallies<'a> {
+    fn new(config: &'a Config, expected: &Expected, counts: Option<&'a Counts>) -> Tallies<'a> {
+        Tallies {
+            config,
+            expected_output: expected.tokens_per_item,
+            counts,
+            tallies: Vec::new(),
+            index: BTreeMap::new(),
+            seen: Seen::default(),
+        }
+    }
+
+    /// Adds the figures of one valid item.
+    fn add(&mut self, item: &Item) {
+        let (config, seen) = (self.config, &mut self.seen);
         seen.with_outputs += u64::from(!item.depends_on.is_empty());
         let model = item.model.as_deref().unwrap_or(&config.model);
-        let at = match index.get(model) {
+        let at = match self.index.get(model) {
             Some(&at) => at,
             None => {
                 let price = config.prices.lookup(model).cloned();
-                tallies.push(Tally {
+                self.tallies.push(Tally {
                     model: model.to_owned(),
                     first_line: item.line,
                     price,
                     figures: Figures::default(),
                 });
-                index.insert(model.to_owned(), tallies.len() - 1);
-                tallies.len() - 1
+                self.index.insert(model.to_owned(), self.tallies.len() - 1);
+                self.tallies.len() - 1
             }
         };
-        let tally = &mut tallies[at];
-        let (mut cost, notes) = ItemCost::noted(&item, model, &config.prices);
+        let tally = &mut self.tallies[at];
+        // The model's price as its tally holds it: not looked up per item.
+        let price = tally.price.as_ref().map(|entry| &entry.price);
+        let (mut cost, notes) = ItemCost::priced(item, model, price);
         seen.items += u64::from(!item.media.is_empty());
+        let counted = self.counts.and_then(|counts| counts.get(&item.line));
         // The API counted the media: nothing of them was guessed.
-        let counted = counts.contains_key(&item.line) && count::counts_media(&item);
-        let notes = if counted { Vec::new() } else { notes };
+        let notes = match counted.is_some() && count::counts_media(item) {
+            true => Vec::new(),
+            false => notes,
+        };
         seen.note_count += notes.len() as u64;
         for note in notes {
             if seen.notes.len() < MAX_NOTES {
                 seen.notes.push(format!("line {}: {note}", item.line));
             }
         }
-        if let Some(&counted) = counts.get(&item.line) {
+        if let Some(&counted) = counted {
             cost.input_tokens = counted;
         }
-        let expected_output = u64::from(expected.tokens_per_item).min(cost.worst_output);
+        let expected_output = u64::from(self.expected_output).min(cost.worst_output);
         let f = &mut tally.figures;
         f.items += 1;
         f.input_tokens += cost.input_tokens;
@@ -385,32 +399,75 @@ fn tally(
             });
         }
     }
-    Ok((tallies, invalid, seen))
+}
+
+/// Per model, in order of first use, the sums of the job's valid items at
+/// `path` under `config` with `expected` output per item; how many lines
+/// were invalid, with the first; and how many items depend on others.
+fn tally(
+    path: &Path,
+    config: &Config,
+    expected: &Expected,
+    counts: &Counts,
+) -> Result<(Vec<Tally>, Invalid, Seen), JobError> {
+    let mut tallies = Tallies::new(config, expected, Some(counts));
+    let mut invalid: Invalid = (0, None);
+    for result in JobReader::open(path)? {
+        match result {
+            Ok(item) => tallies.add(&item),
+            Err(error) => {
+                invalid.0 += 1;
+                invalid.1.get_or_insert(error);
+            }
+        }
+    }
+    Ok((tallies.tallies, invalid, tallies.seen))
 }
 
 /// What a run stores before it sends anything, so that its report can set
 /// the estimate against what it used: per model, the figures of
 /// [`estimate`] (online prices) over the job's valid items, with the
 /// config's expected output. A model with no known price has no cost
-/// (`None`) rather than failing, as a plain run only warns of it.
-pub fn plan(path: &Path, config: &Config) -> Result<Vec<EstimateRow>, JobError> {
-    let (tallies, ..) = tally(path, config, &Expected::pick(None, config), &Counts::new())?;
-    Ok(tallies
-        .into_iter()
-        .map(|t| {
-            let known = t.price.is_some();
-            let f = t.figures;
-            EstimateRow {
-                model: t.model,
-                items: f.items,
-                input_tokens: f.input_tokens,
-                output_tokens_expected: f.output_tokens_expected,
-                output_tokens_worst: f.output_tokens_worst,
-                cost_expected_usd: known.then_some(f.cost.expected_usd),
-                cost_worst_usd: known.then_some(f.cost.worst_usd),
-            }
-        })
-        .collect())
+/// (`None`) rather than failing, as a plain run only warns of it. Items
+/// are [`Planner::add`]ed as validation reads them, so the job is not read
+/// again for it.
+pub struct Planner<'a> {
+    tallies: Tallies<'a>,
+}
+
+impl<'a> Planner<'a> {
+    /// A plan of no items yet, under `config`.
+    pub fn new(config: &'a Config) -> Planner<'a> {
+        Planner {
+            tallies: Tallies::new(config, &Expected::pick(None, config), None),
+        }
+    }
+
+    /// Adds a valid item (as [`JobReader`] yields it).
+    pub fn add(&mut self, item: &Item) {
+        self.tallies.add(item);
+    }
+
+    /// The plan's rows, one per model, in order of first use.
+    pub fn rows(self) -> Vec<EstimateRow> {
+        self.tallies
+            .tallies
+            .into_iter()
+            .map(|t| {
+                let known = t.price.is_some();
+                let f = t.figures;
+                EstimateRow {
+                    model: t.model,
+                    items: f.items,
+                    input_tokens: f.input_tokens,
+                    output_tokens_expected: f.output_tokens_expected,
+                    output_tokens_worst: f.output_tokens_worst,
+                    cost_expected_usd: known.then_some(f.cost.expected_usd),
+                    cost_worst_usd: known.then_some(f.cost.worst_usd),
+                }
+            })
+            .collect()
+    }
 }
 
 /// Estimates the job at `path` under `config`, with `expected` output per

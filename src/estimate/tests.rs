@@ -158,3 +158,44 @@ fn a_model_without_a_price_is_an_error_naming_it_and_its_line() {
         "unknown: no rpm or tpm configured for it in 1 account(s), so the APIs' own limits decide"
     );
 }
+
+#[test]
+fn the_plan_tallied_during_validation_has_the_estimates_figures() {
+    let (_dir, path) = job(
+        "{\"id\":\"1\",\"prompt\":\"aaaaaaaa\",\"max_output_tokens\":100}\n\
+         {\"id\":\"2\",\"prompt\":\"机器学习\",\"model\":\"gemini-2.5-pro\"}\n\
+         {\"id\":\"3\",\"prompt\":\"no such field\",\"promt\":\"x\"}\n\
+         {\"id\":\"4\",\"prompt\":\"aaaa\",\"model\":\"unpriced-model\"}\n\
+         {\"id\":\"1\",\"prompt\":\"a duplicate id is not tallied\"}\n",
+    );
+    let config = config(TWO_PROJECTS);
+    let mut planner = Planner::new(&config);
+    let validation = crate::job::validate_with(&path, |item| planner.add(item)).unwrap();
+    assert_eq!(validation.items, 3);
+    let rows = planner.rows();
+    let models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    assert_eq!(
+        models,
+        [config.model.as_str(), "gemini-2.5-pro", "unpriced-model"]
+    );
+    let (tallies, invalid, _) = tally(
+        &path,
+        &config,
+        &Expected::pick(None, &config),
+        &Counts::new(),
+    )
+    .unwrap();
+    assert_eq!(invalid.0, 2);
+    for (row, tally) in rows.iter().zip(&tallies) {
+        let f = &tally.figures;
+        assert_eq!(row.items, f.items);
+        assert_eq!(row.input_tokens, f.input_tokens);
+        assert_eq!(row.output_tokens_expected, f.output_tokens_expected);
+        assert_eq!(row.output_tokens_worst, f.output_tokens_worst);
+        let known = tally.price.is_some();
+        assert_eq!(row.cost_expected_usd, known.then_some(f.cost.expected_usd));
+        assert_eq!(row.cost_worst_usd, known.then_some(f.cost.worst_usd));
+    }
+    assert_eq!(rows[0].output_tokens_expected, 100);
+    assert_eq!(rows[2].cost_worst_usd, None);
+}

@@ -304,7 +304,7 @@ impl Builder {
         self,
         path: &Path,
         items_path: &Path,
-        known: &HashMap<u64, u64>,
+        known: &super::FirstLines,
     ) -> Result<Graph, JobError> {
         let nodes = self.nodes;
         let at = |node: &Node, field: &str, reason: String| ItemError {

@@ -48,8 +48,14 @@ impl<R: Read> Lines<R> {
         self.shape.and_then(|(shape, _)| shape.batch())
     }
 
-    /// The next non-blank line as an item or an item error; `None` at the end.
-    pub(super) fn next(&mut self, path: &Path) -> io::Result<Option<Result<Item, ItemError>>> {
+    /// The next non-blank line as an item or an item error; `None` at the
+    /// end. Once the file's shape is set, lines for which `skip` holds are
+    /// passed over unparsed.
+    pub(super) fn next(
+        &mut self,
+        path: &Path,
+        skip: impl Fn(u64) -> bool,
+    ) -> io::Result<Option<Result<Item, ItemError>>> {
         loop {
             self.buf.clear();
             if self.reader.read_until(b'\n', &mut self.buf)? == 0 {
@@ -61,7 +67,9 @@ impl<R: Read> Lines<R> {
                 true => 3,
                 false => 0,
             };
-            if self.buf[start..].iter().all(u8::is_ascii_whitespace) {
+            if self.shape.is_some() && skip(self.line)
+                || self.buf[start..].iter().all(u8::is_ascii_whitespace)
+            {
                 continue;
             }
             let item = self.parse(start, path).map_err(|p| p.at(path, self.line));

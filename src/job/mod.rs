@@ -38,9 +38,10 @@ use sha2::{Digest, Sha256};
 use std::collections::hash_map::{Entry, HashMap};
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, DefaultHasher, Hash, Hasher};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One prompt to send.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -179,7 +180,37 @@ pub struct JobReader {
     /// Set when the whole file has been read without a failure.
     ended: bool,
     /// The line where each id (by [`id_hash`]) was first used.
-    first_lines: HashMap<u64, u64>,
+    first_lines: FirstLines,
+    /// The same, as validation found it for the whole file, if given
+    /// ([`JobReader::validated`]).
+    validated: Arc<FirstLines>,
+    /// Lines to pass over without reading them as items.
+    skip: Arc<HashSet<u64>>,
+}
+
+/// Where each id of a job (by [`id_hash`]) was first used: its 1-based
+/// line.
+pub type FirstLines = HashMap<u64, u64, BuildHasherDefault<Hashed>>;
+
+/// The hasher of keys that are hashes already ([`id_hash`]es): it takes
+/// them as they are, rather than hash a million of them again.
+#[derive(Debug, Default)]
+pub struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
 }
 
 /// The format readers, over the file. The file's bytes are hashed as they
@@ -235,7 +266,25 @@ impl JobReader {
             format,
             failure: None,
             ended: false,
-            first_lines: HashMap::new(),
+            first_lines: FirstLines::default(),
+            validated: Arc::default(),
+            skip: Arc::default(),
+        }
+    }
+
+    /// This reader of a job that [`validate`] read: the ids are checked
+    /// against `ids`, its [`Validation::first_lines`], so an item whose id
+    /// was first used on a line passed over is still a duplicate; and a
+    /// JSONL job's lines in `skip` are passed over without being parsed
+    /// (other formats yield them). The file's first item is always read,
+    /// as it sets a JSONL file's shape. Bytes passed over are hashed all
+    /// the same ([`JobReader::verify`]); an id `ids` lacks (the file
+    /// changed since) is checked as by a plain reader.
+    pub fn validated(self, ids: Arc<FirstLines>, skip: Arc<HashSet<u64>>) -> JobReader {
+        JobReader {
+            validated: ids,
+            skip,
+            ..self
         }
     }
 
@@ -291,7 +340,11 @@ impl Iterator for JobReader {
             return None;
         }
         let (next, line) = match &mut self.format {
-            Format::Jsonl(lines) => (lines.next(&self.path), lines.line()),
+            Format::Jsonl(lines) => {
+                let skip = &self.skip;
+                let next = lines.next(&self.path, |line| skip.contains(&line));
+                (next, lines.line())
+            }
             Format::Csv(rows) => (rows.next(&self.path), rows.line()),
             Format::Spec(rows) => (rows.next(), rows.line()),
         };
@@ -342,12 +395,17 @@ impl JobReader {
 
     /// `item`, or the error of a duplicate id when its id was seen before.
     fn unique(&mut self, item: Item) -> Result<Item, ItemError> {
-        let first = match self.first_lines.entry(id_hash(&item.id)) {
-            Entry::Vacant(entry) => {
-                entry.insert(item.line);
-                return Ok(item);
-            }
-            Entry::Occupied(entry) => *entry.get(),
+        let hash = id_hash(&item.id);
+        let first = match self.validated.get(&hash) {
+            Some(&first) if first == item.line => return Ok(item),
+            Some(&first) => first,
+            None => match self.first_lines.entry(hash) {
+                Entry::Vacant(entry) => {
+                    entry.insert(item.line);
+                    return Ok(item);
+                }
+                Entry::Occupied(entry) => *entry.get(),
+            },
         };
         // A batch file's ids are its `custom_id`s or `key`s.
         let field = match self.batch() {
@@ -390,6 +448,9 @@ pub struct Validation {
     /// The items' dependencies (`depends_on`); the errors of its invalid
     /// items are among `errors`.
     pub deps: std::sync::Arc<deps::Graph>,
+    /// Where each id was first used, for a [`JobReader::validated`] that
+    /// reads the file again.
+    pub first_lines: Arc<FirstLines>,
 }
 
 /// A generation setting a job uses with a model, and where it first does.
@@ -427,6 +488,15 @@ pub const MAX_ERRORS: usize = 1000;
 /// errors (duplicate ids among them, see [`JobReader`]), collects the
 /// models asked for and computes the content hash.
 pub fn validate(path: &Path) -> Result<Validation, JobError> {
+    validate_with(path, |_| {})
+}
+
+/// [`validate`], handing `each` every item [`JobReader`] yields as valid,
+/// in file order, so that whoever needs them too (the run's estimate) does
+/// not read the job again. Items whose dependencies turn out wrong once
+/// the whole graph is known are among them, as they are among
+/// [`JobReader`]'s.
+pub fn validate_with(path: &Path, mut each: impl FnMut(&Item)) -> Result<Validation, JobError> {
     let mut reader = JobReader::open(path)?;
     let mut validation = Validation {
         items: 0,
@@ -437,6 +507,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         settings: Vec::new(),
         batch: None,
         deps: Default::default(),
+        first_lines: Arc::default(),
     };
     let mut graph = deps::Builder::default();
     let mut models = HashSet::new();
@@ -446,6 +517,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         match result {
             Ok(item) => {
                 validation.items += 1;
+                each(&item);
                 graph.add(&item);
                 for setting in item.generation.names() {
                     if settings.len() < MAX_MODELS && settings.insert((item.model.clone(), setting))
@@ -491,6 +563,7 @@ pub fn validate(path: &Path) -> Result<Validation, JobError> {
         }
     }
     validation.deps = std::sync::Arc::new(graph);
+    validation.first_lines = Arc::new(std::mem::take(&mut reader.first_lines));
     Ok(validation)
 }
 

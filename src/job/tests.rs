@@ -820,3 +820,55 @@ fn conversations_are_messages_ending_with_the_user_s_turn() {
         ["2: messages: the last message must be the user's"]
     );
 }
+
+/// Each entry of `reader` as `line id` or `line error: reason`.
+fn entries(reader: impl Iterator<Item = Result<Item, ItemError>>) -> Vec<String> {
+    reader
+        .map(|entry| match entry {
+            Ok(item) => format!("{} {}", item.line, item.id),
+            Err(e) => format!("{} error: {}", e.line, e.reason),
+        })
+        .collect()
+}
+
+#[test]
+fn a_validated_reader_passes_over_lines_unparsed_and_still_finds_duplicates() {
+    let content = "{\"id\":\"a\",\"prompt\":\"1\"}\n\
+                   {\"id\":\"b\",\"prompt\":\"2\"}\n\
+                   not json, but passed over\n\
+                   {\"id\":\"c\",\"prompt\":\"4\"}\n\
+                   {\"id\":\"b\",\"prompt\":\"5\"}\n\
+                   {\"id\":\"d\",\"prompt\":\"6\"}\n";
+    let (_dir, path) = file("job.jsonl", content.as_bytes());
+    let validation = validate(&path).unwrap();
+    let ids = Arc::clone(&validation.first_lines);
+    // The first line is read whatever `skip` says: it sets the shape.
+    let skip = Arc::new(HashSet::from([1, 2, 3, 6]));
+    let mut reader = JobReader::open(&path).unwrap().validated(ids, skip);
+    let seen = entries(reader.by_ref());
+    // Line 5 repeats the id of line 2, which was not parsed.
+    assert_eq!(
+        seen,
+        [
+            "1 a",
+            "4 c",
+            "5 error: duplicate id `b`, first used on line 2"
+        ]
+    );
+    assert_eq!(reader.verify(&validation.content_hash).ok(), Some(()));
+    assert_eq!(
+        reader.content_hash().as_deref(),
+        Some(validation.content_hash.as_str())
+    );
+}
+
+#[test]
+fn other_formats_yield_the_lines_a_validated_reader_is_told_to_skip() {
+    let (_dir, path) = file("job.csv", b"id,prompt\na,1\nb,2\n");
+    let validation = validate(&path).unwrap();
+    let skip = Arc::new(HashSet::from([2, 3]));
+    let reader = JobReader::open(&path)
+        .unwrap()
+        .validated(Arc::clone(&validation.first_lines), skip);
+    assert_eq!(entries(reader), ["2 a", "3 b"]);
+}

@@ -344,7 +344,11 @@ pub async fn run(
         batch,
     } = settings;
     let observer = super::Shared::new(observer);
-    let validation = job::validate(&job.file).map_err(StartError::Job)?;
+    // The estimate the run stores is tallied in the same pass.
+    let mut planner = crate::estimate::Planner::new(&config);
+    let validation =
+        job::validate_with(&job.file, |item| planner.add(item)).map_err(StartError::Job)?;
+    let plan = planner.rows();
     if validation.error_count > 0 {
         let shown = validation.errors.iter().take(SHOWN_ITEM_ERRORS);
         observer.notice(&Notice::InvalidLines {
@@ -498,15 +502,17 @@ pub async fn run(
         Some(batch) => Sink::create_batch(&outputs.target, batch),
         None => Sink::create(&outputs.target),
     };
-    let mut sink = sink.map_err(StartError::io(format!("create {}", outputs.target)))?;
+    let sink = sink.map_err(StartError::io(format!("create {}", outputs.target)))?;
     let Start {
         run: run_id,
         resumed,
         done,
         prior_attempts,
+        sink,
+        rebuild,
     } = super::start(
         &store,
-        &mut sink,
+        sink,
         earlier,
         job.key(),
         &validation.content_hash,
@@ -514,11 +520,17 @@ pub async fn run(
         resume,
     )?;
     // The answers of the parents finished earlier, for the children to do.
-    let deps = super::Dependencies::load(Arc::clone(&validation.deps), &store, run_id, &done)?;
+    let deps = super::Dependencies::load(Arc::clone(&validation.deps), &store, run_id, &done.ids)?;
     let chosen = match sample {
         Some(sample) => Some(Arc::new(
-            sample::choose(&job.file, &validation.content_hash, &done, &deps, sample)
-                .map_err(StartError::Job)?,
+            sample::choose(
+                &job.file,
+                &validation.content_hash,
+                &done.ids,
+                &deps,
+                sample,
+            )
+            .map_err(StartError::Job)?,
         )),
         None => None,
     };
@@ -529,7 +541,6 @@ pub async fn run(
     }
     // The estimate made before the run first sent anything, for its report.
     if !store.has_estimate(run_id)? {
-        let plan = crate::estimate::plan(&job.file, &config).map_err(StartError::Job)?;
         store.save_estimate(run_id, &plan)?;
     }
     let shared = match (shared, &outputs.shared) {
@@ -540,12 +551,12 @@ pub async fn run(
     };
     // The shared run, for the report's Hosts section.
     let shared_run = shared.as_ref().map(|link| link.run);
-    let to_do = (validation.items + validation.error_count).saturating_sub(done.len() as u64);
+    let to_do = (validation.items + validation.error_count).saturating_sub(done.ids.len() as u64);
     if resumed {
         observer.notice(&Notice::Resuming {
             run: run_id,
             job: job.label.clone(),
-            done: done.len() as u64,
+            done: done.ids.len() as u64,
             to_do,
         });
     }
@@ -574,6 +585,7 @@ pub async fn run(
         },
         default_model: config.model.clone(),
         done: Arc::new(done),
+        first_lines: Arc::clone(&validation.first_lines),
         only: chosen.clone(),
         prior_attempts: Arc::new(prior_attempts),
         budget: max_cost.map(|cap| Arc::new(Budget::new(cap))),
@@ -591,7 +603,7 @@ pub async fn run(
         observer: Box::new(observer.clone()),
         scrubber: scrubber.clone(),
     };
-    let (summary, store) = match batch {
+    let executed = match batch {
         Some(limits) => {
             let batcher = crate::batch::Batcher {
                 config: &config,
@@ -614,7 +626,7 @@ pub async fn run(
                     stop: &stop,
                 },
             };
-            batcher.run(recording).await?
+            batcher.run(recording).await
         }
         None => {
             super::execute_with(
@@ -625,9 +637,14 @@ pub async fn run(
                 &stop,
                 shared,
             )
-            .await?
+            .await
         }
     };
+    // The kept outcomes are in the results before the run's own, whichever
+    // way it ended.
+    let rebuilt = rebuild.map_or(Ok(()), crate::sink::Behind::finish);
+    let (summary, store) = executed?;
+    rebuilt.map_err(RunError::Sink)?;
     if let Some(signals) = signals {
         signals.abort();
     }

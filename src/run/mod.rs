@@ -38,7 +38,7 @@ pub use media::UploadTally;
 pub(crate) use media::{Detached, Slot, Uploads};
 pub use observe::{Load, Notice};
 pub use recorder::{Observer, Progress};
-pub use resume::{earlier, start, Earlier, Resume, Start};
+pub use resume::{earlier, start, Done, Earlier, Resume, Start};
 pub use retry::{Decision, Retries, RetryPolicy};
 pub use sample::{Sample, SampleSummary};
 pub use settings::{default_state, Job, Outputs, Settings, SharedState, DEFAULT_LEASE};
@@ -78,8 +78,12 @@ pub struct Options {
     pub policy: RetryPolicy,
     /// Model for items that name none.
     pub default_model: String,
-    /// Ids (as [`crate::job::id_hash`]es) of items a resumed run already finished.
-    pub done: Arc<HashSet<u64>>,
+    /// The items a resumed run already finished.
+    pub done: Arc<Done>,
+    /// Where each id of the job was first used, as validation found it:
+    /// the feeder then checks ids for duplicates on the lines it parses
+    /// only (see [`JobReader::validated`]).
+    pub first_lines: Arc<crate::job::FirstLines>,
     /// Under `--sample`, the ids (as [`crate::job::id_hash`]es) of the only
     /// items to send; invalid lines are then left for the next run.
     pub only: Option<Arc<HashSet<u64>>>,
@@ -294,7 +298,7 @@ pub(crate) async fn execute_with(
     let run = recording.run;
     let (media_pool, media_clients) = (Arc::clone(&pool), Arc::clone(&clients));
     let tracker = options.deps.tracker(
-        &options.done,
+        &options.done.ids,
         &options.default_model,
         recording.scrubber.clone(),
         event_tx.clone(),
@@ -363,6 +367,7 @@ pub(crate) async fn execute_with(
         let cancel = cancel.clone();
         let events = event_tx.clone();
         let done = Arc::clone(&options.done);
+        let first_lines = Arc::clone(&options.first_lines);
         let only = options.only.clone();
         let validated = options.job_hash.clone();
         let faults = Arc::clone(&faults);
@@ -376,9 +381,12 @@ pub(crate) async fn execute_with(
                 }
                 return;
             }
+            // The job has the run's hash: its kept items are on the lines
+            // they were read from.
+            let reader = reader.validated(first_lines, Arc::clone(&done.lines));
             let reader = feed(
                 reader,
-                &done,
+                &done.ids,
                 only.as_deref(),
                 item_tx,
                 events,

@@ -2,10 +2,11 @@
 //! holds (resumed), or a new one, and what it already finished.
 
 use super::RunError;
-use crate::job::id_hash;
-use crate::sink::Sink;
+use crate::job::{id_hash, SKIPPED_ID_PREFIX};
+use crate::sink::{Behind, Sink};
 use crate::store::{ItemStatus, RunId, RunRow, Store, StoreError};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 /// How a run takes up an earlier run of the same job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,11 +28,28 @@ pub struct Start {
     pub run: RunId,
     /// Whether it is an earlier run taken up again.
     pub resumed: bool,
-    /// Ids (as [`id_hash`]es) of the items it keeps and will not send again.
-    pub done: HashSet<u64>,
+    /// The items it keeps and will not send again.
+    pub done: Done,
     /// Requests already sent for the items it will send (again), by
     /// [`id_hash`]: an item's `attempts` counts across resumes.
     pub prior_attempts: HashMap<u64, u32>,
+    /// Where the run's outcomes go.
+    pub sink: Sink,
+    /// The outcomes it kept, still being written to the results before
+    /// `sink`'s: wait for them with [`Behind::finish`].
+    pub rebuild: Option<Behind>,
+}
+
+/// The items a run keeps from its earlier invocations: not sent again.
+#[derive(Debug, Default)]
+pub struct Done {
+    /// Their ids, as [`id_hash`]es.
+    pub ids: HashSet<u64>,
+    /// Their lines, but for skipped lines' (whose lines are read again, in
+    /// case they now hold an item): the job is the one they were read
+    /// from (its hash is the run's), so the feeder passes over them
+    /// without parsing them.
+    pub lines: Arc<HashSet<u64>>,
 }
 
 /// The earlier run of a job that a new invocation could take up.
@@ -74,62 +92,82 @@ pub fn earlier(
         .map_or(Earlier::None, Earlier::Changed))
 }
 
+/// Whether a resumed run keeps (and does not send again) the item of a
+/// row with `status` and `id`.
+fn kept(status: ItemStatus, id: &str, resume: Resume) -> bool {
+    // An item skipped because its parent did not end ok (it has its own
+    // id, unlike a skipped line) goes with its parent.
+    let skipped_child = status == ItemStatus::Skipped && !id.starts_with(SKIPPED_ID_PREFIX);
+    let again = status == ItemStatus::Deferred
+        || ((status == ItemStatus::Failed || skipped_child) && resume == Resume::RetryFailed);
+    !again
+}
+
 /// Takes up the `earlier` run (from [`earlier`]), or creates a run of the
-/// job at `job_path` with content `job_hash`, and writes the outcomes it
-/// keeps to `sink`: the results file is rebuilt from the store, so an
-/// outcome whose row a crash lost is written again, and none twice.
+/// job at `job_path` with content `job_hash`. A run taken up has `sink`
+/// rebuilt from the store, so an outcome whose row a crash lost is written
+/// again, and none twice: the outcomes it keeps, as the store holds them
+/// now, are written on a thread of their own while the run goes on
+/// ([`Sink::behind`]), and the rows it adds come after them.
 pub fn start(
     store: &Store,
-    sink: &mut Sink,
+    sink: Sink,
     earlier: Option<RunId>,
     job_path: &str,
     job_hash: &str,
     simulated: bool,
     resume: Resume,
 ) -> Result<Start, RunError> {
-    let run = match earlier {
-        Some(run) => {
-            store.reopen_run(run)?;
-            run
+    let Some(run) = earlier else {
+        return Ok(Start {
+            run: store.create_run(job_path, job_hash, simulated)?,
+            resumed: false,
+            done: Done::default(),
+            prior_attempts: HashMap::new(),
+            sink,
+            rebuild: None,
+        });
+    };
+    store.reopen_run(run)?;
+    let (mut ids, mut lines) = (HashSet::new(), HashSet::new());
+    store.item_states(run, |id, line, status| {
+        if kept(status, id, resume) {
+            ids.insert(id_hash(id));
+            if !id.starts_with(SKIPPED_ID_PREFIX) {
+                lines.insert(line);
+            }
         }
-        None => store.create_run(job_path, job_hash, simulated)?,
-    };
-    let mut done = HashSet::new();
-    store
-        .for_each_item(run, |row| {
-            // An item skipped because its parent did not end ok (it has
-            // its own id, unlike a skipped line) goes with its parent.
-            let skipped_child = row.status == ItemStatus::Skipped
-                && !row.id.starts_with(crate::job::SKIPPED_ID_PREFIX);
-            let again = row.status == ItemStatus::Deferred
-                || ((row.status == ItemStatus::Failed || skipped_child)
-                    && resume == Resume::RetryFailed);
-            if again {
-                return Ok(());
-            }
-            done.insert(id_hash(&row.id));
-            // In a provider's batch: not a result yet.
-            if row.status == ItemStatus::Submitted {
-                return Ok(());
-            }
-            sink.write(&row)
-        })?
-        .and_then(|()| sink.flush())
+    })?;
+    // Every item not kept is sent (again): failed and deferred ones
+    // included, as their attempts count on.
+    let prior_attempts = store
+        .unfinished_attempts(run, |id| !ids.contains(&id_hash(id)))?
+        .into_iter()
+        .map(|(id, n)| (id_hash(&id), n))
+        .collect();
+    // Read before the run commits anything, the rows are the ones kept.
+    let snapshot = store.snapshot()?;
+    let (sink, rebuild) = sink
+        .behind(move |sink| {
+            snapshot
+                .for_each_item(run, |row| match row.status {
+                    // In a provider's batch: not a result yet.
+                    ItemStatus::Submitted => Ok(()),
+                    status if kept(status, &row.id, resume) => sink.write(&row),
+                    _ => Ok(()),
+                })
+                .map_err(std::io::Error::other)?
+        })
         .map_err(RunError::Sink)?;
-    let prior_attempts = match earlier {
-        // Every item not kept is sent (again): failed and deferred ones
-        // included, as their attempts count on.
-        Some(_) => store
-            .unfinished_attempts(run, |id| !done.contains(&id_hash(id)))?
-            .into_iter()
-            .map(|(id, n)| (id_hash(&id), n))
-            .collect(),
-        None => HashMap::new(),
-    };
     Ok(Start {
         run,
-        resumed: earlier.is_some(),
-        done,
+        resumed: true,
+        done: Done {
+            ids,
+            lines: Arc::new(lines),
+        },
         prior_attempts,
+        sink,
+        rebuild: Some(rebuild),
     })
 }

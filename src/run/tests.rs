@@ -59,6 +59,7 @@ async fn run_job(job: &str, validated_hash: Option<&str>) -> Ran {
         policy: RetryPolicy::default(),
         default_model: config.model.clone(),
         done: Arc::default(),
+        first_lines: Arc::default(),
         prior_attempts: Arc::default(),
         only: None,
         budget: None,

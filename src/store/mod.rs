@@ -447,6 +447,49 @@ impl Store {
         Ok(failed)
     }
 
+    /// Calls `each` with the id, line and status of every finished item of
+    /// a run, in no particular order: what a resumed run keeps, without
+    /// reading (and sorting) the rows whole.
+    pub fn item_states(
+        &self,
+        run: RunId,
+        mut each: impl FnMut(&str, u64, ItemStatus),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT item_id, line, status FROM items WHERE run_id = ?1")
+            .map_err(|e| self.wrap(e))?;
+        let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.wrap(e))? {
+            let id = row
+                .get_ref(0)
+                .and_then(|v| v.as_str().map_err(Into::into))
+                .map_err(|e| self.wrap(e))?;
+            let line = row.get(1).map_err(|e| self.wrap(e))?;
+            let status = row.get(2).map_err(|e| self.wrap(e))?;
+            each(id, line, status);
+        }
+        Ok(())
+    }
+
+    /// Another connection to this state file that reads it as it is now:
+    /// nothing committed after this call shows in its reads (a read
+    /// transaction of WAL mode, held until it is dropped).
+    pub fn snapshot(&self) -> Result<Store, StoreError> {
+        let store = Store::open(&self.path)?;
+        store
+            .conn
+            .execute_batch("BEGIN")
+            .and_then(|()| {
+                // The first read of the transaction fixes what it sees.
+                store
+                    .conn
+                    .query_row("SELECT count(*) FROM runs", [], |_| Ok(()))
+            })
+            .map_err(|e| store.wrap(e))?;
+        Ok(store)
+    }
+
     /// The first `limit` items of a run, in job-file order, that ended
     /// `skipped` because a parent of theirs did not end ok (unlike a
     /// skipped line, such an item keeps its own id): id, line and error.

@@ -272,7 +272,8 @@ async fn run_one(scenario: Scenario, items: u64, bench: bool) -> Outcome {
             ..RetryPolicy::default()
         },
         default_model: config.model.clone(),
-        done: Arc::new(HashSet::new()),
+        done: Arc::default(),
+        first_lines: Arc::default(),
         prior_attempts: Arc::default(),
         only: None,
         budget: None,

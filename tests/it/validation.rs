@@ -206,6 +206,51 @@ async fn skip_invalid_never_sends_a_duplicate_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_run_still_skips_the_duplicate_of_an_item_it_finished() {
+    let (sim, work) = scenario(SIM, 0, one_account).await;
+    work.write(
+        "job.jsonl",
+        "{\"id\": \"x\", \"prompt\": \"p1\"}\n{\"id\": \"a\", \"prompt\": \"p2\"}\n\
+         {\"id\": \"a\", \"prompt\": \"p3\"}\n{\"id\": \"b\", \"prompt\": \"p4\"}\n",
+    );
+    // The sample takes the three valid items and leaves the duplicate.
+    let out = work
+        .keyfan(&run_args("s.db", &["--skip-invalid", "--sample", "3"]), &[])
+        .await;
+    assert!(
+        out.status.code().is_some_and(|c| c != 1),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(stats(&sim).await.requests, 3);
+    // The resumed run passes over the finished lines without parsing them,
+    // yet knows line 3 repeats line 2's id.
+    let out = work
+        .keyfan(&run_args("s.db", &["--skip-invalid"]), &[])
+        .await;
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    assert_eq!(stats(&sim).await.requests, 3, "the duplicate was not sent");
+    assert_rows(
+        &work,
+        &[
+            ("#line:3", "skipped"),
+            ("a", "ok"),
+            ("b", "ok"),
+            ("x", "ok"),
+        ],
+        "the duplicate is skipped",
+    );
+    let rows = results(&work.path("job.results.jsonl"));
+    assert_eq!(rows.len(), 4, "each line once: {rows:?}");
+    assert!(
+        rows.iter().any(|r| r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("duplicate id `a`, first used on line 2"))),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_skipped_row_never_shares_an_id_with_an_item() {
     let (sim, work) = scenario(SIM, 0, one_account).await;
     // Line 2 is invalid; line 3 is a real item whose id is `line:2`.
