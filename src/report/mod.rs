@@ -452,7 +452,8 @@ impl Report {
         for status in [ItemStatus::Ok, ItemStatus::Failed] {
             totals.status.insert(status.as_str(), 0);
         }
-        for (status, n) in store.status_counts(run)? {
+        let items = store.item_counts(run, SHOWN_SKIPPED_CHILDREN)?;
+        for &(status, n) in &items.statuses {
             totals.items += n;
             *totals.status.entry(status.as_str()).or_default() += n;
         }
@@ -472,7 +473,7 @@ impl Report {
         } = tallies.finish(elapsed_s);
         Ok(Report {
             batches: crate::batch::store::all(store, Some(run))?,
-            estimate_vs_actual: versus(store.estimate(run)?, &models, &store.model_counts(run)?),
+            estimate_vs_actual: versus(store.estimate(run)?, &models, &items.models),
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
                 today
                     .reset()
@@ -484,8 +485,8 @@ impl Report {
             totals: Totals {
                 usage: all,
                 wasted_on_retries_usd: store.retries_cost(run)?.map(round6),
-                skipped_children: store
-                    .skipped_children(run, SHOWN_SKIPPED_CHILDREN)?
+                skipped_children: items
+                    .skipped_children
                     .into_iter()
                     .map(|(id, line, error)| SkippedChild { id, line, error })
                     .collect(),
@@ -1120,7 +1121,7 @@ mod tests {
         assert_eq!((totals.status["ok"], totals.status["failed"]), (4, 1));
         assert_eq!(totals.status_counts(), store.status_counts(run).unwrap());
         assert_eq!(totals.wasted_on_retries_usd, Some(0.25));
-        let counts = store.model_counts(run).unwrap();
+        let counts = store.item_counts(run, 0).unwrap().models;
         assert_eq!((counts["m1"], counts["m2"], counts.len()), (3, 2, 2));
         let buckets: Vec<u64> = report
             .latency_histogram

@@ -33,8 +33,20 @@ pub use uploads::{
 
 use crate::types::{Limits, QuotaDay};
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
+
+/// A run's items counted ([`Store::item_counts`]).
+#[derive(Debug, Default)]
+pub struct ItemCounts {
+    /// Items per status, in the order of their stored names.
+    pub statuses: Vec<(ItemStatus, u64)>,
+    /// Items per model (those with one).
+    pub models: HashMap<String, u64>,
+    /// The first skipped children asked for, in job-file order: id, line
+    /// and error.
+    pub skipped_children: Vec<(String, u64, String)>,
+}
 
 /// A failure of the state file.
 #[derive(Debug, thiserror::Error)]
@@ -162,8 +174,6 @@ impl Store {
 
     /// Items of a run per status, in the order of their stored names.
     pub fn status_counts(&self, run: RunId) -> Result<Vec<(ItemStatus, u64)>, StoreError> {
-        // Counted here rather than with GROUP BY, which would sort every
-        // item of a million-item run to count a handful of statuses.
         let mut counts: HashMap<ItemStatus, u64> = HashMap::new();
         self.each(
             &format!(
@@ -177,9 +187,67 @@ impl Store {
                 true
             },
         )?;
-        let mut counts: Vec<(ItemStatus, u64)> = counts.into_iter().collect();
-        counts.sort_by_key(|(status, _)| status.as_str());
-        Ok(counts)
+        Ok(by_name(counts))
+    }
+
+    /// A run's items counted in one pass (as [`Store::status_counts`] counts
+    /// them, and more): per status and per model, with
+    /// the first `children` (in job-file order) that ended `skipped`
+    /// because a parent of theirs did not end ok (unlike a skipped line,
+    /// such an item keeps its own id). Counted here rather than with GROUP
+    /// BY, which would sort every item of a million-item run to count a
+    /// handful of statuses.
+    pub fn item_counts(&self, run: RunId, children: u32) -> Result<ItemCounts, StoreError> {
+        let mut statuses: HashMap<ItemStatus, u64> = HashMap::new();
+        let mut models: HashMap<String, u64> = HashMap::new();
+        // The first children by line: a max-heap of the `children` lowest.
+        let mut skipped: BinaryHeap<(u64, String, String)> = BinaryHeap::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT t.status, t.model, t.item_id, t.line, t.error
+                 FROM items AS t NOT INDEXED WHERE {}",
+                in_run("items")
+            ))
+            .map_err(|e| self.wrap(e))?;
+        let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.wrap(e))? {
+            let mut read = || -> rusqlite::Result<_> {
+                let status: ItemStatus = row.get(0)?;
+                *statuses.entry(status).or_default() += 1;
+                if let Some(model) = row.get_ref(1)?.as_str_or_null()? {
+                    match models.get_mut(model) {
+                        Some(n) => *n += 1,
+                        None => {
+                            models.insert(model.to_owned(), 1);
+                        }
+                    }
+                }
+                if children == 0 || status != ItemStatus::Skipped {
+                    return Ok(());
+                }
+                let id = row.get_ref(2)?.as_str()?;
+                if !id.starts_with("#line:") {
+                    let line: u64 = row.get(3)?;
+                    let error: Option<String> = row.get(4)?;
+                    skipped.push((line, id.to_owned(), error.unwrap_or_default()));
+                    if skipped.len() > children as usize {
+                        skipped.pop();
+                    }
+                }
+                Ok(())
+            };
+            read().map_err(|e| self.wrap(e))?;
+        }
+        Ok(ItemCounts {
+            statuses: by_name(statuses),
+            models,
+            skipped_children: skipped
+                .into_sorted_vec()
+                .into_iter()
+                .map(|(line, id, error)| (id, line, error))
+                .collect(),
+        })
     }
 
     /// What a run's retries cost: the summed cost of every attempt of a
@@ -448,26 +516,6 @@ impl Store {
         Ok(failed)
     }
 
-    /// The first `limit` items of a run, in job-file order, that ended
-    /// `skipped` because a parent of theirs did not end ok (unlike a
-    /// skipped line, such an item keeps its own id): id, line and error.
-    pub fn skipped_children(
-        &self,
-        run: RunId,
-        limit: u32,
-    ) -> Result<Vec<(String, u64, String)>, StoreError> {
-        self.collect(
-            &format!(
-                "SELECT t.item_id, t.line, coalesce(t.error, '') FROM items AS t NOT INDEXED
-                 WHERE {} AND t.status = 'skipped' AND substr(t.item_id, 1, 6) <> '#line:'
-                 ORDER BY t.line LIMIT ?2",
-                in_run("items")
-            ),
-            rusqlite::params![run.0, limit],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-    }
-
     /// Calls `each` with every attempt of a run, in the order they were
     /// committed, one row in memory at a time.
     pub fn for_each_attempt(
@@ -652,27 +700,6 @@ impl Store {
         )
     }
 
-    /// Finished items of `run` per model.
-    pub fn model_counts(&self, run: RunId) -> Result<HashMap<String, u64>, StoreError> {
-        // Counted here rather than with GROUP BY, which would sort every
-        // item of the run.
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        self.each_text(
-            &format!(
-                "SELECT t.model FROM items AS t NOT INDEXED WHERE {} AND t.model IS NOT NULL",
-                in_run("items")
-            ),
-            run,
-            |model| match counts.get_mut(model) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(model.to_owned(), 1);
-                }
-            },
-        )?;
-        Ok(counts)
-    }
-
     /// The ledger rows of one quota day.
     pub fn ledger(&self, day: QuotaDay) -> Result<Vec<LedgerRow>, StoreError> {
         self.collect(
@@ -799,6 +826,13 @@ fn in_run(table: &str) -> String {
                      AND (SELECT max(rowid) FROM {table} WHERE run_id = ?1)
          AND t.run_id = ?1"
     )
+}
+
+/// Item counts per status, in the order of the statuses' stored names.
+fn by_name(counts: HashMap<ItemStatus, u64>) -> Vec<(ItemStatus, u64)> {
+    let mut counts: Vec<(ItemStatus, u64)> = counts.into_iter().collect();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    counts
 }
 
 /// The stored state a key takes from an attempt of `class`, if any:
