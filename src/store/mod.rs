@@ -178,7 +178,7 @@ impl Store {
         self.each(
             &format!(
                 "SELECT t.status FROM items AS t NOT INDEXED WHERE {}",
-                in_run("items")
+                in_run("items", "t")
             ),
             [run.0],
             |row| row.get::<_, ItemStatus>(0),
@@ -207,7 +207,7 @@ impl Store {
             .prepare_cached(&format!(
                 "SELECT t.status, t.model, t.item_id, t.line, t.error
                  FROM items AS t NOT INDEXED WHERE {}",
-                in_run("items")
+                in_run("items", "t")
             ))
             .map_err(|e| self.wrap(e))?;
         let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
@@ -255,13 +255,23 @@ impl Store {
     /// that were tried again, mostly; a 429 or a 5xx costs nothing).
     /// `None` when one of them went to a model whose price is unknown.
     pub fn retries_cost(&self, run: RunId) -> Result<Option<f64>, StoreError> {
+        // Only the attempts that can precede their item's last are looked up
+        // in items: one numbered below 1 (a hand-edited state), or one of an
+        // item of more than one attempt (one set, built in one scan). An
+        // attempt numbered 1 or more of an item of at most one cannot be
+        // below its count, so the filter drops nothing the join keeps.
         self.conn
             .prepare_cached(&format!(
                 "SELECT total(t.cost_usd), coalesce(min(t.cost_known), 1)
                  FROM attempts AS t NOT INDEXED
                  JOIN items i ON i.run_id = t.run_id AND i.item_id = t.item_id
-                 WHERE {} AND t.attempt < i.attempts",
-                in_run("attempts")
+                 WHERE {}
+                   AND (t.attempt < 1 OR t.item_id IN (
+                        SELECT r.item_id FROM items AS r NOT INDEXED
+                        WHERE {} AND r.attempts > 1))
+                   AND t.attempt < i.attempts",
+                in_run("attempts", "t"),
+                in_run("items", "r"),
             ))
             .and_then(|mut stmt| {
                 stmt.query_row([run.0], |row| {
@@ -529,7 +539,7 @@ impl Store {
                         t.latency_ms, t.input_tokens, t.output_tokens, t.cost_usd, t.error, t.at,
                         t.day, t.cost_known
                  FROM attempts AS t NOT INDEXED WHERE {} ORDER BY t.rowid",
-                in_run("attempts")
+                in_run("attempts", "t")
             ),
             [run.0],
             AttemptRow::from_row,
@@ -554,7 +564,7 @@ impl Store {
                 "SELECT t.key, t.account, t.model, t.class, t.latency_ms, t.input_tokens,
                         t.output_tokens, t.cost_usd, t.cost_known, t.at
                  FROM attempts AS t NOT INDEXED WHERE {} ORDER BY t.rowid",
-                in_run("attempts")
+                in_run("attempts", "t")
             ))
             .map_err(|e| self.wrap(e))?;
         let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
@@ -814,17 +824,17 @@ impl Store {
     }
 }
 
-/// The condition that row `t` of `table` (read `NOT INDEXED`) is one of
-/// run `?1`'s: a scan of the table from the run's first rowid to its last (a
-/// run's rows are mostly contiguous), rather than a search of the index on
-/// `run_id` followed by a lookup of every row it finds, which costs several
-/// times the scan. The scan is in rowid order: `ORDER BY t.rowid` sorts
-/// nothing.
-fn in_run(table: &str) -> String {
+/// The condition that row `t` (the alias) of `table` (read `NOT INDEXED`) is
+/// one of run `?1`'s: a scan of the table from the run's first rowid to its
+/// last (a run's rows are mostly contiguous), rather than a search of the
+/// index on `run_id` followed by a lookup of every row it finds, which costs
+/// several times the scan. The scan is in rowid order: `ORDER BY t.rowid`
+/// sorts nothing.
+fn in_run(table: &str, t: &str) -> String {
     format!(
-        "t.rowid BETWEEN (SELECT min(rowid) FROM {table} WHERE run_id = ?1)
-                     AND (SELECT max(rowid) FROM {table} WHERE run_id = ?1)
-         AND t.run_id = ?1"
+        "{t}.rowid BETWEEN (SELECT min(rowid) FROM {table} WHERE run_id = ?1)
+                       AND (SELECT max(rowid) FROM {table} WHERE run_id = ?1)
+         AND {t}.run_id = ?1"
     )
 }
 

@@ -151,6 +151,13 @@ fn items_keep_their_usage_and_an_unknown_cost_and_retries_cost_what_preceded_the
     assert_eq!(rows, [a, b]);
     // Only a's first attempt came before its item's final one.
     assert_eq!(store.retries_cost(run).unwrap(), Some(0.001));
+    // A hand-edited attempt numbered below 1 precedes even a one-attempt
+    // item's final one.
+    store
+        .conn
+        .execute_batch("UPDATE attempts SET attempt = 0 WHERE item_id = 'b'")
+        .unwrap();
+    assert_eq!(store.retries_cost(run).unwrap(), Some(0.002));
 }
 
 #[test]
