@@ -53,7 +53,7 @@ pub(super) async fn generate(
     key: &ApiKey,
     req: &Request<'_>,
 ) -> Result<Reply, ApiError> {
-    let url = format!("{}/v1/messages", client.base_url);
+    let url = client.endpoint_url("messages", "", |base| format!("{base}/v1/messages"));
     let body = MessagesBody::new(req, client.default_max_output_tokens);
     let auth = ("x-api-key", key.expose());
     let (body, headers) = post_json_with(client, &url, auth, &HEADERS, &body, classify).await?;

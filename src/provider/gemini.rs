@@ -91,10 +91,10 @@ async fn call(
     client: &Client,
     key: &ApiKey,
     model: &str,
-    method: &str,
+    method: &'static str,
     body: &impl Serialize,
 ) -> Result<Vec<u8>, ApiError> {
-    let url = method_url(&client.base_url, model, method);
+    let url = client.endpoint_url(method, model, |base| method_url(base, model, method));
     post_json(
         client,
         &url,

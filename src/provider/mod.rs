@@ -57,7 +57,8 @@ use transport::Transport;
 use crate::types::{ApiKey, QuotaUse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 /// One prompt, as the provider needs it.
@@ -330,7 +331,13 @@ pub struct Client {
     /// The output cap sent when a request has none and the API requires
     /// one (Anthropic's `max_tokens`).
     default_max_output_tokens: u32,
+    /// The URLs of the requests sent so far, parsed once: per endpoint,
+    /// per model. Shared by the client's clones.
+    urls: Arc<RwLock<Urls>>,
 }
+
+/// Parsed request URLs: per endpoint (a handful), per model.
+type Urls = Vec<(&'static str, HashMap<String, Arc<reqwest::Url>>)>;
 
 /// The output cap sent to an API that requires one when neither the item
 /// nor the config (`default_max_output_tokens`) gives one.
@@ -371,6 +378,7 @@ impl Client {
             base_url: base_url.trim_end_matches('/').to_owned(),
             timeout,
             default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            urls: Arc::default(),
         })
     }
 
@@ -386,6 +394,7 @@ impl Client {
             base_url: IN_MEMORY_BASE_URL.to_owned(),
             timeout,
             default_max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
+            urls: Arc::default(),
         }
     }
 
@@ -401,6 +410,43 @@ impl Client {
     /// The endpoint's base URL, as configured (without a trailing `/`).
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The URL of `endpoint` for `model` (`""` when the URL names no
+    /// model), which `make` writes from the base URL: parsed on its first
+    /// request, then kept, so that a request does not parse its URL again.
+    /// A URL that does not parse is handed back as text, for the request to
+    /// fail with `reqwest`'s own error.
+    fn endpoint_url(
+        &self,
+        endpoint: &'static str,
+        model: &str,
+        make: impl FnOnce(&str) -> String,
+    ) -> transport::Parsed {
+        let urls = self.urls.read().unwrap_or_else(|e| e.into_inner());
+        let known = urls
+            .iter()
+            .find(|(e, _)| *e == endpoint)
+            .and_then(|(_, models)| models.get(model));
+        if let Some(url) = known {
+            return transport::Parsed::Url(Arc::clone(url));
+        }
+        drop(urls);
+        let text = make(&self.base_url);
+        let Ok(url) = reqwest::Url::parse(&text) else {
+            return transport::Parsed::Text(text);
+        };
+        let url = Arc::new(url);
+        let mut urls = self.urls.write().unwrap_or_else(|e| e.into_inner());
+        let at = match urls.iter().position(|(e, _)| *e == endpoint) {
+            Some(at) => at,
+            None => {
+                urls.push((endpoint, HashMap::new()));
+                urls.len() - 1
+            }
+        };
+        urls[at].1.insert(model.to_owned(), Arc::clone(&url));
+        transport::Parsed::Url(url)
     }
 
     /// Sends one prompt and returns the reply or a classified error.

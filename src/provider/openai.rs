@@ -62,9 +62,10 @@ pub(super) fn raw_body(req: &RawRequest<'_>) -> Map<String, Value> {
 /// Posts `body` to `chat/completions` with the key as a bearer token and
 /// reads the completion.
 async fn chat(client: &Client, key: &ApiKey, body: &impl Serialize) -> Result<Reply, ApiError> {
+    let url = client.endpoint_url("chat/completions", "", chat_url);
     let body = post_json(
         client,
-        &chat_url(&client.base_url),
+        &url,
         "authorization",
         &format!("Bearer {}", key.expose()),
         body,

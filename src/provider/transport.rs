@@ -12,6 +12,7 @@ use axum::body::{Body, Bytes};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -27,6 +28,73 @@ pub(super) enum Transport {
     Memory(axum::Router),
 }
 
+/// A request's URL: text that `reqwest` parses (and refuses, if it does
+/// not parse, as the request's error), or a URL parsed before
+/// ([`Client::endpoint_url`]), which saves parsing it again per request.
+pub(super) trait Target {
+    /// The URL as text.
+    fn text(&self) -> &str;
+
+    /// A `reqwest` request of `method` to the URL.
+    fn request(&self, http: &reqwest::Client, method: Method) -> reqwest::RequestBuilder;
+}
+
+impl Target for str {
+    fn text(&self) -> &str {
+        self
+    }
+
+    fn request(&self, http: &reqwest::Client, method: Method) -> reqwest::RequestBuilder {
+        http.request(method, self)
+    }
+}
+
+impl Target for String {
+    fn text(&self) -> &str {
+        self
+    }
+
+    fn request(&self, http: &reqwest::Client, method: Method) -> reqwest::RequestBuilder {
+        http.request(method, self.as_str())
+    }
+}
+
+impl Target for Url {
+    fn text(&self) -> &str {
+        self.as_str()
+    }
+
+    fn request(&self, http: &reqwest::Client, method: Method) -> reqwest::RequestBuilder {
+        http.request(method, self.clone())
+    }
+}
+
+/// A URL parsed once and shared ([`Client::endpoint_url`]), or the text of
+/// one that does not parse (its request fails with `reqwest`'s own error).
+#[derive(Debug, Clone)]
+pub(super) enum Parsed {
+    /// Parsed.
+    Url(Arc<Url>),
+    /// Not a URL.
+    Text(String),
+}
+
+impl Target for Parsed {
+    fn text(&self) -> &str {
+        match self {
+            Parsed::Url(url) => url.text(),
+            Parsed::Text(text) => text,
+        }
+    }
+
+    fn request(&self, http: &reqwest::Client, method: Method) -> reqwest::RequestBuilder {
+        match self {
+            Parsed::Url(url) => url.request(http, method),
+            Parsed::Text(text) => text.request(http, method),
+        }
+    }
+}
+
 /// A response's status, headers and whole body.
 struct Exchange {
     status: StatusCode,
@@ -39,7 +107,7 @@ struct Exchange {
 /// headers and body.
 pub(super) async fn post_json(
     client: &Client,
-    url: &str,
+    url: &(impl Target + ?Sized),
     auth_name: &'static str,
     auth_value: &str,
     body: &impl Serialize,
@@ -54,7 +122,7 @@ pub(super) async fn post_json(
 /// 2xx answer's headers with its body.
 pub(super) async fn post_json_with(
     client: &Client,
-    url: &str,
+    url: &(impl Target + ?Sized),
     auth: (&'static str, &str),
     extra: &[(&'static str, &'static str)],
     body: &impl Serialize,
@@ -120,7 +188,7 @@ pub(super) async fn delete(
 async fn send(
     client: &Client,
     method: Method,
-    url: &str,
+    url: &(impl Target + ?Sized),
     body: Option<(&str, Vec<u8>)>,
     (auth_name, auth_value): (&'static str, &str),
     extra: &[(&str, &str)],
@@ -139,7 +207,7 @@ async fn send(
     auth.set_sensitive(true);
     let exchange = match &client.transport {
         Transport::Http(http) => {
-            let mut request = http.request(method, url).header(auth_name, auth);
+            let mut request = url.request(http, method).header(auth_name, auth);
             for &(name, value) in extra {
                 request = request.header(name, value);
             }
@@ -151,7 +219,7 @@ async fn send(
         Transport::Memory(router) => {
             let mut request = axum::http::Request::builder()
                 .method(method)
-                .uri(url)
+                .uri(url.text())
                 .header(auth_name, auth);
             for &(name, value) in extra {
                 request = request.header(name, value);
@@ -175,7 +243,7 @@ async fn send(
         body,
     } = exchange;
     if status.is_redirection() {
-        Err(redirect_error(status.as_u16(), &headers, url))
+        Err(redirect_error(status.as_u16(), &headers, url.text()))
     } else if status.is_success() {
         Ok((body, headers))
     } else {
@@ -301,12 +369,13 @@ async fn over_http(
     client: &Client,
     request: reqwest::RequestBuilder,
 ) -> Result<Exchange, ApiError> {
-    let response = request
+    let mut response = request
         .send()
         .await
         .map_err(|e| transport_error(client, e))?;
     let status = response.status();
-    let headers = response.headers().clone();
+    // Taken, not cloned: reading the body needs none of them.
+    let headers = std::mem::take(response.headers_mut());
     let body = response
         .bytes()
         .await
@@ -578,6 +647,26 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    #[tokio::test]
+    async fn a_base_url_that_is_no_url_fails_each_request_as_unbuildable() {
+        let client =
+            Client::new(ProviderKind::Gemini, "http://no such host", TIMEOUT, None).unwrap();
+        for _ in 0..2 {
+            let error = client
+                .generate(&ApiKey::new("mem-key-a1"), &request(FLASH))
+                .await
+                .unwrap_err();
+            assert_eq!((error.class, error.status), (ErrorClass::ItemInvalid, None));
+            assert!(
+                error
+                    .message
+                    .starts_with("could not build the request: builder error"),
+                "{}",
+                error.message
+            );
+        }
     }
 
     #[tokio::test]

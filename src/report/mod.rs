@@ -12,8 +12,8 @@ mod markdown;
 use crate::config::AccountConfig;
 use crate::store::postgres::{HostRow, RunHosts};
 use crate::store::{
-    AttemptClass, AttemptRow, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store, StoreError,
-    UploadCount,
+    AttemptClass, AttemptUsage, EstimateRow, ItemStatus, LedgerRow, RunId, RunRow, Store,
+    StoreError, UploadCount,
 };
 use crate::types::{Limits, QuotaDay};
 use serde::Serialize;
@@ -342,6 +342,21 @@ pub struct Totals {
     pub skipped_children: Vec<SkippedChild>,
 }
 
+impl Totals {
+    /// The items of each status that has any, in the order of their stored
+    /// names: [`Store::status_counts`], without counting them again.
+    pub fn status_counts(&self) -> Vec<(ItemStatus, u64)> {
+        self.status
+            .iter()
+            .filter(|&(_, &n)| n > 0)
+            .map(|(&name, &n)| {
+                let status = ItemStatus::parse(name).expect("the statuses are stored names");
+                (status, n)
+            })
+            .collect()
+    }
+}
+
 /// How many items skipped for their parents a report lists.
 pub const SHOWN_SKIPPED_CHILDREN: u32 = 20;
 
@@ -437,38 +452,28 @@ impl Report {
         for status in [ItemStatus::Ok, ItemStatus::Failed] {
             totals.status.insert(status.as_str(), 0);
         }
-        for (status, n) in store.status_counts(run)? {
+        let items = store.item_counts(run, SHOWN_SKIPPED_CHILDREN)?;
+        for &(status, n) in &items.statuses {
             totals.items += n;
             *totals.status.entry(status.as_str()).or_default() += n;
         }
-        let mut all = Tally::default();
-        let mut keys = Groups::default();
-        let mut accounts = Groups::default();
-        let mut models = Groups::default();
-        let mut account_models = Groups::default();
-        let mut minutes = Minutes::default();
-        store.for_each_attempt(run, |a| {
-            all.push(&a);
-            keys.get(&a.key, &a.key, Some(&a.account)).push(&a);
-            accounts.get(&a.account, &a.account, None).push(&a);
-            models.get(&a.model, &a.model, None).push(&a);
-            account_models
-                .get(
-                    &format!("{}\n{}", a.account, a.model),
-                    &a.model,
-                    Some(&a.account),
-                )
-                .push(&a);
-            minutes.push(&a);
-        })?;
-        let latency_histogram = histogram(&all.latencies);
+        let mut tallies = Tallies::default();
+        store.for_each_attempt_usage(run, |a| tallies.push(a))?;
         let now = chrono::Utc::now();
         let today = QuotaDay::of(now);
         let deferred = totals.status.get(ItemStatus::Deferred.as_str()).copied();
-        let models = models.finish(elapsed_s);
+        let Finished {
+            all,
+            latency_histogram,
+            keys,
+            accounts,
+            models,
+            account_models,
+            per_minute,
+        } = tallies.finish(elapsed_s);
         Ok(Report {
             batches: crate::batch::store::all(store, Some(run))?,
-            estimate_vs_actual: versus(store.estimate(run)?, &models, &store.model_counts(run)?),
+            estimate_vs_actual: versus(store.estimate(run)?, &models, &items.models),
             quota_resets_at: deferred.filter(|&n| n > 0).map(|_| {
                 today
                     .reset()
@@ -478,19 +483,19 @@ impl Report {
             run: run_row,
             elapsed_s,
             totals: Totals {
-                usage: all.finish(String::new(), None, elapsed_s),
+                usage: all,
                 wasted_on_retries_usd: store.retries_cost(run)?.map(round6),
-                skipped_children: store
-                    .skipped_children(run, SHOWN_SKIPPED_CHILDREN)?
+                skipped_children: items
+                    .skipped_children
                     .into_iter()
                     .map(|(id, line, error)| SkippedChild { id, line, error })
                     .collect(),
                 ..totals
             },
-            keys: keys.finish(elapsed_s),
-            accounts: accounts.finish(elapsed_s),
+            keys,
+            accounts,
             models,
-            account_models: account_models.finish(elapsed_s),
+            account_models,
             limits: store
                 .limits(run)?
                 .into_iter()
@@ -500,7 +505,7 @@ impl Report {
                     limits,
                 })
                 .collect(),
-            per_minute: minutes.finish(),
+            per_minute,
             latency_histogram,
             ledger: store.ledger(today)?,
             uploads: store.upload_counts(run)?,
@@ -554,7 +559,8 @@ pub fn usd(cost: Option<f64>, decimals: usize) -> String {
     cost.map_or_else(|| "?".to_owned(), |c| format!("{c:.decimals$}"))
 }
 
-/// Running sums of one key, account or run.
+/// Running sums of one key, account or run (its latencies are kept by
+/// its [`Cell`]s).
 #[derive(Debug, Default)]
 struct Tally {
     usage: Usage,
@@ -562,11 +568,10 @@ struct Tally {
     cost: f64,
     /// Whether some request's cost is unknown.
     cost_unknown: bool,
-    latencies: Vec<u64>,
 }
 
 impl Tally {
-    fn push(&mut self, a: &AttemptRow) {
+    fn push(&mut self, a: &AttemptUsage<'_>) {
         let u = &mut self.usage;
         u.requests += 1;
         match a.class {
@@ -583,19 +588,25 @@ impl Tally {
             Some(cost) => self.cost += cost,
             None => self.cost_unknown = true,
         }
-        self.latencies.push(a.latency_ms);
     }
 
-    fn finish(mut self, name: String, account: Option<String>, elapsed_s: f64) -> Usage {
-        self.latencies.sort_unstable();
+    /// The usage, with the percentiles of `latencies` (sorted here).
+    fn finish(
+        self,
+        name: String,
+        account: Option<String>,
+        latencies: &mut [u64],
+        elapsed_s: f64,
+    ) -> Usage {
+        latencies.sort_unstable();
         let u = self.usage;
         Usage {
             name,
             account,
             failed: u.requests - u.ok,
             cost_usd: (!self.cost_unknown).then_some(self.cost),
-            latency_p50_ms: percentile(&self.latencies, 0.50),
-            latency_p95_ms: percentile(&self.latencies, 0.95),
+            latency_p50_ms: percentile(latencies, 0.50),
+            latency_p95_ms: percentile(latencies, 0.95),
             ok_per_minute: if elapsed_s > 0.0 {
                 u.ok as f64 * 60.0 / elapsed_s
             } else {
@@ -614,28 +625,134 @@ struct Groups {
 }
 
 impl Groups {
-    /// The tally of `key`, shown as `name` (of `account`).
-    fn get(&mut self, key: &str, name: &str, account: Option<&str>) -> &mut Tally {
-        let at = match self.index.get(key) {
-            Some(&at) => at,
-            None => {
-                self.tallies.push((
-                    name.to_owned(),
-                    account.map(str::to_owned),
-                    Tally::default(),
-                ));
-                self.index.insert(key.to_owned(), self.tallies.len() - 1);
-                self.tallies.len() - 1
-            }
-        };
-        &mut self.tallies[at].2
+    /// The index of the tally of `key`, shown as `name` (of `account`).
+    fn get(&mut self, key: &str, name: &str, account: Option<&str>) -> usize {
+        if let Some(&at) = self.index.get(key) {
+            return at;
+        }
+        self.tallies.push((
+            name.to_owned(),
+            account.map(str::to_owned),
+            Tally::default(),
+        ));
+        self.index.insert(key.to_owned(), self.tallies.len() - 1);
+        self.tallies.len() - 1
     }
 
-    fn finish(self, elapsed_s: f64) -> Vec<Usage> {
+    /// The usage of each tally, with the latencies of the cells `group`
+    /// puts in it.
+    fn finish(self, cells: &[Cell], group: fn(&Cell) -> usize, elapsed_s: f64) -> Vec<Usage> {
         self.tallies
             .into_iter()
-            .map(|(name, account, tally)| tally.finish(name, account, elapsed_s))
+            .enumerate()
+            .map(|(at, (name, account, tally))| {
+                let mut latencies = latencies(cells.iter().filter(|c| group(c) == at));
+                tally.finish(name, account, &mut latencies, elapsed_s)
+            })
             .collect()
+    }
+}
+
+/// The attempts of one key, account and model: the finest grouping, of
+/// which every table's rows are unions. Holds their latencies (once,
+/// rather than once per table) and which row of each table they add to.
+#[derive(Debug)]
+struct Cell {
+    key: usize,
+    account: usize,
+    model: usize,
+    account_model: usize,
+    latencies: Vec<u64>,
+}
+
+/// The latencies of `cells`, together.
+fn latencies<'a>(cells: impl Iterator<Item = &'a Cell>) -> Vec<u64> {
+    cells.flat_map(|c| &c.latencies).copied().collect()
+}
+
+/// A run's attempts added up, as they stream by.
+#[derive(Debug, Default)]
+struct Tallies {
+    all: Tally,
+    keys: Groups,
+    accounts: Groups,
+    models: Groups,
+    account_models: Groups,
+    cells: Vec<Cell>,
+    /// Per key fingerprint, its cells: (account, model, index in `cells`).
+    by_key: HashMap<String, Vec<(String, String, usize)>>,
+    minutes: Minutes,
+}
+
+/// What [`Tallies::finish`] makes of a run's attempts.
+struct Finished {
+    all: Usage,
+    latency_histogram: Vec<LatencyBucket>,
+    keys: Vec<Usage>,
+    accounts: Vec<Usage>,
+    models: Vec<Usage>,
+    account_models: Vec<Usage>,
+    per_minute: PerMinute,
+}
+
+impl Tallies {
+    fn push(&mut self, a: &AttemptUsage<'_>) {
+        let at = self.cell(a);
+        let cell = &mut self.cells[at];
+        cell.latencies.push(a.latency_ms);
+        self.all.push(a);
+        self.keys.tallies[cell.key].2.push(a);
+        self.accounts.tallies[cell.account].2.push(a);
+        self.models.tallies[cell.model].2.push(a);
+        self.account_models.tallies[cell.account_model].2.push(a);
+        self.minutes.push(a.at, cell.account);
+    }
+
+    /// The index of the cell of `a`'s key, account and model, made (with
+    /// the rows it adds to) on its first attempt.
+    fn cell(&mut self, a: &AttemptUsage<'_>) -> usize {
+        let found = self.by_key.get(a.key).and_then(|cells| {
+            cells
+                .iter()
+                .find(|(account, model, _)| account == a.account && model == a.model)
+        });
+        if let Some(&(_, _, at)) = found {
+            return at;
+        }
+        self.cells.push(Cell {
+            key: self.keys.get(a.key, a.key, Some(a.account)),
+            account: self.accounts.get(a.account, a.account, None),
+            model: self.models.get(a.model, a.model, None),
+            account_model: self.account_models.get(
+                &format!("{}\n{}", a.account, a.model),
+                a.model,
+                Some(a.account),
+            ),
+            latencies: Vec::new(),
+        });
+        let at = self.cells.len() - 1;
+        self.by_key.entry(a.key.to_owned()).or_default().push((
+            a.account.to_owned(),
+            a.model.to_owned(),
+            at,
+        ));
+        at
+    }
+
+    fn finish(self, elapsed_s: f64) -> Finished {
+        let cells = &self.cells;
+        let mut all = latencies(cells.iter());
+        Finished {
+            per_minute: self.minutes.finish(&self.accounts),
+            latency_histogram: histogram(&all),
+            all: self.all.finish(String::new(), None, &mut all, elapsed_s),
+            keys: self.keys.finish(cells, |c| c.key, elapsed_s),
+            accounts: self.accounts.finish(cells, |c| c.account, elapsed_s),
+            models: self.models.finish(cells, |c| c.model, elapsed_s),
+            account_models: self
+                .account_models
+                .finish(cells, |c| c.account_model, elapsed_s),
+        }
     }
 }
 
@@ -644,32 +761,61 @@ impl Groups {
 struct Minutes {
     first: Option<i64>,
     last: i64,
-    accounts: Vec<(String, BTreeMap<i64, u64>)>,
+    /// Per account (by its index in the accounts' [`Groups`]), in order of
+    /// first use: its requests per minute.
+    accounts: Vec<(usize, BTreeMap<i64, u64>)>,
+    /// Per account's index, its place in `accounts`.
+    slots: Vec<Option<usize>>,
+    /// The last time read: its text up to the seconds, and its minute.
+    last_read: Option<(String, i64)>,
 }
 
 impl Minutes {
-    fn push(&mut self, a: &AttemptRow) {
-        let Ok(at) = chrono::DateTime::parse_from_rfc3339(&a.at) else {
+    /// Counts a request of `account` (an index in the accounts' groups)
+    /// that finished `at`; one whose time does not read is left out.
+    fn push(&mut self, at: &str, account: usize) {
+        let Some(minute) = self.minute(at) else {
             return;
         };
-        let minute = at.timestamp().div_euclid(60);
         self.first = Some(self.first.map_or(minute, |f| f.min(minute)));
         self.last = self.last.max(minute);
-        let at = match self
-            .accounts
-            .iter()
-            .position(|(name, _)| *name == a.account)
-        {
-            Some(at) => at,
-            None => {
-                self.accounts.push((a.account.clone(), BTreeMap::new()));
-                self.accounts.len() - 1
-            }
-        };
-        *self.accounts[at].1.entry(minute).or_default() += 1;
+        if self.slots.len() <= account {
+            self.slots.resize(account + 1, None);
+        }
+        let slot = *self.slots[account].get_or_insert_with(|| {
+            self.accounts.push((account, BTreeMap::new()));
+            self.accounts.len() - 1
+        });
+        *self.accounts[slot].1.entry(minute).or_default() += 1;
     }
 
-    fn finish(self) -> PerMinute {
+    /// The Unix minute of an RFC 3339 time. Parsed once per minute: a
+    /// time as the store writes it (`2026-11-29T10:05:37.684Z`) whose text
+    /// up to the seconds is the last one parsed is in its minute.
+    fn minute(&mut self, at: &str) -> Option<i64> {
+        let (head, seconds) = at.split_at_checked(17)?;
+        let stored = seconds.len() == 7
+            && seconds.ends_with('Z')
+            && seconds.as_bytes()[2] == b'.'
+            && matches!(seconds.as_bytes()[0], b'0'..=b'5')
+            && seconds.as_bytes()[1].is_ascii_digit()
+            && seconds.as_bytes()[3..6].iter().all(u8::is_ascii_digit);
+        match &self.last_read {
+            Some((last, minute)) if stored && last == head => Some(*minute),
+            _ => {
+                let minute = chrono::DateTime::parse_from_rfc3339(at)
+                    .ok()?
+                    .timestamp()
+                    .div_euclid(60);
+                if stored {
+                    self.last_read = Some((head.to_owned(), minute));
+                }
+                Some(minute)
+            }
+        }
+    }
+
+    fn finish(self, accounts: &Groups) -> PerMinute {
         let Some(first) = self.first else {
             return PerMinute::default();
         };
@@ -680,12 +826,12 @@ impl Minutes {
             accounts: self
                 .accounts
                 .into_iter()
-                .map(|(name, counts)| {
+                .map(|(account, counts)| {
                     let mut series = vec![0; span];
                     for (minute, n) in counts {
                         series[(minute - first) as usize] = n;
                     }
-                    (name, series)
+                    (accounts.tallies[account].0.clone(), series)
                 })
                 .collect(),
         }
@@ -824,6 +970,176 @@ mod tests {
         );
         let totals = serde_json::to_value(Totals::default()).unwrap();
         assert!(totals.get("name").is_none(), "{totals}");
+    }
+
+    /// An attempt of `item` (its `n`th) with key `key` of `account`, to
+    /// `model`, that took `latency_ms` and finished `at`.
+    #[allow(clippy::too_many_arguments)]
+    fn attempt(
+        item: &str,
+        n: u32,
+        (key, account, model): (&str, &str, &str),
+        class: AttemptClass,
+        latency_ms: u64,
+        cost_usd: f64,
+        at: &str,
+    ) -> crate::store::AttemptRow {
+        crate::store::AttemptRow {
+            item_id: item.to_owned(),
+            attempt: n,
+            key: key.to_owned(),
+            account: account.to_owned(),
+            model: model.to_owned(),
+            class,
+            http_status: Some(200),
+            latency_ms,
+            input_tokens: 1,
+            output_tokens: 2,
+            cost_usd: Some(cost_usd),
+            error: None,
+            at: at.to_owned(),
+            day: "2026-11-21".to_owned(),
+        }
+    }
+
+    /// Item `id`, ended `status` with `model` after `attempts` requests.
+    fn item(
+        id: &str,
+        line: u64,
+        status: ItemStatus,
+        model: &str,
+        attempts: u32,
+    ) -> crate::store::ItemRow {
+        crate::store::ItemRow {
+            attempts,
+            ..crate::store::ItemRow::unsent(id.to_owned(), line, status, Some(model))
+        }
+    }
+
+    /// A row's name, account, requests, ok, 429s, p50 and p95.
+    type Figures<'a> = (&'a str, Option<&'a str>, u64, u64, u64, u64, u64);
+
+    /// Each row's [`Figures`].
+    fn figures(rows: &[Usage]) -> Vec<Figures<'_>> {
+        rows.iter()
+            .map(|u| {
+                (
+                    u.name.as_str(),
+                    u.account.as_deref(),
+                    u.requests,
+                    u.ok,
+                    u.rate_limited,
+                    u.latency_p50_ms,
+                    u.latency_p95_ms,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_table_adds_up_its_own_attempts_of_the_run_in_order_of_first_use() {
+        use crate::store::Batch;
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let (run, other) = (
+            store.create_run("a.jsonl", "a", false).unwrap(),
+            store.create_run("b.jsonl", "b", false).unwrap(),
+        );
+        let (k1, k2, k3) = (("#k1", "p", "m1"), ("#k2", "q", "m1"), ("#k3", "q", "m2"));
+        let k1_m2 = ("#k1", "p", "m2");
+        let (ok, limited) = (AttemptClass::Ok, AttemptClass::RateLimited);
+        let first = Batch {
+            attempts: vec![
+                attempt("a", 1, k1, ok, 10, 0.001, "2026-11-21T10:00:05.000Z"),
+                attempt("b", 2, k2, ok, 30, 0.001, "2026-11-21T10:00:59.999Z"),
+                attempt("c", 1, k1_m2, limited, 20, 0.0, "2026-11-21T10:01:00.000Z"),
+            ],
+            items: vec![
+                item("a", 1, ItemStatus::Ok, "m1", 1),
+                item("c", 3, ItemStatus::Failed, "m2", 1),
+            ],
+            ..Batch::default()
+        };
+        // Another run's rows between this run's: none of them counts.
+        let between = Batch {
+            attempts: vec![
+                attempt("b", 1, ("#k9", "r", "m9"), ok, 9_000, 100.0, "bad"),
+                attempt("b", 2, ("#k9", "r", "m9"), ok, 9_000, 1.0, "bad"),
+            ],
+            items: vec![item("b", 1, ItemStatus::Ok, "m9", 2)],
+            ..Batch::default()
+        };
+        let last = Batch {
+            attempts: vec![
+                attempt("d", 1, k3, ok, 40, 0.001, "2026-11-21T11:02:00.000+01:00"),
+                attempt("b", 1, k2, AttemptClass::Transient, 50, 0.25, "no time"),
+                attempt("e", 1, k1, ok, 60, 0.001, "2026-11-21T10:00:30.500Z"),
+            ],
+            items: vec![
+                item("b", 2, ItemStatus::Ok, "m1", 2),
+                item("d", 4, ItemStatus::Ok, "m2", 1),
+                item("e", 5, ItemStatus::Ok, "m1", 1),
+            ],
+            ..Batch::default()
+        };
+        store.commit(run, &first).unwrap();
+        store.commit(other, &between).unwrap();
+        store.commit(run, &last).unwrap();
+
+        let report = Report::build(&store, run).unwrap();
+        assert_eq!(
+            figures(&report.keys),
+            [
+                ("#k1", Some("p"), 3, 2, 1, 20, 60),
+                ("#k2", Some("q"), 2, 1, 0, 30, 50),
+                ("#k3", Some("q"), 1, 1, 0, 40, 40),
+            ]
+        );
+        assert_eq!(
+            figures(&report.accounts),
+            [("p", None, 3, 2, 1, 20, 60), ("q", None, 3, 2, 0, 40, 50)]
+        );
+        assert_eq!(
+            figures(&report.models),
+            [("m1", None, 4, 3, 0, 30, 60), ("m2", None, 2, 1, 1, 20, 40)]
+        );
+        assert_eq!(
+            figures(&report.account_models),
+            [
+                ("m1", Some("p"), 2, 2, 0, 10, 60),
+                ("m1", Some("q"), 2, 1, 0, 30, 50),
+                ("m2", Some("p"), 1, 0, 1, 20, 20),
+                ("m2", Some("q"), 1, 1, 0, 40, 40),
+            ]
+        );
+        let totals = &report.totals;
+        assert_eq!(
+            figures(std::slice::from_ref(&totals.usage)),
+            [("", None, 6, 4, 1, 30, 60)]
+        );
+        assert_eq!(totals.items, 5);
+        assert_eq!((totals.status["ok"], totals.status["failed"]), (4, 1));
+        assert_eq!(totals.status_counts(), store.status_counts(run).unwrap());
+        assert_eq!(totals.wasted_on_retries_usd, Some(0.25));
+        let counts = store.item_counts(run, 0).unwrap().models;
+        assert_eq!((counts["m1"], counts["m2"], counts.len()), (3, 2, 2));
+        let buckets: Vec<u64> = report
+            .latency_histogram
+            .iter()
+            .map(|b| b.requests)
+            .collect();
+        assert_eq!(buckets, [4, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        // The time that does not read is left out; the one with an offset
+        // is in its UTC minute.
+        let per_minute = &report.per_minute;
+        assert_eq!(per_minute.start.as_deref(), Some("2026-11-21T10:00:00Z"));
+        assert_eq!(
+            per_minute.accounts,
+            [
+                ("p".to_owned(), vec![2, 1, 0]),
+                ("q".to_owned(), vec![1, 0, 1])
+            ]
+        );
     }
 
     #[test]

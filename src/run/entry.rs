@@ -696,7 +696,7 @@ pub async fn run(
         simulated: simulate,
         status,
         elapsed_s: report.elapsed_s,
-        items: store.status_counts(run_id)?,
+        items: report.totals.status_counts(),
         errors: summary.errors,
         keys_refused: summary.keys_refused,
         disabled: pool

@@ -77,7 +77,9 @@ pub struct Retries<'p> {
     empty: u32,
     rate_limited: u32,
     backoffs: u32,
-    rng: SmallRng,
+    /// The backoff's jitter, seeded on the first backoff: most items never
+    /// back off, and seeding from the OS costs a system call.
+    rng: Option<SmallRng>,
 }
 
 impl<'p> Retries<'p> {
@@ -89,9 +91,7 @@ impl<'p> Retries<'p> {
             empty: 0,
             rate_limited: 0,
             backoffs: 0,
-            rng: policy
-                .seed
-                .map_or_else(SmallRng::from_entropy, SmallRng::seed_from_u64),
+            rng: None,
         }
     }
 
@@ -142,7 +142,11 @@ impl<'p> Retries<'p> {
             .saturating_mul(2u32.saturating_pow(self.backoffs))
             .min(self.policy.backoff_cap);
         self.backoffs += 1;
-        Decision::RetryAfter(ceiling.mul_f64(self.rng.gen::<f64>()))
+        let seed = self.policy.seed;
+        let rng = self.rng.get_or_insert_with(|| {
+            seed.map_or_else(SmallRng::from_entropy, SmallRng::seed_from_u64)
+        });
+        Decision::RetryAfter(ceiling.mul_f64(rng.gen::<f64>()))
     }
 }
 
@@ -158,6 +162,24 @@ mod tests {
             billed: None,
             stated: None,
         }
+    }
+
+    #[test]
+    fn the_jitter_is_seeded_on_the_first_backoff_only() {
+        let policy = RetryPolicy::default();
+        let mut retries = Retries::new(&policy);
+        let limited = ErrorClass::RateLimited {
+            scope: crate::provider::QuotaScope::MinuteRequests,
+            limit: None,
+            retry_after: None,
+        };
+        assert_eq!(retries.decide(&error(limited)), Decision::RetryNow);
+        assert!(retries.rng.is_none(), "nothing drawn, nothing seeded");
+        assert!(matches!(
+            retries.decide(&error(ErrorClass::Transient)),
+            Decision::RetryAfter(_)
+        ));
+        assert!(retries.rng.is_some());
     }
 
     #[test]

@@ -24,8 +24,8 @@ mod uploads;
 pub use ledger::{MemoryLedger, QuotaLedger, Reservation, Reserved};
 pub use lock::{lock_path, LockError, RunLock};
 pub use rows::{
-    round_usd, AttemptClass, AttemptRow, Batch, EstimateRow, ItemRow, ItemStatus, KeyRow, KeyState,
-    LedgerRow, RunId, RunRow, RunStatus, UnknownValue,
+    round_usd, AttemptClass, AttemptRow, AttemptUsage, Batch, EstimateRow, ItemRow, ItemStatus,
+    KeyRow, KeyState, LedgerRow, RunId, RunRow, RunStatus, UnknownValue,
 };
 pub use uploads::{
     UploadChange, UploadCount, UploadEvent, UploadEventKind, UploadRow, UploadState,
@@ -33,8 +33,20 @@ pub use uploads::{
 
 use crate::types::{Limits, QuotaDay};
 use rusqlite::{params, Connection, OptionalExtension, Params, Row};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
+
+/// A run's items counted ([`Store::item_counts`]).
+#[derive(Debug, Default)]
+pub struct ItemCounts {
+    /// Items per status, in the order of their stored names.
+    pub statuses: Vec<(ItemStatus, u64)>,
+    /// Items per model (those with one).
+    pub models: HashMap<String, u64>,
+    /// The first skipped children asked for, in job-file order: id, line
+    /// and error.
+    pub skipped_children: Vec<(String, u64, String)>,
+}
 
 /// A failure of the state file.
 #[derive(Debug, thiserror::Error)]
@@ -162,11 +174,12 @@ impl Store {
 
     /// Items of a run per status, in the order of their stored names.
     pub fn status_counts(&self, run: RunId) -> Result<Vec<(ItemStatus, u64)>, StoreError> {
-        // Counted here rather than with GROUP BY, which would sort every
-        // item of a million-item run to count a handful of statuses.
         let mut counts: HashMap<ItemStatus, u64> = HashMap::new();
         self.each(
-            "SELECT status FROM items WHERE run_id = ?1",
+            &format!(
+                "SELECT t.status FROM items AS t NOT INDEXED WHERE {}",
+                in_run("items", "t")
+            ),
             [run.0],
             |row| row.get::<_, ItemStatus>(0),
             |status| {
@@ -174,9 +187,67 @@ impl Store {
                 true
             },
         )?;
-        let mut counts: Vec<(ItemStatus, u64)> = counts.into_iter().collect();
-        counts.sort_by_key(|(status, _)| status.as_str());
-        Ok(counts)
+        Ok(by_name(counts))
+    }
+
+    /// A run's items counted in one pass (as [`Store::status_counts`] counts
+    /// them, and more): per status and per model, with
+    /// the first `children` (in job-file order) that ended `skipped`
+    /// because a parent of theirs did not end ok (unlike a skipped line,
+    /// such an item keeps its own id). Counted here rather than with GROUP
+    /// BY, which would sort every item of a million-item run to count a
+    /// handful of statuses.
+    pub fn item_counts(&self, run: RunId, children: u32) -> Result<ItemCounts, StoreError> {
+        let mut statuses: HashMap<ItemStatus, u64> = HashMap::new();
+        let mut models: HashMap<String, u64> = HashMap::new();
+        // The first children by line: a max-heap of the `children` lowest.
+        let mut skipped: BinaryHeap<(u64, String, String)> = BinaryHeap::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT t.status, t.model, t.item_id, t.line, t.error
+                 FROM items AS t NOT INDEXED WHERE {}",
+                in_run("items", "t")
+            ))
+            .map_err(|e| self.wrap(e))?;
+        let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.wrap(e))? {
+            let mut read = || -> rusqlite::Result<_> {
+                let status: ItemStatus = row.get(0)?;
+                *statuses.entry(status).or_default() += 1;
+                if let Some(model) = row.get_ref(1)?.as_str_or_null()? {
+                    match models.get_mut(model) {
+                        Some(n) => *n += 1,
+                        None => {
+                            models.insert(model.to_owned(), 1);
+                        }
+                    }
+                }
+                if children == 0 || status != ItemStatus::Skipped {
+                    return Ok(());
+                }
+                let id = row.get_ref(2)?.as_str()?;
+                if !id.starts_with("#line:") {
+                    let line: u64 = row.get(3)?;
+                    let error: Option<String> = row.get(4)?;
+                    skipped.push((line, id.to_owned(), error.unwrap_or_default()));
+                    if skipped.len() > children as usize {
+                        skipped.pop();
+                    }
+                }
+                Ok(())
+            };
+            read().map_err(|e| self.wrap(e))?;
+        }
+        Ok(ItemCounts {
+            statuses: by_name(statuses),
+            models,
+            skipped_children: skipped
+                .into_sorted_vec()
+                .into_iter()
+                .map(|(line, id, error)| (id, line, error))
+                .collect(),
+        })
     }
 
     /// What a run's retries cost: the summed cost of every attempt of a
@@ -184,15 +255,29 @@ impl Store {
     /// that were tried again, mostly; a 429 or a 5xx costs nothing).
     /// `None` when one of them went to a model whose price is unknown.
     pub fn retries_cost(&self, run: RunId) -> Result<Option<f64>, StoreError> {
+        // Only the attempts that can precede their item's last are looked up
+        // in items: one numbered below 1 (a hand-edited state), or one of an
+        // item of more than one attempt (one set, built in one scan). An
+        // attempt numbered 1 or more of an item of at most one cannot be
+        // below its count, so the filter drops nothing the join keeps.
         self.conn
-            .query_row(
-                "SELECT total(a.cost_usd), coalesce(min(a.cost_known), 1)
-                 FROM attempts a JOIN items i
-                 ON i.run_id = a.run_id AND i.item_id = a.item_id
-                 WHERE a.run_id = ?1 AND a.attempt < i.attempts",
-                [run.0],
-                |row| Ok(row.get::<_, bool>(1)?.then_some(row.get(0)?)),
-            )
+            .prepare_cached(&format!(
+                "SELECT total(t.cost_usd), coalesce(min(t.cost_known), 1)
+                 FROM attempts AS t NOT INDEXED
+                 JOIN items i ON i.run_id = t.run_id AND i.item_id = t.item_id
+                 WHERE {}
+                   AND (t.attempt < 1 OR t.item_id IN (
+                        SELECT r.item_id FROM items AS r NOT INDEXED
+                        WHERE {} AND r.attempts > 1))
+                   AND t.attempt < i.attempts",
+                in_run("attempts", "t"),
+                in_run("items", "r"),
+            ))
+            .and_then(|mut stmt| {
+                stmt.query_row([run.0], |row| {
+                    Ok(row.get::<_, bool>(1)?.then_some(row.get(0)?))
+                })
+            })
             .map_err(|e| self.wrap(e))
     }
 
@@ -490,23 +575,6 @@ impl Store {
         Ok(store)
     }
 
-    /// The first `limit` items of a run, in job-file order, that ended
-    /// `skipped` because a parent of theirs did not end ok (unlike a
-    /// skipped line, such an item keeps its own id): id, line and error.
-    pub fn skipped_children(
-        &self,
-        run: RunId,
-        limit: u32,
-    ) -> Result<Vec<(String, u64, String)>, StoreError> {
-        self.collect(
-            "SELECT item_id, line, coalesce(error, '') FROM items
-             WHERE run_id = ?1 AND status = 'skipped' AND substr(item_id, 1, 6) <> '#line:'
-             ORDER BY line LIMIT ?2",
-            rusqlite::params![run.0, limit],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-        )
-    }
-
     /// Calls `each` with every attempt of a run, in the order they were
     /// committed, one row in memory at a time.
     pub fn for_each_attempt(
@@ -515,9 +583,13 @@ impl Store {
         mut each: impl FnMut(AttemptRow),
     ) -> Result<(), StoreError> {
         self.each(
-            "SELECT item_id, attempt, key, account, model, class, http_status, latency_ms,
-                    input_tokens, output_tokens, cost_usd, error, at, day, cost_known
-             FROM attempts WHERE run_id = ?1 ORDER BY rowid",
+            &format!(
+                "SELECT t.item_id, t.attempt, t.key, t.account, t.model, t.class, t.http_status,
+                        t.latency_ms, t.input_tokens, t.output_tokens, t.cost_usd, t.error, t.at,
+                        t.day, t.cost_known
+                 FROM attempts AS t NOT INDEXED WHERE {} ORDER BY t.rowid",
+                in_run("attempts", "t")
+            ),
             [run.0],
             AttemptRow::from_row,
             |row| {
@@ -525,6 +597,30 @@ impl Store {
                 true
             },
         )
+    }
+
+    /// Calls `each` with what the report reads of every attempt of a run
+    /// (its usage, borrowed from the row: nothing is allocated per
+    /// attempt), in the order they were committed.
+    pub fn for_each_attempt_usage(
+        &self,
+        run: RunId,
+        mut each: impl FnMut(&AttemptUsage<'_>),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT t.key, t.account, t.model, t.class, t.latency_ms, t.input_tokens,
+                        t.output_tokens, t.cost_usd, t.cost_known, t.at
+                 FROM attempts AS t NOT INDEXED WHERE {} ORDER BY t.rowid",
+                in_run("attempts", "t")
+            ))
+            .map_err(|e| self.wrap(e))?;
+        let mut rows = stmt.query([run.0]).map_err(|e| self.wrap(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.wrap(e))? {
+            each(&AttemptUsage::from_row(row).map_err(|e| self.wrap(e))?);
+        }
+        Ok(())
     }
 
     /// Requests sent so far for each item of a run that `unfinished`
@@ -663,24 +759,6 @@ impl Store {
         )
     }
 
-    /// Finished items of `run` per model.
-    pub fn model_counts(&self, run: RunId) -> Result<HashMap<String, u64>, StoreError> {
-        // Counted here rather than with GROUP BY, which would sort every
-        // item of the run.
-        let mut counts: HashMap<String, u64> = HashMap::new();
-        self.each_text(
-            "SELECT model FROM items WHERE run_id = ?1 AND model IS NOT NULL",
-            run,
-            |model| match counts.get_mut(model) {
-                Some(n) => *n += 1,
-                None => {
-                    counts.insert(model.to_owned(), 1);
-                }
-            },
-        )?;
-        Ok(counts)
-    }
-
     /// The ledger rows of one quota day.
     pub fn ledger(&self, day: QuotaDay) -> Result<Vec<LedgerRow>, StoreError> {
         self.collect(
@@ -793,6 +871,27 @@ impl Store {
         })?;
         Ok(all)
     }
+}
+
+/// The condition that row `t` (the alias) of `table` (read `NOT INDEXED`) is
+/// one of run `?1`'s: a scan of the table from the run's first rowid to its
+/// last (a run's rows are mostly contiguous), rather than a search of the
+/// index on `run_id` followed by a lookup of every row it finds, which costs
+/// several times the scan. The scan is in rowid order: `ORDER BY t.rowid`
+/// sorts nothing.
+fn in_run(table: &str, t: &str) -> String {
+    format!(
+        "{t}.rowid BETWEEN (SELECT min(rowid) FROM {table} WHERE run_id = ?1)
+                       AND (SELECT max(rowid) FROM {table} WHERE run_id = ?1)
+         AND {t}.run_id = ?1"
+    )
+}
+
+/// Item counts per status, in the order of the statuses' stored names.
+fn by_name(counts: HashMap<ItemStatus, u64>) -> Vec<(ItemStatus, u64)> {
+    let mut counts: Vec<(ItemStatus, u64)> = counts.into_iter().collect();
+    counts.sort_by_key(|(status, _)| status.as_str());
+    counts
 }
 
 /// The stored state a key takes from an attempt of `class`, if any:

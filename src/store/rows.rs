@@ -242,6 +242,49 @@ impl AttemptRow {
     }
 }
 
+/// What the report reads of one attempt, borrowed from its row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptUsage<'a> {
+    /// The key's fingerprint (never the key).
+    pub key: &'a str,
+    /// The key's account.
+    pub account: &'a str,
+    /// The model asked for.
+    pub model: &'a str,
+    /// How it ended.
+    pub class: AttemptClass,
+    /// Wall time of the request.
+    pub latency_ms: u64,
+    /// Input tokens billed.
+    pub input_tokens: u64,
+    /// Output tokens billed (thinking included).
+    pub output_tokens: u64,
+    /// Cost of the attempt; `None` when it went to a model whose price is
+    /// unknown (never 0).
+    pub cost_usd: Option<f64>,
+    /// When it finished (RFC 3339 UTC).
+    pub at: &'a str,
+}
+
+impl<'a> AttemptUsage<'a> {
+    pub(super) fn from_row(row: &'a Row<'_>) -> rusqlite::Result<AttemptUsage<'a>> {
+        let text = |index| -> rusqlite::Result<&'a str> {
+            row.get_ref(index)?.as_str().map_err(Into::into)
+        };
+        Ok(AttemptUsage {
+            key: text(0)?,
+            account: text(1)?,
+            model: text(2)?,
+            class: row.get(3)?,
+            latency_ms: count(row, 4)?,
+            input_tokens: count(row, 5)?,
+            output_tokens: count(row, 6)?,
+            cost_usd: known_amount(row, 7, 8)?,
+            at: text(9)?,
+        })
+    }
+}
+
 /// A finished item, as it goes to the results file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ItemRow {

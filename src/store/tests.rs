@@ -151,6 +151,13 @@ fn items_keep_their_usage_and_an_unknown_cost_and_retries_cost_what_preceded_the
     assert_eq!(rows, [a, b]);
     // Only a's first attempt came before its item's final one.
     assert_eq!(store.retries_cost(run).unwrap(), Some(0.001));
+    // A hand-edited attempt numbered below 1 precedes even a one-attempt
+    // item's final one.
+    store
+        .conn
+        .execute_batch("UPDATE attempts SET attempt = 0 WHERE item_id = 'b'")
+        .unwrap();
+    assert_eq!(store.retries_cost(run).unwrap(), Some(0.002));
 }
 
 #[test]
@@ -466,4 +473,48 @@ fn every_state_reads_back_as_written() {
 
 fn day(text: &str) -> crate::types::QuotaDay {
     text.parse().expect("a YYYY-MM-DD day")
+}
+
+#[test]
+fn item_counts_count_statuses_and_models_and_keep_the_first_skipped_children_by_line() {
+    let (_dir, mut store) = open();
+    let run = store.create_run("job.jsonl", "abc", false).unwrap();
+    let skipped = |id: &str, line: u64| ItemRow {
+        error: Some(format!("depends on `{id}`'s parent, which failed")),
+        ..item(id, line, ItemStatus::Skipped)
+    };
+    let rows = vec![
+        skipped("d", 9),
+        skipped("#line:2", 2),
+        item("a", 1, ItemStatus::Ok),
+        skipped("c", 7),
+        ItemRow {
+            model: None,
+            ..skipped("b", 4)
+        },
+        skipped("e", 5),
+    ];
+    store.commit(run, &items(rows)).unwrap();
+    let counts = store.item_counts(run, 2).unwrap();
+    assert_eq!(
+        counts.statuses,
+        [(ItemStatus::Ok, 1), (ItemStatus::Skipped, 5)]
+    );
+    assert_eq!(counts.models.len(), 1);
+    assert_eq!(counts.models["gemini-2.5-flash"], 5);
+    let children: Vec<(&str, u64)> = counts
+        .skipped_children
+        .iter()
+        .map(|(id, line, _)| (id.as_str(), *line))
+        .collect();
+    assert_eq!(children, [("b", 4), ("e", 5)]);
+    assert_eq!(
+        counts.skipped_children[0].2,
+        "depends on `b`'s parent, which failed"
+    );
+    assert!(store
+        .item_counts(run, 0)
+        .unwrap()
+        .skipped_children
+        .is_empty());
 }
