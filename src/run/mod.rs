@@ -625,16 +625,31 @@ const CLAIM_POLL: Duration = Duration::from_millis(250);
 /// Sends `item` to the workers, waiting for room unless the run stops
 /// meanwhile (workers that stopped read no more, so a plain blocking send
 /// could wait forever). Whether it was sent.
+///
+/// When the channel is full, the reader waits for room for half of it at
+/// once: it is woken once per that many items, not once per item.
 fn send_unless_cancelled(
     items: &mpsc::Sender<Item>,
     item: Item,
     cancel: &CancellationToken,
 ) -> bool {
+    let item = match items.try_send(item) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(item)) => item,
+    };
+    let room = (items.max_capacity() / 2).max(1);
     tokio::runtime::Handle::current().block_on(async {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => false,
-            sent = items.send(item) => sent.is_ok(),
+            permits = items.reserve_many(room) => match permits.ok().and_then(|mut p| p.next()) {
+                Some(permit) => {
+                    permit.send(item);
+                    true
+                }
+                None => false,
+            },
         }
     })
 }
