@@ -46,6 +46,19 @@ async fn kill_9_at_ten_random_instants_loses_and_duplicates_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_run_counts_exactly_what_it_sent_though_it_reserves_ahead() {
+    // 8 workers reserve up to 8 requests ahead of what they send; what is
+    // left over when the run ends is given back.
+    const ITEMS: usize = 203;
+    let (sim, work) = scenario(&two_projects(0, 2), ITEMS, |url| two_accounts(url, "")).await;
+    let out = work.keyfan(&run_args("state.db", &["-q"]), &[]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    let sent = stats(&sim).await.requests;
+    assert_eq!(sent, ITEMS as u64);
+    assert_eq!(ledger_requests(&work.path("state.db")), sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_what_is_in_flight_and_a_rerun_completes() {
     let (sim, work) = scenario("latency: { min_ms: 20, max_ms: 40 }\nprojects:\n  - name: proj-a\n    keys: [test-key-a1]\n", 300, one_account).await;
     let args = run_args("state.db", &["-q"]);
