@@ -14,7 +14,9 @@ use super::super::anthropic::{classify, parse_message, MessagesBody, HEADERS};
 use super::super::common::api_error;
 use super::super::transport::{self, get_to_file_with, post_bytes};
 use super::super::{ApiError, Client, ErrorClass, Request};
-use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
+use super::{
+    checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState, CursorPage,
+};
 use crate::types::ApiKey;
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
@@ -90,16 +92,6 @@ struct Counts {
     canceled: u64,
     #[serde(default)]
     expired: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct Page {
-    #[serde(default)]
-    data: Vec<Batch>,
-    #[serde(default)]
-    has_more: bool,
-    #[serde(default)]
-    last_id: Option<String>,
 }
 
 /// One results line.
@@ -246,7 +238,7 @@ async fn pages(
             url.push_str(&format!("&after_id={}", id(after)?));
         }
         let body = transport::get_with(client, &url, auth(key), &HEADERS, classify).await?;
-        let page: Page =
+        let page: CursorPage<Batch> =
             serde_json::from_slice(&body).map_err(|e| undecodable("batch list", &e))?;
         let mut more = true;
         for batch in page.data {

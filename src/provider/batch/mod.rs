@@ -140,6 +140,18 @@ fn checked(id: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// One page of a list in OpenAI's and Anthropic's shape: the items, whether
+/// more follow, and the id to list after.
+#[derive(Debug, serde::Deserialize)]
+struct CursorPage<T> {
+    #[serde(default = "Vec::new")]
+    data: Vec<T>,
+    #[serde(default)]
+    has_more: bool,
+    #[serde(default)]
+    last_id: Option<String>,
+}
+
 /// An answer that is not what the Batch API sends: worth asking again.
 fn undecodable(what: &str, e: &serde_json::Error) -> ApiError {
     super::common::api_error(

@@ -11,7 +11,9 @@ use super::super::common::api_error;
 use super::super::openai::{api_url, classify, parse_chat, raw_body, ChatBody};
 use super::super::transport::{self, get_to_file, post_bytes, post_json};
 use super::super::{ApiError, Client, ErrorClass, RawRequest, Request};
-use super::{checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState};
+use super::{
+    checked, undecodable, BatchInput, BatchJob, BatchOutcome, BatchResult, BatchState, CursorPage,
+};
 use crate::types::ApiKey;
 use reqwest::header::HeaderMap;
 use serde::Deserialize;
@@ -89,16 +91,6 @@ struct BatchError {
     message: String,
     #[serde(default)]
     line: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Page {
-    #[serde(default)]
-    data: Vec<Batch>,
-    #[serde(default)]
-    has_more: bool,
-    #[serde(default)]
-    last_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,7 +258,7 @@ pub(super) async fn list(client: &Client, key: &ApiKey) -> Result<Vec<BatchJob>,
         }
         let url = api_url(&client.base_url, &path);
         let body = transport::get(client, &url, "authorization", &bearer(key), classify).await?;
-        let page: Page =
+        let page: CursorPage<Batch> =
             serde_json::from_slice(&body).map_err(|e| undecodable("batch list", &e))?;
         jobs.extend(page.data.into_iter().map(describe));
         match (page.has_more, page.last_id) {
