@@ -368,7 +368,7 @@ fn a_renewed_claim_is_kept_and_an_unreachable_database_is_a_clear_error() {
 
 // ---- keyfan processes on one PostgreSQL, against the simulator ----
 
-use crate::support::{explain, simulator, stats, wait_until, Workdir};
+use crate::support::{explain, run_args, simulator, stats, wait_until, Workdir};
 use keyfan::sim::SimServer;
 
 const MODEL: &str = "gemini-2.5-flash";
@@ -415,7 +415,7 @@ async fn two_hosts_with_separate_jobs_share_the_days_quota() {
         host(&sim, &job(15, "two"), "rpd: 10"),
     );
     let state = url.to_string();
-    let args = shared_run(&state, &[]);
+    let args = run_args(&state, &[]);
     let (a, b) = tokio::join!(one.keyfan(&args, &[]), two.keyfan(&args, &[]));
     // 30 items, a shared day of 20: what one host took, the other cannot,
     // and it defers the rest (exit 4).
@@ -458,7 +458,7 @@ async fn two_hosts_with_separate_jobs_share_each_minute() {
         host(&sim, &job(40, "two"), "rpm: 30"),
     );
     let url = url.to_string();
-    let args = shared_run(&url, &[]);
+    let args = run_args(&url, &[]);
     let mut hosts = [one.spawn(&args), two.spawn(&args)];
     // 80 items, a minute's room for 60: both hosts fill it, then wait.
     let sent = async || {
@@ -497,7 +497,7 @@ async fn two_hosts_with_separate_jobs_share_each_minute() {
 async fn an_unreachable_database_sends_nothing_and_hides_its_password() {
     let sim = simulator(&sim_yaml("rpm: 30")).await;
     let work = host(&sim, &job(5, "x"), "rpm: 30");
-    let args = shared_run("postgres://kf:s3cr3t-pw@127.0.0.1:1/keyfan", &[]);
+    let args = run_args("postgres://kf:s3cr3t-pw@127.0.0.1:1/keyfan", &[]);
     let out = work.keyfan(&args, &[]).await;
     let said = explain(&out);
     assert_eq!(out.status.code(), Some(1), "{said}");
@@ -542,20 +542,6 @@ fn has_run(url: &PgUrl) -> bool {
     postgres::Client::connect(&url.to_string(), postgres::NoTls)
         .and_then(|mut c| c.query_one("SELECT count(*) FROM keyfan.runs", &[]))
         .is_ok_and(|row| row.get::<_, i64>(0) > 0)
-}
-
-/// `run job.jsonl --config config.yaml --state STATE`, then `extra`.
-fn shared_run<'a>(state: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "job.jsonl",
-        "--config",
-        "config.yaml",
-        "--state",
-        state,
-    ];
-    args.extend_from_slice(extra);
-    args
 }
 
 /// Waits until the newest run has `n` finished items.
@@ -682,7 +668,7 @@ async fn two_hosts_joined_on_one_job_end_each_item_once_within_the_limits() {
     };
     let (sim, one, two) = joined_hosts("rpm: 30").await;
     let state = url.to_string();
-    let args = shared_run(&state, &[]);
+    let args = run_args(&state, &[]);
     let mut first = one.spawn_piped(&args);
     wait_until(
         "the first host opens the run",
@@ -738,7 +724,7 @@ async fn a_killed_hosts_items_are_finished_by_the_other_after_the_lease() {
     // do not hold up the other.
     let (sim, one, two) = joined_hosts("rpm: 120").await;
     let state = url.to_string();
-    let args = shared_run(&state, &["--lease", "1"]);
+    let args = run_args(&state, &["--lease", "1"]);
     let mut first = one.spawn(&args);
     wait_for_done(&url, 5, "the first host finishes a few items").await;
     let mut second = two.spawn(&[&args[..], &["--join"]].concat());
@@ -769,7 +755,7 @@ async fn a_database_lost_mid_run_stops_dispatch_and_the_next_start_reconciles() 
     };
     let (sim, one, _) = joined_hosts("rpm: 120").await;
     let state = url.to_string();
-    let args = shared_run(&state, &["--lease", "1"]);
+    let args = run_args(&state, &["--lease", "1"]);
     let mut host = one.spawn_piped(&args);
     wait_for_done(&url, 5, "the host finishes a few items").await;
     // The database drops keyfan's connection: as good as lost.
@@ -824,7 +810,7 @@ async fn a_limit_one_host_learns_from_a_429_is_shared_and_adopted() {
         &config.replace(&format!("    limits: {{ {MODEL}: {{ rpm: 5 }} }}\n"), ""),
     );
     let state = url.to_string();
-    let mut learner = work.spawn(&shared_run(&state, &[]));
+    let mut learner = work.spawn(&run_args(&state, &[]));
     let learned = async || {
         off_runtime(|| connect(&url, "check").learned().unwrap())
             .iter()
